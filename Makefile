@@ -1,0 +1,30 @@
+# make demo: set up .venv and run the end-to-end digits compression demo.
+# make test: set up .venv, lint, and run the whole test suite (CI runs this).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, from the pin (a CPU wheel); an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) examples/prune_digits.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Compression algorithms: ``slimkit.algorithms.pruning`` and ``slimkit.algorithms.quantization``."""

@@ -1,0 +1,34 @@
+"""LevelPruner: fine-grained magnitude pruning (Han et al., 2015)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from slimkit.compression import Layer, LayerConfig, Pruner
+from slimkit.compression.sparsity import magnitude_mask
+
+
+class LevelPruner(Pruner):
+    """Zero the ``sparsity`` fraction of each selected layer's weights with the smallest magnitude.
+
+    Args:
+        model: a ``torch.nn.Module`` or ``keras.Model``.
+        config_list: dicts with ``sparsity`` and ``op_types`` / ``op_names``.
+
+    Example:
+
+    >>> import torch
+    >>> from slimkit.algorithms.pruning import LevelPruner
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False))
+    >>> with torch.no_grad():
+    ...     _ = model[0].weight.copy_(torch.tensor([[0.1, -4.0], [3.0, 0.2]]))
+    >>> pruner = LevelPruner(model, [{'sparsity': 0.5, 'op_types': ['Linear']}])
+    >>> model = pruner.compress()
+    >>> pruner.get_masks()['0']['weight'].tolist()
+    [[0.0, 1.0], [1.0, 0.0]]
+    """
+
+    def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> np.ndarray:
+        return magnitude_mask(layer.weight_array(), config.sparsity)

@@ -1,0 +1,1 @@
+"""Quantizers (see issue: quantization)."""

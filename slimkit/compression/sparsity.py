@@ -1,0 +1,61 @@
+"""Framework-neutral mask arithmetic on numpy arrays (weights in their native layout).
+
+Sparsity ``s`` on ``n`` items removes the nearest integer to ``s * n`` of them (halves round
+up) and always keeps at least one item.
+
+Example:
+
+>>> import numpy as np
+>>> from slimkit.compression.sparsity import prune_count, magnitude_mask, channel_keep
+>>> prune_count(0.29, 100), prune_count(0.5, 5), prune_count(0.99, 3)
+(29, 3, 2)
+>>> magnitude_mask(np.array([[0.1, -3.0], [2.0, 0.5]]), 0.5).tolist()
+[[0.0, 1.0], [1.0, 0.0]]
+>>> channel_keep(np.array([3.0, 1.0, 2.0, 0.5]), 0.5).tolist()
+[True, False, True, False]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def prune_count(sparsity: float, n: int) -> int:
+    """How many of ``n`` items sparsity ``sparsity`` removes (nearest integer, at least one kept)."""
+    if n <= 0:
+        return 0
+    return min(int(math.floor(sparsity * n + 0.5 + 1e-9)), n - 1)
+
+
+def smallest_indices(scores: np.ndarray, count: int) -> np.ndarray:
+    """Flat indices of the ``count`` smallest scores (ties broken by position, stable)."""
+    flat = np.asarray(scores).reshape(-1)
+    return np.argsort(flat, kind="stable")[:count]
+
+
+def magnitude_mask(weight: np.ndarray, sparsity: float) -> np.ndarray:
+    """0/1 mask removing the ``prune_count(sparsity, weight.size)`` smallest ``|weight|``."""
+    mask = np.ones(weight.size, dtype=np.float32)
+    mask[smallest_indices(np.abs(weight), prune_count(sparsity, weight.size))] = 0.0
+    return mask.reshape(weight.shape)
+
+
+def channel_keep(importance: np.ndarray, sparsity: float) -> np.ndarray:
+    """Boolean keep-vector over channels: the least important ``prune_count`` channels are dropped."""
+    keep = np.ones(len(importance), dtype=bool)
+    keep[smallest_indices(importance, prune_count(sparsity, len(importance)))] = False
+    return keep
+
+
+def channel_mask(keep: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """Expand a per-channel keep-vector to a 0/1 mask of ``shape`` along ``axis``."""
+    view = [1] * len(shape)
+    view[axis] = len(keep)
+    return np.broadcast_to(keep.reshape(view), shape).astype(np.float32)
+
+
+def per_channel(weight: np.ndarray, axis: int) -> np.ndarray:
+    """``weight`` reshaped to ``(channels, -1)`` with the channel axis ``axis`` first."""
+    return np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)

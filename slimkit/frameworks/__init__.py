@@ -1,0 +1,1 @@
+"""Framework adapters: PyTorch (``slimkit.frameworks.torch``) and Keras (``slimkit.frameworks.tensorflow``)."""

@@ -1,0 +1,1 @@
+"""PyTorch adapter: discovery, wrappers, masks and files for ``torch.nn.Module`` models."""

@@ -1,0 +1,43 @@
+"""ONNX export of a plain PyTorch model through torch.onnx (onnxscript-based exporter).
+
+Example:
+
+>>> import os, tempfile, torch
+>>> from slimkit.frameworks.torch.onnx_export import export_onnx
+>>> path = os.path.join(tempfile.mkdtemp(), 'm.onnx')
+>>> export_onnx(torch.nn.Linear(3, 2), path, [1, 3])
+>>> os.path.getsize(path) > 0
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.utils.files import atomic_path
+
+
+def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int], device: Any = None,
+                opset_version: int | None = None) -> None:
+    """Write ``model`` (evaluated on a random input of ``input_shape``) to ``path`` as one ONNX file."""
+    parameter = next(model.parameters(), None)
+    device = torch.device(device) if device is not None else (
+        parameter.device if parameter is not None else torch.device("cpu"))
+    dummy = torch.randn(*input_shape, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            program = torch.onnx.export(model, (dummy,), dynamo=True, opset_version=opset_version,
+                                        verbose=False)
+            program.save(tmp, external_data=False)
+    finally:
+        model.train(was_training)
