@@ -1,0 +1,110 @@
+"""FilterPruner: the base of pruners that remove whole output channels.
+
+A subclass only ranks channels (:meth:`FilterPruner.channel_importance`); this base turns the
+ranking into masks over the weight's output-channel axis and the bias, and, with
+``dependency_aware=True``, makes layers whose output channels are coupled (residual adds,
+depthwise / group convs) keep the same channels, chosen from their summed importance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from slimkit.compression import Layer, LayerConfig, Pruner
+from slimkit.compression.sparsity import channel_keep, channel_mask, prune_count
+from slimkit.errors import ConfigError
+
+
+class ChannelGroup:
+    """Layers whose output channels must be pruned identically.
+
+    Attributes:
+        members: qualified layer names in the group.
+        partitions: the channels split into this many equal, contiguous partitions (conv
+            ``groups``) that must each lose the same number of channels; 1 when unconstrained.
+    """
+
+    def __init__(self, members: list[str], partitions: int = 1):
+        self.members = list(members)
+        self.partitions = partitions
+
+    def __repr__(self) -> str:
+        return f"ChannelGroup(members={self.members!r}, partitions={self.partitions})"
+
+
+def balanced_keep(importance: np.ndarray, sparsity: float, partitions: int) -> np.ndarray:
+    """Keep-vector pruning the same number of the least important channels in each partition.
+
+    Example:
+
+    >>> import numpy as np
+    >>> balanced_keep(np.array([1.0, 2.0, 3.0, 9.0, 8.0, 0.5]), 0.34, 2).tolist()
+    [False, True, True, True, True, False]
+    """
+    if partitions <= 1:
+        return channel_keep(importance, sparsity)
+    size = len(importance) // partitions
+    per_partition = prune_count(sparsity, size)
+    keep = np.ones(len(importance), dtype=bool)
+    for start in range(0, len(importance), size):
+        order = np.argsort(importance[start:start + size], kind="stable")[:per_partition]
+        keep[start + order] = False
+    return keep
+
+
+class FilterPruner(Pruner):
+    """Base of output-channel pruners.
+
+    Args:
+        model: a ``torch.nn.Module`` or ``keras.Model``.
+        config_list: dicts with ``sparsity`` (the fraction of output channels to remove).
+        dependency_aware: make coupled layers prune the same channels (needs ``dummy_input``).
+        dummy_input: an example input, used to find the coupled layers.
+
+    Subclasses implement :meth:`channel_importance`.
+    """
+
+    def __init__(self, model: Any, config_list: list[dict], *, dependency_aware: bool = False,
+                 dummy_input: Any = None):
+        super().__init__(model, config_list)
+        if dependency_aware and dummy_input is None:
+            raise ConfigError(f"{type(self).__name__}: dependency_aware=True needs the model's input. Expected "
+                              "dummy_input=<an example input tensor>. Received: dummy_input=None")
+        self.dependency_aware = dependency_aware
+        self.dummy_input = dummy_input
+        self.channel_groups: list[ChannelGroup] = (
+            self._find_channel_groups(model, dummy_input) if dependency_aware else [])
+
+    def _find_channel_groups(self, model: Any, dummy_input: Any) -> list[ChannelGroup]:
+        if self.adapter.name != "torch":
+            raise ConfigError(f"{type(self).__name__}: dependency_aware=True is supported for PyTorch models. "
+                              f"Received: a {self.adapter.name} model; use dependency_aware=False.")
+        from slimkit.speedup.dependency import channel_groups
+
+        return channel_groups(model, dummy_input)
+
+    def channel_importance(self, layer: Layer) -> np.ndarray:
+        """One score per output channel of ``layer``; the lowest scores are pruned first."""
+        raise NotImplementedError(f"{type(self).__name__} must implement channel_importance(layer).")
+
+    def _group_of(self, layer: Layer) -> tuple[list[Layer], int]:
+        names = {other.name: other for other in self.layers}
+        for group in self.channel_groups:
+            if layer.name in group.members:
+                return [names[m] for m in group.members if m in names], group.partitions
+        return [layer], 1
+
+    def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> dict[str, np.ndarray | None]:
+        members, partitions = self._group_of(layer)
+        importance = np.sum([self.channel_importance(member) for member in members], axis=0)
+        keep = balanced_keep(importance, config.sparsity, partitions)
+        return self.masks_for_channels(layer, keep)
+
+    def masks_for_channels(self, layer: Layer, keep: np.ndarray) -> dict[str, np.ndarray | None]:
+        """Weight and bias masks that keep the output channels where ``keep`` is True."""
+        weight_shape = tuple(layer.weight.shape)
+        bias = layer.bias
+        return {"weight": channel_mask(keep, weight_shape, layer.out_axis),
+                "bias": keep.astype(np.float32) if bias is not None else None}

@@ -1,0 +1,17 @@
+"""Reference architectures (random-initialised) used by examples, tests and benchmarks.
+
+Example:
+
+>>> import torch
+>>> from slimkit.models import resnet18, mobilenet_v2, DigitsCNN
+>>> resnet18(num_classes=10)(torch.randn(1, 3, 32, 32)).shape
+torch.Size([1, 10])
+>>> DigitsCNN()(torch.randn(2, 1, 8, 8)).shape
+torch.Size([2, 10])
+"""
+
+from slimkit.models.digits import DigitsCNN, load_digits_tensors
+from slimkit.models.mobilenet import mobilenet_v2
+from slimkit.models.resnet import resnet18, resnet50
+
+__all__ = ["DigitsCNN", "load_digits_tensors", "mobilenet_v2", "resnet18", "resnet50"]
