@@ -4,7 +4,7 @@ Example:
 
 >>> import torch
 >>> from slimkit.models import resnet18, mobilenet_v2, DigitsCNN
->>> resnet18(num_classes=10)(torch.randn(1, 3, 32, 32)).shape
+>>> resnet18(num_classes=10).eval()(torch.randn(1, 3, 32, 32)).shape
 torch.Size([1, 10])
 >>> DigitsCNN()(torch.randn(2, 1, 8, 8)).shape
 torch.Size([2, 10])
