@@ -69,6 +69,10 @@ class TorchAdapter:
     def out_axis(self, module: nn.Module) -> int:
         return 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
 
+    def activation_axis(self, module: nn.Module) -> int:
+        """Channel axis of the layer's output (NCHW / NC...): 1."""
+        return 1
+
     def weight(self, layer: Any, masked: bool = True) -> torch.Tensor:
         return self._param(layer, "weight", masked)
 
