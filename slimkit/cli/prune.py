@@ -1,0 +1,166 @@
+"""``slimkit prune``: prune a model from a YAML file, optionally fine-tune, write model / masks / report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from slimkit.cli import _common as common
+
+HELP = "prune a model with a pruner and config_list from a YAML file"
+EXAMPLE = """\
+example:
+  slimkit prune --config prune.yaml --model tests.cli.factories:digits_model \\
+                --data tests.cli.factories:digits_data --out out/
+
+prune.yaml:
+  algorithm: L1FilterPruner        # any class in slimkit.algorithms.pruning
+  arguments: {}                    # its keyword arguments (optional)
+  config_list:
+    - sparsity: 0.5
+      op_types: [Conv2d]
+    - exclude: true
+      op_names: [conv1]
+  fine_tune: {epochs: 2, lr: 0.001, batch_size: 64, optimizer: adam}   # optional, needs --data
+  input_shape: [1, 1, 8, 8]        # optional: latency in report.md (else taken from --data)
+
+writes out/model.pth (masks baked in; loads into the original class), out/mask.pth, out/report.md
+"""
+
+KEYS = {
+    "algorithm": common.IS_NAME,
+    "arguments": common.IS_MAPPING,
+    "config_list": common.IS_LIST,
+    "fine_tune": common.IS_FINE_TUNE,
+    "input_shape": common.IS_SHAPE,
+    "seed": common.IS_SEED,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML file: algorithm, arguments, config_list, fine_tune")
+    parser.add_argument("--model", required=True, help="model factory as package.module:function")
+    parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+    parser.add_argument("--data", help="data loader as package.module:function (fine-tuning, accuracy)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+
+
+class Session:
+    """A model, its data and settings, shared by ``prune`` and ``config generate``."""
+
+    def __init__(self, args: argparse.Namespace):
+        import torch
+
+        self.doc, self.settings = common.read_settings(args.config, KEYS)
+        torch.manual_seed(self.settings.get("seed", 0))
+        registry = common.pruner_registry()
+        self.cls = common.lookup(registry, self.settings["algorithm"], self.doc, ("algorithm",), "pruner")
+        self.model = common.load_model(args.model, args.weights)
+        self.data = common.load_data(args.data) if getattr(args, "data", None) else None
+        fine_tune = common.check_keys(self.doc, self.settings.get("fine_tune", {}), common.FINE_TUNE_KEYS,
+                                      ("fine_tune",))
+        self.fine_tune = {"epochs": 1, "lr": 1e-3, "batch_size": 64, "optimizer": "adam", **fine_tune}
+        if "fine_tune" in self.settings and self.data is None:
+            raise self.doc.error(("fine_tune",), "fine-tuning needs training data. Expected --data "
+                                                 "package.module:loader. Received: no --data")
+        shape = self.settings.get("input_shape")
+        self.example = (torch.randn(*shape) if shape else
+                        self.data.example_input() if self.data is not None else None)
+        self.optimizer: Any = None
+        self.quiet: bool | None = getattr(args, "quiet", None)
+
+    def make_optimizer(self) -> Any:
+        import torch
+
+        if self.optimizer is None:
+            kind = torch.optim.Adam if self.fine_tune["optimizer"] == "adam" else torch.optim.SGD
+            self.optimizer = kind(self.model.parameters(), lr=self.fine_tune["lr"])
+        return self.optimizer
+
+    def trainer(self, model: Any, optimizer: Any, criterion: Any, epoch: int) -> None:
+        """NNI-style trainer: one epoch over the training batches."""
+        self.train_epoch(model, optimizer, criterion, epoch, pruner=None)
+
+    def train_epoch(self, model: Any, optimizer: Any, criterion: Any, epoch: int, pruner: Any) -> None:
+        from slimkit.utils.progress import progress
+
+        model.train()
+        batches = self.data.train(self.fine_tune["batch_size"]) if self.data else ()
+        for x, y in progress(batches, desc=f"epoch {epoch}", quiet=self.quiet, unit="batch"):
+            loss = criterion(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if pruner is not None:
+                pruner.step()
+
+    def build_pruner(self) -> Any:
+        import torch
+
+        available = {
+            "optimizer": self.make_optimizer,
+            "dummy_input": lambda: self.example,
+            "criterion": lambda: torch.nn.functional.cross_entropy,
+            "trainer": lambda: self.trainer if self.data is not None else None,
+        }
+        kwargs = common.build_kwargs(self.cls, self.settings.get("arguments", {}), available)
+        return common.construct(self.cls, self.model, self.settings["config_list"], kwargs, self.doc)
+
+
+def run(args: argparse.Namespace) -> int:
+    import copy
+
+    import torch
+
+    from slimkit.analysis.report import layer_sparsity, measure, render_report, write_report
+    from slimkit.errors import ConfigError
+
+    session = Session(args)
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    before_metric = common.accuracy(session.model, session.data) if session.data else None
+    before = measure(copy.deepcopy(session.model), example=session.example, metric=before_metric)
+    pruner = session.build_pruner()
+    try:
+        model = pruner.compress()
+    except ConfigError as error:
+        raise common.located(session.doc, error) from None
+    notes = [f"algorithm: {session.cls.__name__}", f"config: {os.path.abspath(args.config)}",
+             f"model: {args.model}" + (f" (weights {args.weights})" if args.weights else "")]
+    if "fine_tune" in session.settings:
+        optimizer = session.make_optimizer()
+        criterion = torch.nn.functional.cross_entropy
+        for epoch in range(session.fine_tune["epochs"]):
+            pruner.update_epoch(epoch)
+            session.train_epoch(model, optimizer, criterion, epoch, pruner)
+        notes.append("fine-tuned: " + ", ".join(f"{k}={v}" for k, v in session.fine_tune.items()))
+    model_path, mask_path = os.path.join(out, "model.pth"), os.path.join(out, "mask.pth")
+    pruner.export_model(model_path=model_path, mask_path=mask_path)
+    masks = pruner.get_masks()
+    fresh = common.load_model(args.model, model_path)
+    after_metric = common.accuracy(fresh, session.data) if session.data else None
+    after = measure(fresh, example=session.example, metric=after_metric)
+    if session.example is None:
+        notes.append("latency not measured: give input_shape in the YAML or --data")
+    notes.append("masked weights are zeros in a dense model: run `slimkit speedup` to shrink channels")
+    layers = layer_sparsity(masks)
+    report_path = os.path.join(out, "report.md")
+    write_report(report_path, render_report(args.model, before, after, layers, notes))
+    total = sum(shape_numel(shape) * s for shape, s in layers.values())
+    size = sum(shape_numel(shape) for shape, _ in layers.values())
+    common.say(f"pruned {len(layers)} layers with {session.cls.__name__}: {total / max(size, 1):.1%} of their "
+               f"weights removed; non-zero parameters {before.nonzero:,} -> {after.nonzero:,}")
+    if after_metric is not None:
+        common.say(f"accuracy {before_metric:.4f} -> {after_metric:.4f}")
+    common.say(f"wrote {model_path}", f"wrote {mask_path}", f"wrote {report_path}")
+    return 0
+
+
+def shape_numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+

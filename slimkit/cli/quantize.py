@@ -1,0 +1,107 @@
+"""``slimkit quantize``: quantize a model from a YAML file (QAT fine-tuning or post-training calibration)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+from typing import Any
+
+from slimkit.cli import _common as common
+
+HELP = "quantize a model with a quantizer and config_list from a YAML file"
+COMPONENT = "the quantization component (slimkit.algorithms.quantization)"
+EXAMPLE = """\
+example:
+  slimkit quantize --config qat.yaml --model tests.cli.factories:digits_model \\
+                   --data tests.cli.factories:digits_data --out out/
+
+qat.yaml:
+  algorithm: QATQuantizer          # any class in slimkit.algorithms.quantization
+  arguments: {}
+  config_list:
+    - quant_types: [weight, output]
+      quant_bits: {weight: 8, output: 8}
+      op_types: [Conv2d, Linear]
+  fine_tune: {epochs: 1, lr: 0.0001}   # QAT: train with fake-quant (needs --data)
+  calibration: {batches: 8}            # PostTrainingQuantizer: calibrate on this many batches
+  input_shape: [1, 1, 8, 8]
+
+writes out/model.pth, out/calibration.pth and out/report.md
+"""
+
+KEYS = {
+    "algorithm": common.IS_NAME,
+    "arguments": common.IS_MAPPING,
+    "config_list": common.IS_LIST,
+    "fine_tune": common.IS_FINE_TUNE,
+    "calibration": common.Key(lambda v: isinstance(v, dict), "a mapping such as {batches: 8}"),
+    "input_shape": common.IS_SHAPE,
+    "seed": common.IS_SEED,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML file: algorithm, arguments, config_list, ...")
+    parser.add_argument("--model", required=True, help="model factory as package.module:function")
+    parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+    parser.add_argument("--data", help="data loader as package.module:function (QAT, calibration, accuracy)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+
+
+def quantizer_registry() -> dict[str, type]:
+    return common.registry_of("slimkit.algorithms.quantization", "slimkit.compression", "Quantizer", COMPONENT)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from slimkit.analysis.report import measure, render_report, write_report
+    from slimkit.cli.prune import Session
+    from slimkit.utils.progress import progress
+
+    registry = quantizer_registry()  # fails clearly before anything else while the component is absent
+    doc, settings = common.read_settings(args.config, KEYS)
+    torch.manual_seed(settings.get("seed", 0))
+    cls = common.lookup(registry, settings["algorithm"], doc, ("algorithm",), "quantizer")
+    session = Session.__new__(Session)  # reuse the model / data / fine-tune plumbing of `prune`
+    session.doc, session.settings, session.cls = doc, settings, cls
+    session.model = common.load_model(args.model, args.weights)
+    session.data = common.load_data(args.data) if args.data else None
+    fine_tune = common.check_keys(doc, settings.get("fine_tune", {}), common.FINE_TUNE_KEYS, ("fine_tune",))
+    session.fine_tune = {"epochs": 1, "lr": 1e-4, "batch_size": 64, "optimizer": "adam", **fine_tune}
+    session.quiet, session.optimizer = args.quiet, None
+    if ("fine_tune" in settings or "calibration" in settings) and session.data is None:
+        raise doc.error(("fine_tune" if "fine_tune" in settings else "calibration",),
+                        "needs data. Expected --data package.module:loader. Received: no --data")
+    shape = settings.get("input_shape")
+    session.example = torch.randn(*shape) if shape else (session.data.example_input() if session.data else None)
+    os.makedirs(args.out, exist_ok=True)
+    before_metric = common.accuracy(session.model, session.data) if session.data else None
+    before = measure(copy.deepcopy(session.model), example=session.example, metric=before_metric)
+    quantizer: Any = session.build_pruner()
+    model = quantizer.compress()
+    if "calibration" in settings and hasattr(quantizer, "calibrate"):
+        count = int(settings["calibration"].get("batches", 8))
+        batches = [x for (x, _), _ in zip(session.data.train(session.fine_tune["batch_size"]), range(count))]
+        quantizer.calibrate(progress(batches, desc="calibrate", quiet=args.quiet))
+    if "fine_tune" in settings:
+        optimizer = session.make_optimizer()
+        for epoch in range(session.fine_tune["epochs"]):
+            quantizer.update_epoch(epoch)
+            session.train_epoch(model, optimizer, torch.nn.functional.cross_entropy, epoch, quantizer)
+    model_path, calibration_path = os.path.join(args.out, "model.pth"), os.path.join(args.out, "calibration.pth")
+    calibration = quantizer.export_model(model_path=model_path, calibration_path=calibration_path) or {}
+    after_metric = common.accuracy(model, session.data) if session.data else None
+    after = measure(model, example=session.example, metric=after_metric)
+    layers = {name: ((), 0.0) for name in calibration}
+    notes = [f"algorithm: {cls.__name__}"] + [
+        f"{name}: " + ", ".join(f"{k}={v}" for k, v in entry.items() if k.endswith("bits"))
+        for name, entry in calibration.items()]
+    notes.append("the float model with fake-quantization was measured; `slimkit convert` writes the int8 file")
+    report_path = os.path.join(args.out, "report.md")
+    write_report(report_path, render_report(args.model, before, after, layers, notes))
+    common.say(f"quantized {len(calibration)} layers with {cls.__name__}", f"wrote {model_path}",
+               f"wrote {calibration_path}", f"wrote {report_path}")
+    return 0
