@@ -62,7 +62,7 @@ def render(settings: dict[str, Any], entries: list[tuple[Any, dict[str, Any]]], 
 def run(args: argparse.Namespace) -> int:
     from slimkit.utils.files import atomic_path
 
-    session = Session(args)
+    session = Session(args, train=False)
     entries = layer_entries(session.build_pruner())
     text = render(session.settings, entries, os.path.basename(args.config))
     with atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8") as handle:

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Session:
     """A model, its data and settings, shared by ``prune`` and ``config generate``."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, train: bool = True):
         import torch
 
         self.doc, self.settings = common.read_settings(args.config, KEYS)
@@ -62,7 +62,7 @@ class Session:
         fine_tune = common.check_keys(self.doc, self.settings.get("fine_tune", {}), common.FINE_TUNE_KEYS,
                                       ("fine_tune",))
         self.fine_tune = {"epochs": 1, "lr": 1e-3, "batch_size": 64, "optimizer": "adam", **fine_tune}
-        if "fine_tune" in self.settings and self.data is None:
+        if train and "fine_tune" in self.settings and self.data is None:
             raise self.doc.error(("fine_tune",), "fine-tuning needs training data. Expected --data "
                                                  "package.module:loader. Received: no --data")
         shape = self.settings.get("input_shape")
