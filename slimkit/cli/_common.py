@@ -6,10 +6,13 @@ Library code logs; only the CLI writes to stdout (through :func:`say`).
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import inspect
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -208,19 +211,30 @@ def located(doc: YamlDocument, error: ConfigError, key: str = "config_list") -> 
 
 # --------------------------------------------------------------------------- pruners
 
+def _only_raises_not_implemented(function: Any) -> bool:
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    body = [stmt for stmt in node.body if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))]
+    if len(body) != 1 or not isinstance(body[0], ast.Raise) or body[0].exc is None:
+        return False
+    exc = body[0].exc.func if isinstance(body[0].exc, ast.Call) else body[0].exc
+    return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
+
+
 def _is_abstract(cls: type) -> bool:
-    for hook in ("calc_mask", "channel_importance"):
-        method = getattr(cls, hook, None)
-        if method is None:
-            continue
-        try:
-            source = inspect.getsource(method)
-        except (OSError, TypeError):
-            continue
-        body = source.split(":", 1)[-1]
-        if "raise NotImplementedError" in body and len(body.strip().splitlines()) <= 4:
-            return True
-    return False
+    """True for bases such as ``FilterPruner``: some hook still only raises ``NotImplementedError``."""
+    return any(_only_raises_not_implemented(function) for name, function in inspect.getmembers(cls, inspect.isfunction)
+               if not name.startswith("__"))
+
+
+@functools.cache
+def _cached_abstract(cls: type) -> bool:
+    return _is_abstract(cls)
 
 
 def pruner_registry() -> dict[str, type]:
@@ -231,7 +245,7 @@ def pruner_registry() -> dict[str, type]:
     registry = {}
     for name in getattr(pruning, "__all__", ()):
         obj = getattr(pruning, name, None)
-        if isinstance(obj, type) and issubclass(obj, Pruner) and not _is_abstract(obj):
+        if isinstance(obj, type) and issubclass(obj, Pruner) and not _cached_abstract(obj):
             registry[name] = obj
     return registry
 

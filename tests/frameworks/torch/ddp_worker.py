@@ -57,7 +57,11 @@ def worker(rank, world_size, port, x, y, out_dir):
         summed_np = distributed.all_reduce_sum(np.array([rank + 1], dtype=np.int64))
         wrote = distributed.export_model(pruner, model_path=os.path.join(out_dir, "model.pth"),
                                          mask_path=os.path.join(out_dir, "mask.pth"))
+        from slimkit.utils import distributed as neutral  # what the core (compressor.py) would call
+
+        shim = (neutral.is_main_process(), neutral.all_reduce_sum(np.array([2.0]) * (rank + 1)).tolist())
         torch.save({"masks": pruner.get_masks(), "state": model.state_dict(), "main": distributed.is_main_process(),
+                    "shim": shim,
                     "wrote": wrote, "sum": summed.item(), "sum_np": summed_np.tolist()},
                    os.path.join(out_dir, f"rank{rank}.pth"))
     finally:

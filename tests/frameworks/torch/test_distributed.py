@@ -29,6 +29,7 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
     reference_masks, reference_state = ddp_worker.single_process(x, y)
     assert [r["main"] for r in ranks] == [True, False] and [r["wrote"] for r in ranks] == [True, False]
     assert [r["sum"] for r in ranks] == [3.0, 3.0] and [r["sum_np"] for r in ranks] == [[3], [3]]
+    assert [r["shim"] for r in ranks] == [(True, [6.0]), (False, [6.0])]
     assert sorted(ranks[0]["masks"]) == ["conv2", "conv3"]
     for name in reference_masks:
         for kind in ("weight", "bias"):
