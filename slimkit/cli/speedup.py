@@ -16,8 +16,9 @@ example:
   slimkit speedup --model tests.cli.factories:digits_model --weights out/model.pth \\
                   --masks out/mask.pth --input-shape 1,1,8,8 --out out/speedup/
 
-writes out/speedup/model.onnx (the smaller model), model_speedup.pth (its state dict: loads into a
-model rebuilt by running ModelSpeedup on the same masks) and report.md (latency before / after)
+writes out/speedup/model_speedup.pth (the smaller model's state dict: it loads into a model rebuilt by
+running ModelSpeedup on the same masks), report.md (parameters and latency before / after) and,
+with --onnx, model.onnx
 """
 
 
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
     parser.add_argument("--masks", required=True, help="mask file written by `slimkit prune` (mask.pth)")
     parser.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,1,8,8")
+    parser.add_argument("--onnx", action="store_true", help="also write the smaller model as model.onnx")
     parser.add_argument("--out", required=True, help="output directory")
 
 
@@ -47,14 +49,17 @@ def run(args: argparse.Namespace) -> int:
     model_speedup(model, example, masks).speedup_model()
     after = measure(model, example=example)
     os.makedirs(args.out, exist_ok=True)
-    state_path, onnx_path = os.path.join(args.out, "model_speedup.pth"), os.path.join(args.out, "model.onnx")
+    state_path = os.path.join(args.out, "model_speedup.pth")
     with atomic_path(state_path) as tmp:
         torch.save(model.state_dict(), tmp)
-    export_onnx(model, onnx_path, shape)
+    written = [state_path]
+    if args.onnx:
+        written.append(os.path.join(args.out, "model.onnx"))
+        export_onnx(model, written[-1], shape)
     report_path = os.path.join(args.out, "report.md")
     write_report(report_path, render_report(args.model, before, after, layer_sparsity(masks),
                                             [f"masks: {args.masks}", "after: channels physically removed"]))
     common.say(f"parameters {before.parameters:,} -> {after.parameters:,}; latency "
                f"{before.latency_ms:.3f} ms -> {after.latency_ms:.3f} ms",
-               f"wrote {state_path}", f"wrote {onnx_path}", f"wrote {report_path}")
+               *[f"wrote {path}" for path in written], f"wrote {report_path}")
     return 0
