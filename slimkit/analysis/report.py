@@ -44,7 +44,7 @@ class ModelStats:
         nonzero: number of parameters that are not zero.
         file_bytes: size of the saved state dict (``torch.save``).
         compressed_bytes: that file zlib-compressed (zeros compress; this is what pruning saves on disk).
-        latency_ms: median latency of a batch-1 forward in milliseconds, or None if not measured.
+        latency_ms: median latency of a batch-1 forward in milliseconds (one thread), or None if not measured.
         metric: an evaluation metric (accuracy), or None.
     """
 
@@ -56,20 +56,36 @@ class ModelStats:
     metric: float | None = None
 
 
-def latency_ms(model: Any, example: Any, runs: int = 10, warmup: int = 2) -> float:
-    """Median wall-clock time of ``model(example)`` in milliseconds (eval mode, no grad)."""
+def latency_ms(model: Any, example: Any, runs: int = 10, warmup: int = 3, threads: int | None = 1) -> float:
+    """Median wall-clock time of ``model(example)`` in milliseconds (eval mode, no grad).
+
+    Args:
+        model: a PyTorch module.
+        example: its input (batch 1 for deployment latency).
+        runs: timed runs; the median is returned.
+        warmup: untimed runs first.
+        threads: intra-op threads while timing (restored afterwards); 1 by default, as on-device
+            benchmarks usually run, and because multi-threaded timings of small models on a busy
+            machine are mostly scheduler noise. None keeps the current setting.
+    """
     import torch
 
     was_training = model.training
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     model.eval()
     times = []
-    with torch.no_grad():
-        for index in range(warmup + runs):
-            start = time.perf_counter()
-            model(example)
-            if index >= warmup:
-                times.append((time.perf_counter() - start) * 1000.0)
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for index in range(warmup + runs):
+                start = time.perf_counter()
+                model(example)
+                if index >= warmup:
+                    times.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        model.train(was_training)
+        torch.set_num_threads(previous_threads)
     return statistics.median(times)
 
 
@@ -130,7 +146,7 @@ def render_report(title: str, before: ModelStats, after: ModelStats,
          _change(before.compressed_bytes, after.compressed_bytes)),
     ]
     if before.latency_ms is not None and after.latency_ms is not None:
-        rows.append(("latency, batch 1 (median)", f"{before.latency_ms:.3f} ms", f"{after.latency_ms:.3f} ms",
+        rows.append(("latency, batch 1, 1 thread (median)", f"{before.latency_ms:.3f} ms", f"{after.latency_ms:.3f} ms",
                      _change(before.latency_ms, after.latency_ms)))
     if before.metric is not None and after.metric is not None:
         rows.append(("accuracy", f"{before.metric:.4f}", f"{after.metric:.4f}", f"{after.metric - before.metric:+.4f}"))

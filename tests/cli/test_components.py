@@ -47,7 +47,7 @@ def test_speedup_command_with_a_component(tmp_path, monkeypatch, capsys):
     state = torch.load(tmp_path / "out" / "model_speedup.pth", weights_only=True)
     assert state["fc.weight"].shape == (5, 64)
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "| latency, batch 1 (median) |" in report and "| fc | (10, 64) | 0.0000 |" in report
+    assert "| latency, batch 1, 1 thread (median) |" in report and "| fc | (10, 64) | 0.0000 |" in report
     assert "parameters 56,490 -> 56,165" in capsys.readouterr().out
 
 

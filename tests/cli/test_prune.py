@@ -70,7 +70,7 @@ def test_prune_report_has_layers_sizes_and_latency(pruned):
     assert "| conv2 | (64, 32, 3, 3) | 0.5000 |" in report
     assert "| fc | (10, 64) | 0.3000 |" in report
     assert "| conv1 |" not in report
-    for row in ("| parameters |", "| non-zero parameters |", "| file size |", "| latency, batch 1 (median) |",
+    for row in ("| parameters |", "| non-zero parameters |", "| file size |", "| latency, batch 1, 1 thread (median) |",
                 "| accuracy |"):
         assert row in report
     before, after = [int(cell.replace(",", "")) for cell in
