@@ -136,8 +136,18 @@ def _change(before: float, after: float) -> str:
 
 
 def render_report(title: str, before: ModelStats, after: ModelStats,
-                  layers: Mapping[str, tuple[tuple[int, ...], float]], notes: Sequence[str] = ()) -> str:
-    """The Markdown report comparing ``before`` and ``after``, with the per-layer sparsity table."""
+                  layers: Mapping[str, tuple[tuple[int, ...], float]] | None = None, notes: Sequence[str] = (),
+                  layer_table: tuple[Sequence[str], Sequence[Sequence[str]]] | None = None) -> str:
+    """The Markdown report comparing ``before`` and ``after``.
+
+    Args:
+        title: the model's name.
+        before: stats of the original model.
+        after: stats of the compressed model.
+        layers: ``{layer: (weight shape, sparsity)}`` for the pruning table (see :func:`layer_sparsity`).
+        notes: extra lines listed under "Notes".
+        layer_table: ``(header, rows)`` of another per-layer table (quantization parameters) instead.
+    """
     rows = [
         ("parameters", f"{before.parameters:,}", f"{after.parameters:,}", _change(before.parameters, after.parameters)),
         ("non-zero parameters", f"{before.nonzero:,}", f"{after.nonzero:,}", _change(before.nonzero, after.nonzero)),
@@ -152,8 +162,13 @@ def render_report(title: str, before: ModelStats, after: ModelStats,
         rows.append(("accuracy", f"{before.metric:.4f}", f"{after.metric:.4f}", f"{after.metric - before.metric:+.4f}"))
     lines = [f"# Compression report: {title}", "", "| | before | after | change |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {b} | {a} | {c} |" for name, b, a, c in rows]
-    lines += ["", "## Layers", "", "| layer | weight shape | sparsity |", "|---|---|---:|"]
-    lines += [f"| {name} | {tuple(shape)} | {sparsity:.4f} |" for name, (shape, sparsity) in layers.items()]
+    if layers is not None:
+        layer_table = (["layer", "weight shape", "sparsity"],
+                       [[name, str(tuple(shape)), f"{sparsity:.4f}"] for name, (shape, sparsity) in layers.items()])
+    if layer_table is not None:
+        header, rows = layer_table
+        lines += ["", "## Layers", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"

@@ -27,7 +27,8 @@ qat.yaml:
   calibration: {batches: 8}            # PostTrainingQuantizer: calibrate on this many batches
   input_shape: [1, 1, 8, 8]
 
-writes out/model.pth, out/calibration.pth and out/report.md
+writes out/model.pth (float weights), out/calibration.pth (scales, zero points, bits per layer),
+out/report.md and, with --tflite, out/model.tflite
 """
 
 KEYS = {
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model factory as package.module:function")
     parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
     parser.add_argument("--data", help="data loader as package.module:function (QAT, calibration, accuracy)")
+    parser.add_argument("--tflite", action="store_true", help="also write out/model.tflite with TFLiteConverter")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
 
@@ -95,13 +97,37 @@ def run(args: argparse.Namespace) -> int:
     calibration = quantizer.export_model(model_path=model_path, calibration_path=calibration_path) or {}
     after_metric = common.accuracy(model, session.data) if session.data else None
     after = measure(model, example=session.example, metric=after_metric)
-    layers = {name: ((), 0.0) for name in calibration}
-    notes = [f"algorithm: {cls.__name__}"] + [
-        f"{name}: " + ", ".join(f"{k}={v}" for k, v in entry.items() if k.endswith("bits"))
-        for name, entry in calibration.items()]
-    notes.append("the float model with fake-quantization was measured; `slimkit convert` writes the int8 file")
+    written = [model_path, calibration_path]
+    notes = [f"algorithm: {cls.__name__}", "after: the model with fake quantization (float kernels)"]
+    if args.tflite:
+        converter = common.require("slimkit.converter", "TFLiteConverter",
+                                   "the TFLite converter component (slimkit.converter.TFLiteConverter)")
+        written.append(os.path.join(args.out, "model.tflite"))
+        converter(model, session.example, written[-1]).convert()
+        notes.append(f"model.tflite: {os.path.getsize(written[-1]):,} bytes")
     report_path = os.path.join(args.out, "report.md")
-    write_report(report_path, render_report(args.model, before, after, layers, notes))
-    common.say(f"quantized {len(calibration)} layers with {cls.__name__}", f"wrote {model_path}",
-               f"wrote {calibration_path}", f"wrote {report_path}")
+    write_report(report_path, render_report(args.model, before, after, notes=notes,
+                                            layer_table=quantization_table(calibration)))
+    common.say(f"quantized {len(calibration)} layers with {cls.__name__}", *[f"wrote {p}" for p in written],
+               f"wrote {report_path}")
     return 0
+
+
+def _summary(value: Any) -> str:
+    import numpy as np
+
+    if value is None:
+        return "-"
+    array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value).reshape(-1)
+    if array.size == 1:
+        return f"{array[0]:.6g}"
+    return f"{array.size} values, {array.min():.4g}..{array.max():.4g}"
+
+
+def quantization_table(calibration: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Report rows: bits, scales and zero points per layer (per-channel scales summarised)."""
+    header = ["layer", "weight bits", "weight scale", "output bits", "output scale", "output zero point"]
+    rows = [[name, str(entry.get("weight_bits", "-")), _summary(entry.get("weight_scale")),
+             str(entry.get("output_bits", "-")), _summary(entry.get("output_scale")),
+             _summary(entry.get("output_zero_point"))] for name, entry in calibration.items()]
+    return header, rows

@@ -87,6 +87,8 @@ class RecordingQuantizer(QuantizerBase):
     def export_model(self, model_path, calibration_path=None):
         torch.save(self.model.state_dict(), model_path)
         calibration = {"fc": {"weight_bits": self.bits, "output_bits": self.bits}}
+        if self.bits == 8:
+            calibration["fc"].update(weight_scale=torch.tensor([0.5, 0.25]), output_scale=0.1, output_zero_point=-3)
         torch.save(calibration, calibration_path)
         return calibration
 
@@ -106,7 +108,19 @@ def test_quantize_command_with_a_component(tmp_path, quantizers, capsys):
     assert capsys.readouterr().out.startswith("quantized 1 layers with RecordingQuantizer\n")
     calibration = torch.load(tmp_path / "out" / "calibration.pth", weights_only=True)
     assert calibration == {"fc": {"weight_bits": 4, "output_bits": 4}}
-    assert "- fc: weight_bits=4, output_bits=4" in (tmp_path / "out" / "report.md").read_text()
+    assert "| fc | 4 | - | 4 | - | - |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_quantize_report_table_and_tflite(tmp_path, quantizers, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "slimkit.converter", types.SimpleNamespace(TFLiteConverter=FileConverter))
+    config = tmp_path / "q.yaml"
+    config.write_text("algorithm: RecordingQuantizer\ninput_shape: [1, 1, 8, 8]\n"
+                      "config_list: [{quant_types: [weight], quant_bits: 8, op_types: [Linear]}]\n")
+    assert main(["quantize", "--config", str(config), "--model", MODEL, "--out", str(tmp_path / "o"), "--tflite"]) == 0
+    assert (tmp_path / "o" / "model.tflite").read_bytes() == b"TFL3"
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "| layer | weight bits | weight scale | output bits | output scale | output zero point |" in report
+    assert "| fc | 8 | 2 values, 0.25..0.5 | 8 | 0.1 | -3 |" in report and "- model.tflite: 4 bytes" in report
 
 
 def test_quantize_config_error_names_the_line(tmp_path, quantizers, capsys):
