@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 
 from slimkit.cli import _common as common
-from slimkit.cli.prune import Session
+from slimkit.cli._session import Session
+from slimkit.cli.prune import KEYS
 
 HELP = "generate the per-layer YAML (each matched layer with its resolved settings)"
 EXAMPLE = """\
@@ -62,8 +63,8 @@ def render(settings: dict[str, Any], entries: list[tuple[Any, dict[str, Any]]], 
 def run(args: argparse.Namespace) -> int:
     from slimkit.utils.files import atomic_path
 
-    session = Session(args, train=False)
-    entries = layer_entries(session.build_pruner())
+    session = Session(args, KEYS, common.pruner_registry(), "pruner", train=False)
+    entries = layer_entries(session.build())
     text = render(session.settings, entries, os.path.basename(args.config))
     with atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)

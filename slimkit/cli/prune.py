@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 from slimkit.cli import _common as common
+from slimkit.cli._session import Session
 
 HELP = "prune a model with a pruner and config_list from a YAML file"
 EXAMPLE = """\
@@ -47,68 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
 
 
-class Session:
-    """A model, its data and settings, shared by ``prune`` and ``config generate``."""
-
-    def __init__(self, args: argparse.Namespace, train: bool = True):
-        import torch
-
-        self.doc, self.settings = common.read_settings(args.config, KEYS)
-        torch.manual_seed(self.settings.get("seed", 0))
-        registry = common.pruner_registry()
-        self.cls = common.lookup(registry, self.settings["algorithm"], self.doc, ("algorithm",), "pruner")
-        self.model = common.load_model(args.model, args.weights)
-        self.data = common.load_data(args.data) if getattr(args, "data", None) else None
-        fine_tune = common.check_keys(self.doc, self.settings.get("fine_tune", {}), common.FINE_TUNE_KEYS,
-                                      ("fine_tune",))
-        self.fine_tune = {"epochs": 1, "lr": 1e-3, "batch_size": 64, "optimizer": "adam", **fine_tune}
-        if train and "fine_tune" in self.settings and self.data is None:
-            raise self.doc.error(("fine_tune",), "fine-tuning needs training data. Expected --data "
-                                                 "package.module:loader. Received: no --data")
-        shape = self.settings.get("input_shape")
-        self.example = (torch.randn(*shape) if shape else
-                        self.data.example_input() if self.data is not None else None)
-        self.optimizer: Any = None
-        self.quiet: bool | None = getattr(args, "quiet", None)
-
-    def make_optimizer(self) -> Any:
-        import torch
-
-        if self.optimizer is None:
-            kind = torch.optim.Adam if self.fine_tune["optimizer"] == "adam" else torch.optim.SGD
-            self.optimizer = kind(self.model.parameters(), lr=self.fine_tune["lr"])
-        return self.optimizer
-
-    def trainer(self, model: Any, optimizer: Any, criterion: Any, epoch: int) -> None:
-        """NNI-style trainer: one epoch over the training batches."""
-        self.train_epoch(model, optimizer, criterion, epoch, pruner=None)
-
-    def train_epoch(self, model: Any, optimizer: Any, criterion: Any, epoch: int, pruner: Any) -> None:
-        from slimkit.utils.progress import progress
-
-        model.train()
-        batches = self.data.train(self.fine_tune["batch_size"]) if self.data else ()
-        for x, y in progress(batches, desc=f"epoch {epoch}", quiet=self.quiet, unit="batch"):
-            loss = criterion(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if pruner is not None:
-                pruner.step()
-
-    def build_pruner(self) -> Any:
-        import torch
-
-        available = {
-            "optimizer": self.make_optimizer,
-            "dummy_input": lambda: self.example,
-            "criterion": lambda: torch.nn.functional.cross_entropy,
-            "trainer": lambda: self.trainer if self.data is not None else None,
-        }
-        kwargs = common.build_kwargs(self.cls, self.settings.get("arguments", {}), available)
-        return common.construct(self.cls, self.model, self.settings["config_list"], kwargs, self.doc)
-
-
 def run(args: argparse.Namespace) -> int:
     import copy
 
@@ -117,12 +55,12 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.analysis.report import layer_sparsity, measure, render_report, write_report
     from slimkit.errors import ConfigError
 
-    session = Session(args)
+    session = Session(args, KEYS, common.pruner_registry(), "pruner")
     out = args.out
     os.makedirs(out, exist_ok=True)
     before_metric = common.accuracy(session.model, session.data) if session.data else None
     before = measure(copy.deepcopy(session.model), example=session.example, metric=before_metric)
-    pruner = session.build_pruner()
+    pruner = session.build()
     try:
         model = pruner.compress()
     except ConfigError as error:

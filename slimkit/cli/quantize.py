@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from slimkit.cli import _common as common
+from slimkit.cli._session import Session
 
 HELP = "quantize a model with a quantizer and config_list from a YAML file"
 COMPONENT = "the quantization component (slimkit.algorithms.quantization)"
@@ -60,29 +61,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from slimkit.analysis.report import measure, render_report, write_report
-    from slimkit.cli.prune import Session
     from slimkit.utils.progress import progress
 
     registry = quantizer_registry()  # fails clearly before anything else while the component is absent
-    doc, settings = common.read_settings(args.config, KEYS)
-    torch.manual_seed(settings.get("seed", 0))
-    cls = common.lookup(registry, settings["algorithm"], doc, ("algorithm",), "quantizer")
-    session = Session.__new__(Session)  # reuse the model / data / fine-tune plumbing of `prune`
-    session.doc, session.settings, session.cls = doc, settings, cls
-    session.model = common.load_model(args.model, args.weights)
-    session.data = common.load_data(args.data) if args.data else None
-    fine_tune = common.check_keys(doc, settings.get("fine_tune", {}), common.FINE_TUNE_KEYS, ("fine_tune",))
-    session.fine_tune = {"epochs": 1, "lr": 1e-4, "batch_size": 64, "optimizer": "adam", **fine_tune}
-    session.quiet, session.optimizer = args.quiet, None
-    if ("fine_tune" in settings or "calibration" in settings) and session.data is None:
-        raise doc.error(("fine_tune" if "fine_tune" in settings else "calibration",),
-                        "needs data. Expected --data package.module:loader. Received: no --data")
-    shape = settings.get("input_shape")
-    session.example = torch.randn(*shape) if shape else (session.data.example_input() if session.data else None)
+    session = Session(args, KEYS, registry, "quantizer", lr=1e-4, data_keys=("fine_tune", "calibration"))
+    settings, cls = session.settings, session.cls
     os.makedirs(args.out, exist_ok=True)
     before_metric = common.accuracy(session.model, session.data) if session.data else None
     before = measure(copy.deepcopy(session.model), example=session.example, metric=before_metric)
-    quantizer: Any = session.build_pruner()
+    quantizer: Any = session.build()
     model = quantizer.compress()
     if "calibration" in settings and hasattr(quantizer, "calibrate"):
         count = int(settings["calibration"].get("batches", 8))

@@ -172,3 +172,28 @@ def test_every_subcommand_has_help_with_an_example(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "example" in out and "slimkit " in out.split("example", 1)[1]
+
+
+def test_fine_tune_without_data(tmp_path, capsys):
+    message = run_error(tmp_path, capsys, """\
+        algorithm: LevelPruner
+        config_list: [{sparsity: 0.5, op_types: [Conv2d]}]
+        fine_tune: {epochs: 1}
+        """)
+    assert message == ("3: key 'fine_tune': needs data. Expected --data package.module:loader. "
+                       "Received: no --data")
+
+
+def test_weights_that_do_not_fit(tmp_path, capsys):
+    import torch
+
+    weights = tmp_path / "w.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, weights)
+    path = tmp_path / "cfg.yaml"
+    path.write_text("algorithm: LevelPruner\nconfig_list: [{sparsity: 0.5, op_types: [Conv2d]}]\n")
+    assert main(["prune", "--config", str(path), "--model", MODEL, "--weights", str(weights),
+                 "--out", str(tmp_path)]) == 2
+    assert f"The weights in {str(weights)!r} do not fit the model from {MODEL!r}" in capsys.readouterr().err
+    assert main(["prune", "--config", str(path), "--model", MODEL, "--weights", str(tmp_path / "none.pth"),
+                 "--out", str(tmp_path)]) == 2
+    assert "Expected an existing weights file." in capsys.readouterr().err
