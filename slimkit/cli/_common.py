@@ -257,19 +257,36 @@ def lookup(registry: Mapping[str, Any], name: str, doc: YamlDocument, path: tupl
     return registry[name]
 
 
-def build_kwargs(cls: type, given: Mapping[str, Any], available: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
-    """``given`` plus each ``available`` object whose name ``cls.__init__`` accepts and ``given`` lacks.
+ACCEPTED, REQUIRED_ONLY = "accepted", "required"
 
-    ``available`` maps keyword names (``optimizer``, ``dummy_input``, ``trainer``, ``criterion``) to
-    zero-argument factories, called only when the keyword is used.
+
+def build_kwargs(cls: type, given: Mapping[str, Any],
+                 available: Mapping[str, tuple[Callable[[], Any], str]]) -> dict[str, Any]:
+    """``given`` plus the ``available`` keywords ``cls.__init__`` takes and ``given`` lacks.
+
+    ``available`` maps a keyword (``optimizer``, ``dummy_input``, ``trainer``, ``criterion``) to a
+    zero-argument factory and when to supply it: :data:`ACCEPTED` whenever the constructor has the
+    parameter, :data:`REQUIRED_ONLY` only when the parameter has no default (constructors may reject an
+    optional object their configuration does not use).
+
+    Example:
+
+    >>> class Algo:
+    ...     def __init__(self, model, config_list, *, optimizer=None, trainer, criterion=None): ...
+    >>> sorted(build_kwargs(Algo, {'x': 1}, {'optimizer': (lambda: 'opt', ACCEPTED),
+    ...     'trainer': (lambda: 'fit', REQUIRED_ONLY), 'criterion': (lambda: 'ce', REQUIRED_ONLY)}).items())
+    [('optimizer', 'opt'), ('trainer', 'fit'), ('x', 1)]
     """
     params = inspect.signature(cls.__init__).parameters
     kwargs = dict(given)
-    for name, make in available.items():
-        if name in params and name not in kwargs:
-            value = make()
-            if value is not None:
-                kwargs[name] = value
+    for name, (make, when) in available.items():
+        if name not in params or name in kwargs:
+            continue
+        if when == REQUIRED_ONLY and params[name].default is not inspect.Parameter.empty:
+            continue
+        value = make()
+        if value is not None:
+            kwargs[name] = value
     return kwargs
 
 

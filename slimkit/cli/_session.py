@@ -20,10 +20,12 @@ class Session:
         lr: default fine-tuning learning rate.
         train: whether this run trains (then the keys in ``data_keys`` need ``--data``).
         data_keys: YAML keys that need ``--data``.
+        dummy_input_always: pass ``dummy_input`` wherever the constructor takes it (quantizers).
     """
 
     def __init__(self, args: argparse.Namespace, keys: Mapping[str, common.Key], registry: Mapping[str, type],
-                 kind: str, *, lr: float = 1e-3, train: bool = True, data_keys: Sequence[str] = ("fine_tune",)):
+                 kind: str, *, lr: float = 1e-3, train: bool = True, data_keys: Sequence[str] = ("fine_tune",),
+                 dummy_input_always: bool = False):
         import torch
 
         self.doc, self.settings = common.read_settings(args.config, keys)
@@ -42,6 +44,7 @@ class Session:
                         self.data.example_input() if self.data is not None else None)
         self.optimizer: Any = None
         self.quiet: bool | None = getattr(args, "quiet", None)
+        self.dummy_input_always = dummy_input_always
 
     def make_optimizer(self) -> Any:
         import torch
@@ -69,14 +72,22 @@ class Session:
                 pruner.step()
 
     def build(self) -> Any:
-        """The compressor: ``cls(model, config_list, **arguments)`` plus the keywords it accepts that we can supply."""
+        """The compressor: ``cls(model, config_list, **arguments)``, plus the objects YAML cannot hold.
+
+        ``optimizer`` (the fine-tuning optimizer) is passed wherever the constructor takes it;
+        ``dummy_input`` (from ``input_shape`` or the data) for quantizers and for ``dependency_aware``
+        pruners; ``criterion`` (cross entropy) and ``trainer`` (one epoch over ``--data``) only to
+        constructors that require them.
+        """
         import torch
 
+        arguments = self.settings.get("arguments", {})
+        wants_graph = self.dummy_input_always or bool(arguments.get("dependency_aware"))
         available = {
-            "optimizer": self.make_optimizer,
-            "dummy_input": lambda: self.example,
-            "criterion": lambda: torch.nn.functional.cross_entropy,
-            "trainer": lambda: self.trainer if self.data is not None else None,
+            "optimizer": (self.make_optimizer, common.ACCEPTED),
+            "dummy_input": (lambda: self.example, common.ACCEPTED if wants_graph else common.REQUIRED_ONLY),
+            "criterion": (lambda: torch.nn.functional.cross_entropy, common.REQUIRED_ONLY),
+            "trainer": (lambda: self.trainer if self.data is not None else None, common.REQUIRED_ONLY),
         }
-        kwargs = common.build_kwargs(self.cls, self.settings.get("arguments", {}), available)
+        kwargs = common.build_kwargs(self.cls, arguments, available)
         return common.construct(self.cls, self.model, self.settings["config_list"], kwargs, self.doc)

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.utils.progress import progress
 
     registry = quantizer_registry()  # fails clearly before anything else while the component is absent
-    session = Session(args, KEYS, registry, "quantizer", lr=1e-4, data_keys=("fine_tune", "calibration"))
+    session = Session(args, KEYS, registry, "quantizer", lr=1e-4, data_keys=("fine_tune", "calibration"),
+                      dummy_input_always=True)
     settings, cls = session.settings, session.cls
     os.makedirs(args.out, exist_ok=True)
     before_metric = common.accuracy(session.model, session.data) if session.data else None
