@@ -66,3 +66,38 @@ def worker(rank, world_size, port, x, y, out_dir):
                    os.path.join(out_dir, f"rank{rank}.pth"))
     finally:
         torch.distributed.destroy_process_group()
+
+
+def apoz_masks(x, statistics_batch_num=2):
+    """An APoZ-pruned model recording ``statistics_batch_num`` passes; with ``x``, those passes are run."""
+    from slimkit.algorithms.pruning import ActivationAPoZRankFilterPruner
+
+    torch.manual_seed(0)
+    model = DigitsCNN(width=8).eval()
+    pruner = ActivationAPoZRankFilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}],
+                                            statistics_batch_num=statistics_batch_num)
+    model = pruner.compress()
+    if x is not None:
+        with torch.no_grad():
+            for _ in range(statistics_batch_num):
+                model(x)
+        pruner.step()
+    return model, pruner
+
+
+def apoz_worker(rank, world_size, port, x, out_dir):
+    """Each rank records activations on its shard through DDP; masks must come from all shards."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=world_size)
+    try:
+        model, pruner = apoz_masks(None)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        shard = slice(rank * len(x) // world_size, (rank + 1) * len(x) // world_size)
+        with torch.no_grad():
+            for _ in range(pruner.statistics_batch_num):
+                ddp(x[shard])
+        pruner.step()
+        torch.save(pruner.get_masks(), os.path.join(out_dir, f"apoz{rank}.pth"))
+    finally:
+        torch.distributed.destroy_process_group()

@@ -48,6 +48,26 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.pth", "model.pth", "rank0.pth", "rank1.pth"]
 
 
+def _has_apoz() -> bool:
+    from slimkit.algorithms import pruning
+
+    return hasattr(pruning, "ActivationAPoZRankFilterPruner")
+
+
+@pytest.mark.skipif(not _has_apoz() or not torch.distributed.is_available(), reason="needs the APoZ pruner")
+def test_ddp_activation_statistics_come_from_every_shard(tmp_path):
+    """Needs the all-reduce of activation statistics before masks are computed (see the workflow report)."""
+    torch.manual_seed(2)
+    x = torch.rand(16, 1, 8, 8)
+    x[8:] *= torch.linspace(0, 1, 8).view(1, 1, 1, 8)  # the two halves give different statistics
+    mp.spawn(ddp_worker.apoz_worker, args=(2, free_port(), x, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"apoz{r}.pth", weights_only=True) for r in range(2)]
+    _, reference = ddp_worker.apoz_masks(x)
+    for name, entry in reference.get_masks().items():
+        assert torch.equal(ranks[0][name]["weight"], ranks[1][name]["weight"]), name
+        assert torch.equal(ranks[0][name]["weight"], entry["weight"]), name
+
+
 def test_helpers_are_no_ops_without_a_process_group(tmp_path):
     model, pruner = ddp_worker.build()
     masks = pruner.get_masks()
