@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from slimkit.cli import _common as common
@@ -86,19 +87,12 @@ def run(args: argparse.Namespace) -> int:
     layers = layer_sparsity(masks)
     report_path = os.path.join(out, "report.md")
     write_report(report_path, render_report(args.model, before, after, layers, notes))
-    total = sum(shape_numel(shape) * s for shape, s in layers.values())
-    size = sum(shape_numel(shape) for shape, _ in layers.values())
+    total = sum(math.prod(shape) * s for shape, s in layers.values())
+    size = sum(math.prod(shape) for shape, _ in layers.values())
     common.say(f"pruned {len(layers)} layers with {session.cls.__name__}: {total / max(size, 1):.1%} of their "
                f"weights removed; non-zero parameters {before.nonzero:,} -> {after.nonzero:,}")
     if after_metric is not None:
         common.say(f"accuracy {before_metric:.4f} -> {after_metric:.4f}")
     common.say(f"wrote {model_path}", f"wrote {mask_path}", f"wrote {report_path}")
     return 0
-
-
-def shape_numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
