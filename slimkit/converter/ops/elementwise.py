@@ -1,0 +1,155 @@
+"""Broadcasting binary ops (add / sub / mul / div / maximum / minimum, tensors and scalars)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from slimkit.converter import layout
+from slimkit.converter.ir import Tensor
+from slimkit.converter.registry import register
+
+_NP = {"float32": np.float32, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
+
+
+def _is_act(v) -> bool:
+    return isinstance(v, Tensor) and not v.is_const
+
+
+def _as_array(v, dtype):
+    if isinstance(v, Tensor):
+        return np.transpose(v.data, np.argsort(v.order))
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().numpy().astype(dtype)
+    return np.asarray(v, dtype=dtype)
+
+
+def broadcast_inputs(ctx, values, out_shape, dtype="float32"):
+    """Lay out ``values`` to broadcast against each other in one common axis order; returns (tensors, order)."""
+    rank = len(out_shape)
+    acts = [v for v in values if _is_act(v)]
+    order = layout.identity(rank)
+    for v in acts:
+        if v.rank == rank and v.perm is not None:
+            order = v.order
+            break
+    out = []
+    for v in values:
+        if _is_act(v):
+            if v.rank == rank:
+                v = ctx.layout(v, order)
+            elif order == layout.identity(rank) or v.rank == 0:
+                v = ctx.layout(v, layout.identity(v.rank))
+            else:
+                v = layout.logical_bytes(ctx, v)
+                shape = (1,) * (rank - v.rank) + tuple(v.shape)
+                r = ctx.tensor(shape, v.dtype)
+                ctx.emit("RESHAPE", [v, ctx.const(np.array(shape, np.int32))], [r], NewShape=list(shape))
+                v = ctx.layout(r, order)
+            out.append(v)
+        else:
+            out.append(ctx.const(layout.const_in_order(_as_array(v, _NP.get(dtype, np.float32)), rank, order)))
+    return out, order
+
+
+def binary(ctx, code, a, b, **options):
+    val = ctx.node.meta["val"]
+    dtype = {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32", torch.bool: "bool"}.get(
+        val.dtype, "float32")
+    (x, y), order = broadcast_inputs(ctx, [a, b], tuple(val.shape), dtype)
+    out = ctx.tensor(tuple(val.shape), dtype, perm=order)
+    ctx.emit(code, [x, y], [out], **options)
+    return out
+
+
+def _scaled(ctx, b, alpha):
+    if alpha in (None, 1):
+        return b
+    if _is_act(b):
+        return binary(ctx, "MUL", b, alpha, FusedActivationFunction=0)
+    return _as_array(b, np.float32) * alpha
+
+
+@register("aten.add.Tensor", "aten.add.Scalar", "aten.add_.Tensor", emits=("ADD",))
+def add(ctx, node, a):
+    return binary(ctx, "ADD", a["self"], _scaled(ctx, a["other"], a.get("alpha")), FusedActivationFunction=0)
+
+
+@register("aten.sub.Tensor", "aten.sub.Scalar", "aten.sub_.Tensor", emits=("SUB",))
+def sub(ctx, node, a):
+    return binary(ctx, "SUB", a["self"], _scaled(ctx, a["other"], a.get("alpha")), FusedActivationFunction=0)
+
+
+@register("aten.rsub.Scalar", "aten.rsub.Tensor", emits=("SUB",))
+def rsub(ctx, node, a):
+    return binary(ctx, "SUB", a["other"], _scaled(ctx, a["self"], a.get("alpha")), FusedActivationFunction=0)
+
+
+@register("aten.mul.Tensor", "aten.mul.Scalar", "aten.mul_.Tensor", emits=("MUL",))
+def mul(ctx, node, a):
+    return binary(ctx, "MUL", a["self"], a["other"], FusedActivationFunction=0)
+
+
+@register("aten.div.Tensor", "aten.div.Scalar", "aten.div_.Tensor", emits=("DIV", "MUL"))
+def div(ctx, node, a):
+    other = a["other"]
+    if not _is_act(other):
+        # x / c  ->  x * (1 / c): exact to one rounding, and MUL is faster everywhere
+        return binary(ctx, "MUL", a["self"], 1.0 / _as_array(other, np.float32), FusedActivationFunction=0)
+    return binary(ctx, "DIV", a["self"], other, FusedActivationFunction=0)
+
+
+@register("aten.maximum.default", emits=("MAXIMUM",))
+def maximum(ctx, node, a):
+    return binary(ctx, "MAXIMUM", a["self"], a["other"])
+
+
+@register("aten.minimum.default", emits=("MINIMUM",))
+def minimum(ctx, node, a):
+    return binary(ctx, "MINIMUM", a["self"], a["other"])
+
+
+@register("aten.pow.Tensor_Scalar", emits=("MUL", "SQRT", "POW"))
+def pow_(ctx, node, a):
+    x, e = a["self"], a["exponent"]
+    if e == 2:
+        return binary(ctx, "MUL", x, x, FusedActivationFunction=0)
+    if e == 0.5:
+        return unary(ctx, "SQRT", x)
+    return binary(ctx, "POW", x, float(e))
+
+
+def unary(ctx, code, x, **options):
+    out = ctx.tensor(x.shape, x.dtype, perm=x.perm)
+    ctx.emit(code, [x], [out], **options)
+    return out
+
+
+@register("aten.neg.default", emits=("NEG",))
+def neg(ctx, node, a):
+    return unary(ctx, "NEG", a["self"])
+
+
+@register("aten.sqrt.default", emits=("SQRT",))
+def sqrt(ctx, node, a):
+    return unary(ctx, "SQRT", a["self"])
+
+
+@register("aten.rsqrt.default", emits=("RSQRT",))
+def rsqrt(ctx, node, a):
+    return unary(ctx, "RSQRT", a["self"])
+
+
+@register("aten.exp.default", emits=("EXP",))
+def exp(ctx, node, a):
+    return unary(ctx, "EXP", a["self"])
+
+
+@register("aten.log.default", emits=("LOG",))
+def log(ctx, node, a):
+    return unary(ctx, "LOG", a["self"])
+
+
+@register("aten.abs.default", emits=("ABS",))
+def abs_(ctx, node, a):
+    return unary(ctx, "ABS", a["self"])

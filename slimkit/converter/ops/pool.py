@@ -1,0 +1,68 @@
+"""Pooling: max / avg pool 2d (SAME detected, PAD otherwise), adaptive average pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slimkit.converter.ops.conv import NHWC, _pair, pad_spatial, padding_mode
+from slimkit.converter.registry import register
+
+_LOWEST = float(np.finfo(np.float32).min)
+
+
+def _pool(ctx, code, x, kernel, stride, pads, out_shape, pad_value, allow_pad=True):
+    x = ctx.layout(x, NHWC)
+    h, w = x.shape[2:]
+    mode = padding_mode((h, w), out_shape[2:], kernel, stride, (1, 1), pads) if ctx.options.optimize else None
+    if mode == "VALID" and any((o - 1) * s + k > i for o, s, k, i in zip(out_shape[2:], stride, kernel, (h, w))):
+        mode = None  # ceil_mode windows past the end
+    if mode is None:
+        if not allow_pad:
+            ctx.fail("average pooling with count_include_pad=False and non-SAME padding is not supported")
+        ends = [max((o - 1) * s + k - i - p, 0) for o, s, k, i, p in zip(out_shape[2:], stride, kernel, (h, w), pads)]
+        x = pad_spatial(ctx, x, ((pads[0], ends[0]), (pads[1], ends[1])), pad_value)
+        mode = "VALID"
+    out = ctx.tensor(out_shape, perm=NHWC)
+    ctx.emit(code, [x], [out], Padding=0 if mode == "SAME" else 1, StrideH=stride[0], StrideW=stride[1],
+             FilterHeight=kernel[0], FilterWidth=kernel[1], FusedActivationFunction=0)
+    return out
+
+
+@register("aten.max_pool2d.default", emits=("MAX_POOL_2D", "PADV2"))
+def max_pool2d(ctx, node, a):
+    if _pair(a["dilation"]) != (1, 1):
+        ctx.fail("dilated max pooling is not supported")
+    kernel = _pair(a["kernel_size"])
+    stride = _pair(a["stride"]) if a["stride"] else kernel
+    return _pool(ctx, "MAX_POOL_2D", a["self"], kernel, stride, _pair(a["padding"]),
+                 tuple(node.meta["val"].shape), _LOWEST)
+
+
+@register("aten.avg_pool2d.default", emits=("AVERAGE_POOL_2D", "PAD"))
+def avg_pool2d(ctx, node, a):
+    if a["divisor_override"]:
+        ctx.fail("divisor_override is not supported")
+    kernel = _pair(a["kernel_size"])
+    stride = _pair(a["stride"]) if a["stride"] else kernel
+    pads = _pair(a["padding"])
+    out_shape = tuple(node.meta["val"].shape)
+    if a["ceil_mode"] and any(pads) and a["count_include_pad"]:
+        ctx.fail("avg_pool2d with ceil_mode and padding is not supported")
+    return _pool(ctx, "AVERAGE_POOL_2D", a["self"], kernel, stride, pads, out_shape, 0.0,
+                 allow_pad=bool(a["count_include_pad"]) or not any(pads))
+
+
+@register("aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default", emits=("MEAN", "AVERAGE_POOL_2D"))
+def adaptive_avg_pool2d(ctx, node, a):
+    x = ctx.layout(a["self"], NHWC)
+    out_shape = tuple(node.meta["val"].shape)
+    h, w = x.shape[2:]
+    oh, ow = out_shape[2:]
+    if (oh, ow) == (1, 1):
+        out = ctx.tensor(out_shape, perm=NHWC)
+        ctx.emit("MEAN", [x, ctx.const(np.array([1, 2], np.int32))], [out], KeepDims=True)
+        return out
+    if h % oh or w % ow:
+        ctx.fail(f"adaptive pooling from {h}x{w} to {oh}x{ow} (not a whole factor) is not supported")
+    k = (h // oh, w // ow)
+    return _pool(ctx, "AVERAGE_POOL_2D", x, k, k, (0, 0), out_shape, 0.0)

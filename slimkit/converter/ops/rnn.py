@@ -1,0 +1,3 @@
+"""Recurrent layers (LSTM / GRU); see slimkit.converter.rnn for the lowering."""
+
+from __future__ import annotations
