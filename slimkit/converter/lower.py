@@ -34,7 +34,8 @@ PASS_THROUGH = {
     "aten.type_as.default",
 }
 # Nodes that produce nothing on the data path.
-IGNORED = {"aten._assert_tensor_metadata.default", "aten._assert_async.msg", "aten.sym_constrain_range_for_size.default"}
+IGNORED = {"aten._assert_tensor_metadata.default", "aten._assert_async.msg",
+           "aten.sym_constrain_range_for_size.default"}
 
 
 def target_name(node: torch.fx.Node) -> str:

@@ -49,7 +49,7 @@ def _bytes_vector(builder: flatbuffers.Builder, data: np.ndarray, alignment: int
     builder.StartVector(1, n, alignment)
     builder.head = builder.head - n
     builder.Bytes[builder.head:builder.head + n] = raw.data
-    return builder.EndVector(n)
+    return builder.EndVector()
 
 
 def _int_vector(builder, values, dtype=np.int32) -> int:
@@ -170,7 +170,7 @@ def _offset_vector(builder, start, offsets) -> int:
     start(builder, len(offsets))
     for off in reversed(offsets):
         builder.PrependUOffsetTRelative(off)
-    return builder.EndVector(len(offsets))
+    return builder.EndVector()
 
 
 def _quantization(builder, q) -> int:
@@ -191,5 +191,5 @@ def _options(builder, op):
     getattr(tflite, f"{cls}Start")(builder)
     for key, value in op.options.items():
         adder = getattr(tflite, f"{cls}Add{key}")
-        adder(builder, vectors[key] if key in vectors else value)
+        adder(builder, vectors.get(key, value))
     return getattr(_OPTION_TYPES, cls), getattr(tflite, f"{cls}End")(builder)

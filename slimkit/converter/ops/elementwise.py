@@ -153,3 +153,8 @@ def log(ctx, node, a):
 @register("aten.abs.default", emits=("ABS",))
 def abs_(ctx, node, a):
     return unary(ctx, "ABS", a["self"])
+
+
+@register("aten.reciprocal.default", emits=("DIV",))
+def reciprocal(ctx, node, a):
+    return binary(ctx, "DIV", 1.0, a["self"], FusedActivationFunction=0)

@@ -10,12 +10,14 @@ from slimkit.converter.registry import register
 _LOWEST = float(np.finfo(np.float32).min)
 
 
-def _pool(ctx, code, x, kernel, stride, pads, out_shape, pad_value, allow_pad=True):
+def _pool(ctx, code, x, kernel, stride, pads, out_shape, pad_value, allow_pad=True, same_ok=True):
     x = ctx.layout(x, NHWC)
     h, w = x.shape[2:]
     mode = padding_mode((h, w), out_shape[2:], kernel, stride, (1, 1), pads) if ctx.options.optimize else None
     if mode == "VALID" and any((o - 1) * s + k > i for o, s, k, i in zip(out_shape[2:], stride, kernel, (h, w))):
         mode = None  # ceil_mode windows past the end
+    if mode == "SAME" and not same_ok:
+        mode = None  # TFLite's SAME average excludes the padding; count_include_pad counts it
     if mode is None:
         if not allow_pad:
             ctx.fail("average pooling with count_include_pad=False and non-SAME padding is not supported")
@@ -49,7 +51,7 @@ def avg_pool2d(ctx, node, a):
     if a["ceil_mode"] and any(pads) and a["count_include_pad"]:
         ctx.fail("avg_pool2d with ceil_mode and padding is not supported")
     return _pool(ctx, "AVERAGE_POOL_2D", a["self"], kernel, stride, pads, out_shape, 0.0,
-                 allow_pad=bool(a["count_include_pad"]) or not any(pads))
+                 allow_pad=bool(a["count_include_pad"]) or not any(pads), same_ok=not a["count_include_pad"])
 
 
 @register("aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default", emits=("MEAN", "AVERAGE_POOL_2D"))
