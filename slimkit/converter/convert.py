@@ -65,7 +65,7 @@ class TFLiteConverter:
         self.graph = run_passes(graph, self.options)
         return self.graph
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self) -> memoryview:
         return serialize(self.build() if self.graph is None else self.graph)
 
     def convert(self) -> None:

@@ -43,6 +43,7 @@ class Tensor:
     is_variable: bool = False
     producer: Any = None  # the Op writing it (None for inputs / constants)
     base: Tensor | None = None  # set on a relabelled view (permute): the file stores ``base``
+    data_scale: tuple[np.ndarray, int] | None = None  # pending per-channel factor (BN fold), applied on write
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
@@ -65,6 +66,23 @@ class Tensor:
     @property
     def is_const(self) -> bool:
         return self.data is not None
+
+    def scaled(self, scale: np.ndarray, axis: int) -> None:
+        """Multiply the constant by ``scale`` along ``axis`` lazily (the writer fuses it into its copy)."""
+        if self.data_scale is not None:
+            scale = scale * self.data_scale[0]
+        self.data_scale = (np.asarray(scale, np.float32), axis)
+
+    def values(self) -> np.ndarray:
+        """The constant's final values (pending scale applied)."""
+        if self.data_scale is None:
+            return self.data
+        scale, axis = self.data_scale
+        shape = [1] * self.data.ndim
+        shape[axis] = -1
+        self.data = (self.data * scale.reshape(shape)).astype(self.data.dtype)
+        self.data_scale = None
+        return self.data
 
 
 @dataclass(eq=False)

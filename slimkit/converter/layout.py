@@ -41,7 +41,7 @@ def to_order(ctx, t, order):
         return t
     if t.is_const:
         # constants are re-laid out in numpy, never with an op
-        logical = np.transpose(t.data, np.argsort(t.order))
+        logical = np.transpose(t.values(), np.argsort(t.order))
         out = ctx.const(np.transpose(logical, order), name=t.name)
         out.shape = t.shape
         out.perm = order if order != identity(t.rank) else None

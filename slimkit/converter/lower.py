@@ -102,7 +102,6 @@ class Lowering:
             array = array.astype(np.float32)
         elif array.dtype == np.bool_:
             pass
-        array = np.ascontiguousarray(array)
         return Tensor(self.unique(name or f"{self.node.name if self.node is not None else 'c'}_const"),
                       array.shape, str(array.dtype), data=array)
 

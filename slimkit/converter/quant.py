@@ -52,7 +52,7 @@ def apply_hybrid(graph: Graph, options, table: QuantTable | None = None) -> Quan
         if w is None or w.data is None or w.dtype != "float32":
             continue
         if w.name not in table:
-            q, params = quantize_per_channel(w.data, axis)
+            q, params = quantize_per_channel(w.values(), axis)
             table[w.name] = params
             w.data = q
         w.dtype = "int8"

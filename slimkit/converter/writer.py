@@ -43,21 +43,37 @@ def _root(t: Tensor) -> Tensor:
     return t
 
 
-def _bytes_vector(builder: flatbuffers.Builder, data: np.ndarray, alignment: int = 16) -> int:
-    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    n = raw.size
+def _bytes_vector(builder: flatbuffers.Builder, t: Tensor, alignment: int = 16) -> int:
+    """A ubyte vector holding the constant's bytes, made contiguous (and scaled) in one numpy pass."""
+    data = t.data
+    n = data.nbytes
     builder.StartVector(1, n, alignment)
     builder.head = builder.head - n
-    builder.Bytes[builder.head:builder.head + n] = raw.data
+    dest = np.frombuffer(builder.Bytes, dtype=data.dtype, count=data.size, offset=builder.head)
+    if t.data_scale is None:
+        np.copyto(dest.reshape(data.shape), data)
+    else:
+        scale, axis = t.data_scale
+        shape = [1] * data.ndim
+        shape[axis] = -1
+        np.multiply(data, scale.reshape(shape), out=dest.reshape(data.shape))
     return builder.EndVector()
+
+
+def _builder(size: int) -> flatbuffers.Builder:
+    """A builder over ``size`` uninitialised bytes (bytearray(size) would zero-fill them first)."""
+    builder = flatbuffers.Builder(1024)
+    builder.Bytes = memoryview(np.empty(size, np.uint8))
+    builder.head = size
+    return builder
 
 
 def _int_vector(builder, values, dtype=np.int32) -> int:
     return builder.CreateNumpyVector(np.asarray(values, dtype=dtype).reshape(-1))
 
 
-def serialize(graph: Graph, description: str = "slimkit") -> bytes:
-    """The ``.tflite`` flatbuffer of ``graph``."""
+def serialize(graph: Graph, description: str = "slimkit") -> memoryview:
+    """The ``.tflite`` flatbuffer of ``graph`` (a view of the builder's bytes: no final copy)."""
     tensors: list[Tensor] = []
     index: dict[int, int] = {}
 
@@ -78,7 +94,7 @@ def serialize(graph: Graph, description: str = "slimkit") -> bytes:
     inputs = [tensor_index(t) for t in graph.inputs]
 
     payload = sum(t.data.nbytes for t in tensors if t.data is not None)
-    builder = flatbuffers.Builder(payload + 64 * len(tensors) + 256 * len(graph.ops) + 65536)
+    builder = _builder(payload + 128 * len(tensors) + 512 * len(graph.ops) + 65536)
 
     # buffers: 0 is the empty sentinel; each constant gets its own
     buffer_of = {}
@@ -88,7 +104,7 @@ def serialize(graph: Graph, description: str = "slimkit") -> bytes:
     for i, t in enumerate(tensors):
         if t.data is None:
             continue
-        vec = _bytes_vector(builder, t.data)
+        vec = _bytes_vector(builder, t)
         tflite.BufferStart(builder)
         tflite.BufferAddData(builder, vec)
         buffer_of[i] = len(buffer_offsets)
@@ -163,7 +179,7 @@ def serialize(graph: Graph, description: str = "slimkit") -> bytes:
     tflite.ModelAddBuffers(builder, buffers)
     model = tflite.ModelEnd(builder)
     builder.Finish(model, file_identifier=b"TFL3")
-    return builder.Output()
+    return memoryview(builder.Bytes)[builder.Head():]
 
 
 def _offset_vector(builder, start, offsets) -> int:

@@ -21,9 +21,9 @@ def _pair(v, n=2):
 def _np(ctx, value, what):
     if isinstance(value, Tensor):
         if value.is_const and value.perm is None:
-            return value.data
+            return value.values()
         ctx.fail(f"expected a constant {what}, got an activation; only parameter/constant weights are supported")
-    return None if value is None else value.detach().cpu().numpy().astype(np.float32)
+    return None if value is None else np.asarray(value.detach().cpu().numpy(), dtype=np.float32)
 
 
 def padding_mode(in_hw, out_hw, kernel, stride, dilation, pads):

@@ -18,7 +18,7 @@ def _is_act(v) -> bool:
 
 def _as_array(v, dtype):
     if isinstance(v, Tensor):
-        return np.transpose(v.data, np.argsort(v.order))
+        return np.transpose(v.values(), np.argsort(v.order))
     if isinstance(v, torch.Tensor):
         return v.detach().cpu().numpy().astype(dtype)
     return np.asarray(v, dtype=dtype)

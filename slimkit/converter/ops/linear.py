@@ -16,9 +16,9 @@ from slimkit.converter.registry import register
 
 def _const(v):
     if isinstance(v, torch.Tensor):
-        return v.detach().cpu().numpy().astype(np.float32)
+        return np.asarray(v.detach().cpu().numpy(), dtype=np.float32)
     if isinstance(v, Tensor) and v.is_const:
-        return np.transpose(v.data, np.argsort(v.order))
+        return np.transpose(v.values(), np.argsort(v.order))
     return None
 
 

@@ -28,10 +28,11 @@ def fold_affine(ctx, x: Tensor, scale: np.ndarray, shift: np.ndarray):
     w_index, b_index = (1, 3) if op.code == "TRANSPOSE_CONV" else (1, 2)
     weight, bias = op.inputs[w_index], op.inputs[b_index]
     axis = _FOLD_AXIS[op.code]
-    shape = [1] * weight.data.ndim
-    shape[axis] = -1
-    op.inputs[w_index] = ctx.const(weight.data * scale.reshape(shape), name=weight.name)
-    op.inputs[b_index] = ctx.const(bias.data * scale + shift, name=bias.name)
+    new_weight = ctx.const(weight.data, name=weight.name)
+    new_weight.data_scale = weight.data_scale
+    new_weight.scaled(scale, axis)
+    op.inputs[w_index] = new_weight
+    op.inputs[b_index] = ctx.const(bias.values() * scale + shift, name=bias.name)
     return True
 
 
