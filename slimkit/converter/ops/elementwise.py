@@ -53,11 +53,12 @@ def broadcast_inputs(ctx, values, out_shape, dtype="float32"):
 
 
 def binary(ctx, code, a, b, **options):
-    val = ctx.node.meta["val"]
-    dtype = {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32", torch.bool: "bool"}.get(
-        val.dtype, "float32")
-    (x, y), order = broadcast_inputs(ctx, [a, b], tuple(val.shape), dtype)
-    out = ctx.tensor(tuple(val.shape), dtype, perm=order)
+    """Emit ``code(a, b)`` with numpy broadcasting; the output shape comes from the inputs."""
+    shape = tuple(np.broadcast_shapes(*(tuple(v.shape) if hasattr(v, "shape") else () for v in (a, b))))
+    acts = [v for v in (a, b) if _is_act(v)]
+    dtype = acts[0].dtype if acts else "float32"
+    (x, y), order = broadcast_inputs(ctx, [a, b], shape, dtype)
+    out = ctx.tensor(shape, dtype, perm=order)
     ctx.emit(code, [x, y], [out], **options)
     return out
 
