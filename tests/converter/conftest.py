@@ -20,7 +20,8 @@ def convert_and_verify(model, inputs, tmp_path, rtol=1e-5, name="m.tflite", **op
 
 def op_codes(path) -> list[str]:
     """The builtin operator names of the ops in a written file, in order."""
-    buf = open(path, "rb").read()
+    with open(path, "rb") as f:
+        buf = f.read()
     model = tflite.Model.GetRootAs(buf, 0)
     names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
     sg = model.Subgraphs(0)
@@ -33,3 +34,25 @@ def check(tmp_path):
     def run(model, *inputs, rtol=1e-5, **options):
         return convert_and_verify(model, inputs if len(inputs) > 1 else inputs[0], tmp_path, rtol=rtol, **options)
     return run
+
+
+def read_model(path):
+    """``(model, subgraph)`` of a written file, parsed with the ``tflite`` package."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    model = tflite.Model.GetRootAs(buf, 0)
+    return model, model.Subgraphs(0)
+
+
+def conv_options(path) -> list[tuple[str, int, int]]:
+    """``(op, padding, fused_activation)`` of each CONV_2D / DEPTHWISE_CONV_2D in the file."""
+    model, sg = read_model(path)
+    out = []
+    for i, code in enumerate(op_codes(path)):
+        if code not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            continue
+        table = sg.Operators(i).BuiltinOptions()
+        opts = tflite.Conv2DOptions() if code == "CONV_2D" else tflite.DepthwiseConv2DOptions()
+        opts.Init(table.Bytes, table.Pos)
+        out.append((code, opts.Padding(), opts.FusedActivationFunction()))
+    return out

@@ -1,0 +1,36 @@
+"""Whole models against LiteRT: slimkit.models and the test models in tests/converter/models.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimkit.models import mobilenet_v2, resnet18, resnet50
+from tests.converter.models import converter_test_models
+
+MODELS = converter_test_models()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("nchw_transpose", [True, False])
+def test_test_models(name, nchw_transpose, check):
+    model, x = MODELS[name]
+    check(model, x, nchw_transpose=nchw_transpose)
+
+
+@pytest.mark.parametrize("factory", [resnet18, mobilenet_v2])
+def test_zoo_small_input(factory, check):
+    torch.manual_seed(0)
+    check(factory(num_classes=10), torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory", [resnet18, mobilenet_v2, resnet50])
+def test_zoo_224(factory, check):
+    torch.manual_seed(0)
+    check(factory(), torch.randn(1, 3, 224, 224))
+
+
+def test_batch_of_two(check):
+    torch.manual_seed(0)
+    check(resnet18(num_classes=10), torch.randn(2, 3, 32, 32))
