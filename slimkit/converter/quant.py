@@ -41,10 +41,24 @@ def quantize_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, QuantPar
     return q, QuantParams(scale, np.zeros_like(scale, dtype=np.int64), axis)
 
 
+def quantize_per_tensor(w: np.ndarray) -> tuple[np.ndarray, QuantParams]:
+    """Symmetric int8 per-tensor quantization (what TFLite's hybrid LSTM kernels take)."""
+    scale = np.float32(max(float(np.abs(w).max()) / 127.0, 1e-12))
+    q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+    return q, QuantParams(np.array([scale], np.float32), np.zeros(1, np.int64), 0)
+
+
 def apply_hybrid(graph: Graph, options, table: QuantTable | None = None) -> QuantTable:
     """Dynamic-range quantization: int8 weights with per-channel scales, float activations."""
     table = QuantTable() if table is None else table
     for op in graph.ops:
+        if op.code == "UNIDIRECTIONAL_SEQUENCE_LSTM":
+            for w in op.inputs[1:9]:
+                if w.name not in table:
+                    q, table[w.name] = quantize_per_tensor(w.values())
+                    w.data = q
+                w.dtype, w.quant = "int8", table[w.name]
+            continue
         axis = HYBRID_WEIGHT_AXIS.get(op.code)
         if axis is None or (op.code != "FULLY_CONNECTED" and not options.hybrid_conv):
             continue
