@@ -95,6 +95,8 @@ class Op:
     options: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # module path of the PyTorch node, for messages
     version: int = 1
+    # a RESHAPE that only re-views its input's channels-last bytes (conv1d): fusion may look through it
+    see_through: bool = False
 
 
 @dataclass

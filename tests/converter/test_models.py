@@ -34,3 +34,20 @@ def test_zoo_224(factory, check):
 def test_batch_of_two(check):
     torch.manual_seed(0)
     check(resnet18(num_classes=10), torch.randn(2, 3, 32, 32))
+
+
+def _shared_zoo():
+    try:
+        from slimkit.models.zoo import ZOO
+    except ImportError:  # the shared zoo lands with the speedup branch
+        return []
+    return sorted(ZOO)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _shared_zoo())
+def test_shared_zoo(name, check):
+    from slimkit.models.zoo import build
+
+    model, x = build(name)
+    check(model, x)

@@ -81,6 +81,8 @@ CASES = {
     "avg_pool": (Fn(lambda s, x: F.avg_pool2d(x, 2)), img()),
     "avg_pool_pad": (Fn(lambda s, x: F.avg_pool2d(x, 3, 1, 1)), img()),
     "avg_pool_pad_exclude": (Fn(lambda s, x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)), img()),
+    "max_pool1d": (Fn(lambda s, x: F.max_pool1d(x, 3, 2, 1)), torch.randn(2, 4, 12)),
+    "avg_pool1d": (Fn(lambda s, x: F.avg_pool1d(x, 2)), torch.randn(2, 4, 12)),
     "adaptive_avg_1": (Fn(lambda s, x: F.adaptive_avg_pool2d(x, 1)), img()),
     "adaptive_avg_2": (Fn(lambda s, x: F.adaptive_avg_pool2d(x, (2, 4))), img()),
     # reductions

@@ -14,6 +14,8 @@ def sole_producer(ctx, node_arg, t, codes):
     if ctx.options.optimize < 1:
         return None
     op = getattr(t, "producer", None)
+    if op is not None and op.see_through:
+        op = op.inputs[0].producer
     if op is None or op.code not in codes or len(op.outputs) != 1:
         return None
     arg = ctx.node.args[0] if node_arg is None else node_arg

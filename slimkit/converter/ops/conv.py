@@ -126,7 +126,7 @@ def conv1d(ctx, node, a):
                      (1, _pair(a["dilation"], 1)[0]), int(a["groups"]), (out[0], out[1], 1, out[2]))
     y = ctx.tensor(out, perm=(0, 2, 1))
     ctx.emit("RESHAPE", [y4, ctx.const(np.array([out[0], out[2], out[1]], np.int32))], [y],
-             NewShape=[out[0], out[2], out[1]])
+             NewShape=[out[0], out[2], out[1]]).see_through = True
     return y
 
 

@@ -68,3 +68,48 @@ def adaptive_avg_pool2d(ctx, node, a):
         ctx.fail(f"adaptive pooling from {h}x{w} to {oh}x{ow} (not a whole factor) is not supported")
     k = (h // oh, w // ow)
     return _pool(ctx, "AVERAGE_POOL_2D", x, k, k, (0, 0), out_shape, 0.0)
+
+
+def _as_2d(ctx, x):
+    """(N, C, L) viewed as NHWC (N, 1, L, C): logical (N, C, 1, L)."""
+    x = ctx.layout(x, (0, 2, 1))
+    n, c, length = x.shape
+    x4 = ctx.tensor((n, c, 1, length), perm=NHWC)
+    ctx.emit("RESHAPE", [x, ctx.const(np.array([n, 1, length, c], np.int32))], [x4], NewShape=[n, 1, length, c])
+    return x4
+
+
+def _from_2d(ctx, y4, out_shape):
+    y = ctx.tensor(out_shape, perm=(0, 2, 1))
+    shape = [out_shape[0], out_shape[2], out_shape[1]]
+    ctx.emit("RESHAPE", [y4, ctx.const(np.array(shape, np.int32))], [y], NewShape=shape)
+    return y
+
+
+def _one(v):
+    return int(v[0]) if isinstance(v, (list, tuple)) else int(v)
+
+
+@register("aten.max_pool1d.default", emits=("MAX_POOL_2D", "PADV2", "RESHAPE"))
+def max_pool1d(ctx, node, a):
+    if _one(a["dilation"]) != 1:
+        ctx.fail("dilated max pooling is not supported")
+    k = _one(a["kernel_size"])
+    s = _one(a["stride"]) if a["stride"] else k
+    out = tuple(node.meta["val"].shape)
+    y = _pool(ctx, "MAX_POOL_2D", _as_2d(ctx, a["self"]), (1, k), (1, s), (0, _one(a["padding"])),
+              (out[0], out[1], 1, out[2]), _LOWEST)
+    return _from_2d(ctx, y, out)
+
+
+@register("aten.avg_pool1d.default", emits=("AVERAGE_POOL_2D", "PAD", "RESHAPE"))
+def avg_pool1d(ctx, node, a):
+    k = _one(a["kernel_size"])
+    s = _one(a["stride"]) if a["stride"] else k
+    p = _one(a["padding"])
+    out = tuple(node.meta["val"].shape)
+    if a["ceil_mode"] and p and a["count_include_pad"]:
+        ctx.fail("avg_pool1d with ceil_mode and padding is not supported")
+    y = _pool(ctx, "AVERAGE_POOL_2D", _as_2d(ctx, a["self"]), (1, k), (1, s), (0, p), (out[0], out[1], 1, out[2]),
+              0.0, allow_pad=bool(a["count_include_pad"]) or not p, same_ok=not a["count_include_pad"])
+    return _from_2d(ctx, y, out)
