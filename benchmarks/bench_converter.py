@@ -115,7 +115,8 @@ def _machine() -> dict:
         pass
     import torch
 
-    return {"nproc": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
+    return {"nproc": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
+            "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
             "load_avg_at_start": os.getloadavg(),
             "note": "shared 2-core machine, other engineers' jobs running: timings are noisy upper bounds"}
 
