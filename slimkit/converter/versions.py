@@ -39,6 +39,8 @@ def op_version(op) -> int:
         return 4 if _max_rank(op) > 4 else 1
     if code in ("STRIDED_SLICE", "SLICE", "PAD", "PADV2", "TRANSPOSE"):
         return 4 if _max_rank(op) > 4 else 1
+    if code == "BROADCAST_TO":
+        return 2
     if code == "UNIDIRECTIONAL_SEQUENCE_LSTM":
         return 2 if _is_hybrid(op) else 1
     if code == "BATCH_MATMUL":

@@ -112,6 +112,15 @@ CASES = {
     "nearest_size": (Fn(lambda s, x: F.interpolate(x, size=(12, 5), mode="nearest")), img()),
     "bilinear": (Fn(lambda s, x: F.interpolate(x, scale_factor=2, mode="bilinear")), img()),
     "bilinear_align": (Fn(lambda s, x: F.interpolate(x, size=(11, 13), mode="bilinear", align_corners=True)), img()),
+    # more shape / elementwise
+    "expand": (Fn(lambda s, x: x.mean((2, 3), keepdim=True).expand(-1, -1, 8, 8) + x), img()),
+    "repeat": (Fn(lambda s, x: x.repeat(1, 2, 1) * 2), torch.randn(2, 3, 4)),
+    "stack": (Fn(lambda s, x, y: torch.stack([x, y], 1) + 1), torch.randn(2, 3), torch.randn(2, 3)),
+    "zeros_like": (Fn(lambda s, x: x + torch.ones_like(x) * 2), img()),
+    "where_compare": (Fn(lambda s, x, y: torch.where(x > y, x, y * 2) + (x <= 0.5).float()), img(), img()),
+    "floor_sin_cos": (Fn(lambda s, x: torch.floor(x * 3) + torch.sin(x) * torch.cos(x)), img()),
+    "flatten_linear_nhwc": (Fn(lambda s, x: s.mods[1](torch.flatten(s.mods[0](x), 1)), nn.Conv2d(4, 3, 3),
+                                nn.Linear(3 * 6 * 6, 5)), img()),
     # attention
     "sdpa": (Fn(lambda s, q, k, v: F.scaled_dot_product_attention(q, k, v)), torch.randn(1, 2, 5, 4),
              torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 3)),

@@ -96,3 +96,9 @@ def test_optimize_zero_keeps_batch_norm_and_activations(check):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
     path, _ = check(model, torch.randn(1, 3, 6, 6), optimize=0)
     assert op_codes(path) == ["PAD", "CONV_2D", "MUL", "ADD", "RELU"]
+
+
+def test_flatten_into_linear_needs_no_transpose(check):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+    path, _ = check(model, torch.randn(1, 3, 6, 6))
+    assert op_codes(path) == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]

@@ -159,3 +159,61 @@ def abs_(ctx, node, a):
 @register("aten.reciprocal.default", emits=("DIV",))
 def reciprocal(ctx, node, a):
     return binary(ctx, "DIV", 1.0, a["self"], FusedActivationFunction=0)
+
+
+@register("aten.floor.default", emits=("FLOOR",))
+def floor(ctx, node, a):
+    return unary(ctx, "FLOOR", a["self"])
+
+
+@register("aten.sin.default", emits=("SIN",))
+def sin(ctx, node, a):
+    return unary(ctx, "SIN", a["self"])
+
+
+@register("aten.cos.default", emits=("COS",))
+def cos(ctx, node, a):
+    return unary(ctx, "COS", a["self"])
+
+
+_COMPARE = {"gt": "GREATER", "ge": "GREATER_EQUAL", "lt": "LESS", "le": "LESS_EQUAL", "eq": "EQUAL",
+            "ne": "NOT_EQUAL"}
+
+
+def _compare(ctx, node, a):
+    name = str(node.target).split(".")[1]
+    out = binary(ctx, _COMPARE[name], a["self"], a["other"])
+    out.dtype = "bool"
+    return out
+
+
+for _name in _COMPARE:
+    register(f"aten.{_name}.Tensor", f"aten.{_name}.Scalar", emits=(_COMPARE[_name],))(_compare)
+
+
+@register("aten.where.self", emits=("SELECT_V2",))
+def where(ctx, node, a):
+    val = ctx.node.meta["val"]
+    shape = tuple(val.shape)
+    (c, x, y), order = broadcast_inputs(ctx, [a["condition"], a["self"], a["other"]], shape)
+    if c.is_const:
+        c = ctx.const(c.data.astype(np.bool_))
+    out = ctx.tensor(shape, x.dtype, perm=order)
+    ctx.emit("SELECT_V2", [c, x, y], [out])
+    return out
+
+
+_TORCH_TYPES = {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32", torch.bool: "bool",
+                torch.float16: "float16", torch.int8: "int8", torch.uint8: "uint8"}
+
+
+@register("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.type_as.default",
+          emits=("CAST",))
+def to_dtype(ctx, node, a):
+    x = a["self"]
+    dtype = _TORCH_TYPES.get(node.meta["val"].dtype, "float32")
+    if dtype == x.dtype:
+        return x
+    out = ctx.tensor(x.shape, dtype, perm=x.perm)
+    ctx.emit("CAST", [x], [out])
+    return out

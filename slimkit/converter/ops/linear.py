@@ -32,12 +32,36 @@ def fully_connected(ctx, x: Tensor, weight: np.ndarray, bias, out_shape):
     return out
 
 
+_FLATTENS = {"aten.flatten.using_ints", "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default"}
+
+
+def _channels_last_flatten(ctx, node, x, weight):
+    """flatten(NHWC feature map) -> Linear: reorder the weight's columns instead of transposing the data."""
+    src = node.args[0]
+    if not hasattr(src, "target") or str(src.target) not in _FLATTENS or len(src.users) != 1 or x.rank != 2:
+        return None
+    inner = ctx.values.get(getattr(src.args[0], "name", None))
+    if not isinstance(inner, Tensor) or inner.rank != 4 or inner.order != (0, 2, 3, 1) or inner.is_const:
+        return None
+    n, c, h, w = inner.shape
+    if x.shape != (n, c * h * w) or ctx.options.optimize < 1:
+        return None
+    flat = ctx.tensor((n, h * w * c), name=src.name + "_nhwc")
+    ctx.emit("RESHAPE", [inner, ctx.const(np.array([n, h * w * c], np.int32))], [flat], NewShape=[n, h * w * c])
+    out = weight.shape[0]
+    return flat, weight.reshape(out, c, h, w).transpose(0, 2, 3, 1).reshape(out, -1)
+
+
 @register("aten.linear.default", emits=("FULLY_CONNECTED",))
 def linear(ctx, node, a):
     weight = _const(a["weight"])
     if weight is None:
         ctx.fail("expected a constant weight")
-    return fully_connected(ctx, a["input"], weight, _const(a["bias"]), tuple(node.meta["val"].shape))
+    x = a["input"]
+    rewritten = _channels_last_flatten(ctx, node, x, weight)
+    if rewritten is not None:
+        x, weight = rewritten
+    return fully_connected(ctx, x, weight, _const(a["bias"]), tuple(node.meta["val"].shape))
 
 
 @register("aten.addmm.default", emits=("FULLY_CONNECTED",))

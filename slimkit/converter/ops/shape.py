@@ -227,3 +227,48 @@ def pad(ctx, node, a):
 @register("aten.reflection_pad2d.default", "aten.reflection_pad1d.default", emits=("MIRROR_PAD",))
 def reflection_pad(ctx, node, a):
     return _pad(ctx, a["self"], list(a["padding"]), 0.0, "reflect")
+
+
+@register("aten.expand.default", "aten.expand_as.default", emits=("BROADCAST_TO",))
+def expand(ctx, node, a):
+    x = a["self"]
+    shape = tuple(node.meta["val"].shape)
+    if len(shape) != x.rank:
+        x = reshape_to(ctx, x, (1,) * (len(shape) - x.rank) + tuple(x.shape))
+    if shape == x.shape:
+        return x
+    out = ctx.tensor(shape, x.dtype, perm=x.perm)
+    physical = [shape[i] for i in x.order]
+    ctx.emit("BROADCAST_TO", [x, ctx.const(np.array(physical, np.int32))], [out])
+    return out
+
+
+@register("aten.repeat.default", emits=("TILE",))
+def repeat(ctx, node, a):
+    x, reps = a["self"], [int(r) for r in a["repeats"]]
+    if len(reps) != x.rank:
+        x = reshape_to(ctx, x, (1,) * (len(reps) - x.rank) + tuple(x.shape))
+    out = ctx.tensor(tuple(node.meta["val"].shape), x.dtype, perm=x.perm)
+    ctx.emit("TILE", [x, ctx.const(np.array([reps[i] for i in x.order], np.int32))], [out])
+    return out
+
+
+@register("aten.stack.default", emits=("PACK",))
+def stack(ctx, node, a):
+    values = list(a["tensors"])
+    rank = values[0].rank if isinstance(values[0], Tensor) else values[0].dim()
+    dim = norm_dim(a["dim"], rank + 1)
+    inputs = [_tensor_in(ctx, v, layout.identity(rank)) for v in values]
+    out = ctx.tensor(tuple(node.meta["val"].shape), inputs[0].dtype)
+    ctx.emit("PACK", inputs, [out], ValuesCount=len(inputs), Axis=dim)
+    return out
+
+
+@register("aten.zeros_like.default", "aten.ones_like.default", "aten.full_like.default", "aten.new_zeros.default",
+          "aten.new_ones.default", "aten.new_full.default", "aten.empty_like.default", emits=())
+def constant_like(ctx, node, a):
+    # shapes are static: the result is a constant (evaluated by PyTorch from the recorded example value)
+    val = node.meta["val"]
+    target = str(node.target)
+    fill = 0.0 if "zeros" in target or "empty" in target else 1.0 if "ones" in target else a["fill_value"]
+    return torch.full(tuple(val.shape), fill, dtype=val.dtype)
