@@ -79,8 +79,6 @@ class Lowering:
         self.source = ""
         self._names: dict[str, int] = {}
         self._transposes: dict[tuple[int, tuple[int, ...]], Tensor] = {}
-        self.graph_output_names: set[str] = set()
-        self.users: dict[int, int] = {}  # id(Tensor) -> number of fx users still relevant
 
     # ---- naming and tensor creation -------------------------------------------------------
     def unique(self, base: str) -> str:
@@ -140,9 +138,6 @@ class Lowering:
     def layout(self, t: Tensor, perm) -> Tensor:
         """``t`` stored in axis order ``perm`` (a TRANSPOSE is emitted once per tensor and order)."""
         return layout.to_order(self, t, perm)
-
-    def nodes_users(self, node) -> int:
-        return len(node.users)
 
     def fail(self, why: str):
         raise UnsupportedOpError(f"{target_name(self.node)} at {self.source or '<root>'}: {why}")
@@ -229,10 +224,7 @@ class Lowering:
             if not isinstance(value, Tensor):
                 value = self.as_tensor(value)
             want = layout.channels_last_order(value.rank) if opts.transposes_output(i, value.rank) else None
-            value = self.layout(value, want or tuple(range(value.rank)))
-            if value.producer is None and not value.is_const and value in self.graph.outputs:
-                pass
-            self.graph.outputs.append(value)
+            self.graph.outputs.append(self.layout(value, want or tuple(range(value.rank))))
         return self.graph
 
 

@@ -121,6 +121,11 @@ CASES = {
     "floor_sin_cos": (Fn(lambda s, x: torch.floor(x * 3) + torch.sin(x) * torch.cos(x)), img()),
     "flatten_linear_nhwc": (Fn(lambda s, x: s.mods[1](torch.flatten(s.mods[0](x), 1)), nn.Conv2d(4, 3, 3),
                                 nn.Linear(3 * 6 * 6, 5)), img()),
+    "clamp_min_max": (Fn(lambda s, x: x.clamp(min=0.1) + x.clamp(max=0.2) + x.clamp(min=0)), img()),
+    "softplus": (Fn(lambda s, x: F.softplus(x * 10)), img()),
+    "adaptive_max": (Fn(lambda s, x: F.adaptive_max_pool2d(x, 1) + F.adaptive_max_pool2d(x, 2).sum()), img()),
+    "baddbmm": (Fn(lambda s, b, x, y: torch.baddbmm(b, x, y, beta=0.5, alpha=2.0)), torch.randn(2, 3, 5),
+                torch.randn(2, 3, 4), torch.randn(2, 4, 5)),
     # attention
     "sdpa": (Fn(lambda s, q, k, v: F.scaled_dot_product_attention(q, k, v)), torch.randn(1, 2, 5, 4),
              torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 3)),

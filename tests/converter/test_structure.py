@@ -102,3 +102,13 @@ def test_flatten_into_linear_needs_no_transpose(check):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
     path, _ = check(model, torch.randn(1, 3, 6, 6))
     assert op_codes(path) == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+
+
+def test_unet_and_densenet_have_no_transpose(check):
+    from tests.converter.models import converter_test_models
+
+    models = converter_test_models()
+    for name in ("unet", "densenet_like"):
+        model, x = models[name]
+        path, _ = check(model, x)
+        assert "TRANSPOSE" not in op_codes(path), name

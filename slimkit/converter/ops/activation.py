@@ -122,3 +122,29 @@ def hardsigmoid(ctx, node, a):
     # relu6(x + 3) / 6, the RELU6 fused into the ADD
     y = binary(ctx, "ADD", a["self"], 3.0, FusedActivationFunction=3)
     return binary(ctx, "MUL", y, 1.0 / 6.0, FusedActivationFunction=0)
+
+
+@register("aten.clamp_min.default", "aten.clamp_min_.default", emits=("MAXIMUM", "RELU"))
+def clamp_min(ctx, node, a):
+    if a["min"] == 0:
+        return _act(ctx, "RELU", a["self"], "RELU")
+    return _clamp(ctx, a["self"], a["min"], None)
+
+
+@register("aten.clamp_max.default", "aten.clamp_max_.default", emits=("MINIMUM",))
+def clamp_max(ctx, node, a):
+    return _clamp(ctx, a["self"], None, a["max"])
+
+
+@register("aten.softplus.default", emits=("EXP", "ADD", "LOG"))
+def softplus(ctx, node, a):
+    if float(a["beta"]) != 1.0:
+        ctx.fail("only softplus with beta=1 is supported")
+    # log(1 + exp(x)); PyTorch returns x itself above `threshold`
+    x = a["self"]
+    y = unary(ctx, "LOG", binary(ctx, "ADD", unary(ctx, "EXP", x), 1.0, FusedActivationFunction=0))
+    mask = binary(ctx, "GREATER", x, float(a["threshold"]))
+    mask.dtype = "bool"
+    out = ctx.tensor(x.shape, perm=x.perm)
+    ctx.emit("SELECT_V2", [mask, x, y], [out])
+    return out

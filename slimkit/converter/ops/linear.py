@@ -121,3 +121,15 @@ def sdpa(ctx, node, a):
     p = ctx.tensor(s.shape)
     ctx.emit("SOFTMAX", [s], [p], Beta=1.0)
     return batch_matmul(ctx, p, v, tuple(node.meta["val"].shape))
+
+
+@register("aten.baddbmm.default", emits=("BATCH_MATMUL", "MUL", "ADD"))
+def baddbmm(ctx, node, a):
+    y = batch_matmul(ctx, a["batch1"], a["batch2"], tuple(node.meta["val"].shape))
+    if a["alpha"] != 1:
+        y = binary(ctx, "MUL", y, float(a["alpha"]), FusedActivationFunction=0)
+    bias = a["self"]
+    if a["beta"] != 1:
+        bias = binary(ctx, "MUL", bias, float(a["beta"]), FusedActivationFunction=0) if isinstance(bias, Tensor) \
+            else bias * a["beta"]
+    return binary(ctx, "ADD", y, bias, FusedActivationFunction=0)

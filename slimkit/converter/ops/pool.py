@@ -113,3 +113,21 @@ def avg_pool1d(ctx, node, a):
     y = _pool(ctx, "AVERAGE_POOL_2D", _as_2d(ctx, a["self"]), (1, k), (1, s), (0, p), (out[0], out[1], 1, out[2]),
               0.0, allow_pad=bool(a["count_include_pad"]) or not p, same_ok=not a["count_include_pad"])
     return _from_2d(ctx, y, out)
+
+
+@register("aten.adaptive_max_pool2d.default", emits=("REDUCE_MAX", "MAX_POOL_2D"))
+def adaptive_max_pool2d(ctx, node, a):
+    if any(u.args[1] == 1 and len(u.users) for u in node.users):
+        ctx.fail("adaptive_max_pool2d indices are not supported")
+    x = ctx.layout(a["self"], NHWC)
+    out_shape = tuple(node.meta["val"][0].shape)
+    h, w = x.shape[2:]
+    oh, ow = out_shape[2:]
+    if (oh, ow) == (1, 1):
+        out = ctx.tensor(out_shape, perm=NHWC)
+        ctx.emit("REDUCE_MAX", [x, ctx.const(np.array([1, 2], np.int32))], [out], KeepDims=True)
+        return (out, None)
+    if h % oh or w % ow:
+        ctx.fail(f"adaptive pooling from {h}x{w} to {oh}x{ow} (not a whole factor) is not supported")
+    k = (h // oh, w // ow)
+    return (_pool(ctx, "MAX_POOL_2D", x, k, k, (0, 0), out_shape, _LOWEST), None)
