@@ -24,6 +24,9 @@ def op_version(op) -> int:
     if code == "CONV_2D":
         if _is_hybrid(op):
             return 5 if op.inputs[1].quant is not None and len(op.inputs[1].quant.scale) > 1 else 2
+        x, w = op.inputs[0], op.inputs[1]
+        if x is not None and w is not None and x.physical_shape[-1] != w.physical_shape[-1]:
+            return 6  # grouped convolution
         return 1
     if code == "DEPTHWISE_CONV_2D":
         if _is_hybrid(op):
@@ -39,6 +42,8 @@ def op_version(op) -> int:
         return 4 if _max_rank(op) > 4 else 1
     if code in ("STRIDED_SLICE", "SLICE", "PAD", "PADV2", "TRANSPOSE"):
         return 4 if _max_rank(op) > 4 else 1
+    if code in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
+        return 3 if o.get("HalfPixelCenters") else 1
     if code == "BROADCAST_TO":
         return 2
     if code == "UNIDIRECTIONAL_SEQUENCE_LSTM":

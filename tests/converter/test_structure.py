@@ -112,3 +112,10 @@ def test_unet_and_densenet_have_no_transpose(check):
         model, x = models[name]
         path, _ = check(model, x)
         assert "TRANSPOSE" not in op_codes(path), name
+
+
+def test_grouped_conv_is_version_6(check):
+    path, _ = check(nn.Conv2d(4, 6, 3, groups=2), torch.randn(1, 4, 6, 6))
+    model, _ = read_model(path)
+    assert (model.OperatorCodes(0).BuiltinCode(), model.OperatorCodes(0).Version()) == (
+        tflite.BuiltinOperator.CONV_2D, 6)
