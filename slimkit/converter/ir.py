@@ -106,3 +106,4 @@ class Graph:
     ops: list[Op] = field(default_factory=list)
     inputs: list[Tensor] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)
+    quant_table: dict[str, QuantParams] = field(default_factory=dict)  # every int8 tensor's parameters

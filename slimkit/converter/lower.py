@@ -15,7 +15,9 @@ import torch
 
 from slimkit.converter import layout
 from slimkit.converter.ir import Graph, Op, Tensor
+from slimkit.converter.ops.quantize import FAKE_QUANT, record_folded
 from slimkit.converter.options import ConverterOptions
+from slimkit.converter.quant import QuantTable
 from slimkit.converter.registry import CONVERTERS
 from slimkit.errors import UnsupportedOpError
 
@@ -79,6 +81,8 @@ class Lowering:
         self.source = ""
         self._names: dict[str, int] = {}
         self._transposes: dict[tuple[int, tuple[int, ...]], Tensor] = {}
+        self.quant_table = QuantTable()  # activation tensor name -> QuantParams
+        self.weight_quant: dict[int, Any] = {}  # id(folded torch tensor) -> QuantParams
 
     # ---- naming and tensor creation -------------------------------------------------------
     def unique(self, base: str) -> str:
@@ -198,6 +202,8 @@ class Lowering:
                 # constant folding with PyTorch itself
                 with torch.no_grad():
                     self.values[node.name] = node.target(*args, **kwargs)
+                if name in FAKE_QUANT:
+                    record_folded(self, node, args, self.values[node.name])
                 continue
             if name in IGNORED:
                 self.values[node.name] = None
@@ -211,6 +217,7 @@ class Lowering:
                 errors.append(str(error))
                 result = _placeholder_result(self, node)
             self.values[node.name] = result
+        self.graph.quant_table = self.quant_table
         if errors:
             raise UnsupportedOpError(
                 f"{len(errors)} operator(s) could not be converted:\n  " + "\n  ".join(errors)

@@ -11,6 +11,7 @@ from slimkit.converter.ops import (  # noqa: F401
     linear,
     norm,
     pool,
+    quantize,
     reduce,
     resize,
     rnn,
