@@ -43,6 +43,7 @@ class Tensor:
     is_variable: bool = False
     producer: Any = None  # the Op writing it (None for inputs / constants)
     base: Tensor | None = None  # set on a relabelled view (permute): the file stores ``base``
+    quant_hint: QuantParams | None = None  # calibrated int8 parameters of a float (fake-quantized) constant
     data_scale: tuple[np.ndarray, int] | None = None  # pending per-channel factor (BN fold), applied on write
 
     def __post_init__(self):

@@ -81,6 +81,10 @@ def run_passes(graph: Graph, options) -> Graph:
     if options.optimize >= 1:
         collapse_reshapes(graph)
         fold_reshape_into_reduce(graph)
+    if options.optimize >= 1 and graph.quant_table:
+        from slimkit.converter.quant import int8_kernels
+
+        int8_kernels(graph)
     remove_dead_ops(graph)
     if options.hybrid:
         from slimkit.converter.quant import apply_hybrid

@@ -74,3 +74,82 @@ def apply_hybrid(graph: Graph, options, table: QuantTable | None = None) -> Quan
         if op.code == "FULLY_CONNECTED":
             op.options["AsymmetricQuantizeInputs"] = True
     return table
+
+
+def _consumers(graph: Graph) -> dict[int, list]:
+    users: dict[int, list] = {}
+    for op in graph.ops:
+        for t in op.inputs:
+            if t is not None:
+                users.setdefault(id(t), []).append(op)
+    return users
+
+
+_COMMUTES = {"PAD", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "STRIDED_SLICE", "SLICE"}
+
+
+def sink_dequantize(graph: Graph) -> None:
+    """Move DEQUANTIZE below ops that commute with it (layout ops, zero padding, pooling): int8 in, same params out."""
+    from slimkit.converter.ir import Op, Tensor
+
+    ops = []
+    for op in graph.ops:
+        deq = op.inputs[0].producer if op.inputs and op.inputs[0] is not None else None
+        if op.code not in _COMMUTES or deq is None or deq.code != "DEQUANTIZE" or op.options.get(
+                "FusedActivationFunction", 0):
+            ops.append(op)
+            continue
+        q, out = deq.inputs[0], op.outputs[0]
+        q_out = Tensor(out.name + "_int8", out.shape, q.dtype, perm=out.perm, quant=q.quant)
+        op.inputs[0], op.outputs = q, [q_out]
+        q_out.producer = op
+        new_deq = Op("DEQUANTIZE", [q_out], [out], source=op.source)
+        out.producer = new_deq
+        graph.quant_table[q_out.name] = q.quant
+        ops += [op, new_deq]
+    graph.ops = ops
+
+
+def int8_kernels(graph: Graph) -> int:
+    """DEQUANTIZE -> CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED -> QUANTIZE becomes one int8 kernel.
+
+    Weights come from the op's recorded fake-quant parameters (``quant_hint``), the bias becomes int32
+    with scale ``input_scale * weight_scale``; the input and output parameters are the QUANTIZE ones,
+    all read from the tensors' entries in the quantization table.
+    """
+    sink_dequantize(graph)
+    users = _consumers(graph)
+    outputs = {id(t) for t in graph.outputs}
+    dropped: set[int] = set()
+    rewritten = 0
+    for op in graph.ops:
+        if op.code not in HYBRID_WEIGHT_AXIS or op.inputs[1] is None or op.inputs[1].quant_hint is None:
+            continue
+        x, w, b = op.inputs[0], op.inputs[1], op.inputs[2]
+        deq = x.producer
+        after = users.get(id(op.outputs[0]), [])
+        if deq is None or deq.code != "DEQUANTIZE" or len(after) != 1 or after[0].code != "QUANTIZE" \
+                or id(op.outputs[0]) in outputs or w.data_scale is not None:
+            continue
+        q_in, q_out = deq.inputs[0], after[0].outputs[0]
+        if q_in.dtype != "int8" or q_out.dtype != "int8":
+            continue
+        hint = w.quant_hint
+        shape = [1] * w.data.ndim
+        shape[hint.quantized_dimension] = -1
+        scale = np.broadcast_to(hint.scale, (w.data.shape[hint.quantized_dimension],)).astype(np.float32)
+        w.data = np.clip(np.round(w.values() / scale.reshape(shape)), -127, 127).astype(np.int8)
+        w.dtype, w.quant = "int8", QuantParams(scale, np.zeros(scale.size, np.int64), hint.quantized_dimension)
+        bias_scale = (q_in.quant.scale[0] * scale).astype(np.float32)
+        b.data = np.round(b.values() / bias_scale).astype(np.int32)
+        b.dtype, b.quant = "int32", QuantParams(bias_scale, np.zeros(scale.size, np.int64), 0)
+        graph.quant_table[w.name], graph.quant_table[b.name] = w.quant, b.quant
+        op.inputs[0] = q_in
+        op.outputs[0] = q_out
+        q_out.producer = op
+        dropped.add(id(after[0]))
+        if len(users.get(id(x), [])) == 1:
+            dropped.add(id(deq))
+        rewritten += 1
+    graph.ops = [op for op in graph.ops if id(op) not in dropped]
+    return rewritten

@@ -33,11 +33,73 @@ def test_fake_quant_model_within_one_step(tmp_path):
     path = tmp_path / "q.tflite"
     conv = TFLiteConverter(model, x, path)
     conv.convert()
-    assert op_codes(path) == ["QUANTIZE", "DEQUANTIZE", "CONV_2D", "QUANTIZE", "DEQUANTIZE"]
-    assert verify(model, x, path).max_abs_error <= 0.01 + 1e-6
+    # the conv runs as an int8 kernel between the model's QUANTIZE and DEQUANTIZE
+    assert op_codes(path) == ["QUANTIZE", "CONV_2D", "DEQUANTIZE"]
+    assert verify(model, x, path).max_abs_error <= 0.01 + 1e-6  # within one output step
     _, sg = read_model(path)
-    quantized = [sg.Tensors(i) for i in range(sg.TensorsLength()) if sg.Tensors(i).Type() == tflite.TensorType.INT8]
-    params = sorted((float(t.Quantization().ScaleAsNumpy()[0]), int(t.Quantization().ZeroPointAsNumpy()[0]))
-                    for t in quantized)
-    np.testing.assert_allclose(params, [(0.01, -128), (0.02, 3)], rtol=1e-6)
-    assert set(conv.graph.quant_table) == {t.Name().decode() for t in quantized}
+    types = {tflite.TensorType.INT8, tflite.TensorType.INT32}
+    quantized = {sg.Tensors(i).Name().decode(): sg.Tensors(i) for i in range(sg.TensorsLength())
+                 if sg.Tensors(i).Type() in types and sg.Tensors(i).Quantization() is not None
+                 and sg.Tensors(i).Quantization().ScaleLength()}
+    assert set(conv.graph.quant_table) == set(quantized)
+    activations = sorted((float(t.Quantization().ScaleAsNumpy()[0]), int(t.Quantization().ZeroPointAsNumpy()[0]))
+                         for t in quantized.values() if t.Quantization().ScaleLength() == 1)
+    np.testing.assert_allclose(activations, [(0.01, -128), (0.02, 3)], rtol=1e-6)
+    weight = next(t for t in quantized.values() if t.Type() == tflite.TensorType.INT8 and t.Quantization().ScaleLength()
+                  == 4)
+    np.testing.assert_allclose(weight.Quantization().ScaleAsNumpy(),
+                               model.conv.weight.detach().abs().amax((1, 2, 3)).numpy() / 127, rtol=1e-6)
+
+
+def test_float_island_keeps_dequantize(tmp_path):
+    class M(nn.Module):
+        def forward(self, x):
+            x = torch.fake_quantize_per_tensor_affine(x, 0.05, 0, -128, 127)
+            return torch.sigmoid(x) * 2
+
+    model, x = M(), torch.randn(1, 3, 4, 4)
+    path = tmp_path / "q.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert op_codes(path)[:2] == ["QUANTIZE", "DEQUANTIZE"]
+    assert verify(model, x, path).max_abs_error < 1e-5
+
+
+class FQ(nn.Module):
+    """Per-tensor int8 activation fake-quant with a fixed range."""
+
+    def __init__(self, lo, hi):
+        super().__init__()
+        self.scale, self.zero = (hi - lo) / 255, int(round(-128 - lo / ((hi - lo) / 255)))
+
+    def forward(self, x):
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero, -128, 127)
+
+
+class QConv(nn.Module):
+    """A conv / linear whose weight is fake-quantized per output channel (what slimkit's wrappers do)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        w = self.layer.weight
+        scale = w.detach().abs().reshape(w.shape[0], -1).amax(1) / 127
+        wq = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(w.shape[0], dtype=torch.int32), 0, -127, 127)
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, wq, self.layer.bias)
+        return F.conv2d(x, wq, self.layer.bias, self.layer.stride, self.layer.padding, 1, self.layer.groups)
+
+
+def test_chain_of_int8_kernels(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(FQ(-3, 3), QConv(nn.Conv2d(3, 8, 3, padding=1)), nn.ReLU(), FQ(0, 4),
+                          QConv(nn.Conv2d(8, 8, 3, 2, 1, groups=8)), FQ(-4, 4), nn.Flatten(),
+                          QConv(nn.Linear(8 * 4 * 4, 5)), FQ(-6, 6)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    path = tmp_path / "q.tflite"
+    TFLiteConverter(model, x, path).convert()
+    codes = op_codes(path)
+    assert codes.count("QUANTIZE") == 1 and codes.count("DEQUANTIZE") == 1
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(codes)
+    assert verify(model, x, path).max_abs_error <= 2 * 12 / 255  # within two output steps

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from slimkit.converter.ir import Tensor
+from slimkit.converter.ops.quantize import attach_weight_params
 from slimkit.converter.registry import register
 
 NHWC = (0, 2, 3, 1)
@@ -108,8 +109,10 @@ def conv2d(ctx, node, a):
     weight = _np(ctx, a["weight"], "weight")
     bias = _np(ctx, a["bias"], "bias")
     out_shape = tuple(node.meta["val"].shape)
-    return conv2d_nhwc(ctx, a["input"], weight, bias, _pair(a["stride"]), a["padding"] if isinstance(
+    out = conv2d_nhwc(ctx, a["input"], weight, bias, _pair(a["stride"]), a["padding"] if isinstance(
         a["padding"], str) else _pair(a["padding"]), _pair(a["dilation"]), int(a["groups"]), out_shape)
+    attach_weight_params(ctx, a["weight"], out)
+    return out
 
 
 @register("aten.conv1d.default", "aten.conv1d.padding", emits=("CONV_2D", "DEPTHWISE_CONV_2D", "PAD", "RESHAPE"))

@@ -11,6 +11,7 @@ import torch
 from slimkit.converter import layout
 from slimkit.converter.ir import Tensor
 from slimkit.converter.ops.elementwise import binary
+from slimkit.converter.ops.quantize import attach_weight_params
 from slimkit.converter.registry import register
 
 
@@ -61,7 +62,9 @@ def linear(ctx, node, a):
     rewritten = _channels_last_flatten(ctx, node, x, weight)
     if rewritten is not None:
         x, weight = rewritten
-    return fully_connected(ctx, x, weight, _const(a["bias"]), tuple(node.meta["val"].shape))
+    out = fully_connected(ctx, x, weight, _const(a["bias"]), tuple(node.meta["val"].shape))
+    attach_weight_params(ctx, a["weight"], out)  # per output row: unchanged by the column reorder
+    return out
 
 
 @register("aten.addmm.default", emits=("FULLY_CONNECTED",))

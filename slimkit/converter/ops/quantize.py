@@ -61,3 +61,15 @@ def fake_quantize_per_tensor(ctx, node, a):
 @register("aten.fake_quantize_per_channel_affine.default", emits=())
 def fake_quantize_per_channel(ctx, node, a):
     ctx.fail("per-channel fake quantization of activations is not supported (weights are)")
+
+
+def attach_weight_params(ctx, torch_weight, out) -> None:
+    """Tag the weight constant of the op producing ``out`` with the weight's recorded fake-quant parameters."""
+    params = ctx.weight_quant.get(id(torch_weight))
+    op = out.producer
+    if params is None or op is None or op.code not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        return
+    axis = 3 if op.code == "DEPTHWISE_CONV_2D" else 0
+    if params.scale.size > 1 and params.quantized_dimension != 0:
+        return
+    op.inputs[1].quant_hint = QuantParams(params.scale, params.zero_point, axis)
