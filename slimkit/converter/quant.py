@@ -110,6 +110,21 @@ def sink_dequantize(graph: Graph) -> None:
     graph.ops = ops
 
 
+def infer_weight_grid(w: np.ndarray, axis: int, tol: float = 1e-3) -> QuantParams | None:
+    """Per-channel symmetric parameters of weights that already sit on an int8 grid (fake-quantized with
+    scale = max|w_c| / 127, possibly through folded BN arithmetic); None when they do not."""
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    scale = (np.abs(w).max(axis=reduce) / 127.0).astype(np.float32)
+    if (scale == 0).any():
+        return None
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    k = w / scale.reshape(shape)
+    if np.abs(k - np.round(k)).max() > tol:
+        return None
+    return QuantParams(scale, np.zeros(scale.size, np.int64), axis)
+
+
 def int8_kernels(graph: Graph) -> int:
     """DEQUANTIZE -> CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED -> QUANTIZE becomes one int8 kernel.
 
@@ -123,13 +138,17 @@ def int8_kernels(graph: Graph) -> int:
     dropped: set[int] = set()
     rewritten = 0
     for op in graph.ops:
-        if op.code not in HYBRID_WEIGHT_AXIS or op.inputs[1] is None or op.inputs[1].quant_hint is None:
+        if op.code not in HYBRID_WEIGHT_AXIS or op.inputs[1] is None or not op.inputs[1].is_const:
             continue
         x, w, b = op.inputs[0], op.inputs[1], op.inputs[2]
+        if w.quant_hint is None:
+            w.quant_hint = infer_weight_grid(w.values(), HYBRID_WEIGHT_AXIS[op.code])
+            if w.quant_hint is None:
+                continue
         deq = x.producer
         after = users.get(id(op.outputs[0]), [])
         if deq is None or deq.code != "DEQUANTIZE" or len(after) != 1 or after[0].code != "QUANTIZE" \
-                or id(op.outputs[0]) in outputs or w.data_scale is not None:
+                or id(op.outputs[0]) in outputs:
             continue
         q_in, q_out = deq.inputs[0], after[0].outputs[0]
         if q_in.dtype != "int8" or q_out.dtype != "int8":

@@ -32,6 +32,14 @@ def _flatten(obj):
     return []
 
 
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    try:
+        return t.float().numpy()
+    except RuntimeError:  # tensor subclasses (e.g. from a quantizer's function mode)
+        return np.asarray(t.tolist(), dtype=np.float32)
+
+
 def run_tflite(tflite_path, inputs, num_threads: int = 1):
     """Run ``tflite_path`` on numpy ``inputs`` (already in the file's layout); returns its outputs."""
     from ai_edge_litert.interpreter import Interpreter
@@ -56,7 +64,7 @@ def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterO
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        expected = [t.detach().float().numpy() for t in _flatten(model(*inputs))]
+        expected = [_to_numpy(t) for t in _flatten(model(*inputs))]
     model.train(was_training)
     feeds = []
     for i, x in enumerate(inputs):

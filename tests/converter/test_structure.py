@@ -119,3 +119,18 @@ def test_grouped_conv_is_version_6(check):
     model, _ = read_model(path)
     assert (model.OperatorCodes(0).BuiltinCode(), model.OperatorCodes(0).Version()) == (
         tflite.BuiltinOperator.CONV_2D, 6)
+
+
+def test_per_channel_affine_after_conv_is_folded(check):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x) / torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1) + 0.5
+            return torch.relu(self.bn(y * torch.tensor([2.0, 1.0, 0.5, 1.0]).view(4, 1, 1) - 1))
+
+    path, _ = check(M(), torch.randn(1, 3, 6, 6))
+    assert op_codes(path) == ["CONV_2D"]

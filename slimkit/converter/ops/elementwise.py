@@ -71,14 +71,51 @@ def _scaled(ctx, b, alpha):
     return _as_array(b, np.float32) * alpha
 
 
+def _per_channel(x, value):
+    """``value`` as a per-channel vector along logical axis 1 of ``x`` (None if it broadcasts otherwise)."""
+    if _is_act(value) or x.rank < 2:
+        return None
+    arr = _as_array(value, np.float32)
+    if arr.ndim > x.rank or np.broadcast_shapes(arr.shape, x.shape) != tuple(x.shape):
+        return None
+    arr = arr.reshape((1,) * (x.rank - arr.ndim) + arr.shape)
+    if any(s != 1 for i, s in enumerate(arr.shape) if i != 1):
+        return None
+    return np.broadcast_to(arr.reshape(-1), (x.shape[1],)).astype(np.float32)
+
+
+def fold_into_producer(ctx, node, x, value, kind):
+    """``x * c`` / ``x + c`` with a per-channel constant ``c``, folded into the conv / linear producing ``x``."""
+    from slimkit.converter.ops.norm import fold_affine
+
+    if not _is_act(x) or not isinstance(node.args[0], torch.fx.Node):
+        return None
+    vec = _per_channel(x, value)
+    if vec is None:
+        return None
+    ones, zeros = np.ones_like(vec), np.zeros_like(vec)
+    ok = fold_affine(ctx, x, vec, zeros, node.args[0]) if kind == "mul" else \
+        fold_affine(ctx, x, ones, vec, node.args[0])
+    return x if ok else None
+
+
 @register("aten.add.Tensor", "aten.add.Scalar", "aten.add_.Tensor", emits=("ADD",))
 def add(ctx, node, a):
-    return binary(ctx, "ADD", a["self"], _scaled(ctx, a["other"], a.get("alpha")), FusedActivationFunction=0)
+    other = _scaled(ctx, a["other"], a.get("alpha"))
+    folded = fold_into_producer(ctx, node, a["self"], other, "add")
+    if folded is not None:
+        return folded
+    return binary(ctx, "ADD", a["self"], other, FusedActivationFunction=0)
 
 
 @register("aten.sub.Tensor", "aten.sub.Scalar", "aten.sub_.Tensor", emits=("SUB",))
 def sub(ctx, node, a):
-    return binary(ctx, "SUB", a["self"], _scaled(ctx, a["other"], a.get("alpha")), FusedActivationFunction=0)
+    other = _scaled(ctx, a["other"], a.get("alpha"))
+    if not _is_act(other):
+        folded = fold_into_producer(ctx, node, a["self"], -_as_array(other, np.float32), "add")
+        if folded is not None:
+            return folded
+    return binary(ctx, "SUB", a["self"], other, FusedActivationFunction=0)
 
 
 @register("aten.rsub.Scalar", "aten.rsub.Tensor", emits=("SUB",))
@@ -88,6 +125,9 @@ def rsub(ctx, node, a):
 
 @register("aten.mul.Tensor", "aten.mul.Scalar", "aten.mul_.Tensor", emits=("MUL",))
 def mul(ctx, node, a):
+    folded = fold_into_producer(ctx, node, a["self"], a["other"], "mul")
+    if folded is not None:
+        return folded
     return binary(ctx, "MUL", a["self"], a["other"], FusedActivationFunction=0)
 
 
@@ -96,7 +136,11 @@ def div(ctx, node, a):
     other = a["other"]
     if not _is_act(other):
         # x / c  ->  x * (1 / c): exact to one rounding, and MUL is faster everywhere
-        return binary(ctx, "MUL", a["self"], 1.0 / _as_array(other, np.float32), FusedActivationFunction=0)
+        inverse = 1.0 / _as_array(other, np.float32)
+        folded = fold_into_producer(ctx, node, a["self"], inverse, "mul")
+        if folded is not None:
+            return folded
+        return binary(ctx, "MUL", a["self"], inverse, FusedActivationFunction=0)
     return binary(ctx, "DIV", a["self"], other, FusedActivationFunction=0)
 
 

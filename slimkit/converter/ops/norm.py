@@ -18,9 +18,9 @@ def _np(v):
     return None if v is None else v.detach().cpu().numpy().astype(np.float32)
 
 
-def fold_affine(ctx, x: Tensor, scale: np.ndarray, shift: np.ndarray):
+def fold_affine(ctx, x: Tensor, scale: np.ndarray, shift: np.ndarray, arg=None):
     """Fold ``x * scale + shift`` (per output channel) into the op producing ``x``; True on success."""
-    op = sole_producer(ctx, ctx.node.args[0], x, set(_FOLD_AXIS))
+    op = sole_producer(ctx, ctx.node.args[0] if arg is None else arg, x, set(_FOLD_AXIS))
     if op is None or op.options.get("FusedActivationFunction", 0) != 0 or x.base is not None:
         return False
     if op.code == "FULLY_CONNECTED" and x.rank != 2:
