@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tflite
 import torch
 import torch.nn.functional as F
@@ -103,3 +104,33 @@ def test_chain_of_int8_kernels(tmp_path):
     assert codes.count("QUANTIZE") == 1 and codes.count("DEQUANTIZE") == 1
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(codes)
     assert verify(model, x, path).max_abs_error <= 2 * 12 / 255  # within two output steps
+
+
+def test_model_quantized_by_slimkit_ptq(tmp_path):
+    """End to end with slimkit's quantizer (skipped until it is merged)."""
+    quantization = pytest.importorskip("slimkit.algorithms.quantization")
+    if not hasattr(quantization, "PostTrainingQuantizer"):
+        pytest.skip("PostTrainingQuantizer not merged yet")
+    from slimkit.converter.verify import run_tflite
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    x = torch.randn(4, 3, 8, 8)
+    config = [{"quant_types": ["weight", "input", "output"], "quant_bits": {"weight": 8, "input": 8, "output": 8},
+               "op_types": ["Conv2d", "Linear"]}]
+    ptq = quantization.PostTrainingQuantizer(model, config, algorithm="minmax", dummy_input=x)
+    ptq.compress()
+    ptq.calibrate([x, torch.randn(4, 3, 8, 8)])
+    model.eval()
+    expected = model(x[:1]).detach().numpy()
+    path = tmp_path / "ptq.tflite"
+    TFLiteConverter(model, x[:1], path).convert()
+    codes = op_codes(path)
+    assert codes.count("CONV_2D") == 2 and "FULLY_CONNECTED" in codes
+    _, sg = read_model(path)
+    int8_ops = {sg.Tensors(sg.Operators(i).Inputs(1)).Type() for i, c in enumerate(codes)
+                if c in ("CONV_2D", "FULLY_CONNECTED")}
+    assert int8_ops == {tflite.TensorType.INT8}
+    got = run_tflite(path, [x[:1].permute(0, 2, 3, 1).numpy()])[0]
+    assert np.abs(got - expected).max() <= 2 * np.abs(expected).max() / 127
