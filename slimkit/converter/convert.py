@@ -65,11 +65,12 @@ class TFLiteConverter:
         self.graph = run_passes(graph, self.options)
         return self.graph
 
-    def to_bytes(self) -> memoryview:
-        return serialize(self.build() if self.graph is None else self.graph)
+    def to_bytes(self) -> bytes:
+        """The ``.tflite`` file's bytes (without writing a file)."""
+        return serialize(self.build() if self.graph is None else self.graph).tobytes()
 
     def convert(self) -> None:
         """Write the ``.tflite`` file (every unsupported op is reported before anything is written)."""
-        data = self.to_bytes()
+        model = serialize(self.build() if self.graph is None else self.graph)
         with atomic_path(self.tflite_path) as tmp, open(tmp, "wb") as f:
-            f.write(data)
+            model.write_to(f)

@@ -46,21 +46,57 @@ def _root(t: Tensor) -> Tensor:
     return t
 
 
-def _bytes_vector(builder: flatbuffers.Builder, t: Tensor, alignment: int = 16) -> int:
-    """A ubyte vector holding the constant's bytes, made contiguous (and scaled) in one numpy pass."""
+def fill(dest: np.ndarray, t: Tensor) -> None:
+    """Write the constant's final values (made contiguous, pending scale applied) into ``dest``, one pass."""
     data = t.data
-    n = data.nbytes
-    builder.StartVector(1, n, alignment)
-    builder.head = builder.head - n
-    dest = np.frombuffer(builder.Bytes, dtype=data.dtype, count=data.size, offset=builder.head)
+    dest = dest.reshape(data.shape)
     if t.data_scale is None:
-        np.copyto(dest.reshape(data.shape), data)
+        np.copyto(dest, data)
     else:
         scale, axis = t.data_scale
         shape = [1] * data.ndim
         shape[axis] = -1
-        np.multiply(data, scale.reshape(shape), out=dest.reshape(data.shape))
+        np.multiply(data, scale.reshape(shape), out=dest)
+
+
+def _bytes_vector(builder: flatbuffers.Builder, t: Tensor, regions: list, alignment: int = 16) -> int:
+    """A ubyte vector for the constant's bytes. Only the space is reserved here (the builder's memory
+    there is never touched); :class:`Serialized` streams the values into the file."""
+    n = t.data.nbytes
+    builder.StartVector(1, n, alignment)
+    builder.head = builder.head - n
+    regions.append((builder.head, t))
     return builder.EndVector()
+
+
+class Serialized:
+    """A built model: the flatbuffer with reserved holes for constant payloads, filled on output."""
+
+    def __init__(self, builder: flatbuffers.Builder, regions: list):
+        self.bytes = builder.Bytes
+        self.head = builder.Head()
+        self.regions = sorted(regions, key=lambda r: r[0])
+        self.size = len(self.bytes) - self.head
+
+    def write_to(self, f) -> None:
+        """Stream the file: metadata slices from the builder, payloads through one reused scratch buffer."""
+        largest = max((t.data.nbytes for _, t in self.regions), default=0)
+        scratch = np.empty(largest, np.uint8)
+        cursor = self.head
+        for start, t in self.regions:
+            f.write(self.bytes[cursor:start])
+            n = t.data.nbytes
+            dest = scratch[:n].view(t.data.dtype)
+            fill(dest, t)
+            f.write(memoryview(scratch)[:n])
+            cursor = start + n
+        f.write(self.bytes[cursor:])
+
+    def tobytes(self) -> bytes:
+        out = bytearray(self.bytes[self.head:])
+        for start, t in self.regions:
+            fill(np.frombuffer(out, dtype=t.data.dtype, count=t.data.size, offset=start - self.head), t)
+        return bytes(out)
 
 
 def _builder(size: int) -> flatbuffers.Builder:
@@ -75,8 +111,8 @@ def _int_vector(builder, values, dtype=np.int32) -> int:
     return builder.CreateNumpyVector(np.asarray(values, dtype=dtype).reshape(-1))
 
 
-def serialize(graph: Graph, description: str = "slimkit") -> memoryview:
-    """The ``.tflite`` flatbuffer of ``graph`` (a view of the builder's bytes: no final copy)."""
+def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
+    """Build the ``.tflite`` flatbuffer of ``graph``; ``.write_to(f)`` streams it, ``.tobytes()`` returns it."""
     tensors: list[Tensor] = []
     index: dict[int, int] = {}
 
@@ -102,12 +138,13 @@ def serialize(graph: Graph, description: str = "slimkit") -> memoryview:
     # buffers: 0 is the empty sentinel; each constant gets its own
     buffer_of = {}
     buffer_offsets = []
+    regions: list = []
     tflite.BufferStart(builder)
     buffer_offsets.append(tflite.BufferEnd(builder))
     for i, t in enumerate(tensors):
         if t.data is None:
             continue
-        vec = _bytes_vector(builder, t)
+        vec = _bytes_vector(builder, t, regions)
         tflite.BufferStart(builder)
         tflite.BufferAddData(builder, vec)
         buffer_of[i] = len(buffer_offsets)
@@ -182,7 +219,7 @@ def serialize(graph: Graph, description: str = "slimkit") -> memoryview:
     tflite.ModelAddBuffers(builder, buffers)
     model = tflite.ModelEnd(builder)
     builder.Finish(model, file_identifier=b"TFL3")
-    return memoryview(builder.Bytes)[builder.Head():]
+    return Serialized(builder, regions)
 
 
 def _offset_vector(builder, start, offsets) -> int:

@@ -134,3 +134,12 @@ def test_per_channel_affine_after_conv_is_folded(check):
 
     path, _ = check(M(), torch.randn(1, 3, 6, 6))
     assert op_codes(path) == ["CONV_2D"]
+
+
+def test_to_bytes_equals_written_file(tmp_path):
+    from slimkit.converter import TFLiteConverter
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    conv = TFLiteConverter(model, torch.randn(1, 3, 6, 6), tmp_path / "m.tflite")
+    conv.convert()
+    assert conv.to_bytes() == (tmp_path / "m.tflite").read_bytes()
