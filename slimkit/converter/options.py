@@ -31,8 +31,10 @@ class ConverterOptions:
         hybrid: dynamic-range quantization: int8 weights (per channel) for FULLY_CONNECTED,
             CONV_2D, DEPTHWISE_CONV_2D and LSTM, float activations.
         hybrid_conv: include convolutions in ``hybrid`` (TinyNN's ``hybrid_conv``).
-        quantize_io: for int8 models, keep int8 inputs/outputs instead of float ones.
-        quantized_input_stats: ``[(mean, std), ...]`` per input for int8 inputs.
+        quantize_io: for quantized models, int8 inputs/outputs: the leading QUANTIZE and trailing
+            DEQUANTIZE are removed (TinyNN's ``fuse_quant_dequant``).
+        quantized_input_stats: ``[(mean, std), ...]`` per input: that input becomes int8 (uint8 when
+            mean > 127) with ``real = (q - mean) / std``, followed by a DEQUANTIZE.
         optimize: 0 = no fusion; 1 = fold BN, fuse activations, SAME padding; 2 (default) = all.
     """
 

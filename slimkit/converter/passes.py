@@ -85,6 +85,10 @@ def run_passes(graph: Graph, options) -> Graph:
         from slimkit.converter.quant import int8_kernels
 
         int8_kernels(graph)
+    if options.quantize_io or options.quantized_input_stats:
+        from slimkit.converter.quant import quantize_io
+
+        quantize_io(graph, options)
     remove_dead_ops(graph)
     if options.hybrid:
         from slimkit.converter.quant import apply_hybrid

@@ -172,3 +172,40 @@ def int8_kernels(graph: Graph) -> int:
         rewritten += 1
     graph.ops = [op for op in graph.ops if id(op) not in dropped]
     return rewritten
+
+
+def quantize_io(graph: Graph, options) -> None:
+    """Integer model inputs / outputs (TinyNN's ``fuse_quant_dequant``, TF's ``inference_input_type``).
+
+    An input consumed only by a QUANTIZE becomes that QUANTIZE's int8 output; an output produced by a
+    DEQUANTIZE becomes its int8 input. ``quantized_input_stats=[(mean, std), ...]`` makes a float
+    input int8 / uint8 with ``real = (q - mean) / std`` followed by a DEQUANTIZE.
+    """
+    from slimkit.converter.ir import Op, Tensor
+
+    users = _consumers(graph)
+    stats = list(options.quantized_input_stats or [])
+    dropped = set()
+    for i, t in enumerate(list(graph.inputs)):
+        consumers = users.get(id(t), [])
+        if consumers and all(op.code == "QUANTIZE" for op in consumers) and len(consumers) == 1:
+            q = consumers[0].outputs[0]
+            q.producer = None
+            graph.inputs[i] = q
+            dropped.add(id(consumers[0]))
+        elif i < len(stats) and stats[i] is not None and t.dtype == "float32":
+            mean, std = stats[i]
+            dtype = "int8" if -128 <= mean <= 127 else "uint8"
+            q = Tensor(t.name + "_int", t.shape, dtype, perm=t.perm,
+                       quant=QuantParams(np.array([1.0 / std], np.float32), np.array([int(round(mean))]), 0))
+            graph.quant_table[q.name] = q.quant
+            deq = Op("DEQUANTIZE", [q], [t])
+            t.producer = deq
+            graph.ops.insert(0, deq)
+            graph.inputs[i] = q
+    for i, t in enumerate(list(graph.outputs)):
+        op = t.producer
+        if op is not None and op.code == "DEQUANTIZE" and len(users.get(id(t), [])) == 0:
+            graph.outputs[i] = op.inputs[0]
+            dropped.add(id(op))
+    graph.ops = [op for op in graph.ops if id(op) not in dropped]

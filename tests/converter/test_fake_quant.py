@@ -134,3 +134,33 @@ def test_model_quantized_by_slimkit_ptq(tmp_path):
     assert int8_ops == {tflite.TensorType.INT8}
     got = run_tflite(path, [x[:1].permute(0, 2, 3, 1).numpy()])[0]
     assert np.abs(got - expected).max() <= 2 * np.abs(expected).max() / 127
+
+
+def test_quantize_io_gives_int8_inputs_and_outputs(tmp_path):
+    from slimkit.converter.verify import run_tflite
+
+    torch.manual_seed(0)
+    model, x = FakeQuantNet().eval(), torch.randn(1, 3, 8, 8)
+    path = tmp_path / "q.tflite"
+    TFLiteConverter(model, x, path, quantize_io=True).convert()
+    assert op_codes(path) == ["CONV_2D"]
+    _, sg = read_model(path)
+    inp, out = sg.Tensors(sg.Inputs(0)), sg.Tensors(sg.Outputs(0))
+    assert inp.Type() == out.Type() == tflite.TensorType.INT8
+    q_in = np.clip(np.round(x.permute(0, 2, 3, 1).numpy() / 0.02) + 3, -128, 127).astype(np.int8)
+    got = (run_tflite(path, [q_in])[0].astype(np.float32) + 128) * 0.01
+    expected = model(x).detach().permute(0, 2, 3, 1).numpy()
+    assert np.abs(got - expected).max() <= 0.01 + 1e-6
+
+
+def test_quantized_input_stats_on_float_model(tmp_path):
+    from slimkit.converter.verify import run_tflite
+
+    model = nn.Conv2d(3, 4, 3).eval()
+    path = tmp_path / "f.tflite"
+    TFLiteConverter(model, torch.randn(1, 3, 8, 8), path, quantized_input_stats=[(128.0, 127.5)]).convert()
+    assert op_codes(path) == ["DEQUANTIZE", "CONV_2D"]
+    q = np.random.default_rng(0).integers(0, 256, (1, 8, 8, 3)).astype(np.uint8)
+    got = run_tflite(path, [q])[0]
+    expected = model(torch.from_numpy((q.astype(np.float32) - 128) / 127.5).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(got, expected.detach().permute(0, 2, 3, 1).numpy(), atol=1e-5)
