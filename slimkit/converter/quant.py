@@ -171,7 +171,19 @@ def int8_kernels(graph: Graph) -> int:
             dropped.add(id(deq))
         rewritten += 1
     graph.ops = [op for op in graph.ops if id(op) not in dropped]
+    requantize(graph)
     return rewritten
+
+
+def requantize(graph: Graph) -> None:
+    """DEQUANTIZE -> QUANTIZE becomes one int8 -> int8 QUANTIZE (requantization)."""
+    for op in graph.ops:
+        if op.code != "QUANTIZE":
+            continue
+        deq = op.inputs[0].producer
+        if deq is None or deq.code != "DEQUANTIZE" or deq.inputs[0].dtype not in ("int8", "uint8"):
+            continue
+        op.inputs[0] = deq.inputs[0]  # the DEQUANTIZE may still feed float ops; else dead-op removal drops it
 
 
 def quantize_io(graph: Graph, options) -> None:
