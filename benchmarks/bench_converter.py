@@ -134,7 +134,8 @@ def main() -> None:
         timing[name] = json.loads(line[7:])
         print(name, timing[name], flush=True)
     parity = _parity() if "--quick" not in sys.argv else {}
-    data = {"machine": {**_machine(), "load_avg_at_start": load_at_start}, "timing_224": timing, "targets_s": TARGETS, "parity": parity,
+    data = {"machine": {**_machine(), "load_avg_at_start": load_at_start}, "timing_224": timing,
+            "targets_s": TARGETS, "parity": parity,
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
