@@ -171,8 +171,35 @@ def int8_kernels(graph: Graph) -> int:
             dropped.add(id(deq))
         rewritten += 1
     graph.ops = [op for op in graph.ops if id(op) not in dropped]
+    rewritten += _int8_elementwise(graph)
     requantize(graph)
     return rewritten
+
+
+def _int8_elementwise(graph: Graph) -> int:
+    """DEQUANTIZE(a), DEQUANTIZE(b) -> ADD / SUB / MUL -> QUANTIZE becomes one int8 op (each input keeps
+    its own parameters; TFLite rescales)."""
+    users = _consumers(graph)
+    outputs = {id(t) for t in graph.outputs}
+    dropped: set[int] = set()
+    count = 0
+    for op in graph.ops:
+        if op.code not in ("ADD", "SUB", "MUL"):
+            continue
+        producers = [t.producer for t in op.inputs]
+        if any(p is None or p.code != "DEQUANTIZE" or p.inputs[0].dtype != "int8" for p in producers):
+            continue
+        after = users.get(id(op.outputs[0]), [])
+        if len(after) != 1 or after[0].code != "QUANTIZE" or after[0].outputs[0].dtype != "int8" or \
+                id(op.outputs[0]) in outputs:
+            continue
+        op.inputs = [p.inputs[0] for p in producers]
+        op.outputs = [after[0].outputs[0]]
+        op.outputs[0].producer = op
+        dropped.add(id(after[0]))
+        count += 1
+    graph.ops = [op for op in graph.ops if id(op) not in dropped]
+    return count
 
 
 def requantize(graph: Graph) -> None:

@@ -164,3 +164,22 @@ def test_quantized_input_stats_on_float_model(tmp_path):
     got = run_tflite(path, [q])[0]
     expected = model(torch.from_numpy((q.astype(np.float32) - 128) / 127.5).permute(0, 3, 1, 2))
     np.testing.assert_allclose(got, expected.detach().permute(0, 2, 3, 1).numpy(), atol=1e-5)
+
+
+def test_int8_residual_add(tmp_path):
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_in, self.conv, self.q_conv, self.q_out = FQ(-3, 3), QConv(nn.Conv2d(4, 4, 3, padding=1)), \
+                FQ(-4, 4), FQ(-6, 6)
+
+        def forward(self, x):
+            x = self.q_in(x)
+            return self.q_out(torch.relu(self.q_conv(self.conv(x)) + x))
+
+    torch.manual_seed(0)
+    model, x = Residual().eval(), torch.randn(1, 4, 8, 8)
+    path = tmp_path / "r.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert op_codes(path) == ["QUANTIZE", "CONV_2D", "ADD", "DEQUANTIZE"]
+    assert verify(model, x, path).max_abs_error <= 2 * 12 / 255

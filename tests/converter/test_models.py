@@ -51,3 +51,27 @@ def test_shared_zoo(name, check):
 
     model, x = build(name)
     check(model, x)
+
+
+def test_conversion_leaves_the_model_untouched(tmp_path):
+    from slimkit.converter import TFLiteConverter
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    TFLiteConverter(model, torch.randn(1, 3, 32, 32), tmp_path / "m.tflite").convert()
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_module_called_twice(check):
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                            torch.nn.ReLU())
+
+        def forward(self, x):
+            return torch.cat([self.head(x), self.head(torch.nn.functional.max_pool2d(x, 2)).repeat(1, 1, 2, 2)], 1)
+
+    check(Shared(), torch.randn(1, 4, 8, 8))
