@@ -32,7 +32,7 @@ OPTIONS = {
     "PACK": "PackOptions", "CAST": "CastOptions", "BROADCAST_TO": "BroadcastToOptions", "TILE": "TileOptions",
     "SELECT_V2": "SelectV2Options", "GREATER": "GreaterOptions", "GREATER_EQUAL": "GreaterEqualOptions",
     "LESS": "LessOptions", "LESS_EQUAL": "LessEqualOptions", "EQUAL": "EqualOptions", "NOT_EQUAL": "NotEqualOptions",
-    "COS": "CosOptions",
+    "COS": "CosOptions", "ARG_MAX": "ArgMaxOptions", "ARG_MIN": "ArgMinOptions",
 }
 
 TENSOR_TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6, "int16": 7, "int8": 9}

@@ -87,6 +87,7 @@ CASES = {
     "adaptive_avg_2": (Fn(lambda s, x: F.adaptive_avg_pool2d(x, (2, 4))), img()),
     # reductions
     "mean_sum_max": (Fn(lambda s, x: x.mean((2, 3)) + x.sum(1).amax(-1, keepdim=True).mean(1, keepdim=True)), img()),
+    "argmax": (Fn(lambda s, x: (x.argmax(1), x.argmin(-1, keepdim=True), x.max(2))), img()),
     "mean_keep": (Fn(lambda s, x: x.mean(1, keepdim=True) - x), img()),
     # softmax
     "softmax_channels": (Fn(lambda s, x: torch.softmax(s.mods[0](x), 1), nn.Conv2d(4, 4, 1)), img()),

@@ -56,10 +56,37 @@ def amin(ctx, node, a):
     return reduce(ctx, "REDUCE_MIN", a["self"], a["dim"], a["keepdim"])
 
 
+def arg_reduce(ctx, code, x, dim, keepdim):
+    """ARG_MAX / ARG_MIN along logical ``dim`` (int64 indices, like PyTorch)."""
+    if dim is None:
+        ctx.fail("argmax / argmin over all elements is not supported; flatten first")
+    dim = norm_dim(dim, x.rank)
+    kept = [a for a in x.order if a != dim]
+    perm = tuple(a - (a > dim) for a in kept)
+    shape = tuple(s for i, s in enumerate(x.shape) if i != dim)
+    out = ctx.tensor(shape, "int64", perm=perm)
+    options = {"OutputType": 4}  # TensorType.INT64
+    ctx.emit(code, [x, ctx.const(np.array([x.order.index(dim)], np.int32))], [out], **options)
+    if keepdim:
+        from slimkit.converter.ops.shape import reshape_to
+
+        return reshape_to(ctx, out, tuple(1 if i == dim else s for i, s in enumerate(x.shape)))
+    return out
+
+
+@register("aten.argmax.default", emits=("ARG_MAX",))
+def argmax(ctx, node, a):
+    return arg_reduce(ctx, "ARG_MAX", a["self"], a["dim"], a["keepdim"])
+
+
+@register("aten.argmin.default", emits=("ARG_MIN",))
+def argmin(ctx, node, a):
+    return arg_reduce(ctx, "ARG_MIN", a["self"], a["dim"], a["keepdim"])
+
+
 @register("aten.max.dim", emits=("REDUCE_MAX", "ARG_MAX"))
 def max_dim(ctx, node, a):
     x, dim, keep = a["self"], norm_dim(a["dim"], a["self"].rank), a["keepdim"]
     values = reduce(ctx, "REDUCE_MAX", x, [dim], keep)
-    if len(node.users) and any(u.args[1] == 1 for u in node.users):
-        ctx.fail("max(dim) indices are not supported; use amax for values")
-    return (values, None)
+    wants_indices = any(u.args[1] == 1 and len(u.users) for u in node.users)
+    return (values, arg_reduce(ctx, "ARG_MAX", x, dim, keep) if wants_indices else None)
