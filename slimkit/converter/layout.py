@@ -86,3 +86,45 @@ def const_in_order(array: np.ndarray, rank: int, order) -> np.ndarray:
     while array.ndim > 1 and array.shape[0] == 1:
         array = array[0]
     return array
+
+
+def reshape_groups(in_shape, out_shape):
+    """Pair the non-singleton axes of two shapes of equal size into (input axes, output axes) groups
+    whose sizes match (a reshape only merges or splits inside a group); None if sizes disagree."""
+    ins = [i for i, d in enumerate(in_shape) if d != 1]
+    outs = [j for j, d in enumerate(out_shape) if d != 1]
+    groups, i, j = [], 0, 0
+    try:
+        while i < len(ins) or j < len(outs):
+            gi, gj = [ins[i]], [outs[j]]
+            pi, pj = in_shape[ins[i]], out_shape[outs[j]]
+            i, j = i + 1, j + 1
+            while pi != pj:
+                if pi < pj:
+                    gi.append(ins[i])
+                    pi *= in_shape[ins[i]]
+                    i += 1
+                else:
+                    gj.append(outs[j])
+                    pj *= out_shape[outs[j]]
+                    j += 1
+            groups.append((gi, gj))
+    except IndexError:
+        return None
+    return groups
+
+
+def reshape_orders(shape, order, out_shape):
+    """(input order, output order) for reshaping ``shape`` stored in ``order`` to ``out_shape`` without
+    moving data when the groups are contiguous in memory; otherwise the nearest input order that makes
+    them so (a TRANSPOSE to it is needed). None when no grouping exists."""
+    groups = reshape_groups(shape, out_shape)
+    if groups is None:
+        return None
+    rank = {a: k for k, a in enumerate(a for a in order if shape[a] != 1)}
+    groups.sort(key=lambda g: min(rank[a] for a in g[0]))
+    in_order = [a for gi, _ in groups for a in sorted(gi)]
+    in_order += [a for a in range(len(shape)) if shape[a] == 1]
+    out_order = [b for _, gj in groups for b in sorted(gj)]
+    out_order += [b for b in range(len(out_shape)) if out_shape[b] == 1]
+    return tuple(in_order), tuple(out_order)

@@ -78,6 +78,7 @@ def fold_reshape_into_reduce(graph: Graph) -> int:
 
 
 def run_passes(graph: Graph, options) -> Graph:
+    remove_dead_ops(graph)
     if options.optimize >= 1:
         collapse_reshapes(graph)
         fold_reshape_into_reduce(graph)

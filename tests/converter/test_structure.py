@@ -143,3 +143,30 @@ def test_to_bytes_equals_written_file(tmp_path):
     conv = TFLiteConverter(model, torch.randn(1, 3, 6, 6), tmp_path / "m.tflite")
     conv.convert()
     assert conv.to_bytes() == (tmp_path / "m.tflite").read_bytes()
+
+
+def test_channel_shuffle_and_token_flatten_keep_channels_last(check):
+    class Shuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(8, 8, 1, groups=2), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            x = self.a(x)
+            n, c, h, w = x.shape
+            x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+            return self.b(x)
+
+    path, _ = check(Shuffle(), torch.randn(1, 8, 4, 4))
+    assert op_codes(path).count("TRANSPOSE") == 1  # the shuffle itself; no layout round trips
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 2, 2), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(2).transpose(1, 2))
+
+    path, _ = check(Tokens(), torch.randn(1, 3, 8, 8))
+    assert "TRANSPOSE" not in op_codes(path)

@@ -13,12 +13,21 @@ from slimkit.converter.registry import register
 
 
 def reshape_to(ctx, x: Tensor, shape) -> Tensor:
+    """Reshape keeping ``x``'s memory order where the merged / split axes are contiguous in it
+    (e.g. NHWC ``flatten(2)`` or a channel split needs no TRANSPOSE)."""
     shape = tuple(int(s) for s in shape)
     if shape == x.shape and x.perm is None:
         return x
-    x = layout.logical_bytes(ctx, x)
-    out = ctx.tensor(shape, x.dtype)
-    ctx.emit("RESHAPE", [x, ctx.const(np.array(shape, np.int32))], [out], NewShape=list(shape))
+    orders = layout.reshape_orders(x.shape, x.order, shape) if x.perm is not None and ctx.options.optimize else None
+    if orders is None:
+        x, out_order = layout.logical_bytes(ctx, x), layout.identity(len(shape))
+    else:
+        in_order, out_order = orders
+        if not layout.memory_compatible(x.shape, x.order, in_order):
+            x = ctx.layout(x, in_order)
+    out = ctx.tensor(shape, x.dtype, perm=out_order)
+    physical = [shape[b] for b in out.order]
+    ctx.emit("RESHAPE", [x, ctx.const(np.array(physical, np.int32))], [out], NewShape=physical)
     return out
 
 
