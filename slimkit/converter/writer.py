@@ -86,9 +86,11 @@ class Serialized:
         for start, t in self.regions:
             f.write(self.bytes[cursor:start])
             n = t.data.nbytes
-            dest = scratch[:n].view(t.data.dtype)
-            fill(dest, t)
-            f.write(memoryview(scratch)[:n])
+            if t.data_scale is None and t.data.flags.c_contiguous:
+                f.write(t.data.reshape(-1).view(np.uint8).data)  # already in file order: no copy
+            else:
+                fill(scratch[:n].view(t.data.dtype), t)
+                f.write(memoryview(scratch)[:n])
             cursor = start + n
         f.write(self.bytes[cursor:])
 
