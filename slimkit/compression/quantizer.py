@@ -44,10 +44,11 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 from schema import And, Or
 
 from slimkit.compression.compressor import Compressor, Layer
-from slimkit.compression.config import ConfigKey
+from slimkit.compression.config import ConfigKey, parse_config_list
 from slimkit.compression.observers import MinMaxObserver, Observer
 from slimkit.compression.profiles import QuantProfile, get_profile
 from slimkit.compression.quant import (
@@ -61,6 +62,8 @@ from slimkit.compression.quant import (
 from slimkit.errors import ConfigError, SlimkitError
 
 QUANT_ACTIONS = ("quantize", "rewrite", "disable")
+GRAPH_KEY = "__graph__"
+"""Calibration key holding whole-graph tensors: ``{tensor_key: {'kind', 'output_scale', ...}}``."""
 
 
 def _bits(value: Any) -> bool:
@@ -109,6 +112,19 @@ class LayerQuant:
         self.calls = 1  # calls of the layer per forward pass (from the captured graph)
 
 
+def parse_configs(config_list: list[dict], quantizer: Any) -> list[Any]:
+    return parse_config_list(config_list, quantizer.config_keys, type(quantizer).__name__)
+
+
+class GraphSlot:
+    """Stands in for a layer when whole-graph tensors are observed (training flag, config)."""
+
+    name = "__graph__"
+
+    def __init__(self, model: Any, config: Any):
+        self.module, self.config = model, config
+
+
 class Quantizer(Compressor):
     """Base of every quantizer. Override :meth:`quantize_weight`, :meth:`quantize_input` and / or
     :meth:`quantize_output` (and assign ``self.quant_grad``) to write a new one.
@@ -147,11 +163,18 @@ class Quantizer(Compressor):
         self.observing = True   # observers record ranges on forward
         self.frozen = False     # parameters fixed (after calibration / for export)
         self.graph_plan: Any = None
-        self.whole_graph = any("default" in (layer.config.op_types or ()) for layer in self.layers)
-        if dummy_input is not None:
+        # whole-graph quantization: a config dict with op_types ['default'] quantizing outputs
+        self.graph_config = next((cfg for cfg in parse_configs(config_list, self) if not cfg.exclude
+                                  and "default" in (cfg.op_types or ()) and "output" in cfg.quant_types), None)
+        self.whole_graph = self.graph_config is not None and dummy_input is not None
+        self.graph_params: dict[str, QParams] = {}
+        self.graph_observers: dict[str, Observer] = {}
+        self.graph_meta: dict[str, dict[str, Any]] = {}
+        self.graph_slot = GraphSlot(model, self.graph_config)
+        self.tensor_listener: Any = None  # set by the backend in whole-graph mode
+        self._in_quant = 0
+        if dummy_input is not None:  # without it, BN stays unfolded and modules get one range set
             self.graph_plan = self.backend.plan(model, dummy_input, self)
-        elif self.fold_bn:
-            pass  # folding needs the graph; without dummy_input the BN layers stay separate
 
     # ---------------------------------------------------------------- lifecycle
     def compress(self) -> Any:
@@ -217,6 +240,51 @@ class Quantizer(Compressor):
         lo, hi = observer.range()
         return affine_params(lo, hi, bits, self.profile.activation)
 
+    def activation_bits(self, layer: Any, key: str) -> int:
+        if isinstance(layer, GraphSlot):
+            bits = layer.config.quant_bits
+            return bits if isinstance(bits, int) else bits.get("output", 8)
+        qtype = QuantType.QUANT_INPUT if key.startswith("input") else QuantType.QUANT_OUTPUT
+        return self.states[layer.name].bits[qtype]
+
+    def quantize_graph_tensor(self, key: str, x: Any, kind: str, input_params: list[QParams | None],
+                              **meta: Any) -> Any:
+        """Whole-graph mode: quantize a functional tensor (``+``, ``cat``, pooling ...) under the profile's
+        rules: fixed parameters (softmax, logistic, tanh), the input's parameters for ops that only move
+        values (max-pool, reshape), the union of the inputs' ranges for concatenation, else observed."""
+        slot = self.graph_slot
+        bits = self.activation_bits(slot, key)
+        params = self.profile.fixed_output(kind, bits)
+        info = {"kind": kind, "fixed": params is not None, "shared_from": None, **meta}
+        known = [p for p in input_params if p is not None]
+        if params is None and self.profile.shares_input_params(kind) and known and len(known) == len(input_params):
+            if kind == "cat" and len(known) > 1:
+                lo = min(float(p.min[0]) if p.min is not None else float((p.qmin - p.zero_point[0]) * p.scale[0])
+                         for p in known)
+                hi = max(float(p.max[0]) if p.max is not None else float((p.qmax - p.zero_point[0]) * p.scale[0])
+                         for p in known)
+                params = affine_params(np.array([lo]), np.array([hi]), bits, self.profile.activation)
+                info["shared_from"] = "inputs"
+            elif not known[0].per_channel:
+                params = known[0]
+                info["shared_from"] = meta.get("inputs", [None])[0]
+        if params is None:
+            if self.should_observe(slot):
+                observer = self.graph_observers.get(key)
+                if observer is None:
+                    observer = self.graph_observers[key] = self.make_observer(slot, key)
+                observer.observe(x, self.ops)
+                if self.live_params:
+                    lo, hi = observer.range()
+                    self.graph_params[key] = affine_params(lo, hi, bits, self.profile.activation)
+            params = self.graph_params.get(key)
+        else:
+            self.graph_params[key] = params
+        self.graph_meta[key] = info
+        if params is None or not self.should_fake_quant(slot):
+            return x
+        return self.ops.fake_quant(x, params)
+
     def should_observe(self, layer: Layer) -> bool:
         return self.observing and not self.frozen
 
@@ -265,6 +333,16 @@ class Quantizer(Compressor):
                 "qmin": params.qmin, "qmax": params.qmax}
 
     def _apply(self, method: Any, qtype: QuantType, layer: Layer, key: str, tensor: Any, call: int) -> Any:
+        self._in_quant += 1
+        try:
+            result = self._apply_inner(method, qtype, layer, key, tensor, call)
+        finally:
+            self._in_quant -= 1
+        if self.tensor_listener is not None and qtype is not QuantType.QUANT_WEIGHT:
+            self.tensor_listener(result[0] if isinstance(result, tuple) else result, layer.name, key)
+        return result
+
+    def _apply_inner(self, method: Any, qtype: QuantType, layer: Layer, key: str, tensor: Any, call: int) -> Any:
         kwargs = {"layer": layer, "key": key, "call_index": call, "quantizer": self}
         name = f"quantize_{qtype.value}"
         if self.quant_grad is QuantGrad and getattr(getattr(type(self), name), "_slimkit_differentiable", False):
@@ -316,6 +394,11 @@ class Quantizer(Compressor):
                 params = self.activation_params(layer, key)
                 if params is not None:
                     self.params[layer.name][key] = params
+        for key, observer in self.graph_observers.items():
+            if observer.ready:
+                lo, hi = observer.range()
+                self.graph_params[key] = affine_params(lo, hi, self.activation_bits(self.graph_slot, key),
+                                                       self.profile.activation)
 
     def freeze(self) -> None:
         """Stop observing and fix every parameter (weights from the current weights)."""
@@ -344,8 +427,12 @@ class Quantizer(Compressor):
             for key in ("weight", "input", "output"):
                 if key in table and QuantType(key) in state.types:
                     entry.update(table[key].as_dict(key))
-            if "weight" in table and "input" in table and QuantType.QUANT_WEIGHT in state.types:
-                entry.update(bias_params(table["input"], table["weight"], self.profile.bias_bits).as_dict("bias"))
+            input_params = table.get("input") if QuantType.QUANT_INPUT in state.types else table.get("input_from_graph")
+            if input_params is not None and "input_scale" not in entry:
+                entry.update(input_params.as_dict("input"))
+            if "weight" in table and input_params is not None and QuantType.QUANT_WEIGHT in state.types \
+                    and table["weight"].bits > 1 and input_params.scale.size == 1:
+                entry.update(bias_params(input_params, table["weight"], self.profile.bias_bits).as_dict("bias"))
             calls = []
             for call in range(1, state.calls):
                 call_entry = {}
@@ -360,8 +447,11 @@ class Quantizer(Compressor):
             extra = self.backend.layer_extras(layer, self) if self.wrapped else {}
             entry.update(extra)
             calibration[layer.name] = entry
-        if self.graph_plan is not None:
-            calibration.update(self.backend.graph_calibration(self))
+        if self.graph_params:
+            graph = {}
+            for key, params in self.graph_params.items():
+                graph[key] = {**self.graph_meta.get(key, {}), **params.as_dict("output")}
+            calibration[GRAPH_KEY] = graph
         self.frozen = was_frozen
         return calibration
 
@@ -386,8 +476,12 @@ class Quantizer(Compressor):
                     if params.min is not None:
                         observer = state.observers[key] = self.make_observer(layer, key)
                         observer.set_range(params.min, params.max)
-        if self.graph_plan is not None:
-            self.backend.load_graph_calibration(self, calibration)
+        for key, entry in (calibration.get(GRAPH_KEY) or {}).items():
+            params = QParams.from_dict(entry, "output")
+            self.graph_params[key] = params
+            if params.min is not None and not entry.get("fixed") and not entry.get("shared_from"):
+                observer = self.graph_observers[key] = self.make_observer(self.graph_slot, key)
+                observer.set_range(params.min, params.max)
 
     def export_model(self, model_path: str | os.PathLike, calibration_path: str | os.PathLike | None = None,
                      onnx_path: str | os.PathLike | None = None, input_shape: Any = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from slimkit.compression import Layer, Quantizer, QuantType
+from slimkit.compression import Layer, Quantizer
 from slimkit.compression.observers import HistogramObserver, MinMaxObserver, Observer
 from slimkit.errors import ConfigError
 
@@ -62,8 +62,7 @@ class PostTrainingQuantizer(Quantizer):
     def make_observer(self, layer: Layer, key: str) -> Observer:
         if self.algorithm == "minmax":
             return MinMaxObserver()
-        qtype = QuantType.QUANT_INPUT if key.startswith("input") else QuantType.QUANT_OUTPUT
-        return HistogramObserver(self.algorithm, self.states[layer.name].bits[qtype])
+        return HistogramObserver(self.algorithm, self.activation_bits(layer, key))
 
     def should_fake_quant(self, layer: Layer) -> bool:
         return self.calibrated

@@ -97,6 +97,11 @@ class QuantWrapper(CompressionWrapper):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         quantizer, layer, bn = self._ref.quantizer, self._ref.layer, self._ref.bn
         call = self._call_index()
+        runtime = getattr(quantizer, "_graph_runtime", None)
+        if runtime is not None and args:
+            params = runtime.params_of(args[0])
+            if params is not None:
+                quantizer.params[layer.name][quantizer._key("input_from_graph", call)] = params
         args = quantizer.forward_input(layer, args, call)
         overrides = self.effective_parameters()
         if quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) or bn is not None:
@@ -157,7 +162,8 @@ class TorchQuantBackend:
     # ------------------------------------------------------------ planning and wrapping
     def plan(self, model: nn.Module, dummy_input: Any, quantizer: Any) -> quant_graph.GraphPlan:
         names = {layer.name for layer in quantizer.layers}
-        result = quant_graph.plan(model, dummy_input, names, fold_bn=quantizer.fold_bn)
+        result = quant_graph.plan(model, dummy_input, names, fold_bn=quantizer.fold_bn,
+                                  whole_graph=quantizer.whole_graph)
         for layer in quantizer.layers:
             quantizer.states[layer.name].calls = result.calls.get(layer.name, 1)
         return result
@@ -186,11 +192,21 @@ class TorchQuantBackend:
             set_submodule(model, layer.name, wrapper)
             layer.wrapper = wrapper
         quantizer._torch_handles = handles
+        if quantizer.whole_graph and plan is not None:
+            from slimkit.frameworks.torch.quant_runtime import GraphRuntime
+
+            runtime = GraphRuntime(model, quantizer, plan, {layer.name for layer in layers})
+            runtime.install()
+            quantizer._graph_runtime = runtime
 
     def unwrap(self, model: nn.Module, layers: list[Any], quantizer: Any) -> None:
         for handle in getattr(quantizer, "_torch_handles", []):
             handle.remove()
         quantizer._torch_handles = []
+        runtime = getattr(quantizer, "_graph_runtime", None)
+        if runtime is not None:
+            runtime.remove()
+            quantizer._graph_runtime = None
         for layer in layers:
             set_submodule(model, layer.name, layer.module)
             layer.wrapper = None
@@ -224,12 +240,6 @@ class TorchQuantBackend:
         fusion = plan.fusions.get(layer.name) if plan is not None else None
         return {"folded_bn": fusion.bn if fusion else None, "fused_activation": fusion.activation if fusion
                 else None, "fused_output_module": fusion.tail if fusion and fusion.tail else layer.name}
-
-    def graph_calibration(self, quantizer: Any) -> dict[str, Any]:
-        return {}
-
-    def load_graph_calibration(self, quantizer: Any, calibration: Any) -> None:
-        return None
 
     @contextlib.contextmanager
     def inference(self, model: nn.Module) -> Iterator[None]:

@@ -35,8 +35,8 @@ from torch import nn
 from slimkit.frameworks.torch.graph import CapturedGraph, capture_graph
 
 _WEIGHTED = {"conv1d", "conv2d", "conv3d", "linear", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
-_BN = {"batch_norm", "_native_batch_norm_legit_no_training"}
-_ACTIVATIONS = {"relu": "relu", "relu_": "relu", "relu6": "relu6", "hardtanh": "relu6", "hardtanh_": "relu6"}
+_BN = {"batch_norm", "native_batch_norm_legit_no_training"}
+_ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "hardtanh": "relu6"}
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 # ATen op name -> canonical op kind (profiles and the converter speak these kinds).
@@ -56,13 +56,24 @@ OP_KINDS = {
 
 
 def op_name(node: torch.fx.Node) -> str:
-    """``aten.add.Tensor`` -> ``'add'``."""
+    """``aten.add.Tensor`` -> ``'add'``; in-place and private spellings are normalised
+    (``aten.relu_`` -> ``'relu'``, ``aten._softmax`` -> ``'softmax'``), as :func:`function_name` does."""
     target = node.target
     name = getattr(target, "__name__", str(target))
     packet = getattr(target, "_overloadpacket", None)
     if packet is not None:
         name = packet.__name__
-    return name.split(".")[0]
+    return name.split(".")[0].strip("_")
+
+
+def function_name(func: object) -> str:
+    """The op name of a torch-level function (``Tensor.__add__`` -> ``'add'``), matching :func:`op_name`."""
+    name = getattr(func, "__name__", str(func)).strip("_")
+    if name.startswith("r") and name[1:] in ("add", "mul"):
+        name = name[1:]
+    if name.startswith("i") and name[1:] in ("add", "mul", "sub"):
+        name = name[1:]
+    return {"truediv": "div", "concat": "cat", "concatenate": "cat"}.get(name, name)
 
 
 def tensor_keys(captured: CapturedGraph) -> dict[str, str]:
@@ -101,7 +112,8 @@ class GraphPlan:
     fusions: dict[str, Fusion] = field(default_factory=dict)
     tail_calls: dict[str, int] = field(default_factory=dict)
     captured: CapturedGraph | None = None
-    graph_tensors: dict[str, str] = field(default_factory=dict)  # tensor key -> op kind (whole graph)
+    graph: dict[str, Any] = field(default_factory=dict)   # tensor key -> GraphTensor (whole-graph mode)
+    owners: dict[str, str] = field(default_factory=dict)  # node name -> 'layer:<name>' / 'graph:<key>'
 
 
 def _single_user(node: torch.fx.Node) -> torch.fx.Node | None:
@@ -109,7 +121,8 @@ def _single_user(node: torch.fx.Node) -> torch.fx.Node | None:
     return users[0] if len(users) == 1 else None
 
 
-def plan(model: nn.Module, dummy_input: Any, layer_names: set[str], *, fold_bn: bool) -> GraphPlan:
+def plan(model: nn.Module, dummy_input: Any, layer_names: set[str], *, fold_bn: bool,
+         whole_graph: bool = False) -> GraphPlan:
     """Capture ``model`` and find fusions and call counts for the selected ``layer_names``."""
     captured = capture_graph(model, dummy_input)
     modules = dict(model.named_modules())
@@ -140,4 +153,89 @@ def plan(model: nn.Module, dummy_input: Any, layer_names: set[str], *, fold_bn: 
         if fusion.tail is not None and fusion.tail not in layer_names:
             result.fusions[path] = fusion
             result.tail_calls[fusion.tail] = result.calls.get(fusion.tail, 1)
+    if whole_graph:
+        plan_graph_tensors(result, layer_names)
     return result
+
+
+@dataclass
+class GraphTensor:
+    """A tensor of the captured graph that will be integer in the deployed model (whole-graph mode).
+
+    Attributes:
+        key: its :func:`tensor_key` (``'input/<i>'`` for model inputs).
+        kind: canonical op kind (``'add'``, ``'cat'``, ``'max_pool'`` ...).
+        node: the node's name in the capture.
+        inputs: owners of its tensor inputs: ``'layer:<name>'`` or ``'graph:<key>'`` (None if unknown).
+    """
+
+    key: str
+    kind: str
+    node: str
+    module: str = ""
+    call_index: int = 0
+    inputs: list = field(default_factory=list)
+
+
+_SKIP_OPS = {"size", "sym_size", "getitem", "dim", "numel"}
+
+
+def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
+    """Fill ``result.graph`` with every float tensor outside the wrapped layers and fused kernels."""
+    captured = result.captured
+    keys = tensor_keys(captured)
+    internal: set[str] = set()
+    owners: dict[str, str] = {}
+    chain_of_tail: dict[tuple[str, int], str] = {f.tail and (f.tail, f.tail_call): name
+                                                 for name, f in result.fusions.items()}
+    for node in captured.call_nodes():
+        path = captured.module_path(node)
+        if path in layer_names or any(path.startswith(name + ".") for name in layer_names):
+            owners[node.name] = f"layer:{path.split('.module')[0] if path not in layer_names else path}"
+            continue
+        head = chain_of_tail.get((path, captured.call_index(node)))
+        if head is not None and op_name(node) in (_BN | set(_ACTIVATIONS)):
+            owners[node.name] = f"layer:{head}"
+            continue
+    # nodes between a fused head and its tail (the BN of a conv+BN+ReLU) are internal
+    for name, fusion in result.fusions.items():
+        for node in captured.call_nodes():
+            if captured.module_path(node) == fusion.bn and fusion.tail != fusion.bn:
+                internal.add(node.name)
+                owners[node.name] = f"layer:{name}"
+    # add / mul followed only by a ReLU: the target fuses the activation, quantize after it
+    for node in captured.call_nodes():
+        if node.name in owners:
+            continue
+        user = _single_user(node)
+        if op_name(node) in ("add", "sub", "mul") and user is not None and op_name(user) in _ACTIVATIONS:
+            internal.add(node.name)
+    for index, node in enumerate(captured.user_inputs()):
+        key = f"input/{index}"
+        owners[node.name] = f"graph:{key}"
+        result.graph[key] = GraphTensor(key, "input", node.name, "", 0)
+    for node in captured.call_nodes():
+        if node.name in owners or node.name in internal:
+            continue
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or op_name(node) in _SKIP_OPS:
+            continue
+        key = keys[node.name]
+        owners[node.name] = f"graph:{key}"
+        result.graph[key] = GraphTensor(key, OP_KINDS.get(op_name(node), op_name(node)), node.name,
+                                        captured.module_path(node), captured.call_index(node))
+    for tensor in result.graph.values():
+        node = next((n for n in captured.graph.nodes if n.name == tensor.node), None)
+        if node is None or tensor.kind == "input":
+            continue
+        args = node.args[0] if tensor.kind == "cat" and node.args and isinstance(node.args[0], (list, tuple)) \
+            else node.args
+        producers = [a for a in args if isinstance(a, torch.fx.Node) and a.name not in captured.state_names]
+        tensor.inputs = [_owner(a, owners, internal) for a in producers]
+    result.owners = owners
+
+
+def _owner(node: torch.fx.Node, owners: dict[str, str], internal: set[str]) -> str | None:
+    while node.name in internal and node.args and isinstance(node.args[0], torch.fx.Node):
+        node = node.args[0]
+    return owners.get(node.name)
