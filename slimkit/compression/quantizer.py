@@ -253,21 +253,13 @@ class Quantizer(Compressor):
         rules: fixed parameters (softmax, logistic, tanh), the input's parameters for ops that only move
         values (max-pool, reshape), the union of the inputs' ranges for concatenation, else observed."""
         slot = self.graph_slot
+        if self.frozen and key in self.graph_params:
+            params = self.graph_params[key]
+            return self.ops.fake_quant(x, params) if self.should_fake_quant(slot) else x
         bits = self.activation_bits(slot, key)
-        params = self.profile.fixed_output(kind, bits)
-        info = {"kind": kind, "fixed": params is not None, "shared_from": None, **meta}
-        known = [p for p in input_params if p is not None]
-        if params is None and self.profile.shares_input_params(kind) and known and len(known) == len(input_params):
-            if kind == "cat" and len(known) > 1:
-                lo = min(float(p.min[0]) if p.min is not None else float((p.qmin - p.zero_point[0]) * p.scale[0])
-                         for p in known)
-                hi = max(float(p.max[0]) if p.max is not None else float((p.qmax - p.zero_point[0]) * p.scale[0])
-                         for p in known)
-                params = affine_params(np.array([lo]), np.array([hi]), bits, self.profile.activation)
-                info["shared_from"] = "inputs"
-            elif not known[0].per_channel:
-                params = known[0]
-                info["shared_from"] = meta.get("inputs", [None])[0]
+        params, shared_from = self._rule_params(kind, bits, input_params, meta.get("inputs") or [None])
+        info = {"kind": kind, "fixed": self.profile.fixed_output(kind, 8) is not None, "shared_from": shared_from,
+                **meta}
         if params is None:
             if self.should_observe(slot):
                 observer = self.graph_observers.get(key)
@@ -284,6 +276,50 @@ class Quantizer(Compressor):
         if params is None or not self.should_fake_quant(slot):
             return x
         return self.ops.fake_quant(x, params)
+
+    def _rule_params(self, kind: str, bits: int, input_params: list[QParams | None],
+                     input_names: list[str | None]) -> tuple[QParams | None, str | None]:
+        """Parameters the profile dictates for an op of ``kind`` given its inputs' parameters, and where
+        they come from; ``(None, None)`` when the tensor needs its own observed range."""
+        fixed = self.profile.fixed_output(kind, bits)
+        if fixed is not None:
+            return fixed, None
+        known = [p for p in input_params if p is not None]
+        if not self.profile.shares_input_params(kind) or not known or len(known) != len(input_params):
+            return None, None
+        if kind == "cat" and len(known) > 1:
+            lo = min(float(p.min[0]) if p.min is not None else float((p.qmin - p.zero_point[0]) * p.scale[0])
+                     for p in known)
+            hi = max(float(p.max[0]) if p.max is not None else float((p.qmax - p.zero_point[0]) * p.scale[0])
+                     for p in known)
+            return affine_params(np.array([lo]), np.array([hi]), bits, self.profile.activation), "inputs"
+        if known[0].per_channel:
+            return None, None
+        return known[0], input_names[0]
+
+    def resolve_graph_params(self) -> None:
+        """Apply the profile's rules (fixed / shared parameters) over the planned graph, in order."""
+        plan = self.graph_plan
+        if plan is None or not getattr(plan, "graph", None):
+            return
+
+        def owner_params(owner: str | None) -> QParams | None:
+            if owner is None:
+                return None
+            kind, _, name = owner.partition(":")
+            if kind == "layer":
+                return self.params.get(name, {}).get("output") if name in self.params else None
+            return self.graph_params.get(name)
+
+        for tensor in plan.graph.values():
+            if tensor.key not in self.graph_meta and tensor.key not in self.graph_params:
+                continue
+            inputs = [owner_params(owner) for owner in tensor.inputs]
+            params, shared_from = self._rule_params(tensor.kind, self.activation_bits(self.graph_slot, tensor.key),
+                                                    inputs, list(tensor.inputs) or [None])
+            if params is not None:
+                self.graph_params[tensor.key] = params
+                self.graph_meta.setdefault(tensor.key, {"kind": tensor.kind})["shared_from"] = shared_from
 
     def should_observe(self, layer: Layer) -> bool:
         return self.observing and not self.frozen
@@ -399,6 +435,7 @@ class Quantizer(Compressor):
                 lo, hi = observer.range()
                 self.graph_params[key] = affine_params(lo, hi, self.activation_bits(self.graph_slot, key),
                                                        self.profile.activation)
+        self.resolve_graph_params()
 
     def freeze(self) -> None:
         """Stop observing and fix every parameter (weights from the current weights)."""
@@ -448,6 +485,7 @@ class Quantizer(Compressor):
             entry.update(extra)
             calibration[layer.name] = entry
         if self.graph_params:
+            self.resolve_graph_params()
             graph = {}
             for key, params in self.graph_params.items():
                 graph[key] = {**self.graph_meta.get(key, {}), **params.as_dict("output")}

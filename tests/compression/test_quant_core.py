@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from slimkit.compression import Quantizer, QuantGrad, QuantType
+from slimkit.compression import QuantGrad, Quantizer, QuantType
 from slimkit.compression.profiles import get_profile
 from slimkit.compression.quant import Scheme, affine_params, fake_quant_numpy, fixed_params, qrange
 from slimkit.compression.quantizer import load_calibration
