@@ -83,8 +83,9 @@ class EMAObserver(Observer):
 
 
 class HistogramObserver(MinMaxObserver):
-    """A histogram of ``|x|`` (2048 bins over ``[0, max|x|]``, re-binned when the range grows), and a
-    clipping threshold searched on it.
+    """A histogram of the non-zero ``|x|`` (2048 bins over ``[0, max|x|]``, re-binned when the range grows),
+    and a clipping threshold searched on it. Exact zeros (the ReLU's dead half) are left out: 0 is
+    always exact, and a spike at 0 would pull the threshold down.
 
     Args:
         method: ``'kl'`` (TensorRT / TinyNN entropy calibration: the threshold whose clipped and
@@ -105,7 +106,7 @@ class HistogramObserver(MinMaxObserver):
         self.update(np.atleast_1d(lo), np.atleast_1d(hi))
         self._grow(float(max(-self.lo[0], self.hi[0])))
         if self.top > 0:
-            self.counts += ops.histogram(x, self.bins, self.top)
+            self.counts += ops.histogram(x, self.bins, self.top, skip_zeros=True)
 
     def update_numpy(self, x: np.ndarray) -> None:
         """Observe a numpy batch (reference path, used in tests)."""
@@ -113,7 +114,7 @@ class HistogramObserver(MinMaxObserver):
         self.update(np.atleast_1d(x.min()), np.atleast_1d(x.max()))
         self._grow(float(np.abs(x).max()))
         if self.top > 0:
-            self.counts += np.histogram(np.abs(x), bins=self.bins, range=(0.0, self.top))[0]
+            self.counts += np.histogram(np.abs(x[x != 0]), bins=self.bins, range=(0.0, self.top))[0]
 
     def _grow(self, amax: float) -> None:
         if amax <= self.top:

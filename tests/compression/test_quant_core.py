@@ -140,3 +140,18 @@ def test_calibration_files_round_trip(tmp_path):
     assert calibration["0"]["bias_bits"] == 32
     state = torch.load(tmp_path / "m.pth", weights_only=True)
     torch.nn.Sequential(torch.nn.Linear(3, 2)).load_state_dict(state)
+
+
+def test_fast_per_channel_path_equals_torch_kernel():
+    torch.manual_seed(0)
+    weight = torch.randn(8, 4, 3, 3, requires_grad=True)
+    for scheme in (get_profile("tflite").weight, Scheme(symmetric=False, per_channel=True)):
+        lo, hi = OPS.min_max(weight, 0)
+        params = affine_params(lo, hi, 8, scheme, axis=0)
+        reference = torch.fake_quantize_per_channel_affine(
+            weight, torch.tensor(params.scale, dtype=torch.float32), torch.tensor(params.zero_point, dtype=torch.int32),
+            0, params.qmin, params.qmax)
+        fast = OPS.fake_quant(weight, params)
+        torch.testing.assert_close(fast, reference, atol=0, rtol=0)
+        grad, = torch.autograd.grad(fast.sum(), weight)
+        torch.testing.assert_close(grad, torch.ones_like(weight))

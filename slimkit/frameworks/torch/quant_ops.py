@@ -79,8 +79,34 @@ class TorchQuantOps:
         if params.bits > 16 or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return self._fake_quant_generic(x, scale, zero_point, qmin, qmax, params.axis)
         if params.per_channel:
-            return torch.fake_quantize_per_channel_affine(x, scale, zero_point, params.axis % x.dim(), qmin, qmax)
+            if self.onnx_ranges:  # the op torch.onnx turns into QuantizeLinear / DequantizeLinear
+                return torch.fake_quantize_per_channel_affine(x, scale, zero_point, params.axis % x.dim(), qmin,
+                                                              qmax)
+            return self._fake_quant_per_channel(x, params, scale, zero_point)
         return torch.fake_quantize_per_tensor_affine(x, scale[0], zero_point[0], qmin, qmax)
+
+    def _fake_quant_per_channel(self, x: torch.Tensor, params: QParams, scale: torch.Tensor,
+                                zero_point: torch.Tensor) -> torch.Tensor:
+        # Same arithmetic as torch.fake_quantize_per_channel_affine (round half to even of x * (1 / scale)),
+        # 4-5x faster on CPU. Gradient: straight-through (per-channel parameters are weight parameters
+        # computed from the weight itself, so no value lies outside [qmin, qmax]).
+        axis = params.axis % x.dim()
+        key = ("view", x.device, x.dim(), axis)
+        views = params._native.get(key)
+        if views is None:
+            inverse = _channel_view(1.0 / scale, x.dim(), axis).to(x.dtype)
+            views = params._native[key] = (inverse, _channel_view(scale, x.dim(), axis).to(x.dtype),
+                                           _channel_view(zero_point, x.dim(), axis).to(x.dtype),
+                                           bool(params.zero_point.any()))
+        inverse, scale_view, zp_view, has_zero_point = views
+        with torch.no_grad():
+            q = torch.round(x.detach() * inverse)
+            if has_zero_point:
+                q = q.add_(zp_view).clamp_(params.qmin, params.qmax).sub_(zp_view)
+            else:
+                q = q.clamp_(params.qmin, params.qmax)
+            delta = q.mul_(scale_view).sub_(x.detach())
+        return x + delta if x.requires_grad else x.detach() + delta
 
     def _fake_quant_generic(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
                             qmax: int, axis: int | None) -> torch.Tensor:
@@ -116,14 +142,19 @@ class TorchQuantOps:
         x = x.detach()
         if axis is None:
             lo, hi = torch.aminmax(x)
-            values = torch.stack([lo, hi]).double().cpu().numpy()
-            return values[:1], values[1:]
-        flat = x.movedim(axis, 0).reshape(x.shape[axis], -1)
-        lo, hi = torch.aminmax(flat, dim=1)
+            return np.array([lo.item()]), np.array([hi.item()])
+        dims = tuple(d for d in range(x.dim()) if d != axis % x.dim())
+        if not dims:
+            return x.double().cpu().numpy(), x.double().cpu().numpy()
+        lo, hi = torch.amin(x, dim=dims), torch.amax(x, dim=dims)  # faster than aminmax(dim=) on CPU
         return lo.double().cpu().numpy(), hi.double().cpu().numpy()
 
-    def histogram(self, x: torch.Tensor, bins: int, hi: float) -> np.ndarray:
-        return torch.histc(x.detach().abs().float(), bins=bins, min=0.0, max=hi).double().cpu().numpy()
+    def histogram(self, x: torch.Tensor, bins: int, hi: float, skip_zeros: bool = False) -> np.ndarray:
+        magnitude = x.detach().abs().float()
+        counts = torch.histc(magnitude, bins=bins, min=0.0, max=hi).double()
+        if skip_zeros:
+            counts[0] -= (magnitude == 0).sum()
+        return counts.cpu().numpy()
 
     def clip_grad(self, x: torch.Tensor, grad: torch.Tensor, params: QParams) -> torch.Tensor:
         scale, zero_point = self.native(params, x)
