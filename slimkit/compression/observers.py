@@ -95,9 +95,10 @@ class HistogramObserver(MinMaxObserver):
         bins: histogram resolution.
     """
 
-    def __init__(self, method: str = "kl", bits: int = 8, bins: int = 2048):
+    def __init__(self, method: str = "kl", bits: int = 8, bins: int = 2048, max_clip_fraction: float | None = None):
         super().__init__()
         self.method, self.bits, self.bins = method, bits, bins
+        self.max_clip_fraction = max_clip_fraction
         self.counts = np.zeros(bins, dtype=np.float64)
         self.top = 0.0
 
@@ -136,7 +137,12 @@ class HistogramObserver(MinMaxObserver):
         levels = 2 ** self.bits if unsigned else 2 ** (self.bits - 1)
         index = (kl_threshold_bin(self.counts, levels) if self.method == "kl"
                  else l2_threshold_bin(self.counts, 2 ** self.bits, unsigned))
-        return min((index + 0.5) * self.top / self.bins * (1 + 1e-12), self.top) if index < self.bins else self.top
+        if self.max_clip_fraction is not None:  # never clip more than this fraction of the values
+            tail = np.cumsum(self.counts[::-1])[::-1] / self.counts.sum()
+            guard = int(np.argmax(tail <= self.max_clip_fraction)) - 1 if (tail <= self.max_clip_fraction).any() \
+                else self.bins - 1
+            index = max(index, guard)
+        return min((index + 1) * self.top / self.bins, self.top)
 
     def range(self) -> tuple[np.ndarray, np.ndarray]:
         if self.lo is None:
@@ -145,52 +151,67 @@ class HistogramObserver(MinMaxObserver):
         return np.maximum(self.lo, -threshold), np.minimum(self.hi, threshold)
 
 
+def _kl_divergence(counts: np.ndarray, tail: np.ndarray, i: int, levels: int) -> float:
+    p = counts[:i].copy()
+    p[-1] += tail[i]
+    nonzero = counts[:i] != 0
+    # merge the i bins into `levels` groups; spread each group's mass over its non-empty bins
+    edges = (np.arange(levels + 1) * i) // levels
+    group = np.repeat(np.arange(levels), np.diff(edges))
+    group_mass = np.bincount(group, weights=counts[:i], minlength=levels)
+    group_nonzero = np.bincount(group, weights=nonzero, minlength=levels)
+    q = np.where(nonzero, group_mass[group] / np.maximum(group_nonzero[group], 1), 0.0)
+    p_sum, q_sum = p.sum(), q.sum()
+    if p_sum == 0 or q_sum == 0:
+        return np.inf
+    mask = p > 0
+    p_n, q_n = p[mask] / p_sum, q[mask] / q_sum
+    if np.any(q_n == 0):
+        return np.inf
+    return float(np.sum(p_n * np.log(p_n / q_n)))
+
+
 def kl_threshold_bin(counts: np.ndarray, levels: int = 128) -> int:
     """TensorRT's entropy calibration on a histogram of ``|x|``: the bin index ``i`` (threshold at
     the end of bin ``i``) minimising ``KL(P || Q)``, where ``P`` is the histogram cut at ``i`` with the
-    clipped mass added to its last bin and ``Q`` is ``P`` merged into ``levels`` levels and expanded."""
+    clipped mass added to its last bin and ``Q`` is ``P`` merged into ``levels`` levels and expanded.
+    Searched coarse to fine (64 candidates, then every bin around the best)."""
     bins = len(counts)
     counts = counts.astype(np.float64)
     if bins <= levels:
         return bins - 1
-    best, best_kl = bins - 1, np.inf
-    total_tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])
-    stride = max(1, (bins - levels) // 256)
-    for i in range(levels, bins + 1, stride):
-        p = counts[:i].copy()
-        p[-1] += total_tail[i]
-        nonzero = counts[:i] != 0
-        # merge i bins into `levels` groups, spread each group's mass over its non-empty bins
-        edges = (np.arange(levels + 1) * i) // levels
-        group = np.repeat(np.arange(levels), np.diff(edges))
-        group_mass = np.bincount(group, weights=counts[:i], minlength=levels)
-        group_nonzero = np.bincount(group, weights=nonzero.astype(np.float64), minlength=levels)
-        q = np.where(nonzero, group_mass[group] / np.maximum(group_nonzero[group], 1), 0.0)
-        p_sum, q_sum = p.sum(), q.sum()
-        if p_sum == 0 or q_sum == 0:
-            continue
-        p_n, q_n = p / p_sum, q / q_sum
-        mask = p_n > 0
-        kl = np.inf if np.any(q_n[mask] == 0) else float(np.sum(p_n[mask] * np.log(p_n[mask] / q_n[mask])))
-        if kl < best_kl:
-            best, best_kl = i - 1, kl
-    return best
+    tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])
+    coarse = np.unique(np.linspace(levels, bins, 64).astype(np.int64))
+    scores = {int(i): _kl_divergence(counts, tail, int(i), levels) for i in coarse}
+    best = min(scores, key=lambda i: (scores[i], i))
+    step = int(coarse[1] - coarse[0]) if len(coarse) > 1 else 1
+    for i in range(max(levels, best - step + 1), min(bins, best + step - 1) + 1, max(1, step // 8)):
+        if i not in scores:
+            scores[i] = _kl_divergence(counts, tail, i, levels)
+    best = min(scores, key=lambda i: (scores[i], i))
+    return best - 1
+
+
+def _l2_errors(counts: np.ndarray, candidates: np.ndarray, levels: int, unsigned: bool) -> np.ndarray:
+    centres = np.arange(len(counts), dtype=np.float32) + 0.5
+    t = candidates[:, None].astype(np.float32)
+    step = (t if unsigned else 2 * t) / (levels - 1)
+    clipped = np.minimum(centres[None, :], t)
+    quantized = np.round(clipped / step) * step if unsigned else np.round((clipped + t) / step) * step - t
+    return ((centres[None, :] - quantized) ** 2) @ counts.astype(np.float32)
 
 
 def l2_threshold_bin(counts: np.ndarray, levels: int = 256, unsigned: bool = False) -> int:
     """The bin index whose end, used as the clipping threshold, minimises the expected squared
     error of uniform quantization with ``levels`` levels over ``[-t, t]`` (``[0, t]`` if unsigned),
-    the data being the bin centres weighted by their counts (in units of one bin)."""
+    the data being the bin centres weighted by their counts (in units of one bin). Searched coarse
+    (64 thresholds) to fine (every bin around the best)."""
     bins = len(counts)
-    centres = np.arange(bins) + 0.5
-    candidates = np.unique(np.linspace(max(bins // 64, 1), bins, 256).astype(np.int64))
-    errors = []
-    for t in candidates:
-        step = (t if unsigned else 2 * t) / (levels - 1)
-        clipped = np.minimum(centres, t)
-        quantized = np.round(clipped / step) * step if unsigned else np.round((clipped + t) / step) * step - t
-        errors.append(float(np.sum(counts * (centres - quantized) ** 2)))
-    return int(candidates[int(np.argmin(errors))]) - 1
+    coarse = np.unique(np.linspace(max(bins // 64, 1), bins, 64).astype(np.int64))
+    best = int(coarse[int(np.argmin(_l2_errors(counts, coarse, levels, unsigned)))])
+    step = int(coarse[1] - coarse[0]) if len(coarse) > 1 else 1
+    fine = np.arange(max(1, best - step), min(bins, best + step) + 1, max(1, step // 16))
+    return int(fine[int(np.argmin(_l2_errors(counts, fine, levels, unsigned)))]) - 1
 
 
 OBSERVERS = {"minmax": MinMaxObserver, "ema": EMAObserver, "kl": HistogramObserver, "l2": HistogramObserver}

@@ -176,6 +176,13 @@ class Quantizer(Compressor):
         if dummy_input is not None:  # without it, BN stays unfolded and modules get one range set
             self.graph_plan = self.backend.plan(model, dummy_input, self)
 
+    def validate_layer(self, layer: Layer) -> None:
+        if "weight" in (layer.config.quant_types or ()) and not self.adapter.has_weight(layer.module):
+            raise ConfigError(f"{type(self).__name__}: config_list[{layer.config.index}] selects layer {layer.name!r} "
+                              f"of type {layer.type}, which has no weight to quantize. Expected quant_types without "
+                              f"'weight' for it, or narrower 'op_types'. Received: quant_types="
+                              f"{list(layer.config.quant_types)!r}")
+
     # ---------------------------------------------------------------- lifecycle
     def compress(self) -> Any:
         """Wrap the selected layers with fake quantization; returns the (same) model."""

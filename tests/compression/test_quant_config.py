@@ -65,3 +65,9 @@ def test_bits_per_type_dict_is_parsed():
     state = quantizer.states["0"]
     assert (state.bits[slimkit.compression.QuantType.QUANT_WEIGHT],
             state.bits[slimkit.compression.QuantType.QUANT_OUTPUT]) == (4, 6)
+
+
+def test_weight_quantization_of_a_layer_without_weight_is_an_error():
+    with pytest.raises(slimkit.ConfigError, match="no weight to quantize"):
+        PostTrainingQuantizer(_model(), [{"quant_types": ["weight"], "op_types": ["ReLU"]}])
+    PostTrainingQuantizer(_model(), [{"quant_types": ["output"], "op_types": ["ReLU"]}])

@@ -22,12 +22,12 @@ def test_minmax_and_ema_after_known_batches():
 
 def _outlier_data(seed=0):
     rng = np.random.default_rng(seed)
-    return np.concatenate([rng.normal(0, 1, 200_000), rng.uniform(30, 50, 20)]).astype(np.float32)
+    return np.concatenate([rng.normal(0, 1, 200_000), rng.uniform(30, 50, 10)]).astype(np.float32)
 
 
 def test_kl_threshold_below_maximum_on_outliers_while_minmax_keeps_it():
     data = _outlier_data()
-    observer = HistogramObserver("kl")
+    observer = HistogramObserver("kl", max_clip_fraction=1e-4)  # the outliers are 5e-5 of the values
     for chunk in np.array_split(data, 4):  # several batches: the histogram is re-binned as the range grows
         observer.observe(torch.from_numpy(chunk), OPS)
     lo, hi = observer.range()
@@ -58,3 +58,10 @@ def test_histogram_of_nonnegative_data_gives_nonnegative_range():
     observer.observe(torch.rand(10000) * 3, OPS)
     lo, hi = observer.range()
     assert lo[0] >= 0 and 2.0 < hi[0] <= 3.0
+
+
+def test_kl_clip_guard_bounds_the_clipped_fraction():
+    data = _outlier_data()
+    bounded = HistogramObserver("kl", max_clip_fraction=1e-6)
+    bounded.observe(torch.from_numpy(data), OPS)
+    assert float(bounded.range()[1][0]) > 0.95 * np.abs(data).max()

@@ -30,6 +30,7 @@ class NaiveQuantizer(Quantizer):
     """
 
     def validate_layer(self, layer: Layer) -> None:
+        super().validate_layer(layer)
         if tuple(layer.config.quant_types) != ("weight",):
             raise ConfigError(f"NaiveQuantizer: config_list[{layer.config.index}]['quant_types'] is invalid. "
                               f"Expected ['weight'] (NaiveQuantizer quantizes weights only). "

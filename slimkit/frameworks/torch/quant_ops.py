@@ -149,12 +149,18 @@ class TorchQuantOps:
         lo, hi = torch.amin(x, dim=dims), torch.amax(x, dim=dims)  # faster than aminmax(dim=) on CPU
         return lo.double().cpu().numpy(), hi.double().cpu().numpy()
 
+    histogram_samples = 1 << 16  # larger tensors are histogrammed on an evenly strided sample
+
     def histogram(self, x: torch.Tensor, bins: int, hi: float, skip_zeros: bool = False) -> np.ndarray:
-        magnitude = x.detach().abs().float()
+        flat = x.detach().reshape(-1)
+        stride = -(-flat.numel() // self.histogram_samples)
+        if stride > 1:
+            flat = flat[::stride]
+        magnitude = flat.abs().float()
         counts = torch.histc(magnitude, bins=bins, min=0.0, max=hi).double()
         if skip_zeros:
             counts[0] -= (magnitude == 0).sum()
-        return counts.cpu().numpy()
+        return counts.cpu().numpy() * stride
 
     def clip_grad(self, x: torch.Tensor, grad: torch.Tensor, params: QParams) -> torch.Tensor:
         scale, zero_point = self.native(params, x)
