@@ -12,6 +12,7 @@ Run: ``python benchmarks/bench_quantization.py`` (about 5 minutes on two CPU cor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -38,8 +39,9 @@ WHOLE_GRAPH = [{"quant_types": ["weight", "output"], "op_types": ["default"]}]
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    with open("/proc/cpuinfo") as handle:
+        cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
+                   platform.processor())
     return {"nproc": os.cpu_count(), "cpu": cpu, "load_average": os.getloadavg(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(),
             "note": "shared 2-core machine, other jobs running: timings are noisy upper bounds"}
@@ -172,11 +174,9 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     results = {"machine": machine()}
-    try:
+    with contextlib.suppress(OSError):
         results["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                         text=True).stdout.strip()
-    except OSError:
-        pass
     results["digits"] = bench_digits()
     print("digits", json.dumps(results["digits"], indent=1), flush=True)
     results["ptq"] = [bench_ptq("MobileNetV2", lambda: mobilenet_v2(num_classes=10), (8, 3, 64, 64)),
