@@ -121,18 +121,25 @@ def bench_qat_step(name: str, factory, shape: tuple, classes: int = 10, repeats:
             samples.append(time.perf_counter() - start)
         return samples
 
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
     float_model = factory().train()
     qat_model = factory().train()
     qat = QATQuantizer(qat_model, WHOLE_GRAPH, dummy_input=x[:1])
     qat_model = qat.compress()
-    float_times, qat_times = [], []
+    ao_model = prepare_qat_fx(factory().train(), get_default_qat_qconfig_mapping("x86"), example_inputs=(x[:1],))
+    float_times, qat_times, ao_times = [], [], []
     for _ in range(2):  # interleave to share the machine's load fairly
         float_times += timed(float_model)
         qat_times += timed(qat_model)
+        ao_times += timed(ao_model)
     float_step, qat_step = statistics.median(float_times), statistics.median(qat_times)
+    ao_step = statistics.median(ao_times)
     return {"model": name, "input": list(shape), "float_step_s": float_step, "qat_step_s": qat_step,
             "ratio": qat_step / float_step, "float_min_s": min(float_times), "qat_min_s": min(qat_times),
-            "ratio_of_min": min(qat_times) / min(float_times)}
+            "ratio_of_min": min(qat_times) / min(float_times), "torch_ao_qat_step_s": ao_step,
+            "torch_ao_ratio": ao_step / float_step, "torch_ao_ratio_of_min": min(ao_times) / min(float_times)}
 
 
 def bench_digits() -> list:
@@ -165,10 +172,13 @@ def markdown(results: dict) -> str:
         lines.append(f"| {row['model']} | torch.ao FX x86 | {r['sqnr_db']:.2f} | {r['prepare_calibrate_s']:.2f} | "
                      f"(convert: {r['prepare_calibrate_convert_s']:.2f}) |")
     lines += ["", "### QAT training step vs float training step (median of 10, interleaved)", "",
-              "| model | input | float ms | QAT ms | ratio | ratio of minima |", "|---|---|---|---|---|---|"]
+              "| model | input | float ms | slimkit QAT ms | ratio (median) | ratio of minima | torch.ao QAT FX ms "
+              "| torch.ao ratio (median) | torch.ao ratio of minima |", "|---|---|---|---|---|---|---|---|---|"]
     for row in results["qat_step"]:
         lines.append(f"| {row['model']} | {row['input']} | {row['float_step_s'] * 1000:.1f} | "
-                     f"{row['qat_step_s'] * 1000:.1f} | {row['ratio']:.2f} | {row['ratio_of_min']:.2f} |")
+                     f"{row['qat_step_s'] * 1000:.1f} | {row['ratio']:.2f} | {row['ratio_of_min']:.2f} | "
+                     f"{row['torch_ao_qat_step_s'] * 1000:.1f} | {row['torch_ao_ratio']:.2f} | "
+                     f"{row['torch_ao_ratio_of_min']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
