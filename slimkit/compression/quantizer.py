@@ -91,7 +91,7 @@ def differentiable(method: Any) -> Any:
 class LayerQuant:
     """Quantization state of one layer: what is quantized, with how many bits, its observers."""
 
-    def __init__(self, layer: Layer):
+    def __init__(self, layer: Layer, algorithm: str = "Quantizer"):
         config = layer.config
         self.layer = layer
         self.action = config.quantize_op_action or "quantize"
@@ -105,7 +105,7 @@ class LayerQuant:
         self.bits = {t: (bits if isinstance(bits, int) else bits.get(t.value, 8)) for t in QuantType}
         for name in (bits if isinstance(bits, Mapping) else {}):
             if name not in config.quant_types:
-                raise ConfigError(f"config_list[{config.index}]['quant_bits'] names {name!r}, which is not in "
+                raise ConfigError(f"{algorithm}: config_list[{config.index}]['quant_bits'] names {name!r}, which is not in "
                                   f"quant_types. Expected keys among {list(config.quant_types)}. "
                                   f"Received: quant_bits={bits!r}")
         self.observers: dict[str, Observer] = {}
@@ -158,7 +158,7 @@ class Quantizer(Compressor):
             raise SlimkitError(f"{type(self).__name__}: the {self.adapter.name} adapter has no quant_backend yet. "
                                "Expected a framework with quantization support (PyTorch).")
         self.ops = self.backend.ops
-        self.states = {layer.name: LayerQuant(layer) for layer in self.layers}
+        self.states = {layer.name: LayerQuant(layer, type(self).__name__) for layer in self.layers}
         self.params: dict[str, dict[str, QParams]] = {layer.name: {} for layer in self.layers}
         self.observing = True   # observers record ranges on forward
         self.frozen = False     # parameters fixed (after calibration / for export)
