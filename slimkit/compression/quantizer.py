@@ -47,6 +47,7 @@ from typing import Any, ClassVar
 import numpy as np
 from schema import And, Or
 
+from slimkit.compression.calibration import load_calibration, save_calibration
 from slimkit.compression.compressor import Compressor, Layer
 from slimkit.compression.config import ConfigKey, parse_config_list
 from slimkit.compression.observers import MinMaxObserver, Observer
@@ -105,8 +106,8 @@ class LayerQuant:
         self.bits = {t: (bits if isinstance(bits, int) else bits.get(t.value, 8)) for t in QuantType}
         for name in (bits if isinstance(bits, Mapping) else {}):
             if name not in config.quant_types:
-                raise ConfigError(f"{algorithm}: config_list[{config.index}]['quant_bits'] names {name!r}, which is not in "
-                                  f"quant_types. Expected keys among {list(config.quant_types)}. "
+                raise ConfigError(f"{algorithm}: config_list[{config.index}]['quant_bits'] names {name!r}, which is "
+                                  f"not in quant_types. Expected keys among {list(config.quant_types)}. "
                                   f"Received: quant_bits={bits!r}")
         self.observers: dict[str, Observer] = {}
         self.calls = 1  # calls of the layer per forward pass (from the captured graph)
@@ -547,35 +548,6 @@ class Quantizer(Compressor):
         if onnx_path is not None:
             self.backend.export_onnx(self, os.fspath(onnx_path), input_shape, device)
         return calibration
-
-
-def save_calibration(calibration: Mapping[str, Any], path: str | os.PathLike, adapter: Any = None) -> None:
-    """Write a calibration dict: JSON for ``.json`` paths, else the adapter's safe format (torch.save)."""
-    import json
-
-    from slimkit.utils.files import atomic_path
-
-    path = os.fspath(path)
-    if path.endswith(".json") or adapter is None:
-        with atomic_path(path) as tmp, open(tmp, "w") as handle:
-            json.dump(calibration, handle, indent=1)
-    else:
-        adapter.save_object(dict(calibration), path)
-
-
-def load_calibration(path: str | os.PathLike, adapter: Any = None) -> dict[str, Any]:
-    """Read a calibration file written by ``export_model(calibration_path=...)`` (no code executed)."""
-    import json
-
-    path = os.fspath(path)
-    with open(path, "rb") as handle:
-        head = handle.read(1)
-    if head in (b"{", b" ", b"\n"):
-        with open(path) as handle:
-            return json.load(handle)
-    if adapter is None:  # the only binary format so far is torch.save's
-        from slimkit.frameworks.torch.quant_backend import BACKEND as adapter
-    return adapter.load_object(path)
 
 
 __all__ = ["LayerQuant", "Quantizer", "differentiable", "load_calibration", "save_calibration"]
