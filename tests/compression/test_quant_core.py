@@ -155,3 +155,17 @@ def test_fast_per_channel_path_equals_torch_kernel():
         torch.testing.assert_close(fast, reference, atol=0, rtol=0)
         grad, = torch.autograd.grad(fast.sum(), weight)
         torch.testing.assert_close(grad, torch.ones_like(weight))
+
+
+def test_fast_per_tensor_path_equals_torch_kernel_values_and_gradient():
+    torch.manual_seed(0)
+    x = (torch.randn(4, 8, 5, 5) * 3).requires_grad_(True)
+    for scheme in (Scheme(), Scheme(symmetric=True, narrow=True), Scheme(signed=False)):
+        params = affine_params(np.array([-2.0]), np.array([2.5]), 8, scheme)
+        reference = torch.fake_quantize_per_tensor_affine(x, float(params.scale[0]), int(params.zero_point[0]),
+                                                          params.qmin, params.qmax)
+        fast = OPS.fake_quant(x, params)
+        torch.testing.assert_close(fast, reference, atol=0, rtol=0)
+        grad_fast, = torch.autograd.grad(fast.sum(), x)
+        grad_reference, = torch.autograd.grad(reference.sum(), x)
+        torch.testing.assert_close(grad_fast, grad_reference, atol=0, rtol=0)
