@@ -129,7 +129,7 @@ class QuantWrapper(CompressionWrapper):
             _, folded_bias = folded_parameters(weight, bias, bn)
             out = self.module._conv_forward(args[0], weight, folded_bias)
         else:
-            out = self.module._conv_forward(args[0], weight, None) / factor.reshape(view)
+            out = self.module._conv_forward(args[0], weight, None) * factor.reciprocal().reshape(view)
             if bias is not None:
                 out = out + bias.reshape(view)
         return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
