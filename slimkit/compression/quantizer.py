@@ -161,6 +161,7 @@ class Quantizer(Compressor):
         self.ops = self.backend.ops
         self.states = {layer.name: LayerQuant(layer, type(self).__name__) for layer in self.layers}
         self.params: dict[str, dict[str, QParams]] = {layer.name: {} for layer in self.layers}
+        self._fixed_keys: dict[str, set[str]] = {}  # layer -> tensors pinned by set_fixed_params
         self.observing = True   # observers record ranges on forward
         self.frozen = False     # parameters fixed (after calibration / for export)
         self.graph_plan: Any = None
@@ -356,12 +357,6 @@ class Quantizer(Compressor):
         if params is None or not self.should_fake_quant(layer):
             return x
         return self.ops.fake_quant(x, params)
-
-    @property
-    def _fixed_keys(self) -> dict[str, set[str]]:
-        if not hasattr(self, "_fixed_key_table"):
-            self._fixed_key_table: dict[str, set[str]] = {}
-        return self._fixed_key_table
 
     def set_fixed_params(self, layer_name: str, key: str, params: QParams) -> None:
         """Pin ``layer_name``'s tensor ``key`` to ``params`` (profile-fixed outputs, shared params)."""

@@ -169,3 +169,16 @@ def test_fast_per_tensor_path_equals_torch_kernel_values_and_gradient():
         grad_fast, = torch.autograd.grad(fast.sum(), x)
         grad_reference, = torch.autograd.grad(reference.sum(), x)
         torch.testing.assert_close(grad_fast, grad_reference, atol=0, rtol=0)
+
+
+def test_set_fixed_params_pins_a_layer_output():
+    from slimkit.algorithms.quantization import QATQuantizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sigmoid())
+    quantizer = QATQuantizer(model, [{"quant_types": ["output"], "op_types": ["Linear"]}])
+    quantizer.set_fixed_params("0", "output", fixed_params(1 / 256, -128, 8))
+    model = quantizer.compress()
+    out = model[0](torch.randn(5, 3))
+    torch.testing.assert_close(out * 256, torch.round(out * 256), atol=1e-4, rtol=0)
+    assert out.min() >= 0 and out.max() <= 255 / 256
+    assert quantizer.calibration()["0"]["output_scale"] == 1 / 256
