@@ -61,6 +61,7 @@ class QuantOps(Protocol):
       left out with ``skip_zeros``).
     - ``clip_grad(x, grad, params)``: ``grad`` zeroed where ``x`` quantizes outside ``[qmin, qmax]``.
     - ``zero_grad_where_abs_above(x, grad, limit)``.
+    - ``broadcastable(params, like)``: scale and zero point as native tensors broadcasting against ``like``.
     """
 
     def fake_quant(self, x: Any, params: QParams) -> Any: ...
@@ -74,6 +75,7 @@ class QuantOps(Protocol):
     def histogram(self, x: Any, bins: int, hi: float, skip_zeros: bool = False) -> np.ndarray: ...
     def clip_grad(self, x: Any, grad: Any, params: QParams) -> Any: ...
     def zero_grad_where_abs_above(self, x: Any, grad: Any, limit: float) -> Any: ...
+    def broadcastable(self, params: QParams, like: Any) -> tuple[Any, Any]: ...
 
 
 class QuantGrad:
@@ -89,8 +91,9 @@ class QuantGrad:
     def quant_backward(tensor: Any, grad_output: Any, quant_type: QuantType, **kwargs: Any) -> Any:
         """Return the gradient w.r.t. ``tensor`` given ``grad_output``.
 
-        Keyword arguments (when known): ``scale``, ``zero_point``, ``qmin``, ``qmax`` (numpy),
-        ``params`` (:class:`QParams`) and ``ops`` (the framework's :class:`QuantOps`).
+        Keyword arguments (when known): ``scale``, ``zero_point`` (native tensors broadcasting against
+        ``tensor``), ``qmin``, ``qmax`` (ints), ``params`` (:class:`QParams`) and ``ops`` (the framework's
+        :class:`QuantOps`).
         """
         params, ops = kwargs.get("params"), kwargs.get("ops")
         if params is None or ops is None:

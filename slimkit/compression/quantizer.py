@@ -364,11 +364,14 @@ class Quantizer(Compressor):
         self._fixed_keys.setdefault(layer_name, set()).add(key)
 
     # ---------------------------------------------------------------- dispatch (called by wrappers)
-    def _grad_kwargs(self, layer: Layer, key: str) -> dict[str, Any]:
+    def _grad_kwargs(self, layer: Layer, key: str, like: Any) -> dict[str, Any]:
+        """Keywords of ``quant_backward``: ``scale`` / ``zero_point`` as native tensors on ``like``'s device
+        (shaped to broadcast along the channel axis when per-channel), ``qmin``, ``qmax``, ``params``, ``ops``."""
         params = self.params[layer.name].get(key)
         if params is None:
             return {"ops": self.ops}
-        return {"ops": self.ops, "params": params, "scale": params.scale, "zero_point": params.zero_point,
+        scale, zero_point = self.ops.broadcastable(params, like)
+        return {"ops": self.ops, "params": params, "scale": scale, "zero_point": zero_point,
                 "qmin": params.qmin, "qmax": params.qmax}
 
     def _apply(self, method: Any, qtype: QuantType, layer: Layer, key: str, tensor: Any, call: int) -> Any:
@@ -393,7 +396,7 @@ class Quantizer(Compressor):
             return out[0] if isinstance(out, tuple) else out
 
         def backward(x: Any, grad_output: Any) -> Any:
-            return grad.quant_backward(x, grad_output, qtype, **self._grad_kwargs(layer, key))
+            return grad.quant_backward(x, grad_output, qtype, **self._grad_kwargs(layer, key, x))
 
         return self.ops.straight_through(tensor, forward, backward)
 

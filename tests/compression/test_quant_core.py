@@ -182,3 +182,28 @@ def test_set_fixed_params_pins_a_layer_output():
     torch.testing.assert_close(out * 256, torch.round(out * 256), atol=1e-4, rtol=0)
     assert out.min() >= 0 and out.max() <= 255 / 256
     assert quantizer.calibration()["0"]["output_scale"] == 1 / 256
+
+
+class ScaleSeeingGrad(QuantGrad):
+    seen = {}
+
+    @staticmethod
+    def quant_backward(tensor, grad_output, quant_type, **kwargs):
+        ScaleSeeingGrad.seen[quant_type] = kwargs
+        q = torch.round(tensor / kwargs["scale"]) + kwargs["zero_point"]
+        return grad_output * ((q >= kwargs["qmin"]) & (q <= kwargs["qmax"]))
+
+
+def test_quant_backward_receives_native_parameters():
+    from slimkit.algorithms.quantization import QATQuantizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    quantizer = QATQuantizer(model, [{"quant_types": ["weight", "output"], "op_types": ["Linear"]}])
+    quantizer.quant_grad = ScaleSeeingGrad
+    model = quantizer.compress()
+    model(torch.randn(4, 3)).sum().backward()
+    weight_kwargs = ScaleSeeingGrad.seen[QuantType.QUANT_WEIGHT]
+    assert isinstance(weight_kwargs["scale"], torch.Tensor) and weight_kwargs["scale"].shape == (2, 1)
+    assert (weight_kwargs["qmin"], weight_kwargs["qmax"]) == (-127, 127)
+    assert ScaleSeeingGrad.seen[QuantType.QUANT_OUTPUT]["scale"].dim() == 0
+    assert model[0].module.weight.grad is not None

@@ -89,6 +89,14 @@ class TorchQuantOps:
             cached = params._native[key] = (scale, zero_point)
         return cached
 
+    def broadcastable(self, params: QParams, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point as tensors that broadcast against ``like`` (per-channel along ``axis``)."""
+        scale, zero_point = self.native(params, like)
+        if params.per_channel:
+            return (_channel_view(scale, like.dim(), params.axis % like.dim()),
+                    _channel_view(zero_point, like.dim(), params.axis % like.dim()))
+        return scale[0], zero_point[0]
+
     def fake_quant(self, x: torch.Tensor, params: QParams) -> torch.Tensor:
         scale, zero_point = self.native(params, x)
         qmin, qmax = params.qmin, params.qmax
