@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -75,17 +76,20 @@ class PostTrainingQuantizer(Quantizer):
         return self.calibrated
 
     def calibrate(self, batches: Iterable[Any], num_batches: int | None = None) -> None:
-        """Run the float model on ``batches`` (tensors, or ``(inputs, targets)`` tuples / lists), record
-        activation ranges, then fix every parameter. Can be called again to add batches."""
+        """Run the float model on ``batches`` (tensors, or ``(inputs, targets)`` tuples / lists; a DataLoader
+        is iterated lazily, at most ``num_batches`` of it), record activation ranges, then fix every
+        parameter. Calling it again adds batches to the ranges recorded so far."""
         from tqdm.auto import tqdm
 
         self.compress()
         self.calibrated = False
         self.frozen = False
         self.observing = True
-        batches = list(batches) if num_batches is None else [b for _, b in zip(range(num_batches), batches)]
+        total = num_batches if num_batches is not None else (len(batches) if hasattr(batches, "__len__") else None)
+        if num_batches is not None:
+            batches = itertools.islice(batches, num_batches)
         with self.backend.inference(self.model):
-            for batch in tqdm(batches, desc=f"calibrate ({self.algorithm})", disable=not self.progress,
+            for batch in tqdm(batches, total=total, desc=f"calibrate ({self.algorithm})", disable=not self.progress,
                               leave=False):
                 self.backend.run_batch(self.model, batch)
         self.update_activation_params()

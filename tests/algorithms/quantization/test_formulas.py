@@ -156,3 +156,18 @@ def test_ptq_minmax_known_ranges():
     assert (calibration["tracked_min_output"], calibration["tracked_max_output"]) == pytest.approx((lo, hi))
     torch.testing.assert_close(model(X), _affine(pre_q, lo, hi))
     assert outs  # float outputs differ from the quantized ones only by quantization
+
+
+def test_ptq_calibrate_reads_at_most_num_batches_lazily():
+    ptq = PostTrainingQuantizer(_linear(), [{"quant_types": ["output"], "op_types": ["Linear"]}], progress=False)
+    ptq.compress()
+    consumed = []
+
+    def stream():
+        for scale in (1.0, 2.0, 100.0):
+            consumed.append(scale)
+            yield (scale * X, None)
+
+    ptq.calibrate(stream(), num_batches=2)
+    assert consumed == [1.0, 2.0]
+    assert ptq.calibration()["0"]["tracked_max_output"] == pytest.approx((2 * X @ W.T).max().item())
