@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import tflite
 import torch
 import torch.nn.functional as F
@@ -107,10 +106,8 @@ def test_chain_of_int8_kernels(tmp_path):
 
 
 def test_model_quantized_by_slimkit_ptq(tmp_path):
-    """End to end with slimkit's quantizer (skipped until it is merged)."""
-    quantization = pytest.importorskip("slimkit.algorithms.quantization")
-    if not hasattr(quantization, "PostTrainingQuantizer"):
-        pytest.skip("PostTrainingQuantizer not merged yet")
+    """End to end with slimkit's quantizer: int8 kernels, and the model still usable after conversion."""
+    from slimkit.algorithms import quantization
     from slimkit.converter.verify import run_tflite
 
     torch.manual_seed(0)
@@ -134,6 +131,10 @@ def test_model_quantized_by_slimkit_ptq(tmp_path):
     assert int8_ops == {tflite.TensorType.INT8}
     got = run_tflite(path, [x[:1].permute(0, 2, 3, 1).numpy()])[0]
     assert np.abs(got - expected).max() <= 2 * np.abs(expected).max() / 127
+    with torch.no_grad():  # exporting must not leave fake tensors in the quantizer's caches
+        after = model(x[:1])
+    assert type(after) is torch.Tensor and np.array_equal(after.numpy(), expected)
+    assert verify(model, x[:1], path).max_abs_error <= 2 * np.abs(expected).max() / 127
 
 
 def test_quantize_io_gives_int8_inputs_and_outputs(tmp_path):

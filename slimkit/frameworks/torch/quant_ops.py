@@ -86,7 +86,9 @@ class TorchQuantOps:
         if cached is None:
             scale = torch.as_tensor(params.scale, dtype=torch.float32, device=like.device)
             zero_point = torch.as_tensor(params.zero_point, dtype=torch.int32, device=like.device)
-            cached = params._native[key] = (scale, zero_point)
+            cached = (scale, zero_point)
+            if not torch.compiler.is_exporting():  # tensors made while exporting are fake: never keep them
+                params._native[key] = cached
         return cached
 
     def broadcastable(self, params: QParams, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,12 +106,15 @@ class TorchQuantOps:
             qmin = -128  # values never reach -128: |w| <= 127 * scale by construction
         if params.bits > 16 or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return self._fake_quant_generic(x, scale, zero_point, qmin, qmax, params.axis)
+        # While a graph is captured (torch.onnx, torch.export for the TFLite converter) emit torch's own
+        # fake-quant ops: exporters turn them into QuantizeLinear/DequantizeLinear or int8 TFLite tensors.
+        canonical = self.onnx_ranges or torch.compiler.is_exporting()
         if params.per_channel:
-            if self.onnx_ranges:  # the op torch.onnx turns into QuantizeLinear / DequantizeLinear
+            if canonical:
                 return torch.fake_quantize_per_channel_affine(x, scale, zero_point, params.axis % x.dim(), qmin,
                                                               qmax)
             return self._fake_quant_per_channel(x, params, scale, zero_point)
-        if self.onnx_ranges or x.dtype != torch.float32:
+        if canonical or x.dtype != torch.float32:
             return torch.fake_quantize_per_tensor_affine(x, scale[0], zero_point[0], qmin, qmax)
         key = ("tensor", x.device)
         scalars = params._native.get(key)
