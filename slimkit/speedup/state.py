@@ -1,0 +1,151 @@
+"""What the channel analysis knows about one tensor of the graph, and the union-find over channels.
+
+Every tensor carries two small arrays, both broadcastable to the tensor's shape ("compact": a
+dimension along which nothing varies has size 1):
+
+- ``ids`` (int64): the *channel variable* of each element. Elements with the same variable must
+  be kept or removed together; :class:`UnionFind` merges variables that are coupled (residual
+  adds, module inputs shared by several calls, ...). ``KEEP`` (0) is a variable that is always
+  kept (model inputs, outputs of ops that mix channels); ``FREE`` (-1) carries no constraint
+  (constants, parameters that are scalars).
+- ``const`` (float64): the value of each element when it does not depend on the input (a pruned
+  channel is 0, or a constant after a BatchNorm shift), NaN where it does.
+
+Example:
+
+>>> import torch
+>>> from slimkit.speedup.state import compact, UnionFind
+>>> compact(torch.tensor([[1, 1], [2, 2]])).tolist()
+[[1], [2]]
+>>> uf = UnionFind()
+>>> a, b = uf.new(2).tolist()
+>>> uf.union_arrays(torch.tensor([a]), torch.tensor([b])); uf.find(a) == uf.find(b)
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+KEEP = 0
+FREE = -1
+
+
+@dataclass
+class TensorState:
+    """Channel variables and constant values of one tensor (see the module docstring)."""
+
+    ids: torch.Tensor
+    const: torch.Tensor
+    shape: tuple[int, ...]
+
+    def full_ids(self) -> torch.Tensor:
+        return self.ids.expand(self.shape).contiguous()
+
+    def full_const(self) -> torch.Tensor:
+        return self.const.expand(self.shape).contiguous()
+
+
+def compact(tensor: torch.Tensor) -> torch.Tensor:
+    """Shrink every dimension along which ``tensor`` is constant to size 1."""
+    for dim in range(tensor.dim()):
+        if tensor.shape[dim] > 1:
+            first = tensor.narrow(dim, 0, 1)
+            same = (tensor == first) | (torch.isnan(tensor) & torch.isnan(first)) if tensor.is_floating_point() \
+                else tensor == first
+            if bool(same.all()):
+                tensor = first
+    return tensor
+
+
+def keep_state(shape: tuple[int, ...], var: int = KEEP) -> TensorState:
+    """A tensor whose every element is the variable ``var`` and depends on the input."""
+    ones = (1,) * len(shape)
+    return TensorState(torch.full(ones, var, dtype=torch.long), torch.full(ones, float("nan"), dtype=torch.float64),
+                       tuple(shape))
+
+
+def constant_state(value: torch.Tensor) -> TensorState:
+    """A parameter or constant: FREE when a scalar, else KEEP (its elements are tied to positions)."""
+    value = value.detach()
+    ones = (1,) * value.dim()
+    var = FREE if value.numel() == 1 else KEEP
+    const = compact(value.to(torch.float64)) if value.is_floating_point() else torch.full(ones, float("nan"),
+                                                                                        dtype=torch.float64)
+    return TensorState(torch.full(ones, var, dtype=torch.long), const, tuple(value.shape))
+
+
+def channel_vector(ids: torch.Tensor, dim: int, size: int) -> torch.Tensor | None:
+    """Per-index variables along ``dim`` (length ``size``), or None when they also vary along other dims."""
+    dim = dim % ids.dim() if ids.dim() else 0
+    if ids.dim() == 0:
+        return ids.reshape(1).expand(size)
+    others = [d for d in range(ids.dim()) if d != dim and ids.shape[d] > 1]
+    if others:
+        return None
+    vector = ids.reshape(-1)
+    return vector.expand(size) if vector.numel() == 1 else vector
+
+
+class UnionFind:
+    """Union-find over channel variables (non-negative integers; 0 is :data:`KEEP`)."""
+
+    def __init__(self) -> None:
+        self.parent = np.zeros(1024, dtype=np.int64)
+        self.parent[0] = 0
+        self.count = 1
+
+    def new(self, n: int) -> torch.Tensor:
+        """``n`` fresh variables."""
+        start = self.count
+        self.count += n
+        if self.count > len(self.parent):
+            grown = np.arange(max(self.count, 2 * len(self.parent)), dtype=np.int64)
+            grown[: len(self.parent)] = self.parent
+            self.parent = grown
+        self.parent[start:self.count] = np.arange(start, self.count)
+        return torch.arange(start, self.count, dtype=torch.long)
+
+    def find(self, var: int) -> int:
+        parent = self.parent
+        root = var
+        while parent[root] != root:
+            root = parent[root]
+        while parent[var] != root:
+            parent[var], var = root, parent[var]
+        return int(root)
+
+    def union(self, a: int, b: int) -> None:
+        if a < 0 or b < 0:
+            return
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            low, high = (ra, rb) if ra < rb else (rb, ra)
+            self.parent[high] = low  # KEEP (0) is always the root of its set
+
+    def union_arrays(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Union ``a`` and ``b`` element-wise (broadcast); FREE entries are skipped."""
+        a, b = torch.broadcast_tensors(a, b)
+        pairs = torch.stack([a.reshape(-1), b.reshape(-1)], 1)
+        pairs = pairs[(pairs[:, 0] >= 0) & (pairs[:, 1] >= 0) & (pairs[:, 0] != pairs[:, 1])]
+        if len(pairs):
+            for x, y in torch.unique(pairs, dim=0).tolist():
+                self.union(x, y)
+
+    def keep(self, ids: torch.Tensor) -> None:
+        """Force every variable in ``ids`` to be kept."""
+        for var in torch.unique(ids).tolist():
+            self.union(KEEP, var)
+
+    def roots(self, ids: torch.Tensor) -> np.ndarray:
+        """The set representative of each variable (FREE stays FREE)."""
+        flat = ids.reshape(-1).numpy()
+        out = np.array([self.find(int(v)) if v >= 0 else v for v in flat], dtype=np.int64)
+        return out.reshape(tuple(ids.shape))
+
+    def kept(self, ids: torch.Tensor) -> np.ndarray:
+        """Boolean: which variables end up kept (their set holds KEEP)."""
+        return self.roots(ids) == KEEP if len(ids.reshape(-1)) else np.zeros(0, dtype=bool)
