@@ -100,7 +100,7 @@ class _Context:
         folds = self.folds.setdefault(path, {})
         previous = folds.get(channel)
         if previous is not None and previous[0] != value:
-            self.uf.union(0, var)  # different constants on different calls: cannot fold, keep it
+            self.uf.keep(torch.tensor([var]))  # different constants on different calls: cannot fold, keep it
         folds[channel] = (value, var)
 
     def group_constraint(self, path: str, groups: int, depthwise: bool) -> None:

@@ -122,10 +122,9 @@ def _list_args(node: torch.fx.Node) -> list[torch.fx.Node]:
     return out
 
 
-@register_op("aten::cat", "aten::concat", "aten::stack", "aten::unbind", "aten::permute", "aten::transpose", "aten::t", "aten::slice", "aten::select",
-             "aten::unsqueeze", "aten::squeeze", "aten::expand", "aten::narrow", "aten::movedim",
-             "aten::pixel_shuffle", "aten::pixel_unshuffle", "aten::repeat", "aten::tensor_split",
-             "aten::flip", "aten::roll")
+@register_op("aten::cat", "aten::concat", "aten::stack", "aten::unbind", "aten::permute", "aten::transpose",
+             "aten::t", "aten::unsqueeze", "aten::squeeze", "aten::expand", "aten::movedim", "aten::pixel_shuffle",
+             "aten::pixel_unshuffle", "aten::repeat", "aten::flip", "aten::roll")
 def movement_rule(ctx: Any, node: torch.fx.Node) -> TensorState | list[TensorState]:
     return movement(ctx, node)
 
@@ -138,20 +137,21 @@ def chunk_rule(ctx: Any, node: torch.fx.Node) -> list[TensorState]:
     size = source.shape[dim]
     chunks = node.args[1]
     vector = channel_vector(source.ids, dim, size)
-    if size % chunks:
-        ctx.uf.keep(source.ids)
-    elif vector is None:
+    if size % chunks or vector is None:
         ctx.uf.keep(source.ids)
     elif source.ids.shape[dim] > 1:
         ctx.balance(vector.reshape(chunks, -1))
     return movement(ctx, node)
 
 
-@register_op("aten::split", "aten::split_with_sizes", "aten::tensor_split")
-def split_rule(ctx: Any, node: torch.fx.Node) -> list[TensorState]:
-    """``split`` sizes are fixed numbers in the model's code: the split axis keeps all its channels."""
+@register_op("aten::split", "aten::split_with_sizes", "aten::tensor_split", "aten::slice", "aten::select",
+             "aten::narrow")
+def split_rule(ctx: Any, node: torch.fx.Node) -> Any:
+    """Split sizes and slice bounds are fixed numbers in the model's code: that axis keeps all its channels."""
     source = ctx.state(node.args[0])
-    dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(source.shape)
+    position = 2 if op_short(node) in ("split", "split_with_sizes", "tensor_split") else 1
+    dim = node.args[position] if len(node.args) > position else node.kwargs.get("dim", 0)
+    dim = dim % len(source.shape)
     if source.ids.shape[dim] > 1:
         ctx.uf.keep(source.ids)
     return movement(ctx, node)

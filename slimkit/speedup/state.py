@@ -91,11 +91,16 @@ def channel_vector(ids: torch.Tensor, dim: int, size: int) -> torch.Tensor | Non
 
 
 class UnionFind:
-    """Union-find over channel variables (non-negative integers; 0 is :data:`KEEP`)."""
+    """Union-find over channel variables (non-negative integers) with a "kept" flag per set.
+
+    Variable 0 (:data:`KEEP`) starts kept. Coupling (:meth:`union`) and keeping (:meth:`keep`) are
+    separate, so the coupled groups stay visible even when every channel is kept.
+    """
 
     def __init__(self) -> None:
-        self.parent = np.zeros(1024, dtype=np.int64)
-        self.parent[0] = 0
+        self.parent = np.arange(1024, dtype=np.int64)
+        self.flag = np.zeros(1024, dtype=bool)
+        self.flag[KEEP] = True
         self.count = 1
 
     def new(self, n: int) -> torch.Tensor:
@@ -103,10 +108,12 @@ class UnionFind:
         start = self.count
         self.count += n
         if self.count > len(self.parent):
-            grown = np.arange(max(self.count, 2 * len(self.parent)), dtype=np.int64)
-            grown[: len(self.parent)] = self.parent
-            self.parent = grown
-        self.parent[start:self.count] = np.arange(start, self.count)
+            size = max(self.count, 2 * len(self.parent))
+            parent = np.arange(size, dtype=np.int64)
+            parent[: len(self.parent)] = self.parent
+            flag = np.zeros(size, dtype=bool)
+            flag[: len(self.flag)] = self.flag
+            self.parent, self.flag = parent, flag
         return torch.arange(start, self.count, dtype=torch.long)
 
     def find(self, var: int) -> int:
@@ -124,7 +131,8 @@ class UnionFind:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             low, high = (ra, rb) if ra < rb else (rb, ra)
-            self.parent[high] = low  # KEEP (0) is always the root of its set
+            self.parent[high] = low
+            self.flag[low] |= self.flag[high]
 
     def union_arrays(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Union ``a`` and ``b`` element-wise (broadcast); FREE entries are skipped."""
@@ -136,16 +144,18 @@ class UnionFind:
                 self.union(x, y)
 
     def keep(self, ids: torch.Tensor) -> None:
-        """Force every variable in ``ids`` to be kept."""
+        """Force every variable in ``ids`` (and everything coupled with it) to be kept."""
         for var in torch.unique(ids).tolist():
-            self.union(KEEP, var)
+            if var >= 0:
+                self.flag[self.find(var)] = True
 
     def roots(self, ids: torch.Tensor) -> np.ndarray:
         """The set representative of each variable (FREE stays FREE)."""
-        flat = ids.reshape(-1).numpy()
-        out = np.array([self.find(int(v)) if v >= 0 else v for v in flat], dtype=np.int64)
+        flat = ids.reshape(-1).tolist()
+        out = np.array([self.find(v) if v >= 0 else v for v in flat], dtype=np.int64)
         return out.reshape(tuple(ids.shape))
 
     def kept(self, ids: torch.Tensor) -> np.ndarray:
-        """Boolean: which variables end up kept (their set holds KEEP)."""
-        return self.roots(ids) == KEEP if len(ids.reshape(-1)) else np.zeros(0, dtype=bool)
+        """Boolean: which variables end up kept."""
+        roots = self.roots(ids)
+        return np.where(roots >= 0, self.flag[np.maximum(roots, 0)], False)
