@@ -51,11 +51,14 @@ class _Context:
         self.groups: dict[str, tuple[int, bool]] = {}
         self.node: torch.fx.Node | None = None
         self.balanced: list[torch.Tensor] = []
+        self.summaries: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # --- helpers the rules use -------------------------------------------------------------
     def state(self, arg: Any) -> Any:
         if not isinstance(arg, torch.fx.Node):
             return None
+        if arg.name not in self.states and arg.name in self.captured.state_names:
+            self.states[arg.name] = constant_state(self.captured.tensor(arg))  # parameters: on first use
         return self.states.get(arg.name)
 
     def shape(self, node: torch.fx.Node) -> Any:
@@ -96,6 +99,23 @@ class _Context:
         bias = getattr(module, "bias", None)
         return module.weight.detach(), bias.detach() if isinstance(bias, torch.Tensor) else None
 
+    def weight_summary(self, path: str, transposed: bool, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a conv / linear: (out, in/groups) booleans "a nonzero weight connects them" and the
+        weights summed over the kernel (float64). Cached per module (shared modules are called often)."""
+        key = (path, "summary")
+        if key not in self.summaries:
+            weight = self.weights(path)[0]
+            if weight.dim() == 2:
+                w = weight.unsqueeze(-1)
+            elif transposed:  # (in, out/g, k...) -> (out, in/g, k)
+                cin, per_out = weight.shape[0], weight.shape[1]
+                w = weight.reshape(groups, cin // groups, per_out, -1).permute(0, 2, 1, 3).reshape(
+                    groups * per_out, cin // groups, -1)
+            else:
+                w = weight.reshape(weight.shape[0], weight.shape[1], -1)
+            self.summaries[key] = ((w != 0).any(-1), w.sum(-1, dtype=torch.float64))
+        return self.summaries[key]
+
     def fold(self, path: str, channel: int, value: float, var: int) -> None:
         folds = self.folds.setdefault(path, {})
         previous = folds.get(channel)
@@ -116,11 +136,8 @@ class _Context:
         for node in graph.nodes:
             self.node = node
             if node.op == "placeholder":
-                value = self.captured.tensor(node)
                 shape = self.shape(node)
-                if value is not None:
-                    self.states[node.name] = constant_state(value)
-                elif shape is not None:
+                if node.name not in self.captured.state_names and shape is not None:
                     self.states[node.name] = keep_state(shape)
             elif node.op == "call_function":
                 self.states[node.name] = self._apply(node)
@@ -142,7 +159,7 @@ class _Context:
                 f"layers feeding this op from pruning and remove their masks, or register a rule with "
                 f"slimkit.speedup.registry.register_op({name!r}).")
         for arg in node.all_input_nodes:
-            if arg.name not in self.states and arg.op != "get_attr":
+            if arg.name not in self.states and arg.op != "get_attr" and arg.name not in self.captured.state_names:
                 shape = self.shape(arg)
                 if shape is not None and not isinstance(shape, list):
                     self.states[arg.name] = keep_state(shape)
@@ -169,7 +186,8 @@ def analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, torc
             context.states[user_input.name] = keep_state(shape)
     context.run()
     _balance(context)
-    keep = {key: context.uf.kept(variables) for key, variables in context.variables.items()}
+    snapshot = context.uf.kept_all()
+    keep = {key: context.uf.kept(variables, snapshot) for key, variables in context.variables.items()}
     folds = {path: {c: value for c, (value, var) in entries.items() if not keep[(path, "in")][c]}
              for path, entries in context.folds.items()}
     return Plan(context.modules, keep, {p: f for p, f in folds.items() if f}, context.uf, context.variables)
@@ -187,9 +205,10 @@ def _balance(context: _Context) -> None:
     constraints += [(variables, 0) for variables in context.balanced]
     for _ in range(100):
         changed = False
+        snapshot = uf.kept_all()
         for variables, minimum in constraints:
             groups = variables.shape[0]
-            kept = uf.kept(variables).reshape(groups, -1)
+            kept = uf.kept(variables, snapshot).reshape(groups, -1)
             target = max(int(kept.sum(1).max()), minimum)
             for g in range(groups):
                 missing = target - int(kept[g].sum())

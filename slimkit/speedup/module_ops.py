@@ -61,17 +61,25 @@ def _check_inputs(ctx: Any, path: str, in_vars: torch.Tensor, consts: torch.Tens
         ctx.fold(path, channel, float(consts[channel]), int(in_vars[channel]))
 
 
-def _outputs(w: torch.Tensor, bias: torch.Tensor | None, in_consts: torch.Tensor, groups: int,
-             exact_const_input: bool) -> torch.Tensor:
-    """Constant value of each output channel. ``w``: (out, in_per_group, kernel elements) float64."""
-    cout, per_group, _ = w.shape
+def _outputs(used: torch.Tensor, sums: torch.Tensor, bias: torch.Tensor | None, in_consts: torch.Tensor,
+             groups: int, exact_const_input: bool) -> torch.Tensor:
+    """Constant value of each output channel (NaN where it depends on the input).
+
+    ``used``: (out, in_per_group) whether a weight connects them; ``sums``: the weights summed over
+    the kernel, float64.
+    """
+    cout, per_group = used.shape
+    if bool(torch.isnan(in_consts).all()):  # the common case: every input channel is live
+        live = used.any(1)
+        out = torch.zeros(cout, dtype=torch.float64) if bias is None else bias.to(torch.float64).clone()
+        out[live] = NAN
+        return out
     grouped = in_consts.reshape(groups, per_group).repeat_interleave(cout // groups, 0)  # (out, per_group)
-    used = (w != 0).any(-1)
     nan_used = (torch.isnan(grouped) & used).any(1)
     nonzero_used = (~torch.isnan(grouped) & (grouped != 0) & used).any(1)
-    sums = (w.sum(-1) * torch.nan_to_num(grouped)).sum(1)
+    total = (sums * torch.nan_to_num(grouped)).sum(1)
     out = torch.zeros(cout, dtype=torch.float64) if bias is None else bias.to(torch.float64).clone()
-    out = out + torch.where(nonzero_used, sums, torch.zeros_like(sums))
+    out = out + torch.where(nonzero_used, total, torch.zeros_like(total))
     out[nan_used] = NAN
     if not exact_const_input:
         out[nonzero_used] = NAN
@@ -99,18 +107,13 @@ def conv_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     if depthwise:
         ctx.uf.union_arrays(in_vars, out_vars)
     ctx.group_constraint(path, groups, depthwise)
-    weight, bias = ctx.weights(path)
-    w = weight.detach().to(torch.float64)
-    if transposed:  # (in, out/g, k...) -> (out, in/g, k)
-        w = w.reshape(groups, cin // groups, cout // groups, -1).permute(0, 2, 1, 3).reshape(cout, cin // groups, -1)
-    else:
-        w = w.reshape(cout, cin // groups, -1)
+    used, sums = ctx.weight_summary(path, transposed, groups)  # (out, in/g): connected?, kernel sums
     consts = const_vector(state, 1, cin)
     if not depthwise:
-        used = (w != 0).any(-1).reshape(groups, cout // groups, cin // groups).any(1).reshape(-1)
-        _check_inputs(ctx, path, in_vars, consts, used, foldable=not transposed and not _zero_padded(module))
+        used_in = used.reshape(groups, cout // groups, cin // groups).any(1).reshape(-1)
+        _check_inputs(ctx, path, in_vars, consts, used_in, foldable=not transposed and not _zero_padded(module))
     exact = not transposed and not _zero_padded(module)
-    out_consts = _outputs(w, bias, consts, groups, exact)
+    out_consts = _outputs(used, sums, ctx.weights(path)[1], consts, groups, exact)
     rank = len(ctx.shape(node))
     return TensorState(_channel_view(out_vars, rank, 1), _channel_view(out_consts, rank, 1), ctx.shape(node))
 
@@ -122,11 +125,10 @@ def linear_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     in_vars = ctx.vars(path, "in", module.in_features)
     out_vars = ctx.vars(path, "out", module.out_features)
     _couple_input(ctx, state, -1, in_vars)
-    weight, bias = ctx.weights(path)
-    w = weight.detach().to(torch.float64)
+    used, sums = ctx.weight_summary(path, False, 1)
     consts = const_vector(state, -1, module.in_features)
-    _check_inputs(ctx, path, in_vars, consts, (w != 0).any(0), foldable=True)
-    out_consts = _outputs(w.unsqueeze(-1), bias, consts, 1, True)
+    _check_inputs(ctx, path, in_vars, consts, used.any(0), foldable=True)
+    out_consts = _outputs(used, sums, ctx.weights(path)[1], consts, 1, True)
     rank = len(ctx.shape(node))
     return TensorState(_channel_view(out_vars, rank, -1), _channel_view(out_consts, rank, -1), ctx.shape(node))
 

@@ -91,16 +91,17 @@ def channel_vector(ids: torch.Tensor, dim: int, size: int) -> torch.Tensor | Non
 
 
 class UnionFind:
-    """Union-find over channel variables (non-negative integers) with a "kept" flag per set.
+    """Union-find over channel variables (non-negative integers) with a "kept" mark, vectorised in numpy.
 
-    Variable 0 (:data:`KEEP`) starts kept. Coupling (:meth:`union`) and keeping (:meth:`keep`) are
-    separate, so the coupled groups stay visible even when every channel is kept.
+    Variable 0 (:data:`KEEP`) starts kept. Coupling (:meth:`union_arrays`) and keeping (:meth:`keep`)
+    are separate, so the coupled groups stay visible even when every channel is kept; a set is
+    kept when any of its variables is marked.
     """
 
     def __init__(self) -> None:
         self.parent = np.arange(1024, dtype=np.int64)
-        self.flag = np.zeros(1024, dtype=bool)
-        self.flag[KEEP] = True
+        self.marked = np.zeros(1024, dtype=bool)
+        self.marked[KEEP] = True
         self.count = 1
 
     def new(self, n: int) -> torch.Tensor:
@@ -111,51 +112,65 @@ class UnionFind:
             size = max(self.count, 2 * len(self.parent))
             parent = np.arange(size, dtype=np.int64)
             parent[: len(self.parent)] = self.parent
-            flag = np.zeros(size, dtype=bool)
-            flag[: len(self.flag)] = self.flag
-            self.parent, self.flag = parent, flag
+            marked = np.zeros(size, dtype=bool)
+            marked[: len(self.marked)] = self.marked
+            self.parent, self.marked = parent, marked
         return torch.arange(start, self.count, dtype=torch.long)
 
-    def find(self, var: int) -> int:
+    def find_all(self, variables: np.ndarray) -> np.ndarray:
         parent = self.parent
-        root = var
-        while parent[root] != root:
-            root = parent[root]
-        while parent[var] != root:
-            parent[var], var = root, parent[var]
-        return int(root)
+        roots = parent[variables]
+        while True:
+            up = parent[roots]
+            if np.array_equal(up, roots):
+                break
+            roots = up
+        parent[variables] = roots  # path compression
+        return roots
+
+    def find(self, var: int) -> int:
+        return int(self.find_all(np.array([var]))[0])
 
     def union(self, a: int, b: int) -> None:
-        if a < 0 or b < 0:
-            return
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            low, high = (ra, rb) if ra < rb else (rb, ra)
-            self.parent[high] = low
-            self.flag[low] |= self.flag[high]
+        self.union_arrays(torch.tensor([a]), torch.tensor([b]))
 
     def union_arrays(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Union ``a`` and ``b`` element-wise (broadcast); FREE entries are skipped."""
         a, b = torch.broadcast_tensors(a, b)
-        pairs = torch.stack([a.reshape(-1), b.reshape(-1)], 1)
-        pairs = pairs[(pairs[:, 0] >= 0) & (pairs[:, 1] >= 0) & (pairs[:, 0] != pairs[:, 1])]
-        if len(pairs):
-            for x, y in torch.unique(pairs, dim=0).tolist():
-                self.union(x, y)
+        a, b = a.reshape(-1).numpy(), b.reshape(-1).numpy()
+        ok = (a >= 0) & (b >= 0) & (a != b)
+        a, b = a[ok], b[ok]
+        while len(a):
+            ra, rb = self.find_all(a), self.find_all(b)
+            differ = ra != rb
+            if not differ.any():
+                return
+            a, b, ra, rb = a[differ], b[differ], ra[differ], rb[differ]
+            np.minimum.at(self.parent, np.maximum(ra, rb), np.minimum(ra, rb))
 
     def keep(self, ids: torch.Tensor) -> None:
         """Force every variable in ``ids`` (and everything coupled with it) to be kept."""
-        for var in torch.unique(ids).tolist():
-            if var >= 0:
-                self.flag[self.find(var)] = True
+        flat = ids.reshape(-1).numpy()
+        self.marked[flat[flat >= 0]] = True
 
     def roots(self, ids: torch.Tensor) -> np.ndarray:
         """The set representative of each variable (FREE stays FREE)."""
-        flat = ids.reshape(-1).tolist()
-        out = np.array([self.find(v) if v >= 0 else v for v in flat], dtype=np.int64)
+        flat = ids.reshape(-1).numpy()
+        out = flat.copy()
+        valid = flat >= 0
+        out[valid] = self.find_all(flat[valid])
         return out.reshape(tuple(ids.shape))
 
-    def kept(self, ids: torch.Tensor) -> np.ndarray:
-        """Boolean: which variables end up kept."""
-        roots = self.roots(ids)
-        return np.where(roots >= 0, self.flag[np.maximum(roots, 0)], False)
+    def kept_all(self) -> np.ndarray:
+        """Boolean per variable: its set holds a marked variable."""
+        roots = self.find_all(np.arange(self.count))
+        root_kept = np.zeros(self.count, dtype=bool)
+        root_kept[roots[self.marked[: self.count]]] = True
+        return root_kept[roots]
+
+    def kept(self, ids: torch.Tensor, snapshot: np.ndarray | None = None) -> np.ndarray:
+        """Boolean: which variables of ``ids`` end up kept (FREE counts as not kept)."""
+        table = self.kept_all() if snapshot is None else snapshot
+        flat = ids.reshape(-1).numpy()
+        out = np.where(flat >= 0, table[np.maximum(flat, 0)], False)
+        return out.reshape(tuple(ids.shape))

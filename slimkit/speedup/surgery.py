@@ -24,7 +24,16 @@ def _index(keep: np.ndarray | None, size: int) -> torch.Tensor:
 
 
 def _param(tensor: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(tensor.detach().clone().to(like.dtype).contiguous(), requires_grad=like.requires_grad)
+    return nn.Parameter(tensor.detach().to(like.dtype).contiguous(), requires_grad=like.requires_grad)
+
+
+def _clone(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with its own parameter / buffer tables (tensors are replaced by the rule)."""
+    clone = copy.copy(module)
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    clone._modules = dict(module._modules)
+    return clone
 
 
 @register_module(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -35,11 +44,11 @@ def shrink_conv(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
     keep_in, keep_out = keep.get("in"), keep.get("out")
     in_idx, out_idx = _index(keep_in, cin), _index(keep_out, cout)
     depthwise = groups == cin == cout
-    w = weight.detach().to(torch.float64)
+    w = weight.detach()
     # bias after folding the removed constant input channels (conv without zero padding only)
     b = torch.zeros(cout, dtype=torch.float64) if bias is None else bias.detach().to(torch.float64).clone()
     if folds:
-        wk = w.reshape(cout, cin // groups, -1).sum(-1)
+        wk = w.reshape(cout, cin // groups, -1).sum(-1, dtype=torch.float64)
         per_out, per_in = cout // groups, cin // groups
         for channel, value in folds.items():
             group = channel // per_in
@@ -51,7 +60,7 @@ def shrink_conv(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
         new_w = _gather(w, in_idx, out_idx, cin // groups, cout // groups, groups)
     else:
         new_w = _gather(w, out_idx, in_idx, cout // groups, cin // groups, groups)
-    clone = copy.deepcopy(module)
+    clone = _clone(module)
     clone.in_channels, clone.out_channels, clone.groups = len(in_idx), len(out_idx), new_groups
     clone.weight = _param(new_w.reshape(new_w.shape[0], new_w.shape[1], *kernel), module.weight)
     if bias is not None or folds:
@@ -76,12 +85,12 @@ def shrink_linear(module: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | 
                   folds: dict[int, float]) -> nn.Module:
     in_idx = _index(keep.get("in"), module.in_features)
     out_idx = _index(keep.get("out"), module.out_features)
-    w = weight.detach().to(torch.float64)
+    w = weight.detach()
     b = torch.zeros(module.out_features, dtype=torch.float64) if bias is None else bias.detach().to(torch.float64)
     b = b.clone()
     for channel, value in folds.items():
-        b += w[:, channel] * value
-    clone = copy.deepcopy(module)
+        b += w[:, channel].to(torch.float64) * value
+    clone = _clone(module)
     clone.in_features, clone.out_features = len(in_idx), len(out_idx)
     clone.weight = _param(w[out_idx][:, in_idx], module.weight)
     if bias is not None or folds:
@@ -94,7 +103,7 @@ def shrink_linear(module: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | 
 def shrink_batch_norm(module: nn.Module, weight: torch.Tensor | None, bias: torch.Tensor | None,
                       keep: dict[str, Any], folds: dict[int, float]) -> nn.Module:
     idx = _index(keep.get("ch"), module.num_features)
-    clone = copy.deepcopy(module)
+    clone = _clone(module)
     clone.num_features = len(idx)
     if module.affine:
         clone.weight = _param(weight[idx], module.weight)
@@ -109,7 +118,7 @@ def shrink_batch_norm(module: nn.Module, weight: torch.Tensor | None, bias: torc
 def shrink_prelu(module: nn.PReLU, weight: torch.Tensor, bias: torch.Tensor | None, keep: dict[str, Any],
                  folds: dict[int, float]) -> nn.Module:
     idx = _index(keep.get("ch"), module.num_parameters)
-    clone = copy.deepcopy(module)
+    clone = _clone(module)
     clone.num_parameters = len(idx)
     clone.weight = _param(weight[idx], module.weight)
     return clone
