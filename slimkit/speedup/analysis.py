@@ -11,6 +11,8 @@ Nothing here touches the model: :func:`analyse` returns a :class:`Plan`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,9 +178,26 @@ class _Context:
                 self.uf.keep(s.ids)
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread: the analysis is many small ops, and on a loaded machine the intra-op
+    thread pool's hand-offs cost ten times the work (measured 5.6 s vs 0.6 s on ResNet-50)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> Plan:
     """Decide the kept channels of every module for the masked ``weights`` ({path: (weight, bias)})."""
     ensure_loaded()
+    with single_thread():
+        return _analyse(captured, weights)
+
+
+def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> Plan:
     context = _Context(captured, weights)
     for user_input in captured.user_inputs():
         shape = context.shape(user_input)

@@ -27,7 +27,7 @@ from slimkit.errors import SlimkitError, UnsupportedOpError
 from slimkit.frameworks.torch.adapter import set_submodule
 from slimkit.frameworks.torch.graph import capture_graph
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
-from slimkit.speedup.analysis import Plan, analyse
+from slimkit.speedup.analysis import Plan, analyse, single_thread
 from slimkit.speedup.registry import MODULE_RULES, ensure_loaded
 from slimkit.speedup.report import LayerChange, SpeedupReport
 from slimkit.utils.flops import profile
@@ -121,7 +121,8 @@ class ModelSpeedup:
         timings["capture"] = time.perf_counter() - start - timings["reference"]
         plan = analyse(captured, weights)
         timings["analyse"] = time.perf_counter() - start - timings["reference"] - timings["capture"]
-        replacements = self._build(plan, weights)  # everything is decided before the model is touched
+        with single_thread():
+            replacements = self._build(plan, weights)  # everything is decided before the model is touched
         originals = {}
         for name, module in replacements.items():
             originals[name] = self.model.get_submodule(name)
