@@ -11,7 +11,7 @@ Example:
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
 >>> masks = {'0': {'weight': torch.tensor([[1.0] * 4, [0.0] * 4, [1.0] * 4]), 'bias': torch.tensor([1.0, 0, 1])}}
 >>> ModelSpeedup(model, torch.randn(2, 4), masks).speedup_model().params_after
-17
+16
 """
 
 from slimkit.speedup.model_speedup import ModelSpeedup

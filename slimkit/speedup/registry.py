@@ -6,7 +6,8 @@ merging coupled channel variables on the way. A module rule builds the smaller m
 
 Example:
 
->>> from slimkit.speedup.registry import OP_RULES, op_name
+>>> from slimkit.speedup.registry import OP_RULES, ensure_loaded
+>>> ensure_loaded()
 >>> 'aten::conv2d' in OP_RULES and 'aten::add' in OP_RULES
 True
 """
