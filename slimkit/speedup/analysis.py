@@ -53,7 +53,7 @@ class _Context:
         self.groups: dict[str, tuple[int, bool]] = {}
         self.node: torch.fx.Node | None = None
         self.balanced: list[torch.Tensor] = []
-        self.summaries: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.summaries: dict[str, tuple[Any, Any]] = {}
 
     # --- helpers the rules use -------------------------------------------------------------
     def state(self, arg: Any) -> Any:
@@ -101,11 +101,11 @@ class _Context:
         bias = getattr(module, "bias", None)
         return module.weight.detach(), bias.detach() if isinstance(bias, torch.Tensor) else None
 
-    def weight_summary(self, path: str, transposed: bool, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """For a conv / linear: (out, in/groups) booleans "a nonzero weight connects them" and the
-        weights summed over the kernel (float64). Cached per module (shared modules are called often)."""
-        key = (path, "summary")
-        if key not in self.summaries:
+    def weight_summary(self, path: str, transposed: bool, groups: int, sums: bool = False) -> tuple[Any, Any]:
+        """For a conv / linear: (out, in/groups) booleans "a nonzero weight connects them" and, when
+        ``sums``, the weights summed over the kernel (float64). Cached per module (shared modules)."""
+        cached = self.summaries.get(path)
+        if cached is None or (sums and cached[1] is None):
             weight = self.weights(path)[0]
             if weight.dim() == 2:
                 w = weight.unsqueeze(-1)
@@ -115,8 +115,10 @@ class _Context:
                     groups * per_out, cin // groups, -1)
             else:
                 w = weight.reshape(weight.shape[0], weight.shape[1], -1)
-            self.summaries[key] = ((w != 0).any(-1), w.sum(-1, dtype=torch.float64))
-        return self.summaries[key]
+            used = cached[0] if cached is not None else (w != 0).any(-1)
+            cached = (used, w.sum(-1, dtype=torch.float64) if sums else None)
+            self.summaries[path] = cached
+        return cached
 
     def fold(self, path: str, channel: int, value: float, var: int) -> None:
         folds = self.folds.setdefault(path, {})

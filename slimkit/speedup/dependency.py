@@ -33,10 +33,12 @@ def channel_groups(model: Any, dummy_input: Any) -> list[ChannelGroup]:
     """
     from torch import nn
 
-    from slimkit.frameworks.torch.graph import capture_graph
-    from slimkit.speedup.analysis import analyse
+    from slimkit.speedup.analysis import analyse, single_thread
+    from slimkit.speedup.capture import capture
 
-    captured = capture_graph(model, dummy_input)
+    inputs = tuple(dummy_input) if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
+    with single_thread():
+        captured = capture(model, inputs)
     plan = analyse(captured, {})
     uf = plan.union_find
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}

@@ -25,9 +25,9 @@ from torch import nn
 
 from slimkit.errors import SlimkitError, UnsupportedOpError
 from slimkit.frameworks.torch.adapter import set_submodule
-from slimkit.frameworks.torch.graph import capture_graph
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.speedup.analysis import Plan, analyse, single_thread
+from slimkit.speedup.capture import capture, forget
 from slimkit.speedup.registry import MODULE_RULES, ensure_loaded
 from slimkit.speedup.report import LayerChange, SpeedupReport
 from slimkit.utils.flops import profile
@@ -115,14 +115,17 @@ class ModelSpeedup:
         self._check_model()
         weights = self._masked_weights()
         params_before = sum(p.numel() for p in self.model.parameters())
-        reference, flops_before = self._reference(weights) if self.verify else (None, 0)
+        with single_thread():
+            reference, flops_before = self._reference(weights) if self.verify else (None, 0)
         timings["reference"] = time.perf_counter() - start
-        captured = capture_graph(self.model, self.dummy_input)
+        with single_thread():
+            captured = capture(self.model, tuple(self.dummy_input))
         timings["capture"] = time.perf_counter() - start - timings["reference"]
         plan = analyse(captured, weights)
         timings["analyse"] = time.perf_counter() - start - timings["reference"] - timings["capture"]
         with single_thread():
             replacements = self._build(plan, weights)  # everything is decided before the model is touched
+        forget()
         originals = {}
         for name, module in replacements.items():
             originals[name] = self.model.get_submodule(name)
@@ -131,7 +134,8 @@ class ModelSpeedup:
         flops_after = 0
         if self.verify:
             try:
-                output, flops_after, _ = profile(self.model, self.dummy_input)
+                with single_thread():
+                    output, flops_after, _ = profile(self.model, self.dummy_input)
                 error = _relative_error(output, reference)
             except Exception as failure:  # a shape mismatch in the user's forward after surgery
                 self._restore(originals)

@@ -61,12 +61,12 @@ def _check_inputs(ctx: Any, path: str, in_vars: torch.Tensor, consts: torch.Tens
         ctx.fold(path, channel, float(consts[channel]), int(in_vars[channel]))
 
 
-def _outputs(used: torch.Tensor, sums: torch.Tensor, bias: torch.Tensor | None, in_consts: torch.Tensor,
+def _outputs(used: torch.Tensor, summary: Any, bias: torch.Tensor | None, in_consts: torch.Tensor,
              groups: int, exact_const_input: bool) -> torch.Tensor:
     """Constant value of each output channel (NaN where it depends on the input).
 
-    ``used``: (out, in_per_group) whether a weight connects them; ``sums``: the weights summed over
-    the kernel, float64.
+    ``used``: (out, in_per_group) whether a weight connects them; ``summary()`` gives the weights
+    summed over the kernel (float64), computed only when some input channel is a constant.
     """
     cout, per_group = used.shape
     if bool(torch.isnan(in_consts).all()):  # the common case: every input channel is live
@@ -74,6 +74,7 @@ def _outputs(used: torch.Tensor, sums: torch.Tensor, bias: torch.Tensor | None, 
         out = torch.zeros(cout, dtype=torch.float64) if bias is None else bias.to(torch.float64).clone()
         out[live] = NAN
         return out
+    sums = summary()
     grouped = in_consts.reshape(groups, per_group).repeat_interleave(cout // groups, 0)  # (out, per_group)
     nan_used = (torch.isnan(grouped) & used).any(1)
     nonzero_used = (~torch.isnan(grouped) & (grouped != 0) & used).any(1)
@@ -107,7 +108,11 @@ def conv_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     if depthwise:
         ctx.uf.union_arrays(in_vars, out_vars)
     ctx.group_constraint(path, groups, depthwise)
-    used, sums = ctx.weight_summary(path, transposed, groups)  # (out, in/g): connected?, kernel sums
+    used, _ = ctx.weight_summary(path, transposed, groups)  # (out, in/g): connected?
+
+    def sums() -> torch.Tensor:
+        return ctx.weight_summary(path, transposed, groups, sums=True)[1]
+
     consts = const_vector(state, 1, cin)
     if not depthwise:
         used_in = used.reshape(groups, cout // groups, cin // groups).any(1).reshape(-1)
@@ -125,7 +130,11 @@ def linear_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     in_vars = ctx.vars(path, "in", module.in_features)
     out_vars = ctx.vars(path, "out", module.out_features)
     _couple_input(ctx, state, -1, in_vars)
-    used, sums = ctx.weight_summary(path, False, 1)
+    used, _ = ctx.weight_summary(path, False, 1)
+
+    def sums() -> torch.Tensor:
+        return ctx.weight_summary(path, False, 1, sums=True)[1]
+
     consts = const_vector(state, -1, module.in_features)
     _check_inputs(ctx, path, in_vars, consts, used.any(0), foldable=True)
     out_consts = _outputs(used, sums, ctx.weights(path)[1], consts, 1, True)
