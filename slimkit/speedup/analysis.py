@@ -96,10 +96,12 @@ class _Context:
 
     def weights(self, path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         if path in self.weights_by_path:
-            return self.weights_by_path[path]
-        module = self.modules[path]
-        bias = getattr(module, "bias", None)
-        return module.weight.detach(), bias.detach() if isinstance(bias, torch.Tensor) else None
+            weight, bias = self.weights_by_path[path]
+        else:
+            module = self.modules[path]
+            weight, bias = module.weight, getattr(module, "bias", None)
+        bias = bias.detach().cpu() if isinstance(bias, torch.Tensor) else None
+        return weight.detach(), bias
 
     def weight_summary(self, path: str, transposed: bool, groups: int, sums: bool = False) -> tuple[Any, Any]:
         """For a conv / linear: (out, in/groups) booleans "a nonzero weight connects them" and, when
@@ -115,8 +117,8 @@ class _Context:
                     groups * per_out, cin // groups, -1)
             else:
                 w = weight.reshape(weight.shape[0], weight.shape[1], -1)
-            used = cached[0] if cached is not None else (w != 0).any(-1)
-            cached = (used, w.sum(-1, dtype=torch.float64) if sums else None)
+            used = cached[0] if cached is not None else (w != 0).any(-1).cpu()
+            cached = (used, w.sum(-1, dtype=torch.float64).cpu() if sums else None)
             self.summaries[path] = cached
         return cached
 

@@ -156,12 +156,12 @@ def batch_norm_rule(ctx: Any, node: torch.fx.Node) -> Any:
         scale = torch.zeros_like(consts)
         mean = torch.zeros_like(consts)
     else:
-        mean = module.running_mean.detach().to(torch.float64)
-        scale = 1.0 / torch.sqrt(module.running_var.detach().to(torch.float64) + module.eps)
+        mean = module.running_mean.detach().cpu().to(torch.float64)
+        scale = 1.0 / torch.sqrt(module.running_var.detach().cpu().to(torch.float64) + module.eps)
         out = consts
     if module.affine:
         weight, bias = ctx.weights(path)
-        out = (out - mean) * scale * weight.detach().to(torch.float64) + bias.detach().to(torch.float64)
+        out = (out - mean) * scale * weight.detach().cpu().to(torch.float64) + bias.detach().to(torch.float64)
     else:
         out = (out - mean) * scale
     rank = len(state.shape)
@@ -179,7 +179,7 @@ def prelu_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     path, module = ctx.module_of(node, node.args[1], nn.PReLU)
     state = ctx.state(node.args[0])
     weight, _ = ctx.weights(path)
-    w = weight.detach().to(torch.float64)
+    w = weight.detach().cpu().to(torch.float64)
     rank = len(state.shape)
     if module.num_parameters == 1:
         const = torch.where(state.const >= 0, state.const, state.const * w.reshape(()))

@@ -194,8 +194,7 @@ def reduction_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     """A reduction over dimensions the channels do not vary along is exact; over a channel axis it keeps them."""
     source = ctx.state(node.args[0])
     rank = len(source.shape)
-    dims = _reduced_dims(node, rank) if node.target.__name__.split(".")[-1] != "default" or len(node.args) > 1 \
-        else list(range(rank))
+    dims = _reduced_dims(node, rank)
     keepdim = bool(node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
     ids, const = source.ids, source.const
     for dim in dims:
@@ -271,7 +270,7 @@ def softmax_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
 
 
 @register_op("aten::matmul", "aten::bmm", "aten::mm", "aten::einsum", "aten::scaled_dot_product_attention",
-             "aten::baddbmm", "aten::addmm", "aten::embedding", "aten::_assert_tensor_metadata", "aten::sort",
+             "aten::baddbmm", "aten::addmm", "aten::embedding", "aten::sort",
              "aten::topk", "aten::argmax", "aten::argmin", "aten::eq", "aten::ne", "aten::gt", "aten::lt",
              "aten::ge", "aten::le", "aten::zeros_like", "aten::ones_like", "aten::full_like", "aten::arange",
              "aten::zeros", "aten::ones", "aten::full", "aten::scalar_tensor", "aten::masked_fill",
@@ -292,7 +291,7 @@ def mixing_rule(ctx: Any, node: torch.fx.Node) -> Any:
 
 
 @register_op("aten::sym_size", "aten::size", "aten::dim", "sym_size", "aten::_assert_async",
-             "aten::sym_constrain_range_for_size", "aten::_assert_scalar")
+             "aten::_assert_tensor_metadata", "aten::sym_constrain_range_for_size", "aten::_assert_scalar")
 def ignored_rule(ctx: Any, node: torch.fx.Node) -> None:
     return None
 
