@@ -78,3 +78,18 @@ def test_dependency_aware_masks_are_removed_exactly():
     assert convs["body.0.conv2"].out_after == convs["stem.0"].out_after < 8
     assert convs["body.1.down.0"].out_after == convs["body.2.conv2"].out_after < 16
     assert model.body[0].conv1.weight.shape[1] == convs["stem.0"].out_after
+
+
+def test_speedup_reuses_the_pruner_capture():
+    from slimkit.speedup import capture as capture_module
+
+    model, x = build("resnet_basic")
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], dependency_aware=True, dummy_input=x)
+    kept = capture_module._LAST[0][2]
+    assert capture_module.capture(model, (x,)) is kept
+    pruner.compress()
+    masks = pruner.get_masks()
+    pruner.unwrap_model()
+    report = ModelSpeedup(model, x, masks).speedup_model()
+    assert report.timings["capture"] < 0.05
+    assert not capture_module._LAST  # the model changed: the capture is dropped
