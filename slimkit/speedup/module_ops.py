@@ -66,21 +66,26 @@ def _outputs(used: torch.Tensor, summary: Any, bias: torch.Tensor | None, in_con
     """Constant value of each output channel (NaN where it depends on the input).
 
     ``used``: (out, in_per_group) whether a weight connects them; ``summary()`` gives the weights
-    summed over the kernel (float64), computed only when some input channel is a constant.
+    summed over the kernel (float64), computed only when some input channel is a constant. Written
+    as (grouped) matrix-vector products: one pass over the (out, in) matrices.
     """
     cout, per_group = used.shape
-    if bool(torch.isnan(in_consts).all()):  # the common case: every input channel is live
-        live = used.any(1)
-        out = torch.zeros(cout, dtype=torch.float64) if bias is None else bias.to(torch.float64).clone()
-        out[live] = NAN
-        return out
-    sums = summary()
-    grouped = in_consts.reshape(groups, per_group).repeat_interleave(cout // groups, 0)  # (out, per_group)
-    nan_used = (torch.isnan(grouped) & used).any(1)
-    nonzero_used = (~torch.isnan(grouped) & (grouped != 0) & used).any(1)
-    total = (sums * torch.nan_to_num(grouped)).sum(1)
     out = torch.zeros(cout, dtype=torch.float64) if bias is None else bias.to(torch.float64).clone()
-    out = out + torch.where(nonzero_used, total, torch.zeros_like(total))
+    nan = torch.isnan(in_consts)
+    if bool(nan.all()):  # the common case: every input channel is live
+        out[used.any(1)] = NAN
+        return out
+    used_f = used.to(torch.float64).reshape(groups, cout // groups, per_group)
+
+    def per_out(vector: torch.Tensor, matrix: torch.Tensor = used_f) -> torch.Tensor:
+        return torch.bmm(matrix, vector.to(torch.float64).reshape(groups, per_group, 1)).reshape(cout)
+
+    nan_used = per_out(nan) > 0
+    values = torch.nan_to_num(in_consts)
+    nonzero_used = per_out(values != 0) > 0
+    if bool(nonzero_used.any()):
+        total = per_out(values, summary().reshape(groups, cout // groups, per_group))
+        out = out + torch.where(nonzero_used, total, torch.zeros_like(total))
     out[nan_used] = NAN
     if not exact_const_input:
         out[nonzero_used] = NAN

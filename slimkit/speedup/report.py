@@ -36,7 +36,8 @@ class SpeedupReport:
     Attributes:
         layers: the layers that were replaced, in model order.
         params_before, params_after: parameter counts of the whole model.
-        flops_before, flops_after: multiply-accumulates per sample (conv, linear, batch-norm).
+        flops_before, flops_after: multiply-accumulates per sample (conv, linear, batch-norm); 0 when the
+            speedup ran with verify=False (the counts come from its two forward passes).
         seconds: wall time of the speedup.
         max_relative_error: measured difference to the masked model on the dummy input (None if not checked).
     """
