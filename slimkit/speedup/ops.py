@@ -201,10 +201,13 @@ def reduction_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
         if ids.shape[dim] > 1:
             ctx.uf.keep(ids)
         ids = ids.narrow(dim, 0, 1)
-        if const.shape[dim] > 1 or op_short(node) not in ("mean", "amax", "amin", "max", "min"):
-            const = torch.full_like(const.narrow(dim, 0, 1), NAN)
-        else:
-            const = const.narrow(dim, 0, 1)
+        first = const.narrow(dim, 0, 1)
+        if const.shape[dim] > 1:
+            const = torch.full_like(first, NAN)
+        elif op_short(node) in ("mean", "amax", "amin", "max", "min"):
+            const = first
+        else:  # sum, norm, ...: a zero channel stays zero, other constants scale with the size
+            const = torch.where(first == 0, first, torch.full_like(first, NAN))
     shape = ctx.shape(node)
     if not keepdim:
         keep = [d for d in range(rank) if d not in dims]
