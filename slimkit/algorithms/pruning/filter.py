@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from slimkit.algorithms.pruning.registry import pruned_weights
 from slimkit.compression import Layer, LayerConfig, Pruner
-from slimkit.compression.sparsity import channel_keep, channel_mask, prune_count
+from slimkit.compression.sparsity import channel_keep, channel_mask, per_channel, prune_count
 from slimkit.errors import ConfigError
 
 
@@ -63,7 +64,8 @@ class FilterPruner(Pruner):
         dependency_aware: make coupled layers prune the same channels (needs ``dummy_input``).
         dummy_input: an example input, used to find the coupled layers.
 
-    Subclasses implement :meth:`channel_importance`.
+    Subclasses implement :meth:`channel_importance`. Channels an earlier mask removed are removed
+    first, so recomputed masks (AGP, repeated ``update_masks``) only grow sparser.
     """
 
     def __init__(self, model: Any, config_list: list[dict], *, dependency_aware: bool = False,
@@ -89,6 +91,19 @@ class FilterPruner(Pruner):
         """One score per output channel of ``layer``; the lowest scores are pruned first."""
         raise NotImplementedError(f"{type(self).__name__} must implement channel_importance(layer).")
 
+    def pruned_channels(self, layer: Layer) -> np.ndarray:
+        """Boolean vector: the output channels of ``layer`` its current mask removes entirely."""
+        pruned = pruned_weights(self, layer)
+        if pruned is None:
+            return np.zeros(layer.weight.shape[layer.out_axis], dtype=bool)
+        return per_channel(pruned, layer.out_axis).all(axis=1)
+
+    def scores(self, layer: Layer) -> np.ndarray:
+        """:meth:`channel_importance` with already-pruned channels at ``-inf`` (they stay pruned)."""
+        importance = np.asarray(self.channel_importance(layer), dtype=np.float64).copy()
+        importance[self.pruned_channels(layer)] = -np.inf
+        return importance
+
     def _group_of(self, layer: Layer) -> tuple[list[Layer], int]:
         names = {other.name: other for other in self.layers}
         for group in self.channel_groups:
@@ -98,7 +113,7 @@ class FilterPruner(Pruner):
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> dict[str, np.ndarray | None]:
         members, partitions = self._group_of(layer)
-        importance = np.sum([self.channel_importance(member) for member in members], axis=0)
+        importance = np.sum([self.scores(member) for member in members], axis=0)
         keep = balanced_keep(importance, config.sparsity, partitions)
         return self.masks_for_channels(layer, keep)
 
