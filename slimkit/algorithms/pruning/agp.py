@@ -155,6 +155,10 @@ class AGPPruner(Pruner):
         if reset is not None:
             reset()
 
+    def set_mask(self, layer: Layer, mask: Any) -> None:
+        """Install through the rule, which may track what its masks removed."""
+        self.rule.set_mask(layer, mask)
+
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> Any:
         sparsity = self.target_sparsity(layer)
         if sparsity == 0:

@@ -10,10 +10,22 @@ from slimkit.compression import Layer
 from slimkit.compression.sparsity import per_channel
 
 
+def _gram_upper(filters: np.ndarray) -> np.ndarray:
+    """``filters @ filters.T``; only the upper triangle is guaranteed (BLAS syrk when SciPy is there)."""
+    try:
+        from scipy.linalg.blas import dsyrk, ssyrk
+    except ImportError:  # pragma: no cover - SciPy comes with scikit-learn; plain matmul otherwise
+        return filters @ filters.T
+    syrk = ssyrk if filters.dtype == np.float32 else dsyrk
+    # a C-ordered (channels, features) array is the Fortran-ordered transpose: trans=1 gives A^T A.
+    return syrk(1.0, filters.T, trans=1)
+
+
 def distance_sums(filters: np.ndarray) -> np.ndarray:
     """For each row of ``filters`` (channels x features), the sum of its Euclidean distances to all rows.
 
-    Vectorised through the Gram matrix: ``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b``.
+    Vectorised through the Gram matrix (``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b``), of which only the
+    upper triangle is computed: a symmetric rank-k update costs half a matrix product.
 
     Example:
 
@@ -21,10 +33,15 @@ def distance_sums(filters: np.ndarray) -> np.ndarray:
     >>> distance_sums(np.array([[0.0], [1.0], [2.0], [4.0], [10.0]])).tolist()
     [17.0, 14.0, 13.0, 15.0, 33.0]
     """
-    filters = np.asarray(filters, dtype=np.float64)
+    filters = np.ascontiguousarray(filters)
+    if filters.dtype not in (np.float32, np.float64):
+        filters = filters.astype(np.float64)
+    gram = _gram_upper(filters)
     norms = np.einsum("ij,ij->i", filters, filters)
-    squared = norms[:, None] + norms[None, :] - 2.0 * (filters @ filters.T)
-    return np.sqrt(np.maximum(squared, 0.0)).sum(axis=1)
+    squared = norms[:, None] + norms[None, :] - 2.0 * gram
+    np.maximum(squared, 0.0, out=squared)
+    distances = np.triu(np.sqrt(squared, out=squared), 1)
+    return distances.sum(axis=0, dtype=np.float64) + distances.sum(axis=1, dtype=np.float64)
 
 
 @register_pruner("fpgm")
@@ -49,7 +66,7 @@ class FPGMPruner(FilterPruner):
     """
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
-        filters = per_channel(layer.weight_array(), layer.out_axis)
+        filters = per_channel(self.weight_of(layer), layer.out_axis)
         alive = ~self.pruned_channels(layer)
         importance = np.zeros(len(filters))
         importance[alive] = distance_sums(filters[alive])

@@ -28,7 +28,7 @@ class L1FilterPruner(FilterPruner):
     """
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
-        return np.abs(per_channel(layer.weight_array(), layer.out_axis)).sum(axis=1)
+        return np.abs(per_channel(self.weight_of(layer), layer.out_axis)).sum(axis=1)
 
 
 @register_pruner("l2")
@@ -49,4 +49,4 @@ class L2FilterPruner(FilterPruner):
     """
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
-        return np.sqrt(np.square(per_channel(layer.weight_array(), layer.out_axis)).sum(axis=1))
+        return np.sqrt(np.square(per_channel(self.weight_of(layer), layer.out_axis)).sum(axis=1))

@@ -78,7 +78,7 @@ class SlimPruner(FilterPruner):
         self.scale = scale
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
-        return np.abs(layer.weight_array().reshape(-1))
+        return np.abs(self.weight_of(layer).reshape(-1))
 
     def bn_l1_penalty(self, scale: float | None = None) -> Any:
         """``scale * sum |gamma|`` over the selected BatchNorm layers, a differentiable native scalar.
@@ -130,4 +130,5 @@ class SlimPruner(FilterPruner):
         return keeps
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> dict[str, np.ndarray | None]:
-        return self.masks_for_channels(layer, self.global_keep(config.sparsity)[layer.name])
+        with self.reading_weights():
+            return self.masks_for_channels(layer, self.global_keep(config.sparsity)[layer.name])
