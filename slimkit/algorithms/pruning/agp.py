@@ -10,6 +10,7 @@ picked by ``pruning_algorithm`` (``'level'``, ``'l1'``, ``'l2'``, ``'fpgm'``, ``
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -109,6 +110,8 @@ class AGPPruner(Pruner):
         defaults = {"optimizer": None, "trainer": None, "criterion": None, "dependency_aware": False,
                     "dummy_input": None}
         kwargs = {key: value for key, value in kwargs.items() if value is not defaults[key]}
+        if "optimizer" not in inspect.signature(rule_class.__init__).parameters:
+            kwargs.pop("optimizer", None)  # AGP itself accepts it; only trainer-driven rules use it
         try:
             rule = rule_class(model, rule_config_list, **{**kwargs, **algo_kwargs})
         except TypeError as error:

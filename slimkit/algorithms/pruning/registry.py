@@ -54,7 +54,7 @@ def get_pruner(name: str, *, schedulable: bool = False) -> type:
     """
     names = schedulable_names() if schedulable else list(PRUNERS)
     if name not in names:
-        raise ConfigError(f"Expected a registered pruner name, one of {names}. Received: name={name!r}")
+        raise ConfigError(f"Expected a registered pruner name, one of {sorted(names)}. Received: name={name!r}")
     return PRUNERS[name]
 
 
