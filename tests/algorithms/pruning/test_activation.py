@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import set_weight
+from pruning_helpers import set_weight
 from torch import nn
 
 from slimkit import CompressionStateError, ConfigError

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import SmallNet
+from pruning_helpers import SmallNet
 from torch import nn
 
 from slimkit import ConfigError

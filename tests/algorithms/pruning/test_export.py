@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import SmallNet
+from pruning_helpers import SmallNet
 
 import slimkit
 from slimkit.algorithms.pruning import L1FilterPruner, LevelPruner, SlimPruner

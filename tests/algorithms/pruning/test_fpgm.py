@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import conv_with_filters
+from pruning_helpers import conv_with_filters
 from torch import nn
 
 from slimkit.algorithms.pruning import FPGMPruner, L1FilterPruner

@@ -1,6 +1,6 @@
 import numpy as np
 import torch
-from conftest import set_weight, zero_fraction
+from pruning_helpers import set_weight, zero_fraction
 from torch import nn
 
 from slimkit.algorithms.pruning import LevelPruner

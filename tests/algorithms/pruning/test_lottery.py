@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import set_weight
+from pruning_helpers import set_weight
 from torch import nn
 
 from slimkit import CompressionStateError, ConfigError

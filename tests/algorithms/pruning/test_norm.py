@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import conv_with_filters, set_weight
+from pruning_helpers import conv_with_filters, set_weight
 from torch import nn
 
 from slimkit.algorithms.pruning import FilterPruner, L1FilterPruner, L2FilterPruner

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import zero_fraction
+from pruning_helpers import zero_fraction
 from torch import nn
 
 from slimkit.algorithms.pruning import PRUNERS, FilterPruner, get_pruner

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import SmallNet
+from pruning_helpers import SmallNet
 from torch import nn
 
 from slimkit.algorithms.pruning import L1FilterPruner, LevelPruner
