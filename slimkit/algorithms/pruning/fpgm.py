@@ -21,11 +21,20 @@ def _gram_upper(filters: np.ndarray) -> np.ndarray:
     return syrk(1.0, filters.T, trans=1)
 
 
-def distance_sums(filters: np.ndarray) -> np.ndarray:
+def _distances_(squared: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """In place: ``-2 a.b`` -> ``|a - b|`` given the squared norms of the rows and the columns."""
+    squared += left[:, None]
+    squared += right[None, :]
+    np.maximum(squared, 0.0, out=squared)
+    return np.sqrt(squared, out=squared)
+
+
+def distance_sums(filters: np.ndarray, block: int = 256) -> np.ndarray:
     """For each row of ``filters`` (channels x features), the sum of its Euclidean distances to all rows.
 
     Vectorised through the Gram matrix (``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b``), of which only the
-    upper triangle is computed: a symmetric rank-k update costs half a matrix product.
+    upper triangle is computed (a symmetric rank-k update costs half a matrix product) and then
+    turned into distances ``block`` rows at a time, so that the element-wise work stays in cache.
 
     Example:
 
@@ -36,12 +45,20 @@ def distance_sums(filters: np.ndarray) -> np.ndarray:
     filters = np.ascontiguousarray(filters)
     if filters.dtype not in (np.float32, np.float64):
         filters = filters.astype(np.float64)
+    channels = len(filters)
     gram = _gram_upper(filters)
+    gram *= -2.0
     norms = np.einsum("ij,ij->i", filters, filters)
-    squared = norms[:, None] + norms[None, :] - 2.0 * gram
-    np.maximum(squared, 0.0, out=squared)
-    distances = np.triu(np.sqrt(squared, out=squared), 1)
-    return distances.sum(axis=0, dtype=np.float64) + distances.sum(axis=1, dtype=np.float64)
+    sums = np.zeros(channels, dtype=np.float64)
+    for start in range(0, channels, block):
+        stop = min(start + block, channels)
+        diagonal = np.triu(_distances_(gram[start:stop, start:stop], norms[start:stop], norms[start:stop]), 1)
+        sums[start:stop] += diagonal.sum(axis=1) + diagonal.sum(axis=0)
+        if stop < channels:
+            beyond = _distances_(gram[start:stop, stop:], norms[start:stop], norms[stop:])
+            sums[start:stop] += beyond.sum(axis=1)
+            sums[stop:] += beyond.sum(axis=0)
+    return sums
 
 
 @register_pruner("fpgm")
