@@ -77,7 +77,8 @@ class FilterPruner(Pruner):
             raise ConfigError(f"{type(self).__name__}: dependency_aware=True needs the model's input. Expected "
                               "dummy_input=<an example input tensor>. Received: dummy_input=None")
         self._weight_cache: dict[str, np.ndarray] | None = None
-        self._pruned: dict[str, tuple[Any, np.ndarray]] = {}  # layer -> (wrapper, channels its mask removes)
+        # layer -> (wrapper, channels its mask removes, whether the mask removes only whole channels)
+        self._pruned: dict[str, tuple[Any, np.ndarray, bool]] = {}
         self.dependency_aware = dependency_aware
         self.dummy_input = dummy_input
         self.channel_groups: list[ChannelGroup] = (
@@ -96,13 +97,23 @@ class FilterPruner(Pruner):
         raise NotImplementedError(f"{type(self).__name__} must implement channel_importance(layer).")
 
     def weight_of(self, layer: Layer) -> np.ndarray:
-        """``layer.weight_array()``, read once per mask computation (subclasses should use this)."""
+        """The weight of ``layer`` as numpy, read once per mask computation (subclasses should use this).
+
+        Where the installed mask removes whole channels, this is the raw weight (no copy): the
+        removed channels are ranked first whatever their values, and the kept ones are unmasked.
+        Otherwise it is the masked weight.
+        """
         cache = self._weight_cache
-        if cache is None:
-            return layer.weight_array()
-        if layer.name not in cache:
-            cache[layer.name] = layer.weight_array()
-        return cache[layer.name]
+        if cache is not None and layer.name in cache:
+            return cache[layer.name]
+        installed = self._pruned.get(layer.name)
+        if installed is not None and installed[0] is layer.wrapper and installed[2]:
+            weight = self.adapter.to_numpy(self.adapter.weight(layer, masked=False))
+        else:
+            weight = layer.weight_array()
+        if cache is not None:
+            cache[layer.name] = weight
+        return weight
 
     @contextlib.contextmanager
     def reading_weights(self) -> Iterator[None]:
@@ -128,7 +139,10 @@ class FilterPruner(Pruner):
         super().set_mask(layer, mask)
         weight_mask = mask.get("weight") if isinstance(mask, Mapping) else mask
         array = weight_mask if isinstance(weight_mask, np.ndarray) else self.adapter.to_numpy(weight_mask)
-        self._pruned[layer.name] = (layer.wrapper, ~per_channel(array, layer.out_axis).any(axis=1))
+        rows = per_channel(array, layer.out_axis)
+        kept = rows.any(axis=1)
+        structured = bool(np.array_equal(rows.all(axis=1), kept))  # every channel all kept or all removed
+        self._pruned[layer.name] = (layer.wrapper, ~kept, structured)
 
     def scores(self, layer: Layer) -> np.ndarray:
         """:meth:`channel_importance` with already-pruned channels at ``-inf`` (they stay pruned)."""
