@@ -156,10 +156,17 @@ class ActivationRankFilterPruner(FilterPruner):
         """Record every forward pass from now on (AGP computes masks from the passes since its last update)."""
         self.record(None)
 
-    def prepare_masks(self, epoch: int) -> None:
-        """Before AGP computes masks: run ``trainer`` if no pass has been recorded since the last update."""
-        if self.trainer is not None and not any(stats.batches for stats in self.statistics.values()):
+    def prepare_masks(self, epoch: int) -> bool:
+        """Before AGP computes masks: run ``trainer`` if no pass has been recorded since the last update.
+
+        Returns whether there are statistics to compute masks from.
+        """
+        if self.trainer is not None and not self.has_statistics():
             self.trainer(self.model, self.optimizer, self.criterion, epoch)
+        return self.has_statistics()
+
+    def has_statistics(self) -> bool:
+        return bool(self.statistics) and all(stats.batches for stats in self.statistics.values())
 
     def reset_statistics(self) -> None:
         for stats in self.statistics.values():

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from slimkit.algorithms.pruning.registry import get_pruner, register_pruner
-from slimkit.compression import ConfigKey, Layer, LayerConfig, Pruner
+from slimkit.compression import Compressor, ConfigKey, Layer, LayerConfig, Pruner
 from slimkit.compression.config import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT
 from slimkit.compression.schedule import agp_sparsity
 from slimkit.errors import ConfigError
@@ -37,8 +37,8 @@ class AGPPruner(Pruner):
         config_list: the AGP config dicts.
         optimizer: accepted for NNI compatibility (and passed to a ``trainer``).
         pruning_algorithm: the registered pruner whose mask rule decides what is pruned.
-        trainer: ``trainer(model, optimizer, criterion, epoch)``, for the activation-based
-            (statistics) and ``'slim'`` (sparsity training) rules.
+        trainer: ``trainer(model, optimizer, criterion, epoch)``: activation-based rules call it
+            for statistics when no forward pass ran since the last mask update.
         criterion: passed to ``trainer``.
         dependency_aware: for filter rules, make coupled layers prune the same channels.
         dummy_input: an example input (needed by ``dependency_aware``).
@@ -128,13 +128,20 @@ class AGPPruner(Pruner):
                             config.final_sparsity, config.start_epoch, config.end_epoch, config.frequency)
 
     def compress(self) -> Any:
+        """Wrap the layers and install the masks of the current epoch's target (none at ``initial_sparsity=0``)."""
         if not self.wrapped:
-            super().compress()
+            Compressor.compress(self)
             self.rule.wrapped = True
             begin = getattr(self.rule, "begin_tracking", None)
             if begin is not None:
                 begin()
+            self.update_masks()
         return self.model
+
+    def step(self) -> None:
+        """Install masks an activation-based rule had to defer for lack of forward passes."""
+        if self.wrapped and any(self._applied.get(layer.name) != self.target_sparsity(layer) for layer in self.layers):
+            self.update_masks()
 
     def update_epoch(self, epoch: int) -> None:
         """Move the schedule to ``epoch``; recompute the masks of layers whose target changed."""
@@ -149,8 +156,8 @@ class AGPPruner(Pruner):
             return
         if any(self.target_sparsity(layer) > 0 for layer in changed):
             prepare = getattr(self.rule, "prepare_masks", None)
-            if prepare is not None:
-                prepare(self.epoch)
+            if prepare is not None and not prepare(self.epoch):
+                return  # no statistics yet: the masks follow at a later step() or update_epoch()
         for layer in changed:
             self.set_mask(layer, self.calc_mask(layer, layer.config))
             self._applied[layer.name] = self.target_sparsity(layer)

@@ -89,6 +89,17 @@ def test_activation_rule_without_passes_and_trainer_calls_the_trainer():
     assert pruner.rule.activation == "relu6"
 
 
+def test_activation_rule_defers_masks_until_a_forward_pass(small_net):
+    pruner = AGPPruner(small_net, [{"initial_sparsity": 0.25, "final_sparsity": 0.5, "end_epoch": 2,
+                                    "op_types": ["Conv2d"]}], pruning_algorithm="mean_activation")
+    pruner.compress()  # no pass yet: nothing to rank channels by
+    assert all(int((m["weight"] == 0).sum()) == 0 for m in pruner.get_masks().values())
+    _forward(small_net)
+    pruner.step()
+    kept = pruner.get_masks()["conv2"]["weight"].amax(dim=(1, 2, 3))
+    assert int((kept == 0).sum()) == prune_count(0.25, 16)
+
+
 @pytest.mark.parametrize("config, message", [
     ({"sparsity": 0.5, "final_sparsity": 0.5, "end_epoch": 2}, "unknown key 'sparsity'"),
     ({"final_sparsity": 0.5}, "missing required key 'end_epoch'"),
