@@ -36,6 +36,9 @@ class ChannelStatistics:
     """Running per-channel sums over the recorded batches: of the activation and of its zeros."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.batches = 0
         self.count = 0
         self.sums: np.ndarray | None = None
@@ -119,6 +122,10 @@ class ActivationRankFilterPruner(FilterPruner):
         for layer in self.layers:
             self._handles[layer.name] = self.adapter.add_output_hook(layer, self._hook(layer))
 
+    def unwrap_model(self) -> Any:
+        self.stop_recording()
+        return super().unwrap_model()
+
     def stop_recording(self) -> None:
         for handle in self._handles.values():
             handle.remove()
@@ -170,7 +177,7 @@ class ActivationRankFilterPruner(FilterPruner):
 
     def reset_statistics(self) -> None:
         for stats in self.statistics.values():
-            stats.__init__()
+            stats.reset()
 
 
 @register_pruner("apoz")

@@ -131,12 +131,20 @@ class AGPPruner(Pruner):
         """Wrap the layers and install the masks of the current epoch's target (none at ``initial_sparsity=0``)."""
         if not self.wrapped:
             Compressor.compress(self)
+            self._applied.clear()  # fresh wrappers hold no masks
             self.rule.wrapped = True
             begin = getattr(self.rule, "begin_tracking", None)
             if begin is not None:
                 begin()
             self.update_masks()
         return self.model
+
+    def unwrap_model(self) -> Any:
+        stop = getattr(self.rule, "stop_recording", None)
+        if stop is not None:
+            stop()
+        self.rule.wrapped = False
+        return super().unwrap_model()
 
     def step(self) -> None:
         """Install masks an activation-based rule had to defer for lack of forward passes."""
@@ -150,6 +158,7 @@ class AGPPruner(Pruner):
             self.update_masks()
 
     def update_masks(self) -> None:
+        """Install the scheduled masks of the layers whose target sparsity changed since the last update."""
         self._require_wrapped("update_masks")
         changed = [layer for layer in self.layers if self._applied.get(layer.name) != self.target_sparsity(layer)]
         if not changed:
@@ -172,6 +181,5 @@ class AGPPruner(Pruner):
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> Any:
         sparsity = self.target_sparsity(layer)
         if sparsity == 0:
-            return np.ones(tuple(layer.weight.shape), dtype=np.float32)
-        mask = self.rule.calc_mask(layer, dataclasses.replace(self._rule_configs[layer.name], sparsity=sparsity))
-        return mask
+            return np.ones(tuple(self.adapter.weight(layer, masked=False).shape), dtype=np.float32)
+        return self.rule.calc_mask(layer, dataclasses.replace(self._rule_configs[layer.name], sparsity=sparsity))

@@ -123,3 +123,13 @@ def test_arguments_the_rule_does_not_take_are_config_errors():
     with pytest.raises(ConfigError, match="does not take"):
         AGPPruner(nn.Sequential(nn.Linear(2, 2)), [{"final_sparsity": 0.5, "end_epoch": 2, "op_types": ["Linear"]}],
                   pruning_algorithm="level", trainer=print)
+
+
+def test_unwrap_and_compress_again_reinstalls_the_masks():
+    model = nn.Sequential(nn.Linear(10, 10))
+    pruner = AGPPruner(model, [{"final_sparsity": 0.5, "end_epoch": 1, "op_types": ["Linear"]}])
+    pruner.compress()
+    pruner.update_epoch(1)
+    pruner.unwrap_model()
+    pruner.compress()
+    assert int((pruner.get_masks()["0"]["weight"] == 0).sum()) == 50
