@@ -9,7 +9,8 @@ channel axis: 1 for PyTorch NCHW, -1 for Keras NHWC):
 - Mean activation: a channel's mean activation. The channels with the lowest mean are pruned.
 
 After ``compress()`` the next ``statistics_batch_num`` forward passes are recorded; the masks
-are computed as soon as the last of them has run, and the hooks are removed. With
+are computed as soon as the last of them has run, and the hooks are removed. Under
+``torch.distributed`` the per-channel sums are all-reduced first, so every rank's shard counts. With
 ``trainer=...`` ``compress()`` calls ``trainer(model, optimizer, criterion, epoch=0)`` itself to
 produce those passes (as NNI does).
 """
@@ -25,6 +26,7 @@ from slimkit.algorithms.pruning.filter import FilterPruner
 from slimkit.algorithms.pruning.registry import register_pruner
 from slimkit.compression import Compressor, Layer
 from slimkit.errors import CompressionStateError, ConfigError
+from slimkit.utils import distributed
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda x: np.maximum(x, 0.0),
@@ -51,6 +53,15 @@ class ChannelStatistics:
         self.zeros = zeros if self.zeros is None else self.zeros + zeros
         self.count += rows.shape[1]
         self.batches += 1
+
+    def all_reduce(self) -> None:
+        """Sum the statistics over the ranks of a process group (no-op without one), so that
+        masks computed from them cover every rank's shard of the data."""
+        if self.sums is None:
+            return
+        self.sums = np.asarray(distributed.all_reduce_sum(self.sums))
+        self.zeros = np.asarray(distributed.all_reduce_sum(self.zeros))
+        self.count = int(distributed.all_reduce_sum(self.count))
 
 
 class ActivationRankFilterPruner(FilterPruner):
@@ -147,8 +158,13 @@ class ActivationRankFilterPruner(FilterPruner):
 
         return on_output
 
+    def _reduce_statistics(self) -> None:
+        for stats in self.statistics.values():
+            stats.all_reduce()
+
     def _finish(self) -> None:
         self.stop_recording()
+        self._reduce_statistics()
         self.update_masks()
         self.masks_ready = True
 
@@ -170,7 +186,10 @@ class ActivationRankFilterPruner(FilterPruner):
         """
         if self.trainer is not None and not self.has_statistics():
             self.trainer(self.model, self.optimizer, self.criterion, epoch)
-        return self.has_statistics()
+        if not self.has_statistics():
+            return False
+        self._reduce_statistics()
+        return True
 
     def has_statistics(self) -> bool:
         return bool(self.statistics) and all(stats.batches for stats in self.statistics.values())

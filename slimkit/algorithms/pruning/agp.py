@@ -21,6 +21,7 @@ from slimkit.compression import Compressor, ConfigKey, Layer, LayerConfig, Prune
 from slimkit.compression.config import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT
 from slimkit.compression.schedule import agp_sparsity
 from slimkit.errors import ConfigError
+from slimkit.utils import distributed
 
 _DELEGATE_ONLY_KEYS = ("initial_sparsity", "final_sparsity", "start_epoch", "end_epoch", "frequency")
 
@@ -170,6 +171,7 @@ class AGPPruner(Pruner):
         for layer in changed:
             self.set_mask(layer, self.calc_mask(layer, layer.config))
             self._applied[layer.name] = self.target_sparsity(layer)
+        distributed.sync_masks(self)  # every rank installs rank 0's masks (no-op without a process group)
         reset = getattr(self.rule, "reset_statistics", None)
         if reset is not None:
             reset()

@@ -17,6 +17,7 @@ from slimkit.algorithms.pruning.filter import FilterPruner
 from slimkit.algorithms.pruning.registry import register_pruner
 from slimkit.compression import Compressor, Layer, LayerConfig
 from slimkit.compression.sparsity import prune_count, smallest_indices
+from slimkit.utils import distributed
 
 
 def _torch_l1(module: Any) -> Any:
@@ -113,6 +114,7 @@ class SlimPruner(FilterPruner):
         first = min((layer.config for layer in self.layers), key=lambda config: config.index)
         for layer in self.layers:
             self.set_mask(layer, self.calc_mask(layer, first))
+        distributed.sync_masks(self)  # every rank installs rank 0's masks (no-op without a process group)
 
     def global_keep(self, sparsity: float) -> dict[str, np.ndarray]:
         """Keep-vectors of every selected layer under one threshold on ``|gamma|`` (at least one kept per layer)."""

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from pruning_helpers import SmallNet
+
+from tests.algorithms.pruning.pruning_helpers import SmallNet
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from pruning_helpers import set_weight
 from torch import nn
 
 from slimkit import CompressionStateError, ConfigError
 from slimkit.algorithms.pruning import ActivationAPoZRankFilterPruner, ActivationMeanRankFilterPruner
+from tests.algorithms.pruning.pruning_helpers import set_weight
 
 
 def _probe_model():

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from pruning_helpers import SmallNet
 from torch import nn
 
 from slimkit import ConfigError
@@ -8,6 +7,7 @@ from slimkit.algorithms.pruning import AGPPruner
 from slimkit.algorithms.pruning.registry import schedulable_names
 from slimkit.compression.schedule import agp_sparsity
 from slimkit.compression.sparsity import prune_count
+from tests.algorithms.pruning.pruning_helpers import SmallNet
 
 
 def cubic(t, s_i, s_f, t0, n_dt):

@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from pruning_helpers import SmallNet
 
 import slimkit
 from slimkit.algorithms.pruning import L1FilterPruner, LevelPruner, SlimPruner
+from tests.algorithms.pruning.pruning_helpers import SmallNet
 
 
 @pytest.mark.parametrize("pruner_class, op_types", [(LevelPruner, ["Conv2d", "Linear"]), (L1FilterPruner, ["Conv2d"]),

@@ -4,11 +4,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from pruning_helpers import conv_with_filters
 from torch import nn
 
 from slimkit.algorithms.pruning import FPGMPruner, L1FilterPruner
 from slimkit.algorithms.pruning.fpgm import distance_sums
+from tests.algorithms.pruning.pruning_helpers import conv_with_filters
 
 
 def test_distance_sums_match_brute_force():

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
-from pruning_helpers import set_weight, zero_fraction
 from torch import nn
 
 from slimkit.algorithms.pruning import LevelPruner
+from tests.algorithms.pruning.pruning_helpers import set_weight, zero_fraction
 
 
 def test_level_prunes_smallest_magnitudes_exactly():

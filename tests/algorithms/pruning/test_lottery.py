@@ -1,11 +1,11 @@
 import pytest
 import torch
-from pruning_helpers import set_weight
 from torch import nn
 
 from slimkit import CompressionStateError, ConfigError
 from slimkit.algorithms.pruning import LotteryTicketPruner
 from slimkit.compression.sparsity import prune_count
+from tests.algorithms.pruning.pruning_helpers import set_weight
 
 
 def _model():

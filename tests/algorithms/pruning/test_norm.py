@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import torch
-from pruning_helpers import conv_with_filters, set_weight
 from torch import nn
 
 from slimkit.algorithms.pruning import FilterPruner, L1FilterPruner, L2FilterPruner
+from tests.algorithms.pruning.pruning_helpers import conv_with_filters, set_weight
 
 
 def test_l1_prunes_filters_with_smallest_l1_norm_and_their_bias():

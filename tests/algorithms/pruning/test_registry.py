@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from pruning_helpers import zero_fraction
 from torch import nn
 
 from slimkit.algorithms.pruning import PRUNERS, FilterPruner, get_pruner
 from slimkit.compression import Pruner
 from slimkit.compression.sparsity import prune_count
+from tests.algorithms.pruning.pruning_helpers import zero_fraction
 
 SPARSITY = 0.5
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
-from pruning_helpers import set_weight
 from torch import nn
 
 from slimkit import ConfigError
 from slimkit.algorithms.pruning import SlimPruner
+from tests.algorithms.pruning.pruning_helpers import set_weight
 
 
 def _two_bn_model():

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from pruning_helpers import SmallNet
 from torch import nn
 
 from slimkit.algorithms.pruning import L1FilterPruner, LevelPruner
+from tests.algorithms.pruning.pruning_helpers import SmallNet
 
 
 def _loss(model, x=None):
