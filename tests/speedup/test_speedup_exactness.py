@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.speedup.helpers_speedup import masked_copy, random_masks, relative_error
 from torch import nn
 
 from slimkit import SlimkitError, UnsupportedOpError
 from slimkit.models.zoo import build
 from slimkit.speedup import ModelSpeedup
+from tests.speedup.helpers_speedup import masked_copy, random_masks, relative_error
 
 
 def _conv_bn_conv(padding: int) -> nn.Sequential:

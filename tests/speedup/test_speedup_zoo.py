@@ -7,12 +7,12 @@ import io
 
 import pytest
 import torch
-from tests.speedup.helpers_speedup import masked_copy, num_params, random_masks, relative_error
 from torch import nn
 
 from slimkit.algorithms.pruning import L1FilterPruner
 from slimkit.models.zoo import ZOO, build
 from slimkit.speedup import ModelSpeedup
+from tests.speedup.helpers_speedup import masked_copy, num_params, random_masks, relative_error
 
 FAST = {"resnet_basic", "mobilenet_block", "concat_group_conv"}
 CASES = [pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in ZOO]
