@@ -34,7 +34,7 @@ from torch import nn
 from slimkit.compression.quant import QuantType
 from slimkit.errors import CompressionStateError, UnsupportedOpError
 from slimkit.frameworks.torch import quant_graph
-from slimkit.frameworks.torch.adapter import set_submodule
+from slimkit.frameworks.torch.adapter import ADAPTER, set_submodule
 from slimkit.frameworks.torch.quant_ops import OPS
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.utils.files import atomic_path
@@ -271,24 +271,9 @@ class TorchQuantBackend:
     # ------------------------------------------------------------ files
     def save_weights(self, model: nn.Module, layers: list[Any], path: str) -> None:
         """The float state dict of the original model class (masks multiplied in)."""
-        with self.unwrapped_copy(model, layers) as clone:
-            state = clone.state_dict()
+        state = ADAPTER.baked_copy(model, layers).state_dict()
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
-
-    @contextlib.contextmanager
-    def unwrapped_copy(self, model: nn.Module, layers: list[Any]) -> Iterator[nn.Module]:
-        clone = copy.deepcopy(model)
-        for layer in layers:
-            wrapper = clone.get_submodule(layer.name)
-            module = wrapper.module
-            with torch.no_grad():
-                for kind in ("weight", "bias"):
-                    mask = getattr(wrapper, f"{kind}_mask")
-                    if mask is not None and getattr(module, kind, None) is not None:
-                        getattr(module, kind).mul_(mask)
-            set_submodule(clone, layer.name, module)
-        yield clone
 
     def save_object(self, obj: Any, path: str) -> None:
         with atomic_path(path) as tmp:
