@@ -111,6 +111,14 @@ def load_data(spec: str) -> Data:
                        f"(train_batches, eval_batches). Received: {type(result).__name__}")
 
 
+def speed_up(model: Any, masks_path: str, example: Any) -> None:
+    """Shrink ``model`` in place with :class:`slimkit.speedup.ModelSpeedup` and the masks in ``masks_path``."""
+    from slimkit.masks import load_masks
+    from slimkit.speedup import ModelSpeedup
+
+    ModelSpeedup(model, example, load_masks(masks_path)).speedup_model()
+
+
 def accuracy(model: Any, data: Data) -> float:
     """Top-1 accuracy of ``model`` on the evaluation batches."""
     import torch

@@ -32,10 +32,7 @@ def run(args: argparse.Namespace) -> int:
     model = common.load_model(args.model, args.weights).eval()
     example = torch.randn(*shape)
     if args.masks:
-        from slimkit.masks import load_masks
-        from slimkit.speedup import ModelSpeedup
-
-        ModelSpeedup(model, example, load_masks(args.masks)).speedup_model()
+        common.speed_up(model, args.masks, example)
     TFLiteConverter(model, example, args.out).convert()
     common.say(f"wrote {args.out}")
     return 0

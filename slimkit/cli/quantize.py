@@ -9,6 +9,7 @@ from typing import Any
 
 from slimkit.cli import _common as common
 from slimkit.cli._session import Session
+from slimkit.errors import SlimkitError
 
 HELP = "quantize a model with a quantizer and config_list from a YAML file"
 EXAMPLE = """\
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML file: algorithm, arguments, config_list, ...")
     parser.add_argument("--model", required=True, help="model factory as package.module:function")
     parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+    parser.add_argument("--masks", help="mask file of a pruned model: speed the model up with it before quantizing")
     parser.add_argument("--data", help="data loader as package.module:function (QAT, calibration, accuracy)")
     parser.add_argument("--tflite", action="store_true", help="also write out/model.tflite with TFLiteConverter")
     parser.add_argument("--out", required=True, help="output directory")
@@ -69,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     session = Session(args, KEYS, registry, "quantizer", lr=1e-4, data_keys=("fine_tune", "calibration"),
                       dummy_input_always=True)
     settings, cls = session.settings, session.cls
+    if args.masks:
+        if session.example is None:
+            raise SlimkitError("--masks needs an example input to trace the model. Expected input_shape in the "
+                               "YAML file or --data. Received: neither")
+        common.speed_up(session.model, args.masks, session.example)
     os.makedirs(args.out, exist_ok=True)
     before_metric = common.accuracy(session.model, session.data) if session.data else None
     before = measure(copy.deepcopy(session.model), example=session.example, metric=before_metric)

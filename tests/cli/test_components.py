@@ -1,19 +1,18 @@
-"""`quantize`, `speedup` and `convert` wired through stand-in components (the real ones land separately),
-the pruner registry, progress bars and the console entry point."""
+"""The command-line pipeline prune -> speedup -> quantize -> convert end to end, the pruner registry,
+progress bars and the console entry point."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 import types
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 import slimkit
-import slimkit.algorithms.quantization as quantization
 import slimkit.compression
 from slimkit.algorithms import pruning
 from slimkit.algorithms.pruning import FilterPruner
@@ -21,115 +20,107 @@ from slimkit.cli import _common, main
 from slimkit.utils import progress as progress_module
 
 MODEL = "tests.cli.factories:digits_model"
+DATA = "tests.cli.factories:digits_data"
 
 
-class HalvingSpeedup:
-    """Stand-in ModelSpeedup: replaces ``fc`` by a layer with half the inputs."""
-
-    calls: list = []
-
-    def __init__(self, model, dummy_input, masks):
-        self.model, self.masks = model, masks
-        HalvingSpeedup.calls.append((tuple(dummy_input.shape), sorted(masks)))
-
-    def speedup_model(self):
-        self.model.fc = torch.nn.Linear(self.model.fc.in_features, 5)
+def write(path: Path, text: str) -> str:
+    path.write_text(textwrap.dedent(text))
+    return str(path)
 
 
-def test_speedup_command_with_a_component(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "slimkit.speedup", types.SimpleNamespace(ModelSpeedup=HalvingSpeedup))
-    masks = tmp_path / "mask.pth"
-    torch.save({"fc": {"weight": torch.ones(10, 64), "bias": None}}, masks)
-    status = main(["speedup", "--model", MODEL, "--masks", str(masks), "--input-shape", "1,1,8,8",
-                   "--out", str(tmp_path / "out")])
-    assert status == 0
-    assert HalvingSpeedup.calls[-1] == ((1, 1, 8, 8), ["fc"])
-    state = torch.load(tmp_path / "out" / "model_speedup.pth", weights_only=True)
-    assert state["fc.weight"].shape == (5, 64)
-    report = (tmp_path / "out" / "report.md").read_text()
-    assert "| latency, batch 1, 1 thread (median) |" in report and "| fc | (10, 64) | 0.0000 |" in report
-    assert "parameters 56,490 -> 56,165" in capsys.readouterr().out
+PRUNE_YAML = """\
+    algorithm: L1FilterPruner
+    arguments: {dependency_aware: true}
+    input_shape: [1, 1, 8, 8]
+    config_list:
+      - sparsity: 0.5
+        op_types: [Conv2d]
+    """
+
+QUANTIZE_YAML = """\
+    algorithm: PostTrainingQuantizer
+    arguments: {algorithm: minmax}
+    input_shape: [1, 1, 8, 8]
+    calibration: {batches: 4}
+    config_list:
+      - quant_types: [weight, input, output]
+        op_types: [Conv2d, Linear]
+    """
 
 
-class FileConverter:
-    def __init__(self, model, dummy_input, path):
-        self.path = path
+def test_prune_speedup_quantize_convert_from_yaml(tmp_path, capsys):
+    """The whole command-line pipeline on the digits CNN, with every file it writes checked."""
+    from slimkit.converter.verify import run_tflite
+    from slimkit.speedup import ModelSpeedup
+    from tests.cli.factories import digits_model
 
-    def convert(self):
-        with open(self.path, "wb") as handle:
-            handle.write(b"TFL3")
+    prune_dir, speed_dir, quant_dir = tmp_path / "prune", tmp_path / "speedup", tmp_path / "quant"
+    assert main(["prune", "--config", write(tmp_path / "prune.yaml", PRUNE_YAML), "--model", MODEL,
+                 "--out", str(prune_dir)]) == 0
+    masks = slimkit.load_masks(prune_dir / "mask.pth")
+    for name, channels in (("conv1", 32), ("conv2", 64), ("conv3", 64)):
+        kept = masks[name]["weight"].flatten(1).amax(dim=1)
+        assert int((kept == 0).sum()) == channels // 2, name
+
+    assert main(["speedup", "--model", MODEL, "--weights", str(prune_dir / "model.pth"), "--masks",
+                 str(prune_dir / "mask.pth"), "--input-shape", "1,1,8,8", "--out", str(speed_dir)]) == 0
+    x = torch.randn(2, 1, 8, 8)
+    masked = digits_model()
+    masked.load_state_dict(torch.load(prune_dir / "model.pth", weights_only=True))
+    small = digits_model()
+    small.load_state_dict(torch.load(prune_dir / "model.pth", weights_only=True))
+    ModelSpeedup(small, x[:1], masks).speedup_model()
+    small.load_state_dict(torch.load(speed_dir / "model_speedup.pth", weights_only=True))
+    masked.eval(), small.eval()
+    assert torch.allclose(small(x), masked(x), rtol=1e-5, atol=1e-6)
+    assert small.conv3.out_channels < 64 and small.fc.in_features == small.conv3.out_channels
+
+    assert main(["quantize", "--config", write(tmp_path / "q.yaml", QUANTIZE_YAML), "--model", MODEL, "--weights",
+                 str(prune_dir / "model.pth"), "--masks", str(prune_dir / "mask.pth"), "--data", DATA, "--tflite",
+                 "--out", str(quant_dir)]) == 0
+    calibration = torch.load(quant_dir / "calibration.pth", weights_only=True)
+    assert sorted(calibration) == ["conv1", "conv2", "conv3", "fc"]
+    assert len(calibration["conv3"]["weight_scale"]) == small.conv3.out_channels
+    codes = tflite_op_codes(quant_dir / "model.tflite")
+    assert codes.count("CONV_2D") == 3 and "FULLY_CONNECTED" in codes
+
+    converted = tmp_path / "float.tflite"
+    assert main(["convert", "--model", MODEL, "--weights", str(prune_dir / "model.pth"), "--masks",
+                 str(prune_dir / "mask.pth"), "--input-shape", "1,1,8,8", "--out", str(converted)]) == 0
+    got = run_tflite(converted, [x[:1].permute(0, 2, 3, 1).numpy()])[0]
+    assert np.allclose(got, small(x[:1]).detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert "| latency, batch 1, 1 thread (median) |" in (speed_dir / "report.md").read_text()
 
 
-def test_convert_command_with_a_component(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "slimkit.converter", types.SimpleNamespace(TFLiteConverter=FileConverter))
+def tflite_op_codes(path: Path) -> list[str]:
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    names = {value: name for name, value in vars(tflite.BuiltinOperator).items() if not name.startswith("_")}
+    graph = model.Subgraphs(0)
+    return [names[max(model.OperatorCodes(graph.Operators(i).OpcodeIndex()).BuiltinCode(),
+                      model.OperatorCodes(graph.Operators(i).OpcodeIndex()).DeprecatedBuiltinCode())]
+            for i in range(graph.OperatorsLength())]
+
+
+def test_quantize_config_error_names_the_line(tmp_path, capsys):
+    config = write(tmp_path / "q.yaml", """\
+        algorithm: PostTrainingQuantizer
+        config_list:
+          - quant_types: [weight]
+            quant_bits: 99
+            op_types: [Linear]
+        """)
+    assert main(["quantize", "--config", config, "--model", MODEL, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"slimkit quantize: error: {config}:4: key 'quant_bits' (at config_list[0].quant_bits): PostTrainingQuantizer")
+
+
+def test_convert_rejects_a_bad_input_shape(tmp_path, capsys):
     out = tmp_path / "m.tflite"
-    assert main(["convert", "--model", MODEL, "--input-shape", "1x1x8x8", "--out", str(out)]) == 0
-    assert out.read_bytes() == b"TFL3" and capsys.readouterr().out == f"wrote {out}\n"
     assert main(["convert", "--model", MODEL, "--input-shape", "1,0", "--out", str(out)]) == 2
     assert "Expected an input shape such as 1,1,8,8. Received: --input-shape '1,0'" in capsys.readouterr().err
-
-
-class QuantizerBase:
-    pass
-
-
-class RecordingQuantizer(QuantizerBase):
-    """Stand-in quantizer following API.md's constructor and export_model."""
-
-    def __init__(self, model, config_list, *, optimizer=None, dummy_input=None, bits=8):
-        if config_list[0].get("quant_bits") == 99:
-            raise slimkit.ConfigError("RecordingQuantizer: config_list[0]['quant_bits'] is invalid. Expected 1..32.")
-        self.model, self.bits, self.dummy_input = model, bits, dummy_input
-
-    def compress(self):
-        return self.model
-
-    def export_model(self, model_path, calibration_path=None):
-        torch.save(self.model.state_dict(), model_path)
-        calibration = {"fc": {"weight_bits": self.bits, "output_bits": self.bits}}
-        if self.bits == 8:
-            calibration["fc"].update(weight_scale=torch.tensor([0.5, 0.25]), output_scale=0.1, output_zero_point=-3)
-        torch.save(calibration, calibration_path)
-        return calibration
-
-
-@pytest.fixture
-def quantizers(monkeypatch):
-    monkeypatch.setattr(slimkit.compression, "Quantizer", QuantizerBase, raising=False)
-    monkeypatch.setattr(quantization, "__all__", ["RecordingQuantizer"], raising=False)
-    monkeypatch.setattr(quantization, "RecordingQuantizer", RecordingQuantizer, raising=False)
-
-
-def test_quantize_command_with_a_component(tmp_path, quantizers, capsys):
-    config = tmp_path / "q.yaml"
-    config.write_text("algorithm: RecordingQuantizer\narguments: {bits: 4}\ninput_shape: [1, 1, 8, 8]\n"
-                      "config_list:\n  - quant_types: [weight]\n    quant_bits: 4\n    op_types: [Linear]\n")
-    assert main(["quantize", "--config", str(config), "--model", MODEL, "--out", str(tmp_path / "out")]) == 0
-    assert capsys.readouterr().out.startswith("quantized 1 layers with RecordingQuantizer\n")
-    calibration = torch.load(tmp_path / "out" / "calibration.pth", weights_only=True)
-    assert calibration == {"fc": {"weight_bits": 4, "output_bits": 4}}
-    assert "| fc | 4 | - | 4 | - | - |" in (tmp_path / "out" / "report.md").read_text()
-
-
-def test_quantize_report_table_and_tflite(tmp_path, quantizers, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "slimkit.converter", types.SimpleNamespace(TFLiteConverter=FileConverter))
-    config = tmp_path / "q.yaml"
-    config.write_text("algorithm: RecordingQuantizer\ninput_shape: [1, 1, 8, 8]\n"
-                      "config_list: [{quant_types: [weight], quant_bits: 8, op_types: [Linear]}]\n")
-    assert main(["quantize", "--config", str(config), "--model", MODEL, "--out", str(tmp_path / "o"), "--tflite"]) == 0
-    assert (tmp_path / "o" / "model.tflite").read_bytes() == b"TFL3"
-    report = (tmp_path / "o" / "report.md").read_text()
-    assert "| layer | weight bits | weight scale | output bits | output scale | output zero point |" in report
-    assert "| fc | 8 | 2 values, 0.25..0.5 | 8 | 0.1 | -3 |" in report and "- model.tflite: 4 bytes" in report
-
-
-def test_quantize_config_error_names_the_line(tmp_path, quantizers, capsys):
-    config = tmp_path / "q.yaml"
-    config.write_text("algorithm: RecordingQuantizer\nconfig_list:\n  - quant_types: [weight]\n"
-                      "    quant_bits: 99\n    op_types: [Linear]\n")
-    assert main(["quantize", "--config", str(config), "--model", MODEL, "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith(
-        f"slimkit quantize: error: {config}:4: key 'quant_bits' (at config_list[0].quant_bits): RecordingQuantizer")
+    assert not out.exists()
 
 
 class HalfBase(FilterPruner):
