@@ -36,9 +36,8 @@ _DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 
 
 def weight_attrs(layer: Any) -> tuple[str, str]:
-    """Names of the (weight, bias) attributes of ``layer`` ('kernel'/'bias', 'gamma'/'beta', ...)."""
-    if isinstance(layer, _DEPTHWISE):
-        return "depthwise_kernel", "bias"
+    """Names of the (weight, bias) attributes of ``layer``: 'gamma'/'beta' for BatchNormalization,
+    otherwise 'kernel'/'bias' (conv, transposed and depthwise conv, Dense)."""
     if isinstance(layer, keras.layers.BatchNormalization):
         return "gamma", "beta"
     return "kernel", "bias"
