@@ -51,6 +51,10 @@ class KerasAdapter:
         return layout.ROLES.get(role, ())
 
     def has_weight(self, module: Any) -> bool:
+        if not module.built:
+            raise CompressionStateError(
+                f"Layer {module.name!r} is not built yet, so it has no weights to compress. Expected a built "
+                f"model: call the model on an example batch (or give it a keras.Input) before compressing.")
         return layout.variable(module, layout.weight_attrs(module)[0]) is not None
 
     def out_axis(self, module: Any) -> int:
@@ -86,10 +90,6 @@ class KerasAdapter:
                 raise CompressionStateError(
                     f"Layer {layer.name!r} is already wrapped by another compressor. Expected a plain layer: "
                     f"export or unwrap_model() the first compressor, or exclude {layer.name!r}.")
-            if not layer.module.built:
-                raise CompressionStateError(
-                    f"Layer {layer.name!r} is not built yet, so it has no weights to compress. Expected a built "
-                    f"model: call the model on an example batch (or give it a keras.Input) before compressing.")
         for layer in layers:
             layer.wrapper = install(layer.module, layer.name)
             layer.wrapper.models.add(model)
