@@ -153,10 +153,16 @@ def export_tflite(model: Any, path: str | os.PathLike, quantizer: Any = None,
                                  "(int8 via representative_data). Received: quantizer of type "
                                  f"{type(quantizer).__name__}")
     specs = _input_specs(model, representative_data)
-    with baked(model):
-        function = tf.function(lambda *xs: model(xs[0] if len(xs) == 1 else list(xs), training=False))
-        concrete = function.get_concrete_function(*specs)
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    scratch = tempfile.mkdtemp()
+    try:
+        with baked(model):
+            # A SavedModel written by Keras' ExportArchive: the converter then sees every variable.
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            archive.add_endpoint("serve", lambda *xs: model(xs[0] if len(xs) == 1 else list(xs), training=False),
+                                 input_signature=specs)
+            archive.write_out(scratch, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(scratch, signature_keys=["serve"])
         if representative_data is not None:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: _batches(representative_data)
@@ -164,6 +170,8 @@ def export_tflite(model: Any, path: str | os.PathLike, quantizer: Any = None,
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
         flatbuffer = converter.convert()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as stream:
         stream.write(flatbuffer)
     return flatbuffer
