@@ -66,9 +66,25 @@ def baked(model: Any) -> Iterator[Any]:
                 object.__setattr__(target, "call", value.call)
 
 
+@contextlib.contextmanager
+def _optimizer_left_out(model: Any, leave_out: bool) -> Iterator[None]:
+    """Hide the compiled optimizer, whose slots Keras would otherwise add to a weights file."""
+    optimizer = vars(model).get("optimizer")
+    if not leave_out or optimizer is None:
+        yield
+        return
+    object.__setattr__(model, "optimizer", None)
+    try:
+        yield
+    finally:
+        object.__setattr__(model, "optimizer", optimizer)
+
+
 def save_model(model: Any, path: str | os.PathLike) -> None:
     """Write ``model`` with masks baked in: a ``.keras`` file (architecture and weights) or a
-    ``.weights.h5`` file (weights only, for ``model.load_weights`` on the original architecture).
+    ``.weights.h5`` file (the model's weights only, no optimizer state, for ``model.load_weights`` on
+    the original architecture). A ``.keras`` file holds what ``model.save`` holds (compile config
+    and optimizer state included).
 
     Raises:
         ConfigError: ``path`` has another suffix.
@@ -81,7 +97,7 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
     else:
         raise ConfigError("A Keras model is exported to a '.keras' or '.weights.h5' file. Expected model_path ending "
                           f"in one of those. Received: model_path={path!r}")
-    with atomic_path(path) as tmp, baked(model):
+    with atomic_path(path) as tmp, baked(model), _optimizer_left_out(model, save == "save_weights"):
         # Keras checks the file name's suffix, so write under the real name in a scratch folder.
         scratch = tempfile.mkdtemp(dir=os.path.dirname(tmp))
         try:

@@ -8,8 +8,9 @@ is the exact inverse. The wrapper runs the layer's own class ``call`` inside a
 ``keras.StatelessScope`` that reads ``kernel * mask`` in place of the kernel: the layer's
 variables are never written, and gradients reach only the unmasked weights.
 
-Masks are non-trainable variables of the wrapper, which the model does not track: the model's
-``weights`` and saved files keep exactly the original architecture.
+Masks are non-trainable variables of the wrapper, which the model does not track (the wrapper is
+found through a weak mapping from layer to wrapper, not an attribute): the model's ``weights``
+and the files Keras saves keep exactly the original architecture.
 
 Example:
 
@@ -38,7 +39,9 @@ import tensorflow as tf
 
 from slimkit.frameworks.tensorflow.layout import variable, weight_attrs
 
-WRAPPER_ATTR = "_slimkit_wrapper"
+# layer -> its MaskWrapper. Kept outside the layer: Keras' saving walks a layer's attributes and
+# would otherwise write the wrapper's masks into the model's files.
+_WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class MaskWrapper(keras.layers.Layer):
@@ -56,8 +59,9 @@ class MaskWrapper(keras.layers.Layer):
         super().__init__(name=f"{layer.name}_slimkit", trainable=False, **kwargs)
         self.layer_name = layer_name
         weight_attr, bias_attr = weight_attrs(layer)
-        self._weight_var = variable(layer, weight_attr)
-        self._bias_var = variable(layer, bias_attr)
+        # the layer's own variables, held without Keras tracking them as the wrapper's
+        object.__setattr__(self, "_weight_var", variable(layer, weight_attr))
+        object.__setattr__(self, "_bias_var", variable(layer, bias_attr))
         self.weight_mask = self.add_weight(shape=tuple(self._weight_var.shape), initializer="ones",
                                            trainable=False, name="weight_mask", dtype="float32")
         self.bias_mask = (self.add_weight(shape=tuple(self._bias_var.shape), initializer="ones",
@@ -158,24 +162,23 @@ def retrace(model: Any) -> None:
 
 def wrapper_of(layer: Any) -> MaskWrapper | None:
     """The :class:`MaskWrapper` installed on ``layer``, or None."""
-    return vars(layer).get(WRAPPER_ATTR)
+    return _WRAPPERS.get(layer)
 
 
 def install(layer: keras.layers.Layer, layer_name: str | None = None) -> MaskWrapper:
     """Route ``layer``'s calls through a new :class:`MaskWrapper` and return it."""
     wrapper = MaskWrapper(layer, layer_name or layer.name)
-    object.__setattr__(layer, WRAPPER_ATTR, wrapper)
+    _WRAPPERS[layer] = wrapper
     object.__setattr__(layer, "call", wrapper.call)
     return wrapper
 
 
 def uninstall(layer: keras.layers.Layer) -> None:
     """Give ``layer`` its own ``call`` back (the exact inverse of :func:`install`)."""
-    wrapper = vars(layer).get(WRAPPER_ATTR)
+    wrapper = _WRAPPERS.pop(layer, None)
     if wrapper is None:
         return
     wrapper.hooks.clear()
     vars(layer).pop("supports_jit", None)
     object.__delattr__(layer, "call")
-    object.__delattr__(layer, WRAPPER_ATTR)
     wrapper.refresh_models()

@@ -93,3 +93,24 @@ def test_tflite_float_and_int8_run_in_litert(tmp_path, digits, pruned):
     assert int8_accuracy >= keras_accuracy - 0.03
     assert os.path.getsize(int8_path) < os.path.getsize(float_path)
     assert wrapper_of(model.get_layer("conv2")) is not None  # export leaves the model compressed
+
+
+def test_saved_files_hold_only_the_original_weights(tmp_path):
+    import h5py
+
+    def keys(path):
+        names = []
+        with h5py.File(path) as handle:
+            handle.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        return sorted(names)
+
+    model = digits_cnn(width=4)
+    model.save_weights(tmp_path / "plain.weights.h5")
+    pruner = LevelPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2D", "Dense"]}])
+    model = compile_classifier(pruner.compress())
+    model.fit(np.zeros((4, 8, 8, 1)), np.zeros(4), verbose=0)  # the optimizer now has slots
+    pruner.export_model(tmp_path / "pruned.weights.h5")
+    model.save_weights(tmp_path / "wrapped.weights.h5")  # a plain Keras save of the compressed model
+    assert keys(tmp_path / "pruned.weights.h5") == keys(tmp_path / "plain.weights.h5")
+    assert [k for k in keys(tmp_path / "wrapped.weights.h5") if not k.startswith("optimizer/")] == keys(
+        tmp_path / "plain.weights.h5")
