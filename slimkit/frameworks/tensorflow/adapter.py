@@ -106,7 +106,9 @@ class KerasAdapter:
         wrapper.weight_mask.assign(np.asarray(weight_mask, dtype=np.float32))
         if bias_mask is not None and wrapper.bias_mask is not None:
             wrapper.bias_mask.assign(np.asarray(bias_mask, dtype=np.float32))
-            wrapper.bias_mask_set = True
+            if not wrapper.bias_mask_set:
+                wrapper.bias_mask_set = True
+                wrapper.refresh_models()  # functions traced before multiply no bias mask
 
     def get_masks(self, layer: Any) -> tuple[tf.Tensor, tf.Tensor | None]:
         wrapper = layer.wrapper

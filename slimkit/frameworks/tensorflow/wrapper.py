@@ -80,7 +80,7 @@ class MaskWrapper(keras.layers.Layer):
     def masked_values(self) -> list[tuple[keras.Variable, Any]]:
         """(variable, value to read in its place) pairs for this forward."""
         mapping = [(self._weight_var, self._weight_var * tf.cast(self.weight_mask, self._weight_var.dtype))]
-        if self.bias_mask is not None:
+        if self.bias_mask_set:  # no multiply by ones in the graph for layers whose bias is never masked
             mapping.append((self._bias_var, self._bias_var * tf.cast(self.bias_mask, self._bias_var.dtype)))
         return mapping
 
