@@ -114,3 +114,29 @@ def test_saved_files_hold_only_the_original_weights(tmp_path):
     assert keys(tmp_path / "pruned.weights.h5") == keys(tmp_path / "plain.weights.h5")
     assert [k for k in keys(tmp_path / "wrapped.weights.h5") if not k.startswith("optimizer/")] == keys(
         tmp_path / "plain.weights.h5")
+
+
+class TinySubclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3, name="conv")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.fc = keras.layers.Dense(3, name="fc")
+
+    def call(self, x):
+        return self.fc(self.pool(self.conv(x)))
+
+
+def test_tflite_of_a_subclassed_model_needs_and_uses_representative_data(tmp_path):
+    x = np.random.default_rng(0).uniform(size=(16, 8, 8, 1)).astype(np.float32)
+    model = TinySubclassed()
+    model(x[:1])
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["default"]}])
+    model = pruner.compress()
+    with pytest.raises(ConfigError, match="representative_data"):
+        export_tflite(model, tmp_path / "float.tflite")
+    flatbuffer = export_tflite(model, tmp_path / "int8.tflite", representative_data=x)
+    assert (tmp_path / "int8.tflite").read_bytes() == flatbuffer
+    logits = run_tflite(flatbuffer, x)
+    reference = np.asarray(model(x))
+    assert np.abs(logits - reference).max() < 0.05 * np.abs(reference).max() + 1e-3
