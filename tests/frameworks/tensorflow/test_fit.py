@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from slimkit.compression import Pruner
@@ -86,3 +87,41 @@ def test_custom_training_loop():
     assert round(sparsity(pruner, "fc2"), 4) == 0.5
     assert pruner.steps == 12
     assert np.isfinite(losses).all()
+
+
+def _require(name):
+    import slimkit.algorithms.pruning as pruning
+
+    if not hasattr(pruning, name):
+        pytest.skip(f"{name} is not in slimkit.algorithms.pruning yet")
+    return getattr(pruning, name)
+
+
+def test_agp_with_fit_follows_the_cubic_schedule():
+    agp = _require("AGPPruner")
+    model, x, y = model_and_data()
+    pruner = agp(model, [{"final_sparsity": 0.5, "start_epoch": 0, "end_epoch": 2, "op_types": ["Dense"]}],
+                 pruning_algorithm="level")
+    model = pruner.compress()
+    model.compile(optimizer="adam", loss="mse")
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(sparsity(pruner, "fc1")))
+    model.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[CompressionCallback(pruner), record])
+    # agp_sparsity: s_t = 0.5 - 0.5 * (1 - t / 2) ** 3 -> 0, 0.4375, 0.5, 0.5 (8 x 16 = 128 weights)
+    assert seen == [0.0, 0.4375, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_activation_statistics_are_gathered_inside_fit(jit_compile):
+    apoz = _require("ActivationAPoZRankFilterPruner")
+    model, x, y = model_and_data()
+    model.compile(optimizer="adam", loss="mse", jit_compile=jit_compile)  # compiled before compress(): kept
+    pruner = apoz(model, [{"sparsity": 0.5, "op_types": ["Dense"]}], statistics_batch_num=2)
+    model = pruner.compress()
+    assert not pruner.masks_ready
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[CompressionCallback(pruner)])
+    assert pruner.masks_ready
+    assert sparsity(pruner, "fc1") == 0.5 and sparsity(pruner, "fc2") == 0.5
+    assert all(not layer.wrapper.hooks for layer in pruner.layers)
+    assert model.jit_compile == jit_compile  # back to the compiled setting once the hooks are gone
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)  # keeps training after the hooks left
