@@ -34,12 +34,16 @@ def machine() -> dict:
             "note": "shared 2-core machine, other engineers' jobs running: timings are noisy"}
 
 
-def timed_steps(model: keras.Model, x: np.ndarray, y: np.ndarray, steps: int) -> float:
-    """Mean seconds per ``train_on_batch`` over ``steps`` steps."""
-    start = time.perf_counter()
+def timed_steps(model: keras.Model, x: np.ndarray, y: np.ndarray, steps: int) -> tuple[float, float]:
+    """Mean (wall, process CPU) seconds per ``train_on_batch`` over ``steps`` steps.
+
+    CPU time (all of this process's threads) is the steadier figure on a shared machine: other
+    jobs stretch the wall clock but not the work this process does.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         model.train_on_batch(x, y)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
 VARIANTS = {
@@ -49,7 +53,7 @@ VARIANTS = {
 }
 
 
-def overhead(width: int = 32, batch: int = 64, steps: int = 20, repeats: int = 7) -> list[dict]:
+def overhead(width: int = 32, batch: int = 64, steps: int = 10, repeats: int = 15) -> list[dict]:
     """Per XLA setting, time the variants interleaved (round robin) so load drift hits them alike."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, 8, 8, 1)).astype(np.float32)
@@ -67,15 +71,20 @@ def overhead(width: int = 32, batch: int = 64, steps: int = 20, repeats: int = 7
             for _ in range(3):  # trace / compile, warm up
                 model.train_on_batch(x, y)
             models[name] = model
-        times: dict[str, list[float]] = {name: [] for name in models}
+        walls: dict[str, list[float]] = {name: [] for name in models}
+        cpus: dict[str, list[float]] = {name: [] for name in models}
         for _ in range(repeats):
             for name, model in models.items():
-                times[name].append(timed_steps(model, x, y, steps))
-        plain = statistics.median(times["plain"])
-        for name, values in times.items():
-            median = statistics.median(values)
-            rows.append({"variant": name, "xla": jit, "batch": batch, "median_ms_per_step": 1000 * median,
-                         "min_ms_per_step": 1000 * min(values), "overhead_vs_plain": median / plain - 1.0})
+                wall, cpu = timed_steps(model, x, y, steps)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        plain_cpu, plain_wall = statistics.median(cpus["plain"]), statistics.median(walls["plain"])
+        for name in models:
+            cpu, wall = statistics.median(cpus[name]), statistics.median(walls[name])
+            rows.append({"variant": name, "xla": jit, "batch": batch, "median_cpu_ms_per_step": 1000 * cpu,
+                         "median_wall_ms_per_step": 1000 * wall, "min_wall_ms_per_step": 1000 * min(walls[name]),
+                         "cpu_overhead_vs_plain": cpu / plain_cpu - 1.0,
+                         "wall_overhead_vs_plain": wall / plain_wall - 1.0})
     return rows
 
 
@@ -106,13 +115,43 @@ def markdown(result: dict) -> str:
               "`model.fit` + `CompressionCallback`; zeros are baked in, so the dense files keep their size and "
               "the gain shows under compression (gzip) or after making the channels physical.", "",
               "## Training-step overhead of the mask wrappers", "",
-              "`train_on_batch` on the digits CNN (width 32), batch 64; median (and min) over 7 rounds of 20 steps, "
-              "the three variants timed round-robin in each round.", "",
-              "| variant | XLA | median ms/step | min ms/step | overhead vs plain |", "|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['xla']} | {r['median_ms_per_step']:.2f} | {r['min_ms_per_step']:.2f} | "
-              f"{100 * r['overhead_vs_plain']:+.1f}% |" for r in result["overhead"]]
-    lines += ["", "tfmot side-by-side: not run (needs a separate tf-keras environment; not done this session).", ""]
+              "`train_on_batch` on the digits CNN (width 32), batch 64; medians over 15 rounds of 10 steps, "
+              "the three variants timed round-robin in each round. CPU time is this process's (all threads); "
+              "it is the steadier figure on the shared machine.", "",
+              "| variant | XLA | CPU ms/step | CPU overhead | wall ms/step (median / min) | wall overhead |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['xla']} | {r['median_cpu_ms_per_step']:.2f} | "
+              f"{100 * r['cpu_overhead_vs_plain']:+.1f}% | {r['median_wall_ms_per_step']:.2f} / "
+              f"{r['min_wall_ms_per_step']:.2f} | {100 * r['wall_overhead_vs_plain']:+.1f}% |"
+              for r in result["overhead"]]
+    lines += tfmot_section()
     return "\n".join(lines)
+
+
+def tfmot_section() -> list[str]:
+    """The side-by-side with tfmot, from results/keras_tfmot.json (bench_keras_tfmot.py, another environment)."""
+    path = os.path.join(HERE, "results", "keras_tfmot.json")
+    if not os.path.exists(path):
+        return ["", "tfmot side-by-side: not run (`benchmarks/bench_keras_tfmot.py` needs tf-keras and tfmot).", ""]
+    with open(path) as stream:
+        data = json.load(stream)
+    acc, versions = data["accuracy"], data["versions"]
+    lines = ["", "## Beside TensorFlow Model Optimization (tfmot)", "",
+             f"`benchmarks/bench_keras_tfmot.py` (tf-keras {versions['tf_keras']}, tfmot {versions['tfmot']}, in an "
+             f"environment that adds those two to the project's; load average {data['load_average_1m']:.1f}): "
+             "fine-grained 50% magnitude pruning of conv1-3 and fc of the same digits CNN, "
+             f"{data['settings']['finetune_epochs']} fine-tuning epochs after {data['settings']['epochs']} float "
+             "epochs (each library trains its own float model). slimkit: `LevelPruner` + `CompressionCallback`; "
+             "tfmot: `prune_low_magnitude(ConstantSparsity(0.5, frequency=20))` + `UpdatePruningStep`, then "
+             "`strip_pruning`.", "",
+             "| library | float accuracy | pruned accuracy | sparsity of pruned layers |", "|---|---|---|---|"]
+    lines += [f"| {name} | {row['float_accuracy']:.4f} | {row['pruned_accuracy']:.4f} | {row['sparsity']:.3f} |"
+              for name, row in (("slimkit (Keras 3)", acc["slimkit"]), ("tfmot (tf-keras)", acc["tfmot"]))]
+    lines += ["", "`fit` time per step (batch 64, 21 steps an epoch; median of 6 epochs, the four models round-robin):",
+              "", "| model | CPU ms/step | wall ms/step |", "|---|---|---|"]
+    lines += [f"| {name} | {row['median_cpu_ms']:.2f} | {row['median_wall_ms']:.2f} |"
+              for name, row in data["fit_step"].items()]
+    return lines + [""]
 
 
 def main() -> None:
