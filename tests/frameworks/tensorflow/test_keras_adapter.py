@@ -163,6 +163,9 @@ def test_errors():
         LevelPruner(model, [{"sparsity": 0.5, "op_types": ["ReLU"]}])
     with pytest.raises(ConfigError, match="op_names"):
         LevelPruner(model, [{"sparsity": 0.5, "op_names": ["nope"]}])
+    assert ADAPTER.activation_axis(keras.layers.Conv2D(2, 3, data_format="channels_first")) == 1
+    assert ADAPTER.activation_axis(keras.layers.Dense(2)) == -1
+    assert ADAPTER.out_axis(keras.layers.Conv1DTranspose(2, 3)) == -2
     with pytest.raises(UnsupportedOpError, match="depth_multiplier"):
         ADAPTER.out_axis(keras.layers.DepthwiseConv2D(3, depth_multiplier=2))
     unbuilt = keras.Sequential([keras.layers.Dense(2, name="fc")])
