@@ -60,6 +60,11 @@ def test_round_trip_into_a_fresh_model(tmp_path, digits, pruned, suffix):
         assert np.all(kernel[entry["weight"] == 0] == 0)
         assert entry["weight"].mean() == pytest.approx(0.5)
     assert masks["conv1"]["bias"] is None and masks["conv3"]["bias"].shape == (32,)
+    # the mask file re-installs the same masks on a fresh model
+    again = L1FilterPruner(digits_cnn(width=16), [{"sparsity": 0.5, "op_types": ["Conv2D"]}])
+    again.load_masks(mask_path)
+    for name, entry in again.get_masks().items():
+        np.testing.assert_array_equal(np.asarray(entry["weight"]), masks[name]["weight"])
     # the compressed model is left as it was: still wrapped, raw weights unchanged
     assert wrapper_of(model.get_layer("conv1")) is not None
     assert np.any(model.get_layer("conv1").kernel.numpy()[np.asarray(masks["conv1"]["weight"]) == 0] != 0)
