@@ -52,7 +52,8 @@ class MaskWrapper(keras.layers.Layer):
         layer_name: its qualified name in the model.
 
     ``weight_mask`` (and ``bias_mask`` when the layer has a bias) start as ones.
-    ``overrides`` lets a subclass or quantizer replace any variable's value in the forward.
+    :meth:`masked_values` is the one place that decides what the layer reads in place of its
+    variables (a fake-quantizing wrapper extends it).
     """
 
     def __init__(self, layer: keras.layers.Layer, layer_name: str, **kwargs: Any):
