@@ -38,6 +38,7 @@ from slimkit.compression.config import (
     parse_config_list,
 )
 from slimkit.errors import CompressionStateError, ConfigError, SlimkitError
+from slimkit.utils import distributed
 
 
 class Layer:
@@ -173,6 +174,7 @@ class Pruner(Compressor):
         self._require_wrapped("update_masks")
         for layer in self.layers:
             self.set_mask(layer, self.calc_mask(layer, layer.config))
+        distributed.sync_masks(self)  # every rank installs rank 0's masks (no-op without a process group)
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> Any:
         """Return ``layer``'s mask: a weight-shaped 0/1 array or native tensor, or
@@ -235,6 +237,8 @@ class Pruner(Compressor):
         if onnx_path is not None and input_shape is None:
             raise ConfigError("export_model: onnx_path needs the model input shape. Expected input_shape such as "
                               "[1, 1, 28, 28]. Received: input_shape=None")
+        if not distributed.is_main_process():  # under torch.distributed only rank 0 writes
+            return
         self.adapter.save_weights(self.model, self.layers, os.fspath(model_path))
         if mask_path is not None:
             self.adapter.save_masks(self.get_masks(), os.fspath(mask_path))

@@ -1,0 +1,1 @@
+"""Analysis tools: per-layer pruning sensitivity, compression reports and file inspection."""

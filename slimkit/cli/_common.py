@@ -1,0 +1,353 @@
+"""Shared pieces of the ``slimkit`` subcommands: loading ``pkg.module:name`` objects, reading
+YAML settings with file:line errors, the pruner registry, and the model / data plumbing.
+
+Library code logs; only the CLI writes to stdout (through :func:`say`).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import inspect
+import re
+import sys
+import textwrap
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from slimkit.errors import ConfigError, SlimkitError
+from slimkit.utils.yamlfile import YamlDocument, load_yaml
+
+
+def say(*lines: str) -> None:
+    """The CLI's own output (stdout)."""
+    for line in lines:
+        print(line, file=sys.stdout)
+
+
+# --------------------------------------------------------------------------- objects by name
+
+def load_object(spec: str, what: str = "object") -> Any:
+    """Import ``pkg.module:name`` (``name`` may be dotted: ``module:Class.method``).
+
+    Raises:
+        SlimkitError: the spec is malformed, the module cannot be imported, or it has no such name.
+    """
+    module_name, sep, attr = (spec or "").partition(":")
+    if not sep or not module_name or not attr:
+        raise SlimkitError(f"Expected the {what} as 'package.module:name'. Received: {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise SlimkitError(f"Could not import module {module_name!r} for the {what} {spec!r}: {error}. "
+                           f"Check the name and that its package is on PYTHONPATH.") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            public = sorted(n for n in vars(module) if not n.startswith("_"))[:20]
+            raise SlimkitError(f"Module {module_name!r} has no attribute {attr!r} (the {what} {spec!r}). "
+                               f"Names it defines include: {public}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_model(spec: str, weights: str | None = None) -> Any:
+    """Call the factory ``spec`` (no arguments) and load ``weights`` (a state dict) into the result."""
+    factory = load_object(spec, "model factory")
+    if not callable(factory):
+        raise SlimkitError(f"Expected a callable model factory. Received: {spec!r} is a {type(factory).__name__}")
+    model = factory()
+    if weights:
+        import torch
+
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise SlimkitError(f"Expected an existing weights file. Received: --weights {weights!r}") from None
+        except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
+            raise SlimkitError(f"Could not read weights from {weights!r} (weights-only loading): {error}") from None
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise SlimkitError(f"The weights in {weights!r} do not fit the model from {spec!r}: {error}") from None
+    return model
+
+
+# --------------------------------------------------------------------------- data
+
+@dataclass
+class Data:
+    """Training and evaluation batches for fine-tuning, accuracy and latency."""
+
+    train: Callable[[int], Iterable[tuple[Any, Any]]]
+    evaluate: Callable[[], Iterable[tuple[Any, Any]]]
+
+    def example_input(self) -> Any:
+        """The first evaluation input, batch size 1."""
+        for x, _ in self.evaluate():
+            return x[:1]
+        raise SlimkitError("The data loader returned no evaluation batches.")
+
+
+def _tensor_batches(x: Any, y: Any, batch_size: int) -> Iterable[tuple[Any, Any]]:
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size], y[start:start + batch_size]
+
+
+def load_data(spec: str) -> Data:
+    """Call the data loader ``spec``; it returns ``(x_train, y_train, x_test, y_test)`` tensors or
+    ``(train_batches, eval_batches)`` iterables of ``(x, y)``."""
+    loader = load_object(spec, "data loader")
+    result = loader() if callable(loader) else loader
+    if isinstance(result, tuple) and len(result) == 4:
+        x_train, y_train, x_test, y_test = result
+        return Data(lambda bs: _tensor_batches(x_train, y_train, bs), lambda: _tensor_batches(x_test, y_test, 256))
+    if isinstance(result, tuple) and len(result) == 2:
+        train, evaluate = result
+        return Data(lambda bs: train, lambda: evaluate)
+    raise SlimkitError(f"Expected the data loader {spec!r} to return (x_train, y_train, x_test, y_test) or "
+                       f"(train_batches, eval_batches). Received: {type(result).__name__}")
+
+
+def accuracy(model: Any, data: Data) -> float:
+    """Top-1 accuracy of ``model`` on the evaluation batches."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in data.evaluate():
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            total += len(y)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+# --------------------------------------------------------------------------- YAML settings
+
+@dataclass(frozen=True)
+class Key:
+    """One top-level (or nested) key of a CLI YAML file."""
+
+    check: Callable[[Any], bool]
+    allowed: str
+    required: bool = False
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+IS_NAME = Key(lambda v: isinstance(v, str) and bool(v), "a name such as 'L1FilterPruner'", True)
+IS_MAPPING = Key(lambda v: isinstance(v, Mapping), "a mapping of keyword arguments")
+IS_LIST = Key(lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of dicts", True)
+IS_SHAPE = Key(lambda v: isinstance(v, list) and bool(v) and all(_is_int(d) and d > 0 for d in v),
+               "a list of positive integers such as [1, 1, 8, 8]")
+IS_SEED = Key(_is_int, "an integer")
+FINE_TUNE_KEYS = {
+    "epochs": Key(lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "lr": Key(lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "batch_size": Key(lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "optimizer": Key(lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"),
+}
+IS_FINE_TUNE = Key(lambda v: isinstance(v, Mapping), "a mapping with epochs, lr, batch_size, optimizer")
+
+
+def _closest(word: str, options: Iterable[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def check_keys(doc: YamlDocument, mapping: Any, keys: Mapping[str, Key], path: tuple = ()) -> dict[str, Any]:
+    """Validate ``mapping`` (at ``path`` in ``doc``) against ``keys``; errors name file, line and key."""
+    if not isinstance(mapping, Mapping):
+        raise doc.error(path, f"Expected a mapping with keys {sorted(keys)}. Received: {type(mapping).__name__}")
+    for key, value in mapping.items():
+        if key not in keys:
+            raise doc.error(path + (key,), f"unknown key.{_closest(str(key), keys)} Allowed keys: "
+                                           f"{sorted(keys)}. Received: {key}={value!r}")
+        if not keys[key].check(value):
+            raise doc.error(path + (key,), f"Expected {keys[key].allowed}. Received: {key}={value!r}")
+    for key, spec in keys.items():
+        if spec.required and key not in mapping:
+            raise doc.error(path, f"missing required key {key!r} ({spec.allowed}).")
+    return dict(mapping)
+
+
+def read_settings(path: str, keys: Mapping[str, Key]) -> tuple[YamlDocument, dict[str, Any]]:
+    """Load the YAML file ``path`` and validate its top-level keys."""
+    doc = load_yaml(path)
+    return doc, check_keys(doc, doc.data, keys)
+
+
+_CONFIG_INDEX = re.compile(r"config_list\[(\d+)\](?:\[(['\"])(.+?)\2\])?")
+_NAMED_KEY = re.compile(r"(?:unknown key|missing required key) (['\"])(.+?)\1")
+
+
+def located(doc: YamlDocument, error: ConfigError, key: str = "config_list") -> ConfigError:
+    """Re-raise a config_list :class:`ConfigError` with the file and line of the offending entry (and key)."""
+    message = str(error)
+    match = _CONFIG_INDEX.search(message)
+    if not match:
+        return ConfigError(f"{doc.where((key,))}: key {key!r}: {message}")
+    path: tuple = (key, int(match.group(1)))
+    bad_key = match.group(3)
+    if bad_key is None:
+        named = _NAMED_KEY.search(message)
+        bad_key = named.group(2) if named else None
+    if bad_key is not None and path + (bad_key,) in doc.lines:
+        path = path + (bad_key,)
+    return doc.error(path, message)
+
+
+# --------------------------------------------------------------------------- pruners
+
+def _only_raises_not_implemented(function: Any) -> bool:
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    body = [stmt for stmt in node.body if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))]
+    if len(body) != 1 or not isinstance(body[0], ast.Raise) or body[0].exc is None:
+        return False
+    exc = body[0].exc.func if isinstance(body[0].exc, ast.Call) else body[0].exc
+    return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
+
+
+def _is_abstract(cls: type) -> bool:
+    """True for bases such as ``FilterPruner``: some hook still only raises ``NotImplementedError``."""
+    return any(_only_raises_not_implemented(function) for name, function in inspect.getmembers(cls, inspect.isfunction)
+               if not name.startswith("__"))
+
+
+@functools.cache
+def _cached_abstract(cls: type) -> bool:
+    return _is_abstract(cls)
+
+
+def pruner_registry() -> dict[str, type]:
+    """Pruner classes by name, built from ``slimkit.algorithms.pruning.__all__`` (bases left out)."""
+    from slimkit.algorithms import pruning
+    from slimkit.compression import Pruner
+
+    registry = {}
+    for name in getattr(pruning, "__all__", ()):
+        obj = getattr(pruning, name, None)
+        if isinstance(obj, type) and issubclass(obj, Pruner) and not _cached_abstract(obj):
+            registry[name] = obj
+    return registry
+
+
+def lookup(registry: Mapping[str, Any], name: str, doc: YamlDocument, path: tuple, what: str) -> Any:
+    if name not in registry:
+        raise doc.error(path, f"unknown {what}.{_closest(name, registry)} Expected one of {sorted(registry)}. "
+                              f"Received: {path[-1]}={name!r}")
+    return registry[name]
+
+
+ACCEPTED, REQUIRED_ONLY = "accepted", "required"
+
+
+def build_kwargs(cls: type, given: Mapping[str, Any],
+                 available: Mapping[str, tuple[Callable[[], Any], str]]) -> dict[str, Any]:
+    """``given`` plus the ``available`` keywords ``cls.__init__`` takes and ``given`` lacks.
+
+    ``available`` maps a keyword (``optimizer``, ``dummy_input``, ``trainer``, ``criterion``) to a
+    zero-argument factory and when to supply it: :data:`ACCEPTED` whenever the constructor has the
+    parameter, :data:`REQUIRED_ONLY` only when the parameter has no default (constructors may reject an
+    optional object their configuration does not use).
+
+    Example:
+
+    >>> class Algo:
+    ...     def __init__(self, model, config_list, *, optimizer=None, trainer, criterion=None): ...
+    >>> sorted(build_kwargs(Algo, {'x': 1}, {'optimizer': (lambda: 'opt', ACCEPTED),
+    ...     'trainer': (lambda: 'fit', REQUIRED_ONLY), 'criterion': (lambda: 'ce', REQUIRED_ONLY)}).items())
+    [('optimizer', 'opt'), ('trainer', 'fit'), ('x', 1)]
+    """
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = dict(given)
+    for name, (make, when) in available.items():
+        if name not in params or name in kwargs:
+            continue
+        if when == REQUIRED_ONLY and params[name].default is not inspect.Parameter.empty:
+            continue
+        value = make()
+        if value is not None:
+            kwargs[name] = value
+    return kwargs
+
+
+def construct(cls: type, model: Any, config_list: list, kwargs: Mapping[str, Any], doc: YamlDocument,
+              config_key: str = "config_list", arguments_key: str = "arguments") -> Any:
+    """``cls(model, config_list, **kwargs)`` with YAML-located errors."""
+    try:
+        return cls(model, config_list, **kwargs)
+    except ConfigError as error:
+        raise located(doc, error, config_key) from None
+    except TypeError as error:
+        if "argument" not in str(error):
+            raise
+        raise doc.error((arguments_key,), f"{cls.__name__} does not accept these arguments: {error}") from None
+
+
+# --------------------------------------------------------------------------- optional components
+
+def require(module_name: str, attr: str, component: str) -> Any:
+    """Import ``module_name.attr`` lazily; a missing component raises a clear :class:`SlimkitError`.
+
+    Example:
+
+    >>> require('slimkit.no_such_module', 'Thing', 'the thing component')
+    Traceback (most recent call last):
+    ...
+    slimkit.errors.SlimkitError: the thing component is not available in this slimkit installation: \
+slimkit.no_such_module.Thing could not be imported (No module named 'slimkit.no_such_module'). ...
+    """
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as error:
+        if isinstance(error, ImportError) and error.name and not (module_name + ".").startswith(error.name + "."):
+            raise  # a dependency of an installed component is broken: show the real error
+        reason = str(error) if isinstance(error, ImportError) else f"{module_name} has no {attr!r}"
+        import slimkit
+
+        raise SlimkitError(f"{component} is not available in this slimkit installation: {module_name}.{attr} "
+                           f"could not be imported ({reason}). Expected slimkit with {module_name} installed "
+                           f"(installed version: {slimkit.__version__}); update slimkit.") from None
+
+
+def registry_of(module_name: str, base_module: str, base_name: str, component: str) -> dict[str, type]:
+    """Classes in ``module_name.__all__`` that subclass ``base_module.base_name`` (empty module: error)."""
+    base = require(base_module, base_name, component)
+    module = importlib.import_module(module_name)
+    registry = {name: getattr(module, name) for name in getattr(module, "__all__", ())
+                if isinstance(getattr(module, name, None), type) and issubclass(getattr(module, name), base)}
+    if not registry:
+        raise SlimkitError(f"{component} is not available in this slimkit installation: {module_name} defines no "
+                           f"{base_name} classes. Expected slimkit with its {component} installed; update slimkit.")
+    return registry
+
+
+def parse_shape(text: str) -> list[int]:
+    """``'1,1,8,8'`` -> ``[1, 1, 8, 8]``."""
+    try:
+        shape = [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
+    except ValueError:
+        shape = []
+    if not shape or any(d <= 0 for d in shape):
+        raise SlimkitError(f"Expected an input shape such as 1,1,8,8. Received: --input-shape {text!r}")
+    return shape

@@ -1,0 +1,42 @@
+"""``slimkit convert``: write a PyTorch model as a TFLite flatbuffer with slimkit's converter."""
+
+from __future__ import annotations
+
+import argparse
+
+from slimkit.cli import _common as common
+
+HELP = "convert a PyTorch model to a .tflite file (TFLiteConverter)"
+COMPONENT = "the TFLite converter component (slimkit.converter.TFLiteConverter)"
+EXAMPLE = """\
+example:
+  slimkit convert --model tests.cli.factories:digits_model --weights out/model.pth \\
+                  --input-shape 1,1,8,8 --out out/model.tflite
+  slimkit inspect out/model.tflite
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model factory as package.module:function")
+    parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+    parser.add_argument("--masks", help="mask file: shrink channels with ModelSpeedup before converting")
+    parser.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,1,8,8")
+    parser.add_argument("--out", required=True, help="the .tflite file to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    converter = common.require("slimkit.converter", "TFLiteConverter", COMPONENT)
+    shape = common.parse_shape(args.input_shape)
+    model = common.load_model(args.model, args.weights).eval()
+    example = torch.randn(*shape)
+    if args.masks:
+        from slimkit.cli.speedup import COMPONENT as SPEEDUP
+        from slimkit.masks import load_masks
+
+        model_speedup = common.require("slimkit.speedup", "ModelSpeedup", SPEEDUP)
+        model_speedup(model, example, load_masks(args.masks)).speedup_model()
+    converter(model, example, args.out).convert()
+    common.say(f"wrote {args.out}")
+    return 0

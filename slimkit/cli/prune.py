@@ -1,0 +1,98 @@
+"""``slimkit prune``: prune a model from a YAML file, optionally fine-tune, write model / masks / report."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+from slimkit.cli import _common as common
+from slimkit.cli._session import Session
+
+HELP = "prune a model with a pruner and config_list from a YAML file"
+EXAMPLE = """\
+example:
+  slimkit prune --config prune.yaml --model tests.cli.factories:digits_model \\
+                --data tests.cli.factories:digits_data --out out/
+
+prune.yaml:
+  algorithm: L1FilterPruner        # any class in slimkit.algorithms.pruning
+  arguments: {}                    # its keyword arguments (optional)
+  config_list:
+    - sparsity: 0.5
+      op_types: [Conv2d]
+    - exclude: true
+      op_names: [conv1]
+  fine_tune: {epochs: 2, lr: 0.001, batch_size: 64, optimizer: adam}   # optional, needs --data
+  input_shape: [1, 1, 8, 8]        # optional: latency in report.md (else taken from --data)
+
+writes out/model.pth (masks baked in; loads into the original class), out/mask.pth, out/report.md
+"""
+
+KEYS = {
+    "algorithm": common.IS_NAME,
+    "arguments": common.IS_MAPPING,
+    "config_list": common.IS_LIST,
+    "fine_tune": common.IS_FINE_TUNE,
+    "input_shape": common.IS_SHAPE,
+    "seed": common.IS_SEED,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML file: algorithm, arguments, config_list, fine_tune")
+    parser.add_argument("--model", required=True, help="model factory as package.module:function")
+    parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+    parser.add_argument("--data", help="data loader as package.module:function (fine-tuning, accuracy)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import copy
+
+    import torch
+
+    from slimkit.analysis.report import layer_sparsity, measure, render_report, write_report
+    from slimkit.errors import ConfigError
+
+    session = Session(args, KEYS, common.pruner_registry(), "pruner")
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    before_metric = common.accuracy(session.model, session.data) if session.data else None
+    before = measure(copy.deepcopy(session.model), example=session.example, metric=before_metric)
+    pruner = session.build()
+    try:
+        model = pruner.compress()
+    except ConfigError as error:
+        raise common.located(session.doc, error) from None
+    notes = [f"algorithm: {session.cls.__name__}", f"config: {os.path.abspath(args.config)}",
+             f"model: {args.model}" + (f" (weights {args.weights})" if args.weights else "")]
+    if "fine_tune" in session.settings:
+        optimizer = session.make_optimizer()
+        criterion = torch.nn.functional.cross_entropy
+        for epoch in range(session.fine_tune["epochs"]):
+            pruner.update_epoch(epoch)
+            session.train_epoch(model, optimizer, criterion, epoch, pruner)
+        notes.append("fine-tuned: " + ", ".join(f"{k}={v}" for k, v in session.fine_tune.items()))
+    model_path, mask_path = os.path.join(out, "model.pth"), os.path.join(out, "mask.pth")
+    pruner.export_model(model_path=model_path, mask_path=mask_path)
+    masks = pruner.get_masks()
+    fresh = common.load_model(args.model, model_path)
+    after_metric = common.accuracy(fresh, session.data) if session.data else None
+    after = measure(fresh, example=session.example, metric=after_metric)
+    if session.example is None:
+        notes.append("latency not measured: give input_shape in the YAML or --data")
+    notes.append("masked weights are zeros in a dense model: run `slimkit speedup` to shrink channels")
+    layers = layer_sparsity(masks)
+    report_path = os.path.join(out, "report.md")
+    write_report(report_path, render_report(args.model, before, after, layers, notes))
+    total = sum(math.prod(shape) * s for shape, s in layers.values())
+    size = sum(math.prod(shape) for shape, _ in layers.values())
+    common.say(f"pruned {len(layers)} layers with {session.cls.__name__}: {total / max(size, 1):.1%} of their "
+               f"weights removed; non-zero parameters {before.nonzero:,} -> {after.nonzero:,}")
+    if after_metric is not None:
+        common.say(f"accuracy {before_metric:.4f} -> {after_metric:.4f}")
+    common.say(f"wrote {model_path}", f"wrote {mask_path}", f"wrote {report_path}")
+    return 0
+

@@ -1,0 +1,121 @@
+"""``slimkit quantize``: quantize a model from a YAML file (QAT fine-tuning or post-training calibration)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+from typing import Any
+
+from slimkit.cli import _common as common
+from slimkit.cli._session import Session
+
+HELP = "quantize a model with a quantizer and config_list from a YAML file"
+COMPONENT = "the quantization component (slimkit.algorithms.quantization)"
+EXAMPLE = """\
+example:
+  slimkit quantize --config qat.yaml --model tests.cli.factories:digits_model \\
+                   --data tests.cli.factories:digits_data --out out/
+
+qat.yaml:
+  algorithm: QATQuantizer          # any class in slimkit.algorithms.quantization
+  arguments: {}
+  config_list:
+    - quant_types: [weight, output]
+      quant_bits: {weight: 8, output: 8}
+      op_types: [Conv2d, Linear]
+  fine_tune: {epochs: 1, lr: 0.0001}   # QAT: train with fake-quant (needs --data)
+  calibration: {batches: 8}            # PostTrainingQuantizer: calibrate on this many batches
+  input_shape: [1, 1, 8, 8]
+
+writes out/model.pth (float weights), out/calibration.pth (scales, zero points, bits per layer),
+out/report.md and, with --tflite, out/model.tflite
+"""
+
+KEYS = {
+    "algorithm": common.IS_NAME,
+    "arguments": common.IS_MAPPING,
+    "config_list": common.IS_LIST,
+    "fine_tune": common.IS_FINE_TUNE,
+    "calibration": common.Key(lambda v: isinstance(v, dict), "a mapping such as {batches: 8}"),
+    "input_shape": common.IS_SHAPE,
+    "seed": common.IS_SEED,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML file: algorithm, arguments, config_list, ...")
+    parser.add_argument("--model", required=True, help="model factory as package.module:function")
+    parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+    parser.add_argument("--data", help="data loader as package.module:function (QAT, calibration, accuracy)")
+    parser.add_argument("--tflite", action="store_true", help="also write out/model.tflite with TFLiteConverter")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+
+
+def quantizer_registry() -> dict[str, type]:
+    return common.registry_of("slimkit.algorithms.quantization", "slimkit.compression", "Quantizer", COMPONENT)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from slimkit.analysis.report import measure, render_report, write_report
+    from slimkit.utils.progress import progress
+
+    registry = quantizer_registry()  # fails clearly before anything else while the component is absent
+    session = Session(args, KEYS, registry, "quantizer", lr=1e-4, data_keys=("fine_tune", "calibration"),
+                      dummy_input_always=True)
+    settings, cls = session.settings, session.cls
+    os.makedirs(args.out, exist_ok=True)
+    before_metric = common.accuracy(session.model, session.data) if session.data else None
+    before = measure(copy.deepcopy(session.model), example=session.example, metric=before_metric)
+    quantizer: Any = session.build()
+    model = quantizer.compress()
+    if "calibration" in settings and hasattr(quantizer, "calibrate"):
+        count = int(settings["calibration"].get("batches", 8))
+        batches = [x for (x, _), _ in zip(session.data.train(session.fine_tune["batch_size"]), range(count))]
+        quantizer.calibrate(progress(batches, desc="calibrate", quiet=args.quiet))
+    if "fine_tune" in settings:
+        optimizer = session.make_optimizer()
+        for epoch in range(session.fine_tune["epochs"]):
+            quantizer.update_epoch(epoch)
+            session.train_epoch(model, optimizer, torch.nn.functional.cross_entropy, epoch, quantizer)
+    model_path, calibration_path = os.path.join(args.out, "model.pth"), os.path.join(args.out, "calibration.pth")
+    calibration = quantizer.export_model(model_path=model_path, calibration_path=calibration_path) or {}
+    after_metric = common.accuracy(model, session.data) if session.data else None
+    after = measure(model, example=session.example, metric=after_metric)
+    written = [model_path, calibration_path]
+    notes = [f"algorithm: {cls.__name__}", "after: the model with fake quantization (float kernels)"]
+    if args.tflite:
+        converter = common.require("slimkit.converter", "TFLiteConverter",
+                                   "the TFLite converter component (slimkit.converter.TFLiteConverter)")
+        written.append(os.path.join(args.out, "model.tflite"))
+        converter(model, session.example, written[-1]).convert()
+        notes.append(f"model.tflite: {os.path.getsize(written[-1]):,} bytes")
+    report_path = os.path.join(args.out, "report.md")
+    write_report(report_path, render_report(args.model, before, after, notes=notes,
+                                            layer_table=quantization_table(calibration)))
+    common.say(f"quantized {len(calibration)} layers with {cls.__name__}", *[f"wrote {p}" for p in written],
+               f"wrote {report_path}")
+    return 0
+
+
+def _summary(value: Any) -> str:
+    import numpy as np
+
+    if value is None:
+        return "-"
+    array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value).reshape(-1)
+    if array.size == 1:
+        return f"{array[0]:.6g}"
+    return f"{array.size} values, {array.min():.4g}..{array.max():.4g}"
+
+
+def quantization_table(calibration: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Report rows: bits, scales and zero points per layer (per-channel scales summarised)."""
+    header = ["layer", "weight bits", "weight scale", "output bits", "output scale", "output zero point"]
+    rows = [[name, str(entry.get("weight_bits", "-")), _summary(entry.get("weight_scale")),
+             str(entry.get("output_bits", "-")), _summary(entry.get("output_scale")),
+             _summary(entry.get("output_zero_point"))] for name, entry in calibration.items()]
+    return header, rows

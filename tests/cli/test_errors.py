@@ -1,0 +1,199 @@
+"""CLI errors: YAML problems name the file, line and key; missing objects and components say what to do."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import textwrap
+
+import pytest
+
+from slimkit.cli import COMMANDS, main
+
+MODEL = "tests.cli.factories:digits_model"
+
+
+def run_error(tmp_path, capsys, text, *extra):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(textwrap.dedent(text))
+    status = main(["prune", "--config", str(path), "--model", MODEL, "--out", str(tmp_path / "out"), *extra])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"slimkit prune: error: {path}:")
+    return error.removeprefix(f"slimkit prune: error: {path}:").strip()
+
+
+def test_config_list_value_error_names_line_and_key(tmp_path, capsys):
+    message = run_error(tmp_path, capsys, """\
+        algorithm: L1FilterPruner
+        config_list:
+          - sparsity: 0.5
+            op_types: [Conv2d]
+          - op_names: [fc]
+            sparsity: 1.5
+        """)
+    assert message.startswith("6: key 'sparsity' (at config_list[1].sparsity): L1FilterPruner: "
+                              "config_list[1]['sparsity'] is invalid. Expected a number in [0, 1). "
+                              "Received: sparsity=1.5")
+
+
+def test_unknown_config_list_key_names_its_line(tmp_path, capsys):
+    message = run_error(tmp_path, capsys, """\
+        algorithm: LevelPruner
+        config_list:
+          - op_types: [Conv2d]
+            sparsty: 0.5
+        """)
+    assert message.startswith("4: key 'sparsty' (at config_list[0].sparsty): LevelPruner: config_list[0] has "
+                              "unknown key 'sparsty'. Did you mean 'sparsity'?")
+
+
+def test_op_name_matching_no_layer_names_its_line(tmp_path, capsys):
+    message = run_error(tmp_path, capsys, """\
+        algorithm: LevelPruner
+        config_list:
+          - sparsity: 0.5
+            op_types: [Conv2d]
+
+          - sparsity: 0.5
+            op_names: [conv9]
+        """)
+    assert message.startswith("7: key 'op_names' (at config_list[1].op_names): LevelPruner: config_list[1]"
+                              "['op_names'] names a layer the model does not have.")
+
+
+def test_missing_required_key_names_the_entry(tmp_path, capsys):
+    message = run_error(tmp_path, capsys, """\
+        algorithm: LevelPruner
+        config_list:
+          - op_types: [Conv2d]
+        """)
+    assert message.startswith("3: config_list[0]: LevelPruner: config_list[0] is missing required key 'sparsity'")
+
+
+def test_unknown_top_level_key(tmp_path, capsys):
+    message = run_error(tmp_path, capsys, """\
+        algoritm: LevelPruner
+        config_list: [{sparsity: 0.5, op_types: [Conv2d]}]
+        """)
+    assert message.startswith("1: key 'algoritm': unknown key. Did you mean 'algorithm'?")
+
+
+def test_unknown_algorithm_lists_the_registry(tmp_path, capsys):
+    message = run_error(tmp_path, capsys, """\
+
+        algorithm: L1FilterPrunr
+        config_list: [{sparsity: 0.5, op_types: [Conv2d]}]
+        """)
+    assert message.startswith("2: key 'algorithm': unknown pruner. Did you mean 'L1FilterPruner'? Expected one of [")
+    assert "'LevelPruner'" in message and "'FilterPruner'" not in message  # abstract bases are not offered
+
+
+def test_nested_fine_tune_key(tmp_path, capsys):
+    message = run_error(tmp_path, capsys, """\
+        algorithm: LevelPruner
+        config_list: [{sparsity: 0.5, op_types: [Conv2d]}]
+        fine_tune:
+          lr: 0.01
+          epochs: -1
+        """, "--data", "tests.cli.factories:digits_data")
+    assert message == "5: key 'epochs' (at fine_tune.epochs): Expected an integer >= 0. Received: epochs=-1"
+
+
+def test_bad_argument_names_arguments_key(tmp_path, capsys):
+    message = run_error(tmp_path, capsys, """\
+        algorithm: LevelPruner
+        arguments:
+          no_such_option: 1
+        config_list: [{sparsity: 0.5, op_types: [Conv2d]}]
+        """)
+    assert message.startswith("2: key 'arguments': LevelPruner does not accept these arguments:")
+
+
+def test_invalid_yaml_and_duplicate_keys(tmp_path, capsys):
+    assert run_error(tmp_path, capsys, "algorithm: LevelPruner\nconfig_list: [\n  {sparsity: 0.5\n"
+                     ).startswith("4: invalid YAML:")
+    assert run_error(tmp_path, capsys, "algorithm: A\nconfig_list: []\nalgorithm: B\n") == (
+        "3: key 'algorithm' appears twice in the same mapping (first on line 1). Expected each key once.")
+
+
+def test_missing_factory_and_bad_spec(tmp_path, capsys):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("algorithm: LevelPruner\nconfig_list: [{sparsity: 0.5, op_types: [Conv2d]}]\n")
+    for model, expected in [
+        ("tests.cli.factories:nope", "Module 'tests.cli.factories' has no attribute 'nope'"),
+        ("no_such_pkg.models:build", "Could not import module 'no_such_pkg.models'"),
+        ("tests.cli.factories", "Expected the model factory as 'package.module:name'. Received: 'tests.cli.factories'"),
+        ("tests.cli.factories:NOT_CALLABLE", "Expected a callable model factory."),
+    ]:
+        assert main(["prune", "--config", str(path), "--model", model, "--out", str(tmp_path)]) == 2
+        assert expected in capsys.readouterr().err
+
+
+def _component_missing(module: str, attr: str) -> bool:
+    if importlib.util.find_spec(module) is None:
+        return True
+    return not getattr(importlib.import_module(module), attr, None)
+
+
+@pytest.mark.skipif(not _component_missing("slimkit.speedup", "ModelSpeedup"), reason="speedup is installed")
+def test_speedup_says_component_is_not_available(tmp_path, capsys):
+    status = main(["speedup", "--model", MODEL, "--masks", str(tmp_path / "m.pth"), "--input-shape", "1,1,8,8",
+                   "--out", str(tmp_path)])
+    assert status == 2
+    assert capsys.readouterr().err.startswith(
+        "slimkit speedup: error: the speedup component (slimkit.speedup.ModelSpeedup) is not available in this "
+        "slimkit installation: slimkit.speedup.ModelSpeedup could not be imported")
+
+
+@pytest.mark.skipif(not _component_missing("slimkit.converter", "TFLiteConverter"), reason="converter is installed")
+def test_convert_says_component_is_not_available(tmp_path, capsys):
+    status = main(["convert", "--model", MODEL, "--input-shape", "1,1,8,8", "--out", str(tmp_path / "m.tflite")])
+    assert status == 2
+    assert capsys.readouterr().err.startswith(
+        "slimkit convert: error: the TFLite converter component (slimkit.converter.TFLiteConverter) is not "
+        "available in this slimkit installation")
+
+
+@pytest.mark.skipif(not _component_missing("slimkit.compression", "Quantizer"), reason="quantizers are installed")
+def test_quantize_says_component_is_not_available(tmp_path, capsys):
+    status = main(["quantize", "--config", str(tmp_path / "q.yaml"), "--model", MODEL, "--out", str(tmp_path)])
+    assert status == 2
+    assert capsys.readouterr().err.startswith(
+        "slimkit quantize: error: the quantization component (slimkit.algorithms.quantization) is not available "
+        "in this slimkit installation")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_subcommand_has_help_with_an_example(command, capsys):
+    argv = ["config", "generate", "--help"] if command == "config" else [command, "--help"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out and "slimkit " in out.split("example", 1)[1]
+
+
+def test_fine_tune_without_data(tmp_path, capsys):
+    message = run_error(tmp_path, capsys, """\
+        algorithm: LevelPruner
+        config_list: [{sparsity: 0.5, op_types: [Conv2d]}]
+        fine_tune: {epochs: 1}
+        """)
+    assert message == ("3: key 'fine_tune': needs data. Expected --data package.module:loader. "
+                       "Received: no --data")
+
+
+def test_weights_that_do_not_fit(tmp_path, capsys):
+    import torch
+
+    weights = tmp_path / "w.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, weights)
+    path = tmp_path / "cfg.yaml"
+    path.write_text("algorithm: LevelPruner\nconfig_list: [{sparsity: 0.5, op_types: [Conv2d]}]\n")
+    assert main(["prune", "--config", str(path), "--model", MODEL, "--weights", str(weights),
+                 "--out", str(tmp_path)]) == 2
+    assert f"The weights in {str(weights)!r} do not fit the model from {MODEL!r}" in capsys.readouterr().err
+    assert main(["prune", "--config", str(path), "--model", MODEL, "--weights", str(tmp_path / "none.pth"),
+                 "--out", str(tmp_path)]) == 2
+    assert "Expected an existing weights file." in capsys.readouterr().err
