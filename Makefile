@@ -29,6 +29,8 @@ docs: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/prune_digits.py
+	$(PY) examples/speedup_digits.py
+	$(PY) examples/quantize_digits.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

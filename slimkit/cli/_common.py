@@ -303,43 +303,10 @@ def construct(cls: type, model: Any, config_list: list, kwargs: Mapping[str, Any
         raise doc.error((arguments_key,), f"{cls.__name__} does not accept these arguments: {error}") from None
 
 
-# --------------------------------------------------------------------------- optional components
-
-def require(module_name: str, attr: str, component: str) -> Any:
-    """Import ``module_name.attr`` lazily; a missing component raises a clear :class:`SlimkitError`.
-
-    Example:
-
-    >>> require('slimkit.no_such_module', 'Thing', 'the thing component')
-    Traceback (most recent call last):
-    ...
-    slimkit.errors.SlimkitError: the thing component is not available in this slimkit installation: \
-slimkit.no_such_module.Thing could not be imported (No module named 'slimkit.no_such_module'). ...
-    """
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError) as error:
-        if isinstance(error, ImportError) and error.name and not (module_name + ".").startswith(error.name + "."):
-            raise  # a dependency of an installed component is broken: show the real error
-        reason = str(error) if isinstance(error, ImportError) else f"{module_name} has no {attr!r}"
-        import slimkit
-
-        raise SlimkitError(f"{component} is not available in this slimkit installation: {module_name}.{attr} "
-                           f"could not be imported ({reason}). Expected slimkit with {module_name} installed "
-                           f"(installed version: {slimkit.__version__}); update slimkit.") from None
-
-
-def registry_of(module_name: str, base_module: str, base_name: str, component: str) -> dict[str, type]:
-    """Classes in ``module_name.__all__`` that subclass ``base_module.base_name`` (empty module: error)."""
-    base = require(base_module, base_name, component)
-    module = importlib.import_module(module_name)
-    registry = {name: getattr(module, name) for name in getattr(module, "__all__", ())
-                if isinstance(getattr(module, name, None), type) and issubclass(getattr(module, name), base)}
-    if not registry:
-        raise SlimkitError(f"{component} is not available in this slimkit installation: {module_name} defines no "
-                           f"{base_name} classes. Expected slimkit with its {component} installed; update slimkit.")
-    return registry
+def registry_of(module: Any, base: type) -> dict[str, type]:
+    """Classes named in ``module.__all__`` that subclass ``base``, by name."""
+    return {name: getattr(module, name) for name in getattr(module, "__all__", ())
+            if isinstance(getattr(module, name, None), type) and issubclass(getattr(module, name), base)}
 
 
 def parse_shape(text: str) -> list[int]:

@@ -7,7 +7,6 @@ import argparse
 from slimkit.cli import _common as common
 
 HELP = "convert a PyTorch model to a .tflite file (TFLiteConverter)"
-COMPONENT = "the TFLite converter component (slimkit.converter.TFLiteConverter)"
 EXAMPLE = """\
 example:
   slimkit convert --model tests.cli.factories:digits_model --weights out/model.pth \\
@@ -27,16 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    converter = common.require("slimkit.converter", "TFLiteConverter", COMPONENT)
+    from slimkit.converter import TFLiteConverter
+
     shape = common.parse_shape(args.input_shape)
     model = common.load_model(args.model, args.weights).eval()
     example = torch.randn(*shape)
     if args.masks:
-        from slimkit.cli.speedup import COMPONENT as SPEEDUP
         from slimkit.masks import load_masks
+        from slimkit.speedup import ModelSpeedup
 
-        model_speedup = common.require("slimkit.speedup", "ModelSpeedup", SPEEDUP)
-        model_speedup(model, example, load_masks(args.masks)).speedup_model()
-    converter(model, example, args.out).convert()
+        ModelSpeedup(model, example, load_masks(args.masks)).speedup_model()
+    TFLiteConverter(model, example, args.out).convert()
     common.say(f"wrote {args.out}")
     return 0

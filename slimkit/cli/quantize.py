@@ -11,7 +11,6 @@ from slimkit.cli import _common as common
 from slimkit.cli._session import Session
 
 HELP = "quantize a model with a quantizer and config_list from a YAML file"
-COMPONENT = "the quantization component (slimkit.algorithms.quantization)"
 EXAMPLE = """\
 example:
   slimkit quantize --config qat.yaml --model tests.cli.factories:digits_model \\
@@ -54,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def quantizer_registry() -> dict[str, type]:
-    return common.registry_of("slimkit.algorithms.quantization", "slimkit.compression", "Quantizer", COMPONENT)
+    from slimkit.algorithms import quantization
+    from slimkit.compression import Quantizer
+
+    return common.registry_of(quantization, Quantizer)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
     written = [model_path, calibration_path]
     notes = [f"algorithm: {cls.__name__}", "after: the model with fake quantization (float kernels)"]
     if args.tflite:
-        converter = common.require("slimkit.converter", "TFLiteConverter",
-                                   "the TFLite converter component (slimkit.converter.TFLiteConverter)")
+        from slimkit.converter import TFLiteConverter
+
         written.append(os.path.join(args.out, "model.tflite"))
-        converter(model, session.example, written[-1]).convert()
+        TFLiteConverter(model, session.example, written[-1]).convert()
         notes.append(f"model.tflite: {os.path.getsize(written[-1]):,} bytes")
     report_path = os.path.join(args.out, "report.md")
     write_report(report_path, render_report(args.model, before, after, notes=notes,

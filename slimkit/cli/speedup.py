@@ -9,7 +9,6 @@ import os
 from slimkit.cli import _common as common
 
 HELP = "shrink a pruned PyTorch model's channels with ModelSpeedup"
-COMPONENT = "the speedup component (slimkit.speedup.ModelSpeedup)"
 EXAMPLE = """\
 example:
   slimkit prune --config prune.yaml --model tests.cli.factories:digits_model --out out/
@@ -37,16 +36,16 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.analysis.report import layer_sparsity, measure, render_report, write_report
     from slimkit.frameworks.torch.onnx_export import export_onnx
     from slimkit.masks import load_masks
+    from slimkit.speedup import ModelSpeedup
     from slimkit.utils.files import atomic_path
 
-    model_speedup = common.require("slimkit.speedup", "ModelSpeedup", COMPONENT)
     shape = common.parse_shape(args.input_shape)
     model = common.load_model(args.model, args.weights)
     masks = load_masks(args.masks)
     example = torch.randn(*shape)
     before = measure(copy.deepcopy(model), example=example)
     model.eval()
-    model_speedup(model, example, masks).speedup_model()
+    ModelSpeedup(model, example, masks).speedup_model()
     after = measure(model, example=example)
     os.makedirs(args.out, exist_ok=True)
     state_path = os.path.join(args.out, "model_speedup.pth")

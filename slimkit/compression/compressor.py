@@ -193,7 +193,9 @@ class Pruner(Compressor):
         self.adapter.set_masks(layer, weight_mask, bias_mask)
 
     def _checked(self, layer: Layer, kind: str, mask: Any) -> np.ndarray:
-        target = layer.weight if kind == "weight" else layer.bias
+        # only the shape is needed: read the raw parameter instead of building a masked copy per layer
+        read = self.adapter.weight if kind == "weight" else self.adapter.bias
+        target = read(layer, masked=False)
         if mask is None or target is None:
             raise SlimkitError(f"{type(self).__name__}: layer {layer.name!r} has no {kind} mask target. "
                                f"Received: {kind} mask={mask!r}")
@@ -202,7 +204,7 @@ class Pruner(Compressor):
         if array.shape != expected:
             raise SlimkitError(f"{type(self).__name__}: the {kind} mask of layer {layer.name!r} has the wrong "
                                f"shape. Expected {expected}. Received: shape={array.shape}")
-        if not np.isin(array, (0.0, 1.0)).all():
+        if not ((array == 0) | (array == 1)).all():
             raise SlimkitError(f"{type(self).__name__}: the {kind} mask of layer {layer.name!r} must hold only "
                                f"0 and 1. Received: values {np.unique(array)[:5].tolist()}")
         return array

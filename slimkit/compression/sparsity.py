@@ -35,15 +35,25 @@ def smallest_indices(scores: np.ndarray, count: int) -> np.ndarray:
     return np.argsort(flat, kind="stable")[:count]
 
 
-def magnitude_mask(weight: np.ndarray, sparsity: float) -> np.ndarray:
-    """0/1 mask removing the ``prune_count(sparsity, weight.size)`` smallest ``|weight|``."""
+def magnitude_mask(weight: np.ndarray, sparsity: float, pruned: np.ndarray | None = None) -> np.ndarray:
+    """0/1 mask removing the ``prune_count(sparsity, weight.size)`` smallest ``|weight|``.
+
+    ``pruned`` (a boolean array of ``weight``'s shape) marks weights already pruned: they are
+    removed first, so masks only ever grow sparser (as long as the sparsity does not fall).
+    """
+    scores = np.abs(weight).astype(np.float64)
+    if pruned is not None:
+        scores[pruned] = -np.inf
     mask = np.ones(weight.size, dtype=np.float32)
-    mask[smallest_indices(np.abs(weight), prune_count(sparsity, weight.size))] = 0.0
+    mask[smallest_indices(scores, prune_count(sparsity, weight.size))] = 0.0
     return mask.reshape(weight.shape)
 
 
 def channel_keep(importance: np.ndarray, sparsity: float) -> np.ndarray:
-    """Boolean keep-vector over channels: the least important ``prune_count`` channels are dropped."""
+    """Boolean keep-vector over channels: the least important ``prune_count`` channels are dropped.
+
+    Channels scored ``-inf`` (already pruned) go first.
+    """
     keep = np.ones(len(importance), dtype=bool)
     keep[smallest_indices(importance, prune_count(sparsity, len(importance)))] = False
     return keep

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import textwrap
 
-import pytest
-
-from slimkit.cli import COMMANDS, main
+from slimkit.cli import main
 
 MODEL = "tests.cli.factories:digits_model"
 
@@ -128,72 +124,3 @@ def test_missing_factory_and_bad_spec(tmp_path, capsys):
     ]:
         assert main(["prune", "--config", str(path), "--model", model, "--out", str(tmp_path)]) == 2
         assert expected in capsys.readouterr().err
-
-
-def _component_missing(module: str, attr: str) -> bool:
-    if importlib.util.find_spec(module) is None:
-        return True
-    return not getattr(importlib.import_module(module), attr, None)
-
-
-@pytest.mark.skipif(not _component_missing("slimkit.speedup", "ModelSpeedup"), reason="speedup is installed")
-def test_speedup_says_component_is_not_available(tmp_path, capsys):
-    status = main(["speedup", "--model", MODEL, "--masks", str(tmp_path / "m.pth"), "--input-shape", "1,1,8,8",
-                   "--out", str(tmp_path)])
-    assert status == 2
-    assert capsys.readouterr().err.startswith(
-        "slimkit speedup: error: the speedup component (slimkit.speedup.ModelSpeedup) is not available in this "
-        "slimkit installation: slimkit.speedup.ModelSpeedup could not be imported")
-
-
-@pytest.mark.skipif(not _component_missing("slimkit.converter", "TFLiteConverter"), reason="converter is installed")
-def test_convert_says_component_is_not_available(tmp_path, capsys):
-    status = main(["convert", "--model", MODEL, "--input-shape", "1,1,8,8", "--out", str(tmp_path / "m.tflite")])
-    assert status == 2
-    assert capsys.readouterr().err.startswith(
-        "slimkit convert: error: the TFLite converter component (slimkit.converter.TFLiteConverter) is not "
-        "available in this slimkit installation")
-
-
-@pytest.mark.skipif(not _component_missing("slimkit.compression", "Quantizer"), reason="quantizers are installed")
-def test_quantize_says_component_is_not_available(tmp_path, capsys):
-    status = main(["quantize", "--config", str(tmp_path / "q.yaml"), "--model", MODEL, "--out", str(tmp_path)])
-    assert status == 2
-    assert capsys.readouterr().err.startswith(
-        "slimkit quantize: error: the quantization component (slimkit.algorithms.quantization) is not available "
-        "in this slimkit installation")
-
-
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_every_subcommand_has_help_with_an_example(command, capsys):
-    argv = ["config", "generate", "--help"] if command == "config" else [command, "--help"]
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert "example" in out and "slimkit " in out.split("example", 1)[1]
-
-
-def test_fine_tune_without_data(tmp_path, capsys):
-    message = run_error(tmp_path, capsys, """\
-        algorithm: LevelPruner
-        config_list: [{sparsity: 0.5, op_types: [Conv2d]}]
-        fine_tune: {epochs: 1}
-        """)
-    assert message == ("3: key 'fine_tune': needs data. Expected --data package.module:loader. "
-                       "Received: no --data")
-
-
-def test_weights_that_do_not_fit(tmp_path, capsys):
-    import torch
-
-    weights = tmp_path / "w.pth"
-    torch.save({"fc.weight": torch.zeros(3, 3)}, weights)
-    path = tmp_path / "cfg.yaml"
-    path.write_text("algorithm: LevelPruner\nconfig_list: [{sparsity: 0.5, op_types: [Conv2d]}]\n")
-    assert main(["prune", "--config", str(path), "--model", MODEL, "--weights", str(weights),
-                 "--out", str(tmp_path)]) == 2
-    assert f"The weights in {str(weights)!r} do not fit the model from {MODEL!r}" in capsys.readouterr().err
-    assert main(["prune", "--config", str(path), "--model", MODEL, "--weights", str(tmp_path / "none.pth"),
-                 "--out", str(tmp_path)]) == 2
-    assert "Expected an existing weights file." in capsys.readouterr().err

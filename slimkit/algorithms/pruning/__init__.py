@@ -1,7 +1,37 @@
-"""Pruners. Every class prunes a PyTorch or a Keras model; the framework is chosen from the model."""
+"""Pruners. Every class prunes a PyTorch or a Keras model; the framework is chosen from the model.
 
+Each pruner registers itself under a short name (:mod:`slimkit.algorithms.pruning.registry`):
+``'level'``, ``'l1'``, ``'l2'``, ``'fpgm'``, ``'apoz'``, ``'mean_activation'``, ``'slim'``,
+``'agp'``, ``'lottery'``.
+"""
+
+from slimkit.algorithms.pruning.activation import (
+    ActivationAPoZRankFilterPruner,
+    ActivationMeanRankFilterPruner,
+    ActivationRankFilterPruner,
+)
+from slimkit.algorithms.pruning.agp import AGPPruner
 from slimkit.algorithms.pruning.filter import FilterPruner
+from slimkit.algorithms.pruning.fpgm import FPGMPruner
 from slimkit.algorithms.pruning.level import LevelPruner
+from slimkit.algorithms.pruning.lottery import LotteryTicketPruner
 from slimkit.algorithms.pruning.norm import L1FilterPruner, L2FilterPruner
+from slimkit.algorithms.pruning.registry import PRUNERS, get_pruner, register_pruner
+from slimkit.algorithms.pruning.slim import SlimPruner
 
-__all__ = ["FilterPruner", "L1FilterPruner", "L2FilterPruner", "LevelPruner"]
+__all__ = [
+    "PRUNERS",
+    "AGPPruner",
+    "ActivationAPoZRankFilterPruner",
+    "ActivationMeanRankFilterPruner",
+    "ActivationRankFilterPruner",
+    "FPGMPruner",
+    "FilterPruner",
+    "L1FilterPruner",
+    "L2FilterPruner",
+    "LevelPruner",
+    "LotteryTicketPruner",
+    "SlimPruner",
+    "get_pruner",
+    "register_pruner",
+]

@@ -8,12 +8,14 @@ depthwise / group convs) keep the same channels, chosen from their summed import
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from slimkit.compression import Layer, LayerConfig, Pruner
-from slimkit.compression.sparsity import channel_keep, channel_mask, prune_count
+from slimkit.compression.sparsity import channel_keep, channel_mask, per_channel, prune_count
 from slimkit.errors import ConfigError
 
 
@@ -63,7 +65,9 @@ class FilterPruner(Pruner):
         dependency_aware: make coupled layers prune the same channels (needs ``dummy_input``).
         dummy_input: an example input, used to find the coupled layers.
 
-    Subclasses implement :meth:`channel_importance`.
+    Subclasses implement :meth:`channel_importance` (reading weights through :meth:`weight_of`).
+    Channels the installed mask removes are removed first, so recomputed masks (AGP, repeated
+    ``update_masks``) only grow sparser.
     """
 
     def __init__(self, model: Any, config_list: list[dict], *, dependency_aware: bool = False,
@@ -72,6 +76,9 @@ class FilterPruner(Pruner):
         if dependency_aware and dummy_input is None:
             raise ConfigError(f"{type(self).__name__}: dependency_aware=True needs the model's input. Expected "
                               "dummy_input=<an example input tensor>. Received: dummy_input=None")
+        self._weight_cache: dict[str, np.ndarray] | None = None
+        # layer -> (wrapper, channels its mask removes, whether the mask removes only whole channels)
+        self._pruned: dict[str, tuple[Any, np.ndarray, bool]] = {}
         self.dependency_aware = dependency_aware
         self.dummy_input = dummy_input
         self.channel_groups: list[ChannelGroup] = (
@@ -89,6 +96,60 @@ class FilterPruner(Pruner):
         """One score per output channel of ``layer``; the lowest scores are pruned first."""
         raise NotImplementedError(f"{type(self).__name__} must implement channel_importance(layer).")
 
+    def weight_of(self, layer: Layer) -> np.ndarray:
+        """The weight of ``layer`` as numpy, read once per mask computation (subclasses should use this).
+
+        Where the installed mask removes whole channels, this is the raw weight (no copy): the
+        removed channels are ranked first whatever their values, and the kept ones are unmasked.
+        Otherwise it is the masked weight.
+        """
+        cache = self._weight_cache
+        if cache is not None and layer.name in cache:
+            return cache[layer.name]
+        installed = self._pruned.get(layer.name)
+        if installed is not None and installed[0] is layer.wrapper and installed[2]:
+            weight = self.adapter.to_numpy(self.adapter.weight(layer, masked=False))
+        else:
+            weight = layer.weight_array()
+        if cache is not None:
+            cache[layer.name] = weight
+        return weight
+
+    @contextlib.contextmanager
+    def reading_weights(self) -> Iterator[None]:
+        """Within the block, :meth:`weight_of` reads each layer's weight only once."""
+        outer = self._weight_cache is not None
+        if not outer:
+            self._weight_cache = {}
+        try:
+            yield
+        finally:
+            if not outer:
+                self._weight_cache = None
+
+    def pruned_channels(self, layer: Layer) -> np.ndarray:
+        """Boolean vector: the output channels the installed weight mask removes entirely."""
+        installed = self._pruned.get(layer.name)
+        if installed is not None and installed[0] is layer.wrapper:
+            return installed[1]
+        return np.zeros(self.weight_of(layer).shape[layer.out_axis], dtype=bool)
+
+    def set_mask(self, layer: Layer, mask: Any) -> None:
+        """Install ``mask`` and remember which channels it removes entirely."""
+        super().set_mask(layer, mask)
+        weight_mask = mask.get("weight") if isinstance(mask, Mapping) else mask
+        array = weight_mask if isinstance(weight_mask, np.ndarray) else self.adapter.to_numpy(weight_mask)
+        rows = per_channel(array, layer.out_axis)
+        kept = rows.any(axis=1)
+        structured = bool(np.array_equal(rows.all(axis=1), kept))  # every channel all kept or all removed
+        self._pruned[layer.name] = (layer.wrapper, ~kept, structured)
+
+    def scores(self, layer: Layer) -> np.ndarray:
+        """:meth:`channel_importance` with already-pruned channels at ``-inf`` (they stay pruned)."""
+        importance = np.asarray(self.channel_importance(layer), dtype=np.float64).copy()
+        importance[self.pruned_channels(layer)] = -np.inf
+        return importance
+
     def _group_of(self, layer: Layer) -> tuple[list[Layer], int]:
         names = {other.name: other for other in self.layers}
         for group in self.channel_groups:
@@ -97,14 +158,15 @@ class FilterPruner(Pruner):
         return [layer], 1
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> dict[str, np.ndarray | None]:
-        members, partitions = self._group_of(layer)
-        importance = np.sum([self.channel_importance(member) for member in members], axis=0)
-        keep = balanced_keep(importance, config.sparsity, partitions)
-        return self.masks_for_channels(layer, keep)
+        with self.reading_weights():
+            members, partitions = self._group_of(layer)
+            importance = np.sum([self.scores(member) for member in members], axis=0)
+            keep = balanced_keep(importance, config.sparsity, partitions)
+            return self.masks_for_channels(layer, keep)
 
     def masks_for_channels(self, layer: Layer, keep: np.ndarray) -> dict[str, np.ndarray | None]:
         """Weight and bias masks that keep the output channels where ``keep`` is True."""
-        weight_shape = tuple(layer.weight.shape)
-        bias = layer.bias
+        weight_shape = tuple(self.weight_of(layer).shape)
+        has_bias = self.adapter.bias(layer, masked=False) is not None
         return {"weight": channel_mask(keep, weight_shape, layer.out_axis),
-                "bias": keep.astype(np.float32) if bias is not None else None}
+                "bias": keep.astype(np.float32) if has_bias else None}

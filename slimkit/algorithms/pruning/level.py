@@ -6,12 +6,16 @@ from typing import Any
 
 import numpy as np
 
+from slimkit.algorithms.pruning.registry import pruned_weights, register_pruner
 from slimkit.compression import Layer, LayerConfig, Pruner
 from slimkit.compression.sparsity import magnitude_mask
 
 
+@register_pruner("level")
 class LevelPruner(Pruner):
     """Zero the ``sparsity`` fraction of each selected layer's weights with the smallest magnitude.
+
+    Weights an earlier mask removed are removed first, so recomputed masks only grow sparser.
 
     Args:
         model: a ``torch.nn.Module`` or ``keras.Model``.
@@ -31,4 +35,4 @@ class LevelPruner(Pruner):
     """
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> np.ndarray:
-        return magnitude_mask(layer.weight_array(), config.sparsity)
+        return magnitude_mask(layer.weight_array(), config.sparsity, pruned_weights(self, layer))

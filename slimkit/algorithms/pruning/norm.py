@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from slimkit.algorithms.pruning.filter import FilterPruner
+from slimkit.algorithms.pruning.registry import register_pruner
 from slimkit.compression import Layer
 from slimkit.compression.sparsity import per_channel
 
 
+@register_pruner("l1")
 class L1FilterPruner(FilterPruner):
     """Remove the output channels (filters) with the smallest L1 norm of their weights.
 
@@ -26,9 +28,10 @@ class L1FilterPruner(FilterPruner):
     """
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
-        return np.abs(per_channel(layer.weight_array(), layer.out_axis)).sum(axis=1)
+        return np.abs(per_channel(self.weight_of(layer), layer.out_axis)).sum(axis=1)
 
 
+@register_pruner("l2")
 class L2FilterPruner(FilterPruner):
     """Remove the output channels (filters) with the smallest L2 norm of their weights.
 
@@ -46,4 +49,4 @@ class L2FilterPruner(FilterPruner):
     """
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
-        return np.sqrt(np.square(per_channel(layer.weight_array(), layer.out_axis)).sum(axis=1))
+        return np.sqrt(np.square(per_channel(self.weight_of(layer), layer.out_axis)).sum(axis=1))

@@ -1,1 +1,17 @@
-"""Quantizers (see issue: quantization)."""
+"""Quantizers. Each quantizes a PyTorch model (Keras once its adapter provides the quant ops).
+
+Example:
+
+>>> from slimkit.algorithms.quantization import QAT_Quantizer, QATQuantizer
+>>> QAT_Quantizer is QATQuantizer
+True
+"""
+
+from slimkit.algorithms.quantization.bnn import BNNQuantizer
+from slimkit.algorithms.quantization.dorefa import DoReFaQuantizer
+from slimkit.algorithms.quantization.naive import NaiveQuantizer
+from slimkit.algorithms.quantization.ptq import PostTrainingQuantizer
+from slimkit.algorithms.quantization.qat import QAT_Quantizer, QATQuantizer
+
+__all__ = ["BNNQuantizer", "DoReFaQuantizer", "NaiveQuantizer", "PostTrainingQuantizer", "QATQuantizer",
+           "QAT_Quantizer"]

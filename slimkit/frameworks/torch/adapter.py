@@ -154,5 +154,12 @@ class TorchAdapter:
 
         export_onnx(self.baked_copy(model, layers), path, input_shape, device)
 
+    @property
+    def quant_backend(self) -> Any:
+        """Quantization support (ops seam, fake-quant wrappers, files): ``quant_backend.TorchQuantBackend``."""
+        from slimkit.frameworks.torch.quant_backend import BACKEND
+
+        return BACKEND
+
 
 ADAPTER = TorchAdapter()

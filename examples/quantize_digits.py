@@ -1,0 +1,132 @@
+"""Quantize a small CNN on scikit-learn's digits: float vs PTQ (minmax, l2, kl) vs QAT vs DoReFa 4-bit vs BNN.
+
+Run: ``python examples/quantize_digits.py`` (about two minutes on two CPU cores). Prints a table of
+test accuracy and model size (weights at their quantized bit width, biases at 32 bits, BatchNorm
+folded into the convolutions where the quantizer folds it).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+from slimkit.algorithms.quantization import (
+    BNNQuantizer,
+    DoReFaQuantizer,
+    PostTrainingQuantizer,
+    QATQuantizer,
+)
+from slimkit.models import DigitsCNN, load_digits_tensors
+
+torch.set_num_threads(1)  # the shared 2-core machine: one thread is faster under load
+WHOLE_GRAPH = [{"quant_types": ["weight", "output"], "op_types": ["default"]}]
+
+
+def batches(x, y, size=64, shuffle=True, seed=0):
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(len(x))
+    for start in range(0, len(x), size):
+        index = order[start:start + size]
+        yield x[index], y[index]
+
+
+def train(model, data, epochs, lr, quantizer=None, seed=0):
+    x_train, y_train = data[0], data[1]
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    model.train()
+    for epoch in range(epochs):
+        for xb, yb in batches(x_train, y_train, seed=seed + epoch):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            optimizer.step()
+            if quantizer is not None:
+                quantizer.step()
+        scheduler.step()
+    return model
+
+
+@torch.no_grad()
+def accuracy(model, data):
+    model.eval()
+    x_test, y_test = data[2], data[3]
+    return (model(x_test).argmax(1) == y_test).float().mean().item() * 100
+
+
+def model_size(model, quantizer=None):
+    """Bytes of the deployed weights: quantized weights at their bit width, the rest at 32 bits; a
+    BatchNorm folded into its conv costs nothing but the conv's bias."""
+    calibration = quantizer.calibration() if quantizer is not None else {}
+    folded = {entry.get("folded_bn"): name for name, entry in calibration.items() if isinstance(entry, dict)
+              and entry.get("folded_bn")}
+    bits = 0
+    for name, parameter in model.named_parameters():
+        owner, _, kind = name.rpartition(".")
+        owner = owner.removesuffix(".module")
+        if owner in folded:
+            continue
+        bits += parameter.numel() * calibration.get(owner, {}).get("weight_bits" if kind == "weight" else "_", 32)
+    for bn, conv in folded.items():
+        module = model.get_submodule(conv)
+        if getattr(module, "module", module).bias is None:
+            bits += model.get_submodule(bn).num_features * 32
+    return bits / 8
+
+
+def run(epochs=10, qat_epochs=3, verbose=True):
+    torch.manual_seed(0)
+    data = load_digits_tensors()
+    x_train = data[0]
+    dummy = x_train[:2]
+    calib = [x_train[i:i + 64] for i in range(0, 512, 64)]
+    results = []
+
+    def report(name, model, quantizer=None, seconds=0.0):
+        row = {"method": name, "accuracy": accuracy(model, data), "size_bytes": model_size(model, quantizer),
+               "seconds": seconds}
+        results.append(row)
+        if verbose:
+            print(f"{name:<22} {row['accuracy']:6.2f} %  {row['size_bytes'] / 1024:7.1f} KiB  {seconds:6.2f} s",
+                  flush=True)
+
+    start = time.perf_counter()
+    float_model = train(DigitsCNN(), data, epochs, 1e-2)
+    report("float32", float_model, seconds=time.perf_counter() - start)
+
+    for algorithm in ("minmax", "l2", "kl"):
+        start = time.perf_counter()
+        model = copy.deepcopy(float_model).eval()
+        ptq = PostTrainingQuantizer(model, WHOLE_GRAPH, algorithm=algorithm, dummy_input=dummy, progress=False)
+        model = ptq.compress()
+        ptq.calibrate(calib)
+        report(f"PTQ int8 ({algorithm})", model, ptq, time.perf_counter() - start)
+
+    start = time.perf_counter()
+    model = copy.deepcopy(float_model)
+    qat = QATQuantizer(model, WHOLE_GRAPH, dummy_input=dummy)
+    model = qat.compress()
+    train(model, data, qat_epochs, 1e-3, qat, seed=100)
+    report("QAT int8", model, qat, time.perf_counter() - start)
+
+    start = time.perf_counter()
+    model = copy.deepcopy(float_model)
+    dorefa = DoReFaQuantizer(model, [{"quant_types": ["weight"], "quant_bits": 4, "op_types": ["Conv2d", "Linear"]}])
+    model = dorefa.compress()
+    train(model, data, qat_epochs, 1e-3, seed=200)
+    report("DoReFa w4", model, dorefa, time.perf_counter() - start)
+
+    start = time.perf_counter()
+    model = copy.deepcopy(float_model)
+    # BNN: binarize the inner layers (weights and activations); the first conv and the classifier stay 8-bit
+    bnn = BNNQuantizer(model, [{"quant_types": ["weight", "output"], "op_names": ["conv2", "conv3"]}])
+    model = bnn.compress()
+    train(model, data, epochs, 3e-3, seed=300)
+    report("BNN (conv2, conv3)", model, bnn, time.perf_counter() - start)
+    return results
+
+
+if __name__ == "__main__":
+    print(f"{'method':<22} {'accuracy':>8}  {'size':>11}  {'time':>8}")
+    run()

@@ -1,0 +1,116 @@
+"""Target profiles: what "int8" means for a deployment target, stated once as data.
+
+A :class:`QuantProfile` says how weights and activations are quantized (per-channel or not,
+symmetric or not, narrow range, power-of-two scales), the bias bit width, which ops have
+output parameters fixed by the target's kernels, and which ops pass their input's parameters
+through unchanged (their output shares the input's scale and zero point). Algorithms read the
+profile; they never branch on the target.
+
+Register a new profile with :func:`register_profile`.
+
+Example:
+
+>>> from slimkit.compression.profiles import get_profile
+>>> tflite = get_profile('tflite')
+>>> tflite.weight.per_channel, tflite.weight.narrow, tflite.activation.symmetric
+(True, True, False)
+>>> p = tflite.fixed_output('softmax', 8)
+>>> float(p.scale[0]), int(p.zero_point[0])
+(0.00390625, -128)
+>>> tflite.shares_input_params('cat'), tflite.shares_input_params('add')
+(True, False)
+>>> get_profile('tensorrt')
+Traceback (most recent call last):
+...
+slimkit.errors.ConfigError: Expected profile to be one of ['onnx', 'pow2', 'symmetric', 'tflite']. Received: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from slimkit.compression.quant import QParams, Scheme, fixed_params
+from slimkit.errors import ConfigError
+
+# Op kinds (canonical names used by the graph quantizer and the converter).
+SHARING_OPS = frozenset({"cat", "max_pool", "reshape", "flatten", "view", "permute", "transpose", "squeeze",
+                         "unsqueeze", "pad", "split", "chunk", "getitem", "contiguous", "identity", "dropout"})
+
+
+@dataclass(frozen=True)
+class QuantProfile:
+    """Quantization rules of one deployment target.
+
+    Attributes:
+        name: registry name.
+        weight: :class:`Scheme` of weights.
+        activation: :class:`Scheme` of activations (layer inputs / outputs, graph tensors).
+        bias_bits: bit width of quantized bias (scale ``input_scale * weight_scale``).
+        fixed: op kind -> ``(scale_times_2**bits, zero_point_offset_from_qmin, signed)``; see
+            :meth:`fixed_output`.
+        shared: op kinds whose output reuses the input's parameters.
+    """
+
+    name: str
+    weight: Scheme
+    activation: Scheme
+    bias_bits: int = 32
+    fixed: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    shared: frozenset = SHARING_OPS
+
+    def fixed_output(self, op_kind: str, bits: int) -> QParams | None:
+        """Output parameters the target fixes for ``op_kind`` (softmax, logistic, tanh), else None.
+
+        For 8 bits: softmax / logistic ``(1/256, -128)``, tanh ``(1/128, 0)`` (TFLite).
+        """
+        rule = self.fixed.get(op_kind)
+        if rule is None:
+            return None
+        range_width, zp_offset = rule
+        signed = self.activation.signed
+        qmin = -(2 ** (bits - 1)) if signed else 0
+        scale = range_width / 2 ** bits
+        zero_point = qmin + zp_offset * 2 ** (bits - 1) if zp_offset else qmin
+        return fixed_params(scale, zero_point, bits, signed)
+
+    def shares_input_params(self, op_kind: str) -> bool:
+        return op_kind in self.shared
+
+
+_PROFILES: dict[str, QuantProfile] = {}
+
+
+def register_profile(profile: QuantProfile) -> QuantProfile:
+    """Add ``profile`` to the registry (by its name) and return it."""
+    _PROFILES[profile.name] = profile
+    return profile
+
+
+def get_profile(profile: str | QuantProfile) -> QuantProfile:
+    """The registered profile called ``profile`` (a :class:`QuantProfile` is returned as is)."""
+    if isinstance(profile, QuantProfile):
+        return profile
+    if profile not in _PROFILES:
+        raise ConfigError(f"Expected profile to be one of {sorted(_PROFILES)}. Received: profile={profile!r}")
+    return _PROFILES[profile]
+
+
+# (range width, zero point as a multiple of 2**(bits-1) above qmin): logistic / softmax cover [0, 1]
+# with zero point qmin; tanh covers [-1, 1] with zero point qmin + 2**(bits-1) = 0 for int8.
+_TFLITE_FIXED = {"softmax": (1.0, 0), "log_softmax": None, "sigmoid": (1.0, 0), "logistic": (1.0, 0),
+                 "tanh": (2.0, 1)}
+_TFLITE_FIXED = {k: v for k, v in _TFLITE_FIXED.items() if v is not None}
+
+register_profile(QuantProfile(
+    "tflite", weight=Scheme(symmetric=True, per_channel=True, signed=True, narrow=True),
+    activation=Scheme(symmetric=False, signed=True), fixed=_TFLITE_FIXED))
+register_profile(QuantProfile(
+    "onnx", weight=Scheme(symmetric=True, per_channel=True, signed=True, narrow=True),
+    activation=Scheme(symmetric=False, signed=False)))
+register_profile(QuantProfile(
+    "symmetric", weight=Scheme(symmetric=True, per_channel=True, signed=True, narrow=True),
+    activation=Scheme(symmetric=True, signed=True, narrow=True), fixed=_TFLITE_FIXED))
+register_profile(QuantProfile(
+    "pow2", weight=Scheme(symmetric=True, per_channel=True, signed=True, narrow=True, pow2=True),
+    activation=Scheme(symmetric=True, signed=True, narrow=True, pow2=True)))

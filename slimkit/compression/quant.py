@@ -1,0 +1,238 @@
+"""Quantization arithmetic shared by every quantizer: types, ranges, scales and zero points.
+
+Everything here is framework-neutral: parameters are numpy arrays, and the few tensor
+operations the formulas need come from the model adapter's ``quant_ops`` seam
+(:class:`QuantOps`).
+
+Affine quantization maps a real ``x`` to ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``
+and back to ``(q - zero_point) * scale``.
+
+Example:
+
+>>> import numpy as np
+>>> from slimkit.compression.quant import qrange, affine_params, Scheme
+>>> qrange(8, signed=True, narrow=True)
+(-127, 127)
+>>> p = affine_params(np.array([-1.0]), np.array([3.0]), 8, Scheme(symmetric=False, signed=True))
+>>> float(p.scale[0]), int(p.zero_point[0]), p.qmin, p.qmax
+(0.01568627450980392, -64, -128, 127)
+>>> p = affine_params(np.array([-2.0, 0.0]), np.array([1.0, 0.5]), 8, Scheme(symmetric=True, narrow=True))
+>>> (p.scale * 127).round(6).tolist(), p.zero_point.tolist()
+([2.0, 0.5], [0, 0])
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class QuantType(str, enum.Enum):
+    """What a quantization applies to. The values are the ``quant_types`` config strings."""
+
+    QUANT_INPUT = "input"
+    QUANT_WEIGHT = "weight"
+    QUANT_OUTPUT = "output"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+QUANT_TYPE_NAMES = tuple(t.value for t in QuantType)
+
+
+class QuantOps(Protocol):
+    """The tensor operations the built-in quantization formulas need; each framework adapter
+    provides one object with these methods (``adapter.quant_ops``). Tensors are native tensors;
+    ``params`` is a :class:`QParams`.
+
+    - ``fake_quant(x, params)``: quantize-dequantize with ``params`` (per-tensor, or per-channel
+      along ``params.axis``); gradient: straight-through inside ``[qmin, qmax]``, zero outside.
+    - ``straight_through(x, forward, backward)``: ``forward(x)`` in the forward pass (not
+      differentiated); ``backward(x, grad_output)`` gives the gradient.
+    - ``round_ste(x)``, ``sign_ste(x)`` (sign with sign(0) = 1): straight-through gradient.
+    - ``clamp(x, lo, hi)``, ``tanh(x)``, ``abs_max(x)`` (a scalar tensor).
+    - ``min_max(x, axis=None)``: numpy ``(min, max)``; per-channel along ``axis`` if given.
+    - ``histogram(x, bins, hi, skip_zeros=False)``: numpy counts of ``|x|`` over ``[0, hi]`` (exact zeros
+      left out with ``skip_zeros``).
+    - ``clip_grad(x, grad, params)``: ``grad`` zeroed where ``x`` quantizes outside ``[qmin, qmax]``.
+    - ``zero_grad_where_abs_above(x, grad, limit)``.
+    - ``broadcastable(params, like)``: scale and zero point as native tensors broadcasting against ``like``.
+    """
+
+    def fake_quant(self, x: Any, params: QParams) -> Any: ...
+    def straight_through(self, x: Any, forward: Any, backward: Any) -> Any: ...
+    def round_ste(self, x: Any) -> Any: ...
+    def sign_ste(self, x: Any) -> Any: ...
+    def clamp(self, x: Any, lo: float, hi: float) -> Any: ...
+    def tanh(self, x: Any) -> Any: ...
+    def abs_max(self, x: Any) -> Any: ...
+    def min_max(self, x: Any, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+    def histogram(self, x: Any, bins: int, hi: float, skip_zeros: bool = False) -> np.ndarray: ...
+    def clip_grad(self, x: Any, grad: Any, params: QParams) -> Any: ...
+    def zero_grad_where_abs_above(self, x: Any, grad: Any, limit: float) -> Any: ...
+    def broadcastable(self, params: QParams, like: Any) -> tuple[Any, Any]: ...
+
+
+class QuantGrad:
+    """The gradient of a quantization. Override :meth:`quant_backward` and assign the class to
+    ``quantizer.quant_grad`` for a custom gradient.
+
+    The default is the straight-through estimator: the gradient passes unchanged, except that
+    where the quantization parameters are known it is zeroed for values quantized outside
+    ``[qmin, qmax]`` (as ``torch.fake_quantize_per_tensor_affine`` does).
+    """
+
+    @staticmethod
+    def quant_backward(tensor: Any, grad_output: Any, quant_type: QuantType, **kwargs: Any) -> Any:
+        """Return the gradient w.r.t. ``tensor`` given ``grad_output``.
+
+        Keyword arguments (when known): ``scale``, ``zero_point`` (native tensors broadcasting against
+        ``tensor``), ``qmin``, ``qmax`` (ints), ``params`` (:class:`QParams`) and ``ops`` (the framework's
+        :class:`QuantOps`).
+        """
+        params, ops = kwargs.get("params"), kwargs.get("ops")
+        if params is None or ops is None:
+            return grad_output
+        return ops.clip_grad(tensor, grad_output, params)
+
+
+def qrange(bits: int, signed: bool = True, narrow: bool = False) -> tuple[int, int]:
+    """Integer range of ``bits``-bit values; ``narrow`` drops the most negative (TFLite weights)."""
+    if signed:
+        return -(2 ** (bits - 1)) + int(narrow and bits > 1), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How one kind of tensor is quantized under a profile.
+
+    Attributes:
+        symmetric: zero point fixed (0 if signed, mid-range if unsigned); range ``±max|x|``.
+        per_channel: one scale per output channel (weights).
+        signed: int8-style range (else uint8-style).
+        narrow: drop the most negative value (``[-127, 127]``).
+        pow2: round scales up to a power of two.
+    """
+
+    symmetric: bool = False
+    per_channel: bool = False
+    signed: bool = True
+    narrow: bool = False
+    pow2: bool = False
+
+
+@dataclass
+class QParams:
+    """Quantization parameters of one tensor. ``scale``/``zero_point`` are 1-D numpy arrays
+    (length 1 per-tensor, one per channel along ``axis`` per-channel)."""
+
+    bits: int
+    scale: np.ndarray
+    zero_point: np.ndarray
+    qmin: int
+    qmax: int
+    axis: int | None = None
+    min: np.ndarray | None = None
+    max: np.ndarray | None = None
+    _native: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
+
+    def as_dict(self, prefix: str) -> dict[str, Any]:
+        """Calibration-file entries ``{prefix}_bits``, ``_scale``, ``_zero_point``, ... (plain Python)."""
+        def plain(array: np.ndarray | None) -> Any:
+            if array is None:
+                return None
+            values = array.tolist()
+            return values if self.per_channel else values[0]
+
+        entry = {f"{prefix}_bits": self.bits, f"{prefix}_scale": plain(self.scale.astype(np.float64)),
+                 f"{prefix}_zero_point": plain(self.zero_point.astype(np.int64)),
+                 f"{prefix}_qmin": self.qmin, f"{prefix}_qmax": self.qmax}
+        if self.per_channel:
+            entry[f"{prefix}_axis"] = self.axis
+        if self.min is not None:
+            entry[f"tracked_min_{prefix}"] = plain(self.min.astype(np.float64))
+            entry[f"tracked_max_{prefix}"] = plain(self.max.astype(np.float64))
+        return entry
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any], prefix: str) -> QParams:
+        axis = entry.get(f"{prefix}_axis")
+
+        def array(value: Any, dtype: Any) -> np.ndarray | None:
+            return None if value is None else np.atleast_1d(np.asarray(value, dtype=dtype))
+
+        return cls(int(entry[f"{prefix}_bits"]), array(entry[f"{prefix}_scale"], np.float64),
+                   array(entry[f"{prefix}_zero_point"], np.int64), int(entry[f"{prefix}_qmin"]),
+                   int(entry[f"{prefix}_qmax"]), axis, array(entry.get(f"tracked_min_{prefix}"), np.float64),
+                   array(entry.get(f"tracked_max_{prefix}"), np.float64))
+
+
+def _pow2(scale: np.ndarray) -> np.ndarray:
+    return np.exp2(np.ceil(np.log2(scale)))
+
+
+def affine_params(lo: np.ndarray, hi: np.ndarray, bits: int, scheme: Scheme, axis: int | None = None) -> QParams:
+    """Scale and zero point covering ``[lo, hi]`` (arrays, per channel or length 1) under ``scheme``.
+
+    The range is widened to include 0 so that 0 is exactly representable (TFLite's nudging);
+    symmetric schemes use ``scale = 2 max|x| / (qmax - qmin)`` (``max|x| / 127`` for narrow int8).
+    """
+    lo = np.minimum(np.asarray(lo, dtype=np.float64).reshape(-1), 0.0)
+    hi = np.maximum(np.asarray(hi, dtype=np.float64).reshape(-1), 0.0)
+    qmin, qmax = qrange(bits, scheme.signed, scheme.narrow)
+    if scheme.symmetric:
+        amax = np.maximum(-lo, hi)
+        scale = 2.0 * amax / max(qmax - qmin, 1)
+        if scheme.pow2:
+            scale = np.where(scale > 0, _pow2(np.where(scale > 0, scale, 1.0)), scale)
+        scale = np.where(scale > 0, scale, 1.0)
+        zero_point = np.full(scale.shape, 0 if scheme.signed else (qmin + qmax + 1) // 2, dtype=np.int64)
+    else:
+        scale = (hi - lo) / max(qmax - qmin, 1)
+        if scheme.pow2:
+            scale = np.where(scale > 0, _pow2(np.where(scale > 0, scale, 1.0)), scale)
+        scale = np.where(scale > 0, scale, 1.0)
+        zero_point = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(np.int64)
+    return QParams(bits, scale, zero_point, qmin, qmax, axis, lo, hi)
+
+
+def fixed_params(scale: float, zero_point: int, bits: int, signed: bool = True) -> QParams:
+    """Parameters fixed by the target (e.g. TFLite softmax output: scale 1/256, zero point -128)."""
+    qmin, qmax = qrange(bits, signed)
+    lo, hi = (qmin - zero_point) * scale, (qmax - zero_point) * scale
+    return QParams(bits, np.array([scale]), np.array([zero_point], dtype=np.int64), qmin, qmax, None,
+                   np.array([lo]), np.array([hi]))
+
+
+def fake_quant_numpy(x: np.ndarray, params: QParams) -> np.ndarray:
+    """Reference quantize-dequantize in numpy (round half to even, as the kernels do)."""
+    x = np.asarray(x, dtype=np.float64)
+    scale, zero_point = params.scale, params.zero_point
+    if params.per_channel:
+        shape = [1] * x.ndim
+        shape[params.axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    q = np.clip(np.round(x / scale) + zero_point, params.qmin, params.qmax)
+    return (q - zero_point) * scale
+
+
+def bias_params(input_params: QParams, weight_params: QParams, bits: int = 32) -> QParams:
+    """int32 bias parameters: ``scale = input_scale * weight_scale`` (per channel), zero point 0."""
+    scale = input_params.scale[0] * weight_params.scale
+    qmin, qmax = qrange(bits, True)
+    return QParams(bits, scale, np.zeros(scale.shape, dtype=np.int64), qmin, qmax, 0 if weight_params.per_channel
+                   else None)
+
+
+def quant_levels(bits: int) -> int:
+    return int(math.pow(2, bits))

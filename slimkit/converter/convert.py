@@ -1,0 +1,76 @@
+"""The ``TFLiteConverter`` entry point: capture -> lower -> passes -> write (atomically)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from slimkit.converter.lower import Lowering
+from slimkit.converter.options import ConverterOptions
+from slimkit.converter.passes import run_passes
+from slimkit.converter.writer import serialize
+from slimkit.frameworks.torch.graph import capture_graph
+from slimkit.utils import atomic_path
+
+
+class TFLiteConverter:
+    """Convert a PyTorch model to a TFLite flatbuffer, without TensorFlow.
+
+    Args:
+        model: a ``torch.nn.Module`` (captured in eval mode with ``torch.export``).
+        dummy_input: a tensor or a tuple of tensors the model accepts.
+        tflite_path: where to write the ``.tflite`` file (written atomically).
+        options: a :class:`ConverterOptions`; or pass its fields as keywords
+            (``nchw_transpose``, ``group_conv_rewrite``, ``unroll_rnn``, ``hybrid``, ``optimize``, ...).
+
+    Raises:
+        UnsupportedOpError: listing every op (with its module path) that cannot be converted;
+            nothing is written then.
+        ConfigError: an unknown option.
+
+    Example:
+
+    >>> import os, tempfile, torch
+    >>> from slimkit.converter import TFLiteConverter
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    >>> path = os.path.join(tempfile.mkdtemp(), 'model.tflite')
+    >>> TFLiteConverter(model, torch.randn(1, 3, 8, 8), path).convert()
+    >>> os.path.getsize(path) > 0
+    True
+    """
+
+    def __init__(self, model: torch.nn.Module, dummy_input: Any, tflite_path: str | os.PathLike,
+                 options: ConverterOptions | None = None, **kwargs):
+        if options is not None and kwargs:
+            raise TypeError("Expected either options= or option keywords, not both.")
+        self.model = model
+        self.dummy_input = tuple(dummy_input) if isinstance(dummy_input, (list, tuple)) else (dummy_input,)
+        self.tflite_path = os.fspath(tflite_path)
+        self.options = options if options is not None else ConverterOptions.from_kwargs(**kwargs)
+        self.captured = None
+        self.graph = None
+
+    def capture(self):
+        if self.captured is None:
+            with torch.no_grad():
+                self.captured = capture_graph(self.model, self.dummy_input)
+        return self.captured
+
+    def build(self):
+        """Capture and lower to the IR (no file written); returns the IR graph."""
+        with torch.no_grad():
+            graph = Lowering(self.capture(), self.options).run()
+        self.graph = run_passes(graph, self.options)
+        return self.graph
+
+    def to_bytes(self) -> bytes:
+        """The ``.tflite`` file's bytes (without writing a file)."""
+        return serialize(self.build() if self.graph is None else self.graph).tobytes()
+
+    def convert(self) -> None:
+        """Write the ``.tflite`` file (every unsupported op is reported before anything is written)."""
+        model = serialize(self.build() if self.graph is None else self.graph)
+        with atomic_path(self.tflite_path) as tmp, open(tmp, "wb") as f:
+            model.write_to(f)

@@ -1,0 +1,41 @@
+"""Helpers shared by converters: peephole fusion into the producing op, axis bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+
+ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3, "TANH": 4}
+FUSABLE = {"ADD", "SUB", "MUL", "DIV", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONCATENATION",
+           "AVERAGE_POOL_2D", "MAX_POOL_2D"}
+
+
+def sole_producer(ctx, node_arg, t, codes):
+    """The op producing ``t`` if it is in ``codes`` and the current node is its only consumer."""
+    if ctx.options.optimize < 1:
+        return None
+    op = getattr(t, "producer", None)
+    if op is not None and op.see_through:
+        op = op.inputs[0].producer
+    if op is None or op.code not in codes or len(op.outputs) != 1:
+        return None
+    arg = ctx.node.args[0] if node_arg is None else node_arg
+    if not hasattr(arg, "users") or len(arg.users) != 1:
+        return None
+    return op
+
+
+def fuse_activation(ctx, t, activation: str):
+    """Fold ``activation`` into the op producing ``t``; returns ``t`` on success, else None."""
+    op = sole_producer(ctx, None, t, FUSABLE)
+    if op is None or op.options.get("FusedActivationFunction", 0) != 0:
+        return None
+    op.options["FusedActivationFunction"] = ACTIVATIONS[activation]
+    return t
+
+
+def norm_dim(dim: int, rank: int) -> int:
+    return dim + rank if dim < 0 else dim
+
+
+def scalar_const(ctx, value, dtype="float32"):
+    return ctx.const(np.asarray(value, dtype=dtype))

@@ -1,0 +1,138 @@
+"""Linear algebra: linear / addmm (FULLY_CONNECTED), matmul / bmm (BATCH_MATMUL), embedding (GATHER),
+scaled dot-product attention."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from slimkit.converter import layout
+from slimkit.converter.ir import Tensor
+from slimkit.converter.ops.elementwise import binary
+from slimkit.converter.ops.quantize import attach_weight_params
+from slimkit.converter.registry import register
+
+
+def _const(v):
+    if isinstance(v, torch.Tensor):
+        return np.asarray(v.detach().cpu().numpy(), dtype=np.float32)
+    if isinstance(v, Tensor) and v.is_const:
+        return np.transpose(v.values(), np.argsort(v.order))
+    return None
+
+
+def fully_connected(ctx, x: Tensor, weight: np.ndarray, bias, out_shape):
+    x = layout.logical_bytes(ctx, x) if x.rank <= 2 else ctx.layout(x, layout.identity(x.rank))
+    out = ctx.tensor(out_shape)
+    bias = np.zeros(weight.shape[0], np.float32) if bias is None else bias
+    ctx.emit("FULLY_CONNECTED", [x, ctx.const(weight, name=ctx.node.name + "_weight"),
+                                 ctx.const(bias, name=ctx.node.name + "_bias")], [out],
+             FusedActivationFunction=0, KeepNumDims=len(out_shape) > 2)
+    return out
+
+
+_FLATTENS = {"aten.flatten.using_ints", "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default"}
+
+
+def _channels_last_flatten(ctx, node, x, weight):
+    """flatten(NHWC feature map) -> Linear: reorder the weight's columns instead of transposing the data."""
+    src = node.args[0]
+    if not hasattr(src, "target") or str(src.target) not in _FLATTENS or len(src.users) != 1 or x.rank != 2:
+        return None
+    inner = ctx.values.get(getattr(src.args[0], "name", None))
+    if not isinstance(inner, Tensor) or inner.rank != 4 or inner.order != (0, 2, 3, 1) or inner.is_const:
+        return None
+    n, c, h, w = inner.shape
+    if x.shape != (n, c * h * w) or ctx.options.optimize < 1:
+        return None
+    flat = ctx.tensor((n, h * w * c), name=src.name + "_nhwc")
+    ctx.emit("RESHAPE", [inner, ctx.const(np.array([n, h * w * c], np.int32))], [flat], NewShape=[n, h * w * c])
+    out = weight.shape[0]
+    return flat, weight.reshape(out, c, h, w).transpose(0, 2, 3, 1).reshape(out, -1)
+
+
+@register("aten.linear.default", emits=("FULLY_CONNECTED",))
+def linear(ctx, node, a):
+    weight = _const(a["weight"])
+    if weight is None:
+        ctx.fail("expected a constant weight")
+    x = a["input"]
+    rewritten = _channels_last_flatten(ctx, node, x, weight)
+    if rewritten is not None:
+        x, weight = rewritten
+    out = fully_connected(ctx, x, weight, _const(a["bias"]), tuple(node.meta["val"].shape))
+    attach_weight_params(ctx, a["weight"], out)  # per output row: unchanged by the column reorder
+    return out
+
+
+@register("aten.addmm.default", emits=("FULLY_CONNECTED",))
+def addmm(ctx, node, a):
+    w = _const(a["mat2"])
+    if w is None or a["beta"] != 1 or a["alpha"] != 1 or not isinstance(a["mat1"], Tensor):
+        ctx.fail("only addmm(bias, x, constant_weight) is supported")
+    return fully_connected(ctx, a["mat1"], np.ascontiguousarray(w.T), _const(a["self"]).reshape(-1),
+                           tuple(node.meta["val"].shape))
+
+
+def batch_matmul(ctx, x, y, out_shape, adj_y=False):
+    tensors = []
+    for v in (x, y):
+        if isinstance(v, Tensor) and not v.is_const:
+            tensors.append(ctx.layout(v, layout.identity(v.rank)))
+        else:
+            tensors.append(ctx.const(_const(v)))
+    out = ctx.tensor(out_shape)
+    ctx.emit("BATCH_MATMUL", tensors, [out], AdjX=False, AdjY=adj_y, AsymmetricQuantizeInputs=False)
+    return out
+
+
+@register("aten.matmul.default", "aten.bmm.default", "aten.mm.default", emits=("BATCH_MATMUL", "FULLY_CONNECTED"))
+def matmul(ctx, node, a):
+    x, y = a["self"], a["mat2"] if "mat2" in a else a["other"]
+    out_shape = tuple(node.meta["val"].shape)
+    w = _const(y)
+    if w is not None and w.ndim == 2 and isinstance(x, Tensor) and not x.is_const:
+        return fully_connected(ctx, x, np.ascontiguousarray(w.T), None, out_shape)
+    return batch_matmul(ctx, x, y, out_shape)
+
+
+@register("aten.embedding.default", emits=("GATHER",))
+def embedding(ctx, node, a):
+    weight = _const(a["weight"])
+    idx = a["indices"]
+    if weight is None:
+        ctx.fail("expected a constant embedding table")
+    idx = ctx.layout(idx, layout.identity(idx.rank))
+    out = ctx.tensor(tuple(node.meta["val"].shape))
+    ctx.emit("GATHER", [ctx.const(weight, name=node.name + "_table"), idx], [out], Axis=0, BatchDims=0)
+    return out
+
+
+@register("aten.scaled_dot_product_attention.default", emits=("BATCH_MATMUL", "MUL", "ADD", "SOFTMAX"))
+def sdpa(ctx, node, a):
+    q, k, v = a["query"], a["key"], a["value"]
+    if a["is_causal"] or a["dropout_p"]:
+        ctx.fail("causal or dropout attention is not supported; pass an explicit attn_mask")
+    scale = a.get("scale") or 1.0 / math.sqrt(q.shape[-1])
+    scores_shape = tuple(q.shape[:-1]) + (k.shape[-2],)
+    s = batch_matmul(ctx, q, k, scores_shape, adj_y=True)
+    s = binary(ctx, "MUL", s, float(scale), FusedActivationFunction=0)
+    if a["attn_mask"] is not None:
+        s = binary(ctx, "ADD", s, a["attn_mask"], FusedActivationFunction=0)
+    p = ctx.tensor(s.shape)
+    ctx.emit("SOFTMAX", [s], [p], Beta=1.0)
+    return batch_matmul(ctx, p, v, tuple(node.meta["val"].shape))
+
+
+@register("aten.baddbmm.default", emits=("BATCH_MATMUL", "MUL", "ADD"))
+def baddbmm(ctx, node, a):
+    y = batch_matmul(ctx, a["batch1"], a["batch2"], tuple(node.meta["val"].shape))
+    if a["alpha"] != 1:
+        y = binary(ctx, "MUL", y, float(a["alpha"]), FusedActivationFunction=0)
+    bias = a["self"]
+    if a["beta"] != 1:
+        bias = binary(ctx, "MUL", bias, float(a["beta"]), FusedActivationFunction=0) if isinstance(bias, Tensor) \
+            else bias * a["beta"]
+    return binary(ctx, "ADD", y, bias, FusedActivationFunction=0)

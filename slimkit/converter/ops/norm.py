@@ -1,0 +1,116 @@
+"""Normalisation and softmax: batch norm (folded into the producing conv / linear), layer norm, softmax."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from slimkit.converter import layout
+from slimkit.converter.ir import Tensor
+from slimkit.converter.ops.common import norm_dim, sole_producer
+from slimkit.converter.ops.elementwise import binary
+from slimkit.converter.registry import register
+
+_FOLD_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
+
+
+def _np(v):
+    return None if v is None else v.detach().cpu().numpy().astype(np.float32)
+
+
+def fold_affine(ctx, x: Tensor, scale: np.ndarray, shift: np.ndarray, arg=None):
+    """Fold ``x * scale + shift`` (per output channel) into the op producing ``x``; True on success."""
+    op = sole_producer(ctx, ctx.node.args[0] if arg is None else arg, x, set(_FOLD_AXIS))
+    if op is None or op.options.get("FusedActivationFunction", 0) != 0 or x.base is not None:
+        return False
+    if op.code == "FULLY_CONNECTED" and x.rank != 2:
+        return False
+    w_index, b_index = (1, 3) if op.code == "TRANSPOSE_CONV" else (1, 2)
+    weight, bias = op.inputs[w_index], op.inputs[b_index]
+    axis = _FOLD_AXIS[op.code]
+    new_weight = ctx.const(weight.data, name=weight.name)
+    new_weight.data_scale = weight.data_scale
+    new_weight.scaled(scale, axis)
+    op.inputs[w_index] = new_weight
+    op.inputs[b_index] = ctx.const(bias.values() * scale + shift, name=bias.name)
+    return True
+
+
+@register("aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default", emits=("MUL", "ADD"))
+def batch_norm(ctx, node, a):
+    x = a["input"]
+    if a.get("training"):
+        ctx.fail("batch norm in training mode; call model.eval() first")
+    mean, var = _np(a["running_mean"]), _np(a["running_var"])
+    channels = x.shape[1]
+    weight = _np(a["weight"]) if a["weight"] is not None else np.ones(channels, np.float32)
+    bias = _np(a["bias"]) if a["bias"] is not None else np.zeros(channels, np.float32)
+    inv = (1.0 / np.sqrt(var.astype(np.float64) + float(a["eps"])))
+    scale = (weight * inv).astype(np.float32)
+    shift = (bias - mean * weight * inv).astype(np.float32)
+    if fold_affine(ctx, x, scale, shift):
+        result = x
+    else:
+        shape = (channels,) + (1,) * (x.rank - 2)
+        y = binary(ctx, "MUL", x, scale.reshape(shape), FusedActivationFunction=0)
+        result = binary(ctx, "ADD", y, shift.reshape(shape), FusedActivationFunction=0)
+    if str(node.target).startswith("aten._native_batch_norm"):
+        return (result, None, None)
+    return result
+
+
+def reduce_axes(ctx, code, x: Tensor, dims, keepdim=True):
+    axes = sorted(x.order.index(norm_dim(d, x.rank)) for d in dims)
+    shape = list(x.shape)
+    for d in dims:
+        shape[norm_dim(d, x.rank)] = 1
+    out = ctx.tensor(tuple(shape), x.dtype, perm=x.perm)
+    ctx.emit(code, [x, ctx.const(np.array(axes, np.int32))], [out], KeepDims=bool(keepdim))
+    return out
+
+
+@register("aten.layer_norm.default", emits=("MEAN", "SUB", "MUL", "ADD", "RSQRT"))
+def layer_norm(ctx, node, a):
+    x = ctx.layout(a["input"], layout.identity(a["input"].rank))
+    dims = list(range(x.rank - len(a["normalized_shape"]), x.rank))
+    mean = reduce_axes(ctx, "MEAN", x, dims)
+    d = binary(ctx, "SUB", x, mean, FusedActivationFunction=0)
+    var = reduce_axes(ctx, "MEAN", binary(ctx, "MUL", d, d, FusedActivationFunction=0), dims)
+    var = binary(ctx, "ADD", var, float(a["eps"]), FusedActivationFunction=0)
+    rs = ctx.tensor(var.shape)
+    ctx.emit("RSQRT", [var], [rs])
+    y = binary(ctx, "MUL", d, rs, FusedActivationFunction=0)
+    if a["weight"] is not None:
+        y = binary(ctx, "MUL", y, _np(a["weight"]), FusedActivationFunction=0)
+    if a["bias"] is not None:
+        y = binary(ctx, "ADD", y, _np(a["bias"]), FusedActivationFunction=0)
+    return y
+
+
+def along_last(ctx, x: Tensor, dim: int):
+    """``x`` laid out with logical ``dim`` as its last physical axis."""
+    dim = norm_dim(dim, x.rank)
+    if x.order[-1] == dim:
+        return x
+    order = tuple(a for a in x.order if a != dim) + (dim,)
+    return ctx.layout(x, order)
+
+
+def _softmax(ctx, code, a, **options):
+    x = along_last(ctx, a["self"] if "self" in a else a["input"], a["dim"])
+    out = ctx.tensor(x.shape, perm=x.perm)
+    ctx.emit(code, [x], [out], **options)
+    return out
+
+
+@register("aten.softmax.int", "aten._softmax.default", emits=("SOFTMAX",))
+def softmax(ctx, node, a):
+    return _softmax(ctx, "SOFTMAX", a, Beta=1.0)
+
+
+@register("aten.log_softmax.int", "aten._log_softmax.default", emits=("LOG_SOFTMAX",))
+def log_softmax(ctx, node, a):
+    return _softmax(ctx, "LOG_SOFTMAX", a)
+
+
+_ = torch  # (torch used for type checks by callers)

@@ -1,0 +1,133 @@
+"""Pooling: max / avg pool 2d (SAME detected, PAD otherwise), adaptive average pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slimkit.converter.ops.conv import NHWC, _pair, pad_spatial, padding_mode
+from slimkit.converter.registry import register
+
+_LOWEST = float(np.finfo(np.float32).min)
+
+
+def _pool(ctx, code, x, kernel, stride, pads, out_shape, pad_value, allow_pad=True, same_ok=True):
+    x = ctx.layout(x, NHWC)
+    h, w = x.shape[2:]
+    mode = padding_mode((h, w), out_shape[2:], kernel, stride, (1, 1), pads) if ctx.options.optimize else None
+    if mode == "VALID" and any((o - 1) * s + k > i for o, s, k, i in zip(out_shape[2:], stride, kernel, (h, w))):
+        mode = None  # ceil_mode windows past the end
+    if mode == "SAME" and not same_ok:
+        mode = None  # TFLite's SAME average excludes the padding; count_include_pad counts it
+    if mode is None:
+        if not allow_pad:
+            ctx.fail("average pooling with count_include_pad=False and non-SAME padding is not supported")
+        ends = [max((o - 1) * s + k - i - p, 0) for o, s, k, i, p in zip(out_shape[2:], stride, kernel, (h, w), pads)]
+        x = pad_spatial(ctx, x, ((pads[0], ends[0]), (pads[1], ends[1])), pad_value)
+        mode = "VALID"
+    out = ctx.tensor(out_shape, perm=NHWC)
+    ctx.emit(code, [x], [out], Padding=0 if mode == "SAME" else 1, StrideH=stride[0], StrideW=stride[1],
+             FilterHeight=kernel[0], FilterWidth=kernel[1], FusedActivationFunction=0)
+    return out
+
+
+@register("aten.max_pool2d.default", emits=("MAX_POOL_2D", "PADV2"))
+def max_pool2d(ctx, node, a):
+    if _pair(a["dilation"]) != (1, 1):
+        ctx.fail("dilated max pooling is not supported")
+    kernel = _pair(a["kernel_size"])
+    stride = _pair(a["stride"]) if a["stride"] else kernel
+    return _pool(ctx, "MAX_POOL_2D", a["self"], kernel, stride, _pair(a["padding"]),
+                 tuple(node.meta["val"].shape), _LOWEST)
+
+
+@register("aten.avg_pool2d.default", emits=("AVERAGE_POOL_2D", "PAD"))
+def avg_pool2d(ctx, node, a):
+    if a["divisor_override"]:
+        ctx.fail("divisor_override is not supported")
+    kernel = _pair(a["kernel_size"])
+    stride = _pair(a["stride"]) if a["stride"] else kernel
+    pads = _pair(a["padding"])
+    out_shape = tuple(node.meta["val"].shape)
+    if a["ceil_mode"] and any(pads) and a["count_include_pad"]:
+        ctx.fail("avg_pool2d with ceil_mode and padding is not supported")
+    return _pool(ctx, "AVERAGE_POOL_2D", a["self"], kernel, stride, pads, out_shape, 0.0,
+                 allow_pad=bool(a["count_include_pad"]) or not any(pads), same_ok=not a["count_include_pad"])
+
+
+@register("aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default", emits=("MEAN", "AVERAGE_POOL_2D"))
+def adaptive_avg_pool2d(ctx, node, a):
+    x = ctx.layout(a["self"], NHWC)
+    out_shape = tuple(node.meta["val"].shape)
+    h, w = x.shape[2:]
+    oh, ow = out_shape[2:]
+    if (oh, ow) == (1, 1):
+        out = ctx.tensor(out_shape, perm=NHWC)
+        ctx.emit("MEAN", [x, ctx.const(np.array([1, 2], np.int32))], [out], KeepDims=True)
+        return out
+    if h % oh or w % ow:
+        ctx.fail(f"adaptive pooling from {h}x{w} to {oh}x{ow} (not a whole factor) is not supported")
+    k = (h // oh, w // ow)
+    return _pool(ctx, "AVERAGE_POOL_2D", x, k, k, (0, 0), out_shape, 0.0)
+
+
+def _as_2d(ctx, x):
+    """(N, C, L) viewed as NHWC (N, 1, L, C): logical (N, C, 1, L)."""
+    x = ctx.layout(x, (0, 2, 1))
+    n, c, length = x.shape
+    x4 = ctx.tensor((n, c, 1, length), perm=NHWC)
+    ctx.emit("RESHAPE", [x, ctx.const(np.array([n, 1, length, c], np.int32))], [x4], NewShape=[n, 1, length, c])
+    return x4
+
+
+def _from_2d(ctx, y4, out_shape):
+    y = ctx.tensor(out_shape, perm=(0, 2, 1))
+    shape = [out_shape[0], out_shape[2], out_shape[1]]
+    ctx.emit("RESHAPE", [y4, ctx.const(np.array(shape, np.int32))], [y], NewShape=shape)
+    return y
+
+
+def _one(v):
+    return int(v[0]) if isinstance(v, (list, tuple)) else int(v)
+
+
+@register("aten.max_pool1d.default", emits=("MAX_POOL_2D", "PADV2", "RESHAPE"))
+def max_pool1d(ctx, node, a):
+    if _one(a["dilation"]) != 1:
+        ctx.fail("dilated max pooling is not supported")
+    k = _one(a["kernel_size"])
+    s = _one(a["stride"]) if a["stride"] else k
+    out = tuple(node.meta["val"].shape)
+    y = _pool(ctx, "MAX_POOL_2D", _as_2d(ctx, a["self"]), (1, k), (1, s), (0, _one(a["padding"])),
+              (out[0], out[1], 1, out[2]), _LOWEST)
+    return _from_2d(ctx, y, out)
+
+
+@register("aten.avg_pool1d.default", emits=("AVERAGE_POOL_2D", "PAD", "RESHAPE"))
+def avg_pool1d(ctx, node, a):
+    k = _one(a["kernel_size"])
+    s = _one(a["stride"]) if a["stride"] else k
+    p = _one(a["padding"])
+    out = tuple(node.meta["val"].shape)
+    if a["ceil_mode"] and p and a["count_include_pad"]:
+        ctx.fail("avg_pool1d with ceil_mode and padding is not supported")
+    y = _pool(ctx, "AVERAGE_POOL_2D", _as_2d(ctx, a["self"]), (1, k), (1, s), (0, p), (out[0], out[1], 1, out[2]),
+              0.0, allow_pad=bool(a["count_include_pad"]) or not p, same_ok=not a["count_include_pad"])
+    return _from_2d(ctx, y, out)
+
+
+@register("aten.adaptive_max_pool2d.default", emits=("REDUCE_MAX", "MAX_POOL_2D"))
+def adaptive_max_pool2d(ctx, node, a):
+    if any(u.args[1] == 1 and len(u.users) for u in node.users):
+        ctx.fail("adaptive_max_pool2d indices are not supported")
+    x = ctx.layout(a["self"], NHWC)
+    out_shape = tuple(node.meta["val"][0].shape)
+    h, w = x.shape[2:]
+    oh, ow = out_shape[2:]
+    if (oh, ow) == (1, 1):
+        out = ctx.tensor(out_shape, perm=NHWC)
+        ctx.emit("REDUCE_MAX", [x, ctx.const(np.array([1, 2], np.int32))], [out], KeepDims=True)
+        return (out, None)
+    if h % oh or w % ow:
+        ctx.fail(f"adaptive pooling from {h}x{w} to {oh}x{ow} (not a whole factor) is not supported")
+    k = (h // oh, w // ow)
+    return (_pool(ctx, "MAX_POOL_2D", x, k, k, (0, 0), out_shape, _LOWEST), None)

@@ -1,0 +1,195 @@
+"""LSTM and GRU (``aten.lstm.input`` / ``aten.gru.input``).
+
+With ``unroll_rnn=False`` (default) a unidirectional LSTM with zero initial state whose final
+cell state is unused becomes one UNIDIRECTIONAL_SEQUENCE_LSTM per layer. Everything else (GRU,
+bidirectional, given initial states, ``unroll_rnn=True``) is unrolled: one FULLY_CONNECTED for the
+input projection of all steps, then per step a recurrent FULLY_CONNECTED and the gate arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from slimkit.converter import layout
+from slimkit.converter.ir import Tensor
+from slimkit.converter.ops.elementwise import binary, unary
+from slimkit.converter.ops.linear import fully_connected
+from slimkit.converter.ops.shape import strided_slice
+from slimkit.converter.registry import register
+
+
+def _np(t):
+    return np.asarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+
+def _layer_params(params, has_biases, num_layers, directions):
+    per = 4 if has_biases else 2
+    out = []
+    for i in range(num_layers * directions):
+        p = [_np(w) for w in params[i * per:(i + 1) * per]]
+        if not has_biases:
+            p += [np.zeros(p[0].shape[0], np.float32), np.zeros(p[0].shape[0], np.float32)]
+        out.append(p)
+    return out
+
+
+def _zero_or_none(state):
+    return isinstance(state, torch.Tensor) and not bool(state.any())
+
+
+def _state(ctx, state, index, batch, hidden):
+    """Initial state of layer/direction ``index``: None when zero, else a (B, H) tensor."""
+    if state is None or _zero_or_none(state):
+        return None
+    if isinstance(state, torch.Tensor):
+        return ctx.const(_np(state[index]))
+    state = ctx.layout(state, layout.identity(3))
+    return strided_slice(ctx, state, 0, index, index + 1, 1, shrink=True)
+
+
+def _split(ctx, x, parts):
+    b, width = x.shape
+    outs = [ctx.tensor((b, width // parts)) for _ in range(parts)]
+    ctx.emit("SPLIT", [ctx.const(np.array(1, np.int32)), x], outs, NumSplits=parts)
+    return outs
+
+
+def _fc_step(ctx, h, w, bias, batch):
+    return fully_connected(ctx, h, w, bias, (batch, w.shape[0]))
+
+
+def _run_direction(ctx, kind, xs_proj, params, h, c, reverse, batch, hidden):
+    w_ih, w_hh, b_ih, b_hh = params
+    steps = range(len(xs_proj) - 1, -1, -1) if reverse else range(len(xs_proj))
+    outs = [None] * len(xs_proj)
+    for t in steps:
+        xp = xs_proj[t]
+        if kind == "lstm":
+            gates = xp if h is None else binary(ctx, "ADD", xp, _fc_step(ctx, h, w_hh, None, batch),
+                                                FusedActivationFunction=0)
+            i, f, g, o = _split(ctx, gates, 4)
+            i, f, o = (unary(ctx, "LOGISTIC", v) for v in (i, f, o))
+            g = unary(ctx, "TANH", g)
+            ig = binary(ctx, "MUL", i, g, FusedActivationFunction=0)
+            c = ig if c is None else binary(ctx, "ADD", binary(ctx, "MUL", f, c, FusedActivationFunction=0), ig,
+                                           FusedActivationFunction=0)
+            h = binary(ctx, "MUL", o, unary(ctx, "TANH", c), FusedActivationFunction=0)
+        else:
+            hp = ctx.const(np.broadcast_to(b_hh, (batch, b_hh.size)).copy()) if h is None else \
+                _fc_step(ctx, h, w_hh, b_hh, batch)
+            xr, xz, xn = _split(ctx, xp, 3)
+            hr, hz, hn = _split(ctx, hp, 3) if isinstance(hp, Tensor) and not hp.is_const else \
+                [ctx.const(v) for v in np.split(hp.data, 3, axis=1)]
+            r = unary(ctx, "LOGISTIC", binary(ctx, "ADD", xr, hr, FusedActivationFunction=0))
+            z = unary(ctx, "LOGISTIC", binary(ctx, "ADD", xz, hz, FusedActivationFunction=0))
+            n = unary(ctx, "TANH", binary(ctx, "ADD", xn, binary(ctx, "MUL", r, hn, FusedActivationFunction=0),
+                                          FusedActivationFunction=0))
+            if h is None:  # h = (1 - z) * n
+                h = binary(ctx, "SUB", n, binary(ctx, "MUL", z, n, FusedActivationFunction=0),
+                           FusedActivationFunction=0)
+            else:  # h = n + z * (h - n)
+                d = binary(ctx, "SUB", h, n, FusedActivationFunction=0)
+                h = binary(ctx, "ADD", n, binary(ctx, "MUL", z, d, FusedActivationFunction=0),
+                           FusedActivationFunction=0)
+        outs[t] = h
+    return outs, h, c
+
+
+def _pack(ctx, tensors, axis, shape):
+    out = ctx.tensor(shape)
+    ctx.emit("PACK", tensors, [out], ValuesCount=len(tensors), Axis=axis)
+    return out
+
+
+def _unrolled(ctx, node, kind, a, hx):
+    x = ctx.layout(a["input"], layout.identity(3))
+    batch_first = bool(a["batch_first"])
+    layers, directions = int(a["num_layers"]), 2 if a["bidirectional"] else 1
+    params = _layer_params(a["params"], a["has_biases"], layers, directions)
+    hidden = params[0][1].shape[1]
+    batch = x.shape[0] if batch_first else x.shape[1]
+    steps = x.shape[1] if batch_first else x.shape[0]
+    h0, c0 = (hx[0], hx[1]) if kind == "lstm" else (hx, None)
+    h_n, c_n = [], []
+    seq = x
+    for layer in range(layers):
+        dir_outs = []
+        for d in range(directions):
+            idx = layer * directions + d
+            w_ih, w_hh, b_ih, b_hh = params[idx]
+            bias = b_ih + b_hh if kind == "lstm" else b_ih
+            proj = fully_connected(ctx, seq, w_ih, bias, tuple(seq.shape[:2]) + (w_ih.shape[0],))
+            time_axis = 1 if batch_first else 0
+            xs = [strided_slice(ctx, proj, time_axis, t, t + 1, 1, shrink=True) for t in range(steps)]
+            h = _state(ctx, h0, idx, batch, hidden)
+            c = _state(ctx, c0, idx, batch, hidden) if kind == "lstm" else None
+            outs, h, c = _run_direction(ctx, kind, xs, params[idx], h, c, d == 1, batch, hidden)
+            h_n.append(h)
+            c_n.append(c)
+            shape = (batch, steps, hidden) if batch_first else (steps, batch, hidden)
+            dir_outs.append(_pack(ctx, outs, time_axis, shape))
+        if directions == 1:
+            seq = dir_outs[0]
+        else:
+            shape = tuple(dir_outs[0].shape[:2]) + (2 * hidden,)
+            seq = ctx.tensor(shape)
+            ctx.emit("CONCATENATION", dir_outs, [seq], Axis=2, FusedActivationFunction=0)
+    hn = _pack(ctx, h_n, 0, (len(h_n), batch, hidden))
+    if kind == "gru":
+        return (seq, hn)
+    cn = _pack(ctx, c_n, 0, (len(c_n), batch, hidden))
+    return (seq, hn, cn)
+
+
+def _sequence_lstm(ctx, node, a):
+    x = ctx.layout(a["input"], layout.identity(3))
+    batch_first = bool(a["batch_first"])
+    layers = int(a["num_layers"])
+    params = _layer_params(a["params"], a["has_biases"], layers, 1)
+    hidden = params[0][1].shape[1]
+    batch = x.shape[0] if batch_first else x.shape[1]
+    steps = x.shape[1] if batch_first else x.shape[0]
+    seq = x
+    last = []
+    for layer in range(layers):
+        w_ih, w_hh, b_ih, b_hh = params[layer]
+        bias = b_ih + b_hh
+        gates_ih, gates_hh, gates_b = np.split(w_ih, 4), np.split(w_hh, 4), np.split(bias, 4)
+        h_state = ctx.tensor((batch, hidden), name=f"{node.name}_h{layer}")
+        c_state = ctx.tensor((batch, hidden), name=f"{node.name}_c{layer}")
+        h_state.is_variable = c_state.is_variable = True
+        shape = (batch, steps, hidden) if batch_first else (steps, batch, hidden)
+        out = ctx.tensor(shape)
+        inputs = [seq, *[ctx.const(w) for w in gates_ih], *[ctx.const(w) for w in gates_hh], None, None, None,
+                  *[ctx.const(b) for b in gates_b], None, None, h_state, c_state, None, None, None, None]
+        ctx.emit("UNIDIRECTIONAL_SEQUENCE_LSTM", inputs, [out], FusedActivationFunction=4, CellClip=0.0,
+                 ProjClip=0.0, TimeMajor=not batch_first, AsymmetricQuantizeInputs=bool(ctx.options.hybrid))
+        last.append(strided_slice(ctx, out, 1 if batch_first else 0, steps - 1, steps, 1, shrink=True))
+        seq = out
+    hn = _pack(ctx, last, 0, (layers, batch, hidden)) if layers > 1 else \
+        _reshape(ctx, last[0], (1, batch, hidden))
+    return (seq, hn, None)
+
+
+def _reshape(ctx, x, shape):
+    out = ctx.tensor(shape)
+    ctx.emit("RESHAPE", [x, ctx.const(np.array(shape, np.int32))], [out], NewShape=list(shape))
+    return out
+
+
+@register("aten.lstm.input", emits=("UNIDIRECTIONAL_SEQUENCE_LSTM", "FULLY_CONNECTED", "STRIDED_SLICE", "SPLIT",
+                                    "LOGISTIC", "TANH", "MUL", "ADD", "PACK"))
+def lstm(ctx, node, a):
+    hx = a["hx"]
+    cell_used = any(u.args[1] == 2 and len(u.users) for u in node.users)
+    if (not ctx.options.unroll_rnn and not a["bidirectional"] and not cell_used
+            and all(_zero_or_none(s) for s in hx)):
+        return _sequence_lstm(ctx, node, a)
+    return _unrolled(ctx, node, "lstm", a, hx)
+
+
+@register("aten.gru.input", emits=("FULLY_CONNECTED", "STRIDED_SLICE", "SPLIT", "LOGISTIC", "TANH", "MUL", "ADD",
+                                   "SUB", "PACK"))
+def gru(ctx, node, a):
+    return _unrolled(ctx, node, "gru", a, a["hx"])

@@ -1,0 +1,77 @@
+"""Converter options, in one object (TinyNeuralNetwork's names where they exist).
+
+Example:
+
+>>> from slimkit.converter.options import ConverterOptions
+>>> ConverterOptions(nchw_transpose=False).transposes_input(0, 4)
+False
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+from slimkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ConverterOptions:
+    """Options of :class:`~slimkit.converter.TFLiteConverter`.
+
+    Args:
+        nchw_transpose: as TinyNN: True (default) transposes 4-D model inputs and outputs to NHWC,
+            so the file takes and returns channels-last tensors and needs no TRANSPOSE inside;
+            False keeps every input and output in PyTorch's layout (TRANSPOSE ops at the edges).
+        input_transpose / output_transpose: per-input / per-output override of the above
+            (None: True for 4-D tensors when ``nchw_transpose``).
+        group_conv_rewrite: write grouped convolutions as SPLIT + CONV_2D + CONCATENATION
+            (for runtimes without grouped CONV_2D).
+        unroll_rnn: unroll LSTM / GRU into per-step ops instead of UNIDIRECTIONAL_SEQUENCE_LSTM.
+        hybrid: dynamic-range quantization: int8 weights (per channel) for FULLY_CONNECTED,
+            CONV_2D, DEPTHWISE_CONV_2D and LSTM, float activations.
+        hybrid_conv: include convolutions in ``hybrid`` (TinyNN's ``hybrid_conv``).
+        quantize_io: for quantized models, int8 inputs/outputs: the leading QUANTIZE and trailing
+            DEQUANTIZE are removed (TinyNN's ``fuse_quant_dequant``).
+        quantized_input_stats: ``[(mean, std), ...]`` per input: that input becomes int8 (uint8 when
+            mean > 127) with ``real = (q - mean) / std``, followed by a DEQUANTIZE.
+        optimize: 0 = no fusion; 1 = fold BN, fuse activations, SAME padding; 2 (default) = all.
+    """
+
+    nchw_transpose: bool = True
+    input_transpose: bool | Sequence[bool] | None = None
+    output_transpose: bool | Sequence[bool] | None = None
+    group_conv_rewrite: bool = False
+    unroll_rnn: bool = False
+    hybrid: bool = False
+    hybrid_conv: bool = True
+    quantize_io: bool = False
+    quantized_input_stats: Sequence[tuple[float, float]] | None = None
+    optimize: int = 2
+
+    def __post_init__(self):
+        if self.optimize not in (0, 1, 2):
+            raise ConfigError(f"Expected optimize in (0, 1, 2). Received: optimize={self.optimize!r}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> ConverterOptions:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ConfigError(f"Expected converter options among {sorted(names)}. Received: unknown={unknown}")
+        return cls(**kwargs)
+
+    def _pick(self, value, index: int, rank: int) -> bool:
+        if not self.nchw_transpose:
+            return False
+        if isinstance(value, (list, tuple)):
+            value = value[index] if index < len(value) else None
+        if value is None:
+            return rank == 4
+        return bool(value) and rank >= 3
+
+    def transposes_input(self, index: int, rank: int) -> bool:
+        return self._pick(self.input_transpose, index, rank)
+
+    def transposes_output(self, index: int, rank: int) -> bool:
+        return self._pick(self.output_transpose, index, rank)

@@ -1,0 +1,98 @@
+"""Graph passes on the IR after lowering (most fusion happens as peepholes during lowering)."""
+
+from __future__ import annotations
+
+from slimkit.converter.ir import Graph
+from slimkit.converter.writer import _root
+
+
+def remove_dead_ops(graph: Graph) -> int:
+    """Drop ops none of whose outputs reach a graph output; returns how many were removed."""
+    live = {id(_root(t)) for t in graph.outputs}
+    kept = []
+    for op in reversed(graph.ops):
+        if any(id(_root(t)) in live for t in op.outputs):
+            kept.append(op)
+            live.update(id(_root(t)) for t in op.inputs if t is not None)
+    removed = len(graph.ops) - len(kept)
+    graph.ops = kept[::-1]
+    return removed
+
+
+def _consumers(graph: Graph) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for op in graph.ops:
+        for t in op.inputs:
+            if t is not None:
+                counts[id(_root(t))] = counts.get(id(_root(t)), 0) + 1
+    return counts
+
+
+def collapse_reshapes(graph: Graph) -> int:
+    """RESHAPE(RESHAPE(x)) -> RESHAPE(x); a RESHAPE to its input's own shape disappears."""
+    outputs = {id(_root(t)) for t in graph.outputs}
+    counts = _consumers(graph)
+    replace: dict[int, object] = {}
+    changed = 0
+    for op in graph.ops:
+        op.inputs = [replace.get(id(_root(t)), t) if t is not None else None for t in op.inputs]
+        if op.code != "RESHAPE":
+            continue
+        src = _root(op.inputs[0])
+        prev = src.producer
+        if prev is not None and prev.code == "RESHAPE" and counts.get(id(src), 0) == 1 and id(src) not in outputs:
+            op.inputs[0] = prev.inputs[0]
+            changed += 1
+        out = _root(op.outputs[0])
+        if _root(op.inputs[0]).physical_shape == out.physical_shape and id(out) not in outputs:
+            replace[id(out)] = op.inputs[0]
+            changed += 1
+    return changed
+
+
+def fold_reshape_into_reduce(graph: Graph) -> int:
+    """MEAN / SUM (keep_dims) followed by a RESHAPE that only drops the reduced axes -> keep_dims=False."""
+    outputs = {id(_root(t)) for t in graph.outputs}
+    counts = _consumers(graph)
+    dropped = set()
+    for op in graph.ops:
+        if op.code != "RESHAPE":
+            continue
+        src = _root(op.inputs[0])
+        prev = src.producer
+        if prev is None or prev.code not in ("MEAN", "SUM", "REDUCE_MAX") or not prev.options.get("KeepDims"):
+            continue
+        if counts.get(id(src), 0) != 1 or id(src) in outputs:
+            continue
+        axes = set(int(a) for a in prev.inputs[1].data.reshape(-1))
+        kept = tuple(d for i, d in enumerate(src.physical_shape) if i not in axes)
+        out = _root(op.outputs[0])
+        if kept != out.physical_shape:
+            continue
+        prev.options["KeepDims"] = False
+        prev.outputs[0] = out
+        out.producer = prev
+        dropped.add(id(op))
+    graph.ops = [op for op in graph.ops if id(op) not in dropped]
+    return len(dropped)
+
+
+def run_passes(graph: Graph, options) -> Graph:
+    remove_dead_ops(graph)
+    if options.optimize >= 1:
+        collapse_reshapes(graph)
+        fold_reshape_into_reduce(graph)
+    if options.optimize >= 1 and graph.quant_table:
+        from slimkit.converter.quant import int8_kernels
+
+        int8_kernels(graph)
+    if options.quantize_io or options.quantized_input_stats:
+        from slimkit.converter.quant import quantize_io
+
+        quantize_io(graph, options)
+    remove_dead_ops(graph)
+    if options.hybrid:
+        from slimkit.converter.quant import apply_hybrid
+
+        apply_hybrid(graph, options)
+    return graph

@@ -1,0 +1,250 @@
+"""Quantization parameters for the file: one per-tensor table, read by every int8 emitter.
+
+``QuantTable`` maps a tensor name to ``(scale, zero_point, quantized_dimension)``; hybrid
+(dynamic-range) quantization fills it from the float weights, and full-int8 export will fill it
+from slimkit's calibration dict (``weight_scale`` / ``output_scale`` ...). Emission reads only the
+table, so both sources share one code path.
+
+Example:
+
+>>> import numpy as np
+>>> q, params = quantize_per_channel(np.array([[1.0, -2.0], [0.5, 0.25]], np.float32), axis=0)
+>>> q.tolist(), [round(float(s), 5) for s in params.scale]
+([[64, -127], [127, 64]], [0.01575, 0.00394])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slimkit.converter.ir import Graph, QuantParams
+
+HYBRID_WEIGHT_AXIS = {"FULLY_CONNECTED": 0, "CONV_2D": 0, "DEPTHWISE_CONV_2D": 3}
+
+
+class QuantTable(dict):
+    """``{tensor_name: QuantParams}``: the single source of quantization parameters."""
+
+    def set(self, name: str, scale, zero_point, quantized_dimension: int = 0) -> None:
+        self[name] = QuantParams(np.atleast_1d(np.asarray(scale, np.float32)),
+                                 np.atleast_1d(np.asarray(zero_point, np.int64)), quantized_dimension)
+
+
+def quantize_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, QuantParams]:
+    """Symmetric int8 per-channel quantization (q in [-127, 127], scale = max|w_c| / 127)."""
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    scale = np.abs(w).max(axis=reduce) / 127.0
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, QuantParams(scale, np.zeros_like(scale, dtype=np.int64), axis)
+
+
+def quantize_per_tensor(w: np.ndarray) -> tuple[np.ndarray, QuantParams]:
+    """Symmetric int8 per-tensor quantization (what TFLite's hybrid LSTM kernels take)."""
+    scale = np.float32(max(float(np.abs(w).max()) / 127.0, 1e-12))
+    q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+    return q, QuantParams(np.array([scale], np.float32), np.zeros(1, np.int64), 0)
+
+
+def apply_hybrid(graph: Graph, options, table: QuantTable | None = None) -> QuantTable:
+    """Dynamic-range quantization: int8 weights with per-channel scales, float activations."""
+    table = QuantTable() if table is None else table
+    for op in graph.ops:
+        if op.code == "UNIDIRECTIONAL_SEQUENCE_LSTM":
+            for w in op.inputs[1:9]:
+                if w.name not in table:
+                    q, table[w.name] = quantize_per_tensor(w.values())
+                    w.data = q
+                w.dtype, w.quant = "int8", table[w.name]
+            continue
+        axis = HYBRID_WEIGHT_AXIS.get(op.code)
+        if axis is None or (op.code != "FULLY_CONNECTED" and not options.hybrid_conv):
+            continue
+        w = op.inputs[1]
+        if w is None or w.data is None or w.dtype != "float32":
+            continue
+        if w.name not in table:
+            q, params = quantize_per_channel(w.values(), axis)
+            table[w.name] = params
+            w.data = q
+        w.dtype = "int8"
+        w.quant = table[w.name]
+        if op.code == "FULLY_CONNECTED":
+            op.options["AsymmetricQuantizeInputs"] = True
+    return table
+
+
+def _consumers(graph: Graph) -> dict[int, list]:
+    users: dict[int, list] = {}
+    for op in graph.ops:
+        for t in op.inputs:
+            if t is not None:
+                users.setdefault(id(t), []).append(op)
+    return users
+
+
+_COMMUTES = {"PAD", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "STRIDED_SLICE", "SLICE"}
+
+
+def sink_dequantize(graph: Graph) -> None:
+    """Move DEQUANTIZE below ops that commute with it (layout ops, zero padding, pooling): int8 in, same params out."""
+    from slimkit.converter.ir import Op, Tensor
+
+    ops = []
+    for op in graph.ops:
+        deq = op.inputs[0].producer if op.inputs and op.inputs[0] is not None else None
+        if op.code not in _COMMUTES or deq is None or deq.code != "DEQUANTIZE" or op.options.get(
+                "FusedActivationFunction", 0):
+            ops.append(op)
+            continue
+        q, out = deq.inputs[0], op.outputs[0]
+        q_out = Tensor(out.name + "_int8", out.shape, q.dtype, perm=out.perm, quant=q.quant)
+        op.inputs[0], op.outputs = q, [q_out]
+        q_out.producer = op
+        new_deq = Op("DEQUANTIZE", [q_out], [out], source=op.source)
+        out.producer = new_deq
+        graph.quant_table[q_out.name] = q.quant
+        ops += [op, new_deq]
+    graph.ops = ops
+
+
+def infer_weight_grid(w: np.ndarray, axis: int, tol: float = 1e-3) -> QuantParams | None:
+    """Per-channel symmetric parameters of weights that already sit on an int8 grid (fake-quantized with
+    scale = max|w_c| / 127, possibly through folded BN arithmetic); None when they do not."""
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    scale = (np.abs(w).max(axis=reduce) / 127.0).astype(np.float32)
+    if (scale == 0).any():
+        return None
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    k = w / scale.reshape(shape)
+    if np.abs(k - np.round(k)).max() > tol:
+        return None
+    return QuantParams(scale, np.zeros(scale.size, np.int64), axis)
+
+
+def int8_kernels(graph: Graph) -> int:
+    """DEQUANTIZE -> CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED -> QUANTIZE becomes one int8 kernel.
+
+    Weights come from the op's recorded fake-quant parameters (``quant_hint``), the bias becomes int32
+    with scale ``input_scale * weight_scale``; the input and output parameters are the QUANTIZE ones,
+    all read from the tensors' entries in the quantization table.
+    """
+    sink_dequantize(graph)
+    users = _consumers(graph)
+    outputs = {id(t) for t in graph.outputs}
+    dropped: set[int] = set()
+    rewritten = 0
+    for op in graph.ops:
+        if op.code not in HYBRID_WEIGHT_AXIS or op.inputs[1] is None or not op.inputs[1].is_const:
+            continue
+        x, w, b = op.inputs[0], op.inputs[1], op.inputs[2]
+        if w.quant_hint is None:
+            w.quant_hint = infer_weight_grid(w.values(), HYBRID_WEIGHT_AXIS[op.code])
+            if w.quant_hint is None:
+                continue
+        deq = x.producer
+        after = users.get(id(op.outputs[0]), [])
+        if deq is None or deq.code != "DEQUANTIZE" or len(after) != 1 or after[0].code != "QUANTIZE" \
+                or id(op.outputs[0]) in outputs:
+            continue
+        q_in, q_out = deq.inputs[0], after[0].outputs[0]
+        if q_in.dtype != "int8" or q_out.dtype != "int8":
+            continue
+        hint = w.quant_hint
+        shape = [1] * w.data.ndim
+        shape[hint.quantized_dimension] = -1
+        scale = np.broadcast_to(hint.scale, (w.data.shape[hint.quantized_dimension],)).astype(np.float32)
+        w.data = np.clip(np.round(w.values() / scale.reshape(shape)), -127, 127).astype(np.int8)
+        w.dtype, w.quant = "int8", QuantParams(scale, np.zeros(scale.size, np.int64), hint.quantized_dimension)
+        bias_scale = (q_in.quant.scale[0] * scale).astype(np.float32)
+        b.data = np.round(b.values() / bias_scale).astype(np.int32)
+        b.dtype, b.quant = "int32", QuantParams(bias_scale, np.zeros(scale.size, np.int64), 0)
+        graph.quant_table[w.name], graph.quant_table[b.name] = w.quant, b.quant
+        op.inputs[0] = q_in
+        op.outputs[0] = q_out
+        q_out.producer = op
+        dropped.add(id(after[0]))
+        if len(users.get(id(x), [])) == 1:
+            dropped.add(id(deq))
+        rewritten += 1
+    graph.ops = [op for op in graph.ops if id(op) not in dropped]
+    rewritten += _int8_elementwise(graph)
+    requantize(graph)
+    return rewritten
+
+
+def _int8_elementwise(graph: Graph) -> int:
+    """DEQUANTIZE(a), DEQUANTIZE(b) -> ADD / SUB / MUL -> QUANTIZE becomes one int8 op (each input keeps
+    its own parameters; TFLite rescales)."""
+    users = _consumers(graph)
+    outputs = {id(t) for t in graph.outputs}
+    dropped: set[int] = set()
+    count = 0
+    for op in graph.ops:
+        if op.code not in ("ADD", "SUB", "MUL"):
+            continue
+        producers = [t.producer for t in op.inputs]
+        if any(p is None or p.code != "DEQUANTIZE" or p.inputs[0].dtype != "int8" for p in producers):
+            continue
+        after = users.get(id(op.outputs[0]), [])
+        if len(after) != 1 or after[0].code != "QUANTIZE" or after[0].outputs[0].dtype != "int8" or \
+                id(op.outputs[0]) in outputs:
+            continue
+        op.inputs = [p.inputs[0] for p in producers]
+        op.outputs = [after[0].outputs[0]]
+        op.outputs[0].producer = op
+        dropped.add(id(after[0]))
+        count += 1
+    graph.ops = [op for op in graph.ops if id(op) not in dropped]
+    return count
+
+
+def requantize(graph: Graph) -> None:
+    """DEQUANTIZE -> QUANTIZE becomes one int8 -> int8 QUANTIZE (requantization)."""
+    for op in graph.ops:
+        if op.code != "QUANTIZE":
+            continue
+        deq = op.inputs[0].producer
+        if deq is None or deq.code != "DEQUANTIZE" or deq.inputs[0].dtype not in ("int8", "uint8"):
+            continue
+        op.inputs[0] = deq.inputs[0]  # the DEQUANTIZE may still feed float ops; else dead-op removal drops it
+
+
+def quantize_io(graph: Graph, options) -> None:
+    """Integer model inputs / outputs (TinyNN's ``fuse_quant_dequant``, TF's ``inference_input_type``).
+
+    An input consumed only by a QUANTIZE becomes that QUANTIZE's int8 output; an output produced by a
+    DEQUANTIZE becomes its int8 input. ``quantized_input_stats=[(mean, std), ...]`` makes a float
+    input int8 / uint8 with ``real = (q - mean) / std`` followed by a DEQUANTIZE.
+    """
+    from slimkit.converter.ir import Op, Tensor
+
+    users = _consumers(graph)
+    stats = list(options.quantized_input_stats or [])
+    dropped = set()
+    for i, t in enumerate(list(graph.inputs)):
+        consumers = users.get(id(t), [])
+        if consumers and all(op.code == "QUANTIZE" for op in consumers) and len(consumers) == 1:
+            q = consumers[0].outputs[0]
+            q.producer = None
+            graph.inputs[i] = q
+            dropped.add(id(consumers[0]))
+        elif i < len(stats) and stats[i] is not None and t.dtype == "float32":
+            mean, std = stats[i]
+            dtype = "int8" if -128 <= mean <= 127 else "uint8"
+            q = Tensor(t.name + "_int", t.shape, dtype, perm=t.perm,
+                       quant=QuantParams(np.array([1.0 / std], np.float32), np.array([int(round(mean))]), 0))
+            graph.quant_table[q.name] = q.quant
+            deq = Op("DEQUANTIZE", [q], [t])
+            t.producer = deq
+            graph.ops.insert(0, deq)
+            graph.inputs[i] = q
+    for i, t in enumerate(list(graph.outputs)):
+        op = t.producer
+        if op is not None and op.code == "DEQUANTIZE" and len(users.get(id(t), [])) == 0:
+            graph.outputs[i] = op.inputs[0]
+            dropped.add(id(op))
+    graph.ops = [op for op in graph.ops if id(op) not in dropped]

@@ -1,0 +1,342 @@
+"""PyTorch side of quantization: the fake-quant wrapper, fused-output hooks, BN folding, files.
+
+:class:`QuantWrapper` extends the pruning :class:`~slimkit.frameworks.torch.wrapper.CompressionWrapper`
+(masks still apply, the wrapped module's parameters are never written). On every forward it
+asks the quantizer for the quantized input(s), weight and output. With BatchNorm folding the
+wrapper multiplies the weight by ``gamma / sqrt(running_var + eps)`` before quantizing it and
+divides the conv output by the same factor, so the following BatchNorm (left in the model, on
+batch statistics in training) sees the conv's scale (torch.ao's QAT ConvBn scheme); in eval the
+result is exactly the folded conv. The output of a fused conv+BN+ReLU is quantized once, after
+the ReLU, by a forward hook on the tail module's right call.
+
+Example:
+
+>>> import torch
+>>> from slimkit.frameworks.torch.quant_backend import fold_bn
+>>> conv, bn = torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3).eval()
+>>> bn.running_mean.uniform_(); bn.running_var.uniform_(0.5, 2)
+tensor(...)
+>>> x = torch.randn(1, 2, 5, 5)
+>>> torch.allclose(fold_bn(conv, bn)(x), bn(conv(x)), atol=1e-5)
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.compression.quant import QuantType
+from slimkit.errors import CompressionStateError, UnsupportedOpError
+from slimkit.frameworks.torch import quant_graph
+from slimkit.frameworks.torch.adapter import set_submodule
+from slimkit.frameworks.torch.quant_ops import OPS
+from slimkit.frameworks.torch.wrapper import CompressionWrapper
+from slimkit.utils.files import atomic_path
+
+
+class _Ref:
+    """Holds Python objects on a module without registering them (and survives deepcopy as is)."""
+
+    def __init__(self, **values: Any):
+        self.__dict__.update(values)
+
+    def __deepcopy__(self, memo: dict) -> _Ref:
+        return self
+
+
+def bn_factor(bn: nn.Module) -> torch.Tensor:
+    """``gamma / sqrt(running_var + eps)`` of a BatchNorm in eval."""
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+    return gamma / torch.sqrt(bn.running_var + bn.eps)
+
+
+def folded_parameters(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
+    """Weight and bias of a conv with ``bn`` (eval statistics) folded in."""
+    factor = bn_factor(bn)
+    shape = [-1] + [1] * (weight.dim() - 1)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
+    return weight * factor.reshape(shape), (bias - bn.running_mean) * factor + beta
+
+
+def fold_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    """A new conv computing ``bn(conv(x))`` with ``bn``'s running statistics (inference)."""
+    folded = copy.deepcopy(conv)
+    with torch.no_grad():
+        weight, bias = folded_parameters(conv.weight, conv.bias, bn)
+        folded.weight.copy_(weight)
+        folded.bias = nn.Parameter(bias.detach().clone())
+    return folded
+
+
+class QuantWrapper(CompressionWrapper):
+    """Fake quantization (and masks) around one layer. ``bn``: a BatchNorm folded into it."""
+
+    def __init__(self, module: nn.Module, layer_name: str, quantizer: Any, layer: Any, calls: int = 1):
+        super().__init__(module, layer_name)
+        self._ref = _Ref(quantizer=quantizer, layer=layer, bn=None)
+        self.calls = calls
+        self.quantize_output_here = True
+        self.deploy = False  # BN replaced by Identity in an export copy: add the folded bias here
+        self._count = 0
+
+    def _call_index(self) -> int:
+        if self.calls <= 1:
+            return 0
+        index = self._count % self.calls
+        self._count += 1
+        return index
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        quantizer, layer, bn = self._ref.quantizer, self._ref.layer, self._ref.bn
+        call = self._call_index()
+        runtime = getattr(quantizer, "_graph_runtime", None)
+        if runtime is not None and args:
+            params = runtime.params_of(args[0])
+            if params is not None:
+                quantizer.params[layer.name][quantizer._key("input_from_graph", call)] = params
+        args = quantizer.forward_input(layer, args, call)
+        overrides = self.effective_parameters()
+        if quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) or bn is not None:
+            weight = overrides.get("weight", self.module.weight)
+            if bn is None:
+                overrides["weight"] = quantizer.forward_weight(layer, weight)
+            else:
+                return self._forward_folded(quantizer, layer, bn, weight, overrides, args, call)
+        out = self.call_module(overrides, args, kwargs)
+        return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight this layer computes with (masked, BN-folded, fake-quantized), detached."""
+        quantizer, layer = self._ref.quantizer, self._ref.layer
+        with torch.no_grad():
+            return quantizer.forward_weight(layer, BACKEND.effective_weight(layer)).detach()
+
+    def _forward_folded(self, quantizer: Any, layer: Any, bn: nn.Module, weight: torch.Tensor, overrides: dict,
+                        args: tuple, call: int) -> torch.Tensor:
+        factor = bn_factor(bn)
+        view = [1, -1] + [1] * (weight.dim() - 2)
+        weight = quantizer.forward_weight(layer, weight * factor.reshape([-1] + [1] * (weight.dim() - 1)))
+        bias = overrides.get("bias", self.module.bias)
+        if self.deploy:
+            _, folded_bias = folded_parameters(weight, bias, bn)
+            out = self.module._conv_forward(args[0], weight, folded_bias)
+        else:
+            out = self.module._conv_forward(args[0], weight, None) * factor.reciprocal().reshape(view)
+            if bias is not None:
+                out = out + bias.reshape(view)
+        return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
+
+
+class _TailHook:
+    """Quantizes a fused kernel's output at the tail module (BN / ReLU) on the right calls."""
+
+    def __init__(self, quantizer: Any, calls: int):
+        self.quantizer, self.calls, self.count = quantizer, calls, 0
+        self.layers: dict[int, Any] = {}  # tail call index -> head layer
+
+    def __deepcopy__(self, memo: dict) -> _TailHook:
+        return self
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        index = self.count % self.calls if self.calls > 1 else 0
+        self.count += 1
+        layer = self.layers.get(index)
+        if layer is None:
+            return output
+        return self.quantizer.forward_output(layer, output, 0)
+
+
+class TorchQuantBackend:
+    """Everything the framework-neutral :class:`~slimkit.compression.quantizer.Quantizer` asks of PyTorch."""
+
+    ops = OPS
+
+    # ------------------------------------------------------------ planning and wrapping
+    def plan(self, model: nn.Module, dummy_input: Any, quantizer: Any) -> quant_graph.GraphPlan:
+        names = {layer.name for layer in quantizer.layers}
+        result = quant_graph.plan(model, dummy_input, names, fold_bn=quantizer.fold_bn,
+                                  whole_graph=quantizer.whole_graph)
+        for layer in quantizer.layers:
+            quantizer.states[layer.name].calls = result.calls.get(layer.name, 1)
+        return result
+
+    def wrap(self, model: nn.Module, layers: list[Any], quantizer: Any) -> None:
+        plan = quantizer.graph_plan
+        handles = []
+        tails: dict[str, _TailHook] = {}
+        for layer in layers:
+            if isinstance(model.get_submodule(layer.name), CompressionWrapper):
+                raise CompressionStateError(
+                    f"Layer {layer.name!r} is already wrapped by another compressor. Expected a plain layer: "
+                    f"export or unwrap_model() the first compressor, or exclude {layer.name!r}.")
+            wrapper = QuantWrapper(layer.module, layer.name, quantizer, layer, quantizer.states[layer.name].calls)
+            fusion = plan.fusions.get(layer.name) if plan is not None else None
+            if fusion is not None:
+                if fusion.bn is not None:
+                    wrapper._ref.bn = model.get_submodule(fusion.bn)
+                if fusion.tail is not None and quantizer.quantizes(layer, QuantType.QUANT_OUTPUT):
+                    wrapper.quantize_output_here = False
+                    hook = tails.get(fusion.tail)
+                    if hook is None:
+                        hook = tails[fusion.tail] = _TailHook(quantizer, plan.tail_calls.get(fusion.tail, 1))
+                        handles.append(model.get_submodule(fusion.tail).register_forward_hook(hook))
+                    hook.layers[fusion.tail_call] = layer
+            set_submodule(model, layer.name, wrapper)
+            layer.wrapper = wrapper
+        quantizer._torch_handles = handles
+        if quantizer.whole_graph and plan is not None:
+            from slimkit.frameworks.torch.quant_runtime import GraphRuntime
+
+            runtime = GraphRuntime(model, quantizer, plan, {layer.name for layer in layers})
+            runtime.install()
+            quantizer._graph_runtime = runtime
+
+    def unwrap(self, model: nn.Module, layers: list[Any], quantizer: Any) -> None:
+        for handle in getattr(quantizer, "_torch_handles", []):
+            handle.remove()
+        quantizer._torch_handles = []
+        runtime = getattr(quantizer, "_graph_runtime", None)
+        if runtime is not None:
+            runtime.remove()
+            quantizer._graph_runtime = None
+        for layer in layers:
+            set_submodule(model, layer.name, layer.module)
+            layer.wrapper = None
+
+    def refresh_weight_params(self, model: nn.Module, layers: list[Any], quantizer: Any) -> None:
+        """Recompute the weight parameters from the current (folded, masked) weights."""
+        was_frozen = quantizer.frozen
+        quantizer.frozen = False
+        try:
+            for layer in layers:
+                if layer.wrapper is None or not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+                    continue
+                weight = self.effective_weight(layer)
+                with torch.no_grad():
+                    quantizer.quantize_weight(weight, layer.config, layer=layer, key="weight", call_index=0,
+                                              quantizer=quantizer)
+        finally:
+            quantizer.frozen = was_frozen
+
+    def effective_weight(self, layer: Any) -> torch.Tensor:
+        """The weight the quantizer sees: masked, BN-folded when a BN is folded in."""
+        wrapper = layer.wrapper
+        weight = wrapper.effective_parameters().get("weight", layer.module.weight).detach()
+        bn = wrapper._ref.bn
+        if bn is not None:
+            weight = weight * bn_factor(bn).detach().reshape([-1] + [1] * (weight.dim() - 1))
+        return weight
+
+    def layer_extras(self, layer: Any, quantizer: Any) -> dict[str, Any]:
+        plan = quantizer.graph_plan
+        fusion = plan.fusions.get(layer.name) if plan is not None else None
+        return {"folded_bn": fusion.bn if fusion else None, "fused_activation": fusion.activation if fusion
+                else None, "fused_output_module": fusion.tail if fusion and fusion.tail else layer.name}
+
+    @contextlib.contextmanager
+    def inference(self, model: nn.Module) -> Iterator[None]:
+        """Eval mode and no autograd for the block; the training mode is restored after."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            model.train(was_training)
+
+    def run_batch(self, model: nn.Module, batch: Any) -> Any:
+        """``model(batch)`` for a tensor; ``model(*inputs)`` for ``(inputs, targets)`` / dict batches."""
+        device = next((p.device for p in model.parameters()), None)
+
+        def move(x: Any) -> Any:
+            return x.to(device) if isinstance(x, torch.Tensor) and device is not None else x
+
+        if isinstance(batch, torch.Tensor):
+            return model(move(batch))
+        if isinstance(batch, dict):
+            return model(**{k: move(v) for k, v in batch.items()})
+        if isinstance(batch, (tuple, list)):
+            first = batch[0]
+            return model(*[move(x) for x in first]) if isinstance(first, (tuple, list)) else model(move(first))
+        return model(batch)
+
+    # ------------------------------------------------------------ files
+    def save_weights(self, model: nn.Module, layers: list[Any], path: str) -> None:
+        """The float state dict of the original model class (masks multiplied in)."""
+        with self.unwrapped_copy(model, layers) as clone:
+            state = clone.state_dict()
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    @contextlib.contextmanager
+    def unwrapped_copy(self, model: nn.Module, layers: list[Any]) -> Iterator[nn.Module]:
+        clone = copy.deepcopy(model)
+        for layer in layers:
+            wrapper = clone.get_submodule(layer.name)
+            module = wrapper.module
+            with torch.no_grad():
+                for kind in ("weight", "bias"):
+                    mask = getattr(wrapper, f"{kind}_mask")
+                    if mask is not None and getattr(module, kind, None) is not None:
+                        getattr(module, kind).mul_(mask)
+            set_submodule(clone, layer.name, module)
+        yield clone
+
+    def save_object(self, obj: Any, path: str) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+
+    def load_object(self, path: str) -> Any:
+        return torch.load(path, weights_only=True)
+
+    def deploy_copy(self, quantizer: Any) -> nn.Module:
+        """A copy of the quantized model as the target runs it: BN folded into the convs (BN modules
+        replaced by Identity), parameters frozen. The quantizer is frozen while the copy is used."""
+        model = quantizer.model
+        clone = copy.deepcopy(model)
+        plan = quantizer.graph_plan
+        for layer in quantizer.layers:
+            wrapper = clone.get_submodule(layer.name)
+            fusion = plan.fusions.get(layer.name) if plan is not None else None
+            if fusion is not None and fusion.bn is not None:
+                bn = model.get_submodule(fusion.bn)
+                wrapper._ref = _Ref(quantizer=quantizer, layer=layer, bn=bn)
+                wrapper.deploy = True
+                if fusion.tail == fusion.bn:  # the output hook sat on the BN: keep it, as Identity
+                    identity = nn.Identity()
+                    for hook in model.get_submodule(fusion.bn)._forward_hooks.values():
+                        identity.register_forward_hook(hook)
+                    set_submodule(clone, fusion.bn, identity)
+                else:
+                    set_submodule(clone, fusion.bn, nn.Identity())
+        return clone.eval()
+
+    def export_onnx(self, quantizer: Any, path: str, input_shape: Any, device: Any) -> None:
+        from slimkit.frameworks.torch.onnx_export import export_onnx
+
+        for layer in quantizer.layers:
+            for params in quantizer.params[layer.name].values():
+                if params.bits != 8:
+                    raise UnsupportedOpError(
+                        f"ONNX QuantizeLinear/DequantizeLinear holds 8-bit values only. Layer {layer.name!r} "
+                        f"uses {params.bits} bits. Expected quant_bits=8 for ONNX export; export the "
+                        f"calibration instead.")
+        was_frozen = quantizer.frozen
+        quantizer.freeze()
+        try:
+            clone = self.deploy_copy(quantizer)
+            with OPS.exporting_onnx():
+                export_onnx(clone, path, input_shape, device)
+        finally:
+            quantizer.frozen = was_frozen
+
+
+BACKEND = TorchQuantBackend()

@@ -1,0 +1,217 @@
+"""PyTorch implementation of the quantization ops seam (:class:`slimkit.compression.quant.QuantOps`).
+
+Fake quantization uses ``torch.fake_quantize_per_tensor_affine`` / ``_per_channel_affine``
+(fused kernels with the clipped straight-through gradient, exported by ``torch.onnx`` as
+QuantizeLinear / DequantizeLinear); widths above 16 bits use the same formula in plain ops.
+
+Example:
+
+>>> import numpy as np, torch
+>>> from slimkit.compression.quant import affine_params, Scheme
+>>> from slimkit.frameworks.torch.quant_ops import OPS
+>>> p = affine_params(np.array([-1.0]), np.array([1.0]), 8, Scheme(symmetric=True, narrow=True))
+>>> torch.allclose(OPS.fake_quant(torch.tensor([0.5, 2.0]), p), torch.tensor([64 / 127, 1.0]))
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from slimkit.compression.quant import QParams
+
+
+class _FakeQuantPerTensor(torch.autograd.Function):
+    """torch.fake_quantize_per_tensor_affine's arithmetic and gradient (zero where clamped), ~1.5x faster
+    on CPU: ``q = clamp(round(x * (1 / scale)) + zp, qmin, qmax)``, ``out = (q - zp) * scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, inverse: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                qmin: int, qmax: int) -> torch.Tensor:
+        q = torch.round(x * inverse).add_(zero_point)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        return q.clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        (mask,) = ctx.saved_tensors
+        return grad_output * mask, None, None, None, None, None
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, forward: Callable, backward: Callable) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.backward_fn = backward
+        with torch.no_grad():
+            out = forward(x.detach())
+        return out.clone() if out is x else out
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        (x,) = ctx.saved_tensors
+        return ctx.backward_fn(x, grad_output.clone()), None, None
+
+
+def _channel_view(values: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return values.reshape(shape)
+
+
+class TorchQuantOps:
+    """The ops seam for PyTorch tensors."""
+
+    def __init__(self) -> None:
+        self.onnx_ranges = False  # while exporting: express narrow int8 ranges as ONNX's [-128, 127]
+
+    @contextlib.contextmanager
+    def exporting_onnx(self) -> Iterator[None]:
+        self.onnx_ranges = True
+        try:
+            yield
+        finally:
+            self.onnx_ranges = False
+
+    def native(self, params: QParams, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``params``' scale (float32) and zero point (int32) as tensors on ``like``'s device (cached)."""
+        key = like.device
+        cached = params._native.get(key)
+        if cached is None:
+            scale = torch.as_tensor(params.scale, dtype=torch.float32, device=like.device)
+            zero_point = torch.as_tensor(params.zero_point, dtype=torch.int32, device=like.device)
+            cached = (scale, zero_point)
+            if not torch.compiler.is_exporting():  # tensors made while exporting are fake: never keep them
+                params._native[key] = cached
+        return cached
+
+    def broadcastable(self, params: QParams, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point as tensors that broadcast against ``like`` (per-channel along ``axis``)."""
+        scale, zero_point = self.native(params, like)
+        if params.per_channel:
+            return (_channel_view(scale, like.dim(), params.axis % like.dim()),
+                    _channel_view(zero_point, like.dim(), params.axis % like.dim()))
+        return scale[0], zero_point[0]
+
+    def fake_quant(self, x: torch.Tensor, params: QParams) -> torch.Tensor:
+        scale, zero_point = self.native(params, x)
+        qmin, qmax = params.qmin, params.qmax
+        if self.onnx_ranges and (qmin, qmax) == (-127, 127):
+            qmin = -128  # values never reach -128: |w| <= 127 * scale by construction
+        if params.bits > 16 or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return self._fake_quant_generic(x, scale, zero_point, qmin, qmax, params.axis)
+        # While a graph is captured (torch.onnx, torch.export for the TFLite converter) emit torch's own
+        # fake-quant ops: exporters turn them into QuantizeLinear/DequantizeLinear or int8 TFLite tensors.
+        canonical = self.onnx_ranges or torch.compiler.is_exporting()
+        if params.per_channel:
+            if canonical:
+                return torch.fake_quantize_per_channel_affine(x, scale, zero_point, params.axis % x.dim(), qmin,
+                                                              qmax)
+            return self._fake_quant_per_channel(x, params, scale, zero_point)
+        if canonical or x.dtype != torch.float32:
+            return torch.fake_quantize_per_tensor_affine(x, scale[0], zero_point[0], qmin, qmax)
+        key = ("tensor", x.device)
+        scalars = params._native.get(key)
+        if scalars is None:
+            scalars = params._native[key] = (1.0 / scale[0], scale[0], zero_point[0].float())
+        inverse, scale0, zero0 = scalars
+        return _FakeQuantPerTensor.apply(x, inverse, scale0, zero0, qmin, qmax)
+
+    def _fake_quant_per_channel(self, x: torch.Tensor, params: QParams, scale: torch.Tensor,
+                                zero_point: torch.Tensor) -> torch.Tensor:
+        # Same arithmetic as torch.fake_quantize_per_channel_affine (round half to even of x * (1 / scale)),
+        # 4-5x faster on CPU. Gradient: straight-through (per-channel parameters are weight parameters
+        # computed from the weight itself, so no value lies outside [qmin, qmax]).
+        axis = params.axis % x.dim()
+        key = ("view", x.device, x.dim(), axis)
+        views = params._native.get(key)
+        if views is None:
+            inverse = _channel_view(1.0 / scale, x.dim(), axis).to(x.dtype)
+            views = params._native[key] = (inverse, _channel_view(scale, x.dim(), axis).to(x.dtype),
+                                           _channel_view(zero_point, x.dim(), axis).to(x.dtype),
+                                           bool(params.zero_point.any()))
+        inverse, scale_view, zp_view, has_zero_point = views
+        with torch.no_grad():
+            q = torch.round(x.detach() * inverse)
+            if has_zero_point:
+                q = q.add_(zp_view).clamp_(params.qmin, params.qmax).sub_(zp_view)
+            else:
+                q = q.clamp_(params.qmin, params.qmax)
+            delta = q.mul_(scale_view).sub_(x.detach())
+        return x + delta if x.requires_grad else x.detach() + delta
+
+    def _fake_quant_generic(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
+                            qmax: int, axis: int | None) -> torch.Tensor:
+        scale, zero_point = scale.double(), zero_point.double()
+        if axis is not None:
+            scale, zero_point = _channel_view(scale, x.dim(), axis), _channel_view(zero_point, x.dim(), axis)
+        else:
+            scale, zero_point = scale[0], zero_point[0]
+        xd = x.double()
+        q = torch.clamp(self.round_ste(xd / scale) + zero_point, qmin, qmax)
+        return ((q - zero_point) * scale).to(x.dtype)
+
+    def straight_through(self, x: torch.Tensor, forward: Callable, backward: Callable) -> torch.Tensor:
+        return _StraightThrough.apply(x, forward, backward)
+
+    def round_ste(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (torch.round(x) - x).detach()
+
+    def sign_ste(self, x: torch.Tensor) -> torch.Tensor:
+        sign = torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+        return x + (sign - x).detach()
+
+    def clamp(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        return torch.clamp(x, lo, hi)
+
+    def tanh(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+    def abs_max(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach().abs().max()
+
+    def min_max(self, x: torch.Tensor, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        x = x.detach()
+        if axis is None:
+            lo, hi = torch.aminmax(x)
+            return np.array([lo.item()]), np.array([hi.item()])
+        dims = tuple(d for d in range(x.dim()) if d != axis % x.dim())
+        if not dims:
+            return x.double().cpu().numpy(), x.double().cpu().numpy()
+        lo, hi = torch.amin(x, dim=dims), torch.amax(x, dim=dims)  # faster than aminmax(dim=) on CPU
+        return lo.double().cpu().numpy(), hi.double().cpu().numpy()
+
+    histogram_samples = 1 << 16  # larger tensors are histogrammed on an evenly strided sample
+
+    def histogram(self, x: torch.Tensor, bins: int, hi: float, skip_zeros: bool = False) -> np.ndarray:
+        flat = x.detach().reshape(-1)
+        stride = -(-flat.numel() // self.histogram_samples)
+        if stride > 1:
+            flat = flat[::stride]
+        magnitude = flat.abs().float()
+        counts = torch.histc(magnitude, bins=bins, min=0.0, max=hi).double()
+        if skip_zeros:
+            counts[0] -= (magnitude == 0).sum()
+        return counts.cpu().numpy() * stride
+
+    def clip_grad(self, x: torch.Tensor, grad: torch.Tensor, params: QParams) -> torch.Tensor:
+        scale, zero_point = self.native(params, x)
+        if params.per_channel:
+            scale = _channel_view(scale, x.dim(), params.axis)
+            zero_point = _channel_view(zero_point, x.dim(), params.axis)
+        else:
+            scale, zero_point = scale[0], zero_point[0]
+        q = torch.round(x / scale) + zero_point
+        return grad.masked_fill((q < params.qmin) | (q > params.qmax), 0)
+
+    def zero_grad_where_abs_above(self, x: torch.Tensor, grad: torch.Tensor, limit: float) -> torch.Tensor:
+        return grad.masked_fill(x.abs() > limit, 0)
+
+
+OPS = TorchQuantOps()

@@ -1,0 +1,151 @@
+"""Whole-graph fake quantization at run time, keyed like the captured graph.
+
+With ``op_types: ['default']`` and a ``dummy_input``, every tensor the deployed model will hold
+as integers gets parameters, not only module outputs: functional ``+``, ``*``, ``torch.cat``,
+``mean``, pooling, reshapes, and the model inputs. The plan (which tensors, their op kinds and
+producers) comes from :mod:`slimkit.frameworks.torch.quant_graph`; at run time a
+``TorchFunctionMode`` sees each torch-level call, names it with the same
+``"<module_path>/<call_index>/<op>/<k>"`` key (module path and call index tracked with module
+hooks) and fake-quantizes the output of the calls the plan lists.
+
+Calls made by wrapped layers and by the quantizer itself are not counted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from slimkit.frameworks.torch.quant_graph import GraphPlan, function_name
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, runtime: GraphRuntime):
+        super().__init__()
+        self.runtime = runtime
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        return self.runtime.on_call(func, args, out)
+
+
+class GraphRuntime:
+    """Module-path tracking, tensor bookkeeping and the function mode for one quantized model."""
+
+    def __init__(self, model: nn.Module, quantizer: Any, plan: GraphPlan, wrapped: set[str]):
+        self.model, self.quantizer, self.plan, self.wrapped = model, quantizer, plan, wrapped
+        self.stack: list[tuple[str, int]] = []
+        self.calls: dict[str, int] = defaultdict(int)
+        self.ops: dict[tuple[str, int, str], int] = defaultdict(int)
+        self.tensors: dict[int, tuple[torch.Tensor, Any]] = {}
+        self.mode: _Mode | None = None
+        self.handles: list[Any] = []
+        self.seen: set[str] = set()
+
+    def __deepcopy__(self, memo: dict) -> GraphRuntime:
+        return self  # copies of the model (export) share the runtime: hooks are keyed by path
+
+    # ---------------------------------------------------------------- installation
+    def install(self) -> None:
+        self.handles.append(self.model.register_forward_pre_hook(self._root_pre, prepend=True))
+        self.handles.append(self.model.register_forward_hook(self._root_post))
+        for name, module in self.model.named_modules():
+            if not name:
+                continue
+            path = name[: -len(".module")] if name.endswith(".module") and name[: -len(".module")] in \
+                self.wrapped else name
+            self.handles.append(module.register_forward_pre_hook(self._pre(path, name == path)))
+            self.handles.append(module.register_forward_hook(self._post(name == path)))
+        self.quantizer.tensor_listener = self._layer_tensor
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        self._exit()
+        self.quantizer.tensor_listener = None
+
+    # ---------------------------------------------------------------- hooks
+    def _root_pre(self, module: nn.Module, args: tuple) -> tuple:
+        self._exit()
+        self.stack, self.tensors = [("", 0)], {}
+        self.calls.clear()
+        self.ops.clear()
+        quantized = []
+        for index, arg in enumerate(args):
+            if isinstance(arg, torch.Tensor) and arg.is_floating_point() and f"input/{index}" in self.plan.graph:
+                arg = self._quantize(f"input/{index}", arg, "input", [], inputs=[])
+            quantized.append(arg)
+        self.mode = _Mode(self)
+        self.mode.__enter__()
+        return tuple(quantized)
+
+    def _root_post(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._exit()
+        self.tensors = {}
+        self.stack = []
+
+    def _exit(self) -> None:
+        if self.mode is not None:
+            mode, self.mode = self.mode, None
+            mode.__exit__(None, None, None)
+
+    def _pre(self, path: str, counts: bool) -> Any:
+        def hook(module: nn.Module, args: tuple) -> None:
+            if not self.stack:
+                return
+            if counts:
+                index = self.calls[path]
+                self.calls[path] += 1
+            else:  # the module inside a wrapper: same path, same call as the wrapper
+                index = self.stack[-1][1]
+            self.stack.append((path, index))
+        return hook
+
+    def _post(self, counts: bool) -> Any:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if len(self.stack) > 1:
+                self.stack.pop()
+        return hook
+
+    # ---------------------------------------------------------------- tensors
+    def _layer_tensor(self, tensor: Any, layer_name: str, key: str) -> None:
+        if isinstance(tensor, torch.Tensor) and self.stack:
+            self.tensors[id(tensor)] = (tensor, self.quantizer.params[layer_name].get(key))
+
+    def params_of(self, tensor: Any) -> Any:
+        entry = self.tensors.get(id(tensor))
+        return entry[1] if entry is not None and entry[0] is tensor else None
+
+    def on_call(self, func: Any, args: tuple, out: Any) -> Any:
+        if not self.stack or self.quantizer._in_quant or not isinstance(out, torch.Tensor):
+            return out
+        path, call = self.stack[-1]
+        if path in self.wrapped:
+            return out
+        name = function_name(func)
+        counter = (path, call, name)
+        k = self.ops[counter]
+        self.ops[counter] = k + 1
+        key = f"{path}/{call}/{name}/{k}"
+        tensor = self.plan.graph.get(key)
+        if tensor is None or not out.is_floating_point():
+            return out
+        first = args[0] if args else None
+        sources = list(first) if isinstance(first, (list, tuple)) else [a for a in args if isinstance(
+            a, torch.Tensor)]
+        input_params = [self.params_of(t) for t in sources if isinstance(t, torch.Tensor)]
+        return self._quantize(key, out, tensor.kind, input_params, inputs=tensor.inputs)
+
+    def _quantize(self, key: str, out: torch.Tensor, kind: str, input_params: list, inputs: list) -> torch.Tensor:
+        self.seen.add(key)
+        graph_tensor = self.plan.graph[key]
+        result = self.quantizer.quantize_graph_tensor(
+            key, out, kind, input_params, inputs=inputs, node=graph_tensor.node, module=graph_tensor.module,
+            call_index=graph_tensor.call_index)
+        self.tensors[id(result)] = (result, self.quantizer.graph_params.get(key))
+        return result

@@ -1,0 +1,213 @@
+"""``ModelSpeedup``: turn a masked PyTorch model into a smaller plain one, in place.
+
+Example:
+
+>>> import torch
+>>> from slimkit.speedup import ModelSpeedup
+>>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)).eval()
+>>> keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
+>>> masks = {'0': {'weight': keep.view(4, 1, 1, 1).expand(4, 3, 3, 3).clone(), 'bias': keep}}
+>>> report = ModelSpeedup(model, torch.randn(1, 3, 8, 8), masks).speedup_model()
+>>> model[0], model[2]
+(Conv2d(3, 2, kernel_size=(3, 3), stride=(1, 1)), Conv2d(2, 2, kernel_size=(1, 1), stride=(1, 1)))
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit.errors import SlimkitError, UnsupportedOpError
+from slimkit.frameworks.torch.adapter import set_submodule
+from slimkit.frameworks.torch.wrapper import CompressionWrapper
+from slimkit.speedup.analysis import Plan, analyse, single_thread
+from slimkit.speedup.capture import capture, forget
+from slimkit.speedup.registry import MODULE_RULES, ensure_loaded
+from slimkit.speedup.report import LayerChange, SpeedupReport
+from slimkit.utils.flops import profile
+
+
+class ModelSpeedup:
+    """Make a pruned model's masks physical: layers with fewer channels, same outputs.
+
+    Args:
+        model: the plain (unwrapped) ``torch.nn.Module`` the masks were computed for; it is changed in place.
+        dummy_input: an example input (tensor or tuple of tensors) used to capture the graph.
+        masks_or_mask_path: ``{layer_name: {'weight': mask, 'bias': mask or None}}`` (as
+            ``Pruner.get_masks()`` returns) or the path of a mask file (``export_model(mask_path=...)``).
+        tolerance: largest relative difference to the masked model accepted when checking the result.
+        verify: compare the result with the masked model on ``dummy_input``; on a mismatch the model
+            is restored and a :class:`slimkit.SlimkitError` is raised.
+
+    Raises:
+        UnsupportedOpError: the graph holds an operator the channel analysis does not know (the model is
+            left as it was).
+        SlimkitError: masks that name no layer of the model or have the wrong shape; a wrapped model.
+    """
+
+    def __init__(self, model: nn.Module, dummy_input: Any, masks_or_mask_path: Any, *, tolerance: float = 1e-5,
+                 verify: bool = True):
+        if isinstance(masks_or_mask_path, (str, os.PathLike)):
+            from slimkit.masks import load_masks
+
+            masks_or_mask_path = load_masks(masks_or_mask_path)
+        if not isinstance(masks_or_mask_path, Mapping):
+            raise SlimkitError(f"Expected masks as {{layer_name: {{'weight': mask, 'bias': mask}}}} or a mask file "
+                               f"path. Received: masks_or_mask_path of type {type(masks_or_mask_path).__name__}")
+        self.model = model
+        self.dummy_input = dummy_input if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
+        self.masks = masks_or_mask_path
+        self.tolerance = tolerance
+        self.verify = verify
+
+    # ------------------------------------------------------------------------------------------
+    def _check_model(self) -> None:
+        for name, module in self.model.named_modules():
+            if isinstance(module, CompressionWrapper):
+                raise SlimkitError(
+                    f"Layer {name!r} is still wrapped by a compressor. Expected the plain model: call "
+                    f"pruner.unwrap_model() (or load the exported weights into a fresh model) before speedup.")
+
+    def _masked_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        weights = {}
+        for name, entry in self.masks.items():
+            try:
+                module = self.model.get_submodule(name)
+            except AttributeError:
+                raise SlimkitError(f"The masks name layer {name!r}, which the model does not have. Expected masks "
+                                   f"computed for this model. Received: layers {sorted(self.masks)[:5]}...") from None
+            weight = module.weight.detach()
+            mask = torch.as_tensor(entry["weight"], dtype=weight.dtype, device=weight.device)
+            if mask.shape != weight.shape:
+                raise SlimkitError(f"The weight mask of layer {name!r} has the wrong shape. Expected "
+                                   f"{tuple(weight.shape)}. Received: shape={tuple(mask.shape)}")
+            bias = getattr(module, "bias", None)
+            bias = bias.detach() if isinstance(bias, torch.Tensor) else None
+            if bias is not None and entry.get("bias") is not None:
+                bias = bias * torch.as_tensor(entry["bias"], dtype=bias.dtype, device=bias.device)
+            weights[name] = (weight * mask, bias)
+        return weights
+
+    def _reference(self, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[Any, int]:
+        overrides = {}
+        for name, (weight, bias) in weights.items():
+            overrides[f"{name}.weight"] = weight
+            if bias is not None:
+                overrides[f"{name}.bias"] = bias
+
+        def call(inputs: tuple) -> Any:
+            return torch.func.functional_call(self.model, overrides, inputs, strict=False)
+
+        output, flops, _ = profile(self.model, self.dummy_input, call)
+        return output, flops
+
+    def speedup_model(self) -> SpeedupReport:
+        """Analyse the graph, then replace the pruned layers in place. Returns a :class:`SpeedupReport`."""
+        ensure_loaded()
+        start = time.perf_counter()
+        timings = {}
+        self._check_model()
+        weights = self._masked_weights()
+        params_before = sum(p.numel() for p in self.model.parameters())
+        with single_thread():
+            reference, flops_before = self._reference(weights) if self.verify else (None, 0)
+        timings["reference"] = time.perf_counter() - start
+        with single_thread():
+            captured = capture(self.model, tuple(self.dummy_input))
+        timings["capture"] = time.perf_counter() - start - timings["reference"]
+        plan = analyse(captured, weights)
+        timings["analyse"] = time.perf_counter() - start - timings["reference"] - timings["capture"]
+        with single_thread():
+            replacements = self._build(plan, weights)  # everything is decided before the model is touched
+        forget()
+        originals = {}
+        for name, module in replacements.items():
+            originals[name] = self.model.get_submodule(name)
+            set_submodule(self.model, name, module)
+        error = None
+        flops_after = 0
+        if self.verify:
+            try:
+                with single_thread():
+                    output, flops_after, _ = profile(self.model, self.dummy_input)
+                error = _relative_error(output, reference)
+            except Exception as failure:  # a shape mismatch in the user's forward after surgery
+                self._restore(originals)
+                raise SlimkitError(f"Speedup produced a model whose forward fails ({type(failure).__name__}: "
+                                   f"{failure}); the model was restored. This usually means the forward "
+                                   f"hard-codes a channel count; exclude the layers feeding it.") from failure
+            if not error <= self.tolerance:
+                self._restore(originals)
+                raise SlimkitError(f"Speedup changed the model's output (relative error {error:.3g} > tolerance "
+                                   f"{self.tolerance:g}); the model was restored. Please report this model.")
+        timings["surgery+verify"] = time.perf_counter() - start - sum(timings.values())
+        changes = [_change(name, originals[name], module) for name, module in replacements.items()
+                   if _channels(originals[name]) != _channels(module)]
+        return SpeedupReport(changes, params_before, sum(p.numel() for p in self.model.parameters()), flops_before,
+                             flops_after, time.perf_counter() - start, error, timings)
+
+    def _restore(self, originals: dict[str, nn.Module]) -> None:
+        for name, module in originals.items():
+            set_submodule(self.model, name, module)
+
+    def _build(self, plan: Plan, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, nn.Module]:
+        keep_by_module: dict[str, dict[str, np.ndarray]] = {}
+        for (path, role), keep in plan.keep.items():
+            keep_by_module.setdefault(path, {})[role] = keep
+        names = [name for name, _ in self.model.named_modules()]
+        targets = [n for n in names if n in weights or n in plan.folds
+                   or any(not k.all() for k in keep_by_module.get(n, {}).values())]
+        replacements = {}
+        for name in targets:
+            module = self.model.get_submodule(name)
+            rule = MODULE_RULES.get(type(module))
+            if rule is None:
+                raise UnsupportedOpError(
+                    f"Speedup cannot rebuild layer {name!r} of type {type(module).__name__}. Expected one of "
+                    f"{sorted(t.__name__ for t in MODULE_RULES)}; exclude {name!r} from pruning.")
+            weight, bias = weights.get(name) or (getattr(module, "weight", None), getattr(module, "bias", None))
+            weight = weight.detach() if isinstance(weight, torch.Tensor) else None
+            bias = bias.detach() if isinstance(bias, torch.Tensor) else None
+            replacements[name] = rule(module, weight, bias, keep_by_module.get(name, {}), plan.folds.get(name, {}))
+        return replacements
+
+
+def _channels(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.in_channels, module.out_channels
+    count = getattr(module, "num_features", getattr(module, "num_parameters", 0))
+    return count, count
+
+
+def _change(name: str, before: nn.Module, after: nn.Module) -> LayerChange:
+    (in_b, out_b), (in_a, out_a) = _channels(before), _channels(after)
+    return LayerChange(name, type(before).__name__, in_b, in_a, out_b, out_a)
+
+
+def _flatten(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _flatten(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _flatten(v)]
+    return []
+
+
+def _relative_error(output: Any, reference: Any) -> float:
+    worst = 0.0
+    for out, ref in zip(_flatten(output), _flatten(reference)):
+        if out.shape != ref.shape:
+            return float("inf")
+        scale = float(ref.abs().max()) if ref.numel() else 0.0
+        diff = float((out - ref).abs().max()) if ref.numel() else 0.0
+        worst = max(worst, diff / scale if scale > 0 else diff)
+    return worst

@@ -1,0 +1,67 @@
+"""Registries of speedup rules: one for graph operators (analysis), one for module types (surgery).
+
+An operator rule reads the states of a node's inputs and returns the state of its output
+(:class:`slimkit.speedup.state.TensorState`, or a list for ops returning several tensors),
+merging coupled channel variables on the way. A module rule builds the smaller module.
+
+Example:
+
+>>> from slimkit.speedup.registry import OP_RULES, ensure_loaded
+>>> ensure_loaded()
+>>> 'aten::conv2d' in OP_RULES and 'aten::add' in OP_RULES
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+OP_RULES: dict[str, Callable[..., Any]] = {}
+MODULE_RULES: dict[type, Callable[..., Any]] = {}
+
+
+def register_op(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register an analysis rule for the ATen operators ``names`` (schema names, ``'aten::add'``)."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name in names:
+            OP_RULES[name] = fn
+        return fn
+
+    return decorate
+
+
+def register_module(*types: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the surgery rule that rebuilds modules of ``types`` with fewer channels."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for module_type in types:
+            MODULE_RULES[module_type] = fn
+        return fn
+
+    return decorate
+
+
+def op_name(node: Any) -> str:
+    """``'aten::conv2d'`` for an ATen overload, the function name for Python callables."""
+    target = node.target
+    schema = getattr(target, "_schema", None)
+    if schema is not None:
+        return schema.name
+    return getattr(target, "__name__", str(target))
+
+
+def _load_rules() -> None:
+    # The rule modules register themselves on import.
+    from slimkit.speedup import module_ops, ops, surgery  # noqa: F401
+
+
+_load_rules_done = False
+
+
+def ensure_loaded() -> None:
+    global _load_rules_done
+    if not _load_rules_done:
+        _load_rules()
+        _load_rules_done = True

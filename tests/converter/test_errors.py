@@ -1,0 +1,76 @@
+"""Unsupported ops are listed at once, before anything is written; writes are atomic."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import slimkit
+from slimkit.converter import TFLiteConverter
+from slimkit.converter import convert as convert_module
+
+
+class TwoUnsupported(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 1))
+
+    def forward(self, x):
+        x = torch.cumsum(self.conv(x), dim=1)
+        return torch.flip(self.block(x), dims=[2])
+
+
+def test_every_unsupported_op_listed_with_module_path(tmp_path):
+    path = tmp_path / "m.tflite"
+    with pytest.raises(slimkit.UnsupportedOpError) as info:
+        TFLiteConverter(TwoUnsupported(), torch.randn(1, 3, 8, 8), path).convert()
+    message = str(info.value)
+    assert "aten.cumsum" in message and "aten.flip" in message
+    assert "2 operator(s)" in message
+    assert "docs/converter.md" in message
+    assert not path.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_unsupported_arguments_listed_together(tmp_path):
+    class M(nn.Module):
+        def forward(self, x):
+            return F.pad(x, (1, 1, 1, 1), mode="replicate") + F.max_pool2d(x, 3, 1, 1, dilation=2).mean()
+
+    with pytest.raises(slimkit.UnsupportedOpError) as info:
+        TFLiteConverter(M(), torch.randn(1, 3, 8, 8), tmp_path / "m.tflite").convert()
+    message = str(info.value)
+    assert "replicate" in message and "dilated max pooling" in message
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_write_leaves_previous_file_untouched(tmp_path, monkeypatch):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"old")
+
+    def boom(graph):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(convert_module, "serialize", boom)
+    with pytest.raises(RuntimeError):
+        TFLiteConverter(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8), path).convert()
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["m.tflite"]
+
+
+def test_unknown_option_is_config_error(tmp_path):
+    with pytest.raises(slimkit.ConfigError, match="nchw_tranpose"):
+        TFLiteConverter(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8), tmp_path / "m.tflite", nchw_tranpose=False)
+
+
+def test_registry_lists_supported_ops():
+    from slimkit.converter import supported_ops
+
+    table = dict(supported_ops())
+    assert table["aten.conv2d.default"] == ("CONV_2D", "DEPTHWISE_CONV_2D", "PAD")
+    assert len(table) > 80

@@ -1,0 +1,95 @@
+"""Dependency-aware filter pruning: coupled layers share one channel mask chosen by summed L1."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slimkit.algorithms.pruning import L1FilterPruner
+from slimkit.models.zoo import BasicBlock, build
+from slimkit.speedup import ModelSpeedup
+from slimkit.speedup.dependency import channel_groups
+
+
+class TwoBlocks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+        self.block1 = BasicBlock(4, 4)
+        self.block2 = BasicBlock(4, 6, stride=2)
+
+    def forward(self, x):
+        return self.block2(self.block1(self.stem(x)))
+
+
+def _set_filters(conv: nn.Conv2d, norms: list[float]) -> None:
+    with torch.no_grad():
+        conv.weight.zero_()
+        per_filter = conv.weight[0].numel()
+        for i, norm in enumerate(norms):
+            conv.weight[i].fill_(norm / per_filter)
+
+
+def test_channel_groups_of_residual_blocks():
+    model = TwoBlocks().eval()
+    groups = channel_groups(model, torch.randn(1, 2, 8, 8))
+    assert [(g.members, g.partitions) for g in groups] == [
+        (["stem", "block1.conv2"], 1), (["block2.conv2", "block2.down.0"], 1)]
+
+
+def test_coupled_layers_prune_by_summed_l1():
+    model = TwoBlocks().eval()
+    _set_filters(model.stem, [1.0, 5.0, 2.0, 9.0])
+    _set_filters(model.block1.conv2, [8.0, 0.5, 2.5, 1.0])  # sums: 9, 5.5, 4.5, 10 -> keep 0 and 3
+    _set_filters(model.block2.conv2, [1, 2, 3, 4, 5, 6])
+    _set_filters(model.block2.down[0], [6, 5, 0.5, 0.5, 0.5, 0.5])  # sums: 7, 7, 3.5, 4.5, 5.5, 6.5 -> 0, 1, 5
+    x = torch.randn(1, 2, 8, 8)
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], dependency_aware=True, dummy_input=x)
+    pruner.compress()
+    masks = pruner.get_masks()
+
+    def kept(name):
+        return torch.nonzero(masks[name]["weight"].flatten(1).sum(1)).flatten().tolist()
+
+    assert kept("stem") == kept("block1.conv2") == [0, 3]
+    assert kept("block2.conv2") == kept("block2.down.0") == [0, 1, 5]
+
+
+def test_group_conv_partitions_are_balanced():
+    model, x = build("resnext_group")
+    groups = {tuple(g.members): g.partitions for g in channel_groups(model, x)}
+    assert groups[("body.0.conv2",)] == 4 and groups[("body.0.conv1",)] == 4
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], dependency_aware=True, dummy_input=x)
+    pruner.compress()
+    keep = pruner.get_masks()["body.0.conv2"]["weight"].flatten(1).sum(1) > 0
+    assert keep.view(4, -1).sum(1).tolist() == [2, 2, 2, 2]
+
+
+def test_dependency_aware_masks_are_removed_exactly():
+    model, x = build("resnet_basic")
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], dependency_aware=True, dummy_input=x)
+    pruner.compress()
+    masks = pruner.get_masks()
+    pruner.unwrap_model()
+    report = ModelSpeedup(model, x, masks).speedup_model()
+    convs = {c.name: c for c in report.layers}
+    # Coupled through the residual adds, coupled convs keep the same channels. (A pruned channel whose
+    # BatchNorm shift survives the ReLU is a constant a padded conv cannot absorb, so it may be kept.)
+    assert convs["body.0.conv2"].out_after == convs["stem.0"].out_after < 8
+    assert convs["body.1.down.0"].out_after == convs["body.2.conv2"].out_after < 16
+    assert model.body[0].conv1.weight.shape[1] == convs["stem.0"].out_after
+
+
+def test_speedup_reuses_the_pruner_capture():
+    from slimkit.speedup import capture as capture_module
+
+    model, x = build("resnet_basic")
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], dependency_aware=True, dummy_input=x)
+    kept = capture_module._LAST[0][2]
+    assert capture_module.capture(model, (x,)) is kept
+    pruner.compress()
+    masks = pruner.get_masks()
+    pruner.unwrap_model()
+    report = ModelSpeedup(model, x, masks).speedup_model()
+    assert report.timings["capture"] < 0.05
+    assert not capture_module._LAST  # the model changed: the capture is dropped
