@@ -1,0 +1,140 @@
+"""Keras 3 adapter: layer discovery, mask wrappers, hooks and files for ``keras.Model`` models.
+
+The core reaches it through :func:`slimkit.compression.adapter.adapter_for`, which reads the
+module-level ``ADAPTER``. Wrapping keeps the model object and its layer objects: each selected
+layer's calls are routed through a :class:`~slimkit.frameworks.tensorflow.wrapper.MaskWrapper`
+(see that module), so ``pruner.compress()`` returns the same model, ready to train.
+
+Example:
+
+>>> import keras
+>>> from slimkit.frameworks.tensorflow.adapter import ADAPTER
+>>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name='conv'),
+...                           keras.layers.ReLU(name='relu')])
+>>> [(ref.name, ref.type) for ref in ADAPTER.discover(model)]
+[('conv', 'Conv2D'), ('relu', 'ReLU')]
+>>> ADAPTER.out_axis(model.get_layer('conv'))
+-1
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from slimkit.compression.config import LayerRef
+from slimkit.errors import CompressionStateError
+from slimkit.frameworks.tensorflow import layout
+from slimkit.frameworks.tensorflow.discovery import named_layers
+from slimkit.frameworks.tensorflow.wrapper import HookHandle, install, retrace, uninstall, wrapper_of
+
+
+class KerasAdapter:
+    """The :class:`slimkit.compression.adapter.FrameworkAdapter` for Keras 3 models."""
+
+    name = "keras"
+
+    def discover(self, model: Any) -> list[LayerRef]:
+        return [LayerRef(name, type(layer).__name__, layer) for name, layer in named_layers(model)]
+
+    @functools.cache  # noqa: B019 - the adapter is a process-wide singleton
+    def known_types(self) -> set[str]:
+        return {name for name, obj in vars(keras.layers).items()
+                if isinstance(obj, type) and issubclass(obj, keras.layers.Layer)}
+
+    def default_types(self, role: str) -> tuple[str, ...]:
+        return layout.ROLES.get(role, ())
+
+    def has_weight(self, module: Any) -> bool:
+        if not module.built:
+            raise CompressionStateError(
+                f"Layer {module.name!r} is not built yet, so it has no weights to compress. Expected a built "
+                f"model: call the model on an example batch (or give it a keras.Input) before compressing.")
+        return layout.variable(module, layout.weight_attrs(module)[0]) is not None
+
+    def out_axis(self, module: Any) -> int:
+        return layout.out_axis(module)
+
+    def activation_axis(self, module: Any) -> int:
+        """Channel axis of the layer's output: -1 (channels_last), or 1 for ``data_format='channels_first'``."""
+        return layout.activation_axis(module)
+
+    def weight(self, layer: Any, masked: bool = True) -> tf.Tensor:
+        return self._param(layer, 0, masked)
+
+    def bias(self, layer: Any, masked: bool = True) -> tf.Tensor | None:
+        return self._param(layer, 1, masked)
+
+    def _param(self, layer: Any, index: int, masked: bool) -> tf.Tensor | None:
+        var = layout.variable(layer.module, layout.weight_attrs(layer.module)[index])
+        if var is None:
+            return None
+        value = tf.convert_to_tensor(var.value)
+        wrapper = wrapper_of(layer.module)
+        mask = None
+        if masked and wrapper is not None:
+            mask = wrapper.weight_mask if index == 0 else wrapper.bias_mask
+        return value * tf.cast(mask, value.dtype) if mask is not None else value
+
+    def to_numpy(self, tensor: Any) -> np.ndarray:
+        return np.asarray(keras.ops.convert_to_numpy(tensor))
+
+    def wrap(self, model: Any, layers: list[Any]) -> None:
+        for layer in layers:
+            if wrapper_of(layer.module) is not None:
+                raise CompressionStateError(
+                    f"Layer {layer.name!r} is already wrapped by another compressor. Expected a plain layer: "
+                    f"export or unwrap_model() the first compressor, or exclude {layer.name!r}.")
+        for layer in layers:
+            layer.wrapper = install(layer.module, layer.name)
+            layer.wrapper.models.add(model)
+        retrace(model)
+
+    def unwrap(self, model: Any, layers: list[Any]) -> None:
+        for layer in layers:
+            uninstall(layer.module)
+            layer.wrapper = None
+        retrace(model)
+
+    def set_masks(self, layer: Any, weight_mask: np.ndarray, bias_mask: np.ndarray | None) -> None:
+        wrapper = layer.wrapper
+        wrapper.weight_mask.assign(np.asarray(weight_mask, dtype=np.float32))
+        if bias_mask is not None and wrapper.bias_mask is not None:
+            wrapper.bias_mask.assign(np.asarray(bias_mask, dtype=np.float32))
+            if not wrapper.bias_mask_set:
+                wrapper.bias_mask_set = True
+                wrapper.refresh_models()  # functions traced before multiply no bias mask
+
+    def get_masks(self, layer: Any) -> tuple[tf.Tensor, tf.Tensor | None]:
+        wrapper = layer.wrapper
+        bias = tf.identity(wrapper.bias_mask.value) if wrapper.bias_mask_set else None
+        return tf.identity(wrapper.weight_mask.value), bias
+
+    def add_output_hook(self, layer: Any, fn: Callable[[np.ndarray], None]) -> HookHandle:
+        """Call ``fn(output as numpy)`` after every forward of ``layer``, eager or inside ``fit``."""
+        return layer.wrapper.add_hook(fn)
+
+    def save_weights(self, model: Any, layers: list[Any], path: str) -> None:
+        from slimkit.frameworks.tensorflow.export import save_model
+
+        save_model(model, path)
+
+    def save_masks(self, masks: dict[str, dict[str, Any]], path: str) -> None:
+        from slimkit.frameworks.tensorflow.export import save_masks
+
+        save_masks(masks, path)
+
+    def export_onnx(self, model: Any, layers: list[Any], path: str, input_shape: Any, device: Any) -> None:
+        from slimkit.errors import UnsupportedOpError
+
+        raise UnsupportedOpError("ONNX export of Keras models is not supported. Expected onnx_path=None; export "
+                                 "with slimkit.frameworks.tensorflow.export_tflite(model, path) instead. "
+                                 f"Received: onnx_path={path!r}")
+
+
+ADAPTER = KerasAdapter()

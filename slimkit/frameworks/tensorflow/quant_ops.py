@@ -1,0 +1,111 @@
+"""TensorFlow implementation of the quantization ops seam (the ``QuantOps`` protocol of
+``slimkit.compression.quant``), for fake quantization inside Keras layers.
+
+``params`` is duck-typed: anything with ``bits``, ``scale`` and ``zero_point`` (1-D numpy arrays),
+``qmin``, ``qmax`` and ``axis`` (None for per-tensor) works, as ``QParams`` does. Gradients are
+straight-through (``tf.custom_gradient``); ``fake_quant`` zeroes the gradient of values that
+quantize outside ``[qmin, qmax]``, as TFLite's and PyTorch's fake-quant kernels do.
+
+Example:
+
+>>> import numpy as np, tensorflow as tf
+>>> from types import SimpleNamespace
+>>> from slimkit.frameworks.tensorflow.quant_ops import OPS
+>>> p = SimpleNamespace(bits=8, scale=np.array([1 / 127]), zero_point=np.array([0]), qmin=-127, qmax=127, axis=None)
+>>> np.round(OPS.fake_quant(tf.constant([0.5, 2.0]), p).numpy() * 127).tolist()
+[64.0, 127.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+
+def _channel_view(values: tf.Tensor, ndim: int, axis: int) -> tf.Tensor:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return tf.reshape(values, shape)
+
+
+class TFQuantOps:
+    """The quantization ops seam for TensorFlow tensors (Keras 3, TensorFlow backend)."""
+
+    def _params(self, x: tf.Tensor, params: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        scale = tf.constant(np.asarray(params.scale, dtype=np.float32))
+        zero_point = tf.constant(np.asarray(params.zero_point, dtype=np.float32))
+        if params.axis is not None:
+            return _channel_view(scale, x.shape.rank, params.axis), _channel_view(zero_point, x.shape.rank, params.axis)
+        return scale[0], zero_point[0]
+
+    def _quantize(self, x: tf.Tensor, params: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        scale, zero_point = self._params(x, params)
+        q = tf.round(tf.cast(x, tf.float32) / scale) + zero_point
+        return q, scale, zero_point
+
+    def fake_quant(self, x: tf.Tensor, params: Any) -> tf.Tensor:
+        """Quantize-dequantize ``x``; gradient passes inside ``[qmin, qmax]`` and is zero outside."""
+
+        @tf.custom_gradient
+        def quantize(value: tf.Tensor) -> tuple[tf.Tensor, Callable]:
+            q, scale, zero_point = self._quantize(value, params)
+            inside = tf.logical_and(q >= params.qmin, q <= params.qmax)
+            out = (tf.clip_by_value(q, float(params.qmin), float(params.qmax)) - zero_point) * scale
+
+            def grad(upstream: tf.Tensor) -> tf.Tensor:
+                return tf.where(inside, upstream, tf.zeros_like(upstream))
+
+            return tf.cast(out, value.dtype), grad
+
+        return quantize(x)
+
+    def straight_through(self, x: tf.Tensor, forward: Callable, backward: Callable) -> tf.Tensor:
+        """``forward(x)`` in the forward pass; ``backward(x, grad_output)`` as the gradient."""
+
+        @tf.custom_gradient
+        def wrapped(value: tf.Tensor) -> tuple[tf.Tensor, Callable]:
+            return tf.identity(forward(tf.stop_gradient(value))), lambda upstream: backward(value, upstream)
+
+        return wrapped(x)
+
+    def round_ste(self, x: tf.Tensor) -> tf.Tensor:
+        return x + tf.stop_gradient(tf.round(x) - x)
+
+    def sign_ste(self, x: tf.Tensor) -> tf.Tensor:
+        return x + tf.stop_gradient(tf.where(x >= 0, tf.ones_like(x), -tf.ones_like(x)) - x)
+
+    def clamp(self, x: tf.Tensor, lo: float, hi: float) -> tf.Tensor:
+        return tf.clip_by_value(x, lo, hi)
+
+    def tanh(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.tanh(x)
+
+    def abs_max(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_max(tf.abs(tf.stop_gradient(x)))
+
+    def min_max(self, x: tf.Tensor, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        values = np.asarray(x, dtype=np.float64)
+        if axis is None:
+            return np.array([values.min()]), np.array([values.max()])
+        flat = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+        return flat.min(axis=1), flat.max(axis=1)
+
+    def histogram(self, x: tf.Tensor, bins: int, hi: float, skip_zeros: bool = False) -> np.ndarray:
+        magnitude = np.abs(np.asarray(x, dtype=np.float32)).reshape(-1)
+        counts = np.histogram(np.clip(magnitude, 0.0, hi), bins=bins, range=(0.0, hi))[0].astype(np.float64)
+        if skip_zeros:
+            counts[0] -= float((magnitude == 0).sum())
+        return counts
+
+    def clip_grad(self, x: tf.Tensor, grad: tf.Tensor, params: Any) -> tf.Tensor:
+        q, _, _ = self._quantize(x, params)
+        return tf.where(tf.logical_or(q < params.qmin, q > params.qmax), tf.zeros_like(grad), grad)
+
+    def zero_grad_where_abs_above(self, x: tf.Tensor, grad: tf.Tensor, limit: float) -> tf.Tensor:
+        return tf.where(tf.abs(x) > limit, tf.zeros_like(grad), grad)
+
+
+OPS = TFQuantOps()
