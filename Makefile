@@ -31,6 +31,7 @@ demo: $(STAMP)
 	$(PY) examples/prune_digits.py
 	$(PY) examples/speedup_digits.py
 	$(PY) examples/quantize_digits.py
+	$(PY) examples/keras_digits.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
