@@ -14,10 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 def _conv_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
@@ -48,7 +51,7 @@ def count_flops_params(model: nn.Module, dummy_input: Any, verbose: bool = False
     Args:
         model: the model (run once in eval mode, without gradients; its mode is restored).
         dummy_input: an input tensor, or a tuple of inputs.
-        verbose: print one line per counted layer.
+        verbose: log one line per counted layer (logger ``slimkit.utils.flops``, level INFO).
 
     Returns:
         ``(flops, params, results)``: MACs for one sample, the number of parameters of the whole
@@ -59,8 +62,9 @@ def count_flops_params(model: nn.Module, dummy_input: Any, verbose: bool = False
     params = sum(p.numel() for p in model.parameters())
     if verbose:
         for r in results:
-            print(f"{r['name']:40s} {r['type']:16s} flops={r['flops']:>12,d} params={r['params']:>10,d}")
-        print(f"total: flops={flops:,d} params={params:,d}")
+            logger.info("%-40s %-16s flops=%12s params=%10s", r["name"], r["type"], f"{r['flops']:,d}",
+                        f"{r['params']:,d}")
+        logger.info("total: flops=%s params=%s", f"{flops:,d}", f"{params:,d}")
     return flops, params, results
 
 
