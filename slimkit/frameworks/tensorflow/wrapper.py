@@ -166,9 +166,11 @@ def wrapper_of(layer: Any) -> MaskWrapper | None:
     return _WRAPPERS.get(layer)
 
 
-def install(layer: keras.layers.Layer, layer_name: str | None = None) -> MaskWrapper:
-    """Route ``layer``'s calls through a new :class:`MaskWrapper` and return it."""
-    wrapper = MaskWrapper(layer, layer_name or layer.name)
+def install(layer: keras.layers.Layer, layer_name: str | None = None, factory: Callable[..., MaskWrapper] | None = None
+            ) -> MaskWrapper:
+    """Route ``layer``'s calls through a new :class:`MaskWrapper` (or ``factory(layer, layer_name)``,
+    e.g. a fake-quantizing subclass) and return it."""
+    wrapper = (factory or MaskWrapper)(layer, layer_name or layer.name)
     _WRAPPERS[layer] = wrapper
     object.__setattr__(layer, "call", wrapper.call)
     return wrapper
