@@ -101,7 +101,7 @@ class QuantWrapper(MaskWrapper):
             return []
         mapping = super().masked_values()
         quantizer, layer = self._quantizer, self._slim_layer
-        if quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+        if mapping and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
             var, value = mapping[0]
             mapping[0] = (var, self._run(lambda w: quantizer.forward_weight(layer, w), value))
         return mapping
