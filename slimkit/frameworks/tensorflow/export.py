@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from slimkit.errors import ConfigError
 from slimkit.frameworks.tensorflow.discovery import named_layers
-from slimkit.frameworks.tensorflow.wrapper import wrapper_of
+from slimkit.frameworks.tensorflow.wrapper import MaskWrapper, wrapper_of
 from slimkit.masks import NPZ_SEPARATOR
 from slimkit.utils.files import atomic_path
 
@@ -52,7 +52,7 @@ def baked(model: Any) -> Iterator[Any]:
     saved = []
     try:
         for _, layer, wrapper in wrapped_layers(model):
-            for var, value in wrapper.masked_values():
+            for var, value in MaskWrapper.masked_values(wrapper):  # masks only: a quantizer's files hold float weights
                 saved.append((var, var.numpy()))
                 var.assign(value)
             object.__delattr__(layer, "call")

@@ -161,6 +161,10 @@ def test_calibration_file_and_onnx_refusal(tmp_path):
     ptq.calibrate([RNG.uniform(0, 1, size=(8, 8, 8, 1)).astype(np.float32)])
     calibration = ptq.export_model(tmp_path / "m.weights.h5", calibration_path=tmp_path / "calib.bin")
     assert calibration["conv"]["fused_activation"] == "relu"
+    reloaded = small_cnn()
+    reloaded.load_weights(tmp_path / "m.weights.h5")  # float weights, not fake-quantized ones
+    np.testing.assert_array_equal(reloaded.get_layer("conv").kernel.numpy(), model.get_layer("conv").kernel.numpy())
+    assert not np.allclose(reloaded.get_layer("conv").kernel.numpy(), model.get_layer("conv").quantized_weight())
     again = PostTrainingQuantizer(small_cnn(), [{"quant_types": ["weight", "output"], "op_types": ["Dense"]}],
                                   progress=False)
     again.load_calibration(tmp_path / "calib.bin")
