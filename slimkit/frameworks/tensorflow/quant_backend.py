@@ -31,7 +31,7 @@ Example:
 >>> import numpy as np, keras
 >>> from slimkit.algorithms.quantization import NaiveQuantizer
 >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False, name='fc')])
->>> model.get_layer('fc').kernel.assign(np.array([[1.27], [0.333]], dtype='float32'))
+>>> _ = model.get_layer('fc').kernel.assign(np.array([[1.27], [0.333]], dtype='float32'))
 >>> model = NaiveQuantizer(model, [{'quant_types': ['weight'], 'op_types': ['Dense']}]).compress()
 >>> [round(float(v), 4) for v in np.ravel(model.get_layer('fc').quantized_weight())]
 [1.27, 0.33]
