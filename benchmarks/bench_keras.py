@@ -1,5 +1,6 @@
-"""Keras benchmarks: digits CNN accuracy (float / 50% filter-pruned / int8 TFLite) and the
-training-step overhead of a compressed (mask-wrapped) model against the plain model.
+"""Keras benchmarks: digits CNN accuracy (float / 50% filter-pruned / int8 TFLite / QAT and its int8
+TFLite) and the training-step overhead of a compressed (mask-wrapped or fake-quantizing) model against
+the plain model.
 
     PYTHONPATH=. python benchmarks/bench_keras.py
 
@@ -23,9 +24,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from slimkit.algorithms.pruning import L1FilterPruner, LevelPruner  # noqa: E402
+from slimkit.algorithms.quantization import QATQuantizer  # noqa: E402
 from slimkit.frameworks.tensorflow.models import compile_classifier, digits_cnn  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+QAT_CONFIG = [{"quant_types": ["input", "weight"], "op_names": ["conv1"]},   # examples/keras_digits.py's
+              {"quant_types": ["weight"], "op_names": ["conv2"]},
+              {"quant_types": ["output"], "op_names": ["relu1", "relu2", "gap"]},
+              {"quant_types": ["weight", "output"], "op_names": ["conv3", "fc"]}]
 
 
 def machine() -> dict:
@@ -50,6 +56,7 @@ VARIANTS = {
     "plain": None,
     "LevelPruner (all conv + dense)": lambda m: LevelPruner(m, [{"sparsity": 0.5, "op_types": ["Conv2D", "Dense"]}]),
     "L1FilterPruner (conv)": lambda m: L1FilterPruner(m, [{"sparsity": 0.5, "op_types": ["Conv2D"]}]),
+    "QATQuantizer (conv + dense + ReLU, 9 tensors)": lambda m: QATQuantizer(m, QAT_CONFIG),
 }
 
 
@@ -113,10 +120,14 @@ def markdown(result: dict) -> str:
               for r in result["accuracy"]]
     lines += ["", "Pruning removes 50% of every Conv2D's filters (L1 norm), fine-tuned 8 epochs with "
               "`model.fit` + `CompressionCallback`; zeros are baked in, so the dense files keep their size and "
-              "the gain shows under compression (gzip) or after making the channels physical.", "",
+              "the gain shows under compression (gzip) or after making the channels physical.", ""]
+    lines += qat_section(result["accuracy"])
+    lines += ["",
               "## Training-step overhead of the mask wrappers", "",
               "`train_on_batch` on the digits CNN (width 32), batch 64; medians over 15 rounds of 10 steps, "
-              "the three variants timed round-robin in each round. CPU time is this process's (all threads); "
+              "the variants timed round-robin in each round. QAT calls the Python quantizer core through "
+              "`tf.py_function` for each quantized tensor on every step and runs without XLA (the XLA rows "
+              "of the QAT variant are therefore not XLA-compiled). CPU time is this process's (all threads); "
               "it is the steadier figure on the shared machine.", "",
               "| variant | XLA | CPU ms/step | CPU overhead | wall ms/step (median / min) | wall overhead |",
               "|---|---|---|---|---|---|"]
@@ -126,6 +137,23 @@ def markdown(result: dict) -> str:
               for r in result["overhead"]]
     lines += tfmot_section()
     return "\n".join(lines)
+
+
+def qat_section(rows: list[dict]) -> list[str]:
+    by_name = {row["model"].split(" (")[0]: row for row in rows}
+    keras_qat, tflite_qat = by_name.get("Keras QAT"), by_name.get("TFLite int8 from the QAT ranges")
+    if keras_qat is None or tflite_qat is None:
+        return []
+    delta = 100 * (tflite_qat["accuracy"] - keras_qat["accuracy"])
+    return ["## Quantization-aware training", "",
+            "`QATQuantizer` on the trained float model (conv1 input + weight, conv2 weight, relu1 / relu2 / gap "
+            "outputs, conv3 and fc weight + output; BN stays float in Keras and the converter folds it), 3 epochs "
+            "of `fit` + `CompressionCallback`; `export_tflite(model, path, quantizer=qat)` writes int8 with the "
+            "ranges QAT learned (no representative data).", "",
+            "| Keras QAT (fake-quant) | int8 TFLite from the QAT ranges | difference | target |",
+            "|---|---|---|---|",
+            f"| {keras_qat['accuracy']:.4f} | {tflite_qat['accuracy']:.4f} | {delta:+.2f} points | within 0.5 point |",
+            ""]
 
 
 def tfmot_section() -> list[str]:

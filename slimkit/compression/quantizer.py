@@ -131,7 +131,7 @@ class Quantizer(Compressor):
     :meth:`quantize_output` (and assign ``self.quant_grad``) to write a new one.
 
     Args:
-        model: a ``torch.nn.Module`` (or ``keras.Model`` once its adapter supplies ``quant_ops``).
+        model: a ``torch.nn.Module`` or a ``keras.Model`` (its adapter supplies ``quant_backend``).
         config_list: dicts with ``quant_types``, ``quant_bits``, ``op_types`` / ``op_names``.
         optimizer: the training optimizer (algorithms that step with it).
         dummy_input: an example input; lets the quantizer see the graph (BN folding, conv+BN+ReLU
@@ -157,7 +157,7 @@ class Quantizer(Compressor):
         self.backend = getattr(self.adapter, "quant_backend", None)
         if self.backend is None:
             raise SlimkitError(f"{type(self).__name__}: the {self.adapter.name} adapter has no quant_backend yet. "
-                               "Expected a framework with quantization support (PyTorch).")
+                               "Expected a framework with quantization support (PyTorch, Keras).")
         self.ops = self.backend.ops
         self.states = {layer.name: LayerQuant(layer, type(self).__name__) for layer in self.layers}
         self.params: dict[str, dict[str, QParams]] = {layer.name: {} for layer in self.layers}

@@ -1,4 +1,4 @@
-"""Quantizers. Each quantizes a PyTorch model (Keras once its adapter provides the quant ops).
+"""Quantizers. Each quantizes a PyTorch model or a Keras model (see docs/keras.md).
 
 Example:
 

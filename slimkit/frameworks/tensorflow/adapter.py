@@ -129,6 +129,13 @@ class KerasAdapter:
 
         save_masks(masks, path)
 
+    @property
+    def quant_backend(self) -> Any:
+        """Quantization support (ops seam, fake-quant wrappers, files): ``quant_backend.KerasQuantBackend``."""
+        from slimkit.frameworks.tensorflow.quant_backend import BACKEND
+
+        return BACKEND
+
     def export_onnx(self, model: Any, layers: list[Any], path: str, input_shape: Any, device: Any) -> None:
         from slimkit.errors import UnsupportedOpError
 

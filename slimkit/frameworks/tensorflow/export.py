@@ -34,9 +34,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from slimkit.errors import ConfigError, UnsupportedOpError
+from slimkit.errors import ConfigError
 from slimkit.frameworks.tensorflow.discovery import named_layers
-from slimkit.frameworks.tensorflow.wrapper import wrapper_of
+from slimkit.frameworks.tensorflow.wrapper import MaskWrapper, wrapper_of
 from slimkit.masks import NPZ_SEPARATOR
 from slimkit.utils.files import atomic_path
 
@@ -52,7 +52,7 @@ def baked(model: Any) -> Iterator[Any]:
     saved = []
     try:
         for _, layer, wrapper in wrapped_layers(model):
-            for var, value in wrapper.masked_values():
+            for var, value in MaskWrapper.masked_values(wrapper):  # masks only: a quantizer's files hold float weights
                 saved.append((var, var.numpy()))
                 var.assign(value)
             object.__delattr__(layer, "call")
@@ -153,7 +153,11 @@ def export_tflite(model: Any, path: str | os.PathLike, quantizer: Any = None,
     Args:
         model: a Keras model, compressed by slimkit or plain.
         path: the ``.tflite`` file to write (atomically).
-        quantizer: reserved for ranges from a slimkit quantizer; must be None for now.
+        quantizer: a slimkit quantizer of ``model`` (Naive / QAT / PostTrainingQuantizer, 8 bits, 'tflite'
+            profile): the file is int8 with the quantizer's weight scales and activation ranges (TF FakeQuant
+            ops on the frozen ranges, which the converter turns into the int8 tensors' parameters). Tensors
+            the quantizer does not cover (e.g. the model input when no first layer quantizes ``'input'``)
+            are calibrated on ``representative_data`` (random normal samples when it is not given).
         representative_data: calibration inputs: an array of samples, or an iterable (or a
             function returning one) of input batches or ``(x, y)`` pairs.
 
@@ -161,17 +165,16 @@ def export_tflite(model: Any, path: str | os.PathLike, quantizer: Any = None,
         The flatbuffer bytes that were written.
 
     Raises:
-        UnsupportedOpError: a ``quantizer`` was given.
+        UnsupportedOpError: ``quantizer`` has parameters TFLite int8 cannot hold (other bit widths, DoReFa / BNN).
+        CompressionStateError: ``quantizer`` has not seen data yet (no activation ranges).
         ConfigError: a subclassed model without ``representative_data`` (unknown input shape).
     """
-    if quantizer is not None:
-        raise UnsupportedOpError("export_tflite: quantizer ranges are not supported yet. Expected quantizer=None "
-                                 "(int8 via representative_data). Received: quantizer of type "
-                                 f"{type(quantizer).__name__}")
     specs = _input_specs(model, representative_data)
+    if quantizer is not None and representative_data is None:  # only tensors the quantizer leaves out read it
+        representative_data = _random_samples(specs)
     scratch = tempfile.mkdtemp()
     try:
-        with baked(model):
+        with quantizer.backend.deploy(quantizer) if quantizer is not None else baked(model):
             # A SavedModel written by Keras' ExportArchive: the converter then sees every variable.
             archive = keras.export.ExportArchive()
             archive.track(model)
@@ -191,6 +194,11 @@ def export_tflite(model: Any, path: str | os.PathLike, quantizer: Any = None,
     with atomic_path(path) as tmp, open(tmp, "wb") as stream:
         stream.write(flatbuffer)
     return flatbuffer
+
+
+def _random_samples(specs: list[Any], count: int = 8) -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [[rng.standard_normal([1, *spec.shape[1:]]).astype(np.float32) for spec in specs] for _ in range(count)]
 
 
 def run_tflite(path_or_bytes: str | os.PathLike | bytes, inputs: Iterable[np.ndarray] | np.ndarray) -> np.ndarray:

@@ -104,6 +104,10 @@ class TFQuantOps:
         q, _, _ = self._quantize(x, params)
         return tf.where(tf.logical_or(q < params.qmin, q > params.qmax), tf.zeros_like(grad), grad)
 
+    def broadcastable(self, params: Any, like: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Scale and zero point as float32 tensors broadcasting against ``like`` (per-channel along ``params.axis``)."""
+        return self._params(like, params)
+
     def zero_grad_where_abs_above(self, x: tf.Tensor, grad: tf.Tensor, limit: float) -> tf.Tensor:
         return tf.where(tf.abs(x) > limit, tf.zeros_like(grad), grad)
 

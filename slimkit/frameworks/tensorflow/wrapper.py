@@ -63,8 +63,9 @@ class MaskWrapper(keras.layers.Layer):
         # the layer's own variables, held without Keras tracking them as the wrapper's
         object.__setattr__(self, "_weight_var", variable(layer, weight_attr))
         object.__setattr__(self, "_bias_var", variable(layer, bias_attr))
-        self.weight_mask = self.add_weight(shape=tuple(self._weight_var.shape), initializer="ones",
-                                           trainable=False, name="weight_mask", dtype="float32")
+        self.weight_mask = (self.add_weight(shape=tuple(self._weight_var.shape), initializer="ones",
+                                            trainable=False, name="weight_mask", dtype="float32")
+                            if self._weight_var is not None else None)  # weightless: a quantized activation
         self.bias_mask = (self.add_weight(shape=tuple(self._bias_var.shape), initializer="ones",
                                           trainable=False, name="bias_mask", dtype="float32")
                           if self._bias_var is not None else None)
@@ -80,6 +81,8 @@ class MaskWrapper(keras.layers.Layer):
 
     def masked_values(self) -> list[tuple[keras.Variable, Any]]:
         """(variable, value to read in its place) pairs for this forward."""
+        if self._weight_var is None:
+            return []
         mapping = [(self._weight_var, self._weight_var * tf.cast(self.weight_mask, self._weight_var.dtype))]
         if self.bias_mask_set:  # no multiply by ones in the graph for layers whose bias is never masked
             mapping.append((self._bias_var, self._bias_var * tf.cast(self.bias_mask, self._bias_var.dtype)))
@@ -166,9 +169,11 @@ def wrapper_of(layer: Any) -> MaskWrapper | None:
     return _WRAPPERS.get(layer)
 
 
-def install(layer: keras.layers.Layer, layer_name: str | None = None) -> MaskWrapper:
-    """Route ``layer``'s calls through a new :class:`MaskWrapper` and return it."""
-    wrapper = MaskWrapper(layer, layer_name or layer.name)
+def install(layer: keras.layers.Layer, layer_name: str | None = None, factory: Callable[..., MaskWrapper] | None = None
+            ) -> MaskWrapper:
+    """Route ``layer``'s calls through a new :class:`MaskWrapper` (or ``factory(layer, layer_name)``,
+    e.g. a fake-quantizing subclass) and return it."""
+    wrapper = (factory or MaskWrapper)(layer, layer_name or layer.name)
     _WRAPPERS[layer] = wrapper
     object.__setattr__(layer, "call", wrapper.call)
     return wrapper

@@ -1,0 +1,273 @@
+"""Keras side of quantization: the fake-quant wrapper, calibration runs, files and the deploy form.
+
+The quantizer core (:class:`slimkit.compression.quantizer.Quantizer`, its observers and the built-in
+formulas) is framework-neutral and runs in Python: observers read tensors as numpy, parameters are
+numpy. :class:`QuantWrapper` (a :class:`~slimkit.frameworks.tensorflow.wrapper.MaskWrapper`, so masks
+still apply) asks the quantizer for the quantized input, weight and output of its layer on every
+call. Eagerly it calls the quantizer directly; inside a traced function (``fit``, ``predict``, a
+``tf.function``) each of those requests becomes a ``tf.py_function`` that runs the same Python code
+at run time on the real tensors, with gradients taken through it (the formulas' straight-through
+gradients). So QAT's ranges, ``quant_start_step`` and ``step()`` counted by
+:class:`~slimkit.frameworks.tensorflow.CompressionCallback` act inside ``fit`` exactly as in a
+PyTorch loop, with no quantization logic in any layer class. ``py_function`` does not compile with
+XLA: quantized layers report ``supports_jit = False`` (the model runs without XLA while wrapped).
+
+Whether a call trains (QAT observes ranges only in training) comes from Keras' call context and is
+given to the core as ``layer.training``, the attribute PyTorch modules carry.
+
+For export, :meth:`KerasQuantBackend.deploy` freezes the parameters, writes the fake-quantized
+(masked) weights into the variables, and makes each wrapper quantize its input / output with
+``tf.quantization.fake_quant_with_min_max_vars`` on the frozen ranges, ops TFLite's converter turns
+into int8 tensors with exactly those scales and zero points (see
+:func:`slimkit.frameworks.tensorflow.export.export_tflite`).
+
+BatchNorm folding, conv+BN+ReLU fusion and whole-graph quantization need a captured graph, which the
+Keras backend does not build: ``dummy_input`` is accepted and ignored. A Keras layer's own
+``activation`` (``Conv2D(..., activation='relu')``) is inside the layer, so its output is quantized
+after the activation, as a fused TFLite kernel computes it.
+
+Example:
+
+>>> import numpy as np, keras
+>>> from slimkit.algorithms.quantization import NaiveQuantizer
+>>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False, name='fc')])
+>>> _ = model.get_layer('fc').kernel.assign(np.array([[1.27], [0.333]], dtype='float32'))
+>>> model = NaiveQuantizer(model, [{'quant_types': ['weight'], 'op_types': ['Dense']}]).compress()
+>>> [round(float(v), 4) for v in np.ravel(model.get_layer('fc').quantized_weight())]
+[1.27, 0.33]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras.src.backend.common import global_state
+
+from slimkit.compression.quant import QuantType
+from slimkit.errors import CompressionStateError, UnsupportedOpError
+from slimkit.frameworks.tensorflow.adapter import ADAPTER
+from slimkit.frameworks.tensorflow.quant_ops import OPS
+from slimkit.frameworks.tensorflow.wrapper import MaskWrapper, install, retrace, uninstall, wrapper_of
+from slimkit.utils.files import atomic_path
+
+
+def _call_training(kwargs: dict) -> bool:
+    """The ``training`` flag of the current Keras call (explicit argument, else the call context)."""
+    value = kwargs.get("training")
+    if value is None:
+        context = global_state.get_global_attribute("current_call_ctx")
+        value = context.get_value("training") if context is not None else None
+    return value if isinstance(value, bool) else False
+
+
+def fake_quant_range(params: Any) -> tuple[float, float]:
+    """``[min, max]`` of TF's ``fake_quant_with_min_max_vars`` reproducing ``params`` (per tensor)."""
+    scale, zero_point = float(params.scale[0]), float(params.zero_point[0])
+    return (params.qmin - zero_point) * scale, (params.qmax - zero_point) * scale
+
+
+class QuantWrapper(MaskWrapper):
+    """Masks and fake quantization around one Keras layer (see the module docstring)."""
+
+    def __init__(self, layer: keras.layers.Layer, layer_name: str, quantizer: Any, slim_layer: Any):
+        super().__init__(layer, layer_name)
+        object.__setattr__(self, "_quantizer", quantizer)   # held without Keras tracking them
+        object.__setattr__(self, "_slim_layer", slim_layer)
+        object.__setattr__(self, "_training_now", False)
+        object.__setattr__(self, "deploy", False)
+
+    def _run(self, fn: Callable[[Any], Any], x: Any) -> Any:
+        """``fn(x)`` now when eager; in a traced function, at run time through ``tf.py_function``."""
+        module, training = self.target, self._training_now
+
+        def eager(value: Any) -> Any:
+            object.__setattr__(module, "training", training)  # what QATQuantizer.should_observe reads
+            return fn(value)
+
+        if tf.executing_eagerly():
+            return eager(x)
+        out = tf.py_function(eager, [x], x.dtype)
+        out.set_shape(x.shape)
+        return out
+
+    def masked_values(self) -> list[tuple[keras.Variable, Any]]:
+        if self.deploy:  # masks and fake-quantized weights are written into the variables
+            return []
+        mapping = super().masked_values()
+        quantizer, layer = self._quantizer, self._slim_layer
+        if mapping and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+            var, value = mapping[0]
+            mapping[0] = (var, self._run(lambda w: quantizer.forward_weight(layer, w), value))
+        return mapping
+
+    def _deploy_quant(self, x: Any, key: str) -> Any:
+        params = self._quantizer.params[self._slim_layer.name].get(key)
+        if params is None:
+            raise CompressionStateError(
+                f"Layer {self.layer_name!r} has no {key} range yet. Expected a calibrated or trained quantizer: "
+                f"run calibrate() or some training steps before exporting.")
+        lo, hi = fake_quant_range(params)
+        narrow = params.qmax - params.qmin == 2 ** params.bits - 2
+        return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=params.bits, narrow_range=narrow)
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        quantizer, layer = self._quantizer, self._slim_layer
+        object.__setattr__(self, "_training_now", _call_training(kwargs))
+        if args and quantizer.quantizes(layer, QuantType.QUANT_INPUT):
+            first = self._deploy_quant(args[0], "input") if self.deploy else \
+                self._run(lambda t: quantizer.forward_input(layer, (t,), 0)[0], args[0])
+            args = (first, *args[1:])
+        outputs = super().call(*args, **kwargs)
+        if quantizer.quantizes(layer, QuantType.QUANT_OUTPUT):
+            outputs = self._deploy_quant(outputs, "output") if self.deploy else \
+                self._run(lambda t: quantizer.forward_output(layer, t, 0), outputs)
+        return outputs
+
+    def quantized_weight(self) -> np.ndarray:
+        """The weight this layer computes with (masked, fake-quantized), as numpy."""
+        quantizer, layer = self._quantizer, self._slim_layer
+        return np.asarray(quantizer.forward_weight(layer, ADAPTER.weight(layer)))
+
+
+class KerasQuantBackend:
+    """Everything the framework-neutral :class:`~slimkit.compression.quantizer.Quantizer` asks of Keras."""
+
+    ops = OPS
+
+    # ------------------------------------------------------------ planning and wrapping
+    def plan(self, model: Any, dummy_input: Any, quantizer: Any) -> None:
+        """No graph capture on Keras (no BN folding, fusion or whole-graph mode): returns None."""
+        quantizer.whole_graph = False
+        return None
+
+    def wrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
+        for layer in layers:
+            if wrapper_of(layer.module) is not None:
+                raise CompressionStateError(
+                    f"Layer {layer.name!r} is already wrapped by another compressor. Expected a plain layer: "
+                    f"export or unwrap_model() the first compressor, or exclude {layer.name!r}.")
+        for layer in layers:
+            layer.wrapper = install(layer.module, layer.name,
+                                    lambda module, name, _layer=layer: QuantWrapper(module, name, quantizer, _layer))
+            layer.wrapper.models.add(model)
+            layer.module.supports_jit = False  # tf.py_function does not compile with XLA
+            object.__setattr__(layer.module, "quantized_weight", layer.wrapper.quantized_weight)
+        retrace(model)
+
+    def unwrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
+        for layer in layers:
+            uninstall(layer.module)
+            for attr in ("training", "quantized_weight"):
+                vars(layer.module).pop(attr, None)
+            layer.wrapper = None
+        retrace(model)
+
+    def effective_weight(self, layer: Any) -> tf.Tensor:
+        """The weight the quantizer sees: masked."""
+        return ADAPTER.weight(layer)
+
+    def refresh_weight_params(self, model: Any, layers: list[Any], quantizer: Any) -> None:
+        """Recompute the weight parameters from the current (masked) weights."""
+        was_frozen = quantizer.frozen
+        quantizer.frozen = False
+        try:
+            for layer in layers:
+                if layer.wrapper is None or not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+                    continue
+                quantizer.quantize_weight(self.effective_weight(layer), layer.config, layer=layer, key="weight",
+                                          call_index=0, quantizer=quantizer)
+        finally:
+            quantizer.frozen = was_frozen
+
+    def layer_extras(self, layer: Any, quantizer: Any) -> dict[str, Any]:
+        activation = getattr(getattr(layer.module, "activation", None), "__name__", None)
+        return {"folded_bn": None, "fused_activation": None if activation in (None, "linear") else activation,
+                "fused_output_module": layer.name}
+
+    @contextlib.contextmanager
+    def inference(self, model: Any) -> Iterator[None]:
+        """Keras passes ``training=False`` per call (:meth:`run_batch`): nothing to switch."""
+        yield
+
+    def run_batch(self, model: Any, batch: Any) -> Any:
+        """``model(x, training=False)`` for an array / tensor, or the inputs of an ``(x, y)`` pair."""
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        return model(batch, training=False)
+
+    # ------------------------------------------------------------ files
+    def save_weights(self, model: Any, layers: list[Any], path: str) -> None:
+        """``.keras`` / ``.weights.h5`` of the original architecture (float weights, masks multiplied in)."""
+        from slimkit.frameworks.tensorflow.export import save_model
+
+        save_model(model, path)
+
+    def save_object(self, obj: Any, path: str) -> None:
+        """Calibrations of Keras models are JSON whatever the suffix."""
+        with atomic_path(path) as tmp, open(tmp, "w") as handle:
+            json.dump(obj, handle, indent=1)
+
+    def load_object(self, path: str) -> Any:
+        with open(path) as handle:
+            return json.load(handle)
+
+    def export_onnx(self, quantizer: Any, path: str, input_shape: Any, device: Any) -> None:
+        raise UnsupportedOpError("ONNX export of Keras models is not supported. Expected onnx_path=None; export with "
+                                 "slimkit.frameworks.tensorflow.export_tflite(model, path, quantizer=quantizer). "
+                                 f"Received: onnx_path={path!r}")
+
+    # ------------------------------------------------------------ deploy form (TFLite export)
+    def check_tflite(self, quantizer: Any) -> None:
+        """Raise :class:`UnsupportedOpError` unless every parameter is TFLite int8 (8 bits; weights
+        symmetric with zero point 0 and q in [-127, 127])."""
+        for layer in quantizer.layers:
+            for key, params in quantizer.params[layer.name].items():
+                if key.startswith("input_from_graph"):
+                    continue
+                weight = key == "weight"
+                ok = params.bits == 8 and (params.qmax - params.qmin == 255 if not weight else
+                                           (params.qmin, params.qmax) == (-127, 127)
+                                           and not np.any(params.zero_point))
+                if not ok:
+                    raise UnsupportedOpError(
+                        f"TFLite int8 export: layer {layer.name!r} quantizes its {key} to {params.bits} bits "
+                        f"(q in [{params.qmin}, {params.qmax}]). Expected 8-bit affine parameters with symmetric "
+                        f"weights (NaiveQuantizer, QATQuantizer or PostTrainingQuantizer under the 'tflite' "
+                        f"profile); export the calibration instead.")
+
+    @contextlib.contextmanager
+    def deploy(self, quantizer: Any) -> Iterator[Any]:
+        """Within the block the model computes what the int8 kernels compute: parameters frozen, masked
+        fake-quantized weights written into the variables, inputs / outputs through TF FakeQuant ops."""
+        quantizer._require_wrapped("export_tflite")
+        was_frozen = quantizer.frozen
+        quantizer.freeze()
+        self.check_tflite(quantizer)
+        saved: list[tuple[Any, np.ndarray]] = []
+        wrappers = []
+        try:
+            for layer in quantizer.layers:
+                wrapper = layer.wrapper
+                for var, value in MaskWrapper.masked_values(wrapper):
+                    if var is wrapper._weight_var and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+                        value = quantizer.forward_weight(layer, value)
+                    saved.append((var, var.numpy()))
+                    var.assign(value)
+                object.__setattr__(wrapper, "deploy", True)
+                wrappers.append(wrapper)
+            yield quantizer.model
+        finally:
+            for wrapper in wrappers:
+                object.__setattr__(wrapper, "deploy", False)
+            for var, value in reversed(saved):
+                var.assign(value)
+            quantizer.frozen = was_frozen
+
+
+BACKEND = KerasQuantBackend()
