@@ -172,7 +172,11 @@ def int8_kernels(graph: Graph) -> int:
         rewritten += 1
     graph.ops = [op for op in graph.ops if id(op) not in dropped]
     rewritten += _int8_elementwise(graph)
+    from slimkit.converter.int8_ops import drop_identity_quantize, int8_activation_ops
+
+    rewritten += int8_activation_ops(graph)
     requantize(graph)
+    drop_identity_quantize(graph)
     return rewritten
 
 

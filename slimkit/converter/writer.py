@@ -135,7 +135,8 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
     inputs = [tensor_index(t) for t in graph.inputs]
 
     payload = sum(t.data.nbytes for t in tensors if t.data is not None)
-    builder = _builder(payload + 128 * len(tensors) + 512 * len(graph.ops) + 65536)
+    quant = sum(16 * t.quant.scale.size + 64 for t in tensors if t.quant is not None)  # scales + int64 zero points
+    builder = _builder(payload + quant + 128 * len(tensors) + 512 * len(graph.ops) + 65536)
 
     # buffers: 0 is the empty sentinel; each constant gets its own
     buffer_of = {}
