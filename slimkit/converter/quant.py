@@ -276,8 +276,24 @@ def quantize_io(graph: Graph, options) -> None:
             else:
                 new = Tensor(t.name + "_" + dtype, t.shape, dtype, perm=t.perm, quant=params)
                 graph.quant_table[new.name] = params
-                quant_op.inputs[0] = new
                 graph.inputs[i] = new
+                if dtype == "uint8" and q.dtype == "int8":
+                    # uint8 -> int8 with the same scale (zero point - 128) first: TFLite's exact fast path;
+                    # its direct uint8 -> int8 rescale rounds differently from the float arithmetic
+                    shifted = QuantParams(params.scale, params.zero_point - 128, 0)
+                    mid = Tensor(t.name + "_int8", t.shape, "int8", perm=t.perm, quant=shifted)
+                    graph.quant_table[mid.name] = shifted
+                    to_int8 = Op("QUANTIZE", [new], [mid])
+                    mid.producer = to_int8
+                    prologue.append(to_int8)
+                    new = mid
+                    if np.allclose(shifted.scale, q.quant.scale, rtol=1e-6, atol=0) and \
+                            int(shifted.zero_point[0]) == int(q.quant.zero_point[0]):
+                        dropped.add(id(quant_op))
+                        for op in graph.ops:
+                            op.inputs = [mid if x is q else x for x in op.inputs]
+                        continue
+                quant_op.inputs[0] = new
         elif stat is not None and t.dtype == "float32":
             mean, std = stat
             dtype = _io_type(options, mean)

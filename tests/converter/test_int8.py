@@ -146,7 +146,7 @@ def test_functional_ops_are_int8(tmp_path):
     TFLiteConverter(model, x, path).convert()
     codes = assert_all_int8(path)
     assert {"CONCATENATION", "LOGISTIC", "HARD_SWISH", "AVERAGE_POOL_2D", "SOFTMAX"} <= set(codes), codes
-    assert codes.count("QUANTIZE") + codes.count("DEQUANTIZE") == 2 + codes.count("QUANTIZE") - 1, codes
+    assert codes[0] == "QUANTIZE" and codes.count("DEQUANTIZE") == 1, codes  # QUANTIZE inside: requantize only
     _, sg = read_model(path)
     for i, code in enumerate(codes):
         if code in ("SOFTMAX", "LOGISTIC"):  # TFLite's fixed int8 output parameters
@@ -188,6 +188,7 @@ def test_quantize_io_with_input_stats(tmp_path, io):
     assert inp.Quantization().ZeroPointAsNumpy()[0] == int(mean)
     codes = op_codes(path)
     assert "DEQUANTIZE" not in codes and codes[0] == "QUANTIZE"  # requantize from the input stats
+    assert all(c != "QUANTIZE" for c in codes[2:-1])
     lo, hi = (0, 255) if io == "uint8" else (-128, 127)
     q = np.random.default_rng(0).integers(lo, hi + 1, (1, 8, 8, 1)).astype(np.uint8 if io == "uint8" else np.int8)
     real = torch.from_numpy((q.astype(np.float32) - mean) / std).permute(0, 3, 1, 2)
@@ -196,6 +197,4 @@ def test_quantize_io_with_input_stats(tmp_path, io):
     o = out.Quantization()
     got = (run_tflite(path, [q])[0].astype(np.float32) - o.ZeroPointAsNumpy()[0]) * o.ScaleAsNumpy()[0]
     step = float(o.ScaleAsNumpy()[0])
-    # the input is requantized once more than in PyTorch: allow one extra step on a few elements
-    assert (np.abs(got - expected) <= step * 1.001).mean() >= 0.9
-    assert np.abs(got - expected).max() <= 3 * step
+    assert (np.abs(got - expected) <= step * 1.001).mean() >= 0.99
