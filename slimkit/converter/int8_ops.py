@@ -4,12 +4,13 @@ After lowering, every fake-quantized tensor is QUANTIZE -> DEQUANTIZE, so an op 
 tensors reads ``DEQUANTIZE(a) -> op -> QUANTIZE``. The passes here turn such chains into the op on
 int8 tensors, following TFLite's int8 kernel rules:
 
-- ops that rescale freely (MEAN, HARD_SWISH, RELU, RELU6, LEAKY_RELU, SUM, ...) take the QUANTIZE's
+- ops that rescale freely (MEAN, SUM, HARD_SWISH, RELU, RELU6, LEAKY_RELU) take the QUANTIZE's
   output parameters;
 - ops whose int8 kernel needs fixed output parameters (SOFTMAX, LOGISTIC: (1/256, -128); TANH:
   (1/128, 0)) are rewritten only when the quantizer used those parameters (the ``tflite`` profile does);
-- CONCATENATION's int8 kernel copies bytes, so inputs whose parameters differ from the output's get a
-  requantizing QUANTIZE first;
+- data movement and comparisons (CONCATENATION, PAD, RESHAPE, pooling, RESIZE_*, MAXIMUM, ...) work on raw
+  int8 values: a one-input op keeps its input's parameters and is followed by a requantizing QUANTIZE
+  where the output's differ; a multi-input op (CONCATENATION, MAXIMUM) requantizes the inputs instead;
 - a QUANTIZE from int8 to the same parameters is an identity and disappears.
 
 A chain the user kept float (``quantize_op_action: 'disable'`` / ``'rewrite'``) has no QUANTIZE after
@@ -28,14 +29,14 @@ import numpy as np
 from slimkit.converter.ir import Graph, Op, QuantParams, Tensor
 
 #: int8 kernels that requantize from the input's to the output's parameters
-RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "REDUCE_MAX",
-             "REDUCE_MIN", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE"}
+RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE"}
 #: int8 kernels with fixed output parameters (scale, zero_point)
 FIXED_OUTPUT = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
 #: int8 kernels that need the output parameters equal to the input's (data movement)
-SAME_PARAMS = {"CONCATENATION", "PAD", "PADV2", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D",
+SAME_PARAMS = {"CONCATENATION", "PAD", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D",
                "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "PACK", "UNPACK", "GATHER", "TILE",
-               "BROADCAST_TO"}
+               "BROADCAST_TO", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM", "REDUCE_MAX",
+               "REDUCE_MIN"}
 _INT8 = ("int8", "uint8")
 
 
@@ -91,14 +92,16 @@ def int8_activation_ops(graph: Graph) -> int:
                 ops.append(op)
                 continue
         new_ops: list[Op] = []
+        new_inputs = list(op.inputs)
         for i, p in zip(acts, producers):
             q_in = p.inputs[0]
             if code in SAME_PARAMS and (not same_params(q_in.quant, q_out.quant) or q_in.dtype != q_out.dtype):
-                if code != "CONCATENATION":  # keep the input's grid, requantize after
+                if len(acts) == 1:  # keep the input's grid, requantize after
                     break
-                q_in = _requantize(graph, q_in, q_out.quant, q_out.dtype, new_ops)
-            op.inputs[i] = q_in
+                q_in = _requantize(graph, q_in, q_out.quant, q_out.dtype, new_ops)  # concat, maximum, ...
+            new_inputs[i] = q_in
         else:
+            op.inputs = new_inputs
             ops += new_ops
             op.outputs[0] = q_out
             q_out.producer = op
@@ -106,11 +109,8 @@ def int8_activation_ops(graph: Graph) -> int:
             ops.append(op)
             count += 1
             continue
-        # a data-movement op whose output grid differs: run it on the input grid, then requantize
-        q_in = producers[0].inputs[0] if len(acts) == 1 else None
-        if q_in is None:
-            ops.append(op)
-            continue
+        # a one-input data-movement op whose output grid differs: run it on the input grid, then requantize
+        q_in = producers[0].inputs[0]
         mid = Tensor(op.outputs[0].name + "_int8", op.outputs[0].shape, q_in.dtype, perm=op.outputs[0].perm,
                      quant=q_in.quant)
         graph.quant_table[mid.name] = q_in.quant

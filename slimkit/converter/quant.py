@@ -1,8 +1,8 @@
 """Quantization parameters for the file: one per-tensor table, read by every int8 emitter.
 
 ``QuantTable`` maps a tensor name to ``(scale, zero_point, quantized_dimension)``; hybrid
-(dynamic-range) quantization fills it from the float weights, and full-int8 export will fill it
-from slimkit's calibration dict (``weight_scale`` / ``output_scale`` ...). Emission reads only the
+(dynamic-range) quantization fills it from the float weights, full-int8 export from the fake-quant
+nodes in the captured graph (the same numbers as slimkit's calibration dict). Emission reads only the
 table, so both sources share one code path.
 
 Example:

@@ -156,9 +156,10 @@ def test_functional_ops_are_int8(tmp_path):
     assert parity(model, x, path) >= 0.99
 
 
-def test_disabled_layer_is_a_float_island(tmp_path):
+@pytest.mark.parametrize("action", ["disable", "rewrite"])
+def test_float_layer_is_an_island(tmp_path, action):
     config = WHOLE_GRAPH + [{"quant_types": ["input", "weight", "output"], "op_names": ["conv2"],
-                             "quantize_op_action": "disable"}]
+                             "quantize_op_action": action}]
     model, x = quantize(settle_bn(models.DigitsCNN(), (1, 8, 8)), (1, 8, 8), config)
     path = tmp_path / "d.tflite"
     TFLiteConverter(model, x, path).convert()
