@@ -218,6 +218,22 @@ def _int8() -> dict:
                 "latency_ratio": t_int8 / t_float, "threads": 2,
                 "builtin_float_ms": 1e3 * b_float, "builtin_int8_ms": 1e3 * b_int8, "builtin_ratio": b_int8 / b_float}
             print(out["mobilenet_v2@224"], flush=True)
+    out["seed_sweep_32"] = {}
+    for name, build in (("resnet18@32", models.resnet18), ("mobilenet_v2@32", models.mobilenet_v2)):
+        shares = []
+        for seed in range(6):
+            torch.manual_seed(seed)
+            model, x = _ptq_int8(build(), (3, 32, 32), seed)
+            path = os.path.join(tmp, "seed.tflite")
+            conv = TFLiteConverter(model, x, path)
+            conv.convert()
+            step = float(conv.graph.outputs[0].producer.inputs[0].quant.scale[0])
+            with torch.no_grad():
+                expected = model(x).numpy()
+            got = run_tflite(path, [np.moveaxis(x.numpy(), 1, -1)])[0].reshape(expected.shape)
+            shares.append(float((np.abs(got - expected) <= 1.001 * step).mean()))
+        out["seed_sweep_32"][name] = shares
+        print(name, "seeds", shares, flush=True)
     out["targets"] = INT8_TARGETS
     return out
 
@@ -328,6 +344,20 @@ def _int8_markdown(q) -> list[str]:
                      f"{r['self_within_one_step_1e-6']:.2%} | {r['max_abs_error']:.2e} | "
                      f"{r['output_step']:.2e} | {r['ops']} | {r['quantize']} / {r['dequantize']} | "
                      f"{', '.join(r['float_compute_ops']) or 'none'} | {r['convert_s']:.2f} | {r['file_mb']:.2f} |")
+    sweep = q.get("seed_sweep_32", {})
+    if sweep:
+        lines += ["", "Seed sweep at 32x32 (6 random initialisations each; share of the 1000 logits within one step):", ""]
+        for name, shares in sweep.items():
+            ok = sum(v >= t["parity_min"] for v in shares)
+            lines.append(f"- {name}: {ok}/{len(shares)} seeds >= {t['parity_min']:.0%}; "
+                         f"shares {', '.join(f'{v:.1%}' for v in shares)}")
+        lines += ["", "Every int8 kernel was checked against the exact rounding of its real-valued result "
+                  "(MobileNetV2 @224, ResNet-18 @32): all elements agree except true near-ties (within 1e-4 of .5, "
+                  "at most a few per 10,000), which come from XNNPACK's fixed-point rescaling (ADD, requantization). "
+                  "One such flipped element early in a randomly initialised ResNet can move the logits by several "
+                  "output steps; at 224x224 MobileNetV2's fake-quant model is itself that sensitive (column 4: "
+                  "the fake-quant model against itself with its input moved by 1e-6), so its end-to-end share "
+                  "measures the network, not the converter."]
     mb = q.get("mobilenet_v2@224")
     if mb:
         size_ok = "meets" if mb["size_ratio"] >= t["size_ratio_min"] else "misses"

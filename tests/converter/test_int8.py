@@ -95,8 +95,9 @@ def parity(model, x, path) -> float:
     return float((np.abs(got - expected) <= output_step(path) * 1.001).mean())
 
 
-def check_model(model, shape, tmp_path):
-    model, x = quantize(settle_bn(model, shape), shape)
+def check_model(build, shape, tmp_path):
+    torch.manual_seed(0)
+    model, x = quantize(settle_bn(build(), shape), shape)
     path = tmp_path / "int8.tflite"
     TFLiteConverter(model, x, path).convert()
     codes = assert_all_int8(path)
@@ -108,19 +109,19 @@ def check_model(model, shape, tmp_path):
 
 
 def test_digits_cnn_whole_graph_ptq(tmp_path):
-    codes = check_model(models.DigitsCNN(), (1, 8, 8), tmp_path)
+    codes = check_model(models.DigitsCNN, (1, 8, 8), tmp_path)
     assert {"CONV_2D", "MAX_POOL_2D", "MEAN", "FULLY_CONNECTED"} <= set(codes)
 
 
 @pytest.mark.slow
 def test_resnet18_whole_graph_ptq(tmp_path):
-    codes = check_model(models.resnet18(num_classes=10), (3, 32, 32), tmp_path)
+    codes = check_model(lambda: models.resnet18(num_classes=10), (3, 32, 32), tmp_path)
     assert codes.count("ADD") == 8 and "MAX_POOL_2D" in codes
 
 
 @pytest.mark.slow
 def test_mobilenet_v2_whole_graph_ptq(tmp_path):
-    codes = check_model(models.mobilenet_v2(num_classes=10, width_mult=0.35), (3, 32, 32), tmp_path)
+    codes = check_model(lambda: models.mobilenet_v2(num_classes=10, width_mult=0.35), (3, 32, 32), tmp_path)
     assert {"DEPTHWISE_CONV_2D", "ADD", "MEAN"} <= set(codes)
 
 
@@ -141,6 +142,7 @@ class Branches(nn.Module):
 
 
 def test_functional_ops_are_int8(tmp_path):
+    torch.manual_seed(0)
     model, x = quantize(Branches().eval(), (3, 8, 8))
     path = tmp_path / "b.tflite"
     TFLiteConverter(model, x, path).convert()
@@ -160,6 +162,7 @@ def test_functional_ops_are_int8(tmp_path):
 def test_float_layer_is_an_island(tmp_path, action):
     config = WHOLE_GRAPH + [{"quant_types": ["input", "weight", "output"], "op_names": ["conv2"],
                              "quantize_op_action": action}]
+    torch.manual_seed(0)
     model, x = quantize(settle_bn(models.DigitsCNN(), (1, 8, 8)), (1, 8, 8), config)
     path = tmp_path / "d.tflite"
     TFLiteConverter(model, x, path).convert()
@@ -178,6 +181,7 @@ def test_float_layer_is_an_island(tmp_path, action):
 @pytest.mark.parametrize("io", ["int8", "uint8"])
 def test_quantize_io_with_input_stats(tmp_path, io):
     shape = (1, 8, 8)
+    torch.manual_seed(0)
     model, x = quantize(settle_bn(models.DigitsCNN(), shape), shape)
     mean, std = (128.0, 127.5) if io == "uint8" else (0.0, 127.5)
     path = tmp_path / f"{io}.tflite"
