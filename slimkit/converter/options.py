@@ -31,10 +31,12 @@ class ConverterOptions:
         hybrid: dynamic-range quantization: int8 weights (per channel) for FULLY_CONNECTED,
             CONV_2D, DEPTHWISE_CONV_2D and LSTM, float activations.
         hybrid_conv: include convolutions in ``hybrid`` (TinyNN's ``hybrid_conv``).
-        quantize_io: for quantized models, int8 inputs/outputs: the leading QUANTIZE and trailing
-            DEQUANTIZE are removed (TinyNN's ``fuse_quant_dequant``).
+        quantize_io: for quantized models, integer inputs/outputs: True or ``'int8'`` removes the
+            leading QUANTIZE and trailing DEQUANTIZE (TinyNN's ``fuse_quant_dequant``); ``'uint8'``
+            takes and returns uint8 (zero point + 128) through requantizing QUANTIZE ops.
         quantized_input_stats: ``[(mean, std), ...]`` per input: that input becomes int8 (uint8 when
-            mean > 127) with ``real = (q - mean) / std``, followed by a DEQUANTIZE.
+            mean > 127, or ``quantize_io='uint8'``) with ``real = (q - mean) / std``: the input
+            normalisation is folded into the model's first QUANTIZE (a DEQUANTIZE for float models).
         optimize: 0 = no fusion; 1 = fold BN, fuse activations, SAME padding; 2 (default) = all.
     """
 
@@ -45,11 +47,14 @@ class ConverterOptions:
     unroll_rnn: bool = False
     hybrid: bool = False
     hybrid_conv: bool = True
-    quantize_io: bool = False
+    quantize_io: bool | str = False
     quantized_input_stats: Sequence[tuple[float, float]] | None = None
     optimize: int = 2
 
     def __post_init__(self):
+        if self.quantize_io not in (False, True, "int8", "uint8"):
+            raise ConfigError("Expected quantize_io in (False, True, 'int8', 'uint8'). "
+                              f"Received: quantize_io={self.quantize_io!r}")
         if self.optimize not in (0, 1, 2):
             raise ConfigError(f"Expected optimize in (0, 1, 2). Received: optimize={self.optimize!r}")
 

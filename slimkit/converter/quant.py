@@ -1,8 +1,8 @@
 """Quantization parameters for the file: one per-tensor table, read by every int8 emitter.
 
 ``QuantTable`` maps a tensor name to ``(scale, zero_point, quantized_dimension)``; hybrid
-(dynamic-range) quantization fills it from the float weights, and full-int8 export will fill it
-from slimkit's calibration dict (``weight_scale`` / ``output_scale`` ...). Emission reads only the
+(dynamic-range) quantization fills it from the float weights, full-int8 export from the fake-quant
+nodes in the captured graph (the same numbers as slimkit's calibration dict). Emission reads only the
 table, so both sources share one code path.
 
 Example:
@@ -85,7 +85,7 @@ def _consumers(graph: Graph) -> dict[int, list]:
     return users
 
 
-_COMMUTES = {"PAD", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "STRIDED_SLICE", "SLICE"}
+_COMMUTES = {"PAD", "PADV2", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "STRIDED_SLICE", "SLICE"}
 
 
 def sink_dequantize(graph: Graph) -> None:
@@ -100,6 +100,17 @@ def sink_dequantize(graph: Graph) -> None:
             ops.append(op)
             continue
         q, out = deq.inputs[0], op.outputs[0]
+        if op.code == "PADV2":  # the pad value moves onto the int8 grid (the lowest float: qmin)
+            value = op.inputs[2]
+            if value is None or not value.is_const or q.quant is None or q.quant.scale.size != 1:
+                ops.append(op)
+                continue
+            lo, hi = (-128, 127) if q.dtype == "int8" else (0, 255)
+            v = float(value.values().reshape(-1)[0])
+            qv = np.clip(np.round(v / float(q.quant.scale[0])) + int(q.quant.zero_point[0]) if np.isfinite(v)
+                         and abs(v) < 1e30 else (lo if v < 0 else hi), lo, hi)
+            op.inputs[2] = Tensor(value.name + "_q", (), q.dtype, data=np.array(qv, q.dtype), quant=q.quant)
+            graph.quant_table[op.inputs[2].name] = q.quant
         q_out = Tensor(out.name + "_int8", out.shape, q.dtype, perm=out.perm, quant=q.quant)
         op.inputs[0], op.outputs = q, [q_out]
         q_out.producer = op
@@ -172,7 +183,11 @@ def int8_kernels(graph: Graph) -> int:
         rewritten += 1
     graph.ops = [op for op in graph.ops if id(op) not in dropped]
     rewritten += _int8_elementwise(graph)
+    from slimkit.converter.int8_ops import drop_identity_quantize, int8_activation_ops
+
+    rewritten += int8_activation_ops(graph)
     requantize(graph)
+    drop_identity_quantize(graph)
     return rewritten
 
 
@@ -213,38 +228,97 @@ def requantize(graph: Graph) -> None:
         op.inputs[0] = deq.inputs[0]  # the DEQUANTIZE may still feed float ops; else dead-op removal drops it
 
 
+def _io_type(options, mean=None) -> str:
+    if options.quantize_io == "uint8":
+        return "uint8"
+    if options.quantize_io == "int8":
+        return "int8"
+    return "uint8" if mean is not None and mean > 127 else "int8"
+
+
 def quantize_io(graph: Graph, options) -> None:
     """Integer model inputs / outputs (TinyNN's ``fuse_quant_dequant``, TF's ``inference_input_type``).
 
-    An input consumed only by a QUANTIZE becomes that QUANTIZE's int8 output; an output produced by a
-    DEQUANTIZE becomes its int8 input. ``quantized_input_stats=[(mean, std), ...]`` makes a float
-    input int8 / uint8 with ``real = (q - mean) / std`` followed by a DEQUANTIZE.
+    ``quantize_io`` (True / ``'int8'`` / ``'uint8'``): an input consumed only by a QUANTIZE becomes an
+    integer tensor (int8: that QUANTIZE's output itself; uint8: the same scale, zero point + 128, then
+    a requantizing QUANTIZE); an output produced by a DEQUANTIZE becomes its int8 input (uint8: a
+    requantizing QUANTIZE). ``quantized_input_stats=[(mean, std), ...]`` gives that input the
+    parameters ``real = (q - mean) / std`` (int8, or uint8 when mean > 127 or ``quantize_io='uint8'``):
+    the model's first QUANTIZE then requantizes from them (nothing when they agree), and a float
+    model's input gets a DEQUANTIZE.
     """
     from slimkit.converter.ir import Op, Tensor
 
     users = _consumers(graph)
     stats = list(options.quantized_input_stats or [])
     dropped = set()
+    prologue = []
     for i, t in enumerate(list(graph.inputs)):
         consumers = users.get(id(t), [])
-        if consumers and all(op.code == "QUANTIZE" for op in consumers) and len(consumers) == 1:
-            q = consumers[0].outputs[0]
-            q.producer = None
-            graph.inputs[i] = q
-            dropped.add(id(consumers[0]))
-        elif i < len(stats) and stats[i] is not None and t.dtype == "float32":
-            mean, std = stats[i]
-            dtype = "int8" if -128 <= mean <= 127 else "uint8"
+        stat = stats[i] if i < len(stats) else None
+        if len(consumers) == 1 and consumers[0].code == "QUANTIZE" and (options.quantize_io or stat is not None):
+            quant_op = consumers[0]
+            q = quant_op.outputs[0]
+            if stat is not None:
+                mean, std = stat
+                dtype = _io_type(options, mean)
+                params = QuantParams(np.array([1.0 / std], np.float32), np.array([int(round(mean))]), 0)
+            else:
+                dtype = _io_type(options)
+                shift = 128 if dtype == "uint8" and q.dtype == "int8" else 0
+                params = QuantParams(q.quant.scale, q.quant.zero_point + shift, 0)
+            same = dtype == q.dtype and np.allclose(params.scale, q.quant.scale, rtol=1e-6, atol=0) and \
+                int(params.zero_point[0]) == int(q.quant.zero_point[0])
+            if same:
+                q.producer = None
+                graph.inputs[i] = q
+                dropped.add(id(quant_op))
+            else:
+                new = Tensor(t.name + "_" + dtype, t.shape, dtype, perm=t.perm, quant=params)
+                graph.quant_table[new.name] = params
+                graph.inputs[i] = new
+                if dtype == "uint8" and q.dtype == "int8":
+                    # uint8 -> int8 with the same scale (zero point - 128) first: TFLite's exact fast path;
+                    # its direct uint8 -> int8 rescale rounds differently from the float arithmetic
+                    shifted = QuantParams(params.scale, params.zero_point - 128, 0)
+                    mid = Tensor(t.name + "_int8", t.shape, "int8", perm=t.perm, quant=shifted)
+                    graph.quant_table[mid.name] = shifted
+                    to_int8 = Op("QUANTIZE", [new], [mid])
+                    mid.producer = to_int8
+                    prologue.append(to_int8)
+                    new = mid
+                    if np.allclose(shifted.scale, q.quant.scale, rtol=1e-6, atol=0) and \
+                            int(shifted.zero_point[0]) == int(q.quant.zero_point[0]):
+                        dropped.add(id(quant_op))
+                        for op in graph.ops:
+                            op.inputs = [mid if x is q else x for x in op.inputs]
+                        continue
+                quant_op.inputs[0] = new
+        elif stat is not None and t.dtype == "float32":
+            mean, std = stat
+            dtype = _io_type(options, mean)
             q = Tensor(t.name + "_int", t.shape, dtype, perm=t.perm,
                        quant=QuantParams(np.array([1.0 / std], np.float32), np.array([int(round(mean))]), 0))
             graph.quant_table[q.name] = q.quant
             deq = Op("DEQUANTIZE", [q], [t])
             t.producer = deq
-            graph.ops.insert(0, deq)
+            prologue.append(deq)
             graph.inputs[i] = q
-    for i, t in enumerate(list(graph.outputs)):
-        op = t.producer
-        if op is not None and op.code == "DEQUANTIZE" and len(users.get(id(t), [])) == 0:
-            graph.outputs[i] = op.inputs[0]
-            dropped.add(id(op))
+    graph.ops = prologue + graph.ops
+    if options.quantize_io:
+        for i, t in enumerate(list(graph.outputs)):
+            op = t.producer
+            if op is None or op.code != "DEQUANTIZE" or len(users.get(id(t), [])) != 0:
+                continue
+            src = op.inputs[0]
+            if _io_type(options) == "uint8" and src.dtype == "int8":
+                params = QuantParams(src.quant.scale, src.quant.zero_point + 128, 0)
+                out = Tensor(t.name + "_uint8", t.shape, "uint8", perm=t.perm, quant=params)
+                graph.quant_table[out.name] = params
+                op.code, op.outputs = "QUANTIZE", [out]
+                out.producer = op
+                graph.outputs[i] = out
+            else:
+                graph.outputs[i] = src
+                dropped.add(id(op))
     graph.ops = [op for op in graph.ops if id(op) not in dropped]

@@ -135,7 +135,8 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
     inputs = [tensor_index(t) for t in graph.inputs]
 
     payload = sum(t.data.nbytes for t in tensors if t.data is not None)
-    builder = _builder(payload + 128 * len(tensors) + 512 * len(graph.ops) + 65536)
+    quant = sum(16 * t.quant.scale.size + 64 for t in tensors if t.quant is not None)  # scales + int64 zero points
+    builder = _builder(payload + quant + 128 * len(tensors) + 512 * len(graph.ops) + 65536)
 
     # buffers: 0 is the empty sentinel; each constant gets its own
     buffer_of = {}
@@ -153,10 +154,11 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
         buffer_offsets.append(tflite.BufferEnd(builder))
 
     tensor_offsets = []
+    shared_vectors: dict = {}
     for i, t in enumerate(tensors):
         name = builder.CreateString(t.name)
         shape = _int_vector(builder, t.physical_shape)
-        q = _quantization(builder, t.quant) if t.quant is not None else None
+        q = _quantization(builder, t.quant, shared_vectors) if t.quant is not None else None
         tflite.TensorStart(builder)
         tflite.TensorAddShape(builder, shape)
         tflite.TensorAddType(builder, TENSOR_TYPES[t.dtype])
@@ -231,9 +233,19 @@ def _offset_vector(builder, start, offsets) -> int:
     return builder.EndVector()
 
 
-def _quantization(builder, q) -> int:
-    scale = builder.CreateNumpyVector(np.asarray(q.scale, np.float32).reshape(-1))
-    zero = builder.CreateNumpyVector(np.asarray(q.zero_point, np.int64).reshape(-1))
+def _quantization(builder, q, shared: dict | None = None) -> int:
+    """A QuantizationParameters table; equal scale / zero-point vectors are written once and shared
+    (per-channel zero points are all zeros: one vector per channel count, not one per tensor)."""
+    shared = {} if shared is None else shared
+
+    def vector(values):
+        key = (values.dtype.str, values.tobytes())
+        if key not in shared:
+            shared[key] = builder.CreateNumpyVector(values)
+        return shared[key]
+
+    scale = vector(np.asarray(q.scale, np.float32).reshape(-1))
+    zero = vector(np.asarray(q.zero_point, np.int64).reshape(-1))
     tflite.QuantizationParametersStart(builder)
     tflite.QuantizationParametersAddScale(builder, scale)
     tflite.QuantizationParametersAddZeroPoint(builder, zero)

@@ -39,6 +39,14 @@ _FLATTENS = {"aten.flatten.using_ints", "aten.view.default", "aten.reshape.defau
 def _channels_last_flatten(ctx, node, x, weight):
     """flatten(NHWC feature map) -> Linear: reorder the weight's columns instead of transposing the data."""
     src = node.args[0]
+    fake_quants = []  # flatten -> fake quant(s) -> Linear (quantized models): innermost first
+    while hasattr(src, "target") and str(src.target).startswith("aten.fake_quantize_per_tensor_affine") and \
+            len(src.users) == 1:
+        value = ctx.values.get(src.name)
+        if not isinstance(value, Tensor) or value.producer is None or value.producer.code != "DEQUANTIZE":
+            return None
+        fake_quants.insert(0, value.producer.inputs[0])
+        src = src.args[0]
     if not hasattr(src, "target") or str(src.target) not in _FLATTENS or len(src.users) != 1 or x.rank != 2:
         return None
     inner = ctx.values.get(getattr(src.args[0], "name", None))
@@ -49,6 +57,13 @@ def _channels_last_flatten(ctx, node, x, weight):
         return None
     flat = ctx.tensor((n, h * w * c), name=src.name + "_nhwc")
     ctx.emit("RESHAPE", [inner, ctx.const(np.array([n, h * w * c], np.int32))], [flat], NewShape=[n, h * w * c])
+    for k, fake_quant in enumerate(fake_quants):  # the same per-tensor fake quantization, channels-last
+        q = ctx.tensor(flat.shape, fake_quant.dtype, name=f"{src.name}_nhwc_q{k}")
+        q.quant = fake_quant.quant
+        ctx.quant_table[q.name] = q.quant
+        ctx.emit("QUANTIZE", [flat], [q])
+        flat = ctx.tensor(flat.shape, name=f"{src.name}_nhwc_dq{k}")
+        ctx.emit("DEQUANTIZE", [q], [flat])
     out = weight.shape[0]
     return flat, weight.reshape(out, c, h, w).transpose(0, 2, 3, 1).reshape(out, -1)
 

@@ -9,8 +9,8 @@ the source of quantization parameters: they go into the converter's one table
 - On weights (constants): folded by PyTorch like any constant; the parameters are kept in
   ``Lowering.weight_quant`` (by the folded tensor) for int8 kernels.
 
-Turning DEQUANTIZE -> float op -> QUANTIZE chains into int8 kernels is the next step (see
-docs/converter.md, "Quantization").
+``slimkit.converter.quant.int8_kernels`` and ``slimkit.converter.int8_ops`` then turn the
+DEQUANTIZE -> op -> QUANTIZE chains into int8 operators (docs/converter.md, "Quantization").
 """
 
 from __future__ import annotations

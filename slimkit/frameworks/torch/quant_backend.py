@@ -66,6 +66,26 @@ def folded_parameters(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Mo
     return weight * factor.reshape(shape), (bias - bn.running_mean) * factor + beta
 
 
+def quantized_bias(quantizer: Any, layer: Any, bias: torch.Tensor | None, call: int = 0) -> torch.Tensor | None:
+    """``bias`` on the integer kernel's grid (scale ``input_scale * weight_scale``, ``profile.bias_bits``),
+    straight-through; unchanged where the input or weight parameters are not known yet."""
+    bits = getattr(quantizer.profile, "bias_bits", None)
+    if bias is None or not bits or not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+        return bias
+    table = quantizer.params[layer.name]
+    key = "input" if quantizer.quantizes(layer, QuantType.QUANT_INPUT) else "input_from_graph"
+    inp, weight = table.get(quantizer._key(key, call)), table.get("weight")
+    if inp is None or weight is None or inp.scale.size != 1 or weight.bits <= 1:
+        return bias
+    values = (inp.scale[0] * weight.scale).astype("float32")  # numpy: no data-dependent checks under export
+    if values.size not in (1, bias.numel()) or not (values > 0).all():
+        return bias
+    scale = torch.as_tensor(values, device=bias.device)
+    qmax = 2 ** (bits - 1) - 1
+    q = torch.clamp(torch.round(bias.detach() / scale), -qmax - 1, qmax) * scale
+    return bias + (q - bias.detach())
+
+
 def fold_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
     """A new conv computing ``bn(conv(x))`` with ``bn``'s running statistics (inference)."""
     folded = copy.deepcopy(conv)
@@ -108,6 +128,8 @@ class QuantWrapper(CompressionWrapper):
             weight = overrides.get("weight", self.module.weight)
             if bn is None:
                 overrides["weight"] = quantizer.forward_weight(layer, weight)
+                if not self.training and self.module.bias is not None:
+                    overrides["bias"] = quantized_bias(quantizer, layer, overrides.get("bias", self.module.bias), call)
             else:
                 return self._forward_folded(quantizer, layer, bn, weight, overrides, args, call)
         out = self.call_module(overrides, args, kwargs)
@@ -127,7 +149,14 @@ class QuantWrapper(CompressionWrapper):
         bias = overrides.get("bias", self.module.bias)
         if self.deploy:
             _, folded_bias = folded_parameters(weight, bias, bn)
-            out = self.module._conv_forward(args[0], weight, folded_bias)
+            out = self.module._conv_forward(args[0], weight, quantized_bias(quantizer, layer, folded_bias, call))
+        elif not self.training:  # BN (eval statistics) follows: pre-BN bias such that BN's output bias is on the grid
+            _, folded_bias = folded_parameters(weight, bias, bn)
+            q = quantized_bias(quantizer, layer, folded_bias, call)
+            beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+            pre = (q - beta) / factor + bn.running_mean
+            out = self.module._conv_forward(args[0], weight, None) * factor.reciprocal().reshape(view) + \
+                pre.reshape(view)
         else:
             out = self.module._conv_forward(args[0], weight, None) * factor.reciprocal().reshape(view)
             if bias is not None:

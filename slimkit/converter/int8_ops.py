@@ -1,0 +1,143 @@
+"""Int8 activation ops: no float island left between int8 kernels.
+
+After lowering, every fake-quantized tensor is QUANTIZE -> DEQUANTIZE, so an op between two quantized
+tensors reads ``DEQUANTIZE(a) -> op -> QUANTIZE``. The passes here turn such chains into the op on
+int8 tensors, following TFLite's int8 kernel rules:
+
+- ops that rescale freely (MEAN, SUM, HARD_SWISH, RELU, RELU6, LEAKY_RELU) take the QUANTIZE's
+  output parameters;
+- ops whose int8 kernel needs fixed output parameters (SOFTMAX, LOGISTIC: (1/256, -128); TANH:
+  (1/128, 0)) are rewritten only when the quantizer used those parameters (the ``tflite`` profile does);
+- data movement and comparisons (CONCATENATION, PAD, RESHAPE, pooling, RESIZE_*, MAXIMUM, ...) work on raw
+  int8 values: a one-input op keeps its input's parameters and is followed by a requantizing QUANTIZE
+  where the output's differ; a multi-input op (CONCATENATION, MAXIMUM) requantizes the inputs instead;
+- a QUANTIZE from int8 to the same parameters is an identity and disappears.
+
+A chain the user kept float (``quantize_op_action: 'disable'`` / ``'rewrite'``) has no QUANTIZE after
+it and keeps its DEQUANTIZE / QUANTIZE boundary.
+
+Example:
+
+>>> sorted(FIXED_OUTPUT)
+['LOGISTIC', 'SOFTMAX', 'TANH']
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slimkit.converter.ir import Graph, Op, QuantParams, Tensor
+
+#: int8 kernels that requantize from the input's to the output's parameters
+RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE"}
+#: int8 kernels with fixed output parameters (scale, zero_point)
+FIXED_OUTPUT = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
+#: int8 kernels that need the output parameters equal to the input's (data movement)
+SAME_PARAMS = {"CONCATENATION", "PAD", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D",
+               "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "PACK", "UNPACK", "GATHER", "TILE",
+               "BROADCAST_TO", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM", "REDUCE_MAX",
+               "REDUCE_MIN"}
+_INT8 = ("int8", "uint8")
+
+
+def same_params(a: QuantParams | None, b: QuantParams | None) -> bool:
+    return a is not None and b is not None and a.scale.size == b.scale.size == 1 and \
+        np.isclose(float(a.scale[0]), float(b.scale[0]), rtol=1e-6, atol=0) and \
+        int(a.zero_point[0]) == int(b.zero_point[0])
+
+
+def _users(graph: Graph) -> dict[int, list[Op]]:
+    users: dict[int, list[Op]] = {}
+    for op in graph.ops:
+        for t in op.inputs:
+            if t is not None:
+                users.setdefault(id(t), []).append(op)
+    return users
+
+
+def _requantize(graph: Graph, src: Tensor, params: QuantParams, dtype: str, new_ops: list) -> Tensor:
+    out = Tensor(src.name + "_rq", src.shape, dtype, perm=src.perm, quant=params)
+    graph.quant_table[out.name] = params
+    op = Op("QUANTIZE", [src], [out])
+    out.producer = op
+    new_ops.append(op)
+    return out
+
+
+def int8_activation_ops(graph: Graph) -> int:
+    """DEQUANTIZE(s) -> op -> QUANTIZE becomes the op on int8 tensors (see the module docstring)."""
+    users = _users(graph)
+    outputs = {id(t) for t in graph.outputs}
+    dropped: set[int] = set()
+    ops: list[Op] = []
+    count = 0
+    for op in graph.ops:
+        code = op.code
+        if code not in RESCALING and code not in FIXED_OUTPUT and code not in SAME_PARAMS or \
+                op.options.get("FusedActivationFunction", 0) or len(op.outputs) != 1:
+            ops.append(op)
+            continue
+        acts = [i for i, t in enumerate(op.inputs) if t is not None and not t.is_const]
+        producers = [op.inputs[i].producer for i in acts]
+        after = users.get(id(op.outputs[0]), [])
+        if not acts or any(p is None or p.code != "DEQUANTIZE" or p.inputs[0].dtype not in _INT8
+                           or p.inputs[0].quant is None for p in producers) or len(after) != 1 or \
+                after[0].code != "QUANTIZE" or after[0].outputs[0].dtype not in _INT8 or id(op.outputs[0]) in outputs:
+            ops.append(op)
+            continue
+        q_out = after[0].outputs[0]
+        if code in FIXED_OUTPUT:
+            scale, zero = FIXED_OUTPUT[code]
+            if q_out.dtype != "int8" or not same_params(q_out.quant, QuantParams(np.array([scale]), np.array([zero]))):
+                ops.append(op)
+                continue
+        new_ops: list[Op] = []
+        new_inputs = list(op.inputs)
+        for i, p in zip(acts, producers):
+            q_in = p.inputs[0]
+            if code in SAME_PARAMS and (not same_params(q_in.quant, q_out.quant) or q_in.dtype != q_out.dtype):
+                if len(acts) == 1:  # keep the input's grid, requantize after
+                    break
+                q_in = _requantize(graph, q_in, q_out.quant, q_out.dtype, new_ops)  # concat, maximum, ...
+            new_inputs[i] = q_in
+        else:
+            op.inputs = new_inputs
+            ops += new_ops
+            op.outputs[0] = q_out
+            q_out.producer = op
+            dropped.add(id(after[0]))
+            ops.append(op)
+            count += 1
+            continue
+        # a one-input data-movement op whose output grid differs: run it on the input grid, then requantize
+        q_in = producers[0].inputs[0]
+        mid = Tensor(op.outputs[0].name + "_int8", op.outputs[0].shape, q_in.dtype, perm=op.outputs[0].perm,
+                     quant=q_in.quant)
+        graph.quant_table[mid.name] = q_in.quant
+        op.inputs[acts[0]] = q_in
+        op.outputs[0] = mid
+        mid.producer = op
+        after[0].inputs[0] = mid
+        ops.append(op)
+        count += 1
+    graph.ops = [op for op in ops if id(op) not in dropped]
+    return count
+
+
+def drop_identity_quantize(graph: Graph) -> int:
+    """A QUANTIZE from an int8 tensor to the same parameters and type is removed (its readers read the input)."""
+    replace: dict[int, Tensor] = {}
+    kept = []
+    for op in graph.ops:
+        op.inputs = [replace.get(id(t), t) if t is not None else None for t in op.inputs]
+        if op.code == "QUANTIZE":
+            src, out = op.inputs[0], op.outputs[0]
+            if src.dtype == out.dtype and src.dtype in _INT8 and same_params(src.quant, out.quant) and \
+                    src.perm == out.perm:
+                replace[id(out)] = src
+                continue
+        kept.append(op)
+    graph.outputs = [replace.get(id(t), t) for t in graph.outputs]
+    removed = len(graph.ops) - len(kept)
+    graph.ops = kept
+    return removed
