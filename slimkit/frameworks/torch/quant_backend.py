@@ -39,6 +39,10 @@ from slimkit.frameworks.torch.quant_ops import OPS
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.utils.files import atomic_path
 
+_no_function_mode = torch._C.DisableTorchFunction
+"""Context in which ``__torch_function__`` handlers and modes are skipped (the whole-graph runtime's mode
+does nothing inside wrapped layers and the quantizer's own calls)."""
+
 
 class _Ref:
     """Holds Python objects on a module without registering them (and survives deepcopy as is)."""
@@ -95,13 +99,22 @@ class QuantWrapper(CompressionWrapper):
         return index
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        quantizer, layer, bn = self._ref.quantizer, self._ref.layer, self._ref.bn
+        quantizer, layer = self._ref.quantizer, self._ref.layer
         call = self._call_index()
         runtime = getattr(quantizer, "_graph_runtime", None)
         if runtime is not None and args:
             params = runtime.params_of(args[0])
             if params is not None:
                 quantizer.params[layer.name][quantizer._key("input_from_graph", call)] = params
+            if runtime.mode is not None and not torch.compiler.is_exporting():
+                # the whole-graph function mode ignores every call made inside a wrapped layer: switching it
+                # off here saves its Python round trip on the ~80 tensor calls of each quantized layer
+                with _no_function_mode():
+                    return self._forward(quantizer, layer, call, args, kwargs)
+        return self._forward(quantizer, layer, call, args, kwargs)
+
+    def _forward(self, quantizer: Any, layer: Any, call: int, args: tuple, kwargs: dict) -> Any:
+        bn = self._ref.bn
         args = quantizer.forward_input(layer, args, call)
         overrides = self.effective_parameters()
         if quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) or bn is not None:
@@ -151,6 +164,9 @@ class _TailHook:
         layer = self.layers.get(index)
         if layer is None:
             return output
+        if getattr(self.quantizer, "_graph_runtime", None) is not None and not torch.compiler.is_exporting():
+            with _no_function_mode():
+                return self.quantizer.forward_output(layer, output, 0)
         return self.quantizer.forward_output(layer, output, 0)
 
 
