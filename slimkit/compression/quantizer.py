@@ -233,9 +233,14 @@ class Quantizer(Compressor):
         scheme = self.profile.weight
         bits = self.states[layer.name].bits[QuantType.QUANT_WEIGHT]
         axis = layer.out_axis if scheme.per_channel else None
-        lo, hi = self.ops.min_max(weight, axis)
-        params = affine_params(lo, hi, bits, scheme, axis if axis is None or axis >= 0 else
-                               len(tuple(weight.shape)) + axis)
+        if axis is not None and axis < 0:
+            axis += len(tuple(weight.shape))
+        symmetric = getattr(self.ops, "symmetric_params", None)
+        if symmetric is not None and scheme.symmetric and scheme.signed and not scheme.pow2:
+            params = symmetric(weight, axis, bits, scheme.narrow)  # same numbers, computed on the device
+        else:
+            lo, hi = self.ops.min_max(weight, axis)
+            params = affine_params(lo, hi, bits, scheme, axis)
         table["weight"] = params
         return params
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimkit.compression.quant import QParams
+from slimkit.compression.quant import QParams, qrange
 
 
 class _FakeQuantPerTensor(torch.autograd.Function):
@@ -45,6 +45,23 @@ class _FakeQuantPerTensor(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
         (clamped,) = ctx.saved_tensors
         return torch.where(clamped, 0.0, grad_output), None, None, None, None, None
+
+
+class _FakeQuantPerChannelSTE(torch.autograd.Function):
+    """Per-channel fake quantization with the plain straight-through gradient, in four passes over ``x``
+    (no ``x + (q - x).detach()`` round trip, so the values are exactly ``torch.fake_quantize_per_channel_affine``'s)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, inverse: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                qmin: int, qmax: int) -> torch.Tensor:
+        q = torch.mul(x, inverse).round_()
+        if zero_point is not None:
+            return q.add_(zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+        return q.clamp_(qmin, qmax).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        return grad_output, None, None, None, None, None
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -140,14 +157,8 @@ class TorchQuantOps:
                                            _channel_view(zero_point, x.dim(), axis).to(x.dtype),
                                            bool(params.zero_point.any()))
         inverse, scale_view, zp_view, has_zero_point = views
-        with torch.no_grad():
-            q = torch.round(x.detach() * inverse)
-            if has_zero_point:
-                q = q.add_(zp_view).clamp_(params.qmin, params.qmax).sub_(zp_view)
-            else:
-                q = q.clamp_(params.qmin, params.qmax)
-            delta = q.mul_(scale_view).sub_(x.detach())
-        return x + delta if x.requires_grad else x.detach() + delta
+        return _FakeQuantPerChannelSTE.apply(x, inverse, scale_view, zp_view if has_zero_point else None,
+                                             params.qmin, params.qmax)
 
     def _fake_quant_generic(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
                             qmax: int, axis: int | None) -> torch.Tensor:
@@ -189,6 +200,28 @@ class TorchQuantOps:
             return x.double().cpu().numpy(), x.double().cpu().numpy()
         lo, hi = torch.amin(x, dim=dims), torch.amax(x, dim=dims)  # faster than aminmax(dim=) on CPU
         return lo.double().cpu().numpy(), hi.double().cpu().numpy()
+
+    def symmetric_params(self, x: torch.Tensor, axis: int | None, bits: int, narrow: bool) -> QParams:
+        """:func:`~slimkit.compression.quant.affine_params` of ``x``'s range for a signed symmetric scheme
+        (per channel along ``axis``), computed on ``x``'s device with the same float64 arithmetic: one
+        device-to-host copy, and the scale / zero-point tensors cached on ``params`` for :meth:`fake_quant`."""
+        x = x.detach()
+        if axis is None:
+            lo, hi = torch.aminmax(x)
+            lo, hi = lo.reshape(1), hi.reshape(1)
+        else:
+            dims = tuple(d for d in range(x.dim()) if d != axis)
+            lo, hi = (torch.amin(x, dim=dims), torch.amax(x, dim=dims)) if dims else (x, x)
+        lo, hi = lo.double().clamp(max=0.0), hi.double().clamp(min=0.0)
+        qmin, qmax = qrange(bits, True, narrow)
+        scale = 2.0 * torch.maximum(-lo, hi) / max(qmax - qmin, 1)
+        scale = torch.where(scale > 0, scale, 1.0)
+        host = torch.stack([lo, hi, scale]).cpu().numpy()
+        params = QParams(bits, host[2], np.zeros(host.shape[1], dtype=np.int64), qmin, qmax, axis, host[0], host[1])
+        if not torch.compiler.is_exporting():
+            params._native[x.device] = (scale.float(), torch.zeros(host.shape[1], dtype=torch.int32,
+                                                                   device=x.device))
+        return params
 
     histogram_samples = 1 << 16  # larger tensors are histogrammed on an evenly strided sample
 
