@@ -61,6 +61,7 @@ from slimkit.compression.quant import (
     bias_params,
 )
 from slimkit.errors import ConfigError, SlimkitError
+from slimkit.utils import distributed
 
 QUANT_ACTIONS = ("quantize", "rewrite", "disable")
 GRAPH_KEY = "__graph__"
@@ -539,12 +540,17 @@ class Quantizer(Compressor):
         (``calibration_path``; ``.json`` is written as JSON, anything else with the framework's
         safe format) and an ONNX file with QuantizeLinear / DequantizeLinear nodes (``onnx_path``,
         needs ``input_shape``). Returns the calibration dict.
+
+        Under ``torch.distributed`` call it on every rank: each returns the calibration (the same on every
+        rank, since observers reduce their statistics over the ranks), only the main process writes files.
         """
         self._require_wrapped("export_model")
         if onnx_path is not None and input_shape is None:
             raise ConfigError("export_model: onnx_path needs the model input shape. Expected input_shape such as "
                               "[1, 1, 28, 28]. Received: input_shape=None")
         calibration = self.calibration()
+        if not distributed.is_main_process():  # under torch.distributed only rank 0 writes (every rank returns
+            return calibration                 # the same calibration: observers reduce over the ranks)
         self.backend.save_weights(self.model, self.layers, os.fspath(model_path))
         if calibration_path is not None:
             save_calibration(calibration, calibration_path, self.backend)
