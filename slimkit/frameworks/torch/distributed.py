@@ -181,5 +181,5 @@ def export_model(pruner: Any, **kwargs: Any) -> bool:
     return wrote
 
 
-__all__ = ["all_reduce_max", "all_reduce_min", "all_reduce_range", "all_reduce_sum", "barrier", "broadcast_masks", "export_model", "is_distributed", "is_main_process",
-           "rank", "sync_masks", "world_size"]
+__all__ = ["all_reduce_max", "all_reduce_min", "all_reduce_range", "all_reduce_sum", "barrier", "broadcast_masks",
+           "export_model", "is_distributed", "is_main_process", "rank", "sync_masks", "world_size"]
