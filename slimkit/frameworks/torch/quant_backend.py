@@ -4,10 +4,11 @@
 (masks still apply, the wrapped module's parameters are never written). On every forward it
 asks the quantizer for the quantized input(s), weight and output. With BatchNorm folding the
 wrapper multiplies the weight by ``gamma / sqrt(running_var + eps)`` before quantizing it and
-divides the conv output by the same factor, so the following BatchNorm (left in the model, on
-batch statistics in training) sees the conv's scale (torch.ao's QAT ConvBn scheme); in eval the
-result is exactly the folded conv. The output of a fused conv+BN+ReLU is quantized once, after
-the ReLU, by a forward hook on the tail module's right call.
+divides the quantized weight by the same factor (per output channel: the same as dividing the conv
+output, torch.ao's QAT ConvBn scheme, but on the weight), so the following BatchNorm (left in the
+model, on batch statistics in training) sees the conv's scale; in eval the result is the folded conv.
+The output of a fused conv+BN+ReLU is quantized once, after the ReLU, by a forward hook on the tail
+module's right call.
 
 Example:
 
@@ -135,16 +136,17 @@ class QuantWrapper(CompressionWrapper):
     def _forward_folded(self, quantizer: Any, layer: Any, bn: nn.Module, weight: torch.Tensor, overrides: dict,
                         args: tuple, call: int) -> torch.Tensor:
         factor = bn_factor(bn)
-        view = [1, -1] + [1] * (weight.dim() - 2)
-        weight = quantizer.forward_weight(layer, weight * factor.reshape([-1] + [1] * (weight.dim() - 1)))
+        channels = [-1] + [1] * (weight.dim() - 1)
+        weight = quantizer.forward_weight(layer, weight * factor.reshape(channels))
         bias = overrides.get("bias", self.module.bias)
         if self.deploy:
             _, folded_bias = folded_parameters(weight, bias, bn)
             out = self.module._conv_forward(args[0], weight, folded_bias)
         else:
-            out = self.module._conv_forward(args[0], weight, None) * factor.reciprocal().reshape(view)
-            if bias is not None:
-                out = out + bias.reshape(view)
+            # conv(x, q(W f)) / f computed as conv(x, q(W f) / f): the convolution is linear in each output
+            # channel's weights, so this is the same function and gradient (up to float rounding) with the
+            # division done on the weight instead of the (much larger) activation, forward and backward
+            out = self.module._conv_forward(args[0], weight * factor.reciprocal().reshape(channels), bias)
         return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
 
 
