@@ -33,8 +33,8 @@ class _FakeQuantPerTensor(torch.autograd.Function):
     integer, so shifting the clamp bounds instead of ``round(.)`` is exact) in five passes over ``x``."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, inverse: torch.Tensor, scale: torch.Tensor, zero_point: int,
-                qmin: int, qmax: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, inverse: float, scale: float, zero_point: int, qmin: int,
+                qmax: int) -> torch.Tensor:
         r = torch.mul(x, inverse).round_()
         q = r.clamp(qmin - zero_point, qmax - zero_point)
         if ctx.needs_input_grad[0]:
@@ -120,28 +120,28 @@ class TorchQuantOps:
         return scale[0], zero_point[0]
 
     def fake_quant(self, x: torch.Tensor, params: QParams) -> torch.Tensor:
-        scale, zero_point = self.native(params, x)
         qmin, qmax = params.qmin, params.qmax
         if self.onnx_ranges and (qmin, qmax) == (-127, 127):
             qmin = -128  # values never reach -128: |w| <= 127 * scale by construction
+        canonical = self.onnx_ranges or torch.compiler.is_exporting()
+        if not params.per_channel and not canonical and params.bits <= 16 and x.dtype == torch.float32:
+            scalars = params._native.get("scalars")
+            if scalars is None:  # Python numbers holding the float32 values: no tensors made per step
+                scale32 = np.float32(params.scale[0])
+                scalars = params._native["scalars"] = (float(np.float32(1.0) / scale32), float(scale32),
+                                                       int(params.zero_point[0]))
+            return _FakeQuantPerTensor.apply(x, *scalars, qmin, qmax)
+        scale, zero_point = self.native(params, x)
         if params.bits > 16 or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return self._fake_quant_generic(x, scale, zero_point, qmin, qmax, params.axis)
         # While a graph is captured (torch.onnx, torch.export for the TFLite converter) emit torch's own
         # fake-quant ops: exporters turn them into QuantizeLinear/DequantizeLinear or int8 TFLite tensors.
-        canonical = self.onnx_ranges or torch.compiler.is_exporting()
         if params.per_channel:
             if canonical:
                 return torch.fake_quantize_per_channel_affine(x, scale, zero_point, params.axis % x.dim(), qmin,
                                                               qmax)
             return self._fake_quant_per_channel(x, params, scale, zero_point)
-        if canonical or x.dtype != torch.float32:
-            return torch.fake_quantize_per_tensor_affine(x, scale[0], zero_point[0], qmin, qmax)
-        key = ("tensor", x.device)
-        scalars = params._native.get(key)
-        if scalars is None:
-            scalars = params._native[key] = (1.0 / scale[0], scale[0], int(params.zero_point[0]))
-        inverse, scale0, zero0 = scalars
-        return _FakeQuantPerTensor.apply(x, inverse, scale0, zero0, qmin, qmax)
+        return torch.fake_quantize_per_tensor_affine(x, scale[0], zero_point[0], qmin, qmax)
 
     def _fake_quant_per_channel(self, x: torch.Tensor, params: QParams, scale: torch.Tensor,
                                 zero_point: torch.Tensor) -> torch.Tensor:
@@ -193,8 +193,8 @@ class TorchQuantOps:
     def min_max(self, x: torch.Tensor, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         x = x.detach()
         if axis is None:
-            lo, hi = torch.aminmax(x)
-            return np.array([lo.item()]), np.array([hi.item()])
+            lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one device-to-host copy
+            return np.array([lo]), np.array([hi])
         dims = tuple(d for d in range(x.dim()) if d != axis % x.dim())
         if not dims:
             return x.double().cpu().numpy(), x.double().cpu().numpy()
