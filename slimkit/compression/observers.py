@@ -4,6 +4,11 @@ Observers see tensors through the framework's :class:`~slimkit.compression.quant
 (``min_max``, ``histogram``) and keep their state in numpy, so they serve every framework.
 ``observe(x, ops)`` records a batch; ``range()`` returns ``(lo, hi)`` numpy arrays.
 
+Under ``torch.distributed`` every ``observe`` reduces its batch statistics over the ranks (batch minimum
+with MIN, maximum with MAX, histogram counts with SUM; no-ops without a process group), so each rank
+holds the statistics of the global batch and computes the same parameters. Every rank must observe the
+same tensors in the same order (the same model and config on every rank, as under DDP).
+
 Example:
 
 >>> import numpy as np
@@ -27,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from slimkit.utils import distributed
+
 
 class Observer:
     """Base: tracks ``lo``/``hi`` (1-D numpy arrays)."""
@@ -36,7 +43,10 @@ class Observer:
         self.hi: np.ndarray | None = None
 
     def observe(self, x: Any, ops: Any, axis: int | None = None) -> None:
+        """Record a batch. Under ``torch.distributed`` the batch range is first reduced over the ranks
+        (minimum of the minima, maximum of the maxima), so every rank records the range of the global batch."""
         lo, hi = ops.min_max(x, axis)
+        lo, hi = distributed.all_reduce_range(np.atleast_1d(lo), np.atleast_1d(hi))
         self.update(np.atleast_1d(lo), np.atleast_1d(hi))
 
     def update(self, lo: np.ndarray, hi: np.ndarray) -> None:
@@ -103,11 +113,14 @@ class HistogramObserver(MinMaxObserver):
         self.top = 0.0
 
     def observe(self, x: Any, ops: Any, axis: int | None = None) -> None:
+        """Record a batch; under ``torch.distributed`` the range is reduced over the ranks first (so the
+        bins grow identically everywhere) and the batch's counts are summed over the ranks."""
         lo, hi = ops.min_max(x)
+        lo, hi = distributed.all_reduce_range(np.atleast_1d(lo), np.atleast_1d(hi))
         self.update(np.atleast_1d(lo), np.atleast_1d(hi))
         self._grow(float(max(-self.lo[0], self.hi[0])))
         if self.top > 0:
-            self.counts += ops.histogram(x, self.bins, self.top, skip_zeros=True)
+            self.counts += distributed.all_reduce_sum(ops.histogram(x, self.bins, self.top, skip_zeros=True))
 
     def update_numpy(self, x: np.ndarray) -> None:
         """Observe a numpy batch (reference path, used in tests)."""

@@ -61,6 +61,7 @@ from slimkit.compression.quant import (
     bias_params,
 )
 from slimkit.errors import ConfigError, SlimkitError
+from slimkit.utils import distributed
 
 QUANT_ACTIONS = ("quantize", "rewrite", "disable")
 GRAPH_KEY = "__graph__"
@@ -233,9 +234,14 @@ class Quantizer(Compressor):
         scheme = self.profile.weight
         bits = self.states[layer.name].bits[QuantType.QUANT_WEIGHT]
         axis = layer.out_axis if scheme.per_channel else None
-        lo, hi = self.ops.min_max(weight, axis)
-        params = affine_params(lo, hi, bits, scheme, axis if axis is None or axis >= 0 else
-                               len(tuple(weight.shape)) + axis)
+        if axis is not None and axis < 0:
+            axis += len(tuple(weight.shape))
+        symmetric = getattr(self.ops, "symmetric_params", None)
+        if symmetric is not None and scheme.symmetric and scheme.signed and not scheme.pow2:
+            params = symmetric(weight, axis, bits, scheme.narrow)  # same numbers, computed on the device
+        else:
+            lo, hi = self.ops.min_max(weight, axis)
+            params = affine_params(lo, hi, bits, scheme, axis)
         table["weight"] = params
         return params
 
@@ -534,12 +540,17 @@ class Quantizer(Compressor):
         (``calibration_path``; ``.json`` is written as JSON, anything else with the framework's
         safe format) and an ONNX file with QuantizeLinear / DequantizeLinear nodes (``onnx_path``,
         needs ``input_shape``). Returns the calibration dict.
+
+        Under ``torch.distributed`` call it on every rank: each returns the calibration (the same on every
+        rank, since observers reduce their statistics over the ranks), only the main process writes files.
         """
         self._require_wrapped("export_model")
         if onnx_path is not None and input_shape is None:
             raise ConfigError("export_model: onnx_path needs the model input shape. Expected input_shape such as "
                               "[1, 1, 28, 28]. Received: input_shape=None")
         calibration = self.calibration()
+        if not distributed.is_main_process():  # under torch.distributed only rank 0 writes (every rank returns
+            return calibration                 # the same calibration: observers reduce over the ranks)
         self.backend.save_weights(self.model, self.layers, os.fspath(model_path))
         if calibration_path is not None:
             save_calibration(calibration, calibration_path, self.backend)

@@ -38,6 +38,35 @@ def barrier() -> None:
         helpers.barrier()
 
 
+def is_distributed() -> bool:
+    """True under an initialised PyTorch process group."""
+    return _torch_helpers() is not None
+
+
+def world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    helpers = _torch_helpers()
+    return helpers.world_size() if helpers else 1
+
+
+def all_reduce_min(value: Any) -> Any:
+    """Element-wise minimum over ranks (returned unchanged without a process group)."""
+    helpers = _torch_helpers()
+    return helpers.all_reduce_min(value) if helpers else value
+
+
+def all_reduce_max(value: Any) -> Any:
+    """Element-wise maximum over ranks (returned unchanged without a process group)."""
+    helpers = _torch_helpers()
+    return helpers.all_reduce_max(value) if helpers else value
+
+
+def all_reduce_range(lo: Any, hi: Any) -> tuple[Any, Any]:
+    """``(min over ranks of lo, max over ranks of hi)`` for numpy arrays, in one collective."""
+    helpers = _torch_helpers()
+    return helpers.all_reduce_range(lo, hi) if helpers else (lo, hi)
+
+
 def all_reduce_sum(value: Any) -> Any:
     """Sum a tensor / numpy array / number over ranks (returned unchanged without a process group)."""
     helpers = _torch_helpers()

@@ -207,3 +207,22 @@ def test_quant_backward_receives_native_parameters():
     assert (weight_kwargs["qmin"], weight_kwargs["qmax"]) == (-127, 127)
     assert ScaleSeeingGrad.seen[QuantType.QUANT_OUTPUT]["scale"].dim() == 0
     assert model[0].module.weight.grad is not None
+
+
+def test_symmetric_params_on_device_equal_affine_params():
+    torch.manual_seed(0)
+    weight = torch.randn(6, 3, 2, 2)
+    weight[2] = 0.0                      # an all-zero channel: scale 1
+    weight[4] = weight[4].abs()          # a channel with no negative value
+    for axis in (0, None):
+        for bits, narrow in ((8, True), (4, False), (2, True)):
+            fast = OPS.symmetric_params(weight, axis, bits, narrow)
+            lo, hi = OPS.min_max(weight, axis)
+            reference = affine_params(lo, hi, bits, Scheme(symmetric=True, per_channel=axis is not None,
+                                                           narrow=narrow), axis)
+            for field in ("scale", "zero_point", "min", "max"):
+                np.testing.assert_array_equal(getattr(fast, field), getattr(reference, field))
+                assert getattr(fast, field).dtype == getattr(reference, field).dtype
+            assert (fast.qmin, fast.qmax, fast.axis, fast.bits) == (reference.qmin, reference.qmax, axis, bits)
+            torch.testing.assert_close(OPS.fake_quant(weight, fast), OPS.fake_quant(weight, reference), atol=0,
+                                       rtol=0)

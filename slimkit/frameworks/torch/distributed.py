@@ -15,6 +15,8 @@ Example (single process: every helper is a no-op):
 [1.0, 2.0]
 >>> distributed.all_reduce_sum(np.array([3, 4])).tolist()
 [3, 4]
+>>> distributed.all_reduce_min(2.0), distributed.all_reduce_max(np.array([1.5])).tolist()
+(2.0, [1.5])
 >>> masks = {'fc': {'weight': torch.ones(2, 2), 'bias': None}}
 >>> distributed.broadcast_masks(masks) is masks
 True
@@ -65,30 +67,59 @@ def _device_for_backend() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
 
-def all_reduce_sum(value: Any) -> Any:
-    """Sum ``value`` over every rank: a tensor (in place, returned), a numpy array or a Python number.
+_OPS = {"sum": "SUM", "min": "MIN", "max": "MAX"}
 
-    Activation statistics (APoZ, mean activation, BN ranges) gathered on each rank's shard of the
-    data must be summed with this (and divided by the summed count) before masks are computed.
-    """
+
+def _all_reduce(value: Any, op: str) -> Any:
     if not is_distributed():
         return value
+    name = f"all_reduce_{op}"
     if isinstance(value, torch.Tensor):
         device = _device_for_backend()
         work = value.detach().to(device) if value.device != device else value.detach()
-        torch.distributed.all_reduce(work, op=torch.distributed.ReduceOp.SUM)
+        torch.distributed.all_reduce(work, op=getattr(torch.distributed.ReduceOp, _OPS[op]))
         if work is not value:
             with torch.no_grad():
                 value.copy_(work.to(value.device))
         return value
     if isinstance(value, np.ndarray):
-        reduced = all_reduce_sum(torch.from_numpy(np.array(value, copy=True)))
+        reduced = _all_reduce(torch.from_numpy(np.array(value, copy=True)), op)
         return reduced.numpy().astype(value.dtype, copy=False)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        reduced = all_reduce_sum(torch.tensor([value], dtype=torch.float64))
+        reduced = _all_reduce(torch.tensor([value], dtype=torch.float64), op)
         return type(value)(reduced.item())
-    raise SlimkitError(f"all_reduce_sum: Expected a torch tensor, a numpy array or a number. "
+    raise SlimkitError(f"{name}: Expected a torch tensor, a numpy array or a number. "
                        f"Received: {type(value).__name__}")
+
+
+def all_reduce_sum(value: Any) -> Any:
+    """Sum ``value`` over every rank: a tensor (in place, returned), a numpy array or a Python number.
+
+    Activation statistics (APoZ, mean activation, BN ranges, histogram counts) gathered on each rank's
+    shard of the data must be summed with this (and divided by the summed count) before masks or
+    quantization parameters are computed.
+    """
+    return _all_reduce(value, "sum")
+
+
+def all_reduce_min(value: Any) -> Any:
+    """Element-wise minimum of ``value`` over every rank (tensor in place, numpy array or number)."""
+    return _all_reduce(value, "min")
+
+
+def all_reduce_max(value: Any) -> Any:
+    """Element-wise maximum of ``value`` over every rank (tensor in place, numpy array or number)."""
+    return _all_reduce(value, "max")
+
+
+def all_reduce_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(all_reduce_min(lo), all_reduce_max(hi))`` of numpy arrays in one collective (a MAX over
+    ``[-lo, hi]``; negation is exact, so the result is the same). Used by the quantization observers."""
+    if not is_distributed():
+        return lo, hi
+    lo, hi = np.asarray(lo, dtype=np.float64).reshape(-1), np.asarray(hi, dtype=np.float64).reshape(-1)
+    both = _all_reduce(torch.from_numpy(np.concatenate([-lo, hi])), "max").numpy()
+    return -both[: lo.size], both[lo.size:]
 
 
 def _broadcast(value: Any, src: int) -> Any:
@@ -150,5 +181,5 @@ def export_model(pruner: Any, **kwargs: Any) -> bool:
     return wrote
 
 
-__all__ = ["all_reduce_sum", "barrier", "broadcast_masks", "export_model", "is_distributed", "is_main_process",
-           "rank", "sync_masks", "world_size"]
+__all__ = ["all_reduce_max", "all_reduce_min", "all_reduce_range", "all_reduce_sum", "barrier", "broadcast_masks",
+           "export_model", "is_distributed", "is_main_process", "rank", "sync_masks", "world_size"]

@@ -4,10 +4,11 @@
 (masks still apply, the wrapped module's parameters are never written). On every forward it
 asks the quantizer for the quantized input(s), weight and output. With BatchNorm folding the
 wrapper multiplies the weight by ``gamma / sqrt(running_var + eps)`` before quantizing it and
-divides the conv output by the same factor, so the following BatchNorm (left in the model, on
-batch statistics in training) sees the conv's scale (torch.ao's QAT ConvBn scheme); in eval the
-result is exactly the folded conv. The output of a fused conv+BN+ReLU is quantized once, after
-the ReLU, by a forward hook on the tail module's right call.
+divides the quantized weight by the same factor (per output channel: the same as dividing the conv
+output, torch.ao's QAT ConvBn scheme, but on the weight), so the following BatchNorm (left in the
+model, on batch statistics in training) sees the conv's scale; in eval the result is the folded conv.
+The output of a fused conv+BN+ReLU is quantized once, after the ReLU, by a forward hook on the tail
+module's right call.
 
 Example:
 
@@ -38,6 +39,10 @@ from slimkit.frameworks.torch.adapter import ADAPTER, set_submodule
 from slimkit.frameworks.torch.quant_ops import OPS
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.utils.files import atomic_path
+
+_no_function_mode = torch._C.DisableTorchFunction
+"""Context in which ``__torch_function__`` handlers and modes are skipped (the whole-graph runtime's mode
+does nothing inside wrapped layers and the quantizer's own calls)."""
 
 
 class _Ref:
@@ -115,13 +120,22 @@ class QuantWrapper(CompressionWrapper):
         return index
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        quantizer, layer, bn = self._ref.quantizer, self._ref.layer, self._ref.bn
+        quantizer, layer = self._ref.quantizer, self._ref.layer
         call = self._call_index()
         runtime = getattr(quantizer, "_graph_runtime", None)
         if runtime is not None and args:
             params = runtime.params_of(args[0])
             if params is not None:
                 quantizer.params[layer.name][quantizer._key("input_from_graph", call)] = params
+            if runtime.mode is not None and not torch.compiler.is_exporting():
+                # the whole-graph function mode ignores every call made inside a wrapped layer: switching it
+                # off here saves its Python round trip on the ~80 tensor calls of each quantized layer
+                with _no_function_mode():
+                    return self._forward(quantizer, layer, call, args, kwargs)
+        return self._forward(quantizer, layer, call, args, kwargs)
+
+    def _forward(self, quantizer: Any, layer: Any, call: int, args: tuple, kwargs: dict) -> Any:
+        bn = self._ref.bn
         args = quantizer.forward_input(layer, args, call)
         overrides = self.effective_parameters()
         if quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) or bn is not None:
@@ -144,8 +158,8 @@ class QuantWrapper(CompressionWrapper):
     def _forward_folded(self, quantizer: Any, layer: Any, bn: nn.Module, weight: torch.Tensor, overrides: dict,
                         args: tuple, call: int) -> torch.Tensor:
         factor = bn_factor(bn)
-        view = [1, -1] + [1] * (weight.dim() - 2)
-        weight = quantizer.forward_weight(layer, weight * factor.reshape([-1] + [1] * (weight.dim() - 1)))
+        channels = [-1] + [1] * (weight.dim() - 1)
+        weight = quantizer.forward_weight(layer, weight * factor.reshape(channels))
         bias = overrides.get("bias", self.module.bias)
         if self.deploy:
             _, folded_bias = folded_parameters(weight, bias, bn)
@@ -158,9 +172,10 @@ class QuantWrapper(CompressionWrapper):
             out = self.module._conv_forward(args[0], weight, None) * factor.reciprocal().reshape(view) + \
                 pre.reshape(view)
         else:
-            out = self.module._conv_forward(args[0], weight, None) * factor.reciprocal().reshape(view)
-            if bias is not None:
-                out = out + bias.reshape(view)
+            # conv(x, q(W f)) / f computed as conv(x, q(W f) / f): the convolution is linear in each output
+            # channel's weights, so this is the same function and gradient (up to float rounding) with the
+            # division done on the weight instead of the (much larger) activation, forward and backward
+            out = self.module._conv_forward(args[0], weight * factor.reciprocal().reshape(channels), bias)
         return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
 
 
@@ -180,6 +195,9 @@ class _TailHook:
         layer = self.layers.get(index)
         if layer is None:
             return output
+        if getattr(self.quantizer, "_graph_runtime", None) is not None and not torch.compiler.is_exporting():
+            with _no_function_mode():
+                return self.quantizer.forward_output(layer, output, 0)
         return self.quantizer.forward_output(layer, output, 0)
 
 

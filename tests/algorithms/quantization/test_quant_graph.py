@@ -244,3 +244,40 @@ def test_qat_whole_graph_trains_and_tracks_graph_ranges():
     model = qat.unwrap_model()
     model(x)  # plain float model again, no graph hooks left
     assert not model._forward_pre_hooks and type(model.a) is nn.Conv2d
+
+
+def test_qat_training_forward_and_gradients_match_torch_ao_conv_bn_scheme():
+    """Training-mode folding: conv(x, q(W f) / f) then the BatchNorm on batch statistics equals torch.ao's
+    conv(x, q(W f)) / f (same function, same straight-through gradients, up to float rounding)."""
+    from slimkit.frameworks.torch.quant_backend import bn_factor
+
+    torch.manual_seed(0)
+    model = _trained_bn(ConvBN())
+    x = torch.randn(4, 3, 6, 6)
+    quantizer = QATQuantizer(model, [{"quant_types": ["weight"], "op_types": ["Conv2d"]}], dummy_input=x)
+    model = quantizer.compress().train()
+    conv, bn = quantizer.layer("conv").module, model.bn
+    reference_bn = nn.BatchNorm2d(bn.num_features)
+    reference_bn.load_state_dict(bn.state_dict())  # statistics before the training forward updates them
+    factor = bn_factor(reference_bn).detach().reshape(-1, 1, 1, 1) * bn.weight.reshape(-1, 1, 1, 1) / \
+        reference_bn.weight.detach().reshape(-1, 1, 1, 1)  # depends on bn.weight (gamma) for the gradient
+    out = model.bn(model.conv(x))
+    out.square().sum().backward()
+    grads = conv.weight.grad.clone(), bn.weight.grad.clone()
+    conv.weight.grad, bn.weight.grad = None, None
+    # reference: torch.ao's _forward_approximate, with the same per-channel parameters
+    scaled = conv.weight * factor
+    params = quantizer.params["conv"]["weight"]
+    wq = scaled + (torch.fake_quantize_per_channel_affine(
+        scaled.detach(), torch.tensor(params.scale, dtype=torch.float32), torch.zeros(len(params.scale),
+                                                                                      dtype=torch.int32),
+        0, params.qmin, params.qmax) - scaled.detach())
+    expected = nn.functional.conv2d(x, wq, None, padding=1) / factor.reshape(1, -1, 1, 1)
+    if conv.bias is not None:
+        expected = expected + conv.bias.reshape(1, -1, 1, 1)
+    expected = nn.functional.batch_norm(expected, reference_bn.running_mean, reference_bn.running_var, bn.weight,
+                                        bn.bias, training=True, eps=bn.eps)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    expected.square().sum().backward()
+    torch.testing.assert_close(grads[0], conv.weight.grad, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(grads[1], bn.weight.grad, atol=1e-3, rtol=1e-3)
