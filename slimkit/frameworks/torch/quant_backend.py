@@ -158,7 +158,8 @@ class QuantWrapper(CompressionWrapper):
     def _forward_folded(self, quantizer: Any, layer: Any, bn: nn.Module, weight: torch.Tensor, overrides: dict,
                         args: tuple, call: int) -> torch.Tensor:
         factor = bn_factor(bn)
-        channels = [-1] + [1] * (weight.dim() - 1)
+        channels = [-1] + [1] * (weight.dim() - 1)  # per output channel, on the weight
+        view = [1, -1] + [1] * (weight.dim() - 2)  # per output channel, on the activation
         weight = quantizer.forward_weight(layer, weight * factor.reshape(channels))
         bias = overrides.get("bias", self.module.bias)
         if self.deploy:
