@@ -198,6 +198,7 @@ _ALLOWED_NON_OPS = {operator.getitem}
 def _fast_program(model: nn.Module, args: tuple) -> _Program:
     """``torch.export``'s non-strict pre-dispatch trace, minus its verification and bookkeeping."""
     from torch._dispatch.python import enable_python_dispatcher
+    from torch._export.utils import _compiling_state_context
     from torch._functorch._aot_autograd.graph_capture_wrappers import create_functional_call
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.utils import _pytree as pytree
@@ -221,7 +222,8 @@ def _fast_program(model: nn.Module, args: tuple) -> _Program:
         return tuple(out)
 
     flat_fn._orig_mod = model  # make_fx records module stacks under this root
-    with _backend_flags_off(), enable_python_dispatcher():
+    # as torch.export: backend flags off, torch.compiler.is_exporting() true, Python dispatcher on
+    with _backend_flags_off(), _compiling_state_context(), enable_python_dispatcher():
         gm = make_fx(flat_fn, tracing_mode="fake", pre_dispatch=True, record_module_stack=True,
                      _allow_non_fake_inputs=False)(*state.values(), *args)
     if _tensor_attributes(model) != attrs_before:
