@@ -8,7 +8,7 @@ Timing: each 224x224 model runs in a fresh process: the first (cold) conversion,
 then the median of 3 conversions (graph capture + lowering + passes + writing the file). The
 time of the capture alone (capture_graph) is measured the same way, to show what the rest of
 the pipeline costs, and, interleaved in the same process, the capture through plain torch.export
-(capture_graph's fallback) for comparison.
+(capture_graph's fallback) for comparison, median of 5 each.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _timing_child(name: str) -> dict:
     import slimkit.frameworks.torch.graph as graph_module
 
     captures, exports = [], []
-    for _ in range(3):
+    for _ in range(5):
         for fast, times in ((True, captures), (False, exports)):
             graph_module._FAST_CAPTURE = fast
             start = time.perf_counter()
@@ -170,7 +170,7 @@ def _markdown(data) -> str:
     ratios = " / ".join(f"{n} {t['export_capture_median_s'] / t['capture_median_s']:.2f}x"
                         for n, t in data["timing_224"].items() if "export_capture_median_s" in t)
     lines += ["", "`capture alone` is the shared graph capture (`capture_graph`: make_fx pre-dispatch fast path, "
-              "same graph as torch.export), median of 3; `capture via torch.export` is the same call forced "
+              "same graph as torch.export), median of 5; `capture via torch.export` is the same call forced "
               "through its torch.export fallback, interleaved with it in the same process (ratio: "
               f"{ratios}); `after capture` is everything the converter adds (lowering, passes, flatbuffer, "
               "writing the file), median of 3 on an already captured graph. The cold figure is the first "
