@@ -219,12 +219,9 @@ def _fast_program(model: nn.Module, args: tuple) -> _Program:
     names = list(state)
     call = create_functional_call(model, names, len(names), store_orig_mod=True, strict_out_tuple=False)
     attrs_before = _tensor_attributes(model)
-    out_spec = []
 
     def flat_fn(*flat):
-        out, spec = pytree.tree_flatten(call(*flat))
-        out_spec.append(spec)
-        return tuple(out)
+        return tuple(pytree.tree_leaves(call(*flat)))
 
     flat_fn._orig_mod = model  # make_fx records module stacks under this root
     # as torch.export: backend flags off, torch.compiler.is_exporting() true, Python dispatcher on
