@@ -43,3 +43,26 @@ class SmallNet(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.bn2(self.conv2(x)))
         return self.fc(x.mean(dim=(2, 3)))
+
+
+def drive_to_sparsity(cls, model, op_types, sparsity, feed):
+    """Compress ``model`` with pruner class ``cls`` and drive it to ``sparsity``: AGP through its schedule,
+    Lottery Ticket through its rounds, every other pruner with ``feed(pruner)`` (forward passes that give
+    the activation-based pruners their statistics; harmless elsewhere). Returns the pruner."""
+    from slimkit.algorithms.pruning import AGPPruner, LotteryTicketPruner
+
+    if issubclass(cls, AGPPruner):
+        pruner = cls(model, [{"final_sparsity": sparsity, "end_epoch": 2, "op_types": op_types}])
+        pruner.compress()
+        for epoch in range(3):
+            pruner.update_epoch(epoch)
+    elif issubclass(cls, LotteryTicketPruner):
+        pruner = cls(model, [{"sparsity": sparsity, "prune_iterations": 2, "op_types": op_types}])
+        pruner.compress()
+        for _ in pruner.get_prune_iterations():
+            pruner.prune_iteration_start()
+    else:
+        pruner = cls(model, [{"sparsity": sparsity, "op_types": op_types}])
+        pruner.compress()
+        feed(pruner)
+    return pruner

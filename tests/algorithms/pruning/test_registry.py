@@ -8,7 +8,7 @@ from torch import nn
 from slimkit.algorithms.pruning import PRUNERS, FilterPruner, get_pruner
 from slimkit.compression import Pruner
 from slimkit.compression.sparsity import prune_count
-from tests.algorithms.pruning.pruning_helpers import zero_fraction
+from tests.algorithms.pruning.pruning_helpers import drive_to_sparsity, zero_fraction
 
 SPARSITY = 0.5
 
@@ -23,21 +23,7 @@ def _run(name, model):
     """Compress ``model`` with the pruner registered as ``name`` and drive it to SPARSITY."""
     cls = get_pruner(name)
     op_types = ["BatchNorm2d"] if cls.default_op_role == "batchnorm" else ["Conv2d", "Linear"]
-    if name == "agp":
-        pruner = cls(model, [{"final_sparsity": SPARSITY, "end_epoch": 2, "op_types": op_types}])
-        pruner.compress()
-        for epoch in range(3):
-            pruner.update_epoch(epoch)
-    elif name == "lottery":
-        pruner = cls(model, [{"sparsity": SPARSITY, "prune_iterations": 2, "op_types": op_types}])
-        pruner.compress()
-        for _ in pruner.get_prune_iterations():
-            pruner.prune_iteration_start()
-    else:
-        pruner = cls(model, [{"sparsity": SPARSITY, "op_types": op_types}])
-        pruner.compress()
-        _passes(model, pruner)  # statistics for the activation-based pruners; harmless elsewhere
-    return pruner
+    return drive_to_sparsity(cls, model, op_types, SPARSITY, lambda pruner: _passes(model, pruner))
 
 
 @pytest.mark.parametrize("name", list(PRUNERS))

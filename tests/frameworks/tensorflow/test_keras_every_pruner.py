@@ -10,31 +10,14 @@ import keras
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-import slimkit.algorithms.pruning as pruning
+from slimkit.algorithms.pruning import PRUNERS
+from tests.algorithms.pruning.pruning_helpers import SmallNet, drive_to_sparsity
 
-PRUNERS = getattr(pruning, "PRUNERS", None) or {
-    "level": pruning.LevelPruner, "l1": pruning.L1FilterPruner, "l2": pruning.L2FilterPruner}
 SPARSITY = 0.5
 BATCHES = [np.random.default_rng(i).normal(size=(4, 3, 6, 6)).astype(np.float32) for i in range(2)]
 TORCH_TYPES = {"weighted": ["Conv2d", "Linear"], "batchnorm": ["BatchNorm2d"]}
 KERAS_TYPES = {"weighted": ["Conv2D", "Dense"], "batchnorm": ["BatchNormalization"]}
-
-
-class SmallNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(16)
-        self.fc = nn.Linear(16, 4)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 def torch_net() -> SmallNet:
@@ -69,27 +52,17 @@ def run(name: str, framework: str, model):
     """Compress ``model`` with the pruner registered as ``name`` and drive it to SPARSITY."""
     cls = PRUNERS[name]
     op_types = (TORCH_TYPES if framework == "torch" else KERAS_TYPES)[cls.default_op_role]
-    if name == "agp":
-        pruner = cls(model, [{"final_sparsity": SPARSITY, "end_epoch": 2, "op_types": op_types}])
-        pruner.compress()
-        for epoch in range(3):
-            pruner.update_epoch(epoch)
-    elif name == "lottery":
-        pruner = cls(model, [{"sparsity": SPARSITY, "prune_iterations": 2, "op_types": op_types}])
-        pruner.compress()
-        for _ in pruner.get_prune_iterations():
-            pruner.prune_iteration_start()
-    else:
-        pruner = cls(model, [{"sparsity": SPARSITY, "op_types": op_types}])
-        pruner.compress()
-        for batch in BATCHES:  # statistics for the activation-based pruners; harmless elsewhere
+
+    def feed(pruner):
+        for batch in BATCHES:
             if framework == "torch":
                 with torch.no_grad():
                     model(torch.from_numpy(batch))
             else:
                 model(batch.transpose(0, 2, 3, 1), training=False)
             pruner.step()
-    return pruner
+
+    return drive_to_sparsity(cls, model, op_types, SPARSITY, feed)
 
 
 def to_keras_layout(array: np.ndarray) -> np.ndarray:
