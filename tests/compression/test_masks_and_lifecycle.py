@@ -127,3 +127,14 @@ def test_atomic_path_leaves_no_file_on_failure(tmp_path):
             handle.write(b"partial")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refusal_leaves_no_layer_wrapped():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    first = ConstantPruner(model, [{"sparsity": 0.5, "op_names": ["1"]}])
+    first.mask = np.ones((2, 2), dtype=np.float32)
+    first.compress()
+    second = ConstantPruner(model, [{"sparsity": 0.5, "op_types": ["Linear"]}])
+    with pytest.raises(CompressionStateError, match="Layer '1' is already wrapped"):
+        second.compress()
+    assert type(model[0]) is nn.Linear  # nothing was wrapped before the refusal

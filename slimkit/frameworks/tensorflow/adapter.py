@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.config import LayerRef
 from slimkit.errors import CompressionStateError
 from slimkit.frameworks.tensorflow import layout
@@ -85,11 +86,7 @@ class KerasAdapter:
         return np.asarray(keras.ops.convert_to_numpy(tensor))
 
     def wrap(self, model: Any, layers: list[Any]) -> None:
-        for layer in layers:
-            if wrapper_of(layer.module) is not None:
-                raise CompressionStateError(
-                    f"Layer {layer.name!r} is already wrapped by another compressor. Expected a plain layer: "
-                    f"export or unwrap_model() the first compressor, or exclude {layer.name!r}.")
+        refuse_wrapped(layers, lambda layer: wrapper_of(layer.module) is not None)
         for layer in layers:
             layer.wrapper = install(layer.module, layer.name)
             layer.wrapper.models.add(model)

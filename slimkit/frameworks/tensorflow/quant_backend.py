@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 from keras.src.backend.common import global_state
 
+from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.quant import QuantType
 from slimkit.errors import CompressionStateError, UnsupportedOpError
 from slimkit.frameworks.tensorflow.adapter import ADAPTER
@@ -147,11 +148,7 @@ class KerasQuantBackend:
         return None
 
     def wrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
-        for layer in layers:
-            if wrapper_of(layer.module) is not None:
-                raise CompressionStateError(
-                    f"Layer {layer.name!r} is already wrapped by another compressor. Expected a plain layer: "
-                    f"export or unwrap_model() the first compressor, or exclude {layer.name!r}.")
+        refuse_wrapped(layers, lambda layer: wrapper_of(layer.module) is not None)
         for layer in layers:
             layer.wrapper = install(layer.module, layer.name,
                                     lambda module, name, _layer=layer: QuantWrapper(module, name, quantizer, _layer))

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.config import LayerRef
-from slimkit.errors import CompressionStateError
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.utils.files import atomic_path
 
@@ -92,11 +92,8 @@ class TorchAdapter:
             tensor.detach().cpu().numpy())
 
     def wrap(self, model: nn.Module, layers: list[Any]) -> None:
+        refuse_wrapped(layers, lambda layer: isinstance(model.get_submodule(layer.name), CompressionWrapper))
         for layer in layers:
-            if isinstance(model.get_submodule(layer.name), CompressionWrapper):
-                raise CompressionStateError(
-                    f"Layer {layer.name!r} is already wrapped by another compressor. Expected a plain layer: "
-                    f"export or unwrap_model() the first compressor, or exclude {layer.name!r}.")
             wrapper = CompressionWrapper(layer.module, layer.name)
             set_submodule(model, layer.name, wrapper)
             layer.wrapper = wrapper

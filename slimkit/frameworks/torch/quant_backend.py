@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.quant import QuantType
-from slimkit.errors import CompressionStateError, UnsupportedOpError
+from slimkit.errors import UnsupportedOpError
 from slimkit.frameworks.torch import quant_graph
 from slimkit.frameworks.torch.adapter import ADAPTER, set_submodule
 from slimkit.frameworks.torch.quant_ops import OPS
@@ -220,11 +221,8 @@ class TorchQuantBackend:
         plan = quantizer.graph_plan
         handles = []
         tails: dict[str, _TailHook] = {}
+        refuse_wrapped(layers, lambda layer: isinstance(model.get_submodule(layer.name), CompressionWrapper))
         for layer in layers:
-            if isinstance(model.get_submodule(layer.name), CompressionWrapper):
-                raise CompressionStateError(
-                    f"Layer {layer.name!r} is already wrapped by another compressor. Expected a plain layer: "
-                    f"export or unwrap_model() the first compressor, or exclude {layer.name!r}.")
             wrapper = QuantWrapper(layer.module, layer.name, quantizer, layer, quantizer.states[layer.name].calls)
             fusion = plan.fusions.get(layer.name) if plan is not None else None
             if fusion is not None:
