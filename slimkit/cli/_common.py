@@ -311,6 +311,19 @@ def construct(cls: type, model: Any, config_list: list, kwargs: Mapping[str, Any
         raise doc.error((arguments_key,), f"{cls.__name__} does not accept these arguments: {error}") from None
 
 
+def add_model_arguments(parser: Any, config_help: str) -> None:
+    """``--config`` (described by ``config_help``), ``--model`` and ``--weights`` of the YAML-driven commands."""
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("--model", required=True, help="model factory as package.module:function")
+    parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+
+
+def add_output_arguments(parser: Any) -> None:
+    """``--out`` and ``--quiet``, shared by the commands that write a folder of results."""
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+
+
 def registry_of(module: Any, base: type) -> dict[str, type]:
     """Classes named in ``module.__all__`` that subclass ``base``, by name."""
     return {name: getattr(module, name) for name in getattr(module, "__all__", ())

@@ -40,12 +40,9 @@ KEYS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML file: algorithm, arguments, config_list, fine_tune")
-    parser.add_argument("--model", required=True, help="model factory as package.module:function")
-    parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+    common.add_model_arguments(parser, "YAML file: algorithm, arguments, config_list, fine_tune")
     parser.add_argument("--data", help="data loader as package.module:function (fine-tuning, accuracy)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+    common.add_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

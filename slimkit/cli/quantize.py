@@ -44,14 +44,11 @@ KEYS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML file: algorithm, arguments, config_list, ...")
-    parser.add_argument("--model", required=True, help="model factory as package.module:function")
-    parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+    common.add_model_arguments(parser, "YAML file: algorithm, arguments, config_list, ...")
     parser.add_argument("--masks", help="mask file of a pruned model: speed the model up with it before quantizing")
     parser.add_argument("--data", help="data loader as package.module:function (QAT, calibration, accuracy)")
     parser.add_argument("--tflite", action="store_true", help="also write out/model.tflite with TFLiteConverter")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+    common.add_output_arguments(parser)
 
 
 def quantizer_registry() -> dict[str, type]:
