@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
-import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -13,18 +10,10 @@ from slimkit.frameworks.torch import distributed
 from tests.frameworks.torch import ddp_worker
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="needs torch.distributed with gloo")
-def test_ddp_two_ranks_match_single_process(tmp_path):
+def test_ddp_two_ranks_match_single_process(tmp_path, free_port):
     torch.manual_seed(1)
     x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
-    mp.spawn(ddp_worker.worker, args=(2, free_port(), x, y, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(ddp_worker.worker, args=(2, free_port, x, y, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pth", weights_only=True) for r in range(2)]
     reference_masks, reference_state = ddp_worker.single_process(x, y)
     assert [r["main"] for r in ranks] == [True, False] and [r["wrote"] for r in ranks] == [True, False]
@@ -48,19 +37,13 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.pth", "model.pth", "rank0.pth", "rank1.pth"]
 
 
-def _has_apoz() -> bool:
-    from slimkit.algorithms import pruning
 
-    return hasattr(pruning, "ActivationAPoZRankFilterPruner")
-
-
-@pytest.mark.skipif(not _has_apoz() or not torch.distributed.is_available(), reason="needs the APoZ pruner")
-def test_ddp_activation_statistics_come_from_every_shard(tmp_path):
-    """Needs the all-reduce of activation statistics before masks are computed (see the workflow report)."""
+def test_ddp_activation_statistics_come_from_every_shard(tmp_path, free_port):
+    """Activation statistics are all-reduced over the ranks before the masks are computed."""
     torch.manual_seed(2)
     x = torch.rand(16, 1, 8, 8)
     x[8:] *= torch.linspace(0, 1, 8).view(1, 1, 1, 8)  # the two halves give different statistics
-    mp.spawn(ddp_worker.apoz_worker, args=(2, free_port(), x, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(ddp_worker.apoz_worker, args=(2, free_port, x, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"apoz{r}.pth", weights_only=True) for r in range(2)]
     _, reference = ddp_worker.apoz_masks(x)
     for name, entry in reference.get_masks().items():

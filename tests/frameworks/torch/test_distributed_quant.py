@@ -3,28 +3,17 @@ global batch, hold the same calibration as each other and as one process calibra
 
 from __future__ import annotations
 
-import socket
-
-import pytest
 import torch
 import torch.multiprocessing as mp
 
 from tests.frameworks.torch import quant_ddp_worker
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="needs torch.distributed with gloo")
-def test_two_ranks_calibrate_like_one_process_on_the_global_batches(tmp_path):
+def test_two_ranks_calibrate_like_one_process_on_the_global_batches(tmp_path, free_port):
     torch.manual_seed(3)
     batches = [torch.rand(32, 1, 8, 8) for _ in range(3)]
     batches[1][16:] *= 3.0  # the halves differ: rank 1 alone would see other ranges than rank 0
-    mp.spawn(quant_ddp_worker.worker, args=(2, free_port(), batches, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(quant_ddp_worker.worker, args=(2, free_port, batches, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pth", weights_only=True) for r in range(2)]
     assert ranks[0]["helpers"] == ranks[1]["helpers"] == {"min": 0.0, "max": 1, "range": ([-2.0, 2.0], [4.0])}
     for algorithm in quant_ddp_worker.ALGORITHMS:
