@@ -449,10 +449,23 @@ class Quantizer(Compressor):
                                                        self.profile.activation)
         self.resolve_graph_params()
 
+    def refresh_weight_params(self) -> None:
+        """Recompute the weight parameters from the current weights (masked, BN-folded where folded)."""
+        was_frozen = self.frozen
+        self.frozen = False
+        try:
+            for layer in self.layers:
+                if layer.wrapper is None or not self.quantizes(layer, QuantType.QUANT_WEIGHT):
+                    continue
+                self.quantize_weight(self.backend.effective_weight(layer), layer.config, layer=layer, key="weight",
+                                     call_index=0, quantizer=self)
+        finally:
+            self.frozen = was_frozen
+
     def freeze(self) -> None:
         """Stop observing and fix every parameter (weights from the current weights)."""
         if self.wrapped:
-            self.backend.refresh_weight_params(self.model, self.layers, self)
+            self.refresh_weight_params()
         self.frozen = True
 
     def unfreeze(self) -> None:
@@ -467,7 +480,7 @@ class Quantizer(Compressor):
         """
         was_frozen = self.frozen
         if self.wrapped:
-            self.backend.refresh_weight_params(self.model, self.layers, self)
+            self.refresh_weight_params()
         calibration: dict[str, dict[str, Any]] = {}
         for layer in self.layers:
             state, table = self.states[layer.name], self.params[layer.name]

@@ -169,19 +169,6 @@ class KerasQuantBackend:
         """The weight the quantizer sees: masked."""
         return ADAPTER.weight(layer)
 
-    def refresh_weight_params(self, model: Any, layers: list[Any], quantizer: Any) -> None:
-        """Recompute the weight parameters from the current (masked) weights."""
-        was_frozen = quantizer.frozen
-        quantizer.frozen = False
-        try:
-            for layer in layers:
-                if layer.wrapper is None or not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
-                    continue
-                quantizer.quantize_weight(self.effective_weight(layer), layer.config, layer=layer, key="weight",
-                                          call_index=0, quantizer=quantizer)
-        finally:
-            quantizer.frozen = was_frozen
-
     def layer_extras(self, layer: Any, quantizer: Any) -> dict[str, Any]:
         activation = getattr(getattr(layer.module, "activation", None), "__name__", None)
         return {"folded_bn": None, "fused_activation": None if activation in (None, "linear") else activation,

@@ -257,21 +257,6 @@ class TorchQuantBackend:
             set_submodule(model, layer.name, layer.module)
             layer.wrapper = None
 
-    def refresh_weight_params(self, model: nn.Module, layers: list[Any], quantizer: Any) -> None:
-        """Recompute the weight parameters from the current (folded, masked) weights."""
-        was_frozen = quantizer.frozen
-        quantizer.frozen = False
-        try:
-            for layer in layers:
-                if layer.wrapper is None or not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
-                    continue
-                weight = self.effective_weight(layer)
-                with torch.no_grad():
-                    quantizer.quantize_weight(weight, layer.config, layer=layer, key="weight", call_index=0,
-                                              quantizer=quantizer)
-        finally:
-            quantizer.frozen = was_frozen
-
     def effective_weight(self, layer: Any) -> torch.Tensor:
         """The weight the quantizer sees: masked, BN-folded when a BN is folded in."""
         wrapper = layer.wrapper
