@@ -64,6 +64,7 @@ def worker(rank, world_size, port, x, y, out_dir):
                     "shim": shim,
                     "wrote": wrote, "sum": summed.item(), "sum_np": summed_np.tolist()},
                    os.path.join(out_dir, f"rank{rank}.pth"))
+        torch.distributed.barrier()  # no rank tears gloo down while its peer still uses it
     finally:
         torch.distributed.destroy_process_group()
 
@@ -99,5 +100,6 @@ def apoz_worker(rank, world_size, port, x, out_dir):
                 ddp(x[shard])
         pruner.step()
         torch.save(pruner.get_masks(), os.path.join(out_dir, f"apoz{rank}.pth"))
+        torch.distributed.barrier()  # no rank tears gloo down while its peer still uses it
     finally:
         torch.distributed.destroy_process_group()

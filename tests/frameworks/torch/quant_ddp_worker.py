@@ -60,5 +60,6 @@ def worker(rank: int, world_size: int, port: int, batches: list, out_dir: str) -
         result["helpers"] = {"min": distributed.all_reduce_min(float(rank)), "max": distributed.all_reduce_max(rank),
                              "range": (lo.tolist(), hi.tolist())}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pth"))
+        torch.distributed.barrier()  # no rank tears gloo down while its peer still uses it
     finally:
         torch.distributed.destroy_process_group()
