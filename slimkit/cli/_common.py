@@ -223,11 +223,30 @@ def pruner_registry() -> dict[str, type]:
     return {cls.__name__: cls for cls in PRUNERS.values()}
 
 
-def lookup(registry: Mapping[str, Any], name: str, doc: YamlDocument, path: tuple, what: str) -> Any:
+def lookup(registry: Mapping[str, type], name: str, doc: YamlDocument, path: tuple, what: str) -> type:
+    """The class ``name`` picks: a registry name, or ``package.module:Class`` for a user's own subclass.
+
+    A class given by import path must subclass the base the registry's classes share
+    (``Pruner``, ``Quantizer``).
+    """
+    if ":" in name:
+        cls = load_object(name, what)
+        base = _common_base(registry.values())
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise doc.error(path, f"Expected a {base.__name__} subclass. Received: {path[-1]}={name!r}, {cls!r}")
+        return cls
     if name not in registry:
         raise doc.error(path, f"unknown {what}.{_closest(name, registry)} Expected one of {sorted(registry)}. "
                               f"Received: {path[-1]}={name!r}")
     return registry[name]
+
+
+def _common_base(classes: Iterable[type]) -> type:
+    """The most derived class every one of ``classes`` subclasses (``object`` if none)."""
+    shared: list[type] | None = None
+    for cls in classes:
+        shared = [base for base in (shared if shared is not None else cls.__mro__) if issubclass(cls, base)]
+    return (shared or [object])[0]
 
 
 ACCEPTED, REQUIRED_ONLY = "accepted", "required"

@@ -138,6 +138,33 @@ def test_pruner_registry_is_the_registered_pruners(monkeypatch):
     assert {"LevelPruner", "L1FilterPruner", "L2FilterPruner", "AGPPruner", "SlimPruner"} <= set(registry)
 
 
+def test_prune_with_a_users_pruner_class_by_import_path(tmp_path):
+    config = write(tmp_path / "prune.yaml", """\
+        algorithm: tests.cli.factories:LastChannelsPruner
+        config_list:
+          - sparsity: 0.25
+            op_types: [Conv2d]
+        """)
+    assert main(["prune", "--config", config, "--model", MODEL, "--out", str(tmp_path / "out")]) == 0
+    masks = slimkit.load_masks(tmp_path / "out" / "mask.pth")
+    for name, channels in (("conv1", 32), ("conv2", 64), ("conv3", 64)):
+        kept = masks[name]["weight"].flatten(1).amax(dim=1)
+        assert kept.tolist() == [1.0] * (channels * 3 // 4) + [0.0] * (channels // 4), name
+
+
+def test_algorithm_by_import_path_must_be_a_compressor_class(tmp_path, capsys):
+    config = write(tmp_path / "prune.yaml", """\
+        algorithm: tests.cli.factories:digits_model
+        config_list:
+          - sparsity: 0.5
+            op_types: [Conv2d]
+        """)
+    assert main(["prune", "--config", config, "--model", MODEL, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}:1: " in err
+    assert "Expected a Pruner subclass. Received: algorithm='tests.cli.factories:digits_model'" in err
+
+
 def test_progress_is_quiet_off_a_terminal(monkeypatch):
     class Terminal:
         def isatty(self):
