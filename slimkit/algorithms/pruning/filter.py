@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from slimkit.compression import Layer, LayerConfig, Pruner
+from slimkit.compression.channels import channel_count
 from slimkit.compression.sparsity import channel_keep, channel_mask, per_channel, prune_count
 from slimkit.errors import ConfigError
 
@@ -132,7 +133,7 @@ class FilterPruner(Pruner):
         installed = self._pruned.get(layer.name)
         if installed is not None and installed[0] is layer.wrapper:
             return installed[1]
-        return np.zeros(self.weight_of(layer).shape[layer.out_axis], dtype=bool)
+        return np.zeros(channel_count(self.weight_of(layer).shape, layer.out_axis), dtype=bool)
 
     def set_mask(self, layer: Layer, mask: Any) -> None:
         """Install ``mask`` and remember which channels it removes entirely."""

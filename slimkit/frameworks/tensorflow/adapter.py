@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from slimkit.compression.adapter import refuse_wrapped
+from slimkit.compression.channels import ChannelAxis
 from slimkit.compression.config import LayerRef
 from slimkit.errors import CompressionStateError
 from slimkit.frameworks.tensorflow import layout
@@ -58,7 +59,7 @@ class KerasAdapter:
                 f"model: call the model on an example batch (or give it a keras.Input) before compressing.")
         return layout.variable(module, layout.weight_attrs(module)[0]) is not None
 
-    def out_axis(self, module: Any) -> int:
+    def out_axis(self, module: Any) -> ChannelAxis:
         return layout.out_axis(module)
 
     def activation_axis(self, module: Any) -> int:
