@@ -66,6 +66,12 @@ class KerasAdapter:
         """Channel axis of the layer's output: -1 (channels_last), or 1 for ``data_format='channels_first'``."""
         return layout.activation_axis(module)
 
+    def channel_groups(self, model: Any, dummy_input: Any) -> list[Any]:
+        """Layers whose output channels are coupled, read from the functional graph (``dummy_input`` unused)."""
+        from slimkit.frameworks.tensorflow.dependency import channel_groups
+
+        return channel_groups(model)
+
     def weight(self, layer: Any, masked: bool = True) -> tf.Tensor:
         return self._param(layer, 0, masked)
 
