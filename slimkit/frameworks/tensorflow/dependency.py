@@ -46,7 +46,7 @@ _PER_CHANNEL = (L.BatchNormalization, L.PReLU)
 _SAME_SHAPE = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax, L.Dropout, L.SpatialDropout1D,
                L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise, L.GaussianDropout, L.AlphaDropout,
                L.LayerNormalization, L.GroupNormalization, L.UnitNormalization, L.Identity,
-               L.ActivityRegularization, L.Rescaling)
+               L.ActivityRegularization, L.Rescaling, L.Normalization)
 _SPATIAL = (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
             L.AveragePooling3D, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
             L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D, L.ZeroPadding1D, L.ZeroPadding2D,

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from slimkit.algorithms.pruning import FPGMPruner, L1FilterPruner, L2FilterPruner
+from slimkit.compression.channels import channel_rows
+from slimkit.compression.sparsity import prune_count
 from slimkit.errors import UnsupportedModelError, UnsupportedOpError
 from slimkit.frameworks.tensorflow.dependency import channel_groups
 from slimkit.speedup.dependency import channel_groups as torch_channel_groups
@@ -193,3 +195,23 @@ def test_sequential_nested_models_and_grouped_convs():
     stem = L.Conv2D(4, 3, padding="same", name="stem")(x)
     nested = keras.Model(x, L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(L.Add()([stem, block(stem)]))))
     assert [(g.members, g.partitions) for g in channel_groups(nested)] == [(["stem", "block/inner"], 1)]
+
+
+def test_keras_applications_mobilenet_v2_groups_prune_alike():
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None)
+    groups = channel_groups(model)
+    # the stem and the first depthwise conv; each expansion 1x1 conv and its depthwise conv; the
+    # projections summed by a block's residual add
+    assert (groups[0].members, groups[1].members) == (["Conv1", "expanded_conv_depthwise"],
+                                                      ["block_1_expand", "block_1_depthwise"])
+    assert ["block_2_project", "block_1_project"] in [sorted(g.members, reverse=True) for g in groups]
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2D", "DepthwiseConv2D"]}],
+                            dependency_aware=True)
+    pruner.compress()
+    masks = pruner.get_masks()
+    for group in groups:
+        kept = {tuple(channel_rows(np.asarray(masks[m]["weight"]), pruner.layer(m).out_axis).any(axis=1))
+                for m in group.members}
+        assert len(kept) == 1, group
+        [keep] = kept
+        assert len(keep) - sum(keep) == prune_count(0.5, len(keep)), group
