@@ -91,9 +91,10 @@ def _compact(ids: np.ndarray) -> np.ndarray:
     return ids
 
 
-def _static_shape(tensor: Any, where: str) -> tuple[int, ...]:
+def _static_shape(tensor: Any, where: str, axes: list[int] | None = None) -> tuple[int, ...]:
+    """``tensor``'s shape without the batch axis; the sizes along ``axes`` (default: all) must be known."""
     shape = tuple(tensor.shape)[1:]
-    if any(size is None for size in shape):
+    if any(shape[a] is None for a in (range(len(shape)) if axes is None else axes)):
         raise UnsupportedOpError(
             f"dependency_aware=True: {where} needs the static shape of its input to follow the channels. "
             f"Expected a keras.Input with every non-batch dimension known. Received: shape {tuple(tensor.shape)}")
@@ -219,7 +220,7 @@ class _Walk:
         parts = []
         for tensor, ids in zip(inputs, arrays):
             shape = list(target)
-            shape[axis] = _static_shape(tensor, repr(name))[axis]
+            shape[axis] = _static_shape(tensor, repr(name), [axis])[axis]
             parts.append(np.broadcast_to(ids, shape))
         return np.concatenate(parts, axis=axis)
 

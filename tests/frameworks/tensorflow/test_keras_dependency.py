@@ -215,3 +215,13 @@ def test_keras_applications_mobilenet_v2_groups_prune_alike():
         assert len(kept) == 1, group
         [keep] = kept
         assert len(keep) - sum(keep) == prune_count(0.5, len(keep)), group
+
+
+def test_variable_spatial_size_concat_and_merge():
+    x = keras.Input((None, None, 3))
+    a, b = L.Conv2D(4, 3, padding="same", name="a")(x), L.Conv2D(2, 3, padding="same", name="b")(x)
+    c = L.Conv2D(6, 1, name="c")(x)
+    model = keras.Model(x, L.Add()([L.Concatenate()([a, b]), c]))
+    assert channel_groups(model) == []  # c is coupled with a and b only in part: no single mask fits
+    model = keras.Model(x, L.Concatenate()([L.Add()([a, L.Conv2D(4, 1, name="d")(x)]), b]))
+    assert [(g.members, g.partitions) for g in channel_groups(model)] == [(["a", "d"], 1)]
