@@ -15,7 +15,7 @@ from slimkit.compression.sparsity import prune_count
 from slimkit.errors import UnsupportedModelError, UnsupportedOpError
 from slimkit.frameworks.tensorflow.dependency import channel_groups
 from slimkit.speedup.dependency import channel_groups as torch_channel_groups
-from tests.frameworks.tensorflow.test_keras_parity import depthwise_to_keras
+from tests.frameworks.tensorflow.keras_layouts import depthwise_to_keras
 
 L = keras.layers
 

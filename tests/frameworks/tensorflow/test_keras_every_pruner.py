@@ -13,7 +13,7 @@ import torch
 
 from slimkit.algorithms.pruning import PRUNERS
 from tests.algorithms.pruning.pruning_helpers import SmallNet, drive_to_sparsity
-from tests.frameworks.tensorflow.test_keras_parity import depthwise_to_keras
+from tests.frameworks.tensorflow.keras_layouts import depthwise_to_keras
 
 SPARSITY = 0.5
 BATCHES = [np.random.default_rng(i).normal(size=(4, 3, 6, 6)).astype(np.float32) for i in range(2)]

@@ -15,7 +15,7 @@ import torch
 from slimkit.algorithms.quantization import NaiveQuantizer, PostTrainingQuantizer, QATQuantizer
 from slimkit.compression.quant import QParams, fake_quant_numpy
 from slimkit.frameworks.tensorflow import export_tflite, run_tflite
-from tests.frameworks.tensorflow.test_keras_parity import depthwise_to_keras
+from tests.frameworks.tensorflow.keras_layouts import depthwise_to_keras
 
 RNG = np.random.default_rng(5)
 X = RNG.uniform(-1, 1, size=(4, 2, 6, 6)).astype(np.float32)  # NCHW

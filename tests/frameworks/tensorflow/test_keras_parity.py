@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from slimkit.algorithms.pruning import FPGMPruner, L1FilterPruner, L2FilterPruner, LevelPruner
+from tests.frameworks.tensorflow.keras_layouts import TO_KERAS, depthwise_to_keras
 
 # Shared test vectors, in PyTorch layout. Conv filters chosen so that L1 and L2 rank them differently:
 #   f0 = [3, 0, 0, 0]       L1 3  L2 3
@@ -35,8 +36,6 @@ EXPECTED = {
 EXPECTED_BIAS = {L1FilterPruner: {"conv": [0, 1, 0, 1], "fc": [0, 0, 1]},
                  L2FilterPruner: {"conv": [1, 0, 0, 1], "fc": [0, 0, 1]}}
 
-# torch layout -> Keras layout, per weight kind
-TO_KERAS = {"conv": (2, 3, 1, 0), "linear": (1, 0), "deconv": (2, 3, 1, 0), "depthwise": (2, 3, 0, 1)}
 
 
 def to_torch(kind: str, array: np.ndarray) -> np.ndarray:
@@ -112,12 +111,6 @@ def test_keras_masks_are_torch_masks_transposed_and_outputs_match(pruner_class):
     np.testing.assert_allclose(results["keras"][1], results["torch"][1], rtol=1e-5, atol=1e-6)
     unmasked = forward("keras", build("keras"), X)
     assert not np.allclose(unmasked, results["keras"][1])  # the masks really apply in the returned model
-
-
-def depthwise_to_keras(weight: np.ndarray, multiplier: int) -> np.ndarray:
-    """PyTorch ``Conv2d(c, c * m, groups=c)`` weight ``(c * m, 1, kh, kw)`` -> Keras ``(kh, kw, c, m)``."""
-    out, _, kh, kw = weight.shape
-    return weight.reshape(out // multiplier, multiplier, kh, kw).transpose(2, 3, 0, 1)
 
 
 def _seed(module: torch.nn.Module, seed: int) -> np.ndarray:
