@@ -20,6 +20,9 @@ import numpy as np
 from slimkit.converter.ir import Graph, QuantParams
 
 HYBRID_WEIGHT_AXIS = {"FULLY_CONNECTED": 0, "CONV_2D": 0, "DEPTHWISE_CONV_2D": 3}
+#: input positions of the sequence LSTMs' gate weights (input and recurrent, per direction)
+LSTM_WEIGHTS = {"UNIDIRECTIONAL_SEQUENCE_LSTM": range(1, 9),
+                "BIDIRECTIONAL_SEQUENCE_LSTM": [*range(1, 9), *range(18, 26)]}
 
 
 class QuantTable(dict):
@@ -52,8 +55,8 @@ def apply_hybrid(graph: Graph, options, table: QuantTable | None = None) -> Quan
     """Dynamic-range quantization: int8 weights with per-channel scales, float activations."""
     table = QuantTable() if table is None else table
     for op in graph.ops:
-        if op.code == "UNIDIRECTIONAL_SEQUENCE_LSTM":
-            for w in op.inputs[1:9]:
+        if op.code in LSTM_WEIGHTS:
+            for w in (op.inputs[i] for i in LSTM_WEIGHTS[op.code]):
                 if w.name not in table:
                     q, table[w.name] = quantize_per_tensor(w.values())
                     w.data = q
