@@ -29,9 +29,12 @@ SIZE = 224
 SHAPE = (3, SIZE, SIZE)
 
 
-def _quantized_mobilenet(bn: str):
+def _quantized_mobilenet(bn: str, float_copy: bool = False):
     """MobileNetV2 (seed 0) PTQ-quantized whole-graph; ``bn``: 'default' keeps the initial BatchNorm
-    statistics, 'calibration' re-estimates them on the calibration batches first."""
+    statistics, 'calibration' re-estimates them on the calibration batches first. Returns (model, x), or
+    (model, x, the float model before quantization) with ``float_copy``."""
+    import copy
+
     import slimkit.models as models
     from slimkit.algorithms.quantization import PostTrainingQuantizer
 
@@ -49,11 +52,12 @@ def _quantized_mobilenet(bn: str):
             for batch in calibration:
                 model(batch)
     model.eval()
+    reference = copy.deepcopy(model) if float_copy else None
     config = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
     ptq = PostTrainingQuantizer(model, config, algorithm="minmax", dummy_input=x)
     ptq.compress()
     ptq.calibrate(calibration)
-    return model.eval(), x
+    return (model.eval(), x, reference) if float_copy else (model.eval(), x)
 
 
 def _interpreter(path, builtin: bool, threads: int = 1, preserve: bool = False):
@@ -67,14 +71,16 @@ def _interpreter(path, builtin: bool, threads: int = 1, preserve: bool = False):
 
 
 def _convert_recording(model, x, path):
-    """Convert ``model``; returns (converter, {fake-quant node name: its int8 tensor's name in the file})."""
+    """Convert ``model`` at ``optimize=1`` (the same int8 kernels as the default level; the RESHAPEs level 2
+    folds away stay, so every fake-quantized tensor keeps its name); returns (converter, {fake-quant node
+    name: its int8 tensor's name in the file})."""
     from slimkit.converter import TFLiteConverter
     from slimkit.converter.lower import Lowering, target_name
     from slimkit.converter.ops.quantize import FAKE_QUANT
     from slimkit.converter.passes import run_passes
     from slimkit.converter.writer import serialize
 
-    conv = TFLiteConverter(model, x, path)
+    conv = TFLiteConverter(model, x, path, optimize=1)
     captured = conv.capture()
     lowering = Lowering(captured, conv.options)
     with torch.no_grad():
@@ -158,12 +164,16 @@ def _output_share(conv, model, x, path, builtin: bool) -> dict:
         expected = model(x).numpy()
     got = interp.get_tensor(interp.get_output_details()[0]["index"]).reshape(expected.shape)
     return {"within_one_step": float((np.abs(got - expected) <= 1.001 * step).mean()),
-            "exact": float((got == expected).mean())}
+            "exact": float((got == expected).mean()), "logits": got}
+
+
+def _relative_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def parity_variant(bn: str, tmp: str) -> dict:
     """End-to-end and per-layer parity of the MobileNetV2 quantized with BatchNorm statistics ``bn``."""
-    model, x = _quantized_mobilenet(bn)
+    model, x, reference = _quantized_mobilenet(bn, float_copy=True)
     path = os.path.join(tmp, f"mobilenet_v2_{bn}.tflite")
     conv, names = _convert_recording(model, x, path)
     step = float(conv.graph.outputs[0].producer.inputs[0].quant.scale[0])
@@ -171,13 +181,18 @@ def parity_variant(bn: str, tmp: str) -> dict:
         expected = model(x).numpy()
         torch.manual_seed(1)
         moved = model(x + 1e-6 * torch.randn_like(x)).numpy()
-    out = {"output_step": step, "self_within_one_step_1e-6": float((np.abs(moved - expected) <= 1.001 * step).mean())}
+        floating = reference(x).numpy()
+    out = {"output_step": step, "self_within_one_step_1e-6": float((np.abs(moved - expected) <= 1.001 * step).mean()),
+           "fake_quant_rel_l2_vs_float": _relative_l2(expected, floating)}
     for kernels, builtin in (("xnnpack", False), ("builtin", True)):
         interp = _interpreter(path, builtin, preserve=True)
         detail = interp.get_input_details()[0]
         interp.set_tensor(detail["index"], np.moveaxis(x.numpy(), 1, -1).astype(detail["dtype"]))
         interp.invoke()
-        out[kernels] = {**_output_share(conv, model, x, path, builtin),
+        share = _output_share(conv, model, x, path, builtin)
+        logits = share.pop("logits")
+        out[kernels] = {**share, "rel_l2_vs_float": _relative_l2(logits, floating),
+                        "rel_l2_vs_fake_quant": _relative_l2(logits, expected),
                         "per_layer_local": _layer_parity(conv, names, x, interp, local=True),
                         "per_layer_accumulated": _layer_parity(conv, names, x, interp, local=False)}
         print(bn, kernels, {k: v for k, v in out[kernels].items() if k != "per_layer_accumulated"}, flush=True)
@@ -240,6 +255,7 @@ def op_profile(graph, threads: int = 2) -> dict:
         interp.allocate_tensors()
         _feed_random(interp, rng)
         ms = 1e3 * _time_interpreter(interp, repeats=3, invokes=20)
+        del interp
         entry = profile.setdefault(op.code, {"count": 0, "ms": 0.0})
         entry["count"] += 1
         entry["ms"] += ms
@@ -275,22 +291,23 @@ def tensorflow_files(tmp: str) -> dict[str, str]:
 
 
 def interleaved_latency(files: dict[str, str], threads: int = 2, rounds: int = 5) -> dict:
-    """Per file, XNNPACK and built-in kernels: ``rounds`` rounds over all files (each a median of 3 x 10
-    invokes; built-in 1 x 5); median and minimum over the rounds, and the rounds themselves."""
+    """Per file, XNNPACK and built-in kernels: ``rounds`` rounds over all files, each measurement a fresh
+    interpreter (median of 3 x 10 invokes; built-in 2 x 3), released before the next (an idle interpreter's
+    worker threads keep spinning for a while and slow the next one down); median and minimum over the
+    rounds, and the rounds themselves."""
     rng = np.random.default_rng(0)
     feed = rng.standard_normal((1, SIZE, SIZE, 3)).astype(np.float32)
     runs = {name: {"xnnpack": [], "builtin": []} for name in files}
-    interps = {}
-    for name, path in files.items():
-        for kernels in ("xnnpack", "builtin"):
-            interp = _interpreter(path, kernels == "builtin", threads)
-            detail = interp.get_input_details()[0]
-            interp.set_tensor(detail["index"], feed.astype(detail["dtype"]))
-            interps[name, kernels] = interp
     for _ in range(rounds):
-        for (name, kernels), interp in interps.items():
-            repeats, invokes = (3, 10) if kernels == "xnnpack" else (1, 5)
-            runs[name][kernels].append(1e3 * _time_interpreter(interp, repeats, invokes))
+        for name, path in files.items():
+            for kernels in ("xnnpack", "builtin"):
+                interp = _interpreter(path, kernels == "builtin", threads)
+                detail = interp.get_input_details()[0]
+                interp.set_tensor(detail["index"], feed.astype(detail["dtype"]))
+                repeats, invokes = (3, 10) if kernels == "xnnpack" else (2, 3)
+                runs[name][kernels].append(1e3 * _time_interpreter(interp, repeats, invokes))
+                del interp
+                time.sleep(0.2)
     return {name: {kernels: {"median_ms": statistics.median(v), "min_ms": min(v), "rounds_ms": v}
                    for kernels, v in r.items()} for name, r in runs.items()}
 
