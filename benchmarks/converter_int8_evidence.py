@@ -11,6 +11,8 @@ benchmarks/results/converter_int8_evidence.json):
   against the fake-quant model evaluated on the interpreter's own values for that layer's inputs (so one
   kernel at a time), and without that substitution (how the differences accumulate);
 - delegation: whether one XNNPACK partition covers the whole graph;
+- seed sweep: six initialisations with calibration-data BatchNorm, LiteRT's share beside the fake-quant
+  model's own sensitivity;
 - per-op latency profile: every op of the float and the int8 file as its own one-op file, timed alone;
 - TensorFlow's own converter on ``keras.applications.MobileNetV2(weights=None)``: float vs full int8
   (representative dataset), timed interleaved with slimkit's files under the same interpreter settings.
@@ -29,8 +31,8 @@ SIZE = 224
 SHAPE = (3, SIZE, SIZE)
 
 
-def _quantized_mobilenet(bn: str, float_copy: bool = False):
-    """MobileNetV2 (seed 0) PTQ-quantized whole-graph; ``bn``: 'default' keeps the initial BatchNorm
+def _quantized_mobilenet(bn: str, float_copy: bool = False, seed: int = 0):
+    """MobileNetV2 (initialised with ``seed``) PTQ-quantized whole-graph; ``bn``: 'default' keeps the initial BatchNorm
     statistics, 'calibration' re-estimates them on the calibration batches first. Returns (model, x), or
     (model, x, the float model before quantization) with ``float_copy``."""
     import copy
@@ -38,7 +40,7 @@ def _quantized_mobilenet(bn: str, float_copy: bool = False):
     import slimkit.models as models
     from slimkit.algorithms.quantization import PostTrainingQuantizer
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = models.mobilenet_v2()
     calibration = [torch.randn(4, *SHAPE) for _ in range(2)]
     x = torch.randn(1, *SHAPE)
@@ -199,6 +201,30 @@ def parity_variant(bn: str, tmp: str) -> dict:
     return out
 
 
+def seed_sweep(tmp: str, seeds=range(6)) -> list[dict]:
+    """Calibration-data BatchNorm, several initialisations: LiteRT (XNNPACK) share of logits within one
+    step of the fake-quant model beside the fake-quant model's share against itself with its input moved
+    by 1e-6 (how chaotic that network is)."""
+    from slimkit.converter import TFLiteConverter
+
+    out = []
+    for seed in seeds:
+        model, x = _quantized_mobilenet("calibration", seed=seed)
+        path = os.path.join(tmp, "seed.tflite")
+        conv = TFLiteConverter(model, x, path)
+        conv.convert()
+        step = float(conv.graph.outputs[0].producer.inputs[0].quant.scale[0])
+        with torch.no_grad():
+            expected = model(x).numpy()
+            torch.manual_seed(1)
+            moved = model(x + 1e-6 * torch.randn_like(x)).numpy()
+        share = _output_share(conv, model, x, path, builtin=False)
+        out.append({"seed": seed, "within_one_step": share["within_one_step"],
+                    "self_within_one_step_1e-6": float((np.abs(moved - expected) <= 1.001 * step).mean())})
+        print("seed", out[-1], flush=True)
+    return out
+
+
 def delegation(path) -> dict:
     """Whether one XNNPACK partition runs the whole file: one DELEGATE node reading no value another op
     produces and writing exactly the model's outputs."""
@@ -322,7 +348,8 @@ def evidence(tmp: str) -> dict:
     import slimkit.models as models
     from slimkit.converter import TFLiteConverter
 
-    out = {"parity": {bn: parity_variant(bn, tmp) for bn in ("default", "calibration")}}
+    out = {"parity": {bn: parity_variant(bn, tmp) for bn in ("default", "calibration")},
+           "seed_sweep_calibration_bn": seed_sweep(tmp)}
     model, x = _quantized_mobilenet("calibration")
     files = {"slimkit_float": os.path.join(tmp, "float.tflite"), "slimkit_int8": os.path.join(tmp, "int8.tflite")}
     int8 = TFLiteConverter(model, x, files["slimkit_int8"])
