@@ -10,6 +10,10 @@ parity is the share of output elements within one output quantization step of th
 (LiteRT interpreter). MobileNetV2 at 224x224: file size int8 vs float, and LiteRT latency with
 2 threads (median of 5 repeats of the mean of 10 invokes, after 3 warm-up invokes).
 --int8-only re-measures just that section and keeps the rest of results/converter.json.
+--int8-evidence writes results/converter_int8_evidence.json (benchmarks/converter_int8_evidence.py: parity
+with default vs calibration-data BatchNorm statistics, per-layer kernel parity with XNNPACK and the built-in
+kernels, XNNPACK delegation, per-op latency profile, TensorFlow's own float / int8 MobileNetV2 files timed
+interleaved with slimkit's).
 
 Timing: each 224x224 model runs in a fresh process: the first (cold) conversion, one warm-up,
 then the median of 3 conversions (graph capture + lowering + passes + writing the file). The
@@ -31,6 +35,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "converter.json")
+EVIDENCE = os.path.join(ROOT, "benchmarks", "results", "converter_int8_evidence.json")
 MARKDOWN = os.path.join(ROOT, "benchmarks", "RESULTS_converter.md")
 TARGETS = {"mobilenet_v2": 0.5, "resnet18": 0.7, "resnet50": 1.0}
 TINYNN = {"mobilenet_v2": "1.3-1.8", "resnet18": "2.2", "resnet50": "2.9-3.2"}
@@ -259,9 +264,26 @@ def _machine() -> dict:
             "note": "shared 2-core machine, other engineers' jobs running: timings are noisy upper bounds"}
 
 
+def _int8_evidence() -> dict:
+    """The MobileNetV2@224 int8 evidence (see benchmarks/converter_int8_evidence.py), with the machine's load."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from converter_int8_evidence import evidence
+
+    load_at_start = os.getloadavg()
+    data = evidence(tempfile.mkdtemp())
+    data["machine"] = {**_machine(), "load_avg_at_start": load_at_start}
+    data["date_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    return data
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         print("RESULT " + json.dumps(_timing_child(sys.argv[2])))
+        return
+    if "--int8-evidence" in sys.argv:
+        data = _int8_evidence()
+        with open(EVIDENCE, "w") as f:
+            json.dump(data, f, indent=1)
         return
     load_at_start = os.getloadavg()
     if "--int8-only" in sys.argv:

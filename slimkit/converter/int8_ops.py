@@ -141,3 +141,33 @@ def drop_identity_quantize(graph: Graph) -> int:
     removed = len(graph.ops) - len(kept)
     graph.ops = kept
     return removed
+
+
+#: fused activations with bounds: (code, lower, upper)
+_BOUNDED = {3: (0.0, 6.0), 2: (-1.0, 1.0)}
+_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def relax_fused_clamps(graph: Graph) -> int:
+    """A fused RELU6 / RELU_N1_TO_1 whose bounds lie outside an int8 op's representable output range is
+    lowered to RELU (or none): the int8 saturation already applies them, and TFLite refuses to prepare a
+    kernel whose bound does not fit in int32 steps (a near-zero output scale, e.g. a dead layer)."""
+    changed = 0
+    for op in graph.ops:
+        activation = op.options.get("FusedActivationFunction", 0)
+        out = op.outputs[0] if op.outputs else None
+        if activation not in _BOUNDED or out is None or out.dtype not in _RANGES or out.quant is None:
+            continue
+        qmin, qmax = _RANGES[out.dtype]
+        scale, zero = float(out.quant.scale[0]), int(out.quant.zero_point[0])
+        lower, upper = _BOUNDED[activation]
+        if (qmax - zero) * scale > upper:  # the upper bound can bind
+            continue
+        if (qmin - zero) * scale >= lower:  # neither bound can bind
+            op.options["FusedActivationFunction"] = 0
+        elif lower == 0.0:  # only the lower bound: RELU's
+            op.options["FusedActivationFunction"] = 1
+        else:
+            continue
+        changed += 1
+    return changed

@@ -123,8 +123,9 @@ def reshape_orders(shape, order, out_shape):
         return None
     rank = {a: k for k, a in enumerate(a for a in order if shape[a] != 1)}
     groups.sort(key=lambda g: min(rank[a] for a in g[0]))
-    in_order = [a for gi, _ in groups for a in sorted(gi)]
-    in_order += [a for a in range(len(shape)) if shape[a] == 1]
+    in_order = [a for gi, _ in groups for a in sorted(gi)] + [a for a in range(len(shape)) if shape[a] == 1]
     out_order = [b for _, gj in groups for b in sorted(gj)]
+    if out_order == sorted(out_order):  # size-1 axes can sit anywhere: keep the output in its own order
+        return tuple(in_order), identity(len(out_shape))
     out_order += [b for b in range(len(out_shape)) if out_shape[b] == 1]
     return tuple(in_order), tuple(out_order)

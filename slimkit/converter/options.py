@@ -27,7 +27,8 @@ class ConverterOptions:
             (None: True for 4-D tensors when ``nchw_transpose``).
         group_conv_rewrite: write grouped convolutions as SPLIT + CONV_2D + CONCATENATION
             (for runtimes without grouped CONV_2D).
-        unroll_rnn: unroll LSTM / GRU into per-step ops instead of UNIDIRECTIONAL_SEQUENCE_LSTM.
+        unroll_rnn: unroll LSTM into per-step ops instead of UNIDIRECTIONAL_SEQUENCE_LSTM /
+            BIDIRECTIONAL_SEQUENCE_LSTM (GRU is always unrolled).
         hybrid: dynamic-range quantization: int8 weights (per channel) for FULLY_CONNECTED,
             CONV_2D, DEPTHWISE_CONV_2D and LSTM, float activations.
         hybrid_conv: include convolutions in ``hybrid`` (TinyNN's ``hybrid_conv``).
@@ -37,7 +38,10 @@ class ConverterOptions:
         quantized_input_stats: ``[(mean, std), ...]`` per input: that input becomes int8 (uint8 when
             mean > 127, or ``quantize_io='uint8'``) with ``real = (q - mean) / std``: the input
             normalisation is folded into the model's first QUANTIZE (a DEQUANTIZE for float models).
-        optimize: 0 = no fusion; 1 = fold BN, fuse activations, SAME padding; 2 (default) = all.
+        optimize: 0 = each op lowered on its own (no fusion; quantized models keep QUANTIZE / DEQUANTIZE
+            around float kernels); 1 = peephole fusion (BN folding, fused activations, SAME padding,
+            transpose-free reshapes) and int8 kernels; 2 (default) = also graph-wide RESHAPE collapsing
+            and RESHAPE-into-reduction folding.
     """
 
     nchw_transpose: bool = True

@@ -78,14 +78,22 @@ def fold_reshape_into_reduce(graph: Graph) -> int:
 
 
 def run_passes(graph: Graph, options) -> Graph:
+    """The graph passes of ``options.optimize`` (see :class:`~slimkit.converter.options.ConverterOptions`).
+
+    Every level removes dead ops. Level 1 (and up) turns quantized chains (DEQUANTIZE -> op -> QUANTIZE)
+    into int8 kernels; level 2 then collapses RESHAPE chains and folds a RESHAPE that only drops
+    reduced axes into its MEAN / SUM / REDUCE_MAX (``keep_dims=False``).
+    """
     remove_dead_ops(graph)
-    if options.optimize >= 1:
-        collapse_reshapes(graph)
-        fold_reshape_into_reduce(graph)
     if options.optimize >= 1 and graph.quant_table:
         from slimkit.converter.quant import int8_kernels
 
         int8_kernels(graph)
+        remove_dead_ops(graph)
+    if options.optimize >= 2:
+        collapse_reshapes(graph)
+        remove_dead_ops(graph)
+        fold_reshape_into_reduce(graph)
     if options.quantize_io or options.quantized_input_stats:
         from slimkit.converter.quant import quantize_io
 

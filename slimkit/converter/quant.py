@@ -15,11 +15,16 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from slimkit.converter.ir import Graph, QuantParams
 
 HYBRID_WEIGHT_AXIS = {"FULLY_CONNECTED": 0, "CONV_2D": 0, "DEPTHWISE_CONV_2D": 3}
+#: input positions of the sequence LSTMs' gate weights (input and recurrent, per direction)
+LSTM_WEIGHTS = {"UNIDIRECTIONAL_SEQUENCE_LSTM": range(1, 9),
+                "BIDIRECTIONAL_SEQUENCE_LSTM": [*range(1, 9), *range(18, 26)]}
 
 
 class QuantTable(dict):
@@ -52,8 +57,8 @@ def apply_hybrid(graph: Graph, options, table: QuantTable | None = None) -> Quan
     """Dynamic-range quantization: int8 weights with per-channel scales, float activations."""
     table = QuantTable() if table is None else table
     for op in graph.ops:
-        if op.code == "UNIDIRECTIONAL_SEQUENCE_LSTM":
-            for w in op.inputs[1:9]:
+        if op.code in LSTM_WEIGHTS:
+            for w in (op.inputs[i] for i in LSTM_WEIGHTS[op.code]):
                 if w.name not in table:
                     q, table[w.name] = quantize_per_tensor(w.values())
                     w.data = q
@@ -170,8 +175,7 @@ def int8_kernels(graph: Graph) -> int:
         scale = np.broadcast_to(hint.scale, (w.data.shape[hint.quantized_dimension],)).astype(np.float32)
         w.data = np.clip(np.round(w.values() / scale.reshape(shape)), -127, 127).astype(np.int8)
         w.dtype, w.quant = "int8", QuantParams(scale, np.zeros(scale.size, np.int64), hint.quantized_dimension)
-        bias_scale = (q_in.quant.scale[0] * scale).astype(np.float32)
-        b.data = np.round(b.values() / bias_scale).astype(np.int32)
+        b.data, bias_scale = _int32_bias(b.values(), float(q_in.quant.scale[0]), scale, op)
         b.dtype, b.quant = "int32", QuantParams(bias_scale, np.zeros(scale.size, np.int64), 0)
         graph.quant_table[w.name], graph.quant_table[b.name] = w.quant, b.quant
         op.inputs[0] = q_in
@@ -183,12 +187,30 @@ def int8_kernels(graph: Graph) -> int:
         rewritten += 1
     graph.ops = [op for op in graph.ops if id(op) not in dropped]
     rewritten += _int8_elementwise(graph)
-    from slimkit.converter.int8_ops import drop_identity_quantize, int8_activation_ops
+    from slimkit.converter.int8_ops import drop_identity_quantize, int8_activation_ops, relax_fused_clamps
 
     rewritten += int8_activation_ops(graph)
     requantize(graph)
     drop_identity_quantize(graph)
+    relax_fused_clamps(graph)
     return rewritten
+
+
+_INT32 = np.iinfo(np.int32)
+
+
+def _int32_bias(bias: np.ndarray, input_scale: float, weight_scale: np.ndarray, op) -> tuple[np.ndarray, np.ndarray]:
+    """The int32 bias (``round(bias / (input_scale * weight_scale))``) and its scale. Values past the int32
+    range are clipped, with a warning naming the layer (its input scale is so small, e.g. a dead layer,
+    that the int8 kernel cannot add that bias)."""
+    scale = (input_scale * weight_scale).astype(np.float32)
+    q = np.round(bias.astype(np.float64) / scale)
+    if np.abs(q).max(initial=0) > _INT32.max:
+        warnings.warn(f"{op.code} at {op.source or '<root>'}: bias / (input scale x weight scale) exceeds the int32 "
+                      f"range (input scale {input_scale:.3g}) and is clipped, so the int8 output differs from the "
+                      "fake-quant model there. Calibrate on data that gives this layer's input a real range.",
+                      RuntimeWarning, stacklevel=2)
+    return np.clip(q, -_INT32.max, _INT32.max).astype(np.int32), scale
 
 
 def _int8_elementwise(graph: Graph) -> int:

@@ -48,6 +48,8 @@ def op_version(op) -> int:
         return 2
     if code == "UNIDIRECTIONAL_SEQUENCE_LSTM":
         return 2 if _is_hybrid(op) else 1
+    if code == "BIDIRECTIONAL_SEQUENCE_LSTM":
+        return (3 if o.get("AsymmetricQuantizeInputs") else 2) if _is_hybrid(op) else 1
     if code == "BATCH_MATMUL":
         return 4 if _is_hybrid(op) else 1
     return 1

@@ -27,6 +27,7 @@ OPTIONS = {
     "LEAKY_RELU": "LeakyReluOptions", "GELU": "GeluOptions", "BATCH_MATMUL": "BatchMatMulOptions",
     "TRANSPOSE_CONV": "TransposeConvOptions", "MAXIMUM": "MaximumMinimumOptions",
     "MINIMUM": "MaximumMinimumOptions", "UNIDIRECTIONAL_SEQUENCE_LSTM": "UnidirectionalSequenceLSTMOptions",
+    "BIDIRECTIONAL_SEQUENCE_LSTM": "BidirectionalSequenceLSTMOptions",
     "HARD_SWISH": "HardSwishOptions", "POW": "PowOptions", "EXP": "ExpOptions", "NEG": "NegOptions",
     "ABS": "AbsOptions", "DEQUANTIZE": "DequantizeOptions", "QUANTIZE": "QuantizeOptions",
     "PACK": "PackOptions", "CAST": "CastOptions", "BROADCAST_TO": "BroadcastToOptions", "TILE": "TileOptions",

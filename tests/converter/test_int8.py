@@ -13,7 +13,7 @@ from slimkit import models
 from slimkit.algorithms.quantization import PostTrainingQuantizer
 from slimkit.converter import TFLiteConverter
 from slimkit.converter.verify import run_tflite
-from tests.converter.conftest import op_codes, read_model
+from tests.converter.conftest import conv_options, op_codes, read_model
 
 WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
 INT8_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "CONCATENATION", "MEAN",
@@ -91,7 +91,8 @@ def parity(model, x, path) -> float:
     with torch.no_grad():
         expected = model(x).numpy()
     feed = x.permute(0, 2, 3, 1).numpy() if x.dim() == 4 else x.numpy()
-    got = run_tflite(path, [feed])[0].reshape(expected.shape)
+    got = run_tflite(path, [feed])[0]
+    got = np.moveaxis(got, -1, 1) if got.ndim == 4 else got.reshape(expected.shape)  # NHWC feature maps
     return float((np.abs(got - expected) <= output_step(path) * 1.001).mean())
 
 
@@ -204,3 +205,33 @@ def test_quantize_io_with_input_stats(tmp_path, io):
     got = (run_tflite(path, [q])[0].astype(np.float32) - o.ZeroPointAsNumpy()[0]) * o.ScaleAsNumpy()[0]
     step = float(o.ScaleAsNumpy()[0])
     assert (np.abs(got - expected) <= step * 1.001).mean() >= 0.99
+
+
+def _dead_first_layer() -> nn.Module:
+    """conv -> ReLU6 whose outputs are ~1e-12 (a dead layer: calibrated scale far below 6 / 2**31), then a conv."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU6(), nn.Conv2d(4, 4, 1))
+    with torch.no_grad():
+        model[0].weight.mul_(1e-12)
+        model[0].bias.zero_()
+        model[2].bias.zero_()
+    return model.eval()
+
+
+def test_fused_relu6_of_a_dead_layer_is_dropped(tmp_path):
+    """TFLite cannot prepare an int8 kernel whose fused RELU6 bound (6 / scale) overflows int32; the bound
+    cannot bind there (the int8 range is [0, ~1e-12]), so the file fuses no activation."""
+    model, x = quantize(_dead_first_layer(), (3, 6, 6))
+    path = tmp_path / "dead.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert conv_options(path)[0] == ("CONV_2D", tflite.Padding.SAME, tflite.ActivationFunctionType.NONE)
+    assert parity(model, x, path) == 1.0
+
+
+def test_int32_bias_overflow_warns(tmp_path):
+    model = _dead_first_layer()
+    with torch.no_grad():
+        model[2].bias.fill_(0.5)
+    model, x = quantize(model, (3, 6, 6))
+    with pytest.warns(RuntimeWarning, match=r"CONV_2D at 2: bias / \(input scale x weight scale\) exceeds"):
+        TFLiteConverter(model, x, tmp_path / "bias.tflite").convert()

@@ -1,8 +1,9 @@
 """LSTM and GRU (``aten.lstm.input`` / ``aten.gru.input``).
 
-With ``unroll_rnn=False`` (default) a unidirectional LSTM with zero initial state whose final
-cell state is unused becomes one UNIDIRECTIONAL_SEQUENCE_LSTM per layer. Everything else (GRU,
-bidirectional, given initial states, ``unroll_rnn=True``) is unrolled: one FULLY_CONNECTED for the
+With ``unroll_rnn=False`` (default) an LSTM with zero initial state whose final cell state is unused
+becomes one UNIDIRECTIONAL_SEQUENCE_LSTM per layer, or one BIDIRECTIONAL_SEQUENCE_LSTM (outputs
+merged: forward then reverse features, as PyTorch) per layer when bidirectional. Everything else
+(GRU, given initial states, a used final cell state, ``unroll_rnn=True``) is unrolled: one FULLY_CONNECTED for the
 input projection of all steps, then per step a recurrent FULLY_CONNECTED and the gate arithmetic.
 """
 
@@ -142,32 +143,61 @@ def _unrolled(ctx, node, kind, a, hx):
     return (seq, hn, cn)
 
 
+def _direction_inputs(ctx, params):
+    """The 15 weight inputs of one direction (TFLite gate order i, f, c, o = PyTorch's i, f, g, o): input and
+    recurrent weights, no peepholes, gate biases, no projection."""
+    w_ih, w_hh, b_ih, b_hh = params
+    return [*[ctx.const(w) for w in np.split(w_ih, 4)], *[ctx.const(w) for w in np.split(w_hh, 4)],
+            None, None, None, *[ctx.const(b) for b in np.split(b_ih + b_hh, 4)], None, None]
+
+
+def _variable_state(ctx, node, layer, direction, batch, hidden):
+    states = []
+    for kind in ("h", "c"):
+        t = ctx.tensor((batch, hidden), name=f"{node.name}_{kind}{layer}{'_reverse' if direction else ''}")
+        t.is_variable = True
+        states.append(t)
+    return states
+
+
 def _sequence_lstm(ctx, node, a):
-    x = ctx.layout(a["input"], layout.identity(3))
+    """One UNIDIRECTIONAL_SEQUENCE_LSTM (or BIDIRECTIONAL_SEQUENCE_LSTM with merged outputs) per layer.
+
+    LiteRT's BIDIRECTIONAL_SEQUENCE_LSTM gives wrong values for batch entries after the first in batch-major
+    mode (time_major=False), so a bidirectional batch_first LSTM runs time-major: its input and output are
+    stored (T, B, F) (one TRANSPOSE at each end of the stack of layers, where a neighbour needs (B, T, F)).
+    """
     batch_first = bool(a["batch_first"])
-    layers = int(a["num_layers"])
-    params = _layer_params(a["params"], a["has_biases"], layers, 1)
+    layers, directions = int(a["num_layers"]), 2 if a["bidirectional"] else 1
+    time_major = not batch_first or directions == 2
+    order = (1, 0, 2) if batch_first and time_major else layout.identity(3)
+    x = ctx.layout(a["input"], order)
+    params = _layer_params(a["params"], a["has_biases"], layers, directions)
     hidden = params[0][1].shape[1]
     batch = x.shape[0] if batch_first else x.shape[1]
     steps = x.shape[1] if batch_first else x.shape[0]
+    time_axis = 1 if batch_first else 0
+    shape = (batch, steps, directions * hidden) if batch_first else (steps, batch, directions * hidden)
+    options = dict(FusedActivationFunction=4, CellClip=0.0, ProjClip=0.0, TimeMajor=time_major,
+                   AsymmetricQuantizeInputs=bool(ctx.options.hybrid))
     seq = x
     last = []
     for layer in range(layers):
-        w_ih, w_hh, b_ih, b_hh = params[layer]
-        bias = b_ih + b_hh
-        gates_ih, gates_hh, gates_b = np.split(w_ih, 4), np.split(w_hh, 4), np.split(bias, 4)
-        h_state = ctx.tensor((batch, hidden), name=f"{node.name}_h{layer}")
-        c_state = ctx.tensor((batch, hidden), name=f"{node.name}_c{layer}")
-        h_state.is_variable = c_state.is_variable = True
-        shape = (batch, steps, hidden) if batch_first else (steps, batch, hidden)
-        out = ctx.tensor(shape)
-        inputs = [seq, *[ctx.const(w) for w in gates_ih], *[ctx.const(w) for w in gates_hh], None, None, None,
-                  *[ctx.const(b) for b in gates_b], None, None, h_state, c_state, None, None, None, None]
-        ctx.emit("UNIDIRECTIONAL_SEQUENCE_LSTM", inputs, [out], FusedActivationFunction=4, CellClip=0.0,
-                 ProjClip=0.0, TimeMajor=not batch_first, AsymmetricQuantizeInputs=bool(ctx.options.hybrid))
-        last.append(strided_slice(ctx, out, 1 if batch_first else 0, steps - 1, steps, 1, shrink=True))
+        weights = [_direction_inputs(ctx, params[layer * directions + d]) for d in range(directions)]
+        states = [_variable_state(ctx, node, layer, d, batch, hidden) for d in range(directions)]
+        out = ctx.tensor(shape, perm=order)
+        if directions == 1:
+            inputs = [seq, *weights[0], *states[0], None, None, None, None]
+            ctx.emit("UNIDIRECTIONAL_SEQUENCE_LSTM", inputs, [out], **options)
+            last.append(strided_slice(ctx, out, time_axis, steps - 1, steps, 1, shrink=True))
+        else:  # no auxiliary input: its 8 weights are absent too
+            inputs = [seq, *weights[0], *weights[1], *states[0], *states[1], *[None] * 9]
+            ctx.emit("BIDIRECTIONAL_SEQUENCE_LSTM", inputs, [out], MergeOutputs=True, **options)
+            for d, step in ((0, steps - 1), (1, 0)):  # the reverse direction ends at step 0
+                at = strided_slice(ctx, out, time_axis, step, step + 1, 1, shrink=True)
+                last.append(strided_slice(ctx, at, 1, d * hidden, (d + 1) * hidden, 1))
         seq = out
-    hn = _pack(ctx, last, 0, (layers, batch, hidden)) if layers > 1 else \
+    hn = _pack(ctx, last, 0, (len(last), batch, hidden)) if len(last) > 1 else \
         _reshape(ctx, last[0], (1, batch, hidden))
     return (seq, hn, None)
 
@@ -178,13 +208,13 @@ def _reshape(ctx, x, shape):
     return out
 
 
-@register("aten.lstm.input", emits=("UNIDIRECTIONAL_SEQUENCE_LSTM", "FULLY_CONNECTED", "STRIDED_SLICE", "SPLIT",
-                                    "LOGISTIC", "TANH", "MUL", "ADD", "PACK"))
+@register("aten.lstm.input", emits=("UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM",
+                                    "FULLY_CONNECTED", "STRIDED_SLICE", "SPLIT", "LOGISTIC", "TANH", "MUL", "ADD",
+                                    "PACK"))
 def lstm(ctx, node, a):
     hx = a["hx"]
     cell_used = any(u.args[1] == 2 and len(u.users) for u in node.users)
-    if (not ctx.options.unroll_rnn and not a["bidirectional"] and not cell_used
-            and all(_zero_or_none(s) for s in hx)):
+    if not ctx.options.unroll_rnn and not cell_used and all(_zero_or_none(s) for s in hx):
         return _sequence_lstm(ctx, node, a)
     return _unrolled(ctx, node, "lstm", a, hx)
 
