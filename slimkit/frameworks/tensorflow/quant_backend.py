@@ -49,10 +49,13 @@ import numpy as np
 import tensorflow as tf
 from keras.src.backend.common import global_state
 
+from slimkit.compression import bn_fold
 from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.quant import QuantType
 from slimkit.errors import CompressionStateError, UnsupportedOpError
+from slimkit.frameworks.tensorflow import quant_fold
 from slimkit.frameworks.tensorflow.adapter import ADAPTER
+from slimkit.frameworks.tensorflow.quant_graph import AFFINE, PYTHON, TRACED, GraphQuant
 from slimkit.frameworks.tensorflow.quant_ops import OPS
 from slimkit.frameworks.tensorflow.wrapper import MaskWrapper, install, retrace, uninstall, wrapper_of
 from slimkit.utils.files import atomic_path
@@ -74,12 +77,16 @@ def fake_quant_range(params: Any) -> tuple[float, float]:
 
 
 class QuantWrapper(MaskWrapper):
-    """Masks and fake quantization around one Keras layer (see the module docstring)."""
+    """Masks and fake quantization around one Keras layer (see the module docstring). ``bn``: the
+    BatchNormalization folded into the layer, or None."""
 
-    def __init__(self, layer: keras.layers.Layer, layer_name: str, quantizer: Any, slim_layer: Any):
+    def __init__(self, layer: keras.layers.Layer, layer_name: str, quantizer: Any, slim_layer: Any, graph: GraphQuant,
+                 bn: Any = None):
         super().__init__(layer, layer_name)
         object.__setattr__(self, "_quantizer", quantizer)   # held without Keras tracking them
         object.__setattr__(self, "_slim_layer", slim_layer)
+        object.__setattr__(self, "_graph", graph)
+        object.__setattr__(self, "_bn", bn)
         object.__setattr__(self, "_training_now", False)
         object.__setattr__(self, "deploy", False)
 
@@ -97,14 +104,37 @@ class QuantWrapper(MaskWrapper):
         out.set_shape(x.shape)
         return out
 
+    def _request(self, qtype: QuantType, x: Any, core: Callable[[Any], Any]) -> Any:
+        """``qtype``'s quantization of ``x``: the Python core eagerly; in a traced function the graph-native
+        formula, the traced core method, or the core through ``tf.py_function`` (``quant_graph.route``)."""
+        route = self._graph.routes[self._slim_layer.name][qtype]
+        if route == TRACED or (route == AFFINE and tf.executing_eagerly()):
+            object.__setattr__(self.target, "training", self._training_now)
+            return core(x)
+        if route == PYTHON:
+            return self._run(core, x)
+        if qtype is QuantType.QUANT_WEIGHT:
+            return self._graph.weight(self._slim_layer, x)
+        return self._graph.activation(self._slim_layer, x, qtype.value, self._training_now)
+
+    def quantize_kernel(self, kernel: Any) -> Any:
+        """The kernel the layer computes with, from the masked ``kernel``: fake-quantized; with a folded
+        BatchNorm ``q(W f) / f`` (the BatchNorm that follows multiplies by ``f`` again)."""
+        quantizer, layer, bn = self._quantizer, self._slim_layer, self._bn
+        if bn is None:
+            return self._request(QuantType.QUANT_WEIGHT, kernel, lambda w: quantizer.forward_weight(layer, w))
+        factor, view = quant_fold.factor(bn), quant_fold.channel_view(self.target, kernel)
+        folded = bn_fold.fold_weight(kernel, factor, view)
+        quantized = self._request(QuantType.QUANT_WEIGHT, folded, lambda w: quantizer.forward_weight(layer, w))
+        return bn_fold.unfold_weight(quantized, factor, view)
+
     def masked_values(self) -> list[tuple[keras.Variable, Any]]:
         if self.deploy:  # masks and fake-quantized weights are written into the variables
             return []
         mapping = super().masked_values()
-        quantizer, layer = self._quantizer, self._slim_layer
-        if mapping and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+        if mapping and self._quantizer.quantizes(self._slim_layer, QuantType.QUANT_WEIGHT):
             var, value = mapping[0]
-            mapping[0] = (var, self._run(lambda w: quantizer.forward_weight(layer, w), value))
+            mapping[0] = (var, self.quantize_kernel(value))
         return mapping
 
     def _deploy_quant(self, x: Any, key: str) -> Any:
@@ -117,23 +147,25 @@ class QuantWrapper(MaskWrapper):
         narrow = params.qmax - params.qmin == 2 ** params.bits - 2
         return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=params.bits, narrow_range=narrow)
 
+    def _activation(self, qtype: QuantType, x: Any, core: Callable[[Any], Any]) -> Any:
+        return self._deploy_quant(x, qtype.value) if self.deploy else self._request(qtype, x, core)
+
     def call(self, *args: Any, **kwargs: Any) -> Any:
         quantizer, layer = self._quantizer, self._slim_layer
         object.__setattr__(self, "_training_now", _call_training(kwargs))
         if args and quantizer.quantizes(layer, QuantType.QUANT_INPUT):
-            first = self._deploy_quant(args[0], "input") if self.deploy else \
-                self._run(lambda t: quantizer.forward_input(layer, (t,), 0)[0], args[0])
+            first = self._activation(QuantType.QUANT_INPUT, args[0],
+                                     lambda t: quantizer.forward_input(layer, (t,), 0)[0])
             args = (first, *args[1:])
         outputs = super().call(*args, **kwargs)
         if quantizer.quantizes(layer, QuantType.QUANT_OUTPUT):
-            outputs = self._deploy_quant(outputs, "output") if self.deploy else \
-                self._run(lambda t: quantizer.forward_output(layer, t, 0), outputs)
+            outputs = self._activation(QuantType.QUANT_OUTPUT, outputs, lambda t: quantizer.forward_output(layer, t, 0))
         return outputs
 
     def quantized_weight(self) -> np.ndarray:
-        """The weight this layer computes with (masked, fake-quantized), as numpy."""
+        """The weight this layer computes with (masked, BN-folded, fake-quantized), as numpy."""
         quantizer, layer = self._quantizer, self._slim_layer
-        return np.asarray(quantizer.forward_weight(layer, ADAPTER.weight(layer)))
+        return np.asarray(quantizer.forward_weight(layer, BACKEND.effective_weight(layer)))
 
 
 class KerasQuantBackend:
@@ -142,18 +174,23 @@ class KerasQuantBackend:
     ops = OPS
 
     # ------------------------------------------------------------ planning and wrapping
-    def plan(self, model: Any, dummy_input: Any, quantizer: Any) -> None:
-        """No graph capture on Keras (no BN folding, fusion or whole-graph mode): returns None."""
+    def plan(self, model: Any, dummy_input: Any, quantizer: Any) -> dict[str, Any]:
+        """BatchNorm folding (``quantizer.fold_bn``) read from the Keras graph: ``{layer_name: BatchNormalization}``
+        (:func:`~slimkit.frameworks.tensorflow.quant_fold.plan_folds`). No conv+BN+ReLU output fusion or
+        whole-graph mode on Keras."""
         quantizer.whole_graph = False
-        return None
+        return quant_fold.plan_folds(quantizer.layers, quantizer) if quantizer.fold_bn else {}
 
     def wrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
         refuse_wrapped(layers, lambda layer: wrapper_of(layer.module) is not None)
+        graph = quantizer._keras_graph = GraphQuant(quantizer, layers)
+        folds = quantizer.graph_plan or {}
         for layer in layers:
-            layer.wrapper = install(layer.module, layer.name,
-                                    lambda module, name, _layer=layer: QuantWrapper(module, name, quantizer, _layer))
+            layer.wrapper = install(layer.module, layer.name, lambda module, name, _layer=layer: QuantWrapper(
+                module, name, quantizer, _layer, graph, folds.get(_layer.name)))
             layer.wrapper.models.add(model)
-            layer.module.supports_jit = False  # tf.py_function does not compile with XLA
+            if not graph.graph_safe(layer):
+                layer.module.supports_jit = False  # tf.py_function does not compile with XLA
             object.__setattr__(layer.module, "quantized_weight", layer.wrapper.quantized_weight)
         retrace(model)
 
@@ -163,15 +200,26 @@ class KerasQuantBackend:
             for attr in ("training", "quantized_weight"):
                 vars(layer.module).pop(attr, None)
             layer.wrapper = None
+        quantizer._keras_graph.release(layers)
         retrace(model)
 
+    def state_changed(self, quantizer: Any) -> None:
+        """The quantizer's switches or parameters changed in Python: update the graph's copy."""
+        quantizer._keras_graph.sync()
+
     def effective_weight(self, layer: Any) -> tf.Tensor:
-        """The weight the quantizer sees: masked."""
-        return ADAPTER.weight(layer)
+        """The weight the quantizer sees: masked, BN-folded when a BatchNorm is folded in."""
+        weight = ADAPTER.weight(layer)
+        bn = layer.wrapper._bn
+        if bn is None:
+            return weight
+        return bn_fold.fold_weight(weight, quant_fold.factor(bn), quant_fold.channel_view(layer.module, weight))
 
     def layer_extras(self, layer: Any, quantizer: Any) -> dict[str, Any]:
         activation = getattr(getattr(layer.module, "activation", None), "__name__", None)
-        return {"folded_bn": None, "fused_activation": None if activation in (None, "linear") else activation,
+        bn = layer.wrapper._bn
+        return {"folded_bn": None if bn is None else bn.name,
+                "fused_activation": None if activation in (None, "linear") else activation,
                 "fused_output_module": layer.name}
 
     @contextlib.contextmanager
@@ -240,7 +288,7 @@ class KerasQuantBackend:
                 wrapper = layer.wrapper
                 for var, value in MaskWrapper.masked_values(wrapper):
                     if var is wrapper._weight_var and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
-                        value = quantizer.forward_weight(layer, value)
+                        value = wrapper.quantize_kernel(value)
                     saved.append((var, var.numpy()))
                     var.assign(value)
                 object.__setattr__(wrapper, "deploy", True)
@@ -252,6 +300,7 @@ class KerasQuantBackend:
             for var, value in reversed(saved):
                 var.assign(value)
             quantizer.frozen = was_frozen
+            quantizer.state_changed()
 
 
 BACKEND = KerasQuantBackend()

@@ -1,0 +1,119 @@
+"""BatchNorm folding on Keras: which layers fold which BatchNormalization, and the folded tensors.
+
+A ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D`` (``depth_multiplier == 1``) or ``Dense`` layer without its own
+activation, called once, whose output feeds only a ``BatchNormalization`` over its channel axis (called
+once, not itself quantized) folds that BatchNorm when its weight is quantized: the quantizer sees and
+fake-quantizes the folded weight ``W * f`` (``f = gamma / sqrt(moving_variance + eps)``) and the layer
+computes with ``q(W f) / f``, the BatchNorm left in the model (batch statistics and moving-statistics
+updates in training, moving statistics in inference, where the pair is the folded layer with the
+quantized folded weight). The arithmetic is :mod:`slimkit.compression.bn_fold`'s; this module supplies
+the Keras graph walk and the TensorFlow tensors.
+
+Example:
+
+>>> import numpy as np, keras
+>>> from slimkit.frameworks.tensorflow.quant_fold import fold_bn
+>>> model = keras.Sequential([keras.Input((5, 5, 2)), keras.layers.Conv2D(3, 3, name='conv'),
+...                           keras.layers.BatchNormalization(name='bn')])
+>>> kernel, bias = fold_bn(model.get_layer('conv'), model.get_layer('bn'))
+>>> kernel.shape, bias.shape
+((3, 3, 2, 3), (3,))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from slimkit.compression import bn_fold
+from slimkit.compression.quant import QuantType
+from slimkit.errors import ConfigError
+from slimkit.frameworks.tensorflow import layout
+
+FOLDABLE = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv1D,
+            keras.layers.DepthwiseConv2D, keras.layers.Dense)
+_NOT_FOLDABLE = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose,
+                 keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+
+
+def _single_consumer(layer: Any) -> Any:
+    nodes = getattr(layer, "_outbound_nodes", [])
+    return nodes[0].operation if len(nodes) == 1 and len(getattr(layer, "_inbound_nodes", [])) == 1 else None
+
+
+def _channel_axis(layer: Any) -> int:
+    rank = len(layer.output.shape)
+    return layout.activation_axis(layer) % rank
+
+
+def foldable_bn(layer: Any) -> Any:
+    """The ``BatchNormalization`` layer that ``layer`` folds, or None (see the module docstring)."""
+    if not isinstance(layer, FOLDABLE) or isinstance(layer, _NOT_FOLDABLE):
+        return None
+    if getattr(layer, "depth_multiplier", 1) != 1 or getattr(layer.activation, "__name__", "linear") != "linear":
+        return None
+    bn = _single_consumer(layer)
+    if not isinstance(bn, keras.layers.BatchNormalization) or len(getattr(bn, "_inbound_nodes", [])) != 1:
+        return None
+    if not isinstance(bn.axis, int) or bn.axis % len(bn.input.shape) != _channel_axis(layer):
+        return None
+    return bn
+
+
+def plan_folds(layers: list[Any], quantizer: Any) -> dict[str, Any]:
+    """``{layer_name: BatchNormalization}`` for the selected layers that fold one (weight quantized).
+
+    Raises:
+        ConfigError: a folding layer also quantizes its output (its output is not a tensor of the folded
+            model: quantize the output of the layer after the BatchNorm instead).
+    """
+    selected = {id(layer.module) for layer in layers}
+    folds = {}
+    for layer in layers:
+        if not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+            continue
+        bn = foldable_bn(layer.module)
+        if bn is None or id(bn) in selected:
+            continue
+        if quantizer.quantizes(layer, QuantType.QUANT_OUTPUT):
+            raise ConfigError(
+                f"{type(quantizer).__name__}: config_list[{layer.config.index}] quantizes the output of "
+                f"{layer.name!r}, which folds BatchNormalization {bn.name!r}: the folded model has no tensor there. "
+                f"Expected quant_types without 'output' for {layer.name!r}, and 'output' on the layer after "
+                f"{bn.name!r} (e.g. its ReLU). Received: quant_types={list(layer.config.quant_types)!r}")
+        folds[layer.name] = bn
+    return folds
+
+
+def channel_view(layer: Any, weight: Any) -> Any:
+    """A function reshaping a per-output-channel vector to broadcast along ``weight``'s output axis."""
+    rank = len(weight.shape)
+    axis = layout.out_axis(layer) % rank
+
+    def view(values: Any) -> Any:
+        shape = [1] * rank
+        shape[axis] = -1
+        return tf.reshape(values, shape)
+
+    return view
+
+
+def factor(bn: Any) -> tf.Tensor:
+    """``gamma / sqrt(moving_variance + epsilon)`` of ``bn`` (float32; differentiable in ``gamma``)."""
+    gamma = bn.gamma if bn.scale else None
+    return bn_fold.bn_factor(None if gamma is None else tf.convert_to_tensor(gamma), tf.convert_to_tensor(
+        bn.moving_variance), bn.epsilon, tf.sqrt)
+
+
+def fold_bn(layer: Any, bn: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel and bias of ``layer`` with ``bn``'s moving statistics folded in (numpy): ``layer`` with these
+    weights computes ``bn(layer(x), training=False)``."""
+    kernel = tf.convert_to_tensor(layer.kernel)
+    f = factor(bn)
+    bias = tf.convert_to_tensor(layer.bias) if getattr(layer, "use_bias", False) else None
+    beta = tf.convert_to_tensor(bn.beta) if bn.center else None
+    folded = bn_fold.fold_weight(kernel, f, channel_view(layer, kernel))
+    return folded.numpy(), bn_fold.folded_bias(bias, tf.convert_to_tensor(bn.moving_mean), beta, f).numpy()

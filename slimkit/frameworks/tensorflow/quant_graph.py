@@ -1,0 +1,343 @@
+"""Graph-native fake quantization for Keras: the built-in quantizers' formulas as TensorFlow ops.
+
+Inside a traced function (``fit``, ``predict``, a ``tf.function``, XLA) the Keras wrapper computes the
+built-in quantization in the graph instead of calling back into Python:
+
+- **affine** (the base :class:`~slimkit.compression.quantizer.Quantizer` methods, used by
+  ``NaiveQuantizer``, ``QATQuantizer`` and ``PostTrainingQuantizer``): weight parameters from the current
+  (masked, BN-folded) weight per channel; activation ranges tracked in ``tf.Variable`` s updated with
+  ``assign`` (EMA for QAT, running min / max for a ``MinMaxObserver``; histogram observers, PTQ's
+  ``'l2'`` / ``'kl'``, record in eager calls only, as ``calibrate`` makes them); parameters from the
+  range (:func:`~slimkit.frameworks.tensorflow.quant_ops.range_params`, ``affine_params``' float64
+  arithmetic) and fake quantization with round half to even and the clipped straight-through gradient
+  (:func:`~slimkit.frameworks.tensorflow.quant_ops.fake_quant_tensors`, the eager path's formula);
+- **traced**: methods marked :func:`~slimkit.compression.quantizer.traceable` (DoReFa, BNN) use only the
+  ops seam and fixed parameters, so the quantizer's own method is traced as is;
+- **python**: anything else (a subclass overriding ``quantize_*``, the parameter helpers or
+  ``make_observer``, a custom ``quant_grad``, power-of-two scales) keeps the ``tf.py_function`` path.
+
+The Python core and the graph share one state: each quantized activation has a :class:`Slot` holding
+``[lo, hi, ready, scale, zero_point, has_params]`` in a float64 variable, which the layer's observer
+(:class:`SlotObserver`) and parameter table (:class:`SlotTable`) read and write through, and flags
+``[fake_quant, observe in training, observe in inference]`` evaluated from the quantizer's
+``should_fake_quant`` / ``should_observe`` whenever the quantizer's state changes
+(:meth:`GraphQuant.sync`, called by the core's ``state_changed`` and by eager calls).
+
+Example:
+
+>>> import numpy as np, keras, tensorflow as tf
+>>> from slimkit.algorithms.quantization import QATQuantizer
+>>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name='fc')])
+>>> qat = QATQuantizer(model, [{'quant_types': ['weight', 'output'], 'op_names': ['fc']}])
+>>> model = qat.compress()
+>>> step = tf.function(lambda x: model(x, training=True))
+>>> _ = step(tf.ones((4, 3)))                        # the EMA range is updated in the graph
+>>> qat.states['fc'].observers['output'].ready       # and read by the Python core
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from slimkit.compression.observers import EMAObserver, HistogramObserver, MinMaxObserver
+from slimkit.compression.quant import QParams, QuantGrad, QuantType, qrange
+from slimkit.compression.quantizer import Quantizer
+from slimkit.frameworks.tensorflow.quant_ops import fake_quant_tensors, range_params
+
+AFFINE, TRACED, PYTHON = "affine", "traced", "python"
+_HELPERS = {QuantType.QUANT_WEIGHT: ("weight_params",),
+            QuantType.QUANT_INPUT: ("activation_params", "quantize_activation"),
+            QuantType.QUANT_OUTPUT: ("activation_params", "quantize_activation")}
+_GRAPH_OBSERVERS = {EMAObserver: "ema", MinMaxObserver: "minmax"}  # exact classes the graph updates
+_KNOWN_OBSERVERS = (EMAObserver, MinMaxObserver, HistogramObserver)
+
+
+def _own(quantizer: Any, name: str) -> bool:
+    return getattr(type(quantizer), name) is getattr(Quantizer, name)
+
+
+def route(quantizer: Any, qtype: QuantType) -> str:
+    """How a wrapper computes ``qtype`` in a traced function: :data:`AFFINE`, :data:`TRACED` or :data:`PYTHON`."""
+    name = f"quantize_{qtype.value}"
+    method = getattr(type(quantizer), name)
+    grad = quantizer.quant_grad
+    scheme = quantizer.profile.weight if qtype is QuantType.QUANT_WEIGHT else quantizer.profile.activation
+    if _own(quantizer, name) and all(_own(quantizer, h) for h in _HELPERS[qtype]) and grad is QuantGrad \
+            and not scheme.pow2:
+        return AFFINE
+    if getattr(method, "_slimkit_traceable", False) and (
+            (grad is QuantGrad and getattr(method, "_slimkit_differentiable", False))
+            or getattr(grad.quant_backward, "_slimkit_traceable", False)):
+        return TRACED
+    return PYTHON
+
+
+class Slot:
+    """The shared state of one quantized activation (see the module docstring)."""
+
+    def __init__(self, quantizer: Any, layer: Any, key: str, observer: Any):
+        self.quantizer, self.layer, self.key = quantizer, layer, key
+        self.kind = _GRAPH_OBSERVERS.get(type(observer))  # None: the graph never observes (histograms)
+        self.decay = getattr(observer, "decay", None)
+        qtype = QuantType.QUANT_INPUT if key.startswith("input") else QuantType.QUANT_OUTPUT
+        self.bits = quantizer.states[layer.name].bits[qtype]
+        self.scheme = quantizer.profile.activation
+        self.qmin, self.qmax = qrange(self.bits, self.scheme.signed, self.scheme.narrow)
+        self.state = tf.Variable(np.zeros(6), dtype=tf.float64, trainable=False, name=f"{key}_slot")
+        self.flags = tf.Variable(np.zeros(3), dtype=tf.float64, trainable=False, name=f"{key}_flags")
+        self.seen = np.zeros(6)  # the state as last exchanged between Python and the graph
+        self.observer = observer
+        self.params: QParams | None = None
+
+    # ------------------------------------------------------------ Python <-> variables
+    def python_row(self) -> np.ndarray:
+        row = np.zeros(6)
+        if self.observer.lo is not None:
+            row[:3] = float(self.observer.lo[0]), float(self.observer.hi[0]), 1.0
+        if self.params is not None:
+            row[3:] = float(self.params.scale[0]), float(self.params.zero_point[0]), 1.0
+        return row
+
+    def sync(self) -> None:
+        """Bring Python and the variable to the newer of the two (the graph's writes win over stale Python).
+        While a function is traced the Python values are used as they are (synced when the state last changed)."""
+        if not tf.executing_eagerly():
+            return
+        graph = self.state.numpy()
+        if not np.array_equal(graph, self.seen):
+            if graph[2]:
+                type(self.observer).set_range(self.observer, graph[0:1], graph[1:2])
+            if graph[5] and not np.array_equal(graph[3:], self.seen[3:]):
+                self.params = QParams(self.bits, graph[3:4].copy(), graph[4:5].astype(np.int64), self.qmin, self.qmax,
+                                      None, np.minimum(graph[0:1], 0.0), np.maximum(graph[1:2], 0.0))
+            self.seen = graph
+            return
+        python = self.python_row()
+        if not np.array_equal(python, self.seen):
+            self.state.assign(python)
+            self.seen = python
+
+    def push_flags(self, fake_quant: bool, observe_train: bool, observe_infer: bool) -> None:
+        flags = np.array([fake_quant, observe_train and self.kind is not None, observe_infer and self.kind is not None],
+                         dtype=np.float64)
+        if not np.array_equal(self.flags.numpy(), flags):
+            self.flags.assign(flags)
+
+    # ------------------------------------------------------------ the graph
+    def quantize(self, x: tf.Tensor, training: bool) -> tf.Tensor:
+        """Observe ``x`` (when the flags say so) and fake-quantize it with the slot's parameters, in TF ops."""
+        row, flags = self.state.read_value(), self.flags.read_value()
+        if self.kind is not None:
+            observed = self._observed(row, tf.stop_gradient(x))
+            row = tf.where(flags[1 if training else 2] > 0, observed, row)
+            self.state.assign(row)
+        has = row[5] > 0
+        scale = tf.cast(tf.where(has, row[3], 1.0), tf.float32)
+        out = fake_quant_tensors(x, scale, tf.cast(row[4], tf.float32), self.qmin, self.qmax)
+        return tf.where(tf.logical_and(flags[0] > 0, has), out, x)
+
+    def _observed(self, row: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+        batch_lo = tf.cast(tf.reduce_min(x), tf.float64)
+        batch_hi = tf.cast(tf.reduce_max(x), tf.float64)
+        ready = row[2] > 0
+        if self.kind == "ema":
+            lo = self.decay * row[0] + (1 - self.decay) * batch_lo
+            hi = self.decay * row[1] + (1 - self.decay) * batch_hi
+        else:
+            lo, hi = tf.minimum(row[0], batch_lo), tf.maximum(row[1], batch_hi)
+        lo, hi = tf.where(ready, lo, batch_lo), tf.where(ready, hi, batch_hi)
+        if self.quantizer.live_params:
+            scale, zero_point = range_params(lo[None], hi[None], self.bits, self.scheme)
+            params = [scale[0], zero_point[0], tf.constant(1.0, tf.float64)]
+        else:
+            params = [row[3], row[4], row[5]]
+        return tf.stack([lo, hi, tf.constant(1.0, tf.float64), *params])
+
+
+class SlotObserver:
+    """The layer's observer as the core sees it: the quantizer's own observer, its range kept in the slot."""
+
+    def __init__(self, slot: Slot):
+        object.__setattr__(self, "_slot", slot)
+
+    def __getattr__(self, name: str) -> Any:
+        slot = self._slot
+        slot.sync()
+        value = getattr(slot.observer, name)
+        if callable(value) and name in ("observe", "update", "set_range", "update_numpy"):
+            def write_through(*args: Any, **kwargs: Any) -> Any:
+                result = value(*args, **kwargs)
+                slot.sync()
+                return result
+            return write_through
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._slot.observer, name, value)
+        self._slot.sync()
+
+
+class SlotObservers(dict):
+    """``states[layer].observers`` with slot-backed entries: an observer the core stores becomes the slot's."""
+
+    def __init__(self, slots: dict[str, Slot], entries: dict):
+        super().__init__(entries)
+        self.slots = slots
+        for key, slot in slots.items():
+            dict.__setitem__(self, key, SlotObserver(slot))
+
+    def __setitem__(self, key: str, observer: Any) -> None:
+        slot = self.slots.get(key)
+        if slot is None or type(observer) is not type(slot.observer):
+            dict.__setitem__(self, key, observer)
+            return
+        slot.sync()  # the graph's pending writes reach the old observer first; then the new one wins
+        slot.observer = observer
+        slot.sync()
+
+
+class SlotTable(dict):
+    """``quantizer.params[layer]`` with the activation entries kept in the slots."""
+
+    def __init__(self, slots: dict[str, Slot], entries: dict):
+        super().__init__()
+        self.slots = slots
+        for key, value in entries.items():
+            self[key] = value
+
+    def _entries(self) -> dict:
+        for key, slot in self.slots.items():
+            slot.sync()
+            if slot.params is not None:
+                dict.__setitem__(self, key, slot.params)
+        return self
+
+    def __setitem__(self, key: str, value: QParams) -> None:
+        slot = self.slots.get(key)
+        if slot is not None and not value.per_channel:
+            slot.sync()  # the graph's pending writes first; then this value wins
+            slot.params = value
+            slot.sync()
+        dict.__setitem__(self, key, value)
+
+    def __getitem__(self, key: str) -> Any:
+        return dict.__getitem__(self._entries(), key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict.get(self._entries(), key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self._entries(), key)
+
+    def items(self) -> Any:
+        return dict.items(self._entries())
+
+    def values(self) -> Any:
+        return dict.values(self._entries())
+
+    def keys(self) -> Any:
+        return dict.keys(self._entries())
+
+    def __iter__(self) -> Any:
+        return dict.__iter__(self._entries())
+
+
+class GraphQuant:
+    """The graph-native side of one quantizer: routes, slots and the weight formula (module docstring)."""
+
+    def __init__(self, quantizer: Any, layers: list[Any]):
+        self.quantizer = quantizer
+        self.routes: dict[str, dict[QuantType, str]] = {}
+        self.slots: dict[str, dict[str, Slot]] = {}
+        self.weight_flags: dict[str, tf.Variable] = {}
+        for layer in layers:
+            routes = self.routes[layer.name] = {t: route(quantizer, t) for t in quantizer.states[layer.name].types}
+            slots = {}
+            for qtype in (QuantType.QUANT_INPUT, QuantType.QUANT_OUTPUT):
+                if routes.get(qtype) != AFFINE:
+                    continue
+                observer = quantizer.states[layer.name].observers.get(qtype.value) or \
+                    quantizer.make_observer(layer, qtype.value)
+                if type(observer) not in _KNOWN_OBSERVERS:  # a custom observer: its Python code runs per call
+                    routes[qtype] = PYTHON
+                    continue
+                slots[qtype.value] = Slot(quantizer, layer, qtype.value, observer)
+            self.slots[layer.name] = slots
+            if routes.get(QuantType.QUANT_WEIGHT) == AFFINE:
+                self.weight_flags[layer.name] = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+            state = quantizer.states[layer.name]
+            state.observers = SlotObservers(slots, state.observers)
+            quantizer.params[layer.name] = SlotTable(slots, quantizer.params[layer.name])
+        self.sync()
+
+    def release(self, layers: list[Any]) -> None:
+        """Give the core plain dicts again (after unwrapping), with the current values."""
+        for layer in layers:
+            state = self.quantizer.states[layer.name]
+            if isinstance(state.observers, SlotObservers):
+                slots = self.slots.get(layer.name, {})
+                for slot in slots.values():
+                    slot.sync()
+                state.observers = {key: (slots[key].observer if key in slots else value)
+                                   for key, value in dict.items(state.observers)}
+                self.quantizer.params[layer.name] = dict(self.quantizer.params[layer.name].items())
+
+    def graph_safe(self, layer: Any) -> bool:
+        """No request of ``layer`` needs ``tf.py_function`` (it can run under XLA)."""
+        return PYTHON not in self.routes[layer.name].values()
+
+    def sync(self) -> None:
+        """Push the quantizer's flags and any Python-side state into the variables; pull the graph's writes."""
+        quantizer = self.quantizer
+        for layer in quantizer.layers:
+            if layer.name not in self.routes:
+                continue
+            fake_quant = bool(quantizer.should_fake_quant(layer))
+            module = layer.module
+            saved = vars(module).get("training")
+            observe = []
+            for training in (True, False):
+                object.__setattr__(module, "training", training)
+                observe.append(bool(quantizer.should_observe(layer)))
+            if saved is None:
+                vars(module).pop("training", None)
+            else:
+                object.__setattr__(module, "training", saved)
+            fixed = quantizer._fixed_keys.get(layer.name, ())
+            for key, slot in self.slots[layer.name].items():
+                slot.push_flags(fake_quant, observe[0] and key not in fixed, observe[1] and key not in fixed)
+                slot.sync()
+            flag = self.weight_flags.get(layer.name)
+            if flag is not None and float(flag.numpy()) != float(fake_quant):
+                flag.assign(float(fake_quant))
+
+    # ------------------------------------------------------------ the graph
+    def weight(self, layer: Any, weight: tf.Tensor) -> tf.Tensor:
+        """``quantize_weight``'s affine formula in TF ops: parameters from ``weight``'s range under the profile."""
+        quantizer = self.quantizer
+        scheme = quantizer.profile.weight
+        bits = quantizer.states[layer.name].bits[QuantType.QUANT_WEIGHT]
+        rank = len(weight.shape)
+        values = tf.cast(tf.stop_gradient(weight), tf.float64)
+        if scheme.per_channel:
+            axis = layer.out_axis % rank
+            reduce = [d for d in range(rank) if d != axis]
+            lo, hi = tf.reduce_min(values, axis=reduce), tf.reduce_max(values, axis=reduce)
+        else:
+            axis = None
+            lo, hi = tf.reshape(tf.reduce_min(values), [1]), tf.reshape(tf.reduce_max(values), [1])
+        scale, zero_point = range_params(lo, hi, bits, scheme)
+        shape = [1] * rank
+        if axis is not None:
+            shape[axis] = -1
+        qmin, qmax = qrange(bits, scheme.signed, scheme.narrow)
+        out = fake_quant_tensors(weight, tf.reshape(tf.cast(scale, tf.float32), shape),
+                                 tf.reshape(tf.cast(zero_point, tf.float32), shape), qmin, qmax)
+        return tf.where(self.weight_flags[layer.name] > 0, out, weight)
+
+    def activation(self, layer: Any, x: tf.Tensor, key: str, training: bool) -> tf.Tensor:
+        return self.slots[layer.name][key].quantize(x, training)
