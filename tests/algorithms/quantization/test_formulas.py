@@ -12,7 +12,6 @@ from slimkit.algorithms.quantization import (
     QAT_Quantizer,
     QATQuantizer,
 )
-
 from tests.algorithms.quantization import vectors
 
 W = torch.from_numpy(vectors.W)
