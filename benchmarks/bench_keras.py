@@ -170,9 +170,9 @@ def markdown(result: dict) -> str:
     lines += ["",
               "## Training-step overhead of the mask wrappers", "",
               "`train_on_batch` on the digits CNN (width 32), batch 64; medians over 15 rounds of 10 steps, "
-              "the variants timed round-robin in each round. QAT calls the Python quantizer core through "
-              "`tf.py_function` for each quantized tensor on every step and runs without XLA (the XLA rows "
-              "of the QAT variant are therefore not XLA-compiled). CPU time is this process's (all threads); "
+              "the variants timed round-robin in each round. QAT computes its fake quantization with TF ops in "
+              "the graph (EMA ranges in variables), XLA-compiled in the XLA rows. CPU time is this process's (all "
+              "threads); "
               "it is the steadier figure on the shared machine.", "",
               "| variant | XLA | CPU ms/step | CPU overhead | wall ms/step (median / min) | wall overhead |",
               "|---|---|---|---|---|---|"]
@@ -208,7 +208,7 @@ def qat_section(rows: list[dict]) -> list[str]:
     delta = 100 * (tflite_qat["accuracy"] - keras_qat["accuracy"])
     return ["## Quantization-aware training", "",
             "`QATQuantizer` on the trained float model (conv1 input + weight, conv2 weight, relu1 / relu2 / gap "
-            "outputs, conv3 and fc weight + output; BN stays float in Keras and the converter folds it), 3 epochs "
+            "outputs, conv3 and fc weight + output; with `dummy_input`, conv1 / conv2 fold bn1 / bn2), 3 epochs "
             "of `fit` + `CompressionCallback`; `export_tflite(model, path, quantizer=qat)` writes int8 with the "
             "ranges QAT learned (no representative data).", "",
             "| Keras QAT (fake-quant) | int8 TFLite from the QAT ranges | difference | target |",

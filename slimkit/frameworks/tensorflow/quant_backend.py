@@ -1,28 +1,35 @@
-"""Keras side of quantization: the fake-quant wrapper, calibration runs, files and the deploy form.
+"""Keras side of quantization: the fake-quant wrapper, BatchNorm folding, calibration runs, files and the deploy form.
 
 The quantizer core (:class:`slimkit.compression.quantizer.Quantizer`, its observers and the built-in
 formulas) is framework-neutral and runs in Python: observers read tensors as numpy, parameters are
 numpy. :class:`QuantWrapper` (a :class:`~slimkit.frameworks.tensorflow.wrapper.MaskWrapper`, so masks
-still apply) asks the quantizer for the quantized input, weight and output of its layer on every
-call. Eagerly it calls the quantizer directly; inside a traced function (``fit``, ``predict``, a
-``tf.function``) each of those requests becomes a ``tf.py_function`` that runs the same Python code
-at run time on the real tensors, with gradients taken through it (the formulas' straight-through
-gradients). So QAT's ranges, ``quant_start_step`` and ``step()`` counted by
-:class:`~slimkit.frameworks.tensorflow.CompressionCallback` act inside ``fit`` exactly as in a
-PyTorch loop, with no quantization logic in any layer class. ``py_function`` does not compile with
-XLA: quantized layers report ``supports_jit = False`` (the model runs without XLA while wrapped).
+still apply) asks for the quantized input, weight and output of its layer on every call. Eagerly it
+calls the quantizer directly. Inside a traced function (``fit``, ``predict``, a ``tf.function``, XLA) the
+built-in quantizers run as TensorFlow ops in the graph (:mod:`slimkit.frameworks.tensorflow.quant_graph`:
+the affine formulas with ranges in ``tf.Variable`` s shared with the Python core, DoReFa / BNN traced as
+they are), so QAT's ranges, ``quant_start_step`` and ``step()`` counted by
+:class:`~slimkit.frameworks.tensorflow.CompressionCallback` act inside ``fit`` exactly as in a PyTorch
+loop, XLA included. A quantizer that overrides ``quantize_*`` (or the parameter helpers, ``make_observer``,
+``quant_grad``) with arbitrary Python keeps the fallback: each request becomes a ``tf.py_function`` running
+that code at run time, and such layers report ``supports_jit = False`` (the model runs without XLA while
+they are wrapped).
 
 Whether a call trains (QAT observes ranges only in training) comes from Keras' call context and is
 given to the core as ``layer.training``, the attribute PyTorch modules carry.
 
-For export, :meth:`KerasQuantBackend.deploy` freezes the parameters, writes the fake-quantized
-(masked) weights into the variables, and makes each wrapper quantize its input / output with
-``tf.quantization.fake_quant_with_min_max_vars`` on the frozen ranges, ops TFLite's converter turns
-into int8 tensors with exactly those scales and zero points (see
-:func:`slimkit.frameworks.tensorflow.export.export_tflite`).
+With ``dummy_input`` and a quantizer that folds BatchNorm (QAT, PTQ), a conv / depthwise / dense layer
+whose only consumer is a ``BatchNormalization`` computes with ``q(W f) / f``
+(:mod:`slimkit.frameworks.tensorflow.quant_fold`): the quantized weight is the folded one, and the BN,
+left in the model, sees the unfolded scale (batch statistics in training, moving statistics in inference).
 
-BatchNorm folding, conv+BN+ReLU fusion and whole-graph quantization need a captured graph, which the
-Keras backend does not build: ``dummy_input`` is accepted and ignored. A Keras layer's own
+For export, :meth:`KerasQuantBackend.deploy` freezes the parameters, writes the fake-quantized
+(masked, ``q(W f) / f`` where folded) weights into the variables, and makes each wrapper quantize its
+input / output with ``tf.quantization.fake_quant_with_min_max_vars`` on the frozen ranges, ops TFLite's
+converter turns into int8 tensors with exactly those scales and zero points (see
+:func:`slimkit.frameworks.tensorflow.export.export_tflite`); the converter folds the BN back, giving the
+integer weights of ``q(W f)`` with the folded weights' scales.
+
+Conv+BN+ReLU output fusion and whole-graph quantization are PyTorch-only. A Keras layer's own
 ``activation`` (``Conv2D(..., activation='relu')``) is inside the layer, so its output is quantized
 after the activation, as a fused TFLite kernel computes it.
 
