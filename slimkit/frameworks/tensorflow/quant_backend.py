@@ -29,7 +29,8 @@ converter turns into int8 tensors with exactly those scales and zero points (see
 :func:`slimkit.frameworks.tensorflow.export.export_tflite`); the converter folds the BN back, giving the
 integer weights of ``q(W f)`` with the folded weights' scales.
 
-Conv+BN+ReLU output fusion and whole-graph quantization are PyTorch-only. A Keras layer's own
+A folding layer's ``'output'`` is quantized where its fused kernel ends, after the BN or the ReLU that follows it
+(:class:`OutputTail`). Whole-graph quantization is PyTorch-only. A Keras layer's own
 ``activation`` (``Conv2D(..., activation='relu')``) is inside the layer, so its output is quantized
 after the activation, as a fused TFLite kernel computes it.
 
@@ -84,16 +85,17 @@ def fake_quant_range(params: Any) -> tuple[float, float]:
 
 
 class QuantWrapper(MaskWrapper):
-    """Masks and fake quantization around one Keras layer (see the module docstring). ``bn``: the
-    BatchNormalization folded into the layer, or None."""
+    """Masks and fake quantization around one Keras layer (see the module docstring). ``fold``: the
+    BatchNormalization folded into the layer (and where its output is quantized), or None."""
 
     def __init__(self, layer: keras.layers.Layer, layer_name: str, quantizer: Any, slim_layer: Any, graph: GraphQuant,
-                 bn: Any = None):
+                 fold: quant_fold.Fold | None = None):
         super().__init__(layer, layer_name)
         object.__setattr__(self, "_quantizer", quantizer)   # held without Keras tracking them
         object.__setattr__(self, "_slim_layer", slim_layer)
         object.__setattr__(self, "_graph", graph)
-        object.__setattr__(self, "_bn", bn)
+        object.__setattr__(self, "_fold", fold)
+        object.__setattr__(self, "_bn", None if fold is None else fold.bn)
         object.__setattr__(self, "_training_now", False)
         object.__setattr__(self, "deploy", False)
 
@@ -165,14 +167,35 @@ class QuantWrapper(MaskWrapper):
                                      lambda t: quantizer.forward_input(layer, (t,), 0)[0])
             args = (first, *args[1:])
         outputs = super().call(*args, **kwargs)
-        if quantizer.quantizes(layer, QuantType.QUANT_OUTPUT):
-            outputs = self._activation(QuantType.QUANT_OUTPUT, outputs, lambda t: quantizer.forward_output(layer, t, 0))
+        if self._fold is None or self._fold.tail is None:
+            outputs = self.quantize_output(outputs)
         return outputs
+
+    def quantize_output(self, outputs: Any) -> Any:
+        """The layer's output quantization of ``outputs`` (here, or at its fused kernel's tail)."""
+        quantizer, layer = self._quantizer, self._slim_layer
+        if not quantizer.quantizes(layer, QuantType.QUANT_OUTPUT):
+            return outputs
+        return self._activation(QuantType.QUANT_OUTPUT, outputs, lambda t: quantizer.forward_output(layer, t, 0))
 
     def quantized_weight(self) -> np.ndarray:
         """The weight this layer computes with (masked, BN-folded, fake-quantized), as numpy."""
         quantizer, layer = self._quantizer, self._slim_layer
         return np.asarray(quantizer.forward_weight(layer, BACKEND.effective_weight(layer)))
+
+
+class OutputTail(MaskWrapper):
+    """Quantizes a folding layer's output where its fused kernel ends (the folded BatchNorm, or the ReLU after
+    it): the tail layer runs as usual, then its output goes through the head layer's output quantization."""
+
+    def __init__(self, layer: keras.layers.Layer, layer_name: str, head: QuantWrapper):
+        super().__init__(layer, layer_name)
+        object.__setattr__(self, "_head", head)
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        outputs = super().call(*args, **kwargs)
+        object.__setattr__(self._head, "_training_now", _call_training(kwargs))
+        return self._head.quantize_output(outputs)
 
 
 class KerasQuantBackend:
@@ -182,26 +205,42 @@ class KerasQuantBackend:
 
     # ------------------------------------------------------------ planning and wrapping
     def plan(self, model: Any, dummy_input: Any, quantizer: Any) -> dict[str, Any]:
-        """BatchNorm folding (``quantizer.fold_bn``) read from the Keras graph: ``{layer_name: BatchNormalization}``
-        (:func:`~slimkit.frameworks.tensorflow.quant_fold.plan_folds`). No conv+BN+ReLU output fusion or
-        whole-graph mode on Keras."""
+        """BatchNorm folding (``quantizer.fold_bn``) read from the Keras graph: ``{layer_name: Fold}``
+        (:func:`~slimkit.frameworks.tensorflow.quant_fold.plan_folds`, with where a folding layer's output is
+        quantized). No whole-graph mode on Keras."""
         quantizer.whole_graph = False
         return quant_fold.plan_folds(quantizer.layers, quantizer) if quantizer.fold_bn else {}
 
     def wrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
         refuse_wrapped(layers, lambda layer: wrapper_of(layer.module) is not None)
-        graph = quantizer._keras_graph = GraphQuant(quantizer, layers)
         folds = quantizer.graph_plan or {}
+        tails = [fold.tail for fold in folds.values() if fold.tail is not None]
+        wrapped = [tail.name for tail in tails if wrapper_of(tail) is not None]
+        if wrapped:
+            raise CompressionStateError(
+                f"Layers {wrapped} end fused kernels whose outputs this quantizer quantizes, but another compressor "
+                f"has wrapped them. Expected them unwrapped: call unwrap_model() on that compressor first.")
+        graph = quantizer._keras_graph = GraphQuant(quantizer, layers)
         for layer in layers:
-            layer.wrapper = install(layer.module, layer.name, lambda module, name, _layer=layer: QuantWrapper(
-                module, name, quantizer, _layer, graph, folds.get(_layer.name)))
+            fold = folds.get(layer.name)
+            layer.wrapper = install(layer.module, layer.name, lambda module, name, _layer=layer, _fold=fold:
+                                    QuantWrapper(module, name, quantizer, _layer, graph, _fold))
             layer.wrapper.models.add(model)
             if not graph.graph_safe(layer):
                 layer.module.supports_jit = False  # tf.py_function does not compile with XLA
             object.__setattr__(layer.module, "quantized_weight", layer.wrapper.quantized_weight)
+            if fold is not None and fold.tail is not None:
+                tail = install(fold.tail, fold.tail.name,
+                               lambda module, name, _head=layer.wrapper: OutputTail(module, name, _head))
+                tail.models.add(model)
+                if not graph.graph_safe(layer):
+                    fold.tail.supports_jit = False
         retrace(model)
 
     def unwrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
+        for fold in (quantizer.graph_plan or {}).values():
+            if fold.tail is not None:
+                uninstall(fold.tail)
         for layer in layers:
             uninstall(layer.module)
             for attr in ("training", "quantized_weight"):
@@ -224,10 +263,12 @@ class KerasQuantBackend:
 
     def layer_extras(self, layer: Any, quantizer: Any) -> dict[str, Any]:
         activation = getattr(getattr(layer.module, "activation", None), "__name__", None)
-        bn = layer.wrapper._bn
-        return {"folded_bn": None if bn is None else bn.name,
-                "fused_activation": None if activation in (None, "linear") else activation,
-                "fused_output_module": layer.name}
+        fold = layer.wrapper._fold
+        tail = None if fold is None else fold.tail
+        return {"folded_bn": None if fold is None else fold.bn.name,
+                "fused_activation": fold.activation if tail is not None else
+                (None if activation in (None, "linear") else activation),
+                "fused_output_module": layer.name if tail is None else tail.name}
 
     @contextlib.contextmanager
     def inference(self, model: Any) -> Iterator[None]:

@@ -6,8 +6,9 @@ once, not itself quantized) folds that BatchNorm when its weight is quantized: t
 fake-quantizes the folded weight ``W * f`` (``f = gamma / sqrt(moving_variance + eps)``) and the layer
 computes with ``q(W f) / f``, the BatchNorm left in the model (batch statistics and moving-statistics
 updates in training, moving statistics in inference, where the pair is the folded layer with the
-quantized folded weight). The arithmetic is :mod:`slimkit.compression.bn_fold`'s; this module supplies
-the Keras graph walk and the TensorFlow tensors.
+quantized folded weight). A folding layer's ``'output'`` is quantized where the fused conv+BN(+ReLU) kernel
+ends: after the BatchNorm, or after a ``ReLU`` that is the BatchNorm's only consumer. The arithmetic is
+:mod:`slimkit.compression.bn_fold`'s; this module supplies the Keras graph walk and the TensorFlow tensors.
 
 Example:
 
@@ -22,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -30,7 +32,6 @@ import tensorflow as tf
 
 from slimkit.compression import bn_fold
 from slimkit.compression.quant import QuantType
-from slimkit.errors import ConfigError
 from slimkit.frameworks.tensorflow import layout
 
 FOLDABLE = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv1D,
@@ -63,13 +64,35 @@ def foldable_bn(layer: Any) -> Any:
     return bn
 
 
-def plan_folds(layers: list[Any], quantizer: Any) -> dict[str, Any]:
-    """``{layer_name: BatchNormalization}`` for the selected layers that fold one (weight quantized).
+@dataclass
+class Fold:
+    """A layer's folded BatchNorm, and where its (fused) output is quantized when it quantizes ``'output'``.
 
-    Raises:
-        ConfigError: a folding layer also quantizes its output (its output is not a tensor of the folded
-            model: quantize the output of the layer after the BatchNorm instead).
+    Attributes:
+        bn: the folded ``BatchNormalization``.
+        tail: the layer whose output is the fused kernel's output (``bn``, or the ``ReLU`` after it when that is
+            the BN's only consumer and not itself selected); None when the layer does not quantize its output.
+        activation: ``'relu'`` / ``'relu6'`` when ``tail`` is that activation, else None.
     """
+
+    bn: Any
+    tail: Any = None
+    activation: str | None = None
+
+
+def _relu_kind(layer: Any) -> str | None:
+    """``'relu'`` / ``'relu6'`` for a plain ReLU layer (``ReLU`` or ``Activation``), else None."""
+    if isinstance(layer, keras.layers.ReLU) and not layer.negative_slope and not layer.threshold:
+        return {None: "relu", 6.0: "relu6"}.get(None if layer.max_value is None else float(layer.max_value))
+    if isinstance(layer, keras.layers.Activation):
+        return {"relu": "relu", "relu6": "relu6"}.get(getattr(layer.activation, "__name__", None))
+    return None
+
+
+def plan_folds(layers: list[Any], quantizer: Any) -> dict[str, Fold]:
+    """``{layer_name: Fold}`` for the selected layers that fold a BatchNorm (their weight quantized). A folding
+    layer that quantizes ``'output'`` has it quantized at the fused kernel's end (:attr:`Fold.tail`), as the
+    int8 model holds it."""
     selected = {id(layer.module) for layer in layers}
     folds = {}
     for layer in layers:
@@ -78,13 +101,13 @@ def plan_folds(layers: list[Any], quantizer: Any) -> dict[str, Any]:
         bn = foldable_bn(layer.module)
         if bn is None or id(bn) in selected:
             continue
+        fold = folds[layer.name] = Fold(bn)
         if quantizer.quantizes(layer, QuantType.QUANT_OUTPUT):
-            raise ConfigError(
-                f"{type(quantizer).__name__}: config_list[{layer.config.index}] quantizes the output of "
-                f"{layer.name!r}, which folds BatchNormalization {bn.name!r}: the folded model has no tensor there. "
-                f"Expected quant_types without 'output' for {layer.name!r}, and 'output' on the layer after "
-                f"{bn.name!r} (e.g. its ReLU). Received: quant_types={list(layer.config.quant_types)!r}")
-        folds[layer.name] = bn
+            fold.tail = bn
+            after = _single_consumer(bn)
+            activation = _relu_kind(after) if after is not None and id(after) not in selected else None
+            if activation is not None and len(getattr(after, "_inbound_nodes", [])) == 1:
+                fold.tail, fold.activation = after, activation
     return folds
 
 

@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer
-from slimkit.errors import ConfigError
 from slimkit.frameworks.tensorflow import CompressionCallback, export_tflite, run_tflite
 from slimkit.frameworks.tensorflow.models import compile_classifier, digits_cnn, load_digits_arrays
 from slimkit.frameworks.tensorflow.quant_fold import fold_bn
@@ -114,8 +113,6 @@ def test_what_does_not_fold():
     without_graph.compress()
     assert without_graph.calibration()["conv"]["folded_bn"] is None
     without_graph.unwrap_model()
-    with pytest.raises(ConfigError, match="quantizes the output of 'conv', which folds BatchNormalization 'bn'"):
-        QATQuantizer(model, [{"quant_types": ["weight", "output"], "op_names": ["conv"]}], dummy_input=x[:1])
     inputs = keras.Input((6, 6, 3))
     y = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)  # its own activation before the BN
     shared = keras.layers.Conv2D(4, 3, name="shared")(inputs)  # two consumers
@@ -124,6 +121,34 @@ def test_what_does_not_fold():
     ptq = PostTrainingQuantizer(keras.Model(inputs, outputs), [{"quant_types": ["weight"], "op_types": ["Conv2D"]}],
                                 dummy_input=x[:1], progress=False)
     assert ptq.graph_plan == {}
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["after-bn", "after-relu"])
+def test_a_folding_layer_output_is_quantized_where_the_fused_kernel_ends(tmp_path, relu):
+    inputs = keras.Input((6, 6, 3))
+    y = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(4, 3, name="conv")(inputs))
+    if relu:
+        y = keras.layers.ReLU(name="relu")(y)
+    model = keras.Model(inputs, keras.layers.Flatten(name="flat")(y))
+    x = RNG.normal(size=(16, 6, 6, 3)).astype(np.float32)
+    qat = QATQuantizer(model, [{"quant_types": ["input", "weight", "output"], "op_names": ["conv"]}],
+                       dummy_input=x[:1])
+    model = qat.compress()
+    entry = qat.calibration()["conv"]
+    assert (entry["folded_bn"], entry["fused_output_module"], entry["fused_activation"]) == (
+        ("bn", "relu", "relu") if relu else ("bn", "bn", None))
+    tf.function(lambda v: model(v, training=True))(x)  # observes the fused output's range
+    lo, hi = qat.states["conv"].observers["output"].range()
+    assert (lo[0] == 0.0) == relu and hi[0] > 0
+    params = qat.params["conv"]["output"]
+    for out in (model(x, training=False), tf.function(lambda v: model(v, training=False))(x)):
+        q = np.asarray(out) / params.scale[0] + params.zero_point[0]
+        np.testing.assert_allclose(q, np.round(q), atol=1e-3)  # the model's output is the quantized tensor
+    flatbuffer = export_tflite(model, tmp_path / "fused.tflite", quantizer=qat)
+    within = np.abs(run_tflite(flatbuffer, x) - np.asarray(model(x, training=False))) <= params.scale[0] * 1.0001
+    assert within.mean() >= 0.99, within.mean()
+    qat.unwrap_model()
+    assert "call" not in vars(model.get_layer("relu" if relu else "bn"))
 
 
 def test_fit_with_bn_folding_on_digits_and_int8_tflite_within_half_a_point(tmp_path):
@@ -137,7 +162,7 @@ def test_fit_with_bn_folding_on_digits_and_int8_tflite_within_half_a_point(tmp_p
               {"quant_types": ["weight", "output"], "op_names": ["conv3", "fc"]}]
     qat = QATQuantizer(model, config, dummy_input=x_train[:1])
     model = qat.compress()
-    assert {name: bn.name for name, bn in qat.graph_plan.items()} == {"conv1": "bn1", "conv2": "bn2"}
+    assert {name: fold.bn.name for name, fold in qat.graph_plan.items()} == {"conv1": "bn1", "conv2": "bn2"}
     compile_classifier(model)
     model.jit_compile = True
     history = model.fit(x_train, y_train, epochs=3, batch_size=64, verbose=0, callbacks=[CompressionCallback(qat)])
