@@ -76,6 +76,22 @@ def route(quantizer: Any, qtype: QuantType) -> str:
     return PYTHON
 
 
+def _observes(quantizer: Any, layer: Any) -> tuple[bool, bool]:
+    """``quantizer.should_observe(layer)`` in a training call and in an inference call (the core reads the
+    call's mode from ``layer.module.training``, as on PyTorch)."""
+    module = layer.module
+    saved = vars(module).get("training")
+    answers = []
+    for training in (True, False):
+        object.__setattr__(module, "training", training)
+        answers.append(bool(quantizer.should_observe(layer)))
+    if saved is None:
+        vars(module).pop("training", None)
+    else:
+        object.__setattr__(module, "training", saved)
+    return answers[0], answers[1]
+
+
 class Slot:
     """The shared state of one quantized activation (see the module docstring)."""
 
@@ -297,19 +313,10 @@ class GraphQuant:
             if layer.name not in self.routes:
                 continue
             fake_quant = bool(quantizer.should_fake_quant(layer))
-            module = layer.module
-            saved = vars(module).get("training")
-            observe = []
-            for training in (True, False):
-                object.__setattr__(module, "training", training)
-                observe.append(bool(quantizer.should_observe(layer)))
-            if saved is None:
-                vars(module).pop("training", None)
-            else:
-                object.__setattr__(module, "training", saved)
+            observe_train, observe_infer = _observes(quantizer, layer)
             fixed = quantizer._fixed_keys.get(layer.name, ())
             for key, slot in self.slots[layer.name].items():
-                slot.push_flags(fake_quant, observe[0] and key not in fixed, observe[1] and key not in fixed)
+                slot.push_flags(fake_quant, observe_train and key not in fixed, observe_infer and key not in fixed)
                 slot.sync()
             flag = self.weight_flags.get(layer.name)
             if flag is not None and float(flag.numpy()) != float(fake_quant):
