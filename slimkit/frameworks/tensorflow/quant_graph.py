@@ -19,9 +19,13 @@ built-in quantization in the graph instead of calling back into Python:
 The Python core and the graph share one state: each quantized activation has a :class:`Slot` holding
 ``[lo, hi, ready, scale, zero_point, has_params]`` in a float64 variable, which the layer's observer
 (:class:`SlotObserver`) and parameter table (:class:`SlotTable`) read and write through, and flags
-``[fake_quant, observe in training, observe in inference]`` evaluated from the quantizer's
+``[fake_quant, observe in training, observe in inference, qmax - qmin]`` evaluated from the quantizer's
 ``should_fake_quant`` / ``should_observe`` whenever the quantizer's state changes
-(:meth:`GraphQuant.sync`, called by the core's ``state_changed`` and by eager calls).
+(:meth:`GraphQuant.sync`, called by the core's ``state_changed``).
+
+Traced without XLA, ranges, parameters, outputs and gradients equal the eager core's bit for bit. XLA may
+fuse the EMA's multiply-adds (FMA), so QAT's tracked float64 ranges can differ from the eager ones in their
+last bits there (the fake-quantized float32 values agreed on the data tested).
 
 Example:
 
@@ -104,7 +108,8 @@ class Slot:
         self.scheme = quantizer.profile.activation
         self.qmin, self.qmax = qrange(self.bits, self.scheme.signed, self.scheme.narrow)
         self.state = tf.Variable(np.zeros(6), dtype=tf.float64, trainable=False, name=f"{key}_slot")
-        self.flags = tf.Variable(np.zeros(3), dtype=tf.float64, trainable=False, name=f"{key}_flags")
+        self.flags = tf.Variable(self._flags(False, False, False), dtype=tf.float64, trainable=False,
+                                 name=f"{key}_flags")
         self.seen = np.zeros(6)  # the state as last exchanged between Python and the graph
         self.observer = observer
         self.params: QParams | None = None
@@ -138,17 +143,23 @@ class Slot:
             self.seen = python
 
     def push_flags(self, fake_quant: bool, observe_train: bool, observe_infer: bool) -> None:
-        flags = np.array([fake_quant, observe_train and self.kind is not None, observe_infer and self.kind is not None],
-                         dtype=np.float64)
+        flags = self._flags(fake_quant, observe_train, observe_infer)
         if not np.array_equal(self.flags.numpy(), flags):
             self.flags.assign(flags)
+
+    def _flags(self, fake_quant: bool, observe_train: bool, observe_infer: bool) -> np.ndarray:
+        """The flags row, ending with ``qmax - qmin``: read from the variable at run time, Grappler and XLA cannot
+        turn the parameter division into a multiplication by the reciprocal (which rounds differently)."""
+        observes = self.kind is not None
+        return np.array([fake_quant, observe_train and observes, observe_infer and observes,
+                         max(self.qmax - self.qmin, 1)], dtype=np.float64)
 
     # ------------------------------------------------------------ the graph
     def quantize(self, x: tf.Tensor, training: bool) -> tf.Tensor:
         """Observe ``x`` (when the flags say so) and fake-quantize it with the slot's parameters, in TF ops."""
         row, flags = self.state.read_value(), self.flags.read_value()
         if self.kind is not None:
-            observed = self._observed(row, tf.stop_gradient(x))
+            observed = self._observed(row, tf.stop_gradient(x), flags)
             row = tf.where(flags[1 if training else 2] > 0, observed, row)
             self.state.assign(row)
         has = row[5] > 0
@@ -156,7 +167,7 @@ class Slot:
         out = fake_quant_tensors(x, scale, tf.cast(row[4], tf.float32), self.qmin, self.qmax)
         return tf.where(tf.logical_and(flags[0] > 0, has), out, x)
 
-    def _observed(self, row: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    def _observed(self, row: tf.Tensor, x: tf.Tensor, flags: tf.Tensor) -> tf.Tensor:
         batch_lo = tf.cast(tf.reduce_min(x), tf.float64)
         batch_hi = tf.cast(tf.reduce_max(x), tf.float64)
         ready = row[2] > 0
@@ -167,7 +178,7 @@ class Slot:
             lo, hi = tf.minimum(row[0], batch_lo), tf.maximum(row[1], batch_hi)
         lo, hi = tf.where(ready, lo, batch_lo), tf.where(ready, hi, batch_hi)
         if self.quantizer.live_params:
-            scale, zero_point = range_params(lo[None], hi[None], self.bits, self.scheme)
+            scale, zero_point = range_params(lo[None], hi[None], self.bits, self.scheme, flags[3])
             params = [scale[0], zero_point[0], tf.constant(1.0, tf.float64)]
         else:
             params = [row[3], row[4], row[5]]
@@ -283,8 +294,12 @@ class GraphQuant:
                     continue
                 slots[qtype.value] = Slot(quantizer, layer, qtype.value, observer)
             self.slots[layer.name] = slots
-            if routes.get(QuantType.QUANT_WEIGHT) == AFFINE:
-                self.weight_flags[layer.name] = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+            if routes.get(QuantType.QUANT_WEIGHT) == AFFINE:  # [fake_quant, qmax - qmin]
+                scheme = quantizer.profile.weight
+                qmin, qmax = qrange(quantizer.states[layer.name].bits[QuantType.QUANT_WEIGHT], scheme.signed,
+                                    scheme.narrow)
+                self.weight_flags[layer.name] = tf.Variable(np.array([0.0, max(qmax - qmin, 1)]), dtype=tf.float64,
+                                                            trainable=False)
             state = quantizer.states[layer.name]
             state.observers = SlotObservers(slots, state.observers)
             quantizer.params[layer.name] = SlotTable(slots, quantizer.params[layer.name])
@@ -319,8 +334,8 @@ class GraphQuant:
                 slot.push_flags(fake_quant, observe_train and key not in fixed, observe_infer and key not in fixed)
                 slot.sync()
             flag = self.weight_flags.get(layer.name)
-            if flag is not None and float(flag.numpy()) != float(fake_quant):
-                flag.assign(float(fake_quant))
+            if flag is not None and float(flag.numpy()[0]) != float(fake_quant):
+                flag[0].assign(float(fake_quant))
 
     # ------------------------------------------------------------ the graph
     def weight(self, layer: Any, weight: tf.Tensor) -> tf.Tensor:
@@ -337,14 +352,15 @@ class GraphQuant:
         else:
             axis = None
             lo, hi = tf.reshape(tf.reduce_min(values), [1]), tf.reshape(tf.reduce_max(values), [1])
-        scale, zero_point = range_params(lo, hi, bits, scheme)
+        flags = self.weight_flags[layer.name].read_value()
+        scale, zero_point = range_params(lo, hi, bits, scheme, flags[1])
         shape = [1] * rank
         if axis is not None:
             shape[axis] = -1
         qmin, qmax = qrange(bits, scheme.signed, scheme.narrow)
         out = fake_quant_tensors(weight, tf.reshape(tf.cast(scale, tf.float32), shape),
                                  tf.reshape(tf.cast(zero_point, tf.float32), shape), qmin, qmax)
-        return tf.where(self.weight_flags[layer.name] > 0, out, weight)
+        return tf.where(flags[0] > 0, out, weight)
 
     def activation(self, layer: Any, x: tf.Tensor, key: str, training: bool) -> tf.Tensor:
         return self.slots[layer.name][key].quantize(x, training)

@@ -54,13 +54,17 @@ def fake_quant_tensors(x: tf.Tensor, scale: tf.Tensor, zero_point: tf.Tensor, qm
     return quantize(x)
 
 
-def range_params(lo: tf.Tensor, hi: tf.Tensor, bits: int, scheme: Any) -> tuple[tf.Tensor, tf.Tensor]:
+def range_params(lo: tf.Tensor, hi: tf.Tensor, bits: int, scheme: Any, levels: tf.Tensor) -> tuple[tf.Tensor,
+                                                                                                     tf.Tensor]:
     """In-graph twin of :func:`slimkit.compression.quant.affine_params` for ``pow2=False`` schemes: float64
     scale and zero point covering ``[lo, hi]`` (float64 tensors, per channel or length 1), the same numbers
-    the numpy function gives (same float64 operations, round half to even)."""
+    the numpy function gives (same float64 operations, round half to even).
+
+    ``levels`` is ``max(qmax - qmin, 1)`` as a float64 tensor read at run time (e.g. from a variable): a constant
+    divisor would be rewritten by Grappler and XLA into a multiplication by its reciprocal, which is not exact.
+    """
     qmin, qmax = qrange(bits, scheme.signed, scheme.narrow)
     lo, hi = tf.minimum(lo, 0.0), tf.maximum(hi, 0.0)
-    levels = float(max(qmax - qmin, 1))
     if scheme.symmetric:
         scale = 2.0 * tf.maximum(-lo, hi) / levels
         scale = tf.where(scale > 0, scale, tf.ones_like(scale))

@@ -183,3 +183,31 @@ def test_fit_under_xla_updates_ranges_and_counts_steps():
     params = qat.params["fc"]["output"]
     q = out / params.scale[0] + params.zero_point[0]
     np.testing.assert_allclose(q, np.round(q), atol=1e-3)  # XLA-compiled predict is on the output grid
+
+
+def test_python_and_the_graph_share_ranges_and_switches():
+    """Loaded ranges reach the graph, the graph's EMA reaches the core, freeze() stops a traced function from
+    observing, eager (Python) and traced steps continue each other's ranges, unwrapping hands plain dicts back."""
+    qat = QATQuantizer(identity(), [{"quant_types": ["output"], "op_names": ["id"]}], ema_decay=0.5)
+    model = qat.compress()
+    step = tf.function(lambda x: model(x, training=True))
+    scheme = get_profile("tflite").activation
+    loaded = affine_params(np.array([-1.0]), np.array([3.0]), 8, scheme).as_dict("output")
+    qat.load_calibration({"id": loaded})
+    step(X)
+    lo, hi = 0.5 * -1.0 + 0.5 * float(X.min()), 0.5 * 3.0 + 0.5 * float(X.max())
+    assert qat.states["id"].observers["output"].range() == (np.array([lo]), np.array([hi]))
+    qat.freeze()
+    step(10 * X)
+    assert qat.states["id"].observers["output"].range() == (np.array([lo]), np.array([hi]))
+    qat.unfreeze()
+    model(2 * X, training=True)  # eager: the Python core updates the range
+    lo, hi = 0.5 * lo + 0.5 * float(2 * X.min()), 0.5 * hi + 0.5 * float(2 * X.max())
+    out = step(X).numpy()  # traced: continues from the eager update
+    lo, hi = 0.5 * lo + 0.5 * float(X.min()), 0.5 * hi + 0.5 * float(X.max())
+    expected = affine_params(np.array([lo]), np.array([hi]), 8, scheme)
+    np.testing.assert_array_equal(out, fake_quant_float32(X, expected.scale, expected.zero_point, -128, 127))
+    qat.unwrap_model()
+    assert type(qat.params["id"]) is dict and type(qat.states["id"].observers) is dict
+    assert qat.params["id"]["output"].scale[0] == expected.scale[0]
+    assert qat.states["id"].observers["output"].range() == (np.array([lo]), np.array([hi]))
