@@ -1,11 +1,12 @@
 # make demo: set up .venv and run the end-to-end digits compression demo.
 # make test: set up .venv, lint, and run the whole test suite (CI runs this).
+# make bench-tfmot: set up .venv-tfmot (tf-keras + tfmot, no torch) and run the slimkit-vs-tfmot benchmark.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint docs venv clean
+.PHONY: demo test lint docs venv clean bench-tfmot
 
 venv: $(STAMP)
 
@@ -33,5 +34,25 @@ demo: $(STAMP)
 	$(PY) examples/quantize_digits.py
 	$(PY) examples/keras_digits.py
 
+# tfmot needs tf-keras, which conflicts with Keras 3 in one environment: a separate venv, pinned by
+# constraints.txt plus benchmarks/constraints-tfmot.txt. Not part of make test.
+TFMOT_VENV := .venv-tfmot
+TFMOT_PY := $(TFMOT_VENV)/bin/python
+TFMOT_STAMP := $(TFMOT_VENV)/.installed
+TFMOT_BASE := tensorflow-cpu keras numpy scipy six scikit-learn schema pyyaml tqdm tflite flatbuffers
+TFMOT_EXTRA := tf-keras tensorflow-model-optimization dm-tree
+
+$(TFMOT_STAMP): pyproject.toml constraints.txt benchmarks/constraints-tfmot.txt
+	$(PYTHON) -m venv $(TFMOT_VENV)
+	$(TFMOT_PY) -m pip install --quiet -c constraints.txt $(TFMOT_BASE)
+	# see benchmarks/constraints-tfmot.txt for why these go in without their declared dependencies
+	$(TFMOT_PY) -m pip install --quiet --no-deps -c benchmarks/constraints-tfmot.txt $(TFMOT_EXTRA)
+	# slimkit itself without its dependencies: they would pull torch, which the Keras side does not use
+	$(TFMOT_PY) -m pip install --quiet --no-deps -e .
+	touch $(TFMOT_STAMP)
+
+bench-tfmot: $(TFMOT_STAMP)
+	$(TFMOT_PY) benchmarks/bench_keras_tfmot.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TFMOT_VENV) .pytest_cache .ruff_cache

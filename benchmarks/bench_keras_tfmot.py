@@ -1,13 +1,12 @@
 """slimkit (Keras 3) beside TensorFlow Model Optimization (tfmot, on tf-keras): 50% magnitude pruning
 of the digits CNN's Conv2D and Dense layers, accuracy after fine-tuning, and ``fit`` time per step.
 
-tfmot needs tf-keras, which the project environment does not have. Run it from an environment that
-adds ``tf-keras`` and ``tensorflow-model-optimization`` to the project's packages, e.g.:
+tfmot needs tf-keras, which the project environment (Keras 3) does not have. ``make bench-tfmot`` builds
+a separate environment, ``.venv-tfmot`` (TensorFlow, Keras 3, tf-keras, tfmot and slimkit, no torch;
+versions pinned by ``constraints.txt`` and ``benchmarks/constraints-tfmot.txt``), and runs this script
+in it:
 
-    python -m venv /tmp/tfmot-venv
-    echo "$PWD/.venv/lib/python3.11/site-packages" > /tmp/tfmot-venv/lib/python3.11/site-packages/project.pth
-    /tmp/tfmot-venv/bin/pip install --no-deps tf-keras==2.21.0 tensorflow-model-optimization==0.8.1 dm-tree
-    PYTHONPATH=. /tmp/tfmot-venv/bin/python benchmarks/bench_keras_tfmot.py
+    make bench-tfmot
 
 Writes benchmarks/results/keras_tfmot.json (``bench_keras.py`` adds it to RESULTS_keras.md).
 """

@@ -6,13 +6,10 @@ Library code logs; only the CLI writes to stdout (through :func:`say`).
 
 from __future__ import annotations
 
-import ast
-import functools
 import importlib
 import inspect
 import re
 import sys
-import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -219,50 +216,37 @@ def located(doc: YamlDocument, error: ConfigError, key: str = "config_list") -> 
 
 # --------------------------------------------------------------------------- pruners
 
-def _only_raises_not_implemented(function: Any) -> bool:
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    except (OSError, TypeError, SyntaxError):
-        return False
-    node = tree.body[0] if tree.body else None
-    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return False
-    body = [stmt for stmt in node.body if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))]
-    if len(body) != 1 or not isinstance(body[0], ast.Raise) or body[0].exc is None:
-        return False
-    exc = body[0].exc.func if isinstance(body[0].exc, ast.Call) else body[0].exc
-    return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
-
-
-def _is_abstract(cls: type) -> bool:
-    """True for bases such as ``FilterPruner``: some hook still only raises ``NotImplementedError``."""
-    return any(_only_raises_not_implemented(function) for name, function in inspect.getmembers(cls, inspect.isfunction)
-               if not name.startswith("__"))
-
-
-@functools.cache
-def _cached_abstract(cls: type) -> bool:
-    return _is_abstract(cls)
-
-
 def pruner_registry() -> dict[str, type]:
-    """Pruner classes by name, built from ``slimkit.algorithms.pruning.__all__`` (bases left out)."""
-    from slimkit.algorithms import pruning
-    from slimkit.compression import Pruner
+    """Pruner classes by class name (``L1FilterPruner``), from :data:`slimkit.algorithms.pruning.PRUNERS`."""
+    from slimkit.algorithms.pruning import PRUNERS
 
-    registry = {}
-    for name in getattr(pruning, "__all__", ()):
-        obj = getattr(pruning, name, None)
-        if isinstance(obj, type) and issubclass(obj, Pruner) and not _cached_abstract(obj):
-            registry[name] = obj
-    return registry
+    return {cls.__name__: cls for cls in PRUNERS.values()}
 
 
-def lookup(registry: Mapping[str, Any], name: str, doc: YamlDocument, path: tuple, what: str) -> Any:
+def lookup(registry: Mapping[str, type], name: str, doc: YamlDocument, path: tuple, what: str) -> type:
+    """The class ``name`` picks: a registry name, or ``package.module:Class`` for a user's own subclass.
+
+    A class given by import path must subclass the base the registry's classes share
+    (``Pruner``, ``Quantizer``).
+    """
+    if ":" in name:
+        cls = load_object(name, what)
+        base = _common_base(registry.values())
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise doc.error(path, f"Expected a {base.__name__} subclass. Received: {path[-1]}={name!r}, {cls!r}")
+        return cls
     if name not in registry:
         raise doc.error(path, f"unknown {what}.{_closest(name, registry)} Expected one of {sorted(registry)}. "
                               f"Received: {path[-1]}={name!r}")
     return registry[name]
+
+
+def _common_base(classes: Iterable[type]) -> type:
+    """The most derived class every one of ``classes`` subclasses (``object`` if none)."""
+    shared: list[type] | None = None
+    for cls in classes:
+        shared = [base for base in (shared if shared is not None else cls.__mro__) if issubclass(cls, base)]
+    return (shared or [object])[0]
 
 
 ACCEPTED, REQUIRED_ONLY = "accepted", "required"

@@ -16,7 +16,7 @@ example:
                 --data tests.cli.factories:digits_data --out out/
 
 prune.yaml:
-  algorithm: L1FilterPruner        # any class in slimkit.algorithms.pruning
+  algorithm: L1FilterPruner        # a slimkit.algorithms.pruning class, or package.module:Class
   arguments: {}                    # its keyword arguments (optional)
   config_list:
     - sparsity: 0.5

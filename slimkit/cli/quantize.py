@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.analysis.report import measure, render_report, write_report
     from slimkit.utils.progress import progress
 
-    registry = quantizer_registry()  # fails clearly before anything else while the component is absent
-    session = Session(args, KEYS, registry, "quantizer", lr=1e-4, data_keys=("fine_tune", "calibration"),
+    session = Session(args, KEYS, quantizer_registry(), "quantizer", lr=1e-4, data_keys=("fine_tune", "calibration"),
                       dummy_input_always=True)
     settings, cls = session.settings, session.cls
     if args.masks:

@@ -16,7 +16,7 @@ example:
                       --weights trained.pth --out sens/
 
 sens.yaml:
-  algorithm: L1FilterPruner                    # any class in slimkit.algorithms.pruning
+  algorithm: L1FilterPruner                    # a slimkit.algorithms.pruning class, or package.module:Class
   arguments: {}
   evaluate: tests.cli.factories:digits_accuracy  # evaluate(model) -> float
   sparsities: [0.25, 0.5, 0.75]

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from slimkit.compression.adapter import FrameworkAdapter, adapter_for
+from slimkit.compression.channels import ChannelAxis
 from slimkit.compression.config import (
     FRACTION,
     ConfigKey,
@@ -70,8 +71,10 @@ class Layer:
         return self._adapter.bias(self, masked=True)
 
     @property
-    def out_axis(self) -> int:
-        """Axis of the weight that indexes output channels (0 for torch Conv2d, -1 for Keras Conv2D)."""
+    def out_axis(self) -> ChannelAxis:
+        """Axis of the weight that indexes output channels (0 for torch Conv2d, -1 for Keras Conv2D), or
+        axes read as one (``(-2, -1)``: a Keras DepthwiseConv2D with depth_multiplier > 1; see
+        :mod:`slimkit.compression.channels`)."""
         return self._adapter.out_axis(self.module)
 
     def weight_array(self) -> np.ndarray:

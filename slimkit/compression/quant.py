@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from slimkit.compression.channels import ChannelAxis, channel_shape
+
 
 class QuantType(str, enum.Enum):
     """What a quantization applies to. The values are the ``quant_types`` config strings."""
@@ -137,7 +139,7 @@ class QParams:
     zero_point: np.ndarray
     qmin: int
     qmax: int
-    axis: int | None = None
+    axis: ChannelAxis | None = None
     min: np.ndarray | None = None
     max: np.ndarray | None = None
     _native: dict = field(default_factory=dict, repr=False, compare=False)
@@ -167,6 +169,8 @@ class QParams:
     @classmethod
     def from_dict(cls, entry: dict[str, Any], prefix: str) -> QParams:
         axis = entry.get(f"{prefix}_axis")
+        if isinstance(axis, list):  # a multi-axis channel (see slimkit.compression.channels) read from JSON
+            axis = tuple(axis)
 
         def array(value: Any, dtype: Any) -> np.ndarray | None:
             return None if value is None else np.atleast_1d(np.asarray(value, dtype=dtype))
@@ -219,8 +223,7 @@ def fake_quant_numpy(x: np.ndarray, params: QParams) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     scale, zero_point = params.scale, params.zero_point
     if params.per_channel:
-        shape = [1] * x.ndim
-        shape[params.axis] = -1
+        shape = channel_shape(x.shape, params.axis)
         scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
     q = np.clip(np.round(x / scale) + zero_point, params.qmin, params.qmax)
     return (q - zero_point) * scale

@@ -48,6 +48,7 @@ import numpy as np
 from schema import And, Or
 
 from slimkit.compression.calibration import load_calibration, save_calibration
+from slimkit.compression.channels import normalize_axis
 from slimkit.compression.compressor import Compressor, Layer
 from slimkit.compression.config import ConfigKey, parse_config_list
 from slimkit.compression.observers import MinMaxObserver, Observer
@@ -241,8 +242,8 @@ class Quantizer(Compressor):
         scheme = self.profile.weight
         bits = self.states[layer.name].bits[QuantType.QUANT_WEIGHT]
         axis = layer.out_axis if scheme.per_channel else None
-        if axis is not None and axis < 0:
-            axis += len(tuple(weight.shape))
+        if axis is not None:
+            axis = normalize_axis(axis, len(tuple(weight.shape)))
         symmetric = getattr(self.ops, "symmetric_params", None)
         if symmetric is not None and scheme.symmetric and scheme.signed and not scheme.pow2:
             params = symmetric(weight, axis, bits, scheme.narrow)  # same numbers, computed on the device

@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from slimkit.compression.channels import ChannelAxis, channel_rows, channel_shape
+
 
 def prune_count(sparsity: float, n: int) -> int:
     """How many of ``n`` items sparsity ``sparsity`` removes (nearest integer, at least one kept)."""
@@ -59,13 +61,12 @@ def channel_keep(importance: np.ndarray, sparsity: float) -> np.ndarray:
     return keep
 
 
-def channel_mask(keep: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
-    """Expand a per-channel keep-vector to a 0/1 mask of ``shape`` along ``axis``."""
-    view = [1] * len(shape)
-    view[axis] = len(keep)
-    return np.broadcast_to(keep.reshape(view), shape).astype(np.float32)
+def channel_mask(keep: np.ndarray, shape: tuple[int, ...], axis: ChannelAxis) -> np.ndarray:
+    """Expand a per-channel keep-vector to a 0/1 mask of ``shape`` along ``axis`` (see
+    :mod:`slimkit.compression.channels` for axis tuples)."""
+    return np.broadcast_to(keep.reshape(channel_shape(shape, axis)), shape).astype(np.float32)
 
 
-def per_channel(weight: np.ndarray, axis: int) -> np.ndarray:
-    """``weight`` reshaped to ``(channels, -1)`` with the channel axis ``axis`` first."""
-    return np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+def per_channel(weight: np.ndarray, axis: ChannelAxis) -> np.ndarray:
+    """``weight`` reshaped to ``(channels, -1)``: row ``i`` holds output channel ``i``."""
+    return channel_rows(weight, axis)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
+from slimkit.algorithms.pruning import FilterPruner
 from slimkit.models import DigitsCNN, load_digits_tensors
 
 
@@ -34,3 +36,11 @@ def digits_accuracy(model) -> float:
 
 
 NOT_CALLABLE = 3
+
+
+class LastChannelsPruner(FilterPruner):
+    """A user's own pruner, loaded by the CLI from ``algorithm: tests.cli.factories:LastChannelsPruner``:
+    channel ``i`` scores ``-i``, so the highest-numbered channels go first."""
+
+    def channel_importance(self, layer):
+        return -np.arange(self.weight_of(layer).shape[layer.out_axis], dtype=np.float64)

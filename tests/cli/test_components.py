@@ -123,28 +123,46 @@ def test_convert_rejects_a_bad_input_shape(tmp_path, capsys):
     assert not out.exists()
 
 
-class HalfBase(FilterPruner):
-    def rank(self, stats):
-        """Subclasses rank channels."""
-        raise NotImplementedError
+def test_pruner_registry_is_the_registered_pruners(monkeypatch):
+    """A pruner registered with ``register_pruner`` is reachable from YAML by its class name; bases are not."""
+    monkeypatch.setattr(pruning.registry, "PRUNERS", dict(pruning.PRUNERS))
+    monkeypatch.setattr(pruning, "PRUNERS", pruning.registry.PRUNERS)
 
+    @pruning.register_pruner("ones")
+    class OnesPruner(FilterPruner):
+        def channel_importance(self, layer):
+            return np.ones(layer.weight.shape[0])
 
-class Concrete(HalfBase):
-    def rank(self, stats):
-        return stats
-
-    def channel_importance(self, layer):
-        return np.ones(layer.weight.shape[0])
-
-
-def test_pruner_registry_follows_all_and_skips_bases(monkeypatch):
-    monkeypatch.setattr(pruning, "__all__", [*pruning.__all__, "HalfBase", "Concrete", "helper"])
-    monkeypatch.setattr(pruning, "HalfBase", HalfBase, raising=False)
-    monkeypatch.setattr(pruning, "Concrete", Concrete, raising=False)
-    monkeypatch.setattr(pruning, "helper", len, raising=False)
     registry = _common.pruner_registry()
-    assert "Concrete" in registry and "HalfBase" not in registry and "FilterPruner" not in registry
-    assert {"LevelPruner", "L1FilterPruner", "L2FilterPruner"} <= set(registry) and "helper" not in registry
+    assert registry["OnesPruner"] is OnesPruner and "FilterPruner" not in registry
+    assert {"LevelPruner", "L1FilterPruner", "L2FilterPruner", "AGPPruner", "SlimPruner"} <= set(registry)
+
+
+def test_prune_with_a_users_pruner_class_by_import_path(tmp_path):
+    config = write(tmp_path / "prune.yaml", """\
+        algorithm: tests.cli.factories:LastChannelsPruner
+        config_list:
+          - sparsity: 0.25
+            op_types: [Conv2d]
+        """)
+    assert main(["prune", "--config", config, "--model", MODEL, "--out", str(tmp_path / "out")]) == 0
+    masks = slimkit.load_masks(tmp_path / "out" / "mask.pth")
+    for name, channels in (("conv1", 32), ("conv2", 64), ("conv3", 64)):
+        kept = masks[name]["weight"].flatten(1).amax(dim=1)
+        assert kept.tolist() == [1.0] * (channels * 3 // 4) + [0.0] * (channels // 4), name
+
+
+def test_algorithm_by_import_path_must_be_a_compressor_class(tmp_path, capsys):
+    config = write(tmp_path / "prune.yaml", """\
+        algorithm: tests.cli.factories:digits_model
+        config_list:
+          - sparsity: 0.5
+            op_types: [Conv2d]
+        """)
+    assert main(["prune", "--config", config, "--model", MODEL, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}:1: " in err
+    assert "Expected a Pruner subclass. Received: algorithm='tests.cli.factories:digits_model'" in err
 
 
 def test_progress_is_quiet_off_a_terminal(monkeypatch):

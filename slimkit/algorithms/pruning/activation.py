@@ -76,8 +76,8 @@ class ActivationRankFilterPruner(FilterPruner):
         criterion: passed to ``trainer``.
         statistics_batch_num: how many forward passes after ``compress()`` are recorded.
         activation: ``'relu'`` or ``'relu6'``, applied to each layer's output.
-        dependency_aware: make coupled layers prune the same channels (needs ``dummy_input``).
-        dummy_input: an example input.
+        dependency_aware: make coupled layers prune the same channels (a PyTorch model needs ``dummy_input``).
+        dummy_input: an example input, traced to find the coupled layers of a PyTorch model.
     """
 
     def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, trainer: Any = None,

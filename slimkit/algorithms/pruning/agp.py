@@ -42,7 +42,7 @@ class AGPPruner(Pruner):
             for statistics when no forward pass ran since the last mask update.
         criterion: passed to ``trainer``.
         dependency_aware: for filter rules, make coupled layers prune the same channels.
-        dummy_input: an example input (needed by ``dependency_aware``).
+        dummy_input: an example input (``dependency_aware`` on a PyTorch model traces it).
         algo_kwargs: further keyword arguments of the ``pruning_algorithm`` pruner
             (e.g. ``{'statistics_batch_num': 2, 'activation': 'relu6'}``).
 

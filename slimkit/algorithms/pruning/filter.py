@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from slimkit.compression import Layer, LayerConfig, Pruner
+from slimkit.compression.channels import channel_count
 from slimkit.compression.sparsity import channel_keep, channel_mask, per_channel, prune_count
-from slimkit.errors import ConfigError
 
 
 class ChannelGroup:
@@ -62,8 +62,9 @@ class FilterPruner(Pruner):
     Args:
         model: a ``torch.nn.Module`` or ``keras.Model``.
         config_list: dicts with ``sparsity`` (the fraction of output channels to remove).
-        dependency_aware: make coupled layers prune the same channels (needs ``dummy_input``).
-        dummy_input: an example input, used to find the coupled layers.
+        dependency_aware: make coupled layers prune the same channels (found by the adapter: the traced
+            graph of a PyTorch model, the layer graph of a Keras functional / Sequential model).
+        dummy_input: an example input, used to trace a PyTorch model (Keras models do not need it).
 
     Subclasses implement :meth:`channel_importance` (reading weights through :meth:`weight_of`).
     Channels the installed mask removes are removed first, so recomputed masks (AGP, repeated
@@ -73,24 +74,13 @@ class FilterPruner(Pruner):
     def __init__(self, model: Any, config_list: list[dict], *, dependency_aware: bool = False,
                  dummy_input: Any = None):
         super().__init__(model, config_list)
-        if dependency_aware and dummy_input is None:
-            raise ConfigError(f"{type(self).__name__}: dependency_aware=True needs the model's input. Expected "
-                              "dummy_input=<an example input tensor>. Received: dummy_input=None")
         self._weight_cache: dict[str, np.ndarray] | None = None
         # layer -> (wrapper, channels its mask removes, whether the mask removes only whole channels)
         self._pruned: dict[str, tuple[Any, np.ndarray, bool]] = {}
         self.dependency_aware = dependency_aware
         self.dummy_input = dummy_input
         self.channel_groups: list[ChannelGroup] = (
-            self._find_channel_groups(model, dummy_input) if dependency_aware else [])
-
-    def _find_channel_groups(self, model: Any, dummy_input: Any) -> list[ChannelGroup]:
-        if self.adapter.name != "torch":
-            raise ConfigError(f"{type(self).__name__}: dependency_aware=True is supported for PyTorch models. "
-                              f"Received: a {self.adapter.name} model; use dependency_aware=False.")
-        from slimkit.speedup.dependency import channel_groups
-
-        return channel_groups(model, dummy_input)
+            self.adapter.channel_groups(model, dummy_input) if dependency_aware else [])
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
         """One score per output channel of ``layer``; the lowest scores are pruned first."""
@@ -132,7 +122,7 @@ class FilterPruner(Pruner):
         installed = self._pruned.get(layer.name)
         if installed is not None and installed[0] is layer.wrapper:
             return installed[1]
-        return np.zeros(self.weight_of(layer).shape[layer.out_axis], dtype=bool)
+        return np.zeros(channel_count(self.weight_of(layer).shape, layer.out_axis), dtype=bool)
 
     def set_mask(self, layer: Layer, mask: Any) -> None:
         """Install ``mask`` and remember which channels it removes entirely."""

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from slimkit.compression.adapter import refuse_wrapped
+from slimkit.compression.channels import ChannelAxis
 from slimkit.compression.config import LayerRef
 from slimkit.errors import CompressionStateError
 from slimkit.frameworks.tensorflow import layout
@@ -58,12 +59,18 @@ class KerasAdapter:
                 f"model: call the model on an example batch (or give it a keras.Input) before compressing.")
         return layout.variable(module, layout.weight_attrs(module)[0]) is not None
 
-    def out_axis(self, module: Any) -> int:
+    def out_axis(self, module: Any) -> ChannelAxis:
         return layout.out_axis(module)
 
     def activation_axis(self, module: Any) -> int:
         """Channel axis of the layer's output: -1 (channels_last), or 1 for ``data_format='channels_first'``."""
         return layout.activation_axis(module)
+
+    def channel_groups(self, model: Any, dummy_input: Any) -> list[Any]:
+        """Layers whose output channels are coupled, read from the functional graph (``dummy_input`` unused)."""
+        from slimkit.frameworks.tensorflow.dependency import channel_groups
+
+        return channel_groups(model)
 
     def weight(self, layer: Any, masked: bool = True) -> tf.Tensor:
         return self._param(layer, 0, masked)

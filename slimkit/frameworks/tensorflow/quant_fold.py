@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from slimkit.compression import bn_fold
+from slimkit.compression.channels import channel_shape
 from slimkit.compression.quant import QuantType
 from slimkit.frameworks.tensorflow import layout
 
@@ -113,12 +114,9 @@ def plan_folds(layers: list[Any], quantizer: Any) -> dict[str, Fold]:
 
 def channel_view(layer: Any, weight: Any) -> Any:
     """A function reshaping a per-output-channel vector to broadcast along ``weight``'s output axis."""
-    rank = len(weight.shape)
-    axis = layout.out_axis(layer) % rank
+    shape = channel_shape(tuple(weight.shape), layout.out_axis(layer))
 
     def view(values: Any) -> Any:
-        shape = [1] * rank
-        shape[axis] = -1
         return tf.reshape(values, shape)
 
     return view

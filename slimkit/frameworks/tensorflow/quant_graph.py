@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from slimkit.compression.channels import channel_shape, normalize_axis
 from slimkit.compression.observers import EMAObserver, HistogramObserver, MinMaxObserver
 from slimkit.compression.quant import QParams, QuantGrad, QuantType, qrange
 from slimkit.compression.quantizer import Quantizer
@@ -343,23 +344,22 @@ class GraphQuant:
         quantizer = self.quantizer
         scheme = quantizer.profile.weight
         bits = quantizer.states[layer.name].bits[QuantType.QUANT_WEIGHT]
-        rank = len(weight.shape)
+        shape = tuple(weight.shape)
         values = tf.cast(tf.stop_gradient(weight), tf.float64)
-        if scheme.per_channel:
-            axis = layer.out_axis % rank
-            reduce = [d for d in range(rank) if d != axis]
+        if scheme.per_channel:  # one axis, or the (in, multiplier) axes of a depthwise kernel, row-major
+            axes = normalize_axis(layer.out_axis, len(shape))
+            axes = (axes,) if isinstance(axes, int) else axes
+            reduce = [d for d in range(len(shape)) if d not in axes]
             lo, hi = tf.reduce_min(values, axis=reduce), tf.reduce_max(values, axis=reduce)
+            view = channel_shape(shape, layer.out_axis)
         else:
-            axis = None
             lo, hi = tf.reshape(tf.reduce_min(values), [1]), tf.reshape(tf.reduce_max(values), [1])
+            view = [1] * len(shape)
         flags = self.weight_flags[layer.name].read_value()
         scale, zero_point = range_params(lo, hi, bits, scheme, flags[1])
-        shape = [1] * rank
-        if axis is not None:
-            shape[axis] = -1
         qmin, qmax = qrange(bits, scheme.signed, scheme.narrow)
-        out = fake_quant_tensors(weight, tf.reshape(tf.cast(scale, tf.float32), shape),
-                                 tf.reshape(tf.cast(zero_point, tf.float32), shape), qmin, qmax)
+        out = fake_quant_tensors(weight, tf.reshape(tf.cast(scale, tf.float32), view),
+                                 tf.reshape(tf.cast(zero_point, tf.float32), view), qmin, qmax)
         return tf.where(flags[0] > 0, out, weight)
 
     def activation(self, layer: Any, x: tf.Tensor, key: str, training: bool) -> tf.Tensor:

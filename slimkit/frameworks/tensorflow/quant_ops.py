@@ -24,13 +24,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from slimkit.compression.channels import ChannelAxis, channel_rows, channel_shape
 from slimkit.compression.quant import qrange
 
 
-def _channel_view(values: tf.Tensor, ndim: int, axis: int) -> tf.Tensor:
-    shape = [1] * ndim
-    shape[axis] = -1
-    return tf.reshape(values, shape)
+def _channel_view(values: tf.Tensor, like: tf.Tensor, axis: ChannelAxis) -> tf.Tensor:
+    return tf.reshape(values, channel_shape(tuple(like.shape), axis))
 
 
 def fake_quant_tensors(x: tf.Tensor, scale: tf.Tensor, zero_point: tf.Tensor, qmin: int, qmax: int) -> tf.Tensor:
@@ -83,7 +82,7 @@ class TFQuantOps:
         scale = tf.constant(np.asarray(params.scale, dtype=np.float32))
         zero_point = tf.constant(np.asarray(params.zero_point, dtype=np.float32))
         if params.axis is not None:
-            return _channel_view(scale, x.shape.rank, params.axis), _channel_view(zero_point, x.shape.rank, params.axis)
+            return _channel_view(scale, x, params.axis), _channel_view(zero_point, x, params.axis)
         return scale[0], zero_point[0]
 
     def _quantize(self, x: tf.Tensor, params: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -120,11 +119,11 @@ class TFQuantOps:
     def abs_max(self, x: tf.Tensor) -> tf.Tensor:
         return tf.reduce_max(tf.abs(tf.stop_gradient(x)))
 
-    def min_max(self, x: tf.Tensor, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def min_max(self, x: tf.Tensor, axis: ChannelAxis | None = None) -> tuple[np.ndarray, np.ndarray]:
         values = np.asarray(x, dtype=np.float64)
         if axis is None:
             return np.array([values.min()]), np.array([values.max()])
-        flat = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+        flat = channel_rows(values, axis)
         return flat.min(axis=1), flat.max(axis=1)
 
     def histogram(self, x: tf.Tensor, bins: int, hi: float, skip_zeros: bool = False) -> np.ndarray:

@@ -24,6 +24,7 @@ from torch import nn
 
 from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.config import LayerRef
+from slimkit.errors import ConfigError
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.utils.files import atomic_path
 
@@ -72,6 +73,15 @@ class TorchAdapter:
     def activation_axis(self, module: nn.Module) -> int:
         """Channel axis of the layer's output (NCHW / NC...): 1."""
         return 1
+
+    def channel_groups(self, model: nn.Module, dummy_input: Any) -> list[Any]:
+        """Layers whose output channels are coupled, from the graph traced on ``dummy_input``."""
+        if dummy_input is None:
+            raise ConfigError("dependency_aware=True traces a PyTorch model on its input. Expected "
+                              "dummy_input=<an example input tensor>. Received: dummy_input=None")
+        from slimkit.speedup.dependency import channel_groups
+
+        return channel_groups(model, dummy_input)
 
     def weight(self, layer: Any, masked: bool = True) -> torch.Tensor:
         return self._param(layer, "weight", masked)

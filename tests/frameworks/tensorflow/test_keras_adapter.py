@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from slimkit import CompressionStateError, ConfigError, UnsupportedOpError
+from slimkit import CompressionStateError, ConfigError
 from slimkit.algorithms.pruning import L1FilterPruner, LevelPruner
 from slimkit.compression import Pruner
 from slimkit.frameworks.tensorflow.adapter import ADAPTER
@@ -166,8 +166,7 @@ def test_errors():
     assert ADAPTER.activation_axis(keras.layers.Conv2D(2, 3, data_format="channels_first")) == 1
     assert ADAPTER.activation_axis(keras.layers.Dense(2)) == -1
     assert ADAPTER.out_axis(keras.layers.Conv1DTranspose(2, 3)) == -2
-    with pytest.raises(UnsupportedOpError, match="depth_multiplier"):
-        ADAPTER.out_axis(keras.layers.DepthwiseConv2D(3, depth_multiplier=2))
+    assert ADAPTER.out_axis(keras.layers.DepthwiseConv2D(3, depth_multiplier=2)) == (-2, -1)
     unbuilt = keras.Sequential([keras.layers.Dense(2, name="fc")])
     with pytest.raises(CompressionStateError, match="not built"):
         LevelPruner(unbuilt, [{"sparsity": 0.5, "op_types": ["Dense"]}])

@@ -13,16 +13,28 @@ import torch
 
 from slimkit.algorithms.pruning import PRUNERS
 from tests.algorithms.pruning.pruning_helpers import SmallNet, drive_to_sparsity
+from tests.frameworks.tensorflow.keras_layouts import depthwise_to_keras
 
 SPARSITY = 0.5
 BATCHES = [np.random.default_rng(i).normal(size=(4, 3, 6, 6)).astype(np.float32) for i in range(2)]
 TORCH_TYPES = {"weighted": ["Conv2d", "Linear"], "batchnorm": ["BatchNorm2d"]}
-KERAS_TYPES = {"weighted": ["Conv2D", "Dense"], "batchnorm": ["BatchNormalization"]}
+KERAS_TYPES = {"weighted": ["Conv2D", "DepthwiseConv2D", "Dense"], "batchnorm": ["BatchNormalization"]}
 
 
-def torch_net() -> SmallNet:
+class DepthwiseNet(SmallNet):
+    """SmallNet with conv2 a depthwise conv with multiplier 2 (8 -> 16 channels, groups=8)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, padding=1, groups=8)
+
+
+NETS = {"small": SmallNet, "depthwise_mult2": DepthwiseNet}
+
+
+def torch_net(kind: str = "small") -> SmallNet:
     torch.manual_seed(0)
-    net = SmallNet().eval()
+    net = NETS[kind]().eval()
     with torch.no_grad():  # distinct BN scales so Slim has no ties
         net.bn1.weight.copy_(torch.linspace(0.1, 1.0, 8)[torch.randperm(8)])
         net.bn2.weight.copy_(torch.linspace(0.05, 1.5, 16)[torch.randperm(16)])
@@ -30,16 +42,19 @@ def torch_net() -> SmallNet:
 
 
 def keras_twin(net: SmallNet) -> keras.Model:
+    depthwise = net.conv2.groups > 1
     inputs = keras.Input((6, 6, 3))
     x = keras.layers.Conv2D(8, 3, padding="same", name="conv1")(inputs)
     x = keras.layers.ReLU()(keras.layers.BatchNormalization(epsilon=1e-5, name="bn1")(x))
-    x = keras.layers.Conv2D(16, 3, padding="same", name="conv2")(x)
+    x = (keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="conv2") if depthwise else
+         keras.layers.Conv2D(16, 3, padding="same", name="conv2"))(x)
     x = keras.layers.ReLU()(keras.layers.BatchNormalization(epsilon=1e-5, name="bn2")(x))
     model = keras.Model(inputs, keras.layers.Dense(4, name="fc")(keras.layers.GlobalAveragePooling2D()(x)))
     for name in ("conv1", "conv2"):
         conv = getattr(net, name)
-        model.get_layer(name).set_weights([conv.weight.detach().numpy().transpose(2, 3, 1, 0),
-                                           conv.bias.detach().numpy()])
+        weight = conv.weight.detach().numpy()
+        kernel = depthwise_to_keras(weight, 2) if conv.groups > 1 else weight.transpose(2, 3, 1, 0)
+        model.get_layer(name).set_weights([kernel, conv.bias.detach().numpy()])
     for name in ("bn1", "bn2"):
         bn = getattr(net, name)
         model.get_layer(name).set_weights([t.detach().numpy() for t in (
@@ -65,20 +80,23 @@ def run(name: str, framework: str, model):
     return drive_to_sparsity(cls, model, op_types, SPARSITY, feed)
 
 
-def to_keras_layout(array: np.ndarray) -> np.ndarray:
+def to_keras_layout(module: torch.nn.Module, array: np.ndarray) -> np.ndarray:
+    if getattr(module, "groups", 1) > 1:
+        return depthwise_to_keras(array, module.out_channels // module.in_channels)
     return {4: lambda a: a.transpose(2, 3, 1, 0), 2: lambda a: a.T, 1: lambda a: a}[array.ndim](array)
 
 
+@pytest.mark.parametrize("kind", list(NETS))
 @pytest.mark.parametrize("name", list(PRUNERS))
-def test_keras_masks_equal_transposed_torch_masks(name):
-    net = torch_net()
+def test_keras_masks_equal_transposed_torch_masks(name, kind):
+    net = torch_net(kind)
     model = keras_twin(net)
     torch_pruner = run(name, "torch", net)
     keras_pruner = run(name, "keras", model)
     torch_masks, keras_masks = torch_pruner.get_masks(), keras_pruner.get_masks()
     assert sorted(keras_masks) == sorted(torch_masks)
     for layer, entry in torch_masks.items():
-        expected = to_keras_layout(entry["weight"].numpy())
+        expected = to_keras_layout(torch_pruner.layer(layer).module, entry["weight"].numpy())
         np.testing.assert_array_equal(np.asarray(keras_masks[layer]["weight"]), expected, err_msg=layer)
         if entry["bias"] is None:
             assert keras_masks[layer]["bias"] is None

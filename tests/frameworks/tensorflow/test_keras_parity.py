@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from slimkit.algorithms.pruning import L1FilterPruner, L2FilterPruner, LevelPruner
+from slimkit.algorithms.pruning import FPGMPruner, L1FilterPruner, L2FilterPruner, LevelPruner
+from tests.frameworks.tensorflow.keras_layouts import TO_KERAS, depthwise_to_keras
 
 # Shared test vectors, in PyTorch layout. Conv filters chosen so that L1 and L2 rank them differently:
 #   f0 = [3, 0, 0, 0]       L1 3  L2 3
@@ -35,8 +36,6 @@ EXPECTED = {
 EXPECTED_BIAS = {L1FilterPruner: {"conv": [0, 1, 0, 1], "fc": [0, 0, 1]},
                  L2FilterPruner: {"conv": [1, 0, 0, 1], "fc": [0, 0, 1]}}
 
-# torch layout -> Keras layout, per weight kind
-TO_KERAS = {"conv": (2, 3, 1, 0), "linear": (1, 0), "deconv": (2, 3, 1, 0), "depthwise": (2, 3, 0, 1)}
 
 
 def to_torch(kind: str, array: np.ndarray) -> np.ndarray:
@@ -114,31 +113,77 @@ def test_keras_masks_are_torch_masks_transposed_and_outputs_match(pruner_class):
     assert not np.allclose(unmasked, results["keras"][1])  # the masks really apply in the returned model
 
 
+def _seed(module: torch.nn.Module, seed: int) -> np.ndarray:
+    weight = np.random.default_rng(seed).normal(size=tuple(module.weight.shape)).astype(np.float32)
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(weight))
+    return weight
+
+
+def plain_case(make_torch, make_keras, channels, kind):
+    """One PyTorch layer and its Keras twin (weights: the torch ones in Keras' layout)."""
+    def build_pair():
+        torch_layer = make_torch()
+        keras_layer = make_keras()
+        weight = _seed(torch_layer, 1)
+        keras_model = keras.Sequential([keras.Input((4, 4, channels)), keras_layer])
+        kernel = depthwise_to_keras(weight, keras_layer.depth_multiplier) if kind == "depthwise" else (
+            weight.transpose(TO_KERAS[kind]))
+        keras_layer.set_weights([kernel, torch_layer.bias.detach().numpy()])
+        return torch.nn.Sequential(torch_layer), "0", keras_model, keras_layer.name
+    return build_pair
+
+
+def separable_pair():
+    """Keras SeparableConv2D(4, 2, depth_multiplier=2) on 4 channels = PyTorch depthwise (4 -> 8) + 1x1 (8 -> 4).
+    The compressed weight is the pointwise kernel (PyTorch module '1')."""
+    depthwise, pointwise = torch.nn.Conv2d(4, 8, 2, groups=4, bias=False), torch.nn.Conv2d(8, 4, 1)
+    dw, pw = _seed(depthwise, 2), _seed(pointwise, 3)
+    layer = keras.layers.SeparableConv2D(4, 2, depth_multiplier=2, name="sep")
+    keras_model = keras.Sequential([keras.Input((4, 4, 4)), layer])
+    layer.set_weights([depthwise_to_keras(dw, 2), pw.transpose(TO_KERAS["conv"]), pointwise.bias.detach().numpy()])
+    return torch.nn.Sequential(depthwise, pointwise), "1", keras_model, "sep"
+
+
 LAYOUT_CASES = {
-    # kind: (torch layer, keras layer, input channels)
-    "deconv": (lambda: torch.nn.ConvTranspose2d(2, 4, 2), lambda: keras.layers.Conv2DTranspose(4, 2), 2),
-    "depthwise": (lambda: torch.nn.Conv2d(4, 4, 2, groups=4), lambda: keras.layers.DepthwiseConv2D(2), 4),
-    "conv": (lambda: torch.nn.Conv2d(2, 4, 2), lambda: keras.layers.Conv2D(4, 2), 2),
+    # kind: build() -> (torch model, name of its compared layer, keras model, name of the keras layer)
+    "deconv": plain_case(lambda: torch.nn.ConvTranspose2d(2, 4, 2), lambda: keras.layers.Conv2DTranspose(4, 2), 2,
+                         "deconv"),
+    "depthwise": plain_case(lambda: torch.nn.Conv2d(4, 4, 2, groups=4), lambda: keras.layers.DepthwiseConv2D(2), 4,
+                            "depthwise"),
+    "depthwise_mult2": plain_case(lambda: torch.nn.Conv2d(4, 8, 2, groups=4),
+                                  lambda: keras.layers.DepthwiseConv2D(2, depth_multiplier=2), 4, "depthwise"),
+    "conv": plain_case(lambda: torch.nn.Conv2d(2, 4, 2), lambda: keras.layers.Conv2D(4, 2), 2, "conv"),
+    "separable": separable_pair,
 }
 
 
+def keras_to_torch_layout(keras_mask: np.ndarray, kind: str) -> np.ndarray:
+    """The Keras mask in the PyTorch weight's layout."""
+    if kind.startswith("depthwise"):
+        kh, kw, c, m = keras_mask.shape
+        return keras_mask.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw)
+    return to_torch("deconv" if kind == "deconv" else "conv", keras_mask)
+
+
 @pytest.mark.parametrize("kind", list(LAYOUT_CASES))
-@pytest.mark.parametrize("pruner_class", [L1FilterPruner, L2FilterPruner, LevelPruner], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("pruner_class", [L1FilterPruner, L2FilterPruner, FPGMPruner, LevelPruner],
+                         ids=lambda c: c.__name__)
 def test_layouts_agree_with_torch(kind, pruner_class):
-    make_torch, make_keras, channels = LAYOUT_CASES[kind]
-    torch_layer = make_torch()
-    weight = np.random.default_rng(1).normal(size=tuple(torch_layer.weight.shape)).astype(np.float32)
-    with torch.no_grad():
-        torch_layer.weight.copy_(torch.from_numpy(weight))
-    keras_layer = make_keras()
-    keras_model = keras.Sequential([keras.Input((4, 4, channels)), keras_layer])
-    keras_layer.set_weights([weight.transpose(TO_KERAS[kind]), torch_layer.bias.detach().numpy()])
-    config = [{"sparsity": 0.5, "op_types": ["default"]}]
-    torch_pruner = pruner_class(torch.nn.Sequential(torch_layer), config)
-    keras_pruner = pruner_class(keras_model, config)
+    torch_model, torch_name, keras_model, keras_name = LAYOUT_CASES[kind]()
+    torch_pruner = pruner_class(torch_model, [{"sparsity": 0.5, "op_names": [torch_name]}])
+    keras_pruner = pruner_class(keras_model, [{"sparsity": 0.5, "op_types": ["default"]}])
     torch_pruner.compress()
     keras_pruner.compress()
-    torch_mask = torch_pruner.get_masks()["0"]["weight"].numpy()
-    keras_mask = np.asarray(keras_pruner.get_masks()[keras_layer.name]["weight"])
-    np.testing.assert_array_equal(keras_mask, torch_mask.transpose(TO_KERAS[kind]))
+    assert list(keras_pruner.get_masks()) == [keras_name]
+    torch_mask = torch_pruner.get_masks()[torch_name]["weight"].numpy()
+    keras_mask = np.asarray(keras_pruner.get_masks()[keras_name]["weight"])
+    np.testing.assert_array_equal(keras_to_torch_layout(keras_mask, kind), torch_mask)
     assert keras_mask.mean() == pytest.approx(0.5)
+    if pruner_class is not LevelPruner:  # whole output channels go, with their bias
+        np.testing.assert_array_equal(np.asarray(keras_pruner.get_masks()[keras_name]["bias"]),
+                                      torch_pruner.get_masks()[torch_name]["bias"].numpy())
+    x = np.random.default_rng(4).normal(size=(2, 4, 4, keras_model.inputs[0].shape[-1])).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(np.asarray(keras_model(x)), expected.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)

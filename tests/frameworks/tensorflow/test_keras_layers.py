@@ -1,0 +1,95 @@
+"""DepthwiseConv2D with depth_multiplier > 1 and SeparableConv2D under the quantizers: per-channel
+weight scales over the output channels ``c * multiplier + m`` (PyTorch's grouped conv order), and
+an int8 TFLite file of a model with both layers that runs in LiteRT with the quantizer's scales.
+(The pruners' masks on these layers are checked against PyTorch in test_keras_parity.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+from slimkit.algorithms.quantization import NaiveQuantizer, PostTrainingQuantizer, QATQuantizer
+from slimkit.compression.quant import QParams, fake_quant_numpy
+from slimkit.frameworks.tensorflow import export_tflite, run_tflite
+from tests.frameworks.tensorflow.keras_layouts import depthwise_to_keras
+
+RNG = np.random.default_rng(5)
+X = RNG.uniform(-1, 1, size=(4, 2, 6, 6)).astype(np.float32)  # NCHW
+
+
+@pytest.mark.parametrize("cls", [QATQuantizer, NaiveQuantizer])
+def test_depthwise_multiplier_scales_match_pytorch_grouped_conv(cls, tmp_path):
+    weight = RNG.normal(scale=0.5, size=(4, 1, 3, 3)).astype(np.float32)  # torch Conv2d(2, 4, groups=2)
+    weight[3] *= 4.0  # channel (in 1, multiplier 1) gets the largest scale
+    tmodel = torch.nn.Sequential()
+    tmodel.add_module("dw", torch.nn.Conv2d(2, 4, 3, groups=2, bias=False))
+    with torch.no_grad():
+        tmodel.dw.weight.copy_(torch.from_numpy(weight))
+    layer = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False, name="dw")
+    kmodel = keras.Sequential([keras.Input((6, 6, 2)), layer])
+    layer.set_weights([depthwise_to_keras(weight, 2)])
+    types = ["weight"] if cls is NaiveQuantizer else ["input", "weight", "output"]
+    cfg = [{"quant_types": types, "op_names": ["dw"]}]
+    tq, kq = cls(tmodel, cfg), cls(kmodel, cfg)
+    tmodel, kmodel = tq.compress(), kq.compress()
+    tout = tmodel(torch.from_numpy(X)).detach().numpy().transpose(0, 2, 3, 1)
+    kout = np.asarray(kmodel(X.transpose(0, 2, 3, 1), training=True))
+    np.testing.assert_allclose(kout, tout, rtol=1e-4, atol=1e-5)
+    tcal, kcal = tq.calibration()["dw"], kq.calibration()["dw"]
+    expected = np.abs(weight).reshape(4, -1).max(axis=1) / 127
+    np.testing.assert_allclose(kcal["weight_scale"], expected, rtol=1e-6)
+    np.testing.assert_allclose(kcal["weight_scale"], tcal["weight_scale"], rtol=1e-6)
+    assert tuple(kcal["weight_axis"]) == (2, 3)
+    kq.export_model(tmp_path / "m.weights.h5", calibration_path=tmp_path / "calib.json")
+    params = QParams.from_dict(json.loads((tmp_path / "calib.json").read_text())["dw"], "weight")
+    assert params.axis == (2, 3)
+    kernel = layer.kernel.numpy()
+    np.testing.assert_allclose(fake_quant_numpy(kernel, params), kq.layer("dw").module.quantized_weight(), atol=1e-7)
+
+
+def depthwise_cnn(second: str) -> keras.Model:
+    """DepthwiseConv2D(multiplier 2) then a ``second`` layer ('conv' or 'separable', multiplier 2), pool, dense."""
+    inputs = keras.Input((8, 8, 2))
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu", name="dw")(inputs)
+    if second == "separable":
+        x = keras.layers.SeparableConv2D(6, 3, depth_multiplier=2, activation="relu", name="second")(x)
+    else:
+        x = keras.layers.Conv2D(6, 3, activation="relu", name="second")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="fc")(x))
+
+
+# Output error of the int8 file, in steps of the output scale. With a Conv2D the file computes exactly
+# what the fake-quant model does. A SeparableConv2D becomes DEPTHWISE_CONV_2D + CONV_2D in TFLite: the
+# depthwise half's kernel and its output tensor, which the Keras layer keeps inside, are quantized by
+# the converter (calibrated), so the file may differ from the model by up to two steps there.
+MAX_STEPS = {"conv": 0, "separable": 2}
+
+
+@pytest.mark.parametrize("second", list(MAX_STEPS))
+def test_int8_export_with_depthwise_multiplier_runs_in_litert(tmp_path, second):
+    from ai_edge_litert.interpreter import Interpreter
+
+    keras.utils.set_random_seed(0)
+    model = depthwise_cnn(second)
+    x = RNG.uniform(0, 1, size=(64, 8, 8, 2)).astype(np.float32)
+    config = [{"quant_types": ["input", "weight", "output"], "op_names": ["dw"]},
+              {"quant_types": ["weight", "output"], "op_names": ["second", "fc"]},
+              {"quant_types": ["output"], "op_names": ["gap"]}]
+    ptq = PostTrainingQuantizer(model, config, progress=False)
+    ptq.calibrate([x[:32], x[32:48]])
+    reference = np.asarray(model(x, training=False))
+    flatbuffer = export_tflite(model, tmp_path / "m.tflite", quantizer=ptq)
+    steps = np.abs(run_tflite(flatbuffer, x) - reference) / ptq.params["fc"]["output"].scale[0]
+    assert steps.max() <= MAX_STEPS[second] + 1e-4
+    interpreter = Interpreter(model_content=flatbuffer)
+    assert {"DEPTHWISE_CONV_2D", "CONV_2D"} <= {op["op_name"] for op in interpreter._get_ops_details()}
+    scales = [np.asarray(t["quantization_parameters"]["scales"]) for t in interpreter.get_tensor_details()]
+    assert ptq.params["dw"]["weight"].scale.shape == (4,)
+    for name in ("dw", "second"):  # per output channel (c * multiplier + m for dw), the quantizer's scales
+        expected = ptq.params[name]["weight"].scale
+        assert any(s.shape == expected.shape and np.allclose(s, expected, rtol=1e-6) for s in scales), name
