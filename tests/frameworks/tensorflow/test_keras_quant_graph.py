@@ -211,3 +211,18 @@ def test_python_and_the_graph_share_ranges_and_switches():
     assert type(qat.params["id"]) is dict and type(qat.states["id"].observers) is dict
     assert qat.params["id"]["output"].scale[0] == expected.scale[0]
     assert qat.states["id"].observers["output"].range() == (np.array([lo]), np.array([hi]))
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+@pytest.mark.parametrize("path", ["graph", "xla"])
+def test_depthwise_per_channel_weight_in_the_graph_equals_the_core(path, multiplier):
+    model = keras.Sequential([keras.Input((6, 6, 3)),
+                              keras.layers.DepthwiseConv2D(3, depth_multiplier=multiplier, name="dw")])
+    kernel = model.get_layer("dw").kernel
+    kernel.assign(np.random.default_rng(4).normal(size=kernel.shape).astype(np.float32))
+    qat = QATQuantizer(model, [{"quant_types": ["weight"], "op_names": ["dw"]}])
+    qat.compress()
+    layer = qat.layers[0]
+    graph = run(path, lambda w: qat._keras_graph.weight(layer, w), kernel.numpy())
+    np.testing.assert_array_equal(graph, qat.forward_weight(layer, tf.constant(kernel.numpy())).numpy())
+    assert len(qat.params["dw"]["weight"].scale) == 3 * multiplier
