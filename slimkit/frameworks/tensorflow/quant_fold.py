@@ -1,6 +1,6 @@
 """BatchNorm folding on Keras: which layers fold which BatchNormalization, and the folded tensors.
 
-A ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D`` (``depth_multiplier == 1``) or ``Dense`` layer without its own
+A ``Conv1D/2D/3D``, ``DepthwiseConv1D/2D`` (any ``depth_multiplier``) or ``Dense`` layer without its own
 activation, called once, whose output feeds only a ``BatchNormalization`` over its channel axis (called
 once, not itself quantized) folds that BatchNorm when its weight is quantized: the quantizer sees and
 fake-quantizes the folded weight ``W * f`` (``f = gamma / sqrt(moving_variance + eps)``) and the layer
@@ -55,7 +55,7 @@ def foldable_bn(layer: Any) -> Any:
     """The ``BatchNormalization`` layer that ``layer`` folds, or None (see the module docstring)."""
     if not isinstance(layer, FOLDABLE) or isinstance(layer, _NOT_FOLDABLE):
         return None
-    if getattr(layer, "depth_multiplier", 1) != 1 or getattr(layer.activation, "__name__", "linear") != "linear":
+    if getattr(layer.activation, "__name__", "linear") != "linear":
         return None
     bn = _single_consumer(layer)
     if not isinstance(bn, keras.layers.BatchNormalization) or len(getattr(bn, "_inbound_nodes", [])) != 1:

@@ -13,7 +13,6 @@ from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer
 from slimkit.frameworks.tensorflow import CompressionCallback, export_tflite, run_tflite
 from slimkit.frameworks.tensorflow.models import compile_classifier, digits_cnn, load_digits_arrays
 from slimkit.frameworks.tensorflow.quant_fold import fold_bn
-from tests.algorithms.quantization.vectors import fake_quant_float32
 from tests.frameworks.tensorflow import test_keras_quant_export as export_tests
 
 RNG = np.random.default_rng(3)
@@ -21,6 +20,7 @@ LAYERS = {
     "Conv2D": (lambda: keras.layers.Conv2D(4, 3, name="conv"), (6, 6, 3)),
     "Conv2D-no-bias": (lambda: keras.layers.Conv2D(4, 3, use_bias=False, name="conv"), (6, 6, 3)),
     "DepthwiseConv2D": (lambda: keras.layers.DepthwiseConv2D(3, name="conv"), (6, 6, 4)),
+    "DepthwiseConv2D-x2": (lambda: keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="conv"), (6, 6, 2)),
     "Dense": (lambda: keras.layers.Dense(4, name="conv"), (5,)),
 }
 
@@ -62,20 +62,23 @@ def test_folded_layer_equals_layer_then_bn_in_inference(kind, bn_kwargs):
     np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-5)
 
 
-def per_channel(kernel: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hand-computed int8 per-channel symmetric quantization of ``kernel`` along ``axis``: (scale, q(kernel))."""
-    others = tuple(d for d in range(kernel.ndim) if d != axis % kernel.ndim)
-    scale = np.abs(kernel.astype(np.float64)).max(axis=others) / 127
-    return scale, fake_quant_float32(kernel, scale, np.zeros_like(scale), -127, 127, axis=axis)
+def per_channel(kernel: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Hand-computed int8 per-channel symmetric quantization of ``kernel`` over its channel ``axes`` (the last
+    one, or a depthwise kernel's (in, multiplier)): (scale per channel, row-major; q(kernel))."""
+    others = tuple(d for d in range(kernel.ndim) if d - kernel.ndim not in axes)
+    amax = np.abs(kernel.astype(np.float64)).max(axis=others, keepdims=True)
+    scale = amax / 127
+    q = np.clip(np.round(kernel / scale.astype(np.float32)), -127, 127).astype(np.float32)
+    return scale.reshape(-1), q * scale.astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["Conv2D-no-bias", "DepthwiseConv2D", "Dense"])
+@pytest.mark.parametrize("kind", ["Conv2D-no-bias", "DepthwiseConv2D", "DepthwiseConv2D-x2", "Dense"])
 def test_qat_fake_quantizes_the_folded_kernel(kind):
     model, x = conv_bn(kind)
     conv, bn = model.get_layer("conv"), model.get_layer("bn")
     folded_kernel, folded_bias = fold_bn(conv, bn)
-    axis = -2 if kind == "DepthwiseConv2D" else -1
-    scale, expected = per_channel(folded_kernel, axis)
+    axes = {"DepthwiseConv2D": (-2,), "DepthwiseConv2D-x2": (-2, -1)}.get(kind, (-1,))
+    scale, expected = per_channel(folded_kernel, axes)
     qat = QATQuantizer(model, [{"quant_types": ["weight"], "op_names": ["conv"]}], dummy_input=x[:1])
     model = qat.compress()
     np.testing.assert_array_equal(conv.quantized_weight(), expected)
@@ -92,7 +95,7 @@ def test_training_keeps_the_bn_on_batch_statistics_and_updates_its_moving_statis
     model, x = conv_bn("Conv2D")
     conv, bn = model.get_layer("conv"), model.get_layer("bn")
     factor = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
-    _, quantized = per_channel(fold_bn(conv, bn)[0], -1)
+    _, quantized = per_channel(fold_bn(conv, bn)[0], (-1,))
     twin = twin_with(model, quantized / factor, conv.bias.numpy())  # q(W f) / f
     reference_bn = keras.layers.BatchNormalization.from_config(bn.get_config())
     reference_bn.build(bn.input.shape)
