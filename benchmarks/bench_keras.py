@@ -2,7 +2,8 @@
 TFLite) and the training-step overhead of a compressed (mask-wrapped or fake-quantizing) model against
 the plain model.
 
-    PYTHONPATH=. python benchmarks/bench_keras.py
+    PYTHONPATH=. python benchmarks/bench_keras.py              # everything, files written
+    PYTHONPATH=. python benchmarks/bench_keras.py --fit-step   # QAT / float fit-step ratio only, printed
 
 Writes benchmarks/results/keras.json and benchmarks/RESULTS_keras.md.
 """
@@ -14,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
@@ -95,6 +97,49 @@ def overhead(width: int = 32, batch: int = 64, steps: int = 10, repeats: int = 1
     return rows
 
 
+def fit_step_ratio(width: int = 32, batch: int = 64, epochs: int = 8) -> list[dict]:
+    """``fit`` time per step of QAT (with ``CompressionCallback``; plain and with BatchNorm folding) against the
+    float model's, on the digits training set, per XLA setting: one epoch of each variant in turn (round robin),
+    ``epochs`` times; medians of (process CPU, wall) seconds per step and their ratio to the float model's."""
+    from slimkit.frameworks.tensorflow import CompressionCallback
+    from slimkit.frameworks.tensorflow.models import load_digits_arrays
+
+    x, y, _, _ = load_digits_arrays()
+    steps = -(-len(x) // batch)
+    variants = {"float": None, "QAT": {}, "QAT + BN folding (dummy_input)": {"dummy_input": x[:1]}}
+    rows = []
+    for jit in (False, True):
+        runs = {}
+        for name, kwargs in variants.items():
+            keras.utils.set_random_seed(0)
+            model = digits_cnn(width=width)
+            callbacks = []
+            if kwargs is not None:
+                quantizer = QATQuantizer(model, QAT_CONFIG, **kwargs)
+                model = quantizer.compress()
+                callbacks = [CompressionCallback(quantizer)]
+            compile_classifier(model)
+            model.jit_compile = jit
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)  # trace / compile
+            runs[name] = (model, callbacks)
+        cpus: dict[str, list[float]] = {name: [] for name in runs}
+        walls: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(epochs):
+            for name, (model, callbacks) in runs.items():
+                wall, cpu = time.perf_counter(), time.process_time()
+                model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
+                walls[name].append((time.perf_counter() - wall) / steps)
+                cpus[name].append((time.process_time() - cpu) / steps)
+        float_cpu, float_wall = statistics.median(cpus["float"]), statistics.median(walls["float"])
+        for name in runs:
+            cpu, wall = statistics.median(cpus[name]), statistics.median(walls[name])
+            rows.append({"variant": name, "xla": jit, "batch": batch, "steps_per_epoch": steps, "epochs": epochs,
+                         "median_cpu_ms_per_step": 1000 * cpu, "median_wall_ms_per_step": 1000 * wall,
+                         "cpu_ratio_vs_float": cpu / float_cpu, "wall_ratio_vs_float": wall / float_wall,
+                         "load_average_1m": os.getloadavg()[0]})
+    return rows
+
+
 def accuracy_rows() -> list[dict]:
     spec = importlib.util.spec_from_file_location("keras_digits", os.path.join(HERE, "..", "examples",
                                                                                 "keras_digits.py"))
@@ -125,9 +170,9 @@ def markdown(result: dict) -> str:
     lines += ["",
               "## Training-step overhead of the mask wrappers", "",
               "`train_on_batch` on the digits CNN (width 32), batch 64; medians over 15 rounds of 10 steps, "
-              "the variants timed round-robin in each round. QAT calls the Python quantizer core through "
-              "`tf.py_function` for each quantized tensor on every step and runs without XLA (the XLA rows "
-              "of the QAT variant are therefore not XLA-compiled). CPU time is this process's (all threads); "
+              "the variants timed round-robin in each round. QAT computes its fake quantization with TF ops in "
+              "the graph (EMA ranges in variables), XLA-compiled in the XLA rows. CPU time is this process's (all "
+              "threads); "
               "it is the steadier figure on the shared machine.", "",
               "| variant | XLA | CPU ms/step | CPU overhead | wall ms/step (median / min) | wall overhead |",
               "|---|---|---|---|---|---|"]
@@ -135,8 +180,24 @@ def markdown(result: dict) -> str:
               f"{100 * r['cpu_overhead_vs_plain']:+.1f}% | {r['median_wall_ms_per_step']:.2f} / "
               f"{r['min_wall_ms_per_step']:.2f} | {100 * r['wall_overhead_vs_plain']:+.1f}% |"
               for r in result["overhead"]]
+    lines += fit_section(result.get("fit_step", []))
     lines += tfmot_section()
     return "\n".join(lines)
+
+
+def fit_section(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## QAT `fit` step against the float model's", "",
+             "`model.fit` on the digits training set (width 32, batch 64), one epoch per variant in turn, medians of "
+             f"{rows[0]['epochs']} epochs; QAT with `CompressionCallback`, fake quantization computed in the graph "
+             "(TF ops, XLA-compiled when `jit_compile=True`).", "",
+             "| variant | XLA | CPU ms/step | CPU ratio | wall ms/step | wall ratio | load (1 min) |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['xla']} | {r['median_cpu_ms_per_step']:.2f} | {r['cpu_ratio_vs_float']:.2f}x | "
+              f"{r['median_wall_ms_per_step']:.2f} | {r['wall_ratio_vs_float']:.2f}x | {r['load_average_1m']:.1f} |"
+              for r in rows]
+    return lines + [""]
 
 
 def qat_section(rows: list[dict]) -> list[str]:
@@ -147,7 +208,7 @@ def qat_section(rows: list[dict]) -> list[str]:
     delta = 100 * (tflite_qat["accuracy"] - keras_qat["accuracy"])
     return ["## Quantization-aware training", "",
             "`QATQuantizer` on the trained float model (conv1 input + weight, conv2 weight, relu1 / relu2 / gap "
-            "outputs, conv3 and fc weight + output; BN stays float in Keras and the converter folds it), 3 epochs "
+            "outputs, conv3 and fc weight + output; with `dummy_input`, conv1 / conv2 fold bn1 / bn2), 3 epochs "
             "of `fit` + `CompressionCallback`; `export_tflite(model, path, quantizer=qat)` writes int8 with the "
             "ranges QAT learned (no representative data).", "",
             "| Keras QAT (fake-quant) | int8 TFLite from the QAT ranges | difference | target |",
@@ -183,9 +244,13 @@ def tfmot_section() -> list[str]:
 
 
 def main() -> None:
+    if "--fit-step" in sys.argv[1:]:  # the QAT / float fit-step ratio only, printed (no files written)
+        print("\n".join(fit_section(fit_step_ratio())))
+        return
     result = {"machine": machine()}
     start = time.perf_counter()
     result["overhead"] = overhead()
+    result["fit_step"] = fit_step_ratio()
     result["accuracy"] = accuracy_rows()
     result["seconds"] = time.perf_counter() - start
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)

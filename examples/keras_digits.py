@@ -44,9 +44,9 @@ def sizes(path: str) -> tuple[int, int]:
     return len(data), len(gzip.compress(data, 9))
 
 
-# The Keras backend does not fold BatchNorm: quantize where the int8 kernels' tensors are. conv1 / conv2
-# feed a BatchNorm, so their outputs are quantized after the ReLU (the fused conv+BN+ReLU kernel's output);
-# the converter folds the BN into the (fake-quantized) conv weights. The input of conv1 is the model input.
+# Quantize where the int8 kernels' tensors are. With dummy_input, conv1 / conv2 fold the BatchNorm that
+# follows them (their weights are quantized as the folded weights, which the int8 file holds); their outputs
+# are quantized after the ReLU (the fused conv+BN+ReLU kernel's output). The input of conv1 is the model input.
 QAT_CONFIG = [{"quant_types": ["input", "weight"], "op_names": ["conv1"]},
               {"quant_types": ["weight"], "op_names": ["conv2"]},
               {"quant_types": ["output"], "op_names": ["relu1", "relu2", "gap"]},
@@ -98,7 +98,7 @@ def run(out_dir: str, width: int = 32, epochs: int = 10, finetune_epochs: int = 
     start = time.perf_counter()
     qat_model = digits_cnn(width=width)
     qat_model.load_weights(float_path)
-    qat = QATQuantizer(qat_model, QAT_CONFIG)
+    qat = QATQuantizer(qat_model, QAT_CONFIG, dummy_input=x_train[:1])  # dummy_input: BatchNorm folding
     qat_model = compile_classifier(qat.compress(), learning_rate=1e-3)
     qat_model.fit(x_train, y_train, epochs=qat_epochs, batch_size=64, verbose=0, callbacks=[CompressionCallback(qat)])
     qat_path = os.path.join(out_dir, "digits_qat.weights.h5")

@@ -91,6 +91,13 @@ def differentiable(method: Any) -> Any:
     return method
 
 
+def traceable(method: Any) -> Any:
+    """Mark a ``quantize_*`` method (or a ``quant_backward``) that computes with the ops seam only, from
+    parameters that do not change between calls: a graph backend (Keras) may trace it as is."""
+    method._slimkit_traceable = True
+    return method
+
+
 class LayerQuant:
     """Quantization state of one layer: what is quantized, with how many bits, its observers."""
 
@@ -369,6 +376,14 @@ class Quantizer(Compressor):
         """Pin ``layer_name``'s tensor ``key`` to ``params`` (profile-fixed outputs, shared params)."""
         self.params[layer_name][key] = params
         self._fixed_keys.setdefault(layer_name, set()).add(key)
+        self.state_changed()
+
+    def state_changed(self) -> None:
+        """Tell the backend that parameters or switches changed from Python (freeze, loaded ranges, a step), for
+        backends that keep a copy in the compiled graph (Keras)."""
+        notify = getattr(self.backend, "state_changed", None)
+        if notify is not None and self.wrapped:
+            notify(self)
 
     # ---------------------------------------------------------------- dispatch (called by wrappers)
     def _grad_kwargs(self, layer: Layer, key: str, like: Any) -> dict[str, Any]:
@@ -449,6 +464,7 @@ class Quantizer(Compressor):
                 self.graph_params[key] = affine_params(lo, hi, self.activation_bits(self.graph_slot, key),
                                                        self.profile.activation)
         self.resolve_graph_params()
+        self.state_changed()
 
     def refresh_weight_params(self) -> None:
         """Recompute the weight parameters from the current weights (masked, BN-folded where folded)."""
@@ -468,9 +484,11 @@ class Quantizer(Compressor):
         if self.wrapped:
             self.refresh_weight_params()
         self.frozen = True
+        self.state_changed()
 
     def unfreeze(self) -> None:
         self.frozen = False
+        self.state_changed()
 
     def calibration(self) -> dict[str, dict[str, Any]]:
         """The calibration dict: ``{layer_name: {'weight_bits', 'weight_scale', 'weight_zero_point',
@@ -546,6 +564,7 @@ class Quantizer(Compressor):
             if params.min is not None and not entry.get("fixed") and not entry.get("shared_from"):
                 observer = self.graph_observers[key] = self.make_observer(self.graph_slot, key)
                 observer.set_range(params.min, params.max)
+        self.state_changed()
 
     def export_model(self, model_path: str | os.PathLike, calibration_path: str | os.PathLike | None = None,
                      onnx_path: str | os.PathLike | None = None, input_shape: Any = None,
@@ -573,4 +592,4 @@ class Quantizer(Compressor):
         return calibration
 
 
-__all__ = ["LayerQuant", "Quantizer", "differentiable", "load_calibration", "save_calibration"]
+__all__ = ["LayerQuant", "Quantizer", "differentiable", "load_calibration", "save_calibration", "traceable"]

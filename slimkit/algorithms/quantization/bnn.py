@@ -8,12 +8,14 @@ import numpy as np
 
 from slimkit.compression import QuantGrad, Quantizer, QuantType
 from slimkit.compression.quant import QParams
+from slimkit.compression.quantizer import traceable
 
 
 class ClipGrad(QuantGrad):
     """Straight-through gradient cancelled where ``|x| > 1`` (the hard-tanh STE of BNN)."""
 
     @staticmethod
+    @traceable
     def quant_backward(tensor: Any, grad_output: Any, quant_type: QuantType, **kwargs: Any) -> Any:
         return kwargs["ops"].zero_grad_where_abs_above(tensor, grad_output, 1.0)
 
@@ -44,12 +46,15 @@ class BNNQuantizer(Quantizer):
         self.params[layer.name][key] = QParams(1, np.array([2.0]), np.array([0]), -1, 0)
         return self.ops.sign_ste(x)
 
+    @traceable
     def quantize_weight(self, weight: Any, config: Any, **kwargs: Any) -> Any:
         return self._sign(kwargs["layer"], weight, "weight")
 
+    @traceable
     def quantize_output(self, output: Any, config: Any, **kwargs: Any) -> Any:
         return self._sign(kwargs["layer"], output, "output")
 
+    @traceable
     def quantize_input(self, *inputs: Any, config: Any, **kwargs: Any) -> Any:
         quantized = self._sign(kwargs["layer"], inputs[0], "input")
         return (quantized, *inputs[1:]) if len(inputs) > 1 else quantized

@@ -8,7 +8,7 @@ import numpy as np
 
 from slimkit.compression import Layer, Quantizer
 from slimkit.compression.quant import QParams, QuantType
-from slimkit.compression.quantizer import differentiable
+from slimkit.compression.quantizer import differentiable, traceable
 
 
 class DoReFaQuantizer(Quantizer):
@@ -32,6 +32,7 @@ class DoReFaQuantizer(Quantizer):
     """
 
     @differentiable
+    @traceable
     def quantize_weight(self, weight: Any, config: Any, **kwargs: Any) -> Any:
         layer: Layer = kwargs["layer"]
         bits = self.states[layer.name].bits[QuantType.QUANT_WEIGHT]
@@ -44,10 +45,12 @@ class DoReFaQuantizer(Quantizer):
         return quantized
 
     @differentiable
+    @traceable
     def quantize_output(self, output: Any, config: Any, **kwargs: Any) -> Any:
         return self._quantize_activation(kwargs["layer"], output, QuantType.QUANT_OUTPUT)
 
     @differentiable
+    @traceable
     def quantize_input(self, *inputs: Any, config: Any, **kwargs: Any) -> Any:
         quantized = self._quantize_activation(kwargs["layer"], inputs[0], QuantType.QUANT_INPUT)
         return (quantized, *inputs[1:]) if len(inputs) > 1 else quantized

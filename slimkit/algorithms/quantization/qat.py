@@ -57,6 +57,8 @@ class QATQuantizer(Quantizer):
 
     def _count_step(self) -> None:
         self.steps += 1
+        if any(self.steps == (layer.config.quant_start_step or 0) for layer in self.layers):
+            self.state_changed()  # fake quantization switches on for some layers
 
     def step(self) -> None:
         """Count one training step (when no optimizer was given to count them)."""

@@ -1,28 +1,36 @@
-"""Keras side of quantization: the fake-quant wrapper, calibration runs, files and the deploy form.
+"""Keras side of quantization: the fake-quant wrapper, BatchNorm folding, calibration runs, files and the deploy form.
 
 The quantizer core (:class:`slimkit.compression.quantizer.Quantizer`, its observers and the built-in
 formulas) is framework-neutral and runs in Python: observers read tensors as numpy, parameters are
 numpy. :class:`QuantWrapper` (a :class:`~slimkit.frameworks.tensorflow.wrapper.MaskWrapper`, so masks
-still apply) asks the quantizer for the quantized input, weight and output of its layer on every
-call. Eagerly it calls the quantizer directly; inside a traced function (``fit``, ``predict``, a
-``tf.function``) each of those requests becomes a ``tf.py_function`` that runs the same Python code
-at run time on the real tensors, with gradients taken through it (the formulas' straight-through
-gradients). So QAT's ranges, ``quant_start_step`` and ``step()`` counted by
-:class:`~slimkit.frameworks.tensorflow.CompressionCallback` act inside ``fit`` exactly as in a
-PyTorch loop, with no quantization logic in any layer class. ``py_function`` does not compile with
-XLA: quantized layers report ``supports_jit = False`` (the model runs without XLA while wrapped).
+still apply) asks for the quantized input, weight and output of its layer on every call. Eagerly it
+calls the quantizer directly. Inside a traced function (``fit``, ``predict``, a ``tf.function``, XLA) the
+built-in quantizers run as TensorFlow ops in the graph (:mod:`slimkit.frameworks.tensorflow.quant_graph`:
+the affine formulas with ranges in ``tf.Variable`` s shared with the Python core, DoReFa / BNN traced as
+they are), so QAT's ranges, ``quant_start_step`` and ``step()`` counted by
+:class:`~slimkit.frameworks.tensorflow.CompressionCallback` act inside ``fit`` exactly as in a PyTorch
+loop, XLA included. A quantizer that overrides ``quantize_*`` (or the parameter helpers, ``make_observer``,
+``quant_grad``) with arbitrary Python keeps the fallback: each request becomes a ``tf.py_function`` running
+that code at run time, and such layers report ``supports_jit = False`` (the model runs without XLA while
+they are wrapped).
 
 Whether a call trains (QAT observes ranges only in training) comes from Keras' call context and is
 given to the core as ``layer.training``, the attribute PyTorch modules carry.
 
-For export, :meth:`KerasQuantBackend.deploy` freezes the parameters, writes the fake-quantized
-(masked) weights into the variables, and makes each wrapper quantize its input / output with
-``tf.quantization.fake_quant_with_min_max_vars`` on the frozen ranges, ops TFLite's converter turns
-into int8 tensors with exactly those scales and zero points (see
-:func:`slimkit.frameworks.tensorflow.export.export_tflite`).
+With ``dummy_input`` and a quantizer that folds BatchNorm (QAT, PTQ), a conv / depthwise / dense layer
+whose only consumer is a ``BatchNormalization`` computes with ``q(W f) / f``
+(:mod:`slimkit.frameworks.tensorflow.quant_fold`): the quantized weight is the folded one, and the BN,
+left in the model, sees the unfolded scale (batch statistics in training, moving statistics in inference).
 
-BatchNorm folding, conv+BN+ReLU fusion and whole-graph quantization need a captured graph, which the
-Keras backend does not build: ``dummy_input`` is accepted and ignored. A Keras layer's own
+For export, :meth:`KerasQuantBackend.deploy` freezes the parameters, writes the fake-quantized
+(masked, ``q(W f) / f`` where folded) weights into the variables, and makes each wrapper quantize its
+input / output with ``tf.quantization.fake_quant_with_min_max_vars`` on the frozen ranges, ops TFLite's
+converter turns into int8 tensors with exactly those scales and zero points (see
+:func:`slimkit.frameworks.tensorflow.export.export_tflite`); the converter folds the BN back, giving the
+integer weights of ``q(W f)`` with the folded weights' scales.
+
+A folding layer's ``'output'`` is quantized where its fused kernel ends, after the BN or the ReLU that follows it
+(:class:`OutputTail`). Whole-graph quantization is PyTorch-only. A Keras layer's own
 ``activation`` (``Conv2D(..., activation='relu')``) is inside the layer, so its output is quantized
 after the activation, as a fused TFLite kernel computes it.
 
@@ -49,10 +57,13 @@ import numpy as np
 import tensorflow as tf
 from keras.src.backend.common import global_state
 
+from slimkit.compression import bn_fold
 from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.quant import QuantType
 from slimkit.errors import CompressionStateError, UnsupportedOpError
+from slimkit.frameworks.tensorflow import quant_fold
 from slimkit.frameworks.tensorflow.adapter import ADAPTER
+from slimkit.frameworks.tensorflow.quant_graph import AFFINE, PYTHON, TRACED, GraphQuant
 from slimkit.frameworks.tensorflow.quant_ops import OPS
 from slimkit.frameworks.tensorflow.wrapper import MaskWrapper, install, retrace, uninstall, wrapper_of
 from slimkit.utils.files import atomic_path
@@ -74,12 +85,17 @@ def fake_quant_range(params: Any) -> tuple[float, float]:
 
 
 class QuantWrapper(MaskWrapper):
-    """Masks and fake quantization around one Keras layer (see the module docstring)."""
+    """Masks and fake quantization around one Keras layer (see the module docstring). ``fold``: the
+    BatchNormalization folded into the layer (and where its output is quantized), or None."""
 
-    def __init__(self, layer: keras.layers.Layer, layer_name: str, quantizer: Any, slim_layer: Any):
+    def __init__(self, layer: keras.layers.Layer, layer_name: str, quantizer: Any, slim_layer: Any, graph: GraphQuant,
+                 fold: quant_fold.Fold | None = None):
         super().__init__(layer, layer_name)
         object.__setattr__(self, "_quantizer", quantizer)   # held without Keras tracking them
         object.__setattr__(self, "_slim_layer", slim_layer)
+        object.__setattr__(self, "_graph", graph)
+        object.__setattr__(self, "_fold", fold)
+        object.__setattr__(self, "_bn", None if fold is None else fold.bn)
         object.__setattr__(self, "_training_now", False)
         object.__setattr__(self, "deploy", False)
 
@@ -97,14 +113,37 @@ class QuantWrapper(MaskWrapper):
         out.set_shape(x.shape)
         return out
 
+    def _request(self, qtype: QuantType, x: Any, core: Callable[[Any], Any]) -> Any:
+        """``qtype``'s quantization of ``x``: the Python core eagerly; in a traced function the graph-native
+        formula, the traced core method, or the core through ``tf.py_function`` (``quant_graph.route``)."""
+        route = self._graph.routes[self._slim_layer.name][qtype]
+        if route == TRACED or (route == AFFINE and tf.executing_eagerly()):
+            object.__setattr__(self.target, "training", self._training_now)
+            return core(x)
+        if route == PYTHON:
+            return self._run(core, x)
+        if qtype is QuantType.QUANT_WEIGHT:
+            return self._graph.weight(self._slim_layer, x)
+        return self._graph.activation(self._slim_layer, x, qtype.value, self._training_now)
+
+    def quantize_kernel(self, kernel: Any) -> Any:
+        """The kernel the layer computes with, from the masked ``kernel``: fake-quantized; with a folded
+        BatchNorm ``q(W f) / f`` (the BatchNorm that follows multiplies by ``f`` again)."""
+        quantizer, layer, bn = self._quantizer, self._slim_layer, self._bn
+        if bn is None:
+            return self._request(QuantType.QUANT_WEIGHT, kernel, lambda w: quantizer.forward_weight(layer, w))
+        factor, view = quant_fold.factor(bn), quant_fold.channel_view(self.target, kernel)
+        folded = bn_fold.fold_weight(kernel, factor, view)
+        quantized = self._request(QuantType.QUANT_WEIGHT, folded, lambda w: quantizer.forward_weight(layer, w))
+        return bn_fold.unfold_weight(quantized, factor, view)
+
     def masked_values(self) -> list[tuple[keras.Variable, Any]]:
         if self.deploy:  # masks and fake-quantized weights are written into the variables
             return []
         mapping = super().masked_values()
-        quantizer, layer = self._quantizer, self._slim_layer
-        if mapping and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+        if mapping and self._quantizer.quantizes(self._slim_layer, QuantType.QUANT_WEIGHT):
             var, value = mapping[0]
-            mapping[0] = (var, self._run(lambda w: quantizer.forward_weight(layer, w), value))
+            mapping[0] = (var, self.quantize_kernel(value))
         return mapping
 
     def _deploy_quant(self, x: Any, key: str) -> Any:
@@ -117,23 +156,46 @@ class QuantWrapper(MaskWrapper):
         narrow = params.qmax - params.qmin == 2 ** params.bits - 2
         return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=params.bits, narrow_range=narrow)
 
+    def _activation(self, qtype: QuantType, x: Any, core: Callable[[Any], Any]) -> Any:
+        return self._deploy_quant(x, qtype.value) if self.deploy else self._request(qtype, x, core)
+
     def call(self, *args: Any, **kwargs: Any) -> Any:
         quantizer, layer = self._quantizer, self._slim_layer
         object.__setattr__(self, "_training_now", _call_training(kwargs))
         if args and quantizer.quantizes(layer, QuantType.QUANT_INPUT):
-            first = self._deploy_quant(args[0], "input") if self.deploy else \
-                self._run(lambda t: quantizer.forward_input(layer, (t,), 0)[0], args[0])
+            first = self._activation(QuantType.QUANT_INPUT, args[0],
+                                     lambda t: quantizer.forward_input(layer, (t,), 0)[0])
             args = (first, *args[1:])
         outputs = super().call(*args, **kwargs)
-        if quantizer.quantizes(layer, QuantType.QUANT_OUTPUT):
-            outputs = self._deploy_quant(outputs, "output") if self.deploy else \
-                self._run(lambda t: quantizer.forward_output(layer, t, 0), outputs)
+        if self._fold is None or self._fold.tail is None:
+            outputs = self.quantize_output(outputs)
         return outputs
 
-    def quantized_weight(self) -> np.ndarray:
-        """The weight this layer computes with (masked, fake-quantized), as numpy."""
+    def quantize_output(self, outputs: Any) -> Any:
+        """The layer's output quantization of ``outputs`` (here, or at its fused kernel's tail)."""
         quantizer, layer = self._quantizer, self._slim_layer
-        return np.asarray(quantizer.forward_weight(layer, ADAPTER.weight(layer)))
+        if not quantizer.quantizes(layer, QuantType.QUANT_OUTPUT):
+            return outputs
+        return self._activation(QuantType.QUANT_OUTPUT, outputs, lambda t: quantizer.forward_output(layer, t, 0))
+
+    def quantized_weight(self) -> np.ndarray:
+        """The weight this layer computes with (masked, BN-folded, fake-quantized), as numpy."""
+        quantizer, layer = self._quantizer, self._slim_layer
+        return np.asarray(quantizer.forward_weight(layer, BACKEND.effective_weight(layer)))
+
+
+class OutputTail(MaskWrapper):
+    """Quantizes a folding layer's output where its fused kernel ends (the folded BatchNorm, or the ReLU after
+    it): the tail layer runs as usual, then its output goes through the head layer's output quantization."""
+
+    def __init__(self, layer: keras.layers.Layer, layer_name: str, head: QuantWrapper):
+        super().__init__(layer, layer_name)
+        object.__setattr__(self, "_head", head)
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        outputs = super().call(*args, **kwargs)
+        object.__setattr__(self._head, "_training_now", _call_training(kwargs))
+        return self._head.quantize_output(outputs)
 
 
 class KerasQuantBackend:
@@ -142,37 +204,71 @@ class KerasQuantBackend:
     ops = OPS
 
     # ------------------------------------------------------------ planning and wrapping
-    def plan(self, model: Any, dummy_input: Any, quantizer: Any) -> None:
-        """No graph capture on Keras (no BN folding, fusion or whole-graph mode): returns None."""
+    def plan(self, model: Any, dummy_input: Any, quantizer: Any) -> dict[str, Any]:
+        """BatchNorm folding (``quantizer.fold_bn``) read from the Keras graph: ``{layer_name: Fold}``
+        (:func:`~slimkit.frameworks.tensorflow.quant_fold.plan_folds`, with where a folding layer's output is
+        quantized). No whole-graph mode on Keras."""
         quantizer.whole_graph = False
-        return None
+        return quant_fold.plan_folds(quantizer.layers, quantizer) if quantizer.fold_bn else {}
 
     def wrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
         refuse_wrapped(layers, lambda layer: wrapper_of(layer.module) is not None)
+        folds = quantizer.graph_plan or {}
+        tails = [fold.tail for fold in folds.values() if fold.tail is not None]
+        wrapped = [tail.name for tail in tails if wrapper_of(tail) is not None]
+        if wrapped:
+            raise CompressionStateError(
+                f"Layers {wrapped} end fused kernels whose outputs this quantizer quantizes, but another compressor "
+                f"has wrapped them. Expected them unwrapped: call unwrap_model() on that compressor first.")
+        graph = quantizer._keras_graph = GraphQuant(quantizer, layers)
         for layer in layers:
-            layer.wrapper = install(layer.module, layer.name,
-                                    lambda module, name, _layer=layer: QuantWrapper(module, name, quantizer, _layer))
+            fold = folds.get(layer.name)
+            layer.wrapper = install(layer.module, layer.name, lambda module, name, _layer=layer, _fold=fold:
+                                    QuantWrapper(module, name, quantizer, _layer, graph, _fold))
             layer.wrapper.models.add(model)
-            layer.module.supports_jit = False  # tf.py_function does not compile with XLA
+            if not graph.graph_safe(layer):
+                layer.module.supports_jit = False  # tf.py_function does not compile with XLA
             object.__setattr__(layer.module, "quantized_weight", layer.wrapper.quantized_weight)
+            if fold is not None and fold.tail is not None:
+                tail = install(fold.tail, fold.tail.name,
+                               lambda module, name, _head=layer.wrapper: OutputTail(module, name, _head))
+                tail.models.add(model)
+                if not graph.graph_safe(layer):
+                    fold.tail.supports_jit = False
         retrace(model)
 
     def unwrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
+        for fold in (quantizer.graph_plan or {}).values():
+            if fold.tail is not None:
+                uninstall(fold.tail)
         for layer in layers:
             uninstall(layer.module)
             for attr in ("training", "quantized_weight"):
                 vars(layer.module).pop(attr, None)
             layer.wrapper = None
+        quantizer._keras_graph.release(layers)
         retrace(model)
 
+    def state_changed(self, quantizer: Any) -> None:
+        """The quantizer's switches or parameters changed in Python: update the graph's copy."""
+        quantizer._keras_graph.sync()
+
     def effective_weight(self, layer: Any) -> tf.Tensor:
-        """The weight the quantizer sees: masked."""
-        return ADAPTER.weight(layer)
+        """The weight the quantizer sees: masked, BN-folded when a BatchNorm is folded in."""
+        weight = ADAPTER.weight(layer)
+        bn = layer.wrapper._bn
+        if bn is None:
+            return weight
+        return bn_fold.fold_weight(weight, quant_fold.factor(bn), quant_fold.channel_view(layer.module, weight))
 
     def layer_extras(self, layer: Any, quantizer: Any) -> dict[str, Any]:
         activation = getattr(getattr(layer.module, "activation", None), "__name__", None)
-        return {"folded_bn": None, "fused_activation": None if activation in (None, "linear") else activation,
-                "fused_output_module": layer.name}
+        fold = layer.wrapper._fold
+        tail = None if fold is None else fold.tail
+        return {"folded_bn": None if fold is None else fold.bn.name,
+                "fused_activation": fold.activation if tail is not None else
+                (None if activation in (None, "linear") else activation),
+                "fused_output_module": layer.name if tail is None else tail.name}
 
     @contextlib.contextmanager
     def inference(self, model: Any) -> Iterator[None]:
@@ -240,7 +336,7 @@ class KerasQuantBackend:
                 wrapper = layer.wrapper
                 for var, value in MaskWrapper.masked_values(wrapper):
                     if var is wrapper._weight_var and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
-                        value = quantizer.forward_weight(layer, value)
+                        value = wrapper.quantize_kernel(value)
                     saved.append((var, var.numpy()))
                     var.assign(value)
                 object.__setattr__(wrapper, "deploy", True)
@@ -252,6 +348,7 @@ class KerasQuantBackend:
             for var, value in reversed(saved):
                 var.assign(value)
             quantizer.frozen = was_frozen
+            quantizer.state_changed()
 
 
 BACKEND = KerasQuantBackend()

@@ -25,10 +25,54 @@ import numpy as np
 import tensorflow as tf
 
 from slimkit.compression.channels import ChannelAxis, channel_rows, channel_shape
+from slimkit.compression.quant import qrange
 
 
 def _channel_view(values: tf.Tensor, like: tf.Tensor, axis: ChannelAxis) -> tf.Tensor:
     return tf.reshape(values, channel_shape(tuple(like.shape), axis))
+
+
+def fake_quant_tensors(x: tf.Tensor, scale: tf.Tensor, zero_point: tf.Tensor, qmin: int, qmax: int) -> tf.Tensor:
+    """``(clamp(round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale`` in float32 with round half to
+    even (``scale`` / ``zero_point`` float32 tensors broadcasting against ``x``, graph values or constants); the
+    gradient w.r.t. ``x`` passes where ``x`` quantizes inside ``[qmin, qmax]`` and is zero outside, none reaches
+    the parameters. The one fake-quant formula of the eager and the graph-native paths."""
+    scale, zero_point = tf.stop_gradient(scale), tf.stop_gradient(zero_point)
+
+    @tf.custom_gradient
+    def quantize(value: tf.Tensor) -> tuple[tf.Tensor, Callable]:
+        q = tf.round(tf.cast(value, tf.float32) / scale) + zero_point
+        inside = tf.logical_and(q >= qmin, q <= qmax)
+        out = (tf.clip_by_value(q, float(qmin), float(qmax)) - zero_point) * scale
+
+        def grad(upstream: tf.Tensor) -> tf.Tensor:
+            return tf.where(inside, upstream, tf.zeros_like(upstream))
+
+        return tf.cast(out, value.dtype), grad
+
+    return quantize(x)
+
+
+def range_params(lo: tf.Tensor, hi: tf.Tensor, bits: int, scheme: Any, levels: tf.Tensor) -> tuple[tf.Tensor,
+                                                                                                     tf.Tensor]:
+    """In-graph twin of :func:`slimkit.compression.quant.affine_params` for ``pow2=False`` schemes: float64
+    scale and zero point covering ``[lo, hi]`` (float64 tensors, per channel or length 1), the same numbers
+    the numpy function gives (same float64 operations, round half to even).
+
+    ``levels`` is ``max(qmax - qmin, 1)`` as a float64 tensor read at run time (e.g. from a variable): a constant
+    divisor would be rewritten by Grappler and XLA into a multiplication by its reciprocal, which is not exact.
+    """
+    qmin, qmax = qrange(bits, scheme.signed, scheme.narrow)
+    lo, hi = tf.minimum(lo, 0.0), tf.maximum(hi, 0.0)
+    if scheme.symmetric:
+        scale = 2.0 * tf.maximum(-lo, hi) / levels
+        scale = tf.where(scale > 0, scale, tf.ones_like(scale))
+        zero_point = tf.fill(tf.shape(scale), tf.constant(0.0 if scheme.signed else float((qmin + qmax + 1) // 2),
+                                                          tf.float64))
+        return scale, zero_point
+    scale = (hi - lo) / levels
+    scale = tf.where(scale > 0, scale, tf.ones_like(scale))
+    return scale, tf.clip_by_value(tf.round(qmin - lo / scale), float(qmin), float(qmax))
 
 
 class TFQuantOps:
@@ -48,19 +92,8 @@ class TFQuantOps:
 
     def fake_quant(self, x: tf.Tensor, params: Any) -> tf.Tensor:
         """Quantize-dequantize ``x``; gradient passes inside ``[qmin, qmax]`` and is zero outside."""
-
-        @tf.custom_gradient
-        def quantize(value: tf.Tensor) -> tuple[tf.Tensor, Callable]:
-            q, scale, zero_point = self._quantize(value, params)
-            inside = tf.logical_and(q >= params.qmin, q <= params.qmax)
-            out = (tf.clip_by_value(q, float(params.qmin), float(params.qmax)) - zero_point) * scale
-
-            def grad(upstream: tf.Tensor) -> tf.Tensor:
-                return tf.where(inside, upstream, tf.zeros_like(upstream))
-
-            return tf.cast(out, value.dtype), grad
-
-        return quantize(x)
+        scale, zero_point = self._params(x, params)
+        return fake_quant_tensors(x, scale, zero_point, params.qmin, params.qmax)
 
     def straight_through(self, x: tf.Tensor, forward: Callable, backward: Callable) -> tf.Tensor:
         """``forward(x)`` in the forward pass; ``backward(x, grad_output)`` as the gradient."""

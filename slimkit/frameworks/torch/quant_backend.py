@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.compression import bn_fold
 from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.quant import QuantType
 from slimkit.errors import UnsupportedOpError
@@ -57,19 +58,17 @@ class _Ref:
 
 
 def bn_factor(bn: nn.Module) -> torch.Tensor:
-    """``gamma / sqrt(running_var + eps)`` of a BatchNorm in eval."""
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
-    return gamma / torch.sqrt(bn.running_var + bn.eps)
+    """``gamma / sqrt(running_var + eps)`` of a BatchNorm in eval (:func:`slimkit.compression.bn_fold.bn_factor`)."""
+    return bn_fold.bn_factor(bn.weight, bn.running_var, bn.eps, torch.sqrt)
 
 
 def folded_parameters(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor,
                                                                                                torch.Tensor]:
-    """Weight and bias of a conv with ``bn`` (eval statistics) folded in."""
+    """Weight and bias of a conv with ``bn`` (eval statistics) folded in (:mod:`slimkit.compression.bn_fold`)."""
     factor = bn_factor(bn)
     shape = [-1] + [1] * (weight.dim() - 1)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
-    return weight * factor.reshape(shape), (bias - bn.running_mean) * factor + beta
+    return (bn_fold.fold_weight(weight, factor, lambda values: values.reshape(shape)),
+            bn_fold.folded_bias(bias, bn.running_mean, bn.bias, factor))
 
 
 def quantized_bias(quantizer: Any, layer: Any, bias: torch.Tensor | None, call: int = 0) -> torch.Tensor | None:

@@ -12,9 +12,10 @@ from slimkit.algorithms.quantization import (
     QAT_Quantizer,
     QATQuantizer,
 )
+from tests.algorithms.quantization import vectors
 
-W = torch.tensor([[0.9, -0.35, 0.02], [-2.0, 0.5, 1.1]])
-X = torch.tensor([[1.0, -2.0, 0.5], [0.25, 3.0, -1.5]])
+W = torch.from_numpy(vectors.W)
+X = torch.from_numpy(vectors.X)
 
 
 def _linear(bias=False):
