@@ -236,12 +236,8 @@ class Quantizer(Compressor):
         axis = layer.out_axis if scheme.per_channel else None
         if axis is not None and axis < 0:
             axis += len(tuple(weight.shape))
-        symmetric = getattr(self.ops, "symmetric_params", None)
-        if symmetric is not None and scheme.symmetric and scheme.signed and not scheme.pow2:
-            params = symmetric(weight, axis, bits, scheme.narrow)  # same numbers, computed on the device
-        else:
-            lo, hi = self.ops.min_max(weight, axis)
-            params = affine_params(lo, hi, bits, scheme, axis)
+        lo, hi = self.ops.min_max(weight, axis)
+        params = affine_params(lo, hi, bits, scheme, axis)
         table["weight"] = params
         return params
 
