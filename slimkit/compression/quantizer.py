@@ -425,6 +425,16 @@ class Quantizer(Compressor):
         return self._apply(self.quantize_output, QuantType.QUANT_OUTPUT, layer, self._key("output", call),
                            output, call)
 
+    def weight_grad_is_identity(self, layer: Layer) -> bool:
+        """Whether :meth:`forward_weight`'s gradient is the identity for ``layer``: the built-in per-channel weight
+        quantization with the default straight-through gradient (or no weight quantization). A backend may then
+        fold per-channel scales around it with a closed-form gradient (BatchNorm folding in training)."""
+        if not self.quantizes(layer, QuantType.QUANT_WEIGHT):
+            return True
+        cls = type(self)
+        return (self.quant_grad is QuantGrad and cls.quantize_weight is Quantizer.quantize_weight
+                and cls.weight_params is Quantizer.weight_params and self.profile.weight.per_channel)
+
     def quantizes(self, layer: Layer, qtype: QuantType) -> bool:
         return qtype in self.states[layer.name].types
 

@@ -102,6 +102,28 @@ def fold_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
     return folded
 
 
+class _FoldedWeight(torch.autograd.Function):
+    """``q(W f) / f`` for a BatchNorm factor ``f`` per output channel, where ``q`` (``quantize``) has the identity
+    (straight-through) gradient: the gradients are then ``dW = grad`` and ``df = sum(grad * (W - q(W f) / f)) / f``
+    per channel, computed directly instead of through two broadcast multiplications' autograd nodes."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, factor: torch.Tensor, quantize: Any) -> torch.Tensor:
+        channels = [-1] + [1] * (weight.dim() - 1)
+        out = quantize(weight * factor.reshape(channels)) * factor.reciprocal().reshape(channels)
+        ctx.save_for_backward(weight, out, factor)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        weight, out, factor = ctx.saved_tensors
+        grad_factor = None
+        if ctx.needs_input_grad[1]:
+            dims = tuple(range(1, weight.dim()))
+            grad_factor = (grad_output * (weight - out)).sum(dims) / factor
+        return grad_output, grad_factor, None
+
+
 class QuantWrapper(CompressionWrapper):
     """Fake quantization (and masks) around one layer. ``bn``: a BatchNorm folded into it."""
 
@@ -159,10 +181,15 @@ class QuantWrapper(CompressionWrapper):
     def _forward_folded(self, quantizer: Any, layer: Any, bn: nn.Module, weight: torch.Tensor, overrides: dict,
                         args: tuple, call: int) -> torch.Tensor:
         factor = bn_factor(bn)
+        bias = overrides.get("bias", self.module.bias)
+        if self.training and not self.deploy and quantizer.weight_grad_is_identity(layer):
+            # conv(x, q(W f) / f): the same values as the general path below, with a closed-form gradient
+            weight = _FoldedWeight.apply(weight, factor, lambda folded: quantizer.forward_weight(layer, folded))
+            out = self.module._conv_forward(args[0], weight, bias)
+            return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
         channels = [-1] + [1] * (weight.dim() - 1)  # per output channel, on the weight
         view = [1, -1] + [1] * (weight.dim() - 2)  # per output channel, on the activation
         weight = quantizer.forward_weight(layer, weight * factor.reshape(channels))
-        bias = overrides.get("bias", self.module.bias)
         if self.deploy:
             _, folded_bias = folded_parameters(weight, bias, bn)
             out = self.module._conv_forward(args[0], weight, quantized_bias(quantizer, layer, folded_bias, call))
