@@ -34,7 +34,6 @@ from torch import nn
 
 from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.quant import QuantType
-from slimkit.errors import UnsupportedOpError
 from slimkit.frameworks.torch import quant_graph
 from slimkit.frameworks.torch.adapter import ADAPTER, set_submodule
 from slimkit.frameworks.torch.quant_ops import OPS
@@ -363,21 +362,22 @@ class TorchQuantBackend:
         return clone.eval()
 
     def export_onnx(self, quantizer: Any, path: str, input_shape: Any, device: Any) -> None:
+        """Write the deployed model with QuantizeLinear / DequantizeLinear: int8 / uint8 up to 8 bits (narrower
+        ranges clipped to their grid first), int16 / uint16 (opset 21) up to 16; wider widths raise."""
         from slimkit.frameworks.torch.onnx_export import export_onnx
+        from slimkit.frameworks.torch.quant_onnx import QDQ16_OPSET, check_widths, translation_table
 
-        for layer in quantizer.layers:
-            for params in quantizer.params[layer.name].values():
-                if params.bits != 8:
-                    raise UnsupportedOpError(
-                        f"ONNX QuantizeLinear/DequantizeLinear holds 8-bit values only. Layer {layer.name!r} "
-                        f"uses {params.bits} bits. Expected quant_bits=8 for ONNX export; export the "
-                        f"calibration instead.")
+        named = [(layer.name, key, params) for layer in quantizer.layers
+                 for key, params in quantizer.params[layer.name].items()]
+        named += [(key, "output", params) for key, params in quantizer.graph_params.items()]
+        needs16 = check_widths(named)
         was_frozen = quantizer.frozen
         quantizer.freeze()
         try:
             clone = self.deploy_copy(quantizer)
             with OPS.exporting_onnx():
-                export_onnx(clone, path, input_shape, device)
+                export_onnx(clone, path, input_shape, device, opset_version=QDQ16_OPSET if needs16 else None,
+                            custom_translation_table=translation_table() if needs16 else None)
         finally:
             quantizer.frozen = was_frozen
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from slimkit.compression.quant import GridBounds, QParams, grid_bounds
+from slimkit.frameworks.torch.quant_onnx import MAX_BITS, onnx_fake_quant
 
 
 class _FakeQuantPerTensor(torch.autograd.Function):
@@ -90,7 +91,7 @@ class TorchQuantOps:
     """The ops seam for PyTorch tensors."""
 
     def __init__(self) -> None:
-        self.onnx_ranges = False  # while exporting: express narrow int8 ranges as ONNX's [-128, 127]
+        self.onnx_ranges = False  # while exporting ONNX: every width as a clamp + int8 / int16 fake quant
 
     @contextlib.contextmanager
     def exporting_onnx(self) -> Iterator[None]:
@@ -122,8 +123,8 @@ class TorchQuantOps:
 
     def fake_quant(self, x: torch.Tensor, params: QParams) -> torch.Tensor:
         qmin, qmax = params.qmin, params.qmax
-        if self.onnx_ranges and (qmin, qmax) == (-127, 127):
-            qmin = -128  # values never reach -128: |w| <= 127 * scale by construction
+        if self.onnx_ranges and params.bits <= MAX_BITS:
+            return onnx_fake_quant(x, params)  # widths ONNX holds: clamp to the grid, then its int8 / int16 range
         canonical = self.onnx_ranges or torch.compiler.is_exporting()
         if not params.per_channel and not canonical and params.bits <= 16 and x.dtype == torch.float32:
             if "bounds" not in params._native:  # Python numbers holding float32 values: no tensors made per step
