@@ -202,7 +202,7 @@ def affine_params(lo: np.ndarray, hi: np.ndarray, bits: int, scheme: Scheme, axi
         if scheme.pow2:
             scale = np.where(scale > 0, _pow2(np.where(scale > 0, scale, 1.0)), scale)
         scale = np.where(scale > 0, scale, 1.0)
-        zero_point = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(np.int64)
+        zero_point = np.minimum(np.maximum(np.round(qmin - lo / scale), qmin), qmax).astype(np.int64)  # np.clip, faster
     return QParams(bits, scale, zero_point, qmin, qmax, axis, lo, hi)
 
 
