@@ -109,7 +109,8 @@ class _FoldedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, weight: torch.Tensor, factor: torch.Tensor, quantize: Any) -> torch.Tensor:
         channels = [-1] + [1] * (weight.dim() - 1)
-        out = quantize(weight * factor.reshape(channels)) * factor.reciprocal().reshape(channels)
+        # the quantized folded weight is a fresh tensor (or the folded weight itself): divided in place
+        out = quantize(weight * factor.reshape(channels)).mul_(factor.reciprocal().reshape(channels))
         ctx.save_for_backward(weight, out, factor)
         return out
 

@@ -49,17 +49,23 @@ class _FakeQuantPerTensor(torch.autograd.Function):
         return torch.ops.aten.hardtanh_backward(grad_output, x, bounds.below, bounds.above), None
 
 
+def _fake_quant_per_channel(x: torch.Tensor, inverse: torch.Tensor, scale: torch.Tensor,
+                            zero_point: torch.Tensor | None, qmin: int, qmax: int) -> torch.Tensor:
+    """``torch.fake_quantize_per_channel_affine``'s values in four passes over ``x`` (no autograd)."""
+    q = torch.mul(x, inverse).round_()
+    if zero_point is not None:
+        return q.add_(zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+    return q.clamp_(qmin, qmax).mul_(scale)
+
+
 class _FakeQuantPerChannelSTE(torch.autograd.Function):
-    """Per-channel fake quantization with the plain straight-through gradient, in four passes over ``x``
-    (no ``x + (q - x).detach()`` round trip, so the values are exactly ``torch.fake_quantize_per_channel_affine``'s)."""
+    """Per-channel fake quantization with the plain straight-through gradient (no ``x + (q - x).detach()`` round
+    trip, so the values are exactly ``torch.fake_quantize_per_channel_affine``'s)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, inverse: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
                 qmin: int, qmax: int) -> torch.Tensor:
-        q = torch.mul(x, inverse).round_()
-        if zero_point is not None:
-            return q.add_(zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
-        return q.clamp_(qmin, qmax).mul_(scale)
+        return _fake_quant_per_channel(x, inverse, scale, zero_point, qmin, qmax)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
@@ -136,7 +142,10 @@ class TorchQuantOps:
             scale, zero_point = self.native(params, x)
             return self._fake_quant_generic(x, scale, zero_point, qmin, qmax, params.axis)
         if params.per_channel and not canonical:
-            return _FakeQuantPerChannelSTE.apply(x, *self._channel_views(params, x), params.qmin, params.qmax)
+            views = self._channel_views(params, x)
+            if x.requires_grad and torch.is_grad_enabled():
+                return _FakeQuantPerChannelSTE.apply(x, *views, params.qmin, params.qmax)
+            return _fake_quant_per_channel(x, *views, params.qmin, params.qmax)  # no autograd Function to set up
         # While a graph is captured (torch.onnx, torch.export for the TFLite converter) emit torch's own
         # fake-quant ops: exporters turn them into QuantizeLinear/DequantizeLinear or int8 TFLite tensors.
         scale, zero_point = self.native(params, x)
@@ -156,7 +165,8 @@ class TorchQuantOps:
             shape[axis] = -1
 
             def view(values: np.ndarray) -> torch.Tensor:
-                return torch.from_numpy(values.reshape(shape)).to(x.device, x.dtype)
+                tensor = torch.from_numpy(values.reshape(shape))
+                return tensor if (x.device.type, x.dtype) == ("cpu", torch.float32) else tensor.to(x.device, x.dtype)
 
             scale = params.scale.astype(np.float32)
             zero_point = view(params.zero_point.astype(np.float32)) if params.zero_point.any() else None
@@ -204,7 +214,7 @@ class TorchQuantOps:
         if not dims:
             return x.double().cpu().numpy(), x.double().cpu().numpy()
         # amin and amax: faster than aminmax(dim=) on CPU; one device-to-host copy for both
-        host = torch.stack([torch.amin(x, dim=dims), torch.amax(x, dim=dims)]).double().cpu().numpy()
+        host = torch.stack([torch.amin(x, dim=dims), torch.amax(x, dim=dims)]).cpu().numpy().astype(np.float64)
         return host[0], host[1]
 
     histogram_samples = 1 << 16  # larger tensors are histogrammed on an evenly strided sample
