@@ -120,7 +120,8 @@ class _FoldedWeight(torch.autograd.Function):
         grad_factor = None
         if ctx.needs_input_grad[1]:
             dims = tuple(range(1, weight.dim()))
-            grad_factor = (grad_output * (weight - out)).sum(dims) / factor
+            # sum(grad * (W - out)) / f as two sums: what the autograd path computes, and faster on CPU
+            grad_factor = ((grad_output * weight).sum(dims) - (grad_output * out).sum(dims)) / factor
         return grad_output, grad_factor, None
 
 
