@@ -206,7 +206,7 @@ def affine_params(lo: np.ndarray, hi: np.ndarray, bits: int, scheme: Scheme, axi
         if scheme.pow2:
             scale = np.where(scale > 0, _pow2(np.where(scale > 0, scale, 1.0)), scale)
         scale = np.where(scale > 0, scale, 1.0)
-        zero_point = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(np.int64)
+        zero_point = np.minimum(np.maximum(np.round(qmin - lo / scale), qmin), qmax).astype(np.int64)  # np.clip, faster
     return QParams(bits, scale, zero_point, qmin, qmax, axis, lo, hi)
 
 
@@ -227,6 +227,67 @@ def fake_quant_numpy(x: np.ndarray, params: QParams) -> np.ndarray:
         scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
     q = np.clip(np.round(x / scale) + zero_point, params.qmin, params.qmax)
     return (q - zero_point) * scale
+
+
+@dataclass(frozen=True)
+class GridBounds:
+    """Per-tensor affine parameters as float32 numbers for a clamp-first fake quantization: for every float32
+    ``x``, ``round(clamp(x, lo, hi) * inverse) * scale`` (float32 arithmetic, round half to even) equals
+    ``(clamp(round(x * inverse) + zero_point, qmin, qmax) - zero_point) * scale``, the fake-quant kernels' formula.
+
+    Attributes:
+        inverse: ``float32(1 / float32(scale))``.
+        scale: ``float32(scale)``.
+        lo: the smallest float32 ``x`` with ``round(x * inverse) >= qmin - zero_point``.
+        hi: the largest float32 ``x`` with ``round(x * inverse) <= qmax - zero_point``.
+        below: the float32 just below ``lo``; ``above``: the float32 just above ``hi``.
+    """
+
+    inverse: float
+    scale: float
+    lo: float
+    hi: float
+    below: float
+    above: float
+
+
+def _grid_index(x: np.float32, inverse: np.float32) -> np.float32:
+    return np.rint(x * inverse)  # float32 product, rounded half to even
+
+
+def _first_at_least(inverse: np.float32, target: int) -> np.float32:
+    """The smallest float32 ``x`` with ``round(x * inverse) >= target`` (``x * inverse`` rounds monotonically, so
+    the float32 nearest the real boundary ``(target - 0.5) / inverse`` is a few steps away at most)."""
+    x = np.float32((target - 0.5) / float(inverse))
+    down, up = np.float32(-np.inf), np.float32(np.inf)
+    while _grid_index(x, inverse) >= target:
+        x = np.nextafter(x, down)
+    while _grid_index(x, inverse) < target:
+        x = np.nextafter(x, up)
+    return x
+
+
+def grid_bounds(params: QParams) -> GridBounds | None:
+    """:class:`GridBounds` of per-tensor ``params``; None where float32 cannot express them (a scale so small that
+    its inverse overflows, or so large that neighbouring float32 values skip an integer step).
+
+    >>> import numpy as np
+    >>> b = grid_bounds(affine_params(np.array([-1.0]), np.array([1.0]), 4, Scheme(symmetric=True, narrow=True)))
+    >>> round(b.lo / b.scale, 4), round(b.hi / b.scale, 4)
+    (-7.5, 7.5)
+    """
+    scale = np.float32(params.scale[0])
+    with np.errstate(over="ignore", divide="ignore"):
+        inverse = np.float32(1.0) / scale
+        if not (np.isfinite(inverse) and inverse > 0):
+            return None
+        low, high = params.qmin - int(params.zero_point[0]), params.qmax - int(params.zero_point[0])
+        lo = _first_at_least(inverse, low)
+        hi = np.nextafter(_first_at_least(inverse, high + 1), np.float32(-np.inf))
+        if _grid_index(lo, inverse) != low or _grid_index(hi, inverse) != high:
+            return None
+    return GridBounds(float(inverse), float(scale), float(lo), float(hi),
+                      float(np.nextafter(lo, np.float32(-np.inf))), float(np.nextafter(hi, np.float32(np.inf))))
 
 
 def bias_params(input_params: QParams, weight_params: QParams, bits: int = 32) -> QParams:

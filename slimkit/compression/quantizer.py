@@ -244,12 +244,8 @@ class Quantizer(Compressor):
         axis = layer.out_axis if scheme.per_channel else None
         if axis is not None:
             axis = normalize_axis(axis, len(tuple(weight.shape)))
-        symmetric = getattr(self.ops, "symmetric_params", None)
-        if symmetric is not None and scheme.symmetric and scheme.signed and not scheme.pow2:
-            params = symmetric(weight, axis, bits, scheme.narrow)  # same numbers, computed on the device
-        else:
-            lo, hi = self.ops.min_max(weight, axis)
-            params = affine_params(lo, hi, bits, scheme, axis)
+        lo, hi = self.ops.min_max(weight, axis)
+        params = affine_params(lo, hi, bits, scheme, axis)
         table["weight"] = params
         return params
 
@@ -444,6 +440,16 @@ class Quantizer(Compressor):
             return output
         return self._apply(self.quantize_output, QuantType.QUANT_OUTPUT, layer, self._key("output", call),
                            output, call)
+
+    def weight_grad_is_identity(self, layer: Layer) -> bool:
+        """Whether :meth:`forward_weight`'s gradient is the identity for ``layer``: the built-in per-channel weight
+        quantization with the default straight-through gradient (or no weight quantization). A backend may then
+        fold per-channel scales around it with a closed-form gradient (BatchNorm folding in training)."""
+        if not self.quantizes(layer, QuantType.QUANT_WEIGHT):
+            return True
+        cls = type(self)
+        return (self.quant_grad is QuantGrad and cls.quantize_weight is Quantizer.quantize_weight
+                and cls.weight_params is Quantizer.weight_params and self.profile.weight.per_channel)
 
     def quantizes(self, layer: Layer, qtype: QuantType) -> bool:
         return qtype in self.states[layer.name].types

@@ -171,6 +171,48 @@ def test_fast_per_tensor_path_equals_torch_kernel_values_and_gradient():
         torch.testing.assert_close(grad_fast, grad_reference, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8, 12, 16])
+def test_per_tensor_clamp_first_path_is_exact_at_the_grid_bounds(bits):
+    """The fast per-tensor path clamps x to float32 bounds before rounding: values and gradients equal torch's
+    kernel on every float32 within 50 steps of each bound, at rounding ties, and at +-inf."""
+    from slimkit.compression.quant import grid_bounds
+
+    rng = np.random.default_rng(bits)
+    for scheme in (Scheme(), Scheme(symmetric=True, narrow=True), Scheme(signed=False)):
+        params = affine_params(np.array([-float(rng.uniform(0.01, 50))]), np.array([float(rng.uniform(0.01, 50))]),
+                               bits, scheme)
+        bounds = grid_bounds(params)
+        points = []
+        for bound in (np.float32(bounds.lo), np.float32(bounds.hi)):
+            below = above = bound
+            for _ in range(50):
+                below, above = np.nextafter(below, np.float32(-np.inf)), np.nextafter(above, np.float32(np.inf))
+                points += [below, above]
+            points.append(bound)
+        ties = (np.arange(params.qmin, params.qmax + 1, max(1, (params.qmax - params.qmin) // 64)) + 0.5
+                - params.zero_point[0]) / np.float32(bounds.inverse)
+        points += list(ties.astype(np.float32)) + [np.float32(np.inf), np.float32(-np.inf)]
+        x = torch.tensor(np.array(points, dtype=np.float32), requires_grad=True)
+        reference = torch.fake_quantize_per_tensor_affine(x, float(params.scale[0]), int(params.zero_point[0]),
+                                                          params.qmin, params.qmax)
+        fast = OPS.fake_quant(x, params)
+        torch.testing.assert_close(fast, reference, atol=0, rtol=0)
+        grad_fast, = torch.autograd.grad(fast.sum(), x)
+        grad_reference, = torch.autograd.grad(reference.sum(), x)
+        torch.testing.assert_close(grad_fast, grad_reference, atol=0, rtol=0)
+
+
+def test_per_tensor_scale_whose_inverse_overflows_float32_uses_torch_kernel():
+    from slimkit.compression.quant import grid_bounds
+
+    params = affine_params(np.array([0.0]), np.array([1e-43]), 8, Scheme())
+    assert grid_bounds(params) is None
+    x = torch.tensor([1e-43, 5e-44, 0.0, -1.0])
+    reference = torch.fake_quantize_per_tensor_affine(x, float(params.scale[0]), int(params.zero_point[0]),
+                                                      params.qmin, params.qmax)
+    torch.testing.assert_close(OPS.fake_quant(x, params), reference, atol=0, rtol=0, equal_nan=True)
+
+
 def test_set_fixed_params_pins_a_layer_output():
     from slimkit.algorithms.quantization import QATQuantizer
 
@@ -209,20 +251,14 @@ def test_quant_backward_receives_native_parameters():
     assert model[0].module.weight.grad is not None
 
 
-def test_symmetric_params_on_device_equal_affine_params():
+def test_min_max_per_channel_and_per_tensor_equal_numpy():
     torch.manual_seed(0)
     weight = torch.randn(6, 3, 2, 2)
-    weight[2] = 0.0                      # an all-zero channel: scale 1
+    weight[2] = 0.0                      # an all-zero channel
     weight[4] = weight[4].abs()          # a channel with no negative value
-    for axis in (0, None):
-        for bits, narrow in ((8, True), (4, False), (2, True)):
-            fast = OPS.symmetric_params(weight, axis, bits, narrow)
-            lo, hi = OPS.min_max(weight, axis)
-            reference = affine_params(lo, hi, bits, Scheme(symmetric=True, per_channel=axis is not None,
-                                                           narrow=narrow), axis)
-            for field in ("scale", "zero_point", "min", "max"):
-                np.testing.assert_array_equal(getattr(fast, field), getattr(reference, field))
-                assert getattr(fast, field).dtype == getattr(reference, field).dtype
-            assert (fast.qmin, fast.qmax, fast.axis, fast.bits) == (reference.qmin, reference.qmax, axis, bits)
-            torch.testing.assert_close(OPS.fake_quant(weight, fast), OPS.fake_quant(weight, reference), atol=0,
-                                       rtol=0)
+    for axis in (0, 1, None):
+        lo, hi = OPS.min_max(weight, axis)
+        dims = None if axis is None else tuple(d for d in range(4) if d != axis)
+        np.testing.assert_array_equal(lo, np.atleast_1d(weight.numpy().min(axis=dims)).astype(np.float64))
+        np.testing.assert_array_equal(hi, np.atleast_1d(weight.numpy().max(axis=dims)).astype(np.float64))
+        assert lo.dtype == hi.dtype == np.float64

@@ -25,8 +25,9 @@ from slimkit.utils.files import atomic_path
 
 
 def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int], device: Any = None,
-                opset_version: int | None = None) -> None:
-    """Write ``model`` (evaluated on a random input of ``input_shape``) to ``path`` as one ONNX file."""
+                opset_version: int | None = None, custom_translation_table: dict | None = None) -> None:
+    """Write ``model`` (evaluated on a random input of ``input_shape``) to ``path`` as one ONNX file
+    (``opset_version`` and ``custom_translation_table`` are passed to ``torch.onnx.export``)."""
     parameter = next(model.parameters(), None)
     device = torch.device(device) if device is not None else (
         parameter.device if parameter is not None else torch.device("cpu"))
@@ -37,7 +38,7 @@ def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int], device:
         with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
             program = torch.onnx.export(model, (dummy,), dynamo=True, opset_version=opset_version,
-                                        verbose=False)
+                                        custom_translation_table=custom_translation_table, verbose=False)
             program.save(tmp, external_data=False)
     finally:
         model.train(was_training)

@@ -35,7 +35,6 @@ from torch import nn
 from slimkit.compression import bn_fold
 from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.quant import QuantType
-from slimkit.errors import UnsupportedOpError
 from slimkit.frameworks.torch import quant_graph
 from slimkit.frameworks.torch.adapter import ADAPTER, set_submodule
 from slimkit.frameworks.torch.quant_ops import OPS
@@ -101,6 +100,30 @@ def fold_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
     return folded
 
 
+class _FoldedWeight(torch.autograd.Function):
+    """``q(W f) / f`` for a BatchNorm factor ``f`` per output channel, where ``q`` (``quantize``) has the identity
+    (straight-through) gradient: the gradients are then ``dW = grad`` and ``df = sum(grad * (W - q(W f) / f)) / f``
+    per channel, computed directly instead of through two broadcast multiplications' autograd nodes."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, factor: torch.Tensor, quantize: Any) -> torch.Tensor:
+        channels = [-1] + [1] * (weight.dim() - 1)
+        # the quantized folded weight is a fresh tensor (or the folded weight itself): divided in place
+        out = quantize(weight * factor.reshape(channels)).mul_(factor.reciprocal().reshape(channels))
+        ctx.save_for_backward(weight, out, factor)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        weight, out, factor = ctx.saved_tensors
+        grad_factor = None
+        if ctx.needs_input_grad[1]:
+            dims = tuple(range(1, weight.dim()))
+            # sum(grad * (W - out)) / f as two sums: what the autograd path computes, and faster on CPU
+            grad_factor = ((grad_output * weight).sum(dims) - (grad_output * out).sum(dims)) / factor
+        return grad_output, grad_factor, None
+
+
 class QuantWrapper(CompressionWrapper):
     """Fake quantization (and masks) around one layer. ``bn``: a BatchNorm folded into it."""
 
@@ -158,10 +181,15 @@ class QuantWrapper(CompressionWrapper):
     def _forward_folded(self, quantizer: Any, layer: Any, bn: nn.Module, weight: torch.Tensor, overrides: dict,
                         args: tuple, call: int) -> torch.Tensor:
         factor = bn_factor(bn)
+        bias = overrides.get("bias", self.module.bias)
+        if self.training and not self.deploy and quantizer.weight_grad_is_identity(layer):
+            # conv(x, q(W f) / f): the same values as the general path below, with a closed-form gradient
+            weight = _FoldedWeight.apply(weight, factor, lambda folded: quantizer.forward_weight(layer, folded))
+            out = self.module._conv_forward(args[0], weight, bias)
+            return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
         channels = [-1] + [1] * (weight.dim() - 1)  # per output channel, on the weight
         view = [1, -1] + [1] * (weight.dim() - 2)  # per output channel, on the activation
         weight = quantizer.forward_weight(layer, weight * factor.reshape(channels))
-        bias = overrides.get("bias", self.module.bias)
         if self.deploy:
             _, folded_bias = folded_parameters(weight, bias, bn)
             out = self.module._conv_forward(args[0], weight, quantized_bias(quantizer, layer, folded_bias, call))
@@ -335,21 +363,22 @@ class TorchQuantBackend:
         return clone.eval()
 
     def export_onnx(self, quantizer: Any, path: str, input_shape: Any, device: Any) -> None:
+        """Write the deployed model with QuantizeLinear / DequantizeLinear: int8 / uint8 up to 8 bits (narrower
+        ranges clipped to their grid first), int16 / uint16 (opset 21) up to 16; wider widths raise."""
         from slimkit.frameworks.torch.onnx_export import export_onnx
+        from slimkit.frameworks.torch.quant_onnx import QDQ16_OPSET, check_widths, translation_table
 
-        for layer in quantizer.layers:
-            for params in quantizer.params[layer.name].values():
-                if params.bits != 8:
-                    raise UnsupportedOpError(
-                        f"ONNX QuantizeLinear/DequantizeLinear holds 8-bit values only. Layer {layer.name!r} "
-                        f"uses {params.bits} bits. Expected quant_bits=8 for ONNX export; export the "
-                        f"calibration instead.")
+        named = [(layer.name, key, params) for layer in quantizer.layers
+                 for key, params in quantizer.params[layer.name].items()]
+        named += [(key, "output", params) for key, params in quantizer.graph_params.items()]
+        needs16 = check_widths(named)
         was_frozen = quantizer.frozen
         quantizer.freeze()
         try:
             clone = self.deploy_copy(quantizer)
             with OPS.exporting_onnx():
-                export_onnx(clone, path, input_shape, device)
+                export_onnx(clone, path, input_shape, device, opset_version=QDQ16_OPSET if needs16 else None,
+                            custom_translation_table=translation_table() if needs16 else None)
         finally:
             quantizer.frozen = was_frozen
 

@@ -45,6 +45,7 @@ class GraphRuntime:
         self.mode: _Mode | None = None
         self.handles: list[Any] = []
         self.seen: set[str] = set()
+        self.names: dict[Any, str] = {}  # torch function -> function_name(), computed once per function
 
     def __deepcopy__(self, memo: dict) -> GraphRuntime:
         return self  # copies of the model (export) share the runtime: hooks are keyed by path
@@ -127,7 +128,9 @@ class GraphRuntime:
         path, call = self.stack[-1]
         if path in self.wrapped:
             return out
-        name = function_name(func)
+        name = self.names.get(func)
+        if name is None:
+            name = self.names[func] = function_name(func)
         counter = (path, call, name)
         k = self.ops[counter]
         self.ops[counter] = k + 1

@@ -1,6 +1,8 @@
 """Graph-aware quantization: BN folding, conv+BN+ReLU fusion, whole-graph tensors, per-call ranges,
 profile rules, mixed precision, float islands, PTQ -> QAT, unwrap."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -281,3 +283,35 @@ def test_qat_training_forward_and_gradients_match_torch_ao_conv_bn_scheme():
     expected.square().sum().backward()
     torch.testing.assert_close(grads[0], conv.weight.grad, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(grads[1], bn.weight.grad, atol=1e-3, rtol=1e-3)
+
+
+def test_qat_training_fold_closed_form_gradient_equals_autograd_path(monkeypatch):
+    """The BN-folded training weight with the closed-form gradient (built-in per-channel weights) computes the same
+    forward values as the general autograd path, and the same gradients up to float rounding; a custom gradient or
+    weight formula keeps the general path."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 6, 6)
+    float_model = _trained_bn(ConvBN())
+    float_model.bn.weight.data[1] = -0.7  # a negative gamma: the folded weight's channel changes sign
+
+    def run(identity):
+        model = copy.deepcopy(float_model)
+        quantizer = QATQuantizer(model, [{"quant_types": ["weight", "output"], "op_types": ["Conv2d"]}],
+                                 dummy_input=x)
+        model = quantizer.compress().train()
+        monkeypatch.setattr(QATQuantizer, "weight_grad_is_identity", lambda self, layer: identity)
+        out = model(x)
+        out.square().sum().backward()
+        conv = quantizer.layer("conv").module
+        return out.detach(), conv.weight.grad, model.bn.weight.grad, conv.bias.grad
+
+    fused, general = run(True), run(False)
+    torch.testing.assert_close(fused[0], general[0], atol=0, rtol=0)
+    for a, b in zip(fused[1:], general[1:]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    monkeypatch.undo()
+    model = ConvBN()
+    qat = QATQuantizer(model, [{"quant_types": ["weight"], "op_types": ["Conv2d"]}], dummy_input=x)
+    assert qat.weight_grad_is_identity(qat.layer("conv"))
+    qat.quant_grad = type("Clipped", (qat.quant_grad,), {})
+    assert not qat.weight_grad_is_identity(qat.layer("conv"))
