@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from machine_info import describe_machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "converter.json")
@@ -251,17 +252,12 @@ def _int8() -> dict:
 
 
 def _machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """The machine now; ``load_avg_at_end`` because callers take this at the end of a run."""
     import torch
 
-    return {"nproc": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
-            "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
-            "note": "shared 2-core machine, other engineers' jobs running: timings are noisy upper bounds"}
+    info = describe_machine(torch=torch.__version__)
+    info["load_avg_at_end"] = info.pop("load_average")
+    return info
 
 
 def _int8_evidence() -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from machine_info import describe_machine  # noqa: E402
 
 from slimkit.algorithms.pruning import L1FilterPruner, LevelPruner  # noqa: E402
 from slimkit.algorithms.quantization import QATQuantizer  # noqa: E402
@@ -37,9 +37,8 @@ QAT_CONFIG = [{"quant_types": ["input", "weight"], "op_names": ["conv1"]},   # e
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "load_average_1m": os.getloadavg()[0], "tensorflow": tf.__version__, "keras": keras.__version__,
-            "note": "shared 2-core machine, other engineers' jobs running: timings are noisy"}
+    return describe_machine("shared 2-core machine, other engineers' jobs running: timings are noisy",
+                            tensorflow=tf.__version__, keras=keras.__version__)
 
 
 def timed_steps(model: keras.Model, x: np.ndarray, y: np.ndarray, steps: int) -> tuple[float, float]:
@@ -155,8 +154,8 @@ def accuracy_rows() -> list[dict]:
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["# Keras benchmarks", "",
-             f"Machine: {m['platform']}, {m['cpus']} CPUs (shared by several jobs; 1-minute load average "
-             f"{m['load_average_1m']:.1f} at start), Python {m['python']}, TensorFlow {m['tensorflow']}, "
+             f"Machine: {m['platform']}, {m['nproc']} CPUs ({m['cpu']}; shared by several jobs; 1-minute load "
+             f"average {m['load_average'][0]:.1f} at start), Python {m['python']}, TensorFlow {m['tensorflow']}, "
              f"Keras {m['keras']}. Produced by `benchmarks/bench_keras.py`; raw numbers in "
              "`benchmarks/results/keras.json`.", "",
              "## Digits CNN (width 32, scikit-learn digits, 450 test images)", "",
@@ -226,8 +225,8 @@ def tfmot_section() -> list[str]:
         data = json.load(stream)
     acc, versions = data["accuracy"], data["versions"]
     lines = ["", "## Beside TensorFlow Model Optimization (tfmot)", "",
-             f"`benchmarks/bench_keras_tfmot.py` (tf-keras {versions['tf_keras']}, tfmot {versions['tfmot']}, in an "
-             f"environment that adds those two to the project's; load average {data['load_average_1m']:.1f}): "
+             f"`benchmarks/bench_keras_tfmot.py` (tf-keras {versions['tf_keras']}, tfmot {versions['tfmot']}, in the "
+             f"environment `make bench-tfmot` builds; load average {data['load_average_1m']:.1f}): "
              "fine-grained 50% magnitude pruning of conv1-3 and fc of the same digits CNN, "
              f"{data['settings']['finetune_epochs']} fine-tuning epochs after {data['settings']['epochs']} float "
              "epochs (each library trains its own float model). slimkit: `LevelPruner` + `CompressionCallback`; "

@@ -16,8 +16,6 @@ import contextlib
 import copy
 import importlib.util
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine_info import describe_machine  # noqa: E402
+
 from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer  # noqa: E402
 from slimkit.models import DigitsCNN, mobilenet_v2, resnet18  # noqa: E402
 
@@ -39,12 +39,7 @@ WHOLE_GRAPH = [{"quant_types": ["weight", "output"], "op_types": ["default"]}]
 
 
 def machine() -> dict:
-    with open("/proc/cpuinfo") as handle:
-        cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
-                   platform.processor())
-    return {"nproc": os.cpu_count(), "cpu": cpu, "load_average": os.getloadavg(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "note": "shared 2-core machine, other jobs running: timings are noisy upper bounds"}
+    return describe_machine(torch=torch.__version__, threads=torch.get_num_threads())
 
 
 def sqnr(reference: torch.Tensor, output: torch.Tensor) -> float:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine_info import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "speedup.json"
@@ -165,17 +166,10 @@ def _run_child(case: str, name: str) -> dict:
 
 
 def _machine() -> dict:
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
     import torch
 
-    return {"nproc": os.cpu_count(), "cpu": cpu, "load_average": [round(v, 2) for v in os.getloadavg()],
-            "torch": torch.__version__, "python": platform.python_version(),
-            "note": "shared 2-core machine used by several people at once: timings are noisy (best-of-N reported)"}
+    return describe_machine("shared 2-core machine used by several people at once: timings are noisy "
+                            "(best-of-N reported)", torch=torch.__version__)
 
 
 def main() -> None:

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
+from machine_info import describe_machine
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import torch
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"nproc": os.cpu_count(), "cpu": cpu, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "load_average": load, "note": "shared 2-core machine, other jobs running; timings are noisy"}
+    return describe_machine(torch=torch.__version__, torch_threads=torch.get_num_threads())
 
 
 def write(name: str, data: dict[str, Any]) -> str:
