@@ -212,10 +212,9 @@ def _relative_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def parity_variant(bn: str, tmp: str) -> dict:
-    """End-to-end and per-layer parity of the MobileNetV2 quantized with BatchNorm statistics ``bn``."""
-    model, x, reference = _quantized_mobilenet(bn, float_copy=True)
-    path = os.path.join(tmp, f"mobilenet_v2_{bn}.tflite")
+def _parity(model, x, reference, path, label: str) -> dict:
+    """End-to-end and per-layer parity of the fake-quant ``model`` converted to ``path`` on the single image
+    ``x``; ``reference``: the float model before quantization."""
     conv, names = _convert_recording(model, x, path)
     step = _output_step(conv)
     expected, floating = _forward(model, x), _forward(reference, x)
@@ -232,8 +231,14 @@ def parity_variant(bn: str, tmp: str) -> dict:
                         "rel_l2_vs_fake_quant": _relative_l2(logits, expected),
                         "per_layer_local": _layer_parity(conv, names, x, interp, local=True),
                         "per_layer_accumulated": _layer_parity(conv, names, x, interp, local=False)}
-        print(bn, kernels, {k: v for k, v in out[kernels].items() if k != "per_layer_accumulated"}, flush=True)
+        print(label, kernels, {k: v for k, v in out[kernels].items() if k != "per_layer_accumulated"}, flush=True)
     return out
+
+
+def parity_variant(bn: str, tmp: str) -> dict:
+    """End-to-end and per-layer parity of the MobileNetV2 quantized with BatchNorm statistics ``bn``."""
+    model, x, reference = _quantized_mobilenet(bn, float_copy=True)
+    return _parity(model, x, reference, os.path.join(tmp, f"mobilenet_v2_{bn}.tflite"), bn)
 
 
 def seed_sweep(tmp: str, seeds=range(6)) -> list[dict]:
@@ -300,18 +305,19 @@ def trained_variant(tmp: str) -> dict:
     """MobileNetV2 trained on the digits at 224x224 (``_trained_mobilenet``), PTQ-quantized on 32 training
     images, converted at the default level: accuracy of the float model, the fake-quant model and the file
     (XNNPACK, built-in kernels) on the 450 test images, each file's share of logits within one output step of
-    the fake-quant model, and the fake-quant model's own sensitivity (input moved by 1e-6)."""
+    the fake-quant model, and the fake-quant model's own sensitivity (input moved by 1e-6); on the first test
+    image, the per-layer parity of ``parity_variant``."""
     import copy
 
     from slimkit.converter import TFLiteConverter
     from slimkit.models import load_digits_tensors
 
     x_train, y_train, x_test, y_test = load_digits_tensors()
-    model, training = _trained_mobilenet(x_train, y_train)
+    reference, training = _trained_mobilenet(x_train, y_train)
     x = _digits224(x_test)
     labels = y_test.numpy()
-    floating = _forward(model, x)
-    model = _ptq(copy.deepcopy(model), [_digits224(x_train[i:i + 8]) for i in range(0, 32, 8)], x[:1])
+    floating = _forward(reference, x)
+    model = _ptq(copy.deepcopy(reference), [_digits224(x_train[i:i + 8]) for i in range(0, 32, 8)], x[:1])
     path = os.path.join(tmp, "mobilenet_v2_digits224.tflite")
     conv = TFLiteConverter(model, x[:1], path)
     conv.convert()
@@ -331,6 +337,7 @@ def trained_variant(tmp: str) -> dict:
                         "same_argmax_as_fake_quant": float((got.argmax(1) == expected.argmax(1)).mean()),
                         "rel_l2_vs_fake_quant": _relative_l2(got, expected)}
     print("trained", out, flush=True)
+    out["first_test_image"] = _parity(model, x[:1], reference, os.path.join(tmp, "layers.tflite"), "trained")
     return out
 
 
