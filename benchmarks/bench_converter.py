@@ -13,7 +13,8 @@ parity is the share of output elements within one output quantization step of th
 --int8-evidence writes results/converter_int8_evidence.json (benchmarks/converter_int8_evidence.py: parity
 with default vs calibration-data BatchNorm statistics, per-layer kernel parity with XNNPACK and the built-in
 kernels, XNNPACK delegation, per-op latency profile, TensorFlow's own float / int8 MobileNetV2 files timed
-interleaved with slimkit's).
+interleaved with slimkit's, and a MobileNetV2 trained on the digits at 224x224); --int8-trained re-measures just
+that trained network and keeps the rest of that file.
 
 Timing: each 224x224 model runs in a fresh process: the first (cold) conversion, one warm-up,
 then the median of 3 conversions (graph capture + lowering + passes + writing the file). The
@@ -260,12 +261,20 @@ def _machine() -> dict:
     return info
 
 
-def _int8_evidence() -> dict:
-    """The MobileNetV2@224 int8 evidence (see benchmarks/converter_int8_evidence.py), with the machine's load."""
+def _int8_evidence(trained_only: bool) -> dict:
+    """The MobileNetV2@224 int8 evidence (see benchmarks/converter_int8_evidence.py), with the machine's load;
+    ``trained_only``: just the trained network's entry, the rest kept from the file."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from converter_int8_evidence import evidence
+    from converter_int8_evidence import evidence, trained_variant
 
     load_at_start = os.getloadavg()
+    if trained_only:
+        with open(EVIDENCE) as f:
+            data = json.load(f)
+        data["trained_digits224"] = trained_variant(tempfile.mkdtemp())
+        data["trained_digits224"]["machine"] = {**_machine(), "load_avg_at_start": load_at_start}
+        data["trained_digits224"]["date_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+        return data
     data = evidence(tempfile.mkdtemp())
     data["machine"] = {**_machine(), "load_avg_at_start": load_at_start}
     data["date_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
@@ -276,8 +285,8 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         print("RESULT " + json.dumps(_timing_child(sys.argv[2])))
         return
-    if "--int8-evidence" in sys.argv:
-        data = _int8_evidence()
+    if "--int8-evidence" in sys.argv or "--int8-trained" in sys.argv:
+        data = _int8_evidence("--int8-trained" in sys.argv)
         with open(EVIDENCE, "w") as f:
             json.dump(data, f, indent=1)
         return

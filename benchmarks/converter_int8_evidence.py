@@ -31,6 +31,31 @@ SIZE = 224
 SHAPE = (3, SIZE, SIZE)
 
 
+def _ptq(model, calibration, x):
+    """``model`` (eval mode, BatchNorm statistics as they are) PTQ-quantized whole-graph ('tflite' profile,
+    minmax) on the ``calibration`` batches; returns it in eval mode."""
+    from slimkit.algorithms.quantization import PostTrainingQuantizer
+
+    config = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
+    ptq = PostTrainingQuantizer(model.eval(), config, algorithm="minmax", dummy_input=x)
+    ptq.compress()
+    ptq.calibrate(calibration)
+    return model.eval()
+
+
+def _settle_batchnorm(model, batches) -> None:
+    """Re-estimate every BatchNorm's running statistics as the plain average over ``batches``."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+    model.train()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    model.eval()
+
+
 def _quantized_mobilenet(bn: str, float_copy: bool = False, seed: int = 0):
     """MobileNetV2 (initialised with ``seed``) PTQ-quantized whole-graph; ``bn``: 'default' keeps the initial BatchNorm
     statistics, 'calibration' re-estimates them on the calibration batches first. Returns (model, x), or
@@ -38,28 +63,17 @@ def _quantized_mobilenet(bn: str, float_copy: bool = False, seed: int = 0):
     import copy
 
     import slimkit.models as models
-    from slimkit.algorithms.quantization import PostTrainingQuantizer
 
     torch.manual_seed(seed)
     model = models.mobilenet_v2()
     calibration = [torch.randn(4, *SHAPE) for _ in range(2)]
     x = torch.randn(1, *SHAPE)
     if bn == "calibration":
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over the batches
-        model.train()
-        with torch.no_grad():
-            for batch in calibration:
-                model(batch)
+        _settle_batchnorm(model, calibration)
     model.eval()
     reference = copy.deepcopy(model) if float_copy else None
-    config = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
-    ptq = PostTrainingQuantizer(model, config, algorithm="minmax", dummy_input=x)
-    ptq.compress()
-    ptq.calibrate(calibration)
-    return (model.eval(), x, reference) if float_copy else (model.eval(), x)
+    _ptq(model, calibration, x)
+    return (model, x, reference) if float_copy else (model, x)
 
 
 def _interpreter(path, builtin: bool, threads: int = 1, preserve: bool = False):
@@ -156,15 +170,40 @@ def _layer_parity(conv, names, x, interp, local: bool) -> dict:
     return out
 
 
-def _output_share(conv, model, x, path, builtin: bool) -> dict:
-    step = float(conv.graph.outputs[0].producer.inputs[0].quant.scale[0])
-    interp = _interpreter(path, builtin)
-    detail = interp.get_input_details()[0]
-    interp.set_tensor(detail["index"], np.moveaxis(x.numpy(), 1, -1).astype(detail["dtype"]))
-    interp.invoke()
+def _output_step(conv) -> float:
+    return float(conv.graph.outputs[0].producer.inputs[0].quant.scale[0])
+
+
+def _forward(model, x, chunk: int = 25) -> np.ndarray:
+    """``model(x)`` in chunks of ``chunk`` images (224x224 activations of a whole test set do not fit)."""
     with torch.no_grad():
-        expected = model(x).numpy()
-    got = interp.get_tensor(interp.get_output_details()[0]["index"]).reshape(expected.shape)
+        return torch.cat([model(part) for part in x.split(chunk)]).numpy()
+
+
+def _self_share(model, x, expected: np.ndarray, step: float) -> float:
+    """Share of the fake-quant model's outputs within one ``step`` of ``expected`` (its outputs on ``x``) with
+    its input moved by 1e-6: how sensitive the network is on its own."""
+    torch.manual_seed(1)
+    moved = _forward(model, x + 1e-6 * torch.randn_like(x))
+    return float((np.abs(moved - expected) <= 1.001 * step).mean())
+
+
+def _litert(path, x, builtin: bool) -> np.ndarray:
+    """The file's outputs on every image of ``x`` (NCHW), one invoke per image."""
+    interp = _interpreter(path, builtin)
+    detail, output = interp.get_input_details()[0], interp.get_output_details()[0]
+    rows = []
+    for image in x.split(1):
+        interp.set_tensor(detail["index"], np.moveaxis(image.numpy(), 1, -1).astype(detail["dtype"]))
+        interp.invoke()
+        rows.append(interp.get_tensor(output["index"]).reshape(1, -1))
+    return np.concatenate(rows)
+
+
+def _output_share(conv, model, x, path, builtin: bool) -> dict:
+    step = _output_step(conv)
+    expected = _forward(model, x)
+    got = _litert(path, x, builtin).reshape(expected.shape)
     return {"within_one_step": float((np.abs(got - expected) <= 1.001 * step).mean()),
             "exact": float((got == expected).mean()), "logits": got}
 
@@ -173,18 +212,13 @@ def _relative_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def parity_variant(bn: str, tmp: str) -> dict:
-    """End-to-end and per-layer parity of the MobileNetV2 quantized with BatchNorm statistics ``bn``."""
-    model, x, reference = _quantized_mobilenet(bn, float_copy=True)
-    path = os.path.join(tmp, f"mobilenet_v2_{bn}.tflite")
+def _parity(model, x, reference, path, label: str) -> dict:
+    """End-to-end and per-layer parity of the fake-quant ``model`` converted to ``path`` on the single image
+    ``x``; ``reference``: the float model before quantization."""
     conv, names = _convert_recording(model, x, path)
-    step = float(conv.graph.outputs[0].producer.inputs[0].quant.scale[0])
-    with torch.no_grad():
-        expected = model(x).numpy()
-        torch.manual_seed(1)
-        moved = model(x + 1e-6 * torch.randn_like(x)).numpy()
-        floating = reference(x).numpy()
-    out = {"output_step": step, "self_within_one_step_1e-6": float((np.abs(moved - expected) <= 1.001 * step).mean()),
+    step = _output_step(conv)
+    expected, floating = _forward(model, x), _forward(reference, x)
+    out = {"output_step": step, "self_within_one_step_1e-6": _self_share(model, x, expected, step),
            "fake_quant_rel_l2_vs_float": _relative_l2(expected, floating)}
     for kernels, builtin in (("xnnpack", False), ("builtin", True)):
         interp = _interpreter(path, builtin, preserve=True)
@@ -197,8 +231,14 @@ def parity_variant(bn: str, tmp: str) -> dict:
                         "rel_l2_vs_fake_quant": _relative_l2(logits, expected),
                         "per_layer_local": _layer_parity(conv, names, x, interp, local=True),
                         "per_layer_accumulated": _layer_parity(conv, names, x, interp, local=False)}
-        print(bn, kernels, {k: v for k, v in out[kernels].items() if k != "per_layer_accumulated"}, flush=True)
+        print(label, kernels, {k: v for k, v in out[kernels].items() if k != "per_layer_accumulated"}, flush=True)
     return out
+
+
+def parity_variant(bn: str, tmp: str) -> dict:
+    """End-to-end and per-layer parity of the MobileNetV2 quantized with BatchNorm statistics ``bn``."""
+    model, x, reference = _quantized_mobilenet(bn, float_copy=True)
+    return _parity(model, x, reference, os.path.join(tmp, f"mobilenet_v2_{bn}.tflite"), bn)
 
 
 def seed_sweep(tmp: str, seeds=range(6)) -> list[dict]:
@@ -213,15 +253,91 @@ def seed_sweep(tmp: str, seeds=range(6)) -> list[dict]:
         path = os.path.join(tmp, "seed.tflite")
         conv = TFLiteConverter(model, x, path)
         conv.convert()
-        step = float(conv.graph.outputs[0].producer.inputs[0].quant.scale[0])
-        with torch.no_grad():
-            expected = model(x).numpy()
-            torch.manual_seed(1)
-            moved = model(x + 1e-6 * torch.randn_like(x)).numpy()
         share = _output_share(conv, model, x, path, builtin=False)
-        out.append({"seed": seed, "within_one_step": share["within_one_step"],
-                    "self_within_one_step_1e-6": float((np.abs(moved - expected) <= 1.001 * step).mean())})
+        self_share = _self_share(model, x, _forward(model, x), _output_step(conv))
+        out.append({"seed": seed, "within_one_step": share["within_one_step"], "self_within_one_step_1e-6": self_share})
         print("seed", out[-1], flush=True)
+    return out
+
+
+TRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mobilenet_v2_digits224.pt")
+EPOCHS, BATCH = 2, 32
+
+
+def _digits224(images: torch.Tensor) -> torch.Tensor:
+    """8x8 grey digits (N, 1, 8, 8) upsampled (bilinear) to 224x224 and repeated to 3 channels."""
+    return torch.nn.functional.interpolate(images, size=SIZE, mode="bilinear").repeat(1, 3, 1, 1)
+
+
+def _trained_mobilenet(x_train, y_train) -> tuple[torch.nn.Module, dict]:
+    """Standard MobileNetV2 (10 classes) trained on the digits at 224x224: Adam (lr 1e-3), batch 32, ``EPOCHS``
+    epochs, seed 0, then BatchNorm statistics re-estimated on 8 training batches. The state dict and the
+    training record are cached in ``TRAINED``; returns (model in eval mode, training record)."""
+    import slimkit.models as models
+
+    torch.manual_seed(0)
+    model = models.mobilenet_v2(num_classes=10)
+    if os.path.exists(TRAINED):
+        cached = torch.load(TRAINED)
+        model.load_state_dict(cached["state_dict"])
+        return model.eval(), cached["training"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    start, losses = time.perf_counter(), []
+    for _ in range(EPOCHS):
+        model.train()
+        for batch in torch.randperm(len(y_train)).split(BATCH):
+            loss = torch.nn.functional.cross_entropy(model(_digits224(x_train[batch])), y_train[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    seconds = time.perf_counter() - start
+    _settle_batchnorm(model, [_digits224(x_train[i:i + BATCH]) for i in range(0, 8 * BATCH, BATCH)])
+    training = {"epochs": EPOCHS, "batch": BATCH, "optimizer": "Adam lr 1e-3", "steps": len(losses),
+                "train_images": len(y_train), "seconds": seconds, "threads": torch.get_num_threads(),
+                "load_avg_at_end": os.getloadavg(), "first_loss": losses[0], "last_epoch_mean_loss":
+                statistics.mean(losses[-len(losses) // EPOCHS:]), "bn": "re-estimated on 256 training images"}
+    torch.save({"state_dict": model.state_dict(), "training": training}, TRAINED)
+    return model.eval(), training
+
+
+def trained_variant(tmp: str) -> dict:
+    """MobileNetV2 trained on the digits at 224x224 (``_trained_mobilenet``), PTQ-quantized on 32 training
+    images, converted at the default level: accuracy of the float model, the fake-quant model and the file
+    (XNNPACK, built-in kernels) on the 450 test images, each file's share of logits within one output step of
+    the fake-quant model, and the fake-quant model's own sensitivity (input moved by 1e-6); on the first test
+    image, the per-layer parity of ``parity_variant``."""
+    import copy
+
+    from slimkit.converter import TFLiteConverter
+    from slimkit.models import load_digits_tensors
+
+    x_train, y_train, x_test, y_test = load_digits_tensors()
+    reference, training = _trained_mobilenet(x_train, y_train)
+    x = _digits224(x_test)
+    labels = y_test.numpy()
+    floating = _forward(reference, x)
+    model = _ptq(copy.deepcopy(reference), [_digits224(x_train[i:i + 8]) for i in range(0, 32, 8)], x[:1])
+    path = os.path.join(tmp, "mobilenet_v2_digits224.tflite")
+    conv = TFLiteConverter(model, x[:1], path)
+    conv.convert()
+    step = _output_step(conv)
+    expected = _forward(model, x)
+    out = {"training": training, "test_images": len(labels), "output_step": step,
+           "accuracy": {"float": float((floating.argmax(1) == labels).mean()),
+                        "fake_quant": float((expected.argmax(1) == labels).mean())},
+           "self_within_one_step_1e-6": _self_share(model, x, expected, step),
+           "fake_quant_rel_l2_vs_float": _relative_l2(expected, floating)}
+    for kernels, builtin in (("xnnpack", False), ("builtin", True)):
+        got = _litert(path, x, builtin).reshape(expected.shape)
+        err = np.abs(got - expected)
+        out["accuracy"][f"litert_{kernels}"] = float((got.argmax(1) == labels).mean())
+        out[kernels] = {"within_one_step": float((err <= 1.001 * step).mean()), "exact": float((err == 0).mean()),
+                        "max_step_difference": int(np.round(err.max() / step)),
+                        "same_argmax_as_fake_quant": float((got.argmax(1) == expected.argmax(1)).mean()),
+                        "rel_l2_vs_fake_quant": _relative_l2(got, expected)}
+    print("trained", out, flush=True)
+    out["first_test_image"] = _parity(model, x[:1], reference, os.path.join(tmp, "layers.tflite"), "trained")
     return out
 
 
@@ -349,7 +465,7 @@ def evidence(tmp: str) -> dict:
     from slimkit.converter import TFLiteConverter
 
     out = {"parity": {bn: parity_variant(bn, tmp) for bn in ("default", "calibration")},
-           "seed_sweep_calibration_bn": seed_sweep(tmp)}
+           "seed_sweep_calibration_bn": seed_sweep(tmp), "trained_digits224": trained_variant(tmp)}
     model, x = _quantized_mobilenet("calibration")
     files = {"slimkit_float": os.path.join(tmp, "float.tflite"), "slimkit_int8": os.path.join(tmp, "int8.tflite")}
     int8 = TFLiteConverter(model, x, files["slimkit_int8"])
