@@ -272,13 +272,14 @@ def _digits224(images: torch.Tensor) -> torch.Tensor:
 def _trained_mobilenet(x_train, y_train) -> tuple[torch.nn.Module, dict]:
     """Standard MobileNetV2 (10 classes) trained on the digits at 224x224: Adam (lr 1e-3), batch 32, ``EPOCHS``
     epochs, seed 0, then BatchNorm statistics re-estimated on 8 training batches. The state dict and the
-    training record are cached in ``TRAINED``; returns (model in eval mode, training record)."""
+    training record are cached in ``TRAINED`` (a local, git-ignored file: training takes about 14 minutes on
+    2 cores); returns (model in eval mode, training record)."""
     import slimkit.models as models
 
     torch.manual_seed(0)
     model = models.mobilenet_v2(num_classes=10)
     if os.path.exists(TRAINED):
-        cached = torch.load(TRAINED)
+        cached = torch.load(TRAINED, weights_only=True)
         model.load_state_dict(cached["state_dict"])
         return model.eval(), cached["training"]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
