@@ -157,22 +157,12 @@ def _ptq_int8(model, shape, seed: int = 0):
 def _latency(path, feed, threads: int = 2, repeats: int = 5, invokes: int = 10, builtin: bool = False) -> float:
     """Median over ``repeats`` of the mean time of ``invokes`` runs; ``builtin``: without the default
     XNNPACK delegate (TFLite's own kernels)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from converter_int8_evidence import interpreter, time_invokes
 
-    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else OpResolverType.AUTO
-    interp = Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver)
-    interp.allocate_tensors()
+    interp = interpreter(path, builtin, threads)
     detail = interp.get_input_details()[0]
     interp.set_tensor(detail["index"], feed.astype(detail["dtype"]))
-    for _ in range(3):
-        interp.invoke()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(invokes):
-            interp.invoke()
-        runs.append((time.perf_counter() - start) / invokes)
-    return statistics.median(runs)
+    return time_invokes(interp, repeats, invokes)
 
 
 def _int8() -> dict:

@@ -76,7 +76,7 @@ def _quantized_mobilenet(bn: str, float_copy: bool = False, seed: int = 0):
     return (model, x, reference) if float_copy else (model, x)
 
 
-def _interpreter(path, builtin: bool, threads: int = 1, preserve: bool = False):
+def interpreter(path, builtin: bool, threads: int = 1, preserve: bool = False):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else OpResolverType.AUTO
@@ -190,7 +190,7 @@ def _self_share(model, x, expected: np.ndarray, step: float) -> float:
 
 def _litert(path, x, builtin: bool) -> np.ndarray:
     """The file's outputs on every image of ``x`` (NCHW), one invoke per image."""
-    interp = _interpreter(path, builtin)
+    interp = interpreter(path, builtin)
     detail, output = interp.get_input_details()[0], interp.get_output_details()[0]
     rows = []
     for image in x.split(1):
@@ -221,7 +221,7 @@ def _parity(model, x, reference, path, label: str) -> dict:
     out = {"output_step": step, "self_within_one_step_1e-6": _self_share(model, x, expected, step),
            "fake_quant_rel_l2_vs_float": _relative_l2(expected, floating)}
     for kernels, builtin in (("xnnpack", False), ("builtin", True)):
-        interp = _interpreter(path, builtin, preserve=True)
+        interp = interpreter(path, builtin, preserve=True)
         detail = interp.get_input_details()[0]
         interp.set_tensor(detail["index"], np.moveaxis(x.numpy(), 1, -1).astype(detail["dtype"]))
         interp.invoke()
@@ -345,7 +345,7 @@ def trained_variant(tmp: str) -> dict:
 def delegation(path) -> dict:
     """Whether one XNNPACK partition runs the whole file: one DELEGATE node reading no value another op
     produces and writing exactly the model's outputs."""
-    interp = _interpreter(path, builtin=False, threads=2)
+    interp = interpreter(path, builtin=False, threads=2)
     ops = interp._get_ops_details()
     delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
     produced = {int(t) for o in ops if o["op_name"] != "DELEGATE" for t in o["outputs"]}
@@ -359,7 +359,8 @@ def delegation(path) -> dict:
             "op_counts": {c: codes.count(c) for c in sorted(set(codes))}}
 
 
-def _time_interpreter(interp, repeats: int, invokes: int) -> float:
+def time_invokes(interp, repeats: int, invokes: int) -> float:
+    """Median over ``repeats`` of the mean seconds of ``invokes`` runs of ``interp``, after 2 warm-up runs."""
     for _ in range(2):
         interp.invoke()
     runs = []
@@ -397,7 +398,7 @@ def op_profile(graph, threads: int = 2) -> dict:
         interp = Interpreter(model_content=serialize(single).tobytes(), num_threads=threads)
         interp.allocate_tensors()
         _feed_random(interp, rng)
-        ms = 1e3 * _time_interpreter(interp, repeats=3, invokes=20)
+        ms = 1e3 * time_invokes(interp, repeats=3, invokes=20)
         del interp
         entry = profile.setdefault(op.code, {"count": 0, "ms": 0.0})
         entry["count"] += 1
@@ -444,11 +445,11 @@ def interleaved_latency(files: dict[str, str], threads: int = 2, rounds: int = 5
     for _ in range(rounds):
         for name, path in files.items():
             for kernels in ("xnnpack", "builtin"):
-                interp = _interpreter(path, kernels == "builtin", threads)
+                interp = interpreter(path, kernels == "builtin", threads)
                 detail = interp.get_input_details()[0]
                 interp.set_tensor(detail["index"], feed.astype(detail["dtype"]))
                 repeats, invokes = (3, 10) if kernels == "xnnpack" else (2, 3)
-                runs[name][kernels].append(1e3 * _time_interpreter(interp, repeats, invokes))
+                runs[name][kernels].append(1e3 * time_invokes(interp, repeats, invokes))
                 del interp
                 time.sleep(0.2)
     return {name: {kernels: {"median_ms": statistics.median(v), "min_ms": min(v), "rounds_ms": v}

@@ -21,17 +21,19 @@ RNG = np.random.default_rng(5)
 X = RNG.uniform(-1, 1, size=(4, 2, 6, 6)).astype(np.float32)  # NCHW
 
 
+@pytest.mark.parametrize("multiplier", [1, 2])
 @pytest.mark.parametrize("cls", [QATQuantizer, NaiveQuantizer])
-def test_depthwise_multiplier_scales_match_pytorch_grouped_conv(cls, tmp_path):
-    weight = RNG.normal(scale=0.5, size=(4, 1, 3, 3)).astype(np.float32)  # torch Conv2d(2, 4, groups=2)
-    weight[3] *= 4.0  # channel (in 1, multiplier 1) gets the largest scale
+def test_depthwise_scales_match_pytorch_grouped_conv(cls, multiplier, tmp_path):
+    channels = 2 * multiplier
+    weight = RNG.normal(scale=0.5, size=(channels, 1, 3, 3)).astype(np.float32)  # torch Conv2d(2, 2M, groups=2)
+    weight[-1] *= 4.0  # the last channel (in 1, multiplier M-1) gets the largest scale
     tmodel = torch.nn.Sequential()
-    tmodel.add_module("dw", torch.nn.Conv2d(2, 4, 3, groups=2, bias=False))
+    tmodel.add_module("dw", torch.nn.Conv2d(2, channels, 3, groups=2, bias=False))
     with torch.no_grad():
         tmodel.dw.weight.copy_(torch.from_numpy(weight))
-    layer = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False, name="dw")
+    layer = keras.layers.DepthwiseConv2D(3, depth_multiplier=multiplier, use_bias=False, name="dw")
     kmodel = keras.Sequential([keras.Input((6, 6, 2)), layer])
-    layer.set_weights([depthwise_to_keras(weight, 2)])
+    layer.set_weights([depthwise_to_keras(weight, multiplier)])
     types = ["weight"] if cls is NaiveQuantizer else ["input", "weight", "output"]
     cfg = [{"quant_types": types, "op_names": ["dw"]}]
     tq, kq = cls(tmodel, cfg), cls(kmodel, cfg)
@@ -40,13 +42,14 @@ def test_depthwise_multiplier_scales_match_pytorch_grouped_conv(cls, tmp_path):
     kout = np.asarray(kmodel(X.transpose(0, 2, 3, 1), training=True))
     np.testing.assert_allclose(kout, tout, rtol=1e-4, atol=1e-5)
     tcal, kcal = tq.calibration()["dw"], kq.calibration()["dw"]
-    expected = np.abs(weight).reshape(4, -1).max(axis=1) / 127
+    expected = np.abs(weight).reshape(channels, -1).max(axis=1) / 127
     np.testing.assert_allclose(kcal["weight_scale"], expected, rtol=1e-6)
     np.testing.assert_allclose(kcal["weight_scale"], tcal["weight_scale"], rtol=1e-6)
-    assert tuple(kcal["weight_axis"]) == (2, 3)
+    axis = 2 if multiplier == 1 else (2, 3)
+    assert (kcal["weight_axis"] if multiplier == 1 else tuple(kcal["weight_axis"])) == axis
     kq.export_model(tmp_path / "m.weights.h5", calibration_path=tmp_path / "calib.json")
     params = QParams.from_dict(json.loads((tmp_path / "calib.json").read_text())["dw"], "weight")
-    assert params.axis == (2, 3)
+    assert params.axis == axis
     kernel = layer.kernel.numpy()
     np.testing.assert_allclose(fake_quant_numpy(kernel, params), kq.layer("dw").module.quantized_weight(), atol=1e-7)
 

@@ -173,27 +173,6 @@ def test_calibration_file_and_onnx_refusal(tmp_path):
         ptq.export_model(tmp_path / "m2.weights.h5", onnx_path=tmp_path / "m.onnx", input_shape=[1, 8, 8, 1])
 
 
-@pytest.mark.parametrize("cls", [QATQuantizer, NaiveQuantizer])
-def test_depthwise_per_channel_scales_match_pytorch_grouped_conv(cls):
-    weight = RNG.normal(scale=0.5, size=(2, 1, 3, 3)).astype(np.float32)  # torch (channels, 1, kh, kw)
-    tmodel = torch.nn.Sequential()
-    tmodel.add_module("dw", torch.nn.Conv2d(2, 2, 3, groups=2, bias=False))
-    with torch.no_grad():
-        tmodel.dw.weight.copy_(torch.from_numpy(weight))
-    kmodel = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.DepthwiseConv2D(3, use_bias=False, name="dw")])
-    kmodel.get_layer("dw").set_weights([weight.transpose(2, 3, 0, 1)])
-    types = ["weight"] if cls is NaiveQuantizer else ["input", "weight", "output"]
-    cfg = [{"quant_types": types, "op_names": ["dw"]}]
-    tq, kq = cls(tmodel, cfg), cls(kmodel, cfg)
-    tmodel, kmodel = tq.compress(), kq.compress()
-    tout = tmodel(torch.from_numpy(X)).detach().numpy().transpose(0, 2, 3, 1)
-    kout = np.asarray(kmodel(X.transpose(0, 2, 3, 1), training=True))
-    np.testing.assert_allclose(kout, tout, rtol=1e-4, atol=1e-5)
-    tcal, kcal = tq.calibration()["dw"], kq.calibration()["dw"]
-    np.testing.assert_allclose(kcal["weight_scale"], tcal["weight_scale"], rtol=1e-6)
-    assert len(kcal["weight_scale"]) == 2 and kcal["weight_axis"] == 2
-
-
 def test_subclassed_model_trains_with_qat_in_fit():
     class Net(keras.Model):
         def __init__(self):
