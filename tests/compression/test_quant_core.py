@@ -157,18 +157,23 @@ def test_fast_per_channel_path_equals_torch_kernel():
         torch.testing.assert_close(grad, torch.ones_like(weight))
 
 
+def assert_same_as_torch_kernel(x: torch.Tensor, params) -> None:
+    """``OPS.fake_quant`` equals ``torch.fake_quantize_per_tensor_affine`` bit for bit, values and gradients."""
+    reference = torch.fake_quantize_per_tensor_affine(x, float(params.scale[0]), int(params.zero_point[0]),
+                                                      params.qmin, params.qmax)
+    fast = OPS.fake_quant(x, params)
+    torch.testing.assert_close(fast, reference, atol=0, rtol=0)
+    grad_fast, = torch.autograd.grad(fast.sum(), x)
+    grad_reference, = torch.autograd.grad(reference.sum(), x)
+    torch.testing.assert_close(grad_fast, grad_reference, atol=0, rtol=0)
+
+
 def test_fast_per_tensor_path_equals_torch_kernel_values_and_gradient():
     torch.manual_seed(0)
     x = (torch.randn(4, 8, 5, 5) * 3).requires_grad_(True)
     for scheme in (Scheme(), Scheme(symmetric=True, narrow=True), Scheme(signed=False)):
         params = affine_params(np.array([-2.0]), np.array([2.5]), 8, scheme)
-        reference = torch.fake_quantize_per_tensor_affine(x, float(params.scale[0]), int(params.zero_point[0]),
-                                                          params.qmin, params.qmax)
-        fast = OPS.fake_quant(x, params)
-        torch.testing.assert_close(fast, reference, atol=0, rtol=0)
-        grad_fast, = torch.autograd.grad(fast.sum(), x)
-        grad_reference, = torch.autograd.grad(reference.sum(), x)
-        torch.testing.assert_close(grad_fast, grad_reference, atol=0, rtol=0)
+        assert_same_as_torch_kernel(x, params)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8, 12, 16])
@@ -193,13 +198,7 @@ def test_per_tensor_clamp_first_path_is_exact_at_the_grid_bounds(bits):
                 - params.zero_point[0]) / np.float32(bounds.inverse)
         points += list(ties.astype(np.float32)) + [np.float32(np.inf), np.float32(-np.inf)]
         x = torch.tensor(np.array(points, dtype=np.float32), requires_grad=True)
-        reference = torch.fake_quantize_per_tensor_affine(x, float(params.scale[0]), int(params.zero_point[0]),
-                                                          params.qmin, params.qmax)
-        fast = OPS.fake_quant(x, params)
-        torch.testing.assert_close(fast, reference, atol=0, rtol=0)
-        grad_fast, = torch.autograd.grad(fast.sum(), x)
-        grad_reference, = torch.autograd.grad(reference.sum(), x)
-        torch.testing.assert_close(grad_fast, grad_reference, atol=0, rtol=0)
+        assert_same_as_torch_kernel(x, params)
 
 
 def test_per_tensor_scale_whose_inverse_overflows_float32_uses_torch_kernel():
