@@ -6,7 +6,9 @@ as integers gets parameters, not only module outputs: functional ``+``, ``*``, `
 producers) comes from :mod:`slimkit.frameworks.torch.quant_graph`; at run time a
 ``TorchFunctionMode`` sees each torch-level call, names it with the same
 ``"<module_path>/<call_index>/<op>/<k>"`` key (module path and call index tracked with module
-hooks) and fake-quantizes the output of the calls the plan lists.
+hooks) and fake-quantizes the output of the calls the plan lists. The mode is switched off while a module
+whose subtree holds no planned tensor runs (a fused conv/BN/ReLU block, an inverted residual's branch): there
+it would only count calls.
 
 Calls made by wrapped layers and by the quantizer itself are not counted.
 """
@@ -46,6 +48,7 @@ class GraphRuntime:
         self.handles: list[Any] = []
         self.seen: set[str] = set()
         self.names: dict[Any, str] = {}  # torch function -> function_name(), computed once per function
+        self.silenced = 0  # depth in ``stack`` of the module the mode was switched off for (0: none)
 
     def __deepcopy__(self, memo: dict) -> GraphRuntime:
         return self  # copies of the model (export) share the runtime: hooks are keyed by path
@@ -54,12 +57,16 @@ class GraphRuntime:
     def install(self) -> None:
         self.handles.append(self.model.register_forward_pre_hook(self._root_pre, prepend=True))
         self.handles.append(self.model.register_forward_hook(self._root_post))
+        planned = {tensor.module for tensor in self.plan.graph.values()}
+        planned_under = {path[:end] for path in planned for end in range(len(path) + 1)
+                         if end == len(path) or path[end] == "."}  # every planned module and its ancestors
         for name, module in self.model.named_modules():
             if not name:
                 continue
             path = name[: -len(".module")] if name.endswith(".module") and name[: -len(".module")] in \
                 self.wrapped else name
-            self.handles.append(module.register_forward_pre_hook(self._pre(path, name == path)))
+            self.handles.append(module.register_forward_pre_hook(self._pre(path, name == path,
+                                                                           path not in planned_under)))
             self.handles.append(module.register_forward_hook(self._post(name == path)))
         self.quantizer.tensor_listener = self._layer_tensor
 
@@ -73,7 +80,7 @@ class GraphRuntime:
     # ---------------------------------------------------------------- hooks
     def _root_pre(self, module: nn.Module, args: tuple) -> tuple:
         self._exit()
-        self.stack, self.tensors = [("", 0)], {}
+        self.stack, self.tensors, self.silenced = [("", 0)], {}, 0
         self.calls.clear()
         self.ops.clear()
         quantized = []
@@ -81,8 +88,7 @@ class GraphRuntime:
             if isinstance(arg, torch.Tensor) and arg.is_floating_point() and f"input/{index}" in self.plan.graph:
                 arg = self._quantize(f"input/{index}", arg, "input", [], inputs=[])
             quantized.append(arg)
-        self.mode = _Mode(self)
-        self.mode.__enter__()
+        self._enter()
         return tuple(quantized)
 
     def _root_post(self, module: nn.Module, args: tuple, output: Any) -> None:
@@ -90,12 +96,17 @@ class GraphRuntime:
         self.tensors = {}
         self.stack = []
 
+    def _enter(self) -> None:
+        self.mode = _Mode(self)
+        self.mode.__enter__()
+
     def _exit(self) -> None:
         if self.mode is not None:
             mode, self.mode = self.mode, None
             mode.__exit__(None, None, None)
 
-    def _pre(self, path: str, counts: bool) -> Any:
+    def _pre(self, path: str, counts: bool, silent: bool) -> Any:
+        """``silent``: no planned tensor in this module's subtree, so the mode is switched off until it returns."""
         def hook(module: nn.Module, args: tuple) -> None:
             if not self.stack:
                 return
@@ -105,11 +116,17 @@ class GraphRuntime:
             else:  # the module inside a wrapper: same path, same call as the wrapper
                 index = self.stack[-1][1]
             self.stack.append((path, index))
+            if silent and self.mode is not None and not torch.compiler.is_exporting():
+                self._exit()
+                self.silenced = len(self.stack)
         return hook
 
     def _post(self, counts: bool) -> Any:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if len(self.stack) > 1:
+                if self.silenced == len(self.stack):
+                    self.silenced = 0
+                    self._enter()
                 self.stack.pop()
         return hook
 

@@ -315,3 +315,62 @@ def test_qat_training_fold_closed_form_gradient_equals_autograd_path(monkeypatch
     assert qat.weight_grad_is_identity(qat.layer("conv"))
     qat.quant_grad = type("Clipped", (qat.quant_grad,), {})
     assert not qat.weight_grad_is_identity(qat.layer("conv"))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU6(inplace=True))
+
+    def forward(self, x):
+        return x + self.branch(x)
+
+
+class ResidualNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU6(inplace=True))
+        self.block = Residual()
+
+    def forward(self, x):
+        return torch.flatten(self.block(self.stem(x)), 1).mean(1)
+
+
+def _qat_run(monkeypatch, keep_mode_on):
+    from slimkit.frameworks.torch.quant_runtime import GraphRuntime
+
+    if keep_mode_on:
+        pre = GraphRuntime._pre
+        monkeypatch.setattr(GraphRuntime, "_pre", lambda self, path, counts, silent: pre(self, path, counts, False))
+    torch.manual_seed(0)
+    model = ResidualNet()
+    qat = QATQuantizer(model, [{"quant_types": WO, "op_types": ["default"]}], dummy_input=torch.randn(1, 2, 4, 4))
+    model = qat.compress()
+    mode_on = {}
+    for name in ("stem", "block", "block.branch", "block.branch.1"):
+        model.get_submodule(name).register_forward_pre_hook(
+            lambda module, args, name=name: mode_on.__setitem__(name, torch._C._len_torch_function_stack() > 0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    outputs = []
+    for step in range(3):
+        optimizer.zero_grad()
+        out = model(torch.randn(4, 2, 4, 4) * (step + 1))
+        out.sum().backward()
+        optimizer.step()
+        outputs.append(out.detach())
+    monkeypatch.undo()
+    return outputs, qat.calibration(), mode_on, qat._graph_runtime
+
+
+def test_whole_graph_mode_is_off_in_blocks_without_graph_tensors_and_results_are_unchanged(monkeypatch):
+    outputs, calibration, mode_on, runtime = _qat_run(monkeypatch, keep_mode_on=False)
+    # the fused conv/BN/ReLU6 blocks hold no graph tensor: the function mode is off inside them; the residual
+    # block's add is a graph tensor: on there
+    assert mode_on == {"stem": False, "block": True, "block.branch": False, "block.branch.1": False}
+    assert {"block/0/add/0", "/0/flatten/0", "/0/mean/0"} <= set(calibration[GRAPH_KEY])
+    assert set(runtime.plan.graph) == runtime.seen
+    reference_outputs, reference, reference_mode_on, _ = _qat_run(monkeypatch, keep_mode_on=True)
+    assert reference_mode_on == dict.fromkeys(mode_on, True)
+    for out, expected in zip(outputs, reference_outputs):
+        assert torch.equal(out, expected)
+    assert calibration == reference
