@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from slimkit.compression.channels import ChannelAxis, channel_rows, channel_shape
+from slimkit.compression.channels import ChannelAxis, channel_shape
 
 
 def prune_count(sparsity: float, n: int) -> int:
@@ -66,7 +66,3 @@ def channel_mask(keep: np.ndarray, shape: tuple[int, ...], axis: ChannelAxis) ->
     :mod:`slimkit.compression.channels` for axis tuples)."""
     return np.broadcast_to(keep.reshape(channel_shape(shape, axis)), shape).astype(np.float32)
 
-
-def per_channel(weight: np.ndarray, axis: ChannelAxis) -> np.ndarray:
-    """``weight`` reshaped to ``(channels, -1)``: row ``i`` holds output channel ``i``."""
-    return channel_rows(weight, axis)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from slimkit.compression import Layer, LayerConfig, Pruner
-from slimkit.compression.channels import channel_count
-from slimkit.compression.sparsity import channel_keep, channel_mask, per_channel, prune_count
+from slimkit.compression.channels import channel_count, channel_rows
+from slimkit.compression.sparsity import channel_keep, channel_mask, prune_count
 
 
 class ChannelGroup:
@@ -129,7 +129,7 @@ class FilterPruner(Pruner):
         super().set_mask(layer, mask)
         weight_mask = mask.get("weight") if isinstance(mask, Mapping) else mask
         array = weight_mask if isinstance(weight_mask, np.ndarray) else self.adapter.to_numpy(weight_mask)
-        rows = per_channel(array, layer.out_axis)
+        rows = channel_rows(array, layer.out_axis)
         kept = rows.any(axis=1)
         structured = bool(np.array_equal(rows.all(axis=1), kept))  # every channel all kept or all removed
         self._pruned[layer.name] = (layer.wrapper, ~kept, structured)

@@ -7,7 +7,7 @@ import numpy as np
 from slimkit.algorithms.pruning.filter import FilterPruner
 from slimkit.algorithms.pruning.registry import register_pruner
 from slimkit.compression import Layer
-from slimkit.compression.sparsity import per_channel
+from slimkit.compression.channels import channel_rows
 
 
 def _gram_upper(filters: np.ndarray) -> np.ndarray:
@@ -83,7 +83,7 @@ class FPGMPruner(FilterPruner):
     """
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
-        filters = per_channel(self.weight_of(layer), layer.out_axis)
+        filters = channel_rows(self.weight_of(layer), layer.out_axis)
         alive = ~self.pruned_channels(layer)
         importance = np.zeros(len(filters))
         importance[alive] = distance_sums(filters[alive])

@@ -7,7 +7,7 @@ import numpy as np
 from slimkit.algorithms.pruning.filter import FilterPruner
 from slimkit.algorithms.pruning.registry import register_pruner
 from slimkit.compression import Layer
-from slimkit.compression.sparsity import per_channel
+from slimkit.compression.channels import channel_rows
 
 
 @register_pruner("l1")
@@ -28,7 +28,7 @@ class L1FilterPruner(FilterPruner):
     """
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
-        return np.abs(per_channel(self.weight_of(layer), layer.out_axis)).sum(axis=1)
+        return np.abs(channel_rows(self.weight_of(layer), layer.out_axis)).sum(axis=1)
 
 
 @register_pruner("l2")
@@ -49,4 +49,4 @@ class L2FilterPruner(FilterPruner):
     """
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
-        return np.sqrt(np.square(per_channel(self.weight_of(layer), layer.out_axis)).sum(axis=1))
+        return np.sqrt(np.square(channel_rows(self.weight_of(layer), layer.out_axis)).sum(axis=1))

@@ -31,9 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from slimkit.compression import bn_fold
-from slimkit.compression.channels import channel_shape
 from slimkit.compression.quant import QuantType
-from slimkit.frameworks.tensorflow import layout
+from slimkit.frameworks.tensorflow import layout, quant_ops
 
 FOLDABLE = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv1D,
             keras.layers.DepthwiseConv2D, keras.layers.Dense)
@@ -114,12 +113,8 @@ def plan_folds(layers: list[Any], quantizer: Any) -> dict[str, Fold]:
 
 def channel_view(layer: Any, weight: Any) -> Any:
     """A function reshaping a per-output-channel vector to broadcast along ``weight``'s output axis."""
-    shape = channel_shape(tuple(weight.shape), layout.out_axis(layer))
-
-    def view(values: Any) -> Any:
-        return tf.reshape(values, shape)
-
-    return view
+    axis = layout.out_axis(layer)
+    return lambda values: quant_ops.channel_view(values, weight, axis)
 
 
 def factor(bn: Any) -> tf.Tensor:

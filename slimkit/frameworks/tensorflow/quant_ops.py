@@ -28,7 +28,8 @@ from slimkit.compression.channels import ChannelAxis, channel_rows, channel_shap
 from slimkit.compression.quant import qrange
 
 
-def _channel_view(values: tf.Tensor, like: tf.Tensor, axis: ChannelAxis) -> tf.Tensor:
+def channel_view(values: tf.Tensor, like: Any, axis: ChannelAxis) -> tf.Tensor:
+    """``values`` (one per output channel) reshaped to broadcast along ``axis`` of the tensor ``like``."""
     return tf.reshape(values, channel_shape(tuple(like.shape), axis))
 
 
@@ -82,7 +83,7 @@ class TFQuantOps:
         scale = tf.constant(np.asarray(params.scale, dtype=np.float32))
         zero_point = tf.constant(np.asarray(params.zero_point, dtype=np.float32))
         if params.axis is not None:
-            return _channel_view(scale, x, params.axis), _channel_view(zero_point, x, params.axis)
+            return channel_view(scale, x, params.axis), channel_view(zero_point, x, params.axis)
         return scale[0], zero_point[0]
 
     def _quantize(self, x: tf.Tensor, params: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:

@@ -87,7 +87,8 @@ class _StraightThrough(torch.autograd.Function):
         return ctx.backward_fn(x, grad_output.clone()), None, None
 
 
-def _channel_view(values: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+def _channel_view(values: Any, ndim: int, axis: int) -> Any:
+    """``values`` (a tensor or numpy array, one per channel) shaped to broadcast along ``axis`` of ``ndim`` axes."""
     shape = [1] * ndim
     shape[axis] = -1
     return values.reshape(shape)
@@ -161,11 +162,8 @@ class TorchQuantOps:
         key = ("view", x.device, x.dtype, x.dim(), axis)
         views = params._native.get(key)
         if views is None:
-            shape = [1] * x.dim()
-            shape[axis] = -1
-
             def view(values: np.ndarray) -> torch.Tensor:
-                tensor = torch.from_numpy(values.reshape(shape))
+                tensor = torch.from_numpy(_channel_view(values, x.dim(), axis))
                 return tensor if (x.device.type, x.dtype) == ("cpu", torch.float32) else tensor.to(x.device, x.dtype)
 
             scale = params.scale.astype(np.float32)
