@@ -35,24 +35,25 @@ def normalize_axis(axis: ChannelAxis | Sequence[int], ndim: int) -> ChannelAxis:
     return tuple(int(a) % ndim for a in axis)
 
 
-def _axes(axis: ChannelAxis, ndim: int) -> tuple[int, ...]:
+def channel_axes(axis: ChannelAxis, ndim: int) -> tuple[int, ...]:
+    """The non-negative axes of ``axis`` as a tuple (one entry for a single axis)."""
     normalized = normalize_axis(axis, ndim)
     return (normalized,) if isinstance(normalized, int) else normalized
 
 
 def channel_count(shape: Sequence[int], axis: ChannelAxis) -> int:
     """Number of output channels of a weight of ``shape``."""
-    return math.prod(int(shape[a]) for a in _axes(axis, len(shape)))
+    return math.prod(int(shape[a]) for a in channel_axes(axis, len(shape)))
 
 
 def channel_shape(shape: Sequence[int], axis: ChannelAxis) -> list[int]:
     """Shape that a per-channel vector is reshaped to so it broadcasts against a weight of ``shape``."""
-    axes = _axes(axis, len(shape))
+    axes = channel_axes(axis, len(shape))
     return [int(size) if i in axes else 1 for i, size in enumerate(shape)]
 
 
 def channel_rows(weight: np.ndarray, axis: ChannelAxis) -> np.ndarray:
     """``weight`` as ``(channels, -1)``: row ``i`` holds every value of output channel ``i``."""
-    axes = _axes(axis, weight.ndim)
+    axes = channel_axes(axis, weight.ndim)
     moved = np.moveaxis(weight, axes, tuple(range(len(axes))))
     return moved.reshape(channel_count(weight.shape, axis), -1)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from slimkit.compression.channels import channel_shape, normalize_axis
+from slimkit.compression.channels import channel_axes, channel_shape
 from slimkit.compression.observers import EMAObserver, HistogramObserver, MinMaxObserver
 from slimkit.compression.quant import QuantGrad, QuantType, qrange
 from slimkit.compression.quantizer import Quantizer
@@ -169,8 +169,7 @@ class GraphQuant:
         shape = tuple(weight.shape)
         values = tf.cast(tf.stop_gradient(weight), tf.float64)
         if scheme.per_channel:  # one axis, or the (in, multiplier) axes of a depthwise kernel, row-major
-            axes = normalize_axis(layer.out_axis, len(shape))
-            axes = (axes,) if isinstance(axes, int) else axes
+            axes = channel_axes(layer.out_axis, len(shape))
             reduce = [d for d in range(len(shape)) if d not in axes]
             lo, hi = tf.reduce_min(values, axis=reduce), tf.reduce_max(values, axis=reduce)
             view = channel_shape(shape, layer.out_axis)
