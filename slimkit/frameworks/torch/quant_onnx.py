@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimkit.compression.channels import channel_shape
 from slimkit.compression.quant import QParams, qrange
 from slimkit.errors import UnsupportedOpError
 
@@ -56,8 +57,7 @@ def onnx_fake_quant(x: torch.Tensor, params: QParams) -> torch.Tensor:
         ends = (np.stack([params.qmin - params.zero_point, params.qmax - params.zero_point]).astype(np.float32)
                 * params.scale.astype(np.float32))
         if params.per_channel:
-            shape = [1] * x.dim()
-            shape[params.axis % x.dim()] = -1
+            shape = channel_shape(tuple(x.shape), params.axis)
             x = torch.clamp(x, torch.as_tensor(ends[0].reshape(shape), device=x.device),
                             torch.as_tensor(ends[1].reshape(shape), device=x.device))
         else:
