@@ -40,8 +40,9 @@ Example (a custom quantizer with a custom gradient):
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -184,6 +185,7 @@ class Quantizer(Compressor):
         self.graph_slot = GraphSlot(model, self.graph_config)
         self.tensor_listener: Any = None  # set by the backend in whole-graph mode
         self._in_quant = 0
+        self.integer_arithmetic: str | None = None  # set inside emulate_integer()
         if dummy_input is not None:  # without it, BN stays unfolded and modules get one range set
             self.graph_plan = self.backend.plan(model, dummy_input, self)
 
@@ -201,6 +203,41 @@ class Quantizer(Compressor):
             self.backend.wrap(self.model, self.layers, self)
             self.wrapped = True
         return self.model
+
+    @contextlib.contextmanager
+    def emulate_integer(self, arithmetic: str = "xnnpack") -> Iterator[None]:
+        """Inside the block, the quantized model (in eval mode) computes the deployed int8 kernels' arithmetic bit for
+        bit instead of float32 fake quantization: integer sums, int32 bias, the kernel's requantization and rounding.
+
+        The fake-quant model already lands on the same integers except at rounding ties (a few outputs in a
+        million); a deep network passes each such step on. Evaluate under this block to get exactly what the
+        converted int8 ``.tflite`` file computes. ``arithmetic``: ``'xnnpack'``, LiteRT's default CPU path.
+        PyTorch only; the wrapped layers need input, weight and output parameters (calibrate first).
+
+        Example:
+
+        >>> import torch
+        >>> from slimkit.algorithms.quantization import PostTrainingQuantizer
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()
+        >>> x = torch.randn(8, 1, 6, 6)
+        >>> config = [{'quant_types': ['input', 'weight', 'output'], 'op_types': ['Conv2d']}]
+        >>> quantizer = PostTrainingQuantizer(model, config, dummy_input=x[:1])
+        >>> _ = quantizer.compress(); quantizer.calibrate([x])
+        >>> with quantizer.emulate_integer():
+        ...     exact = model(x)
+        >>> bool((exact - model(x)).abs().max() <= quantizer.params['0']['output'].scale[0])
+        True
+        """
+        supported = getattr(self.backend, "integer_arithmetics", ())
+        if arithmetic not in supported:
+            raise SlimkitError(f"{type(self).__name__}.emulate_integer: arithmetic {arithmetic!r} is not available for "
+                               f"{self.adapter.name} models. Expected one of {list(supported)}"
+                               + ("" if supported else " (none: integer emulation is PyTorch only)") + ".")
+        previous, self.integer_arithmetic = self.integer_arithmetic, arithmetic
+        try:
+            yield
+        finally:
+            self.integer_arithmetic = previous
 
     def unwrap_model(self) -> Any:
         """Restore the float layers (with their trained weights); returns the model."""

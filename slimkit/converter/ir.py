@@ -29,6 +29,18 @@ class QuantParams:
     zero_point: np.ndarray
     quantized_dimension: int = 0
 
+    def rescaled(self, factor: np.ndarray, axis: int) -> QuantParams:
+        """The grid of a per-channel constant multiplied by ``factor`` along ``axis``: the same integers, scales times
+        ``factor``. Channels whose factor is 1 within float32 rounding keep their scale exactly (a fake-quant conv
+        divided by a BatchNorm factor and multiplied back by the BatchNorm: the quantizer's own grid)."""
+        factor = np.asarray(factor, np.float64).reshape(-1)
+        if np.all(np.abs(factor - 1.0) <= 2.0 ** -20):
+            return self
+        channels = max(factor.size, self.scale.size)
+        scale = np.broadcast_to(self.scale.astype(np.float64), (channels,))
+        factor = np.where(np.abs(factor - 1.0) <= 2.0 ** -20, 1.0, np.broadcast_to(factor, (channels,)))
+        return QuantParams((scale * factor).astype(np.float32), np.zeros(channels, np.int64), axis)
+
 
 @dataclass(eq=False)
 class Tensor:
@@ -83,6 +95,8 @@ class Tensor:
         shape[axis] = -1
         self.data = (self.data * scale.reshape(shape)).astype(self.data.dtype)
         self.data_scale = None
+        if self.quant_hint is not None:
+            self.quant_hint = self.quant_hint.rescaled(scale, axis)
         return self.data
 
 

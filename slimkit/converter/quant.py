@@ -169,11 +169,12 @@ def int8_kernels(graph: Graph) -> int:
         q_in, q_out = deq.inputs[0], after[0].outputs[0]
         if q_in.dtype != "int8" or q_out.dtype != "int8":
             continue
+        values = w.values()  # applies a pending BatchNorm factor, to the grid as well
         hint = w.quant_hint
         shape = [1] * w.data.ndim
         shape[hint.quantized_dimension] = -1
         scale = np.broadcast_to(hint.scale, (w.data.shape[hint.quantized_dimension],)).astype(np.float32)
-        w.data = np.clip(np.round(w.values() / scale.reshape(shape)), -127, 127).astype(np.int8)
+        w.data = np.clip(np.round(values / scale.reshape(shape)), -127, 127).astype(np.int8)
         w.dtype, w.quant = "int8", QuantParams(scale, np.zeros(scale.size, np.int64), hint.quantized_dimension)
         b.data, bias_scale = _int32_bias(b.values(), float(q_in.quant.scale[0]), scale, op)
         b.dtype, b.quant = "int32", QuantParams(bias_scale, np.zeros(scale.size, np.int64), 0)

@@ -33,14 +33,19 @@ def settle_bn(model: nn.Module, shape, batches: int = 2) -> nn.Module:
     return model.eval()
 
 
-def quantize(model: nn.Module, shape, config=None) -> tuple[nn.Module, torch.Tensor]:
+def quantize_with(model: nn.Module, shape, config=None) -> tuple[nn.Module, torch.Tensor, PostTrainingQuantizer]:
+    """``model`` PTQ-quantized (minmax on two random batches); returns (model, example input, quantizer)."""
     torch.manual_seed(1)
     x = torch.randn(1, *shape)
     ptq = PostTrainingQuantizer(model, config or WHOLE_GRAPH, algorithm="minmax", dummy_input=x)
     ptq.compress()
     ptq.calibrate([torch.randn(4, *shape) for _ in range(2)])
     model.eval()
-    return model, x
+    return model, x, ptq
+
+
+def quantize(model: nn.Module, shape, config=None) -> tuple[nn.Module, torch.Tensor]:
+    return quantize_with(model, shape, config)[:2]
 
 
 def tensor_types(path):
@@ -96,9 +101,23 @@ def parity(model, x, path) -> float:
     return float((np.abs(got - expected) <= output_step(path) * 1.001).mean())
 
 
+def litert_output(path, x) -> np.ndarray:
+    """The file's (float) output for ``x``, in PyTorch's layout."""
+    got = run_tflite(path, [x.permute(0, 2, 3, 1).numpy() if x.dim() == 4 else x.numpy()])[0]
+    return np.moveaxis(got, -1, 1) if got.ndim == 4 else got
+
+
+def assert_bit_exact(model, quantizer, path, inputs) -> None:
+    """Under ``emulate_integer`` the fake-quant model gives exactly the file's integers on every input."""
+    for x in inputs:
+        with torch.no_grad(), quantizer.emulate_integer():
+            expected = model(x).numpy()
+        np.testing.assert_array_equal(litert_output(path, x).reshape(expected.shape), expected)
+
+
 def check_model(build, shape, tmp_path):
     torch.manual_seed(0)
-    model, x = quantize(settle_bn(build(), shape), shape)
+    model, x, quantizer = quantize_with(settle_bn(build(), shape), shape)
     path = tmp_path / "int8.tflite"
     TFLiteConverter(model, x, path).convert()
     codes = assert_all_int8(path)
@@ -106,6 +125,7 @@ def check_model(build, shape, tmp_path):
     assert codes[0] == "QUANTIZE" and codes[-1] == "DEQUANTIZE"
     assert codes.count("QUANTIZE") == 1 and codes.count("DEQUANTIZE") == 1, codes
     assert parity(model, x, path) >= 0.99
+    assert_bit_exact(model, quantizer, path, [x, torch.randn(2, *shape)[:1]])
     return codes
 
 

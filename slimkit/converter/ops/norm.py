@@ -29,7 +29,7 @@ def fold_affine(ctx, x: Tensor, scale: np.ndarray, shift: np.ndarray, arg=None):
     weight, bias = op.inputs[w_index], op.inputs[b_index]
     axis = _FOLD_AXIS[op.code]
     new_weight = ctx.const(weight.data, name=weight.name)
-    new_weight.data_scale = weight.data_scale
+    new_weight.data_scale, new_weight.quant_hint = weight.data_scale, weight.quant_hint
     new_weight.scaled(scale, axis)
     op.inputs[w_index] = new_weight
     op.inputs[b_index] = ctx.const(bias.values() * scale + shift, name=bias.name)

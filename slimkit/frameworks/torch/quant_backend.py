@@ -35,7 +35,8 @@ from torch import nn
 from slimkit.compression import bn_fold
 from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.quant import QuantType
-from slimkit.frameworks.torch import quant_graph
+from slimkit.errors import SlimkitError
+from slimkit.frameworks.torch import int8_emulation, quant_graph
 from slimkit.frameworks.torch.adapter import ADAPTER, set_submodule
 from slimkit.frameworks.torch.quant_ops import OPS
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
@@ -70,15 +71,20 @@ def folded_parameters(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Mo
             bn_fold.folded_bias(bias, bn.running_mean, bn.bias, factor))
 
 
+def input_params(quantizer: Any, layer: Any, call: int = 0) -> Any:
+    """The parameters of the grid ``layer``'s input lies on: its own input quantization's, else (whole-graph mode) those
+    of the tensor that feeds it; None when neither is known."""
+    key = "input" if quantizer.quantizes(layer, QuantType.QUANT_INPUT) else "input_from_graph"
+    return quantizer.params[layer.name].get(quantizer._key(key, call))
+
+
 def quantized_bias(quantizer: Any, layer: Any, bias: torch.Tensor | None, call: int = 0) -> torch.Tensor | None:
     """``bias`` on the integer kernel's grid (scale ``input_scale * weight_scale``, ``profile.bias_bits``),
     straight-through; unchanged where the input or weight parameters are not known yet."""
     bits = getattr(quantizer.profile, "bias_bits", None)
     if bias is None or not bits or not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
         return bias
-    table = quantizer.params[layer.name]
-    key = "input" if quantizer.quantizes(layer, QuantType.QUANT_INPUT) else "input_from_graph"
-    inp, weight = table.get(quantizer._key(key, call)), table.get("weight")
+    inp, weight = input_params(quantizer, layer, call), quantizer.params[layer.name].get("weight")
     if inp is None or weight is None or inp.scale.size != 1 or weight.bits <= 1:
         return bias
     values = (inp.scale[0] * weight.scale).astype("float32")  # numpy: no data-dependent checks under export
@@ -160,6 +166,8 @@ class QuantWrapper(CompressionWrapper):
     def _forward(self, quantizer: Any, layer: Any, call: int, args: tuple, kwargs: dict) -> Any:
         bn = self._ref.bn
         args = quantizer.forward_input(layer, args, call)
+        if quantizer.integer_arithmetic is not None and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+            return self._forward_integer(quantizer, layer, bn, args, call)
         overrides = self.effective_parameters()
         if quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) or bn is not None:
             weight = overrides.get("weight", self.module.weight)
@@ -170,6 +178,47 @@ class QuantWrapper(CompressionWrapper):
             else:
                 return self._forward_folded(quantizer, layer, bn, weight, overrides, args, call)
         out = self.call_module(overrides, args, kwargs)
+        return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
+
+    def _forward_integer(self, quantizer: Any, layer: Any, bn: nn.Module | None, args: tuple, call: int) -> Any:
+        """Eval under :meth:`Quantizer.emulate_integer`: the int8 kernel's own arithmetic
+        (:mod:`slimkit.frameworks.torch.int8_emulation`) on the quantized input, weight and int32 bias."""
+        if self.training:
+            raise SlimkitError(f"emulate_integer: layer {layer.name!r} runs in training mode. Integer emulation "
+                               "evaluates the deployed kernels; call model.eval() before the block.")
+        output_key = quantizer._key("output", call) if self.quantize_output_here else "output"
+        table = quantizer.params[layer.name]
+        params = {"input": input_params(quantizer, layer, call), "weight": table.get("weight"),
+                  "output": table.get(output_key)}
+        missing = [name for name, value in params.items() if value is None]
+        if missing or len(args) != 1:
+            raise SlimkitError(f"emulate_integer: layer {layer.name!r} has no {' / '.join(missing)} quantization "
+                               "parameters (or more than one input). The int8 kernel needs its input, weight and "
+                               "output grids: quantize 'input' (or use op_types ['default']) and 'output', and "
+                               "calibrate before emulating.")
+        overrides = self.effective_parameters()
+        weight = overrides.get("weight", self.module.weight)
+        bias = overrides.get("bias", self.module.bias)
+        if bn is None:
+            weight = quantizer.forward_weight(layer, weight)
+        else:
+            factor = bn_factor(bn)
+            weight = quantizer.forward_weight(layer, weight * factor.reshape([-1] + [1] * (weight.dim() - 1)))
+            bias = folded_parameters(weight, bias, bn)[1]
+        bias = quantized_bias(quantizer, layer, bias, call)
+        module = self.module
+        zeros = {"bias": None} if module.bias is None else {}
+
+        def run(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            extra = zeros or {"bias": torch.zeros(module.bias.shape, dtype=torch.float64)}
+            return self.call_module({"weight": w, **extra}, (x,), {})
+
+        channel_dim = -1 if isinstance(module, nn.Linear) else 1
+        out = int8_emulation.kernel(run, args[0], weight, bias, params, channel_dim).to(args[0].dtype)
+        if bn is not None and not self.deploy:  # the BatchNorm that follows maps this back onto the grid
+            view = [1, -1] + [1] * (out.dim() - 2)
+            beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+            out = (out - beta.reshape(view)) / factor.reshape(view) + bn.running_mean.reshape(view)
         return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
 
     def quantized_weight(self) -> torch.Tensor:
@@ -234,6 +283,7 @@ class TorchQuantBackend:
     """Everything the framework-neutral :class:`~slimkit.compression.quantizer.Quantizer` asks of PyTorch."""
 
     ops = OPS
+    integer_arithmetics = int8_emulation.ARITHMETICS
 
     # ------------------------------------------------------------ planning and wrapping
     def plan(self, model: nn.Module, dummy_input: Any, quantizer: Any) -> quant_graph.GraphPlan:

@@ -114,6 +114,7 @@ class GraphPlan:
     captured: CapturedGraph | None = None
     graph: dict[str, Any] = field(default_factory=dict)   # tensor key -> GraphTensor (whole-graph mode)
     owners: dict[str, str] = field(default_factory=dict)  # node name -> 'layer:<name>' / 'graph:<key>'
+    fused_activations: dict[str, str] = field(default_factory=dict)  # add / mul key -> key of the ReLU fused into it
 
 
 def _single_user(node: torch.fx.Node) -> torch.fx.Node | None:
@@ -210,6 +211,7 @@ def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
         user = _single_user(node)
         if op_name(node) in ("add", "sub", "mul") and user is not None and op_name(user) in _ACTIVATIONS:
             internal.add(node.name)
+            result.fused_activations[keys[node.name]] = keys[user.name]
     for index, node in enumerate(captured.user_inputs()):
         key = f"input/{index}"
         owners[node.name] = f"graph:{key}"

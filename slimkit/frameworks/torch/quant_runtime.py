@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from slimkit.frameworks.torch.quant_graph import GraphPlan, function_name
+from slimkit.frameworks.torch import int8_emulation
+from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_name
 
 
 class _Mode(TorchFunctionMode):
@@ -31,8 +32,9 @@ class _Mode(TorchFunctionMode):
         self.runtime = runtime
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        return self.runtime.on_call(func, args, out)
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        return self.runtime.on_call(func, args, out, kwargs)
 
 
 class GraphRuntime:
@@ -139,7 +141,7 @@ class GraphRuntime:
         entry = self.tensors.get(id(tensor))
         return entry[1] if entry is not None and entry[0] is tensor else None
 
-    def on_call(self, func: Any, args: tuple, out: Any) -> Any:
+    def on_call(self, func: Any, args: tuple, out: Any, kwargs: dict | None = None) -> Any:
         if not self.stack or self.quantizer._in_quant or not isinstance(out, torch.Tensor):
             return out
         path, call = self.stack[-1]
@@ -153,13 +155,39 @@ class GraphRuntime:
         self.ops[counter] = k + 1
         key = f"{path}/{call}/{name}/{k}"
         tensor = self.plan.graph.get(key)
-        if tensor is None or not out.is_floating_point():
+        emulating = self.quantizer.integer_arithmetic is not None
+        fused_into = self.plan.fused_activations.get(key) if tensor is None and emulating else None
+        if (tensor is None and fused_into is None) or not out.is_floating_point():
             return out
         first = args[0] if args else None
         sources = list(first) if isinstance(first, (list, tuple)) else [a for a in args if isinstance(
             a, torch.Tensor)]
         input_params = [self.params_of(t) for t in sources if isinstance(t, torch.Tensor)]
+        if fused_into is not None:  # add + ReLU: one kernel, on the activation's output grid
+            return self._integer(func, args, kwargs or {}, out, OP_KINDS.get(name, name), input_params,
+                                 self.quantizer.graph_params.get(fused_into))
+        if emulating:
+            out = self._integer(func, args, kwargs or {}, out, tensor.kind, input_params,
+                                self.quantizer.graph_params.get(key))
         return self._quantize(key, out, tensor.kind, input_params, inputs=tensor.inputs)
+
+    @staticmethod
+    def _integer(func: Any, args: tuple, kwargs: dict, out: torch.Tensor, kind: str, input_params: list,
+                 params: Any) -> torch.Tensor:
+        """Under ``emulate_integer``: the int8 kernel's result for an add / subtract / multiply of two quantized tensors
+        and a mean over whole axes (global average pooling); other ops keep their fake-quant value."""
+        known = params is not None and input_params and all(p is not None for p in input_params)
+        binary = len(args) == 2 and all(isinstance(a, torch.Tensor) for a in args) and not kwargs
+        if not known:
+            return out
+        if kind in ("add", "sub") and binary:
+            return int8_emulation.add(args[0], args[1], *input_params, params, subtract=kind == "sub")
+        if kind == "mul" and binary:
+            return int8_emulation.multiply(args[0], args[1], *input_params, params)
+        if kind == "mean" or (kind == "avg_pool" and all(size == 1 for size in out.shape[2:])):
+            rest = args[1:]
+            return int8_emulation.mean(args[0], lambda x: func(x, *rest, **kwargs), out, input_params[0], params)
+        return out
 
     def _quantize(self, key: str, out: torch.Tensor, kind: str, input_params: list, inputs: list) -> torch.Tensor:
         self.seen.add(key)

@@ -1,0 +1,163 @@
+"""The arithmetic of the deployed int8 kernels, for evaluating a fake-quant model bit for bit.
+
+A fake-quant model computes each kernel in float32 on values that lie on the integer grids and rounds
+the result to the output grid. The int8 kernel of the deployed file accumulates in int32 and requantizes
+the sum instead. The two give the same integers except where float32 rounding moves a result across a
+rounding tie: a few outputs in a million, but a deep network passes each such step on, so that a
+randomly initialised MobileNetV2 at 224x224 ends with half of its logits one step or more apart.
+Under :meth:`slimkit.compression.Quantizer.emulate_integer` the model computes what XNNPACK (LiteRT's
+default CPU path) computes:
+
+- convolution, depthwise convolution, linear: integer products summed exactly (in float64, exact for
+  int8 operands), the int32 bias ``round(bias / float32(input_scale * weight_scale))`` added, then
+  ``float32(sum) * float32(float32(input_scale * weight_scale) / output_scale)`` in float32, rounded half
+  to even, plus the output zero point, clamped;
+- add / subtract: XNNPACK's fixed-point form (per-input multipliers of 21-22 bits, one arithmetic shift);
+- multiply: the integer product times ``float32(float32(a_scale * b_scale) / output_scale)``;
+- mean over whole axes (global average pooling): the int32 sum times
+  ``float32(input_scale / (output_scale * count))``, rounded half to even.
+
+An add or multiply followed by a ReLU is one kernel with the activation's output parameters, as in the file.
+Every other quantized op already gives the kernel's integers (reshapes, pooling by max, concatenation
+with shared parameters), or runs as fake quantization.
+
+Example (int32 sums requantized with multiplier 0.25 to an output of scale 0.5 and zero point 3: 2.5 and 3.5
+round to even, -225 clamps at -128):
+
+>>> import torch
+>>> from slimkit.compression.quant import fixed_params
+>>> from slimkit.frameworks.torch.int8_emulation import requantize
+>>> out = fixed_params(0.5, 3, 8)
+>>> requantize(torch.tensor([10.0, 14.0, -900.0], dtype=torch.float64), torch.tensor(0.25), out).tolist()
+[1.0, 2.0, -65.5]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from slimkit.compression.quant import QParams
+from slimkit.errors import SlimkitError
+
+ARITHMETICS = ("xnnpack",)
+"""Integer arithmetics :meth:`~slimkit.compression.Quantizer.emulate_integer` can reproduce."""
+
+
+def _f32(values: Any) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).astype(np.float32)
+
+
+def _per_tensor(params: QParams, what: str) -> tuple[np.float32, int]:
+    if params.per_channel or params.scale.size != 1:
+        raise SlimkitError(f"emulate_integer: {what} is quantized per channel; the int8 kernels take one scale "
+                           "and zero point for activations. Expected per-tensor activation parameters (every "
+                           "built-in profile quantizes activations per tensor).")
+    return _f32(params.scale)[0], int(params.zero_point[0])
+
+
+def grid_integers(x: torch.Tensor, params: QParams) -> torch.Tensor:
+    """``q - zero_point`` (float64, exact integers) of a per-tensor fake-quantized ``x``."""
+    scale, _ = _per_tensor(params, "an input")
+    return torch.round(x.detach().double() / float(scale))
+
+
+def requantize(acc: torch.Tensor, multiplier: torch.Tensor, params: QParams) -> torch.Tensor:
+    """``(clamp(round(float32(acc) * multiplier) + zero_point) - zero_point) * scale`` in float32 (round half to even):
+    the int32 sum ``acc`` (float64 holding integers) on the output grid of ``params``, as the fake-quant model holds it.
+    """
+    scale, zero_point = _per_tensor(params, "an output")
+    q = torch.round(acc.float() * multiplier.float()) + zero_point
+    q = torch.clamp(q, params.qmin, params.qmax)
+    return (q - zero_point) * torch.tensor(scale)
+
+
+def kernel(run: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: dict[str, QParams],
+           channel_dim: int) -> torch.Tensor:
+    """A conv / linear int8 kernel: ``run(x, weight)`` (the layer's own op, called on float64 integers) summed exactly,
+    plus the int32 bias, requantized per output channel (``channel_dim`` of the result).
+
+    ``params``: ``'input'``, ``'weight'`` and ``'output'`` parameters; ``weight`` and ``bias`` as the fake-quant
+    model computes with them (on the weight grid; on the int32 grid of ``input_scale * weight_scale``).
+    """
+    in_scale, _ = _per_tensor(params["input"], "a layer's input")
+    w_params = params["weight"]
+    w_scale = _f32(w_params.scale)
+    shape = [1] * weight.dim()
+    if w_params.per_channel:
+        shape[w_params.axis % weight.dim()] = -1
+    w_int = torch.round(weight.detach().double() / torch.from_numpy(w_scale.astype(np.float64)).reshape(shape))
+    acc = run(grid_integers(x, params["input"]), w_int)
+    product = (in_scale * w_scale).astype(np.float32)  # the bias scale of the file, float32 as TFLite stores it
+    out_shape = [1] * acc.dim()
+    out_shape[channel_dim % acc.dim()] = -1
+    if bias is not None:
+        bias_int = torch.round(bias.detach().double() / torch.from_numpy(product.astype(np.float64)))
+        acc = acc + bias_int.reshape(out_shape)
+    out_scale, _ = _per_tensor(params["output"], "a layer's output")
+    multiplier = torch.from_numpy((product / out_scale).astype(np.float32))
+    return requantize(acc, multiplier.reshape(out_shape) if multiplier.numel() > 1 else multiplier[0],
+                      params["output"])
+
+
+def add_multipliers(a_ratio: float, b_ratio: float) -> tuple[int, int, int] | None:
+    """XNNPACK's fixed-point form of ``qa * a_ratio + qb * b_ratio`` (``ratio = input_scale / output_scale``, float32):
+    ``(multiplier_a, multiplier_b, shift)``, the larger multiplier in [2**21, 2**22). None when the larger ratio is
+    outside [2**-10, 2**8), which XNNPACK does not take (LiteRT then runs its own ADD kernel)."""
+    a, b = np.float32(a_ratio), np.float32(b_ratio)
+    largest = max(abs(a), abs(b))
+    exponent = int(np.array(largest, np.float32).view(np.uint32) >> 23) - 127
+    if not -10 <= exponent <= 7:
+        return None
+    shift = 20 - exponent
+
+    def multiplier(ratio: np.float32) -> int:
+        scaled = (np.array(abs(ratio), np.float32).view(np.uint32) + np.uint32(shift << 23)).view(np.float32)
+        value = int(np.rint(scaled))
+        return -value if np.signbit(ratio) else value
+
+    return multiplier(a), multiplier(b), shift
+
+
+def add(a: torch.Tensor, b: torch.Tensor, pa: QParams, pb: QParams, out: QParams, subtract: bool = False) -> \
+        torch.Tensor:
+    """``a + b`` (``a - b`` with ``subtract``) of two fake-quantized tensors as XNNPACK's int8 ADD / SUBTRACT."""
+    a_scale, a_zero = _per_tensor(pa, "an add's input")
+    b_scale, b_zero = _per_tensor(pb, "an add's input")
+    o_scale, o_zero = _per_tensor(out, "an add's output")
+    b_ratio = np.float32(b_scale / o_scale)
+    multipliers = add_multipliers(np.float32(a_scale / o_scale), -b_ratio if subtract else b_ratio)
+    if multipliers is None:  # LiteRT's own kernel: the exact sum, rounded once
+        sign = -1.0 if subtract else 1.0
+        exact = grid_integers(a, pa) * float(a_scale) + sign * grid_integers(b, pb) * float(b_scale)
+        return requantize(exact, torch.tensor(np.float32(1.0) / o_scale), out).to(a.dtype)
+    ma, mb, shift = multipliers
+    qa = grid_integers(a, pa).long() + a_zero
+    qb = grid_integers(b, pb).long() + b_zero
+    bias = (1 << (shift - 1)) - ma * a_zero - mb * b_zero
+    q = torch.clamp(((bias + qa * ma + qb * mb) >> shift) + o_zero, out.qmin, out.qmax)
+    return ((q - o_zero).float() * torch.tensor(o_scale)).to(a.dtype)
+
+
+def multiply(a: torch.Tensor, b: torch.Tensor, pa: QParams, pb: QParams, out: QParams) -> torch.Tensor:
+    """``a * b`` of two fake-quantized tensors as XNNPACK's int8 MULTIPLY: the integer product times
+    ``float32(float32(a_scale * b_scale) / output_scale)``."""
+    a_scale, _ = _per_tensor(pa, "a product's input")
+    b_scale, _ = _per_tensor(pb, "a product's input")
+    o_scale, _ = _per_tensor(out, "a product's output")
+    acc = grid_integers(a, pa) * grid_integers(b, pb)
+    return requantize(acc, torch.tensor(np.float32(a_scale * b_scale) / o_scale), out).to(a.dtype)
+
+
+def mean(x: torch.Tensor, reduce: Any, result: torch.Tensor, pin: QParams, out: QParams) -> torch.Tensor:
+    """A mean over whole axes (``reduce``: the op applied to a float64 tensor, e.g. the same ``torch.mean`` call; its
+    fake-quant ``result`` gives the count) as XNNPACK's int8 MEAN: the exact integer sum times
+    ``float32(input_scale / (output_scale * count))``."""
+    in_scale, _ = _per_tensor(pin, "a mean's input")
+    o_scale, _ = _per_tensor(out, "a mean's output")
+    count = x.numel() // max(result.numel(), 1)
+    acc = torch.round(reduce(grid_integers(x, pin)) * count)
+    multiplier = np.float32(in_scale / (np.float32(o_scale) * np.float32(count)))
+    return requantize(acc, torch.tensor(multiplier), out).to(x.dtype)
