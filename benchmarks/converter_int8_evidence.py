@@ -33,14 +33,14 @@ SHAPE = (3, SIZE, SIZE)
 
 def _ptq(model, calibration, x):
     """``model`` (eval mode, BatchNorm statistics as they are) PTQ-quantized whole-graph ('tflite' profile,
-    minmax) on the ``calibration`` batches; returns it in eval mode."""
+    minmax) on the ``calibration`` batches; returns it in eval mode, and the quantizer."""
     from slimkit.algorithms.quantization import PostTrainingQuantizer
 
     config = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
     ptq = PostTrainingQuantizer(model.eval(), config, algorithm="minmax", dummy_input=x)
     ptq.compress()
     ptq.calibrate(calibration)
-    return model.eval()
+    return model.eval(), ptq
 
 
 def _settle_batchnorm(model, batches) -> None:
@@ -318,7 +318,8 @@ def trained_variant(tmp: str) -> dict:
     x = _digits224(x_test)
     labels = y_test.numpy()
     floating = _forward(reference, x)
-    model = _ptq(copy.deepcopy(reference), [_digits224(x_train[i:i + 8]) for i in range(0, 32, 8)], x[:1])
+    model, quantizer = _ptq(copy.deepcopy(reference), [_digits224(x_train[i:i + 8]) for i in range(0, 32, 8)],
+                            x[:1])
     path = os.path.join(tmp, "mobilenet_v2_digits224.tflite")
     conv = TFLiteConverter(model, x[:1], path)
     conv.convert()
@@ -337,6 +338,12 @@ def trained_variant(tmp: str) -> dict:
                         "max_step_difference": int(np.round(err.max() / step)),
                         "same_argmax_as_fake_quant": float((got.argmax(1) == expected.argmax(1)).mean()),
                         "rel_l2_vs_fake_quant": _relative_l2(got, expected)}
+    with quantizer.emulate_integer():
+        emulated = _forward(model, x)
+    got = _litert(path, x, False).reshape(emulated.shape)
+    out["xnnpack_vs_emulated"] = {"within_one_step": float((np.abs(got - emulated) <= 1.001 * step).mean()),
+                                  "exact": float((got == emulated).mean()),
+                                  "accuracy_emulated": float((emulated.argmax(1) == labels).mean())}
     print("trained", out, flush=True)
     out["first_test_image"] = _parity(model, x[:1], reference, os.path.join(tmp, "layers.tflite"), "trained")
     return out
