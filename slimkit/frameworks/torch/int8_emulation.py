@@ -88,16 +88,18 @@ def kernel(run: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     shape = [1] * weight.dim()
     if w_params.per_channel:
         shape[w_params.axis % weight.dim()] = -1
-    w_int = torch.round(weight.detach().double() / torch.from_numpy(w_scale.astype(np.float64)).reshape(shape))
+    device = weight.device
+    w_grid = torch.from_numpy(w_scale.astype(np.float64)).to(device).reshape(shape)
+    w_int = torch.round(weight.detach().double() / w_grid)
     acc = run(grid_integers(x, params["input"]), w_int)
     product = (in_scale * w_scale).astype(np.float32)  # the bias scale of the file, float32 as TFLite stores it
     out_shape = [1] * acc.dim()
     out_shape[channel_dim % acc.dim()] = -1
     if bias is not None:
-        bias_int = torch.round(bias.detach().double() / torch.from_numpy(product.astype(np.float64)))
+        bias_int = torch.round(bias.detach().double() / torch.from_numpy(product.astype(np.float64)).to(device))
         acc = acc + bias_int.reshape(out_shape)
     out_scale, _ = _per_tensor(params["output"], "a layer's output")
-    multiplier = torch.from_numpy((product / out_scale).astype(np.float32))
+    multiplier = torch.from_numpy((product / out_scale).astype(np.float32)).to(device)
     return requantize(acc, multiplier.reshape(out_shape) if multiplier.numel() > 1 else multiplier[0],
                       params["output"])
 

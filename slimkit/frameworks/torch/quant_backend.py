@@ -207,11 +207,12 @@ class QuantWrapper(CompressionWrapper):
             bias = folded_parameters(weight, bias, bn)[1]
         bias = quantized_bias(quantizer, layer, bias, call)
         module = self.module
-        zeros = {"bias": None} if module.bias is None else {}
 
-        def run(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-            extra = zeros or {"bias": torch.zeros(module.bias.shape, dtype=torch.float64)}
-            return self.call_module({"weight": w, **extra}, (x,), {})
+        def run(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # the layer's own op on float64 integers
+            overrides = {"weight": w}
+            if module.bias is not None:  # the int32 bias is added by the kernel, after the sum
+                overrides["bias"] = torch.zeros_like(module.bias, dtype=torch.float64)
+            return self.call_module(overrides, (x,), {})
 
         channel_dim = -1 if isinstance(module, nn.Linear) else 1
         out = int8_emulation.kernel(run, args[0], weight, bias, params, channel_dim).to(args[0].dtype)
