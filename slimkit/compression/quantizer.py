@@ -533,6 +533,19 @@ class Quantizer(Compressor):
         self.frozen = False
         self.state_changed()
 
+    @contextlib.contextmanager
+    def fixed_parameters(self) -> Iterator[None]:
+        """Frozen (:meth:`freeze`) for the block and as before after it: what an export reads while it traces the model
+        (a QAT model fresh from training included)."""
+        was_frozen = self.frozen
+        if not was_frozen:
+            self.freeze()
+        try:
+            yield
+        finally:
+            if not was_frozen:
+                self.unfreeze()
+
     def calibration(self) -> dict[str, dict[str, Any]]:
         """The calibration dict: ``{layer_name: {'weight_bits', 'weight_scale', 'weight_zero_point',
         'output_bits', 'output_scale', 'output_zero_point', 'input_...', 'bias_...', ...}}``.

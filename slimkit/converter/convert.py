@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -53,8 +54,13 @@ class TFLiteConverter:
         self.graph = None
 
     def capture(self):
+        """The model's graph; a slimkit quantizer's parameters are held fixed while it is traced (a QAT model not
+        frozen yet converts with the parameters of its current weights and ranges)."""
         if self.captured is None:
-            with torch.no_grad():
+            from slimkit.frameworks.torch.quant_backend import quantizer_of
+
+            quantizer = quantizer_of(self.model)
+            with torch.no_grad(), quantizer.fixed_parameters() if quantizer is not None else contextlib.nullcontext():
                 self.captured = capture_graph(self.model, self.dummy_input)
         return self.captured
 

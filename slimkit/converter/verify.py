@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,11 +13,13 @@ from slimkit.converter.options import ConverterOptions
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """Worst errors over all outputs: ``max_abs_error``, ``max_rel_error`` (relative to max |reference|)."""
+    """Worst errors over all outputs: ``max_abs_error``, ``max_rel_error`` (relative to max |reference|);
+    ``emulated_integer``: the reference was the quantized model under ``emulate_integer()``."""
 
     max_abs_error: float
     max_rel_error: float
     outputs: int
+    emulated_integer: bool = False
 
     def ok(self, rtol: float = 1e-5) -> bool:
         return self.max_rel_error <= rtol
@@ -52,18 +55,24 @@ def run_tflite(tflite_path, inputs, num_threads: int = 1):
     return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
 
 
-def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterOptions | None = None,
-           **kwargs) -> VerifyResult:
+def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterOptions | None = None, *,
+           emulate_integer: bool = True, **kwargs) -> VerifyResult:
     """Max absolute / relative error of ``tflite_path`` against ``model`` on ``dummy_input``.
 
     ``options`` (or the same keywords given to the converter) tell which inputs / outputs the file
-    holds channels-last.
+    holds channels-last. A model quantized by slimkit (int8 layers with input, weight and output parameters) is
+    evaluated under its quantizer's ``emulate_integer()`` unless ``emulate_integer=False``: the int8 kernels'
+    own arithmetic, which a correct int8 file matches exactly (the plain fake-quant model differs by a step
+    wherever it resolves a rounding tie differently).
     """
+    from slimkit.frameworks.torch.quant_backend import emulable_quantizer
+
     options = options or ConverterOptions.from_kwargs(**kwargs)
     inputs = tuple(dummy_input) if isinstance(dummy_input, (list, tuple)) else (dummy_input,)
+    quantizer = emulable_quantizer(model) if emulate_integer else None
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), quantizer.emulate_integer() if quantizer is not None else contextlib.nullcontext():
         expected = [_to_numpy(t) for t in _flatten(model(*inputs))]
     model.train(was_training)
     feeds = []
@@ -82,4 +91,4 @@ def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterO
         scale = float(np.abs(e).max()) if e.size else 0.0
         abs_err = max(abs_err, err)
         rel_err = max(rel_err, err / scale if scale > 0 else err)
-    return VerifyResult(abs_err, rel_err, len(expected))
+    return VerifyResult(abs_err, rel_err, len(expected), quantizer is not None)

@@ -255,3 +255,30 @@ def test_int32_bias_overflow_warns(tmp_path):
     model, x = quantize(model, (3, 6, 6))
     with pytest.warns(RuntimeWarning, match=r"CONV_2D at 2: bias / \(input scale x weight scale\) exceeds"):
         TFLiteConverter(model, x, tmp_path / "bias.tflite").convert()
+
+
+def test_qat_model_converts_straight_after_training(tmp_path):
+    """A QATQuantizer model converts without freezing it first: its parameters are held fixed while the converter
+    traces it (weights moving under training are not read through fake tensors), and the quantizer keeps training."""
+    from slimkit.algorithms.quantization import QATQuantizer
+    from slimkit.converter import verify
+
+    torch.manual_seed(0)
+    model = models.DigitsCNN()
+    x = torch.randn(1, 1, 8, 8)
+    qat = QATQuantizer(model, [{"quant_types": ["weight", "output"], "op_types": ["default"]}], dummy_input=x)
+    qat.compress()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(model(torch.randn(16, 1, 8, 8)), torch.randint(0, 10, (16,))).backward()
+        optimizer.step()
+        qat.step()
+    model.eval()
+    path = tmp_path / "qat.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert_all_int8(path)
+    assert not qat.frozen
+    result = verify(model, torch.randn(1, 1, 8, 8), path)
+    assert result.emulated_integer and result.max_abs_error == 0.0

@@ -118,6 +118,22 @@ def test_xnnpack_add_multipliers():
     assert add_multipliers(2.0 ** 8, 1.0) is None and add_multipliers(2.0 ** -11, 2.0 ** -12) is None
 
 
+def test_verify_uses_the_emulation_for_models_it_can_emulate(tmp_path):
+    from slimkit.converter import verify
+
+    model, x, _ = quantize_with(settle_bn(ConvBlock(), (3, 16, 16)), (3, 16, 16))
+    path = tmp_path / "block.tflite"
+    TFLiteConverter(model, x, path).convert()
+    result = verify(model, torch.randn(1, 3, 16, 16), path)
+    assert result.emulated_integer and result.max_abs_error == 0.0 and result.ok()
+    dorefa = nn.Sequential(nn.Linear(4, 3)).eval()  # weights only, 4 bits: nothing to emulate, plain comparison
+    from slimkit.algorithms.quantization import DoReFaQuantizer
+
+    DoReFaQuantizer(dorefa, [{"quant_types": ["weight"], "quant_bits": 4, "op_types": ["Linear"]}]).compress()
+    TFLiteConverter(dorefa, torch.randn(1, 4), tmp_path / "dorefa.tflite").convert()
+    assert not verify(dorefa, torch.randn(1, 4), tmp_path / "dorefa.tflite").emulated_integer
+
+
 def test_emulation_errors_name_the_problem():
     model, x, quantizer = quantize_with(settle_bn(ConvBlock(), (3, 16, 16)), (3, 16, 16))
     with pytest.raises(SlimkitError, match="'tflm'.*xnnpack"), quantizer.emulate_integer("tflm"):

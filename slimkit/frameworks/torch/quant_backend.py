@@ -258,6 +258,25 @@ class QuantWrapper(CompressionWrapper):
         return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
 
 
+def quantizer_of(model: nn.Module) -> Any:
+    """The slimkit quantizer whose wrappers ``model`` holds, or None."""
+    return next((m._ref.quantizer for m in model.modules() if isinstance(m, QuantWrapper)), None)
+
+
+def emulable_quantizer(model: nn.Module) -> Any:
+    """The slimkit quantizer wrapping ``model``'s layers when :meth:`Quantizer.emulate_integer` can evaluate it: every
+    wrapped layer has input, weight (up to 8 bits) and output parameters. None for a float model or one quantized
+    otherwise (weights only, wider than int8)."""
+    quantizer = quantizer_of(model)
+    if quantizer is None or "xnnpack" not in getattr(quantizer.backend, "integer_arithmetics", ()):
+        return None
+    for layer in quantizer.layers:
+        weight, output = quantizer.params[layer.name].get("weight"), quantizer.params[layer.name].get("output")
+        if input_params(quantizer, layer) is None or weight is None or output is None or weight.bits > 8:
+            return None
+    return quantizer
+
+
 class _TailHook:
     """Quantizes a fused kernel's output at the tail module (BN / ReLU) on the right calls."""
 
@@ -423,15 +442,11 @@ class TorchQuantBackend:
                  for key, params in quantizer.params[layer.name].items()]
         named += [(key, "output", params) for key, params in quantizer.graph_params.items()]
         needs16 = check_widths(named)
-        was_frozen = quantizer.frozen
-        quantizer.freeze()
-        try:
+        with quantizer.fixed_parameters():
             clone = self.deploy_copy(quantizer)
             with OPS.exporting_onnx():
                 export_onnx(clone, path, input_shape, device, opset_version=QDQ16_OPSET if needs16 else None,
                             custom_translation_table=translation_table() if needs16 else None)
-        finally:
-            quantizer.frozen = was_frozen
 
 
 BACKEND = TorchQuantBackend()
