@@ -17,7 +17,7 @@ from slimkit.algorithms.quantization import (
     PostTrainingQuantizer,
     QATQuantizer,
 )
-from slimkit.errors import UnsupportedOpError
+from slimkit.errors import SlimkitError, UnsupportedOpError
 from slimkit.frameworks.tensorflow import CompressionCallback
 
 RNG = np.random.default_rng(0)
@@ -154,7 +154,7 @@ def test_before_quant_start_step_the_model_is_float_and_unwrap_restores():
     assert "call" not in vars(model.get_layer("fc"))
 
 
-def test_calibration_file_and_onnx_refusal(tmp_path):
+def test_calibration_file_and_the_pytorch_only_exports_refused(tmp_path):
     model = small_cnn()
     ptq = PostTrainingQuantizer(model, [{"quant_types": ["weight", "output"], "op_types": ["Conv2D", "Dense"]}],
                                 progress=False)
@@ -171,6 +171,9 @@ def test_calibration_file_and_onnx_refusal(tmp_path):
     assert again.params["fc"]["output"].scale[0] == pytest.approx(calibration["fc"]["output_scale"])
     with pytest.raises(UnsupportedOpError, match="ONNX"):
         ptq.export_model(tmp_path / "m2.weights.h5", onnx_path=tmp_path / "m.onnx", input_shape=[1, 8, 8, 1])
+    with pytest.raises(SlimkitError, match="'xnnpack' is not available for keras models.*PyTorch only"), \
+            ptq.emulate_integer():
+        pass
 
 
 def test_subclassed_model_trains_with_qat_in_fit():
