@@ -57,10 +57,12 @@ class TFLiteConverter:
         """The model's graph; a slimkit quantizer's parameters are held fixed while it is traced (a QAT model not
         frozen yet converts with the parameters of its current weights and ranges)."""
         if self.captured is None:
-            from slimkit.frameworks.torch.quant_backend import quantizer_of
+            from slimkit.frameworks.torch.quant_backend import BACKEND, quantizer_of
 
             quantizer = quantizer_of(self.model)
-            with torch.no_grad(), quantizer.fixed_parameters() if quantizer is not None else contextlib.nullcontext():
+            fixed = BACKEND.fixed_for_capture(self.model, quantizer) if quantizer is not None else \
+                contextlib.nullcontext()
+            with torch.no_grad(), fixed:
                 self.captured = capture_graph(self.model, self.dummy_input)
         return self.captured
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -130,6 +130,23 @@ class _FoldedWeight(torch.autograd.Function):
         return grad_output, grad_factor, None
 
 
+class _Kernel(NamedTuple):
+    """A quantized layer's computation (:meth:`QuantWrapper.kernel`): ``weight`` and the deployed ``bias``; with
+    ``scale`` / ``shift`` the layer runs without bias and returns ``out * scale + shift``, the pre-BN values of a
+    BatchNorm that still follows in the model."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    scale: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+
+    def overrides(self) -> dict[str, torch.Tensor | None]:
+        """Parameters for :meth:`QuantWrapper.call_module` (no bias before ``scale`` / ``shift``)."""
+        if self.scale is not None:
+            return {"weight": self.weight, "bias": None}
+        return {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
+
+
 class QuantWrapper(CompressionWrapper):
     """Fake quantization (and masks) around one layer. ``bn``: a BatchNorm folded into it."""
 
@@ -167,20 +184,61 @@ class QuantWrapper(CompressionWrapper):
         bn = self._ref.bn
         args = quantizer.forward_input(layer, args, call)
         if quantizer.integer_arithmetic is not None and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
-            return self._forward_integer(quantizer, layer, bn, args, call)
-        overrides = self.effective_parameters()
-        if quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) or bn is not None:
-            weight = overrides.get("weight", self.module.weight)
-            if bn is None:
-                overrides["weight"] = quantizer.forward_weight(layer, weight)
-                if not self.training and self.module.bias is not None:
-                    overrides["bias"] = quantized_bias(quantizer, layer, overrides.get("bias", self.module.bias), call)
+            return self._forward_integer(quantizer, layer, args, call)
+        if not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) and bn is None:
+            out = self.call_module(self.effective_parameters(), args, kwargs)
+        elif bn is not None and self.training and not self.deploy:
+            out = self._forward_folded_training(quantizer, layer, bn, args)
+        else:
+            if torch.compiler.is_exporting() and "_capture_weight" in self._buffers:
+                # fixed for the capture: one weight fake-quant node instead of the whole folding arithmetic
+                weight = self._capture_weight
+                if quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+                    weight = quantizer.ops.fake_quant(weight, quantizer.params[layer.name]["weight"])
+                kernel = _Kernel(weight, *(self._buffers.get(f"_capture_{name}") for name in _Kernel._fields[1:]))
             else:
-                return self._forward_folded(quantizer, layer, bn, weight, overrides, args, call)
-        out = self.call_module(overrides, args, kwargs)
+                kernel = self.kernel(quantizer, layer, call)
+            out = self.call_module(kernel.overrides(), args, kwargs)
+            if kernel.scale is not None:
+                view = [1, -1] + [1] * (out.dim() - 2)
+                out = out * kernel.scale.reshape(view) + kernel.shift.reshape(view)
         return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
 
-    def _forward_integer(self, quantizer: Any, layer: Any, bn: nn.Module | None, args: tuple, call: int) -> Any:
+    def kernel(self, quantizer: Any, layer: Any, call: int = 0) -> _Kernel:
+        """What the layer computes with outside BN-folded training: the (masked, BN-folded) fake-quantized weight, the
+        bias on the int32 grid (in eval) and, when the folded BatchNorm still follows in the model (eval, not a
+        deploy copy), the per-channel ``scale`` / ``shift`` that hand it the pre-BN values."""
+        overrides = self.effective_parameters()
+        weight = overrides.get("weight", self.module.weight)
+        bias = overrides.get("bias", self.module.bias)
+        bn = self._ref.bn
+        if bn is None:
+            weight = quantizer.forward_weight(layer, weight)
+            return _Kernel(weight, bias if self.training else quantized_bias(quantizer, layer, bias, call))
+        factor = bn_factor(bn)
+        weight = quantizer.forward_weight(layer, weight * factor.reshape([-1] + [1] * (weight.dim() - 1)))
+        folded = quantized_bias(quantizer, layer, folded_parameters(weight, bias, bn)[1], call)
+        if self.deploy:
+            return _Kernel(weight, folded)
+        # BN (eval statistics) follows: pre-BN values such that BN's output bias is on the grid
+        beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+        return _Kernel(weight, folded, factor.reciprocal(), (folded - beta) / factor + bn.running_mean)
+
+    @contextlib.contextmanager
+    def fixed_for_capture(self) -> Iterator[None]:
+        """:meth:`kernel` computed once, eagerly (in eval, no autograd), and used while a graph capture traces it."""
+        kernel = self.kernel(self._ref.quantizer, self._ref.layer)
+        names = [f"_capture_{name}" for name, value in zip(_Kernel._fields, kernel) if value is not None]
+        for name, value in zip(_Kernel._fields, kernel):
+            if value is not None:  # buffers: the capture records them as state, as it does the parameters
+                self.register_buffer(f"_capture_{name}", value.detach(), persistent=False)
+        try:
+            yield
+        finally:
+            for name in names:
+                del self._buffers[name]
+
+    def _forward_integer(self, quantizer: Any, layer: Any, args: tuple, call: int) -> Any:
         """Eval under :meth:`Quantizer.emulate_integer`: the int8 kernel's own arithmetic
         (:mod:`slimkit.frameworks.torch.int8_emulation`) on the quantized input, weight and int32 bias."""
         if self.training:
@@ -196,16 +254,7 @@ class QuantWrapper(CompressionWrapper):
                                "parameters (or more than one input). The int8 kernel needs its input, weight and "
                                "output grids: quantize 'input' (or use op_types ['default']) and 'output', and "
                                "calibrate before emulating.")
-        overrides = self.effective_parameters()
-        weight = overrides.get("weight", self.module.weight)
-        bias = overrides.get("bias", self.module.bias)
-        if bn is None:
-            weight = quantizer.forward_weight(layer, weight)
-        else:
-            factor = bn_factor(bn)
-            weight = quantizer.forward_weight(layer, weight * factor.reshape([-1] + [1] * (weight.dim() - 1)))
-            bias = folded_parameters(weight, bias, bn)[1]
-        bias = quantized_bias(quantizer, layer, bias, call)
+        kernel = self.kernel(quantizer, layer, call)
         module = self.module
 
         def run(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # the layer's own op on float64 integers
@@ -215,11 +264,10 @@ class QuantWrapper(CompressionWrapper):
             return self.call_module(overrides, (x,), {})
 
         channel_dim = -1 if isinstance(module, nn.Linear) else 1
-        out = int8_emulation.kernel(run, args[0], weight, bias, params, channel_dim).to(args[0].dtype)
-        if bn is not None and not self.deploy:  # the BatchNorm that follows maps this back onto the grid
+        out = int8_emulation.kernel(run, args[0], kernel.weight, kernel.bias, params, channel_dim).to(args[0].dtype)
+        if kernel.scale is not None:  # pre-BN values: the BatchNorm that follows maps them back onto the grid
             view = [1, -1] + [1] * (out.dim() - 2)
-            beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-            out = (out - beta.reshape(view)) / factor.reshape(view) + bn.running_mean.reshape(view)
+            out = (out - kernel.bias.reshape(view)) * kernel.scale.reshape(view) + kernel.shift.reshape(view)
         return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
 
     def quantized_weight(self) -> torch.Tensor:
@@ -228,34 +276,21 @@ class QuantWrapper(CompressionWrapper):
         with torch.no_grad():
             return quantizer.forward_weight(layer, BACKEND.effective_weight(layer)).detach()
 
-    def _forward_folded(self, quantizer: Any, layer: Any, bn: nn.Module, weight: torch.Tensor, overrides: dict,
-                        args: tuple, call: int) -> torch.Tensor:
+    def _forward_folded_training(self, quantizer: Any, layer: Any, bn: nn.Module, args: tuple) -> torch.Tensor:
+        """Training with a folded BatchNorm (on batch statistics, after this layer): ``conv(x, q(W f) / f)``."""
+        overrides = self.effective_parameters()
+        weight, bias = overrides.get("weight", self.module.weight), overrides.get("bias", self.module.bias)
         factor = bn_factor(bn)
-        bias = overrides.get("bias", self.module.bias)
-        if self.training and not self.deploy and quantizer.weight_grad_is_identity(layer):
-            # conv(x, q(W f) / f): the same values as the general path below, with a closed-form gradient
+        if quantizer.weight_grad_is_identity(layer):
+            # the same values as the general path below, with a closed-form gradient
             weight = _FoldedWeight.apply(weight, factor, lambda folded: quantizer.forward_weight(layer, folded))
-            out = self.module._conv_forward(args[0], weight, bias)
-            return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
-        channels = [-1] + [1] * (weight.dim() - 1)  # per output channel, on the weight
-        view = [1, -1] + [1] * (weight.dim() - 2)  # per output channel, on the activation
+            return self.module._conv_forward(args[0], weight, bias)
+        # conv(x, q(W f)) / f computed as conv(x, q(W f) / f): the convolution is linear in each output
+        # channel's weights, so this is the same function and gradient (up to float rounding) with the
+        # division done on the weight instead of the (much larger) activation, forward and backward
+        channels = [-1] + [1] * (weight.dim() - 1)
         weight = quantizer.forward_weight(layer, weight * factor.reshape(channels))
-        if self.deploy:
-            _, folded_bias = folded_parameters(weight, bias, bn)
-            out = self.module._conv_forward(args[0], weight, quantized_bias(quantizer, layer, folded_bias, call))
-        elif not self.training:  # BN (eval statistics) follows: pre-BN bias such that BN's output bias is on the grid
-            _, folded_bias = folded_parameters(weight, bias, bn)
-            q = quantized_bias(quantizer, layer, folded_bias, call)
-            beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-            pre = (q - beta) / factor + bn.running_mean
-            out = self.module._conv_forward(args[0], weight, None) * factor.reciprocal().reshape(view) + \
-                pre.reshape(view)
-        else:
-            # conv(x, q(W f)) / f computed as conv(x, q(W f) / f): the convolution is linear in each output
-            # channel's weights, so this is the same function and gradient (up to float rounding) with the
-            # division done on the weight instead of the (much larger) activation, forward and backward
-            out = self.module._conv_forward(args[0], weight * factor.reciprocal().reshape(channels), bias)
-        return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
+        return self.module._conv_forward(args[0], weight * factor.reciprocal().reshape(channels), bias)
 
 
 def quantizer_of(model: nn.Module) -> Any:
@@ -431,6 +466,18 @@ class TorchQuantBackend:
                 else:
                     set_submodule(clone, fusion.bn, nn.Identity())
         return clone.eval()
+
+    @contextlib.contextmanager
+    def fixed_for_capture(self, model: nn.Module, quantizer: Any) -> Iterator[None]:
+        """While a graph capture (the TFLite converter's) traces ``model``: the quantizer's parameters frozen and each
+        quantized layer's folded, fake-quantized weight and bias computed once, so the capture records one weight
+        fake-quant node per layer instead of the folding arithmetic. Training mode and parameters are restored after."""
+        with quantizer.fixed_parameters(), self.inference(model), contextlib.ExitStack() as stack:
+            for wrapper in model.modules():
+                if isinstance(wrapper, QuantWrapper) and wrapper._ref.quantizer is quantizer and (
+                        wrapper._ref.bn is not None or quantizer.quantizes(wrapper._ref.layer, QuantType.QUANT_WEIGHT)):
+                    stack.enter_context(wrapper.fixed_for_capture())
+            yield
 
     def export_onnx(self, quantizer: Any, path: str, input_shape: Any, device: Any) -> None:
         """Write the deployed model with QuantizeLinear / DequantizeLinear: int8 / uint8 up to 8 bits (narrower

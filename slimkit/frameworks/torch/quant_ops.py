@@ -149,10 +149,11 @@ class TorchQuantOps:
             return _fake_quant_per_channel(x, *views, params.qmin, params.qmax)  # no autograd Function to set up
         # While a graph is captured (torch.onnx, torch.export for the TFLite converter) emit torch's own
         # fake-quant ops: exporters turn them into QuantizeLinear/DequantizeLinear or int8 TFLite tensors.
+        if not params.per_channel:  # as Python numbers (the float32 scale): no constant tensors to trace
+            return torch.fake_quantize_per_tensor_affine(x, float(np.float32(params.scale[0])),
+                                                         int(params.zero_point[0]), qmin, qmax)
         scale, zero_point = self.native(params, x)
-        if params.per_channel:
-            return torch.fake_quantize_per_channel_affine(x, scale, zero_point, params.axis % x.dim(), qmin, qmax)
-        return torch.fake_quantize_per_tensor_affine(x, scale[0], zero_point[0], qmin, qmax)
+        return torch.fake_quantize_per_channel_affine(x, scale, zero_point, params.axis % x.dim(), qmin, qmax)
 
     def _channel_views(self, params: QParams, x: torch.Tensor) -> tuple:
         """``1 / scale``, ``scale`` and the zero point (None when all zero) in ``x``'s dtype, shaped to broadcast
