@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import operator
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import UnsupportedOpError
+from slimkit.frameworks.torch.fake_inputs import fake_tensors, static_fake_mode
 
 _log = logging.getLogger(__name__)
 
@@ -205,6 +207,7 @@ def _fast_program(model: nn.Module, args: tuple) -> _Program:
     from torch._dispatch.python import enable_python_dispatcher
     from torch._export.utils import _compiling_state_context
     from torch._functorch._aot_autograd.graph_capture_wrappers import create_functional_call
+    from torch.fx._lazy_graph_module import _use_lazy_graph_module
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.utils import _pytree as pytree
 
@@ -221,20 +224,21 @@ def _fast_program(model: nn.Module, args: tuple) -> _Program:
     attrs_before = _tensor_attributes(model)
 
     def flat_fn(*flat):
-        return tuple(pytree.tree_leaves(call(*flat)))
+        with torch._C._EnableTorchFunction():  # the forward runs under make_fx's torch-function modes
+            return tuple(pytree.tree_leaves(call(*flat)))
 
     flat_fn._orig_mod = model  # make_fx records module stacks under this root
-    # as torch.export: backend flags off, torch.compiler.is_exporting() true, Python dispatcher on
-    # Python stack traces per node (meta 'stack_trace') are skipped: nothing reads them and they are
-    # about a fifth of the trace time.
-    saved_flag = torch.fx.config.do_not_emit_stack_traces
-    torch.fx.config.do_not_emit_stack_traces = True
-    try:
-        with _backend_flags_off(), _compiling_state_context(), enable_python_dispatcher():
-            gm = make_fx(flat_fn, tracing_mode="fake", pre_dispatch=True, record_module_stack=True,
-                         _allow_non_fake_inputs=False)(*state.values(), *args)
-    finally:
-        torch.fx.config.do_not_emit_stack_traces = saved_flag
+    fake_mode = static_fake_mode()
+    fakes = fake_tensors(fake_mode, [*state.values(), *args])
+    # As torch.export: backend flags off, torch.compiler.is_exporting() true, Python dispatcher on,
+    # fake tensors (made here: make_fx's own conversion describes each tensor in full generality).
+    # Speed, not content: no per-node Python stack traces (meta 'stack_trace': nothing reads them, a
+    # fifth of the trace); the placeholders are recorded with torch functions off (make_fx's two
+    # torch-function modes would otherwise see every metadata query on every parameter, a quarter of
+    # the trace; the forward turns them back on); the graph module's code is generated lazily.
+    with _no_stack_traces(), _backend_flags_off(), _compiling_state_context(), enable_python_dispatcher(), \
+            _use_lazy_graph_module(True), fake_mode, torch._C.DisableTorchFunction():
+        gm = make_fx(flat_fn, pre_dispatch=True, record_module_stack=True)(*fakes)
     if _tensor_attributes(model) != attrs_before:
         raise _Declined("forward assigns tensor attributes")
     graph = gm.graph
@@ -278,7 +282,7 @@ def _fast_program(model: nn.Module, args: tuple) -> _Program:
         if node.op == "placeholder":
             node.target = node.name
     _normalise_module_stacks(graph, model)
-    gm.recompile()
+    gm.recompile()  # lazy: the code is generated when first used
     output = next(n for n in reversed(graph.nodes) if n.op == "output")
     outputs = [a.name if isinstance(a, torch.fx.Node) else str(a) for a in pytree.tree_leaves(output.args)]
     signature = _Signature(to_params, to_buffers, to_constants, [n.name for n in user_nodes], outputs)
@@ -311,6 +315,16 @@ def _non_persistent_buffers(model: nn.Module) -> set[str]:
 
 def _strip(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]", "_", name)
+
+
+@contextlib.contextmanager
+def _no_stack_traces() -> Iterator[None]:
+    saved = torch.fx.config.do_not_emit_stack_traces
+    torch.fx.config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        torch.fx.config.do_not_emit_stack_traces = saved
 
 
 class _backend_flags_off:

@@ -60,6 +60,21 @@ class Extras(nn.Module):
         return {"y": y, "shape": x.shape[0]}
 
 
+class OddState(nn.Module):
+    """A buffer viewing another, a channels-last weight, an nn.Buffer (attributes on the tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.randn(6, 4))
+        self.register_buffer("rows", self.table[2:])
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.conv.weight = nn.Parameter(self.conv.weight.detach().to(memory_format=torch.channels_last))
+        self.shift = nn.Buffer(torch.ones(4, 1, 1))
+
+    def forward(self, x):
+        return self.conv(x) + self.shift + self.rows.sum() + self.table[0].view(4, 1, 1)
+
+
 class NoGradInside(nn.Module):
     def __init__(self):
         super().__init__()
@@ -87,6 +102,7 @@ def _cases():
     cases["fake_quant"] = (FakeQuantNet(), torch.randn(1, 3, 8, 8))
     cases["tied"] = (TiedHead(), torch.randint(0, 10, (2, 3)))
     cases["extras"] = (Extras(), torch.randn(2, 4))
+    cases["odd_state"] = (OddState(), torch.randn(1, 4, 3, 3))
     cases["no_grad_inside"] = (NoGradInside(), torch.randn(2, 4))
     cases["gru"] = (nn.GRU(4, 6, batch_first=True), torch.randn(2, 5, 4))
     cases["python_max"] = (PythonMax(), torch.randn(2, 4))
@@ -110,7 +126,8 @@ def test_fast_capture_equals_torch_export(name, monkeypatch):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in CASES if n.startswith("zoo/")) + ["fake_quant", "extras"])
+@pytest.mark.parametrize("name", sorted(n for n in CASES if n.startswith("zoo/"))
+                         + ["fake_quant", "extras", "odd_state"])
 def test_fast_path_taken(name):
     model, x = CASES[name]
     graph_module._fast_program(model.eval(), x if isinstance(x, tuple) else (x,))
