@@ -114,7 +114,7 @@ def capture_graph(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     The fast path traces with ``make_fx`` (pre-dispatch, fake tensors, module stacks recorded),
     the tracer ``torch.export`` itself uses, without export's verification and bookkeeping; it
     yields the same graph as ``torch.export`` and declines anything unusual (non-tensor inputs,
-    higher-order ops, grad-mode or autocast regions, attribute or buffer assignment,
+    tensor subclasses, higher-order ops, grad-mode or autocast regions, attribute or buffer assignment,
     data-dependent shapes), which then goes through ``torch.export``.
 
     Raises:
@@ -219,6 +219,12 @@ def _fast_program(model: nn.Module, args: tuple) -> _Program:
     state = {**params, **buffers}
     if len(state) != len(params) + len(buffers):
         raise _Declined("a parameter and a buffer share a name")
+    # the placeholders are recorded with torch functions off, which a subclass's __torch_function__
+    # would notice, and the forward turns them back on, which a caller that turned them off would
+    if any(type(t) not in (torch.Tensor, nn.Parameter) for t in (*state.values(), *args)):
+        raise _Declined("tensor subclass")
+    if not torch._C._is_torch_function_enabled():
+        raise _Declined("torch functions disabled by the caller")
     names = list(state)
     call = create_functional_call(model, names, len(names), store_orig_mod=True, strict_out_tuple=False)
     attrs_before = _tensor_attributes(model)

@@ -150,6 +150,21 @@ def test_declined_structures_still_capture(monkeypatch):
         assert list(exported.call_nodes())
 
 
+class Tagged(torch.Tensor):
+    """A tensor subclass (with the default __torch_function__)."""
+
+
+def test_subclass_tensors_and_disabled_torch_functions_decline():
+    model, x = nn.Linear(4, 4).eval(), torch.randn(2, 4)
+    with pytest.raises(graph_module._Declined, match="tensor subclass"):
+        graph_module._fast_program(model, (x.as_subclass(Tagged),))
+    with torch._C.DisableTorchFunction(), pytest.raises(graph_module._Declined, match="torch functions disabled"):
+        graph_module._fast_program(model, (x,))
+    model.register_buffer("scale", torch.ones(4).as_subclass(Tagged))
+    with pytest.raises(graph_module._Declined, match="tensor subclass"):
+        graph_module._fast_program(model, (x,))
+
+
 def test_str_program_lists_signature():
     model, x = CASES["extras"]
     text = str(capture_graph(model, (x,)).program)
