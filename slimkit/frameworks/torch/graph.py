@@ -33,6 +33,7 @@ from torch import nn
 
 from slimkit.errors import UnsupportedOpError
 from slimkit.frameworks.torch.fake_inputs import fake_tensors, static_fake_mode
+from slimkit.utils.gc_pause import gc_paused
 
 _log = logging.getLogger(__name__)
 
@@ -125,17 +126,8 @@ def capture_graph(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     was_training = model.training
     model.eval()
     try:
-        if _FAST_CAPTURE:
-            try:
-                program = _fast_program(model, tuple(example_inputs))
-            except Exception as error:  # declined or failed: torch.export decides
-                _log.debug("fast capture of %s fell back to torch.export: %s: %s", type(model).__name__,
-                           type(error).__name__, error)
-                program = None
-        else:
-            program = None
-        if program is None:
-            program = _export_program(model, tuple(example_inputs))
+        with gc_paused():  # see slimkit.utils.gc_pause
+            program = _program(model, tuple(example_inputs))
     finally:
         model.train(was_training)
     signature = program.graph_signature
@@ -143,6 +135,16 @@ def capture_graph(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
                    **getattr(signature, "inputs_to_lifted_tensor_constants", {})}
     graph = program.graph
     return CapturedGraph(model, program, graph, state_names, _call_indices(graph))
+
+
+def _program(model: nn.Module, example_inputs: tuple) -> Any:
+    if _FAST_CAPTURE:
+        try:
+            return _fast_program(model, example_inputs)
+        except Exception as error:  # declined or failed: torch.export decides
+            _log.debug("fast capture of %s fell back to torch.export: %s: %s", type(model).__name__,
+                       type(error).__name__, error)
+    return _export_program(model, example_inputs)
 
 
 def _export_program(model: nn.Module, example_inputs: tuple) -> Any:
