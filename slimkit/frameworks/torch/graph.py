@@ -110,7 +110,7 @@ def _call_indices(graph: torch.fx.Graph) -> dict[str, int]:
 
 
 def capture_graph(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor) -> CapturedGraph:
-    """Capture ``model`` (in eval mode) on ``example_inputs``.
+    """Capture ``model`` (in eval mode) on ``example_inputs``; every module's train/eval mode is restored after.
 
     The fast path traces with ``make_fx`` (pre-dispatch, fake tensors, module stacks recorded),
     the tracer ``torch.export`` itself uses, without export's verification and bookkeeping; it
@@ -123,13 +123,14 @@ def capture_graph(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    was_training = model.training
+    training = {module: module.training for module in model.modules()}
     model.eval()
     try:
         with gc_paused():  # see slimkit.utils.gc_pause
             program = _program(model, tuple(example_inputs))
     finally:
-        model.train(was_training)
+        for module, mode in training.items():  # each module as it was (a frozen BatchNorm stays in eval)
+            module.training = mode
     signature = program.graph_signature
     state_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
                    **getattr(signature, "inputs_to_lifted_tensor_constants", {})}

@@ -165,6 +165,14 @@ def test_subclass_tensors_and_disabled_torch_functions_decline():
         graph_module._fast_program(model, (x,))
 
 
+def test_train_eval_modes_restored_module_by_module():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
+    model[1].eval()  # a frozen BatchNorm inside a model being trained
+    captured = capture_graph(model, (torch.randn(1, 3, 6, 6),))
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+    assert "aten.batch_norm.default" in [str(n.target) for n in captured.call_nodes()]
+
+
 def test_str_program_lists_signature():
     model, x = CASES["extras"]
     text = str(capture_graph(model, (x,)).program)
