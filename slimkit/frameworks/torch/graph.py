@@ -243,7 +243,7 @@ def _fast_program(model: nn.Module, args: tuple) -> _Program:
     # fake tensors (made here: make_fx's own conversion describes each tensor in full generality).
     # Speed, not content: no per-node Python stack traces (meta 'stack_trace': nothing reads them, a
     # fifth of the trace); the placeholders are recorded with torch functions off (make_fx's two
-    # torch-function modes would otherwise see every metadata query on every parameter, a quarter of
+    # torch-function modes would otherwise see every metadata query on every parameter, a fifth of
     # the trace; the forward turns them back on); the graph module's code is generated lazily.
     with _no_stack_traces(), _backend_flags_off(), _compiling_state_context(), enable_python_dispatcher(), \
             _use_lazy_graph_module(True), fake_mode, torch._C.DisableTorchFunction():
