@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import operator
@@ -31,6 +32,8 @@ import torch
 from torch import nn
 
 from slimkit.errors import UnsupportedOpError
+from slimkit.frameworks.torch.fake_inputs import fake_tensors, static_fake_mode
+from slimkit.utils.gc_pause import gc_paused
 
 _log = logging.getLogger(__name__)
 
@@ -107,12 +110,12 @@ def _call_indices(graph: torch.fx.Graph) -> dict[str, int]:
 
 
 def capture_graph(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor) -> CapturedGraph:
-    """Capture ``model`` (in eval mode) on ``example_inputs``.
+    """Capture ``model`` (in eval mode) on ``example_inputs``; every module's train/eval mode is restored after.
 
     The fast path traces with ``make_fx`` (pre-dispatch, fake tensors, module stacks recorded),
     the tracer ``torch.export`` itself uses, without export's verification and bookkeeping; it
     yields the same graph as ``torch.export`` and declines anything unusual (non-tensor inputs,
-    higher-order ops, grad-mode or autocast regions, attribute or buffer assignment,
+    tensor subclasses, higher-order ops, grad-mode or autocast regions, attribute or buffer assignment,
     data-dependent shapes), which then goes through ``torch.export``.
 
     Raises:
@@ -120,27 +123,29 @@ def capture_graph(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    was_training = model.training
+    training = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        if _FAST_CAPTURE:
-            try:
-                program = _fast_program(model, tuple(example_inputs))
-            except Exception as error:  # declined or failed: torch.export decides
-                _log.debug("fast capture of %s fell back to torch.export: %s: %s", type(model).__name__,
-                           type(error).__name__, error)
-                program = None
-        else:
-            program = None
-        if program is None:
-            program = _export_program(model, tuple(example_inputs))
+        with gc_paused():  # see slimkit.utils.gc_pause
+            program = _program(model, tuple(example_inputs))
     finally:
-        model.train(was_training)
+        for module, mode in training.items():  # each module as it was (a frozen BatchNorm stays in eval)
+            module.training = mode
     signature = program.graph_signature
     state_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
                    **getattr(signature, "inputs_to_lifted_tensor_constants", {})}
     graph = program.graph
     return CapturedGraph(model, program, graph, state_names, _call_indices(graph))
+
+
+def _program(model: nn.Module, example_inputs: tuple) -> Any:
+    if _FAST_CAPTURE:
+        try:
+            return _fast_program(model, example_inputs)
+        except Exception as error:  # declined or failed: torch.export decides
+            _log.debug("fast capture of %s fell back to torch.export: %s: %s", type(model).__name__,
+                       type(error).__name__, error)
+    return _export_program(model, example_inputs)
 
 
 def _export_program(model: nn.Module, example_inputs: tuple) -> Any:
@@ -205,6 +210,7 @@ def _fast_program(model: nn.Module, args: tuple) -> _Program:
     from torch._dispatch.python import enable_python_dispatcher
     from torch._export.utils import _compiling_state_context
     from torch._functorch._aot_autograd.graph_capture_wrappers import create_functional_call
+    from torch.fx._lazy_graph_module import _use_lazy_graph_module
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.utils import _pytree as pytree
 
@@ -216,25 +222,32 @@ def _fast_program(model: nn.Module, args: tuple) -> _Program:
     state = {**params, **buffers}
     if len(state) != len(params) + len(buffers):
         raise _Declined("a parameter and a buffer share a name")
+    # the placeholders are recorded with torch functions off, which a subclass's __torch_function__
+    # would notice, and the forward turns them back on, which a caller that turned them off would
+    if any(type(t) not in (torch.Tensor, nn.Parameter) for t in (*state.values(), *args)):
+        raise _Declined("tensor subclass")
+    if not torch._C._is_torch_function_enabled():
+        raise _Declined("torch functions disabled by the caller")
     names = list(state)
     call = create_functional_call(model, names, len(names), store_orig_mod=True, strict_out_tuple=False)
     attrs_before = _tensor_attributes(model)
 
     def flat_fn(*flat):
-        return tuple(pytree.tree_leaves(call(*flat)))
+        with torch._C._EnableTorchFunction():  # the forward runs under make_fx's torch-function modes
+            return tuple(pytree.tree_leaves(call(*flat)))
 
     flat_fn._orig_mod = model  # make_fx records module stacks under this root
-    # as torch.export: backend flags off, torch.compiler.is_exporting() true, Python dispatcher on
-    # Python stack traces per node (meta 'stack_trace') are skipped: nothing reads them and they are
-    # about a fifth of the trace time.
-    saved_flag = torch.fx.config.do_not_emit_stack_traces
-    torch.fx.config.do_not_emit_stack_traces = True
-    try:
-        with _backend_flags_off(), _compiling_state_context(), enable_python_dispatcher():
-            gm = make_fx(flat_fn, tracing_mode="fake", pre_dispatch=True, record_module_stack=True,
-                         _allow_non_fake_inputs=False)(*state.values(), *args)
-    finally:
-        torch.fx.config.do_not_emit_stack_traces = saved_flag
+    fake_mode = static_fake_mode()
+    fakes = fake_tensors(fake_mode, [*state.values(), *args])
+    # As torch.export: backend flags off, torch.compiler.is_exporting() true, Python dispatcher on,
+    # fake tensors (made here: make_fx's own conversion describes each tensor in full generality).
+    # Speed, not content: no per-node Python stack traces (meta 'stack_trace': nothing reads them, a
+    # fifth of the trace); the placeholders are recorded with torch functions off (make_fx's two
+    # torch-function modes would otherwise see every metadata query on every parameter, a fifth of
+    # the trace; the forward turns them back on); the graph module's code is generated lazily.
+    with _no_stack_traces(), _backend_flags_off(), _compiling_state_context(), enable_python_dispatcher(), \
+            _use_lazy_graph_module(True), fake_mode, torch._C.DisableTorchFunction():
+        gm = make_fx(flat_fn, pre_dispatch=True, record_module_stack=True)(*fakes)
     if _tensor_attributes(model) != attrs_before:
         raise _Declined("forward assigns tensor attributes")
     graph = gm.graph
@@ -278,7 +291,7 @@ def _fast_program(model: nn.Module, args: tuple) -> _Program:
         if node.op == "placeholder":
             node.target = node.name
     _normalise_module_stacks(graph, model)
-    gm.recompile()
+    gm.recompile()  # lazy: the code is generated when first used
     output = next(n for n in reversed(graph.nodes) if n.op == "output")
     outputs = [a.name if isinstance(a, torch.fx.Node) else str(a) for a in pytree.tree_leaves(output.args)]
     signature = _Signature(to_params, to_buffers, to_constants, [n.name for n in user_nodes], outputs)
@@ -311,6 +324,16 @@ def _non_persistent_buffers(model: nn.Module) -> set[str]:
 
 def _strip(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]", "_", name)
+
+
+@contextlib.contextmanager
+def _no_stack_traces() -> Iterator[None]:
+    saved = torch.fx.config.do_not_emit_stack_traces
+    torch.fx.config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        torch.fx.config.do_not_emit_stack_traces = saved
 
 
 class _backend_flags_off:

@@ -60,6 +60,21 @@ class Extras(nn.Module):
         return {"y": y, "shape": x.shape[0]}
 
 
+class OddState(nn.Module):
+    """A buffer viewing another, a channels-last weight, an nn.Buffer (attributes on the tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.randn(6, 4))
+        self.register_buffer("rows", self.table[2:])
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.conv.weight = nn.Parameter(self.conv.weight.detach().to(memory_format=torch.channels_last))
+        self.shift = nn.Buffer(torch.ones(4, 1, 1))
+
+    def forward(self, x):
+        return self.conv(x) + self.shift + self.rows.sum() + self.table[0].view(4, 1, 1)
+
+
 class NoGradInside(nn.Module):
     def __init__(self):
         super().__init__()
@@ -87,6 +102,7 @@ def _cases():
     cases["fake_quant"] = (FakeQuantNet(), torch.randn(1, 3, 8, 8))
     cases["tied"] = (TiedHead(), torch.randint(0, 10, (2, 3)))
     cases["extras"] = (Extras(), torch.randn(2, 4))
+    cases["odd_state"] = (OddState(), torch.randn(1, 4, 3, 3))
     cases["no_grad_inside"] = (NoGradInside(), torch.randn(2, 4))
     cases["gru"] = (nn.GRU(4, 6, batch_first=True), torch.randn(2, 5, 4))
     cases["python_max"] = (PythonMax(), torch.randn(2, 4))
@@ -110,7 +126,8 @@ def test_fast_capture_equals_torch_export(name, monkeypatch):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in CASES if n.startswith("zoo/")) + ["fake_quant", "extras"])
+@pytest.mark.parametrize("name", sorted(n for n in CASES if n.startswith("zoo/"))
+                         + ["fake_quant", "extras", "odd_state"])
 def test_fast_path_taken(name):
     model, x = CASES[name]
     graph_module._fast_program(model.eval(), x if isinstance(x, tuple) else (x,))
@@ -131,6 +148,29 @@ def test_declined_structures_still_capture(monkeypatch):
         assert type(error).__name__ == "UnsupportedOpError"
     else:
         assert list(exported.call_nodes())
+
+
+class Tagged(torch.Tensor):
+    """A tensor subclass (with the default __torch_function__)."""
+
+
+def test_subclass_tensors_and_disabled_torch_functions_decline():
+    model, x = nn.Linear(4, 4).eval(), torch.randn(2, 4)
+    with pytest.raises(graph_module._Declined, match="tensor subclass"):
+        graph_module._fast_program(model, (x.as_subclass(Tagged),))
+    with torch._C.DisableTorchFunction(), pytest.raises(graph_module._Declined, match="torch functions disabled"):
+        graph_module._fast_program(model, (x,))
+    model.register_buffer("scale", torch.ones(4).as_subclass(Tagged))
+    with pytest.raises(graph_module._Declined, match="tensor subclass"):
+        graph_module._fast_program(model, (x,))
+
+
+def test_train_eval_modes_restored_module_by_module():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
+    model[1].eval()  # a frozen BatchNorm inside a model being trained
+    captured = capture_graph(model, (torch.randn(1, 3, 6, 6),))
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+    assert "aten.batch_norm.default" in [str(n.target) for n in captured.call_nodes()]
 
 
 def test_str_program_lists_signature():
