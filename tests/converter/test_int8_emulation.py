@@ -134,6 +134,26 @@ def test_verify_uses_the_emulation_for_models_it_can_emulate(tmp_path):
     assert not verify(dorefa, torch.randn(1, 4), tmp_path / "dorefa.tflite").emulated_integer
 
 
+def test_float_islands_of_the_file_keep_their_fake_quant_value(tmp_path, monkeypatch):
+    """A transposed convolution has no int8 kernel in the file (it runs in float between DEQUANTIZE and QUANTIZE):
+    the emulation computes only the two convolutions' kernels and leaves it to the fake-quant model."""
+    from slimkit.frameworks.torch import int8_emulation
+    from tests.converter.conftest import op_codes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 4, 2, stride=2),
+                          nn.Conv2d(4, 4, 1)).eval()
+    model, x, quantizer = quantize_with(model, (3, 8, 8))
+    path = tmp_path / "island.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert "TRANSPOSE_CONV" in op_codes(path) and op_codes(path).count("CONV_2D") == 2
+    emulated = []
+    kernel = int8_emulation.kernel
+    monkeypatch.setattr(int8_emulation, "kernel", lambda *a: emulated.append(a[2].shape) or kernel(*a))
+    assert_bit_exact(model, quantizer, path, [x])
+    assert emulated == [(8, 3, 3, 3), (4, 4, 1, 1)]
+
+
 def test_emulation_errors_name_the_problem():
     model, x, quantizer = quantize_with(settle_bn(ConvBlock(), (3, 16, 16)), (3, 16, 16))
     with pytest.raises(SlimkitError, match="'tflm'.*xnnpack"), quantizer.emulate_integer("tflm"):

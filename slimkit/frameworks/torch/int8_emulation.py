@@ -45,6 +45,11 @@ from slimkit.errors import SlimkitError
 ARITHMETICS = ("xnnpack",)
 """Integer arithmetics :meth:`~slimkit.compression.Quantizer.emulate_integer` can reproduce."""
 
+INTEGER_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
+"""Layers the TFLite converter writes as int8 kernels (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED). Others (3-D and
+transposed convolutions) run in float between a DEQUANTIZE and a QUANTIZE in the file, as the fake-quant model
+computes them, so the emulation leaves them to it."""
+
 
 def _f32(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).astype(np.float32)

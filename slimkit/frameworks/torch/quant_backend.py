@@ -183,7 +183,8 @@ class QuantWrapper(CompressionWrapper):
     def _forward(self, quantizer: Any, layer: Any, call: int, args: tuple, kwargs: dict) -> Any:
         bn = self._ref.bn
         args = quantizer.forward_input(layer, args, call)
-        if quantizer.integer_arithmetic is not None and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+        if quantizer.integer_arithmetic is not None and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) and \
+                isinstance(self.module, int8_emulation.INTEGER_LAYERS):
             return self._forward_integer(quantizer, layer, args, call)
         if not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) and bn is None:
             out = self.call_module(self.effective_parameters(), args, kwargs)
