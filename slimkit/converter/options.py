@@ -23,8 +23,9 @@ class ConverterOptions:
         nchw_transpose: as TinyNN: True (default) transposes 4-D model inputs and outputs to NHWC,
             so the file takes and returns channels-last tensors and needs no TRANSPOSE inside;
             False keeps every input and output in PyTorch's layout (TRANSPOSE ops at the edges).
-        input_transpose / output_transpose: per-input / per-output override of the above
-            (None: True for 4-D tensors when ``nchw_transpose``).
+        input_transpose: per-input override of the above (None: True for 4-D tensors when
+            ``nchw_transpose``).
+        output_transpose: per-output override, as ``input_transpose``.
         group_conv_rewrite: write grouped convolutions as SPLIT + CONV_2D + CONCATENATION
             (for runtimes without grouped CONV_2D).
         unroll_rnn: unroll LSTM into per-step ops instead of UNIDIRECTIONAL_SEQUENCE_LSTM /
