@@ -302,10 +302,17 @@ _DEAD_OK = {torch.ops.aten.detach.default}
 
 
 def _positional_names(model: nn.Module, count: int) -> list[str]:
+    """The input placeholders' names as torch.export gives them: forward's parameter names, ``<name>_<i>`` for the
+    values taken by ``*<name>``."""
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    params = list(inspect.signature(model.forward).parameters.values())
-    names = [p.name for p in params if p.kind in kinds]
-    if len(names) < count or any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params):
+    names = []
+    for param in inspect.signature(model.forward).parameters.values():
+        if param.kind in kinds:
+            names.append(param.name)
+        elif param.kind == inspect.Parameter.VAR_POSITIONAL:
+            names += [f"{param.name}_{i}" for i in range(max(count - len(names), 0))]
+            break
+    if len(names) < count:
         raise _Declined("forward signature")
     return names[:count]
 

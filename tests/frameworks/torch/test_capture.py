@@ -96,6 +96,17 @@ class PythonMax(nn.Module):
         return max(x, torch.zeros_like(x)) + 1
 
 
+class VarArgs(nn.Module):
+    """``forward(self, a, *rest)``: placeholders ``a``, ``rest_0``, ``rest_1`` (torch.export's names)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, a, *rest):
+        return self.lin(a) + rest[0] * rest[1]
+
+
 def _cases():
     cases = {f"zoo/{name}": build(name) for name in sorted(ZOO)}
     cases.update({f"tests/{name}": mx for name, mx in converter_test_models().items()})
@@ -106,6 +117,7 @@ def _cases():
     cases["no_grad_inside"] = (NoGradInside(), torch.randn(2, 4))
     cases["gru"] = (nn.GRU(4, 6, batch_first=True), torch.randn(2, 5, 4))
     cases["python_max"] = (PythonMax(), torch.randn(2, 4))
+    cases["var_args"] = (VarArgs(), (torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 4)))
     return cases
 
 
@@ -127,7 +139,7 @@ def test_fast_capture_equals_torch_export(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(n for n in CASES if n.startswith("zoo/"))
-                         + ["fake_quant", "extras", "odd_state"])
+                         + ["fake_quant", "extras", "odd_state", "var_args"])
 def test_fast_path_taken(name):
     model, x = CASES[name]
     graph_module._fast_program(model.eval(), x if isinstance(x, tuple) else (x,))
