@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,14 @@ def channel_shape(shape: Sequence[int], axis: ChannelAxis) -> list[int]:
     """Shape that a per-channel vector is reshaped to so it broadcasts against a weight of ``shape``."""
     axes = channel_axes(axis, len(shape))
     return [int(size) if i in axes else 1 for i, size in enumerate(shape)]
+
+
+def channel_view(values: Any, ndim: int, axis: int) -> Any:
+    """``values`` (a tensor or array, one per channel) reshaped to broadcast along ``axis`` of a tensor of ``ndim``
+    axes: a per-channel scale against a weight (axis 0) or an NCHW activation (axis 1)."""
+    shape = [1] * ndim
+    shape[axis % ndim] = -1
+    return values.reshape(shape)
 
 
 def channel_rows(weight: np.ndarray, axis: ChannelAxis) -> np.ndarray:

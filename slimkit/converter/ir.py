@@ -34,11 +34,12 @@ class QuantParams:
         ``factor``. Channels whose factor is 1 within float32 rounding keep their scale exactly (a fake-quant conv
         divided by a BatchNorm factor and multiplied back by the BatchNorm: the quantizer's own grid)."""
         factor = np.asarray(factor, np.float64).reshape(-1)
-        if np.all(np.abs(factor - 1.0) <= 2.0 ** -20):
+        unit = np.abs(factor - 1.0) <= 2.0 ** -20
+        if unit.all():
             return self
         channels = max(factor.size, self.scale.size)
         scale = np.broadcast_to(self.scale.astype(np.float64), (channels,))
-        factor = np.where(np.abs(factor - 1.0) <= 2.0 ** -20, 1.0, np.broadcast_to(factor, (channels,)))
+        factor = np.broadcast_to(np.where(unit, 1.0, factor), (channels,))
         return QuantParams((scale * factor).astype(np.float32), np.zeros(channels, np.int64), axis)
 
 

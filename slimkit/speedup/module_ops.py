@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.compression.channels import channel_view
 from slimkit.speedup.registry import register_op
 from slimkit.speedup.state import TensorState, channel_vector
 
@@ -40,12 +41,6 @@ def _couple_input(ctx: Any, state: TensorState, dim: int, module_vars: torch.Ten
         ctx.uf.keep(module_vars)
     else:
         ctx.uf.union_arrays(vector, module_vars)
-
-
-def _channel_view(vector: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
-    shape = [1] * rank
-    shape[dim % rank] = len(vector)
-    return vector.reshape(shape)
 
 
 def _check_inputs(ctx: Any, path: str, in_vars: torch.Tensor, consts: torch.Tensor, used: torch.Tensor,
@@ -125,7 +120,7 @@ def conv_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     exact = not transposed and not _zero_padded(module)
     out_consts = _outputs(used, sums, ctx.weights(path)[1], consts, groups, exact)
     rank = len(ctx.shape(node))
-    return TensorState(_channel_view(out_vars, rank, 1), _channel_view(out_consts, rank, 1), ctx.shape(node))
+    return TensorState(channel_view(out_vars, rank, 1), channel_view(out_consts, rank, 1), ctx.shape(node))
 
 
 @register_op("aten::linear")
@@ -144,7 +139,7 @@ def linear_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     _check_inputs(ctx, path, in_vars, consts, used.any(0), foldable=True)
     out_consts = _outputs(used, sums, ctx.weights(path)[1], consts, 1, True)
     rank = len(ctx.shape(node))
-    return TensorState(_channel_view(out_vars, rank, -1), _channel_view(out_consts, rank, -1), ctx.shape(node))
+    return TensorState(channel_view(out_vars, rank, -1), channel_view(out_consts, rank, -1), ctx.shape(node))
 
 
 @register_op("aten::batch_norm", "aten::_native_batch_norm_legit_no_training", "aten::instance_norm")
@@ -170,7 +165,7 @@ def batch_norm_rule(ctx: Any, node: torch.fx.Node) -> Any:
     else:
         out = (out - mean) * scale
     rank = len(state.shape)
-    result = TensorState(_channel_view(ch_vars, rank, 1), _channel_view(out, rank, 1), ctx.shape_first(node))
+    result = TensorState(channel_view(ch_vars, rank, 1), channel_view(out, rank, 1), ctx.shape_first(node))
     shape = ctx.shape(node)
     if isinstance(shape, list):  # the no-training variant returns (out, mean, rstd)
         from slimkit.speedup.state import keep_state
@@ -194,7 +189,7 @@ def prelu_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     consts = const_vector(state, 1, module.num_parameters)
     out = torch.where(consts >= 0, consts, consts * w)
     out[torch.isnan(consts)] = NAN
-    return TensorState(_channel_view(ch_vars, rank, 1), _channel_view(out, rank, 1), state.shape)
+    return TensorState(channel_view(ch_vars, rank, 1), channel_view(out, rank, 1), state.shape)
 
 
 @register_op("aten::layer_norm", "aten::group_norm", "aten::rms_norm")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimkit.compression.channels import channel_view
 from slimkit.compression.quant import QParams
 from slimkit.errors import SlimkitError
 
@@ -90,23 +91,20 @@ def kernel(run: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     in_scale, _ = _per_tensor(params["input"], "a layer's input")
     w_params = params["weight"]
     w_scale = _f32(w_params.scale)
-    shape = [1] * weight.dim()
-    if w_params.per_channel:
-        shape[w_params.axis % weight.dim()] = -1
     device = weight.device
-    w_grid = torch.from_numpy(w_scale.astype(np.float64)).to(device).reshape(shape)
+    w_grid = torch.from_numpy(w_scale.astype(np.float64)).to(device)
+    if w_params.per_channel:
+        w_grid = channel_view(w_grid, weight.dim(), w_params.axis)
     w_int = torch.round(weight.detach().double() / w_grid)
     acc = run(grid_integers(x, params["input"]), w_int)
     product = (in_scale * w_scale).astype(np.float32)  # the bias scale of the file, float32 as TFLite stores it
-    out_shape = [1] * acc.dim()
-    out_shape[channel_dim % acc.dim()] = -1
     if bias is not None:
         bias_int = torch.round(bias.detach().double() / torch.from_numpy(product.astype(np.float64)).to(device))
-        acc = acc + bias_int.reshape(out_shape)
+        acc = acc + channel_view(bias_int, acc.dim(), channel_dim)
     out_scale, _ = _per_tensor(params["output"], "a layer's output")
     multiplier = torch.from_numpy((product / out_scale).astype(np.float32)).to(device)
-    return requantize(acc, multiplier.reshape(out_shape) if multiplier.numel() > 1 else multiplier[0],
-                      params["output"])
+    return requantize(acc, channel_view(multiplier, acc.dim(), channel_dim) if multiplier.numel() > 1 else
+                      multiplier[0], params["output"])
 
 
 def add_multipliers(a_ratio: float, b_ratio: float) -> tuple[int, int, int] | None:

@@ -34,6 +34,7 @@ from torch import nn
 
 from slimkit.compression import bn_fold
 from slimkit.compression.adapter import refuse_wrapped
+from slimkit.compression.channels import channel_view
 from slimkit.compression.quant import QuantType
 from slimkit.errors import SlimkitError
 from slimkit.frameworks.torch import int8_emulation, quant_graph
@@ -66,8 +67,7 @@ def folded_parameters(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Mo
                                                                                                torch.Tensor]:
     """Weight and bias of a conv with ``bn`` (eval statistics) folded in (:mod:`slimkit.compression.bn_fold`)."""
     factor = bn_factor(bn)
-    shape = [-1] + [1] * (weight.dim() - 1)
-    return (bn_fold.fold_weight(weight, factor, lambda values: values.reshape(shape)),
+    return (bn_fold.fold_weight(weight, factor, lambda values: channel_view(values, weight.dim(), 0)),
             bn_fold.folded_bias(bias, bn.running_mean, bn.bias, factor))
 
 
@@ -113,9 +113,9 @@ class _FoldedWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, weight: torch.Tensor, factor: torch.Tensor, quantize: Any) -> torch.Tensor:
-        channels = [-1] + [1] * (weight.dim() - 1)
         # the quantized folded weight is a fresh tensor (or the folded weight itself): divided in place
-        out = quantize(weight * factor.reshape(channels)).mul_(factor.reciprocal().reshape(channels))
+        out = quantize(weight * channel_view(factor, weight.dim(), 0)).mul_(
+            channel_view(factor.reciprocal(), weight.dim(), 0))
         ctx.save_for_backward(weight, out, factor)
         return out
 
@@ -201,8 +201,7 @@ class QuantWrapper(CompressionWrapper):
                 kernel = self.kernel(quantizer, layer, call)
             out = self.call_module(kernel.overrides(), args, kwargs)
             if kernel.scale is not None:
-                view = [1, -1] + [1] * (out.dim() - 2)
-                out = out * kernel.scale.reshape(view) + kernel.shift.reshape(view)
+                out = out * channel_view(kernel.scale, out.dim(), 1) + channel_view(kernel.shift, out.dim(), 1)
         return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
 
     def kernel(self, quantizer: Any, layer: Any, call: int = 0) -> _Kernel:
@@ -217,7 +216,7 @@ class QuantWrapper(CompressionWrapper):
             weight = quantizer.forward_weight(layer, weight)
             return _Kernel(weight, bias if self.training else quantized_bias(quantizer, layer, bias, call))
         factor = bn_factor(bn)
-        weight = quantizer.forward_weight(layer, weight * factor.reshape([-1] + [1] * (weight.dim() - 1)))
+        weight = quantizer.forward_weight(layer, weight * channel_view(factor, weight.dim(), 0))
         folded = quantized_bias(quantizer, layer, folded_parameters(weight, bias, bn)[1], call)
         if self.deploy:
             return _Kernel(weight, folded)
@@ -267,8 +266,8 @@ class QuantWrapper(CompressionWrapper):
         channel_dim = -1 if isinstance(module, nn.Linear) else 1
         out = int8_emulation.kernel(run, args[0], kernel.weight, kernel.bias, params, channel_dim).to(args[0].dtype)
         if kernel.scale is not None:  # pre-BN values: the BatchNorm that follows maps them back onto the grid
-            view = [1, -1] + [1] * (out.dim() - 2)
-            out = (out - kernel.bias.reshape(view)) * kernel.scale.reshape(view) + kernel.shift.reshape(view)
+            out = (out - channel_view(kernel.bias, out.dim(), 1)) * channel_view(kernel.scale, out.dim(), 1) + \
+                channel_view(kernel.shift, out.dim(), 1)
         return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
 
     def quantized_weight(self) -> torch.Tensor:
@@ -289,9 +288,8 @@ class QuantWrapper(CompressionWrapper):
         # conv(x, q(W f)) / f computed as conv(x, q(W f) / f): the convolution is linear in each output
         # channel's weights, so this is the same function and gradient (up to float rounding) with the
         # division done on the weight instead of the (much larger) activation, forward and backward
-        channels = [-1] + [1] * (weight.dim() - 1)
-        weight = quantizer.forward_weight(layer, weight * factor.reshape(channels))
-        return self.module._conv_forward(args[0], weight * factor.reciprocal().reshape(channels), bias)
+        weight = quantizer.forward_weight(layer, weight * channel_view(factor, weight.dim(), 0))
+        return self.module._conv_forward(args[0], weight * channel_view(factor.reciprocal(), weight.dim(), 0), bias)
 
 
 def quantizer_of(model: nn.Module) -> Any:
@@ -304,7 +302,7 @@ def emulable_quantizer(model: nn.Module) -> Any:
     wrapped layer has input, weight (up to 8 bits) and output parameters. None for a float model or one quantized
     otherwise (weights only, wider than int8)."""
     quantizer = quantizer_of(model)
-    if quantizer is None or "xnnpack" not in getattr(quantizer.backend, "integer_arithmetics", ()):
+    if quantizer is None:
         return None
     for layer in quantizer.layers:
         weight, output = quantizer.params[layer.name].get("weight"), quantizer.params[layer.name].get("output")
@@ -396,7 +394,7 @@ class TorchQuantBackend:
         weight = wrapper.effective_parameters().get("weight", layer.module.weight).detach()
         bn = wrapper._ref.bn
         if bn is not None:
-            weight = weight * bn_factor(bn).detach().reshape([-1] + [1] * (weight.dim() - 1))
+            weight = weight * channel_view(bn_factor(bn).detach(), weight.dim(), 0)
         return weight
 
     def layer_extras(self, layer: Any, quantizer: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimkit.compression.channels import channel_view
 from slimkit.compression.quant import GridBounds, QParams, grid_bounds
 from slimkit.frameworks.torch.quant_onnx import MAX_BITS, onnx_fake_quant
 
@@ -87,13 +88,6 @@ class _StraightThrough(torch.autograd.Function):
         return ctx.backward_fn(x, grad_output.clone()), None, None
 
 
-def _channel_view(values: Any, ndim: int, axis: int) -> Any:
-    """``values`` (a tensor or numpy array, one per channel) shaped to broadcast along ``axis`` of ``ndim`` axes."""
-    shape = [1] * ndim
-    shape[axis] = -1
-    return values.reshape(shape)
-
-
 class TorchQuantOps:
     """The ops seam for PyTorch tensors."""
 
@@ -124,8 +118,8 @@ class TorchQuantOps:
         """Scale and zero point as tensors that broadcast against ``like`` (per-channel along ``axis``)."""
         scale, zero_point = self.native(params, like)
         if params.per_channel:
-            return (_channel_view(scale, like.dim(), params.axis % like.dim()),
-                    _channel_view(zero_point, like.dim(), params.axis % like.dim()))
+            return (channel_view(scale, like.dim(), params.axis % like.dim()),
+                    channel_view(zero_point, like.dim(), params.axis % like.dim()))
         return scale[0], zero_point[0]
 
     def fake_quant(self, x: torch.Tensor, params: QParams) -> torch.Tensor:
@@ -164,7 +158,7 @@ class TorchQuantOps:
         views = params._native.get(key)
         if views is None:
             def view(values: np.ndarray) -> torch.Tensor:
-                tensor = torch.from_numpy(_channel_view(values, x.dim(), axis))
+                tensor = torch.from_numpy(channel_view(values, x.dim(), axis))
                 return tensor if (x.device.type, x.dtype) == ("cpu", torch.float32) else tensor.to(x.device, x.dtype)
 
             scale = params.scale.astype(np.float32)
@@ -178,7 +172,7 @@ class TorchQuantOps:
                             qmax: int, axis: int | None) -> torch.Tensor:
         scale, zero_point = scale.double(), zero_point.double()
         if axis is not None:
-            scale, zero_point = _channel_view(scale, x.dim(), axis), _channel_view(zero_point, x.dim(), axis)
+            scale, zero_point = channel_view(scale, x.dim(), axis), channel_view(zero_point, x.dim(), axis)
         else:
             scale, zero_point = scale[0], zero_point[0]
         xd = x.double()
@@ -232,8 +226,8 @@ class TorchQuantOps:
     def clip_grad(self, x: torch.Tensor, grad: torch.Tensor, params: QParams) -> torch.Tensor:
         scale, zero_point = self.native(params, x)
         if params.per_channel:
-            scale = _channel_view(scale, x.dim(), params.axis)
-            zero_point = _channel_view(zero_point, x.dim(), params.axis)
+            scale = channel_view(scale, x.dim(), params.axis)
+            zero_point = channel_view(zero_point, x.dim(), params.axis)
         else:
             scale, zero_point = scale[0], zero_point[0]
         q = torch.round(x / scale) + zero_point
