@@ -155,22 +155,15 @@ def _ptq_int8(model, shape, seed: int = 0):
     return model, x, ptq
 
 
-def _emulated_parity(model, quantizer, path, inputs, step: float) -> dict:
+def _emulated_parity(conv, model, quantizer, path, inputs: list) -> dict:
     """LiteRT (XNNPACK) against the fake-quant model evaluated under ``quantizer.emulate_integer()`` on ``inputs``:
     share of logits within one output step, and share equal bit for bit."""
-    import numpy as np
     import torch
+    from converter_int8_evidence import output_share
 
-    from slimkit.converter.verify import run_tflite
-
-    within, exact = [], []
-    for x in inputs:
-        with torch.no_grad(), quantizer.emulate_integer():
-            expected = model(x).numpy()
-        got = run_tflite(path, [np.moveaxis(x.numpy(), 1, -1)])[0].reshape(expected.shape)
-        within.append(np.abs(got - expected) <= 1.001 * step)
-        exact.append(got == expected)
-    return {"emulated_within_one_step": float(np.mean(within)), "emulated_exact": float(np.mean(exact)),
+    with quantizer.emulate_integer():
+        share = output_share(conv, model, torch.cat(inputs), path, builtin=False)
+    return {"emulated_within_one_step": share["within_one_step"], "emulated_exact": share["exact"],
             "emulated_inputs": len(inputs)}
 
 
@@ -228,8 +221,8 @@ def _int8() -> dict:
                                "float_compute_ops": float_ops, "convert_s": seconds,
                                "file_mb": os.path.getsize(path) / 2**20}
         torch.manual_seed(2)
-        out["parity"][name].update(_emulated_parity(model, quantizer, path, [x] + [torch.randn(1, *shape)
-                                                                                  for _ in range(3)], step))
+        out["parity"][name].update(_emulated_parity(conv, model, quantizer, path, [x] + [torch.randn(1, *shape)
+                                                                                        for _ in range(3)]))
         print(name, out["parity"][name], flush=True)
         if name == "mobilenet_v2@224":
             torch.manual_seed(0)
@@ -260,7 +253,7 @@ def _int8() -> dict:
                 expected = model(x).numpy()
             got = run_tflite(path, [np.moveaxis(x.numpy(), 1, -1)])[0].reshape(expected.shape)
             shares.append(float((np.abs(got - expected) <= 1.001 * step).mean()))
-            emulated.append(_emulated_parity(model, quantizer, path, [x], step)["emulated_exact"])
+            emulated.append(_emulated_parity(conv, model, quantizer, path, [x])["emulated_exact"])
         out["seed_sweep_32"][name] = shares
         out["seed_sweep_32"][name + " emulated_exact"] = emulated
         print(name, "seeds", shares, "emulated exact", emulated, flush=True)

@@ -200,7 +200,8 @@ def _litert(path, x, builtin: bool) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def _output_share(conv, model, x, path, builtin: bool) -> dict:
+def output_share(conv, model, x, path, builtin: bool) -> dict:
+    """Share of the file's logits (LiteRT) within one output step of ``model(x)`` and equal to them, and the logits."""
     step = _output_step(conv)
     expected = _forward(model, x)
     got = _litert(path, x, builtin).reshape(expected.shape)
@@ -225,7 +226,7 @@ def _parity(model, x, reference, path, label: str) -> dict:
         detail = interp.get_input_details()[0]
         interp.set_tensor(detail["index"], np.moveaxis(x.numpy(), 1, -1).astype(detail["dtype"]))
         interp.invoke()
-        share = _output_share(conv, model, x, path, builtin)
+        share = output_share(conv, model, x, path, builtin)
         logits = share.pop("logits")
         out[kernels] = {**share, "rel_l2_vs_float": _relative_l2(logits, floating),
                         "rel_l2_vs_fake_quant": _relative_l2(logits, expected),
@@ -253,7 +254,7 @@ def seed_sweep(tmp: str, seeds=range(6)) -> list[dict]:
         path = os.path.join(tmp, "seed.tflite")
         conv = TFLiteConverter(model, x, path)
         conv.convert()
-        share = _output_share(conv, model, x, path, builtin=False)
+        share = output_share(conv, model, x, path, builtin=False)
         self_share = _self_share(model, x, _forward(model, x), _output_step(conv))
         out.append({"seed": seed, "within_one_step": share["within_one_step"], "self_within_one_step_1e-6": self_share})
         print("seed", out[-1], flush=True)
