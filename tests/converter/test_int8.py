@@ -91,20 +91,18 @@ def output_step(path) -> float:
     return float(sg.Tensors(last.Inputs(0)).Quantization().ScaleAsNumpy()[0])
 
 
-def parity(model, x, path) -> float:
-    """Fraction of output elements within one output quantization step of the fake-quant model."""
-    with torch.no_grad():
-        expected = model(x).numpy()
-    feed = x.permute(0, 2, 3, 1).numpy() if x.dim() == 4 else x.numpy()
-    got = run_tflite(path, [feed])[0]
-    got = np.moveaxis(got, -1, 1) if got.ndim == 4 else got.reshape(expected.shape)  # NHWC feature maps
-    return float((np.abs(got - expected) <= output_step(path) * 1.001).mean())
-
-
 def litert_output(path, x) -> np.ndarray:
     """The file's (float) output for ``x``, in PyTorch's layout."""
     got = run_tflite(path, [x.permute(0, 2, 3, 1).numpy() if x.dim() == 4 else x.numpy()])[0]
     return np.moveaxis(got, -1, 1) if got.ndim == 4 else got
+
+
+def parity(model, x, path) -> float:
+    """Fraction of output elements within one output quantization step of the fake-quant model."""
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = litert_output(path, x).reshape(expected.shape)
+    return float((np.abs(got - expected) <= output_step(path) * 1.001).mean())
 
 
 def assert_bit_exact(model, quantizer, path, inputs) -> None:

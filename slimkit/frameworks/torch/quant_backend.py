@@ -244,10 +244,7 @@ class QuantWrapper(CompressionWrapper):
         if self.training:
             raise SlimkitError(f"emulate_integer: layer {layer.name!r} runs in training mode. Integer emulation "
                                "evaluates the deployed kernels; call model.eval() before the block.")
-        output_key = quantizer._key("output", call) if self.quantize_output_here else "output"
-        table = quantizer.params[layer.name]
-        params = {"input": input_params(quantizer, layer, call), "weight": table.get("weight"),
-                  "output": table.get(output_key)}
+        params = self.integer_params(call)
         missing = [name for name, value in params.items() if value is None]
         if missing or len(args) != 1:
             raise SlimkitError(f"emulate_integer: layer {layer.name!r} has no {' / '.join(missing)} quantization "
@@ -269,6 +266,14 @@ class QuantWrapper(CompressionWrapper):
             out = (out - channel_view(kernel.bias, out.dim(), 1)) * channel_view(kernel.scale, out.dim(), 1) + \
                 channel_view(kernel.shift, out.dim(), 1)
         return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
+
+    def integer_params(self, call: int = 0) -> dict[str, Any]:
+        """The grids of the layer's int8 kernel: its input, weight and output parameters (None where not known)."""
+        quantizer, layer = self._ref.quantizer, self._ref.layer
+        table = quantizer.params[layer.name]
+        output_key = quantizer._key("output", call) if self.quantize_output_here else "output"
+        return {"input": input_params(quantizer, layer, call), "weight": table.get("weight"),
+                "output": table.get(output_key)}
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight this layer computes with (masked, BN-folded, fake-quantized), detached."""
@@ -305,8 +310,8 @@ def emulable_quantizer(model: nn.Module) -> Any:
     if quantizer is None:
         return None
     for layer in quantizer.layers:
-        weight, output = quantizer.params[layer.name].get("weight"), quantizer.params[layer.name].get("output")
-        if input_params(quantizer, layer) is None or weight is None or output is None or weight.bits > 8:
+        params = layer.wrapper.integer_params()
+        if any(value is None for value in params.values()) or params["weight"].bits > 8:
             return None
     return quantizer
 
