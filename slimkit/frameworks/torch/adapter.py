@@ -78,6 +78,18 @@ def _refuse_tied_masks(model: nn.Module, layers: list[Any]) -> None:
                     f"{layer.name}.{kind} and {path}.{attr}")
 
 
+def refuse_read_by_parent(layers: list[Any]) -> None:
+    """Raise before anything is wrapped if a layer's parent reads its parameters instead of calling it."""
+    for layer in layers:
+        if layout.read_by_parent(layer.module):
+            parent = layer.name.rpartition(".")[0] or "the model"
+            raise ConfigError(
+                f"Layer {layer.name!r} ({layer.type}) is never called: its parent {parent!r} computes with its "
+                f"weight directly (nn.MultiheadAttention does), so a mask or fake quantization around it would not "
+                f"apply. Expected layers that run their own forward: exclude it ({{'exclude': True, 'op_names': "
+                f"[{layer.name!r}]}}). Received: layer {layer.name!r}")
+
+
 class TorchAdapter:
     """The :class:`slimkit.compression.adapter.FrameworkAdapter` for PyTorch."""
 
@@ -140,6 +152,7 @@ class TorchAdapter:
 
     def wrap(self, model: nn.Module, layers: list[Any]) -> None:
         refuse_wrapped(layers, lambda layer: isinstance(model.get_submodule(layer.name), CompressionWrapper))
+        refuse_read_by_parent(layers)
         for layer in layers:
             wrapper = CompressionWrapper(layer.module, layer.name)
             set_submodule(model, layer.name, wrapper)

@@ -17,6 +17,8 @@ Example:
 >>> from transformers.pytorch_utils import Conv1D
 >>> layer_types(Conv1D(8, 4)), out_axis(Conv1D(8, 4)), tuple(Conv1D(8, 4).weight.shape)
 (('Conv1D', 'Linear'), 1, (4, 8))
+>>> layer_types(torch.nn.MultiheadAttention(4, 2).out_proj)   # its parent never calls it: not a 'Linear' here
+('NonDynamicallyQuantizableLinear',)
 """
 
 from __future__ import annotations
@@ -48,17 +50,36 @@ LINEAR_LIKE: dict[str, LinearLike] = {
 """Registered by ``'<module>.<qualified class name>'`` so that the library is never imported to look it up."""
 
 
+READ_BY_PARENT: frozenset[str] = frozenset({
+    "torch.nn.modules.linear.NonDynamicallyQuantizableLinear",  # nn.MultiheadAttention.out_proj
+})
+"""Layer classes whose parent reads their parameters instead of calling them: a wrapper around one would never run,
+so they answer only to their own class name and cannot be wrapped."""
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def read_by_parent(module: nn.Module) -> bool:
+    """Whether ``module``'s parent computes with its parameters directly (see :data:`READ_BY_PARENT`)."""
+    return _qualified(type(module)) in READ_BY_PARENT
+
+
 def linear_like(module: nn.Module) -> LinearLike | None:
     """The :class:`LinearLike` entry of ``module``'s class or of a class it derives from, or None."""
     for cls in type(module).__mro__:
-        entry = LINEAR_LIKE.get(f"{cls.__module__}.{cls.__qualname__}")
+        entry = LINEAR_LIKE.get(_qualified(cls))
         if entry is not None:
             return entry
     return None
 
 
 def layer_types(module: nn.Module) -> tuple[str, ...]:
-    """Every name ``op_types`` matches ``module`` by: its class, its base layer classes, a registered alias."""
+    """Every name ``op_types`` matches ``module`` by: its class, its base layer classes, a registered alias (only
+    its class for a layer its parent reads directly)."""
+    if read_by_parent(module):
+        return (type(module).__name__,)
     entry = linear_like(module)
     return class_names(type(module), nn.Module, (entry.alias,) if entry else ())
 

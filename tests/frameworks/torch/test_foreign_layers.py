@@ -223,3 +223,26 @@ def test_whole_graph_errors_name_the_tensor_and_leave_no_function_mode_behind():
                                                  r"values in \[-inf, -inf\] during calibration: an int8 grid "
                                                  r"cannot hold inf or NaN"):
         ptq.calibrate([x])
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_layers_their_parent_reads_directly_are_not_matched_by_base_class_and_refuse_wrapping():
+    model = Attention()
+    # nn.MultiheadAttention computes with out_proj.weight and never calls out_proj: a mask there would not apply
+    assert [layer.name for layer in LevelPruner(model, [{"sparsity": 0.5, "op_types": ["Linear"]}]).layers] == ["fc"]
+    for compressor in (LevelPruner(model, [{"sparsity": 0.5, "op_names": ["attn.out_proj"]}]),
+                       PostTrainingQuantizer(model, [{"quant_types": WO, "op_names": ["attn.out_proj"]}],
+                                             progress=False)):
+        with pytest.raises(ConfigError, match=r"Layer 'attn.out_proj' \(NonDynamicallyQuantizableLinear\) is never "
+                                              r"called: its parent 'attn' computes with its weight directly"):
+            compressor.compress()
+        assert type(model.attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
