@@ -213,6 +213,8 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
     subgraph = tflite.SubGraphEnd(builder)
 
     subgraphs = _offset_vector(builder, tflite.ModelStartSubgraphsVector, [subgraph])
+    signatures = _offset_vector(builder, tflite.ModelStartSignatureDefsVector, [_signature(builder, graph, inputs,
+                                                                                          outputs)])
     op_codes = _offset_vector(builder, tflite.ModelStartOperatorCodesVector, code_offsets)
     buffers = _offset_vector(builder, tflite.ModelStartBuffersVector, buffer_offsets)
     desc = builder.CreateString(description)
@@ -222,9 +224,45 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
     tflite.ModelAddSubgraphs(builder, subgraphs)
     tflite.ModelAddDescription(builder, desc)
     tflite.ModelAddBuffers(builder, buffers)
+    tflite.ModelAddSignatureDefs(builder, signatures)
     model = tflite.ModelEnd(builder)
     builder.Finish(model, file_identifier=b"TFL3")
     return Serialized(builder, regions)
+
+
+SIGNATURE_KEY = "serving_default"
+
+
+def signature_names(graph: Graph) -> tuple[list[str], list[str]]:
+    """The ``serving_default`` signature's input names (the model's argument names, as captured) and output names
+    (``output_0``, ``output_1``, ...)."""
+    return [t.name for t in graph.inputs], [f"output_{i}" for i in range(len(graph.outputs))]
+
+
+def _signature(builder, graph: Graph, inputs: list[int], outputs: list[int]) -> int:
+    """The ``serving_default`` SignatureDef of the single subgraph (what ``Interpreter.get_signature_runner()``
+    reads)."""
+    in_names, out_names = signature_names(graph)
+
+    def tensor_maps(names, indices, start):
+        maps = []
+        for name, index in zip(names, indices):
+            name_offset = builder.CreateString(name)
+            tflite.TensorMapStart(builder)
+            tflite.TensorMapAddName(builder, name_offset)
+            tflite.TensorMapAddTensorIndex(builder, index)
+            maps.append(tflite.TensorMapEnd(builder))
+        return _offset_vector(builder, start, maps)
+
+    in_maps = tensor_maps(in_names, inputs, tflite.SignatureDefStartInputsVector)
+    out_maps = tensor_maps(out_names, outputs, tflite.SignatureDefStartOutputsVector)
+    key = builder.CreateString(SIGNATURE_KEY)
+    tflite.SignatureDefStart(builder)
+    tflite.SignatureDefAddInputs(builder, in_maps)
+    tflite.SignatureDefAddOutputs(builder, out_maps)
+    tflite.SignatureDefAddSignatureKey(builder, key)
+    tflite.SignatureDefAddSubgraphIndex(builder, 0)
+    return tflite.SignatureDefEnd(builder)
 
 
 def _offset_vector(builder, start, offsets) -> int:
