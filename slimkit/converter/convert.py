@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from typing import Any
 
 import torch
 
+from slimkit.converter.batch import example_batch, mark_dynamic_batch, with_rows
 from slimkit.converter.lower import Lowering
 from slimkit.converter.options import ConverterOptions
 from slimkit.converter.passes import run_passes
@@ -66,11 +68,26 @@ class TFLiteConverter:
                 self.captured = capture_graph(self.model, self.dummy_input)
         return self.captured
 
-    def build(self):
-        """Capture and lower to the IR (no file written); returns the IR graph."""
+    def lower(self):
+        """Capture and lower to the IR, graph passes run."""
         with torch.no_grad():
             graph = Lowering(self.capture(), self.options).run()
-        self.graph = run_passes(graph, self.options)
+        return run_passes(graph, self.options)
+
+    def build(self):
+        """Capture and lower to the IR (no file written); returns the IR graph."""
+        if not self.options.dynamic_batch:
+            self.graph = self.lower()
+            return self.graph
+        batch = example_batch(self.dummy_input)
+        rows = max(batch, 2)
+        static = dataclasses.replace(self.options, dynamic_batch=False)
+
+        def at(n):
+            converter = self if n == batch else TFLiteConverter(self.model, with_rows(self.dummy_input, n),
+                                                                self.tflite_path, static)
+            return converter.lower()
+        self.graph = mark_dynamic_batch(at(rows), at(rows + 1), batch, rows)
         return self.graph
 
     def to_bytes(self) -> bytes:

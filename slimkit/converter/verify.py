@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from slimkit.converter.options import ConverterOptions
+from slimkit.errors import SlimkitError
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,14 @@ def run_tflite(tflite_path, inputs, num_threads: int = 1):
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(tflite_path), num_threads=num_threads)
+    for detail, x in zip(interp.get_input_details(), inputs):
+        if tuple(detail["shape"]) != np.shape(x):  # another batch of a dynamic_batch file
+            if tuple(detail["shape"][1:]) != np.shape(x)[1:] or detail["shape_signature"][0] != -1:
+                raise SlimkitError(f"{tflite_path}: input {detail['name']!r} has shape {detail['shape'].tolist()} "
+                                   f"(signature {detail['shape_signature'].tolist()}); it cannot take batch "
+                                   f"{np.shape(x)[0]} of shape {list(np.shape(x))}. Expected a file converted with "
+                                   "dynamic_batch=True, or inputs of the file's shape.")
+            interp.resize_tensor_input(detail["index"], np.shape(x), strict=True)
     interp.allocate_tensors()
     for detail, x in zip(interp.get_input_details(), inputs):
         interp.set_tensor(detail["index"], np.ascontiguousarray(x).astype(detail["dtype"]))

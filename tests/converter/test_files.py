@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from ai_edge_litert.interpreter import Interpreter
 from torch import nn
 
-from slimkit.converter import TFLiteConverter
+from slimkit import models
+from slimkit.converter import TFLiteConverter, verify
+from slimkit.errors import SlimkitError, UnsupportedOpError
+from tests.converter.test_int8 import quantize_with
 
 
 class TwoInOut(nn.Module):
@@ -27,3 +31,80 @@ def test_every_file_has_a_serving_default_signature(tmp_path):
     expected = TwoInOut()(*x)
     np.testing.assert_allclose(got["output_0"], expected[0].permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["output_1"], expected[1].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def input_signature(path) -> list:
+    return Interpreter(model_path=str(path)).get_input_details()[0]["shape_signature"].tolist()
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_dynamic_batch_file_runs_any_batch(tmp_path, quantized):
+    """A digits file converted with a batch-1 example runs batches of 1, 7 and 450 (the test set's size)."""
+    torch.manual_seed(0)
+    if quantized:
+        model, x, _ = quantize_with(models.DigitsCNN(), (1, 8, 8))
+    else:
+        model, x = models.DigitsCNN().eval(), torch.randn(1, 1, 8, 8)
+    path = tmp_path / "digits.tflite"
+    TFLiteConverter(model, x, path, dynamic_batch=True).convert()
+    assert input_signature(path) == [-1, 8, 8, 1]
+    assert Interpreter(model_path=str(path)).get_input_details()[0]["shape"].tolist() == [1, 8, 8, 1]
+    for batch in (1, 7, 450):
+        result = verify(model, torch.randn(batch, 1, 8, 8), path)
+        assert result.emulated_integer == quantized
+        assert result.max_abs_error == 0.0 if quantized else result.max_rel_error < 1e-5, (batch, result)
+    static = tmp_path / "static.tflite"
+    TFLiteConverter(model, x, static).convert()
+    assert input_signature(static) == [1, 8, 8, 1]
+    with pytest.raises(SlimkitError, match="static.tflite.*batch 450.*dynamic_batch=True"):
+        verify(model, torch.randn(450, 1, 8, 8), static)
+
+
+class Conv1dHead(nn.Module):
+    """conv1d (RESHAPEs around a CONV_2D), ``view(x.size(0), -1)``, a slice in time, a reshape merging the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3)
+        self.fc = nn.Linear(6 * 8, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(y.view(y.size(0), -1)), y[:, :, 2:5].reshape(-1, 2)
+
+
+class RecurrentHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 5, batch_first=True)
+
+    def forward(self, x):
+        return self.lstm(x)[0]
+
+
+@pytest.mark.parametrize("build, unroll", [(Conv1dHead, False), (RecurrentHead, True)])
+def test_dynamic_batch_reshapes_and_slices(tmp_path, build, unroll):
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(1, 4, 10) if build is Conv1dHead else torch.randn(1, 3, 4)
+    path = tmp_path / "dyn.tflite"
+    TFLiteConverter(model, x, path, dynamic_batch=True, unroll_rnn=unroll).convert()
+    for batch in (1, 7):
+        result = verify(model, torch.randn(batch, *x.shape[1:]), path, unroll_rnn=unroll)
+        assert result.max_rel_error < 1e-5, (batch, result)
+
+
+class BatchConstant(nn.Module):
+    def forward(self, x):
+        return x + torch.arange(x.size(0)).float().view(-1, 1)
+
+
+def test_dynamic_batch_refuses_what_it_cannot_write(tmp_path):
+    path = tmp_path / "never.tflite"
+    with pytest.raises(UnsupportedOpError, match="dynamic_batch: ADD at <root> .*constant computed from the batch"):
+        TFLiteConverter(BatchConstant(), torch.randn(2, 3), path, dynamic_batch=True).convert()
+    with pytest.raises(UnsupportedOpError, match="UNIDIRECTIONAL_SEQUENCE_LSTM at lstm .*unroll_rnn=True"):
+        TFLiteConverter(RecurrentHead().eval(), torch.randn(1, 3, 4), path, dynamic_batch=True).convert()
+    with pytest.raises(UnsupportedOpError, match="batch on axis 0, all of one size"):
+        TFLiteConverter(TwoInOut(), (torch.randn(1, 3, 4, 4), torch.randn(2, 5)), path, dynamic_batch=True).convert()
+    assert not path.exists()
