@@ -146,10 +146,19 @@ def mark_dynamic_batch(graph: Graph, probe: Graph, batch: int, rows: int) -> Gra
         for position, index in enumerate(ins):
             if index >= 0:
                 users.setdefault(index, []).append((number, position))
+    differ = [(index, t, p) for index, (t, p) in enumerate(zip(tensors, probe_tensors))
+              if t.physical_shape != p.physical_shape or (t.data is not None and not np.array_equal(t.data, p.data))]
+    for index, t, p in sorted(differ, key=lambda d: not d[1].is_variable):  # a state first: its reset follows it
+        first = graph.ops[users[index][0][0]] if index in users else None
+        if len(t.shape) != len(p.shape):
+            raise UnsupportedOpError(f"dynamic_batch: the graph changes with the batch size at {_where(first, t)} "
+                                     f"(rank {len(t.shape)} at one batch, {len(p.shape)} at the next). {_FIX}")
+        if t.is_variable:
+            raise UnsupportedOpError(f"dynamic_batch: {_where(t.producer or first, t)} keeps a state of the batch's "
+                                     "size between invocations, which the file cannot resize. Expected unroll_rnn=True "
+                                     "(per-step ops, no state tensor) or dynamic_batch=False.")
     constants, activations = [], []
-    for index, (t, p) in enumerate(zip(tensors, probe_tensors)):
-        if t.physical_shape == p.physical_shape and (t.data is None or np.array_equal(t.data, p.data)):
-            continue
+    for index, t, p in differ:
         consumers = users.get(index, [])
         first = graph.ops[consumers[0][0]] if consumers else None
         if t.data is not None:
@@ -158,12 +167,8 @@ def mark_dynamic_batch(graph: Graph, probe: Graph, batch: int, rows: int) -> Gra
                 raise UnsupportedOpError(f"dynamic_batch: {_where(first, t)} holds a constant computed from the batch "
                                          f"size. {_FIX}")
             constants.append((t, consumers))
-            continue
-        if t.is_variable or len(t.shape) != len(p.shape):
-            raise UnsupportedOpError(f"dynamic_batch: {_where(t.producer or first, t)} keeps a state of the batch's "
-                                     "size between invocations, which the file cannot resize. Expected unroll_rnn=True "
-                                     "(per-step ops, no state tensor) or dynamic_batch=False.")
-        activations.append((t, p))
+        else:
+            activations.append((t, p))
     for t, consumers in constants:
         for number, position in consumers:
             op = graph.ops[number]

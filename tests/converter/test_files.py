@@ -11,6 +11,7 @@ from torch import nn
 from slimkit import models
 from slimkit.converter import TFLiteConverter, verify
 from slimkit.errors import SlimkitError, UnsupportedOpError
+from tests.converter.conftest import op_codes
 from tests.converter.test_int8 import quantize_with
 
 
@@ -108,3 +109,36 @@ def test_dynamic_batch_refuses_what_it_cannot_write(tmp_path):
     with pytest.raises(UnsupportedOpError, match="batch on axis 0, all of one size"):
         TFLiteConverter(TwoInOut(), (torch.randn(1, 3, 4, 4), torch.randn(2, 5)), path, dynamic_batch=True).convert()
     assert not path.exists()
+
+
+class Stacked(nn.Module):
+    def __init__(self, bidirectional: bool):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 5, num_layers=2, batch_first=True, bidirectional=bidirectional)
+
+    def forward(self, x):
+        return self.lstm(x)[0]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_sequence_lstm_state_is_reset_on_every_invocation(tmp_path, bidirectional):
+    """Invocations of one interpreter are independent: the second run of the same input equals the first, and a run
+    after another input equals PyTorch (the state tensors are zeroed inside the file)."""
+    torch.manual_seed(0)
+    model = Stacked(bidirectional).eval()
+    x, other = torch.randn(2, 3, 4), torch.randn(2, 3, 4) * 3
+    path = tmp_path / "lstm.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert "SEQUENCE_LSTM" in " ".join(op_codes(path))
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    index, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+    runs = []
+    for feed in (x, x, other, x):
+        interpreter.set_tensor(index, feed.numpy())
+        interpreter.invoke()
+        runs.append(interpreter.get_tensor(out).copy())
+    np.testing.assert_array_equal(runs[1], runs[0])
+    np.testing.assert_array_equal(runs[3], runs[0])
+    with torch.no_grad():
+        np.testing.assert_allclose(runs[2], model(other).numpy(), rtol=1e-5, atol=1e-6)
