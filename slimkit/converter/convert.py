@@ -13,6 +13,7 @@ from slimkit.converter.batch import example_batch, mark_dynamic_batch, with_rows
 from slimkit.converter.lower import Lowering
 from slimkit.converter.options import ConverterOptions
 from slimkit.converter.passes import run_passes
+from slimkit.converter.validate import validate_file
 from slimkit.converter.writer import serialize
 from slimkit.frameworks.torch.graph import capture_graph
 from slimkit.utils import atomic_path
@@ -31,6 +32,7 @@ class TFLiteConverter:
     Raises:
         UnsupportedOpError: listing every op (with its module path) that cannot be converted;
             nothing is written then.
+        SlimkitError: LiteRT could not load and run the written file (``validate``); nothing is written then.
         ConfigError: an unknown option.
 
     Example:
@@ -95,7 +97,11 @@ class TFLiteConverter:
         return serialize(self.build() if self.graph is None else self.graph).tobytes()
 
     def convert(self) -> None:
-        """Write the ``.tflite`` file (every unsupported op is reported before anything is written)."""
+        """Write the ``.tflite`` file (every unsupported op is reported before anything is written; the file is
+        validated in LiteRT before it takes its name unless ``validate=False``)."""
         model = serialize(self.build() if self.graph is None else self.graph)
-        with atomic_path(self.tflite_path) as tmp, open(tmp, "wb") as f:
-            model.write_to(f)
+        with atomic_path(self.tflite_path) as tmp:
+            with open(tmp, "wb") as f:
+                model.write_to(f)
+            if self.options.validate:
+                validate_file(tmp, self.tflite_path)

@@ -142,3 +142,34 @@ def test_sequence_lstm_state_is_reset_on_every_invocation(tmp_path, bidirectiona
     np.testing.assert_array_equal(runs[3], runs[0])
     with torch.no_grad():
         np.testing.assert_allclose(runs[2], model(other).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_file_litert_rejects_is_never_written(tmp_path, monkeypatch):
+    from slimkit.converter import writer
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"the previous file")
+    monkeypatch.setattr(writer.Serialized, "write_to", lambda self, f: f.write(b"TFL3 but not a model"))
+    with pytest.raises(SlimkitError, match=r"model\.tflite: LiteRT could not load and run the file: ValueError"):
+        TFLiteConverter(nn.Linear(4, 2), torch.randn(1, 4), path).convert()
+    assert path.read_bytes() == b"the previous file" and sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
+    TFLiteConverter(nn.Linear(4, 2), torch.randn(1, 4), path, validate=False).convert()  # unchecked: written
+    assert path.read_bytes() == b"TFL3 but not a model"
+
+
+def test_a_file_that_crashes_the_interpreter_is_never_written(tmp_path, monkeypatch):
+    """The interpreter runs in another process: its segfault is reported, and the next check gets a new process."""
+    from slimkit.converter import validate
+
+    crashing = validate._Worker()
+    monkeypatch.setattr(validate, "_WORKER", "import os, signal, sys\nsys.stdin.readline()\n"
+                                             "os.kill(os.getpid(), signal.SIGSEGV)\n")
+    monkeypatch.setattr(validate, "_worker", crashing)
+    path = tmp_path / "crash.tflite"
+    with pytest.raises(SlimkitError, match=r"crash\.tflite: .*the interpreter crashed \(SIGSEGV\)"):
+        TFLiteConverter(nn.Linear(4, 2), torch.randn(1, 4), path).convert()
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    crashing.close()
+    TFLiteConverter(nn.Linear(4, 2), torch.randn(1, 4), path).convert()
+    assert path.exists()
