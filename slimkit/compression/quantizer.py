@@ -61,6 +61,7 @@ from slimkit.compression.quant import (
     QuantType,
     affine_params,
     bias_params,
+    bias_scale_floor,
 )
 from slimkit.errors import ConfigError, SlimkitError
 from slimkit.utils import distributed
@@ -294,7 +295,21 @@ class Quantizer(Compressor):
         qtype = QuantType.QUANT_INPUT if key.startswith("input") else QuantType.QUANT_OUTPUT
         bits = self.states[layer.name].bits[qtype]
         lo, hi = observer.range()
-        return affine_params(lo, hi, bits, self.profile.activation)
+        floor = self.input_scale_floor(layer) if qtype is QuantType.QUANT_INPUT else 0.0
+        return affine_params(lo, hi, bits, self.profile.activation, min_scale=floor)
+
+    def input_scale_floor(self, layer: Layer) -> float:
+        """The least input scale at which the layer's (BN-folded) bias fits the profile's ``bias_bits`` integers on
+        the grid ``input_scale * weight_scale`` (0 without weight parameters or a bias yet). A nearly dead input
+        range (a tiny scale) would otherwise push the int32 bias past its range, and the clipped bias silently
+        changes the layer."""
+        bits = getattr(self.profile, "bias_bits", None)
+        weight = self.params[layer.name].get("weight")
+        effective_bias = getattr(self.backend, "effective_bias", None)
+        if not bits or weight is None or effective_bias is None or not self.quantizes(layer, QuantType.QUANT_WEIGHT):
+            return 0.0
+        bias = effective_bias(layer)
+        return 0.0 if bias is None else bias_scale_floor(bias, weight.scale, bits)
 
     def activation_bits(self, layer: Any, key: str) -> int:
         if isinstance(layer, GraphSlot):

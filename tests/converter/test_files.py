@@ -10,6 +10,7 @@ from torch import nn
 
 from slimkit import models
 from slimkit.converter import TFLiteConverter, verify
+from slimkit.converter.verify import run_tflite
 from slimkit.errors import SlimkitError, UnsupportedOpError
 from tests.converter.conftest import op_codes
 from tests.converter.test_int8 import quantize_with
@@ -173,3 +174,56 @@ def test_a_file_that_crashes_the_interpreter_is_never_written(tmp_path, monkeypa
     crashing.close()
     TFLiteConverter(nn.Linear(4, 2), torch.randn(1, 4), path).convert()
     assert path.exists()
+
+
+class LargeBias(nn.Module):
+    """A conv + BatchNorm (folded: a large folded bias) and a linear with a large bias, both after a (nearly) dead
+    input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(8, 3)
+        with torch.no_grad():
+            self.bn.bias.copy_(torch.tensor([40.0, -30.0, 5.0, 0.5]))
+            self.fc.bias.copy_(torch.tensor([50.0, -20.0, 3.0]))
+
+    def forward(self, x, y):
+        return self.bn(self.conv(x)), self.fc(y)
+
+
+@pytest.mark.parametrize("spread", [0.0, 1e-7])
+def test_input_scale_floor_keeps_large_biases_in_int32(tmp_path, spread):
+    """An all-zero or nearly dead input range with a large bias: the input scale is floored so the int32 bias fits,
+    in the quantizer's parameters (the fake-quant model) and in the file alike, so the output is the bias."""
+    import warnings
+
+    from slimkit.algorithms.quantization import PostTrainingQuantizer
+    from slimkit.compression.quant import bias_scale_floor
+
+    torch.manual_seed(0)
+    model = LargeBias().eval()
+    batch = (torch.randn(16, 2, 4, 4) * spread, torch.randn(16, 8) * spread)
+    example = tuple(t[:1] for t in batch)
+    with torch.no_grad():
+        expected = [t.numpy() for t in model(*example)]  # the float model: the biases (the input is ~0)
+    config = [{"quant_types": ["input", "weight", "output"], "op_types": ["Conv2d", "Linear"]}]
+    quantizer = PostTrainingQuantizer(model, config, algorithm="minmax", dummy_input=example)
+    quantizer.compress()
+    quantizer.calibrate([(batch, None)])
+    for name in ("conv", "fc"):
+        params = quantizer.params[name]
+        floor = bias_scale_floor(quantizer.backend.effective_bias(quantizer.layer(name)), params["weight"].scale)
+        assert params["input"].scale[0] >= floor > 0
+    path = tmp_path / "bias.tflite"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the converter warns when it has to clip a bias to int32
+        TFLiteConverter(model, example, path).convert()
+    result = verify(model, example, path)
+    assert result.emulated_integer and result.max_abs_error == 0.0
+    got = run_tflite(path, [np.moveaxis(example[0].numpy(), 1, -1), example[1].numpy()])
+    got = {out.ndim: out for out in got}
+    for key, out, reference in (("conv", np.moveaxis(got[4], -1, 1), expected[0]), ("fc", got[2], expected[1])):
+        step = float(quantizer.params[key]["output"].scale[0])
+        assert np.abs(reference).max() > 20 and np.abs(out - reference).max() <= step / 2 * 1.001

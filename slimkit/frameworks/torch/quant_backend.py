@@ -412,6 +412,15 @@ class TorchQuantBackend:
             weight = weight * channel_view(bn_factor(bn).detach(), weight.dim(), 0)
         return weight
 
+    def effective_bias(self, layer: Any) -> Any:
+        """The bias the int8 kernel adds (BN-folded when a BN is folded in), a float64 numpy array; None without one."""
+        wrapper = layer.wrapper
+        bias = wrapper.effective_parameters().get("bias", layer.module.bias)
+        bn = wrapper._ref.bn
+        if bn is not None:
+            bias = folded_parameters(layer.module.weight, bias, bn)[1]
+        return None if bias is None else bias.detach().double().cpu().numpy()
+
     def layer_extras(self, layer: Any, quantizer: Any) -> dict[str, Any]:
         plan = quantizer.graph_plan
         fusion = plan.fusions.get(layer.name) if plan is not None else None
