@@ -296,13 +296,19 @@ class Quantizer(Compressor):
         bits = self.states[layer.name].bits[qtype]
         lo, hi = observer.range()
         floor = self.input_scale_floor(layer) if qtype is QuantType.QUANT_INPUT else 0.0
-        return affine_params(lo, hi, bits, self.profile.activation, min_scale=floor)
+        return self.range_params(lo, hi, bits, floor)
+
+    def range_params(self, lo: Any, hi: Any, bits: int, min_scale: float = 0.0) -> QParams:
+        """Activation parameters covering ``[lo, hi]`` under the profile, the scale at least ``min_scale`` and the
+        profile's ``min_activation_scale``."""
+        return affine_params(lo, hi, bits, self.profile.activation,
+                             min_scale=max(min_scale, self.profile.min_activation_scale))
 
     def input_scale_floor(self, layer: Layer) -> float:
-        """The least input scale at which the layer's (BN-folded) bias fits the profile's ``bias_bits`` integers on
-        the grid ``input_scale * weight_scale`` (0 without weight parameters or a bias yet). A nearly dead input
-        range (a tiny scale) would otherwise push the int32 bias past its range, and the clipped bias silently
-        changes the layer."""
+        """The least input scale at which the layer's (BN-folded) bias takes at most half of the profile's
+        ``bias_bits`` range on the grid ``input_scale * weight_scale``, leaving the other half to the sum of products
+        (0 without weight parameters or a bias yet). A nearly dead input range (a tiny scale) would otherwise push the
+        int32 bias, or the accumulator, past its range and silently change the layer."""
         bits = getattr(self.profile, "bias_bits", None)
         weight = self.params[layer.name].get("weight")
         effective_bias = getattr(self.backend, "effective_bias", None)
@@ -339,7 +345,7 @@ class Quantizer(Compressor):
                 observer.observe(x, self.ops)
                 if self.live_params:
                     lo, hi = observer.range()
-                    self.graph_params[key] = affine_params(lo, hi, bits, self.profile.activation)
+                    self.graph_params[key] = self.range_params(lo, hi, bits)
             params = self.graph_params.get(key)
         else:
             self.graph_params[key] = params
@@ -363,7 +369,7 @@ class Quantizer(Compressor):
                      for p in known)
             hi = max(float(p.max[0]) if p.max is not None else float((p.qmax - p.zero_point[0]) * p.scale[0])
                      for p in known)
-            return affine_params(np.array([lo]), np.array([hi]), bits, self.profile.activation), "inputs"
+            return self.range_params(np.array([lo]), np.array([hi]), bits), "inputs"
         if known[0].per_channel:
             return None, None
         return known[0], input_names[0]
@@ -519,8 +525,7 @@ class Quantizer(Compressor):
         for key, observer in self.graph_observers.items():
             if observer.ready:
                 lo, hi = observer.range()
-                self.graph_params[key] = affine_params(lo, hi, self.activation_bits(self.graph_slot, key),
-                                                       self.profile.activation)
+                self.graph_params[key] = self.range_params(lo, hi, self.activation_bits(self.graph_slot, key))
         self.resolve_graph_params()
         self.state_changed()
 

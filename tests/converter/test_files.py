@@ -195,7 +195,8 @@ class LargeBias(nn.Module):
 
 @pytest.mark.parametrize("spread", [0.0, 1e-7])
 def test_input_scale_floor_keeps_large_biases_in_int32(tmp_path, spread):
-    """An all-zero or nearly dead input range with a large bias: the input scale is floored so the int32 bias fits,
+    """An all-zero or nearly dead input range with a large bias: the input scale is floored so the int32 bias takes at
+    most half of the int32 range (the other half for the sum of products),
     in the quantizer's parameters (the fake-quant model) and in the file alike, so the output is the bias."""
     import warnings
 
@@ -227,3 +228,46 @@ def test_input_scale_floor_keeps_large_biases_in_int32(tmp_path, spread):
     for key, out, reference in (("conv", np.moveaxis(got[4], -1, 1), expected[0]), ("fc", got[2], expected[1])):
         step = float(quantizer.params[key]["output"].scale[0])
         assert np.abs(reference).max() > 20 and np.abs(out - reference).max() <= step / 2 * 1.001
+
+
+class DeadBranch(nn.Module):
+    """A dead ReLU (all-zero range) added to a tensor of range ~1e-9, then a conv with large biases."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.relu = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.ReLU()
+        with torch.no_grad():
+            self.a.bias.fill_(-5.0)
+            self.b.bias.copy_(torch.tensor([50.0, -20.0, 3.0, 1.0]))
+
+    def forward(self, x):
+        return self.b(self.relu(self.a(x)) + 1e-9 * x.mean())
+
+
+@pytest.mark.parametrize("floor", [True, False])
+def test_dead_ranges_give_files_litert_runs(tmp_path, floor):
+    """Without the profile's least activation scale, the dead ReLU's range gets scale 1.0 and the ADD's output about
+    1e-14: LiteRT's ADD aborts in allocate_tensors (SIGABRT). That file is refused by name and never written; with the
+    floor (float32's epsilon, as PyTorch's observers) the file runs and equals the emulation."""
+    import dataclasses
+
+    from slimkit.algorithms.quantization import PostTrainingQuantizer
+    from slimkit.compression.profiles import get_profile
+
+    torch.manual_seed(0)
+    model = DeadBranch().eval()
+    x = torch.randn(1, 3, 4, 4) * 0.1
+    profile = get_profile("tflite") if floor else dataclasses.replace(get_profile("tflite"), min_activation_scale=0.0)
+    config = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
+    quantizer = PostTrainingQuantizer(model, config, algorithm="minmax", dummy_input=x, profile=profile)
+    quantizer.compress()
+    quantizer.calibrate([torch.randn(8, 3, 4, 4) * 0.1])
+    path = tmp_path / "dead.tflite"
+    if not floor:
+        with pytest.raises(SlimkitError, match=r"dead\.tflite: .*the interpreter crashed \(SIGABRT\)"):
+            TFLiteConverter(model, x, path).convert()
+        assert list(tmp_path.iterdir()) == []
+        return
+    TFLiteConverter(model, x, path).convert()
+    assert float(quantizer.params["b"]["input"].scale[0]) >= 2.0 ** -23
+    assert verify(model, x, path).max_abs_error == 0.0

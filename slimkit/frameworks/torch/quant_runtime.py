@@ -36,7 +36,8 @@ class _Mode(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         functional = self.runtime.out_of_place(func)
-        if functional is None or not args or not isinstance(args[0], torch.Tensor) or torch.compiler.is_exporting():
+        if functional is None or not args or not isinstance(args[0], torch.Tensor) or \
+                not args[0].is_floating_point() or torch.compiler.is_exporting():
             return self.runtime.on_call(func, args, func(*args, **kwargs), kwargs)
         # ``x += y`` / ``x.add_(y)``: computed as ``x + y`` from the inputs as they were, the (fake-quantized or
         # emulated) result then written into ``x``, so that ``x`` holds what the file's ADD outputs
