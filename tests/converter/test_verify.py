@@ -38,6 +38,7 @@ def nni_style_digits(tmp_path_factory):
     return model, x_test, path
 
 
+@pytest.mark.slow
 def test_nni_style_qat_file_equals_the_emulation_on_every_test_image(nni_style_digits):
     model, x_test, path = nni_style_digits
     codes = op_codes(path)
@@ -53,6 +54,7 @@ def test_nni_style_qat_file_equals_the_emulation_on_every_test_image(nni_style_d
     assert (plain != got).any(axis=1).sum() > 0  # the fake-quant model rounds the requantizations differently
 
 
+@pytest.mark.slow
 def test_verify_finds_what_the_example_alone_hides(nni_style_digits, monkeypatch):
     """Without the requantization's arithmetic (as before), the file and the emulation agree on the example but not on
     the random draws: verify() reports the difference and where it is."""
