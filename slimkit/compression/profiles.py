@@ -50,6 +50,9 @@ class QuantProfile:
         fixed: op kind -> ``(scale_times_2**bits, zero_point_offset_from_qmin, signed)``; see
             :meth:`fixed_output`.
         shared: op kinds whose output reuses the input's parameters.
+        min_activation_scale: the least activation scale (float32's machine epsilon, as PyTorch's observers):
+            a nearly dead range otherwise gives scales like 1e-14, whose ratios to their neighbours' scales int8
+            kernels cannot represent (LiteRT's ADD aborts on them).
     """
 
     name: str
@@ -58,6 +61,7 @@ class QuantProfile:
     bias_bits: int = 32
     fixed: Mapping[str, tuple[float, int]] = field(default_factory=dict)
     shared: frozenset = SHARING_OPS
+    min_activation_scale: float = 2.0 ** -23
 
     def fixed_output(self, op_kind: str, bits: int) -> QParams | None:
         """Output parameters the target fixes for ``op_kind`` (softmax, logistic, tanh), else None.

@@ -185,27 +185,31 @@ def _pow2(scale: np.ndarray) -> np.ndarray:
     return np.exp2(np.ceil(np.log2(scale)))
 
 
-def affine_params(lo: np.ndarray, hi: np.ndarray, bits: int, scheme: Scheme, axis: int | None = None) -> QParams:
+def affine_params(lo: np.ndarray, hi: np.ndarray, bits: int, scheme: Scheme, axis: int | None = None,
+                  min_scale: float = 0.0) -> QParams:
     """Scale and zero point covering ``[lo, hi]`` (arrays, per channel or length 1) under ``scheme``.
 
     The range is widened to include 0 so that 0 is exactly representable (TFLite's nudging);
     symmetric schemes use ``scale = 2 max|x| / (qmax - qmin)`` (``max|x| / 127`` for narrow int8).
+    ``min_scale``: a floor on the scale (the profile's ``min_activation_scale``; a layer input's, so that its int32
+    bias fits: see :func:`bias_scale_floor`), also the scale of an all-zero range (1.0 without a floor).
     """
     lo = np.minimum(np.asarray(lo, dtype=np.float64).reshape(-1), 0.0)
     hi = np.maximum(np.asarray(hi, dtype=np.float64).reshape(-1), 0.0)
     qmin, qmax = qrange(bits, scheme.signed, scheme.narrow)
+    empty = min_scale if min_scale > 0 else 1.0  # the scale of an all-zero range
     if scheme.symmetric:
         amax = np.maximum(-lo, hi)
         scale = 2.0 * amax / max(qmax - qmin, 1)
         if scheme.pow2:
             scale = np.where(scale > 0, _pow2(np.where(scale > 0, scale, 1.0)), scale)
-        scale = np.where(scale > 0, scale, 1.0)
+        scale = np.maximum(np.where(scale > 0, scale, empty), min_scale)
         zero_point = np.full(scale.shape, 0 if scheme.signed else (qmin + qmax + 1) // 2, dtype=np.int64)
     else:
         scale = (hi - lo) / max(qmax - qmin, 1)
         if scheme.pow2:
             scale = np.where(scale > 0, _pow2(np.where(scale > 0, scale, 1.0)), scale)
-        scale = np.where(scale > 0, scale, 1.0)
+        scale = np.maximum(np.where(scale > 0, scale, empty), min_scale)
         zero_point = np.minimum(np.maximum(np.round(qmin - lo / scale), qmin), qmax).astype(np.int64)  # np.clip, faster
     return QParams(bits, scale, zero_point, qmin, qmax, axis, lo, hi)
 
@@ -288,6 +292,19 @@ def grid_bounds(params: QParams) -> GridBounds | None:
             return None
     return GridBounds(float(inverse), float(scale), float(lo), float(hi),
                       float(np.nextafter(lo, np.float32(-np.inf))), float(np.nextafter(hi, np.float32(np.inf))))
+
+
+def bias_scale_floor(bias: np.ndarray, weight_scale: np.ndarray, bits: int = 32) -> float:
+    """The smallest input scale at which ``round(bias / (input_scale * weight_scale))`` takes at most half of the
+    ``bits``-bit range on every channel: the other half is left to the kernel's sum of int8 products (and the
+    zero-point correction XNNPACK folds into the bias), which is added to the bias in the same int32 accumulator.
+
+    >>> bias_scale_floor(np.array([50.0, -20.0]), np.array([1e-3, 1e-4]), bits=32) == 20.0 / (1e-4 * 2 ** 30)
+    True
+    """
+    ratio = np.abs(np.asarray(bias, np.float64).reshape(-1)) / (np.asarray(weight_scale, np.float64).reshape(-1)
+                                                                 * 2.0 ** (bits - 2))
+    return float(ratio.max()) if ratio.size else 0.0
 
 
 def bias_params(input_params: QParams, weight_params: QParams, bits: int = 32) -> QParams:

@@ -61,6 +61,7 @@ from slimkit.compression.quant import (
     QuantType,
     affine_params,
     bias_params,
+    bias_scale_floor,
 )
 from slimkit.errors import ConfigError, SlimkitError, UnsupportedOpError
 from slimkit.utils import distributed
@@ -304,7 +305,27 @@ class Quantizer(Compressor):
         bits = self.states[layer.name].bits[qtype]
         lo, hi = _finite_range(observer, f"layer {layer.name!r} ({key})",
                                f"exclude it ({{'exclude': True, 'op_names': [{layer.name!r}]}})")
-        return affine_params(lo, hi, bits, self.profile.activation)
+        floor = self.input_scale_floor(layer) if qtype is QuantType.QUANT_INPUT else 0.0
+        return self.range_params(lo, hi, bits, floor)
+
+    def range_params(self, lo: Any, hi: Any, bits: int, min_scale: float = 0.0) -> QParams:
+        """Activation parameters covering ``[lo, hi]`` under the profile, the scale at least ``min_scale`` and the
+        profile's ``min_activation_scale``."""
+        return affine_params(lo, hi, bits, self.profile.activation,
+                             min_scale=max(min_scale, self.profile.min_activation_scale))
+
+    def input_scale_floor(self, layer: Layer) -> float:
+        """The least input scale at which the layer's (BN-folded) bias takes at most half of the profile's
+        ``bias_bits`` range on the grid ``input_scale * weight_scale``, leaving the other half to the sum of products
+        (0 without weight parameters or a bias yet). A nearly dead input range (a tiny scale) would otherwise push the
+        int32 bias, or the accumulator, past its range and silently change the layer."""
+        bits = getattr(self.profile, "bias_bits", None)
+        weight = self.params[layer.name].get("weight")
+        effective_bias = getattr(self.backend, "effective_bias", None)
+        if not bits or weight is None or effective_bias is None or not self.quantizes(layer, QuantType.QUANT_WEIGHT):
+            return 0.0
+        bias = effective_bias(layer)
+        return 0.0 if bias is None else bias_scale_floor(bias, weight.scale, bits)
 
     def activation_bits(self, layer: Any, key: str) -> int:
         if isinstance(layer, GraphSlot):
@@ -334,7 +355,7 @@ class Quantizer(Compressor):
                 observer.observe(x, self.ops)
                 if self.live_params:
                     lo, hi = observer.range()
-                    self.graph_params[key] = affine_params(lo, hi, bits, self.profile.activation)
+                    self.graph_params[key] = self.range_params(lo, hi, bits)
             params = self.graph_params.get(key)
         else:
             self.graph_params[key] = params
@@ -358,7 +379,7 @@ class Quantizer(Compressor):
                      for p in known)
             hi = max(float(p.max[0]) if p.max is not None else float((p.qmax - p.zero_point[0]) * p.scale[0])
                      for p in known)
-            return affine_params(np.array([lo]), np.array([hi]), bits, self.profile.activation), "inputs"
+            return self.range_params(np.array([lo]), np.array([hi]), bits), "inputs"
         if known[0].per_channel:
             return None, None
         return known[0], input_names[0]
@@ -517,8 +538,7 @@ class Quantizer(Compressor):
                 lo, hi = _finite_range(observer, f"whole-graph tensor {key!r} (op {meta.get('kind')!r} in module "
                                        f"{meta.get('module')!r})", "quantize named layer types instead of 'default' "
                                        "in op_types, or keep inf / NaN out of the values computed from the input")
-                self.graph_params[key] = affine_params(lo, hi, self.activation_bits(self.graph_slot, key),
-                                                       self.profile.activation)
+                self.graph_params[key] = self.range_params(lo, hi, self.activation_bits(self.graph_slot, key))
         self.resolve_graph_params()
         self.state_changed()
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from typing import Any
 
 import torch
 
+from slimkit.converter.batch import example_batch, mark_dynamic_batch, with_rows
 from slimkit.converter.lower import Lowering
 from slimkit.converter.options import ConverterOptions
 from slimkit.converter.passes import run_passes
+from slimkit.converter.validate import validate_file
 from slimkit.converter.writer import serialize
 from slimkit.frameworks.torch.graph import capture_graph
 from slimkit.utils import atomic_path
@@ -29,6 +32,7 @@ class TFLiteConverter:
     Raises:
         UnsupportedOpError: listing every op (with its module path) that cannot be converted;
             nothing is written then.
+        SlimkitError: LiteRT could not load and run the written file (``validate``); nothing is written then.
         ConfigError: an unknown option.
 
     Example:
@@ -66,11 +70,26 @@ class TFLiteConverter:
                 self.captured = capture_graph(self.model, self.dummy_input)
         return self.captured
 
-    def build(self):
-        """Capture and lower to the IR (no file written); returns the IR graph."""
+    def lower(self):
+        """Capture and lower to the IR, graph passes run."""
         with torch.no_grad():
             graph = Lowering(self.capture(), self.options).run()
-        self.graph = run_passes(graph, self.options)
+        return run_passes(graph, self.options)
+
+    def build(self):
+        """Capture and lower to the IR (no file written); returns the IR graph."""
+        if not self.options.dynamic_batch:
+            self.graph = self.lower()
+            return self.graph
+        batch = example_batch(self.dummy_input)
+        rows = max(batch, 2)
+        static = dataclasses.replace(self.options, dynamic_batch=False)
+
+        def at(n):
+            converter = self if n == batch else TFLiteConverter(self.model, with_rows(self.dummy_input, n),
+                                                                self.tflite_path, static)
+            return converter.lower()
+        self.graph = mark_dynamic_batch(at(rows), at(rows + 1), batch, rows)
         return self.graph
 
     def to_bytes(self) -> bytes:
@@ -78,7 +97,11 @@ class TFLiteConverter:
         return serialize(self.build() if self.graph is None else self.graph).tobytes()
 
     def convert(self) -> None:
-        """Write the ``.tflite`` file (every unsupported op is reported before anything is written)."""
+        """Write the ``.tflite`` file (every unsupported op is reported before anything is written; the file is
+        validated in LiteRT before it takes its name unless ``validate=False``)."""
         model = serialize(self.build() if self.graph is None else self.graph)
-        with atomic_path(self.tflite_path) as tmp, open(tmp, "wb") as f:
-            model.write_to(f)
+        with atomic_path(self.tflite_path) as tmp:
+            with open(tmp, "wb") as f:
+                model.write_to(f)
+            if self.options.validate:
+                validate_file(tmp, self.tflite_path)

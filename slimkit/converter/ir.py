@@ -58,6 +58,7 @@ class Tensor:
     base: Tensor | None = None  # set on a relabelled view (permute): the file stores ``base``
     quant_hint: QuantParams | None = None  # calibrated int8 parameters of a float (fake-quantized) constant
     data_scale: tuple[np.ndarray, int] | None = None  # pending per-channel factor (BN fold), applied on write
+    shape_signature: tuple[int, ...] | None = None  # physical shape with -1 on dynamic axes (dynamic_batch)
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)

@@ -43,6 +43,13 @@ class ConverterOptions:
             around float kernels); 1 = peephole fusion (BN folding, fused activations, SAME padding,
             transpose-free reshapes) and int8 kernels; 2 (default) = also graph-wide RESHAPE collapsing
             and RESHAPE-into-reduction folding.
+        dynamic_batch: write the batch (axis 0 of every input) as -1 (``shape_signature``), so the file runs any
+            batch after ``interpreter.resize_tensor_input``; RESHAPEs that carry the batch get -1 there. The model is
+            lowered a second time at one more row to find where the batch is held (about doubles conversion time);
+            an op that bakes the batch size in any other way is an ``UnsupportedOpError`` naming it.
+        validate: before the file takes its name, LiteRT loads it and runs it once on zeros in a separate process
+            (:mod:`slimkit.converter.validate`), so a file the interpreter rejects or would crash on is never
+            written (a ``SlimkitError`` names the path and the reason). False skips the check.
     """
 
     nchw_transpose: bool = True
@@ -55,6 +62,8 @@ class ConverterOptions:
     quantize_io: bool | str = False
     quantized_input_stats: Sequence[tuple[float, float]] | None = None
     optimize: int = 2
+    dynamic_batch: bool = False
+    validate: bool = True
 
     def __post_init__(self):
         if self.quantize_io not in (False, True, "int8", "uint8"):

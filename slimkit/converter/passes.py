@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from slimkit.converter.ir import Graph
+from slimkit.converter.state import reset_state
 from slimkit.converter.writer import _root
 
 
@@ -82,7 +83,8 @@ def run_passes(graph: Graph, options) -> Graph:
 
     Every level removes dead ops. Level 1 (and up) turns quantized chains (DEQUANTIZE -> op -> QUANTIZE)
     into int8 kernels; level 2 then collapses RESHAPE chains and folds a RESHAPE that only drops
-    reduced axes into its MEAN / SUM / REDUCE_MAX (``keep_dims=False``).
+    reduced axes into its MEAN / SUM / REDUCE_MAX (``keep_dims=False``). Last, every state tensor is reset to zeros
+    before its reader (:func:`~slimkit.converter.state.reset_state`).
     """
     remove_dead_ops(graph)
     if options.optimize >= 1 and graph.quant_table:
@@ -103,4 +105,5 @@ def run_passes(graph: Graph, options) -> Graph:
         from slimkit.converter.quant import apply_hybrid
 
         apply_hybrid(graph, options)
+    reset_state(graph)
     return graph

@@ -1,25 +1,42 @@
-"""Run a converted file in the LiteRT interpreter and compare with PyTorch."""
+"""Run a converted file in the LiteRT interpreter and compare with PyTorch, on several inputs."""
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from slimkit.converter.options import ConverterOptions
+from slimkit.errors import SlimkitError
 
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """Worst errors over all outputs: ``max_abs_error``, ``max_rel_error`` (relative to max |reference|);
-    ``emulated_integer``: the reference was the quantized model under ``emulate_integer()``."""
+    """The worst element over every input and output.
+
+    Attributes:
+        max_abs_error: the largest ``|file - model|``.
+        max_rel_error: the largest error of an output relative to that output's max ``|model|``.
+        outputs: how many outputs each input gave.
+        emulated_integer: the reference was the quantized model under ``emulate_integer()``.
+        inputs: how many inputs were compared (the example, random draws, the user's batches).
+        worst: where the largest absolute error is: input, output, element, model and file values.
+        emulated_ops: the int8 ops of the file whose integers the emulation computes exactly.
+        approximate_ops: the int8 ops of the file the emulation leaves to fake quantization (within about a step,
+            not exact), e.g. SOFTMAX, LOGISTIC, HARD_SWISH.
+    """
 
     max_abs_error: float
     max_rel_error: float
     outputs: int
     emulated_integer: bool = False
+    inputs: int = 1
+    worst: str = ""
+    emulated_ops: tuple[str, ...] = ()
+    approximate_ops: tuple[str, ...] = ()
 
     def ok(self, rtol: float = 1e-5) -> bool:
         return self.max_rel_error <= rtol
@@ -43,52 +60,150 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
         return np.asarray(t.tolist(), dtype=np.float32)
 
 
+class _Runner:
+    """One interpreter for a file, its inputs resized when a batch differs from the file's (a dynamic_batch file)."""
+
+    def __init__(self, tflite_path, num_threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = tflite_path
+        self.interpreter = Interpreter(model_path=str(tflite_path), num_threads=num_threads)
+        self.shapes: list | None = None
+
+    def __call__(self, inputs) -> list[np.ndarray]:
+        interp = self.interpreter
+        shapes = [np.shape(x) for x in inputs]
+        if shapes != self.shapes:
+            for detail, x in zip(interp.get_input_details(), inputs):
+                if tuple(detail["shape"]) != np.shape(x):
+                    self._resize(detail, np.shape(x))
+            interp.allocate_tensors()
+            self.shapes = shapes
+        for detail, x in zip(interp.get_input_details(), inputs):
+            interp.set_tensor(detail["index"], np.ascontiguousarray(x).astype(detail["dtype"]))
+        interp.invoke()
+        return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+
+    def _resize(self, detail: dict, shape: tuple) -> None:
+        signature = detail["shape_signature"]
+        if len(signature) != len(shape) or any(s not in (-1, n) for s, n in zip(signature, shape)):
+            raise SlimkitError(f"{self.path}: input {detail['name']!r} has shape {detail['shape'].tolist()} "
+                               f"(signature {signature.tolist()}); it cannot take batch {shape[0] if shape else '-'} "
+                               f"of shape {list(shape)}. Expected a file converted with dynamic_batch=True, or inputs "
+                               "of the file's shape.")
+        self.interpreter.resize_tensor_input(detail["index"], list(shape), strict=True)
+
+
 def run_tflite(tflite_path, inputs, num_threads: int = 1):
     """Run ``tflite_path`` on numpy ``inputs`` (already in the file's layout); returns its outputs."""
-    from ai_edge_litert.interpreter import Interpreter
+    return _Runner(tflite_path, num_threads)(inputs)
 
-    interp = Interpreter(model_path=str(tflite_path), num_threads=num_threads)
-    interp.allocate_tensors()
-    for detail, x in zip(interp.get_input_details(), inputs):
-        interp.set_tensor(detail["index"], np.ascontiguousarray(x).astype(detail["dtype"]))
-    interp.invoke()
-    return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+
+def int8_ops(tflite_path) -> list[str]:
+    """The builtin names of the file's ops that read or write int8 activations, in order."""
+    import tflite
+
+    with open(tflite_path, "rb") as f:
+        model = tflite.Model.GetRootAs(f.read(), 0)
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.Subgraphs(0)
+    found = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        tensors = [op.Inputs(j) for j in range(min(op.InputsLength(), 1))] + \
+            [op.Outputs(j) for j in range(op.OutputsLength())]
+        if any(k >= 0 and graph.Tensors(k).Type() == tflite.TensorType.INT8 for k in tensors):
+            found.append(names[model.OperatorCodes(op.OpcodeIndex()).BuiltinCode()])
+    return found
+
+
+def _draws(inputs: tuple, count: int, seed: int) -> list[tuple]:
+    """``count`` random inputs shaped as the example: floats with its mean and spread, integers within the range the
+    example holds, booleans at random."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        draw = []
+        for x in inputs:
+            if not isinstance(x, torch.Tensor):
+                draw.append(x)
+            elif x.dtype == torch.bool:
+                draw.append(torch.rand(x.shape, generator=generator) < 0.5)
+            elif x.is_floating_point():
+                values = x.detach().float()
+                spread = float(values.std()) if values.numel() > 1 and float(values.std()) > 0 else 1.0
+                draw.append((torch.randn(x.shape, generator=generator) * spread + float(values.mean())).to(x.dtype))
+            else:
+                low, high = int(x.min()), int(x.max())
+                draw.append(torch.randint(low, high + 1, x.shape, generator=generator, dtype=x.dtype))
+        out.append(tuple(draw))
+    return out
 
 
 def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterOptions | None = None, *,
-           emulate_integer: bool = True, **kwargs) -> VerifyResult:
-    """Max absolute / relative error of ``tflite_path`` against ``model`` on ``dummy_input``.
+           emulate_integer: bool = True, batches: Any = None, draws: int = 3, seed: int = 0,
+           **kwargs) -> VerifyResult:
+    """Max absolute / relative error of ``tflite_path`` against ``model`` on several inputs.
 
-    ``options`` (or the same keywords given to the converter) tell which inputs / outputs the file
-    holds channels-last. A model quantized by slimkit (int8 layers with input, weight and output parameters) is
-    evaluated under its quantizer's ``emulate_integer()`` unless ``emulate_integer=False``: the int8 kernels'
-    own arithmetic, which a correct int8 file matches exactly (the plain fake-quant model differs by a step
-    wherever it resolves a rounding tie differently).
+    The inputs are ``dummy_input``, ``draws`` random inputs of its shape (floats with its mean and spread, integers
+    within the range it holds) and every item of ``batches`` (tensors or tuples of tensors; other batch sizes need a
+    ``dynamic_batch`` file). ``options`` (or the same keywords given to the converter) tell which inputs / outputs the
+    file holds channels-last. A model quantized by slimkit (int8 layers with input, weight and output parameters) is
+    evaluated under its quantizer's ``emulate_integer()`` unless ``emulate_integer=False``: the int8 kernels' own
+    arithmetic, which a correct int8 file matches exactly on the ops listed in ``emulated_ops``.
+
+    Example:
+
+    >>> import os, tempfile, torch
+    >>> from slimkit.converter import TFLiteConverter, verify
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh()).eval()
+    >>> path = os.path.join(tempfile.mkdtemp(), 'm.tflite')
+    >>> TFLiteConverter(model, torch.randn(1, 4), path).convert()
+    >>> result = verify(model, torch.randn(1, 4), path, draws=2)
+    >>> result.inputs, result.max_abs_error < 1e-5
+    (3, True)
     """
+    from slimkit.frameworks.torch import int8_emulation
     from slimkit.frameworks.torch.quant_backend import emulable_quantizer
 
     options = options or ConverterOptions.from_kwargs(**kwargs)
-    inputs = tuple(dummy_input) if isinstance(dummy_input, (list, tuple)) else (dummy_input,)
+    example = tuple(dummy_input) if isinstance(dummy_input, (list, tuple)) else (dummy_input,)
+    cases = [example, *_draws(example, draws, seed)]
+    cases += [tuple(b) if isinstance(b, (list, tuple)) else (b,) for b in (batches or ())]
     quantizer = emulable_quantizer(model) if emulate_integer else None
+    runner = _Runner(tflite_path)
+    abs_err = rel_err = 0.0
+    worst = ""
+    outputs = 0
     was_training = model.training
     model.eval()
-    with torch.no_grad(), quantizer.emulate_integer() if quantizer is not None else contextlib.nullcontext():
-        expected = [_to_numpy(t) for t in _flatten(model(*inputs))]
-    model.train(was_training)
-    feeds = []
-    for i, x in enumerate(inputs):
-        a = x.detach().numpy()
-        if options.transposes_input(i, a.ndim):
-            a = np.moveaxis(a, 1, -1)
-        feeds.append(a)
-    got = run_tflite(tflite_path, feeds)
-    abs_err = rel_err = 0.0
-    for i, (e, g) in enumerate(zip(expected, got)):
-        if options.transposes_output(i, e.ndim):
-            g = np.moveaxis(g, -1, 1)
-        g = g.reshape(e.shape).astype(np.float32)
-        err = float(np.abs(g - e).max()) if e.size else 0.0
-        scale = float(np.abs(e).max()) if e.size else 0.0
-        abs_err = max(abs_err, err)
-        rel_err = max(rel_err, err / scale if scale > 0 else err)
-    return VerifyResult(abs_err, rel_err, len(expected), quantizer is not None)
+    try:
+        for number, inputs in enumerate(cases):
+            with torch.no_grad(), quantizer.emulate_integer() if quantizer is not None else contextlib.nullcontext():
+                expected = [_to_numpy(t) for t in _flatten(model(*inputs))]
+            feeds = [np.moveaxis(x.detach().numpy(), 1, -1) if options.transposes_input(i, x.dim())
+                     else x.detach().numpy() for i, x in enumerate(inputs)]
+            outputs = len(expected)
+            for i, (e, g) in enumerate(zip(expected, runner(feeds))):
+                if options.transposes_output(i, e.ndim):
+                    g = np.moveaxis(g, -1, 1)
+                g = g.reshape(e.shape).astype(np.float32)
+                if not e.size:
+                    continue
+                diff = np.abs(g - e)
+                at = np.unravel_index(int(np.argmax(diff)), diff.shape)
+                err, scale = float(diff[at]), float(np.abs(e).max())
+                rel_err = max(rel_err, err / scale if scale > 0 else err)
+                if err > abs_err or not worst:
+                    abs_err = max(abs_err, err)
+                    worst = (f"input {number} ({'example' if number == 0 else 'draw' if number <= draws else 'batch'}"
+                             f"), output {i}, element {tuple(int(a) for a in at)}: model {float(e[at])!r}, file "
+                             f"{float(g[at])!r}")
+    finally:
+        model.train(was_training)
+    emulated = approximate = ()
+    if quantizer is not None:
+        ops = set(int8_ops(tflite_path))
+        emulated = tuple(sorted(ops & (int8_emulation.EMULATED_OPS | int8_emulation.EXACT_OPS)))
+        approximate = tuple(sorted(ops - set(emulated)))
+    return VerifyResult(abs_err, rel_err, outputs, quantizer is not None, len(cases), worst, emulated, approximate)

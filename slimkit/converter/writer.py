@@ -114,8 +114,10 @@ def _int_vector(builder, values, dtype=np.int32) -> int:
     return builder.CreateNumpyVector(np.asarray(values, dtype=dtype).reshape(-1))
 
 
-def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
-    """Build the ``.tflite`` flatbuffer of ``graph``; ``.write_to(f)`` streams it, ``.tobytes()`` returns it."""
+def tensor_table(graph: Graph) -> tuple[list[Tensor], list, list[int], list[int]]:
+    """The file's tensors in the order they are written, with each op's ``(inputs, outputs)`` indices and the
+    subgraph's input and output indices (-1: an omitted optional input). Two graphs lowered from the same model
+    list corresponding tensors at the same index."""
     tensors: list[Tensor] = []
     index: dict[int, int] = {}
 
@@ -134,6 +136,12 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
     op_io = [([tensor_index(t) for t in op.inputs], [tensor_index(t) for t in op.outputs]) for op in graph.ops]
     outputs = [tensor_index(t) for t in graph.outputs]
     inputs = [tensor_index(t) for t in graph.inputs]
+    return tensors, op_io, inputs, outputs
+
+
+def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
+    """Build the ``.tflite`` flatbuffer of ``graph``; ``.write_to(f)`` streams it, ``.tobytes()`` returns it."""
+    tensors, op_io, inputs, outputs = tensor_table(graph)
 
     payload = sum(t.data.nbytes for t in tensors if t.data is not None)
     quant = sum(16 * t.quant.scale.size + 64 for t in tensors if t.quant is not None)  # scales + int64 zero points
@@ -159,9 +167,12 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
     for i, t in enumerate(tensors):
         name = builder.CreateString(t.name)
         shape = _int_vector(builder, t.physical_shape)
+        signature = _int_vector(builder, t.shape_signature) if t.shape_signature is not None else None
         q = _quantization(builder, t.quant, shared_vectors) if t.quant is not None else None
         tflite.TensorStart(builder)
         tflite.TensorAddShape(builder, shape)
+        if signature is not None:
+            tflite.TensorAddShapeSignature(builder, signature)
         tflite.TensorAddType(builder, TENSOR_TYPES[t.dtype])
         tflite.TensorAddBuffer(builder, buffer_of.get(i, 0))
         tflite.TensorAddName(builder, name)
@@ -213,6 +224,8 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
     subgraph = tflite.SubGraphEnd(builder)
 
     subgraphs = _offset_vector(builder, tflite.ModelStartSubgraphsVector, [subgraph])
+    signatures = _offset_vector(builder, tflite.ModelStartSignatureDefsVector, [_signature(builder, graph, inputs,
+                                                                                          outputs)])
     op_codes = _offset_vector(builder, tflite.ModelStartOperatorCodesVector, code_offsets)
     buffers = _offset_vector(builder, tflite.ModelStartBuffersVector, buffer_offsets)
     desc = builder.CreateString(description)
@@ -222,9 +235,45 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
     tflite.ModelAddSubgraphs(builder, subgraphs)
     tflite.ModelAddDescription(builder, desc)
     tflite.ModelAddBuffers(builder, buffers)
+    tflite.ModelAddSignatureDefs(builder, signatures)
     model = tflite.ModelEnd(builder)
     builder.Finish(model, file_identifier=b"TFL3")
     return Serialized(builder, regions)
+
+
+SIGNATURE_KEY = "serving_default"
+
+
+def signature_names(graph: Graph) -> tuple[list[str], list[str]]:
+    """The ``serving_default`` signature's input names (the model's argument names, as captured) and output names
+    (``output_0``, ``output_1``, ...)."""
+    return [t.name for t in graph.inputs], [f"output_{i}" for i in range(len(graph.outputs))]
+
+
+def _signature(builder, graph: Graph, inputs: list[int], outputs: list[int]) -> int:
+    """The ``serving_default`` SignatureDef of the single subgraph (what ``Interpreter.get_signature_runner()``
+    reads)."""
+    in_names, out_names = signature_names(graph)
+
+    def tensor_maps(names, indices, start):
+        maps = []
+        for name, index in zip(names, indices):
+            name_offset = builder.CreateString(name)
+            tflite.TensorMapStart(builder)
+            tflite.TensorMapAddName(builder, name_offset)
+            tflite.TensorMapAddTensorIndex(builder, index)
+            maps.append(tflite.TensorMapEnd(builder))
+        return _offset_vector(builder, start, maps)
+
+    in_maps = tensor_maps(in_names, inputs, tflite.SignatureDefStartInputsVector)
+    out_maps = tensor_maps(out_names, outputs, tflite.SignatureDefStartOutputsVector)
+    key = builder.CreateString(SIGNATURE_KEY)
+    tflite.SignatureDefStart(builder)
+    tflite.SignatureDefAddInputs(builder, in_maps)
+    tflite.SignatureDefAddOutputs(builder, out_maps)
+    tflite.SignatureDefAddSignatureKey(builder, key)
+    tflite.SignatureDefAddSubgraphIndex(builder, 0)
+    return tflite.SignatureDefEnd(builder)
 
 
 def _offset_vector(builder, start, offsets) -> int:

@@ -246,11 +246,30 @@ def test_fused_relu6_of_a_dead_layer_is_dropped(tmp_path):
     assert parity(model, x, path) == 1.0
 
 
-def test_int32_bias_overflow_warns(tmp_path):
+def test_int32_bias_fits_after_a_dead_layer(tmp_path):
+    """The second conv's input scale is floored (quantizer's parameters) so its bias fits int32: no clipping."""
+    import warnings
+
+    from slimkit.converter import verify
+
     model = _dead_first_layer()
     with torch.no_grad():
-        model[2].bias.fill_(0.5)
+        model[2].bias.fill_(50.0)
     model, x = quantize(model, (3, 6, 6))
+    path = tmp_path / "bias.tflite"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TFLiteConverter(model, x, path).convert()
+    assert verify(model, x, path).max_abs_error == 0.0
+
+
+def test_int32_bias_overflow_warns(tmp_path):
+    """Without 'input' in quant_types the layer's input grid is its producer's (no floor there): the converter clips
+    the bias to int32 and says so."""
+    model = _dead_first_layer()
+    with torch.no_grad():
+        model[2].bias.fill_(50.0)
+    model, x = quantize(model, (3, 6, 6), [{"quant_types": ["weight", "output"], "op_types": ["default"]}])
     with pytest.warns(RuntimeWarning, match=r"CONV_2D at 2: bias / \(input scale x weight scale\) exceeds"):
         TFLiteConverter(model, x, tmp_path / "bias.tflite").convert()
 

@@ -187,3 +187,48 @@ def test_folded_weight_scales_are_the_quantizers(tmp_path):
     assert len(file_scales) == 3
     for scales in expected:
         assert any(got.shape == scales.shape and np.array_equal(got, scales) for got in file_scales)
+
+
+class InPlaceResidual(nn.Module):
+    """A residual block written as Hugging Face's ResNet writes it (``hidden_state += residual``), or with another
+    in-place form of add / subtract / multiply."""
+
+    def __init__(self, style: str):
+        super().__init__()
+        self.style = style
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.shortcut = nn.Conv2d(8, 8, 1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        hidden, residual = self.branch(x), self.shortcut(x)
+        if self.style == "+=":
+            hidden += residual
+        elif self.style == "add_":
+            hidden.add_(residual)  # return value dropped: ``hidden`` itself must hold the ADD's output
+        elif self.style == "-=":
+            hidden -= residual
+        else:
+            hidden *= residual
+        return self.act(hidden)
+
+
+@pytest.mark.parametrize("style", ["+=", "add_", "-=", "*="])
+def test_in_place_ops_are_emulated_from_their_inputs(tmp_path, style):
+    """The emulation computes an in-place add / sub / mul from its inputs as they were before the op overwrote one."""
+    model, x, quantizer = quantize_with(settle_bn(InPlaceResidual(style), (8, 8, 8)), (8, 8, 8))
+    path = tmp_path / "inplace.tflite"
+    TFLiteConverter(model, x, path).convert()
+    torch.manual_seed(4)
+    assert_bit_exact(model, quantizer, path, [x] + [torch.randn(1, 8, 8, 8) * 2 for _ in range(3)])
+
+
+def test_in_place_ops_train_under_qat():
+    from slimkit.algorithms.quantization import QATQuantizer
+
+    torch.manual_seed(0)
+    model, x = InPlaceResidual("*="), torch.randn(2, 8, 8, 8)
+    QATQuantizer(model, WHOLE_GRAPH, dummy_input=x[:1]).compress()
+    model.train()
+    model(x).sum().backward()  # the in-place product's input is kept for its gradient, not overwritten
+    assert model.shortcut.module.weight.grad.abs().sum() > 0 and model.branch[0].module.weight.grad is not None

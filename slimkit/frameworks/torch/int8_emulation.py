@@ -15,7 +15,10 @@ default CPU path) computes:
 - add / subtract: XNNPACK's fixed-point form (per-input multipliers of 21-22 bits, one arithmetic shift);
 - multiply: the integer product times ``float32(float32(a_scale * b_scale) / output_scale)``;
 - mean over whole axes (global average pooling): the int32 sum times
-  ``float32(input_scale / (output_scale * count))``, rounded half to even.
+  ``float32(input_scale / (output_scale * count))``, rounded half to even;
+- a layer input quantized with other parameters than the tensor that feeds it (NNI-style ``'input'`` and
+  ``'output'`` grids on neighbouring layers: an int8 -> int8 QUANTIZE in the file): XNNPACK's requantization with an
+  8-bit fixed-point multiplier, which differs from exact rounding by up to half a step at the ends of the range.
 
 An add or multiply followed by a ReLU is one kernel with the activation's output parameters, as in the file.
 Every other quantized op already gives the kernel's integers (reshapes, pooling by max, concatenation
@@ -52,6 +55,19 @@ transposed convolutions) run in float between a DEQUANTIZE and a QUANTIZE in the
 computes them, so the emulation leaves them to it."""
 
 
+EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "MEAN", "QUANTIZE"})
+"""int8 ops of a file whose arithmetic the emulation computes (MEAN over whole axes; QUANTIZE int8 -> int8 where
+XNNPACK takes it)."""
+
+EXACT_OPS = frozenset({"DEQUANTIZE", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "CONCATENATION", "PAD", "PADV2",
+                       "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "EXPAND_DIMS", "PACK", "UNPACK",
+                       "GATHER", "TILE", "BROADCAST_TO", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM",
+                       "REDUCE_MAX", "REDUCE_MIN"})
+"""int8 ops that only move or select integers (same parameters in and out): the fake-quant model already gives
+their values. Every other int8 op of a file (SOFTMAX, LOGISTIC, TANH, HARD_SWISH, AVERAGE_POOL_2D, RESIZE_BILINEAR,
+BATCH_MATMUL, ...) runs as fake quantization under the emulation: within about a step of the file, not exact."""
+
+
 def _f32(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).astype(np.float32)
 
@@ -78,6 +94,25 @@ def requantize(acc: torch.Tensor, multiplier: torch.Tensor, params: QParams) -> 
     q = torch.round(acc.float() * multiplier.float()) + zero_point
     q = torch.clamp(q, params.qmin, params.qmax)
     return (q - zero_point) * torch.tensor(scale)
+
+
+def convert(x: torch.Tensor, source: QParams, target: QParams | None) -> torch.Tensor | None:
+    """``x`` (on the grid of ``source``) requantized to the grid of ``target`` as XNNPACK's int8 -> int8 QUANTIZE
+    (its ``convert`` kernel): ``(q - zero_in) * m`` with the 8-bit fixed-point multiplier
+    ``m = round(256 * float32(in_scale / out_scale))``, plus 128, shifted right by 8 (round half up), plus the output
+    zero point, clamped. None where the file holds no such op (same grids) or XNNPACK does not take it (the ratio
+    outside [2**-8, 2**7]: LiteRT's own kernel, left to fake quantization)."""
+    if target is None:
+        return None
+    in_scale, in_zero = _per_tensor(source, "a requantized tensor")
+    out_scale, out_zero = _per_tensor(target, "a requantized tensor")
+    ratio = np.float32(in_scale / out_scale)
+    if (in_scale == out_scale and in_zero == out_zero) or not 2.0 ** -8 <= ratio < 2.0 ** 7:
+        return None
+    multiplier = int(np.rint(np.float32(256.0) * ratio))
+    q = grid_integers(x, source).long()
+    out = torch.clamp(((q * multiplier + 128) >> 8) + out_zero, target.qmin, target.qmax)
+    return ((out - out_zero).float() * torch.tensor(out_scale)).to(x.dtype)
 
 
 def kernel(run: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: dict[str, QParams],

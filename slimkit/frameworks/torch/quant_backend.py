@@ -177,12 +177,22 @@ class QuantWrapper(CompressionWrapper):
                 # the whole-graph function mode ignores every call made inside a wrapped layer: switching it
                 # off here saves its Python round trip on the ~80 tensor calls of each quantized layer
                 with _no_function_mode():
-                    return self._forward(quantizer, layer, call, args, kwargs)
+                    return self._forward(quantizer, layer, call, args, kwargs, params)
+            return self._forward(quantizer, layer, call, args, kwargs, params)
         return self._forward(quantizer, layer, call, args, kwargs)
 
-    def _forward(self, quantizer: Any, layer: Any, call: int, args: tuple, kwargs: dict) -> Any:
+    def _forward(self, quantizer: Any, layer: Any, call: int, args: tuple, kwargs: dict, source: Any = None) -> Any:
+        """``source``: the grid ``args[0]`` lies on (whole-graph mode), None if not known."""
         bn = self._ref.bn
+        incoming = args[0] if args else None
         args = quantizer.forward_input(layer, args, call)
+        if source is not None and quantizer.integer_arithmetic is not None and \
+                quantizer.quantizes(layer, QuantType.QUANT_INPUT):
+            # the file requantizes the incoming int8 tensor (QUANTIZE int8 -> int8): the kernel's own rounding
+            converted = int8_emulation.convert(incoming, source, quantizer.params[layer.name].get(
+                quantizer._key("input", call)))
+            if converted is not None:
+                args = (converted, *args[1:])
         if quantizer.integer_arithmetic is not None and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) and \
                 isinstance(self.module, int8_emulation.INTEGER_LAYERS):
             return self._forward_integer(quantizer, layer, args, call)
@@ -402,6 +412,15 @@ class TorchQuantBackend:
         if bn is not None:
             weight = weight * channel_view(bn_factor(bn).detach(), weight.dim(), 0)
         return weight
+
+    def effective_bias(self, layer: Any) -> Any:
+        """The bias the int8 kernel adds (BN-folded when a BN is folded in), a float64 numpy array; None without one."""
+        wrapper = layer.wrapper
+        bias = wrapper.effective_parameters().get("bias", layer.module.bias)
+        bn = wrapper._ref.bn
+        if bn is not None:
+            bias = folded_parameters(layer.module.weight, bias, bn)[1]
+        return None if bias is None else bias.detach().double().cpu().numpy()
 
     def layer_extras(self, layer: Any, quantizer: Any) -> dict[str, Any]:
         plan = quantizer.graph_plan

@@ -10,7 +10,9 @@ hooks) and fake-quantizes the output of the calls the plan lists. The mode is sw
 whose subtree holds no planned tensor runs (a fused conv/BN/ReLU block, an inverted residual's branch): there
 it would only count calls.
 
-Calls made by wrapped layers and by the quantizer itself are not counted.
+An in-place op (``x += y``, ``x.add_(y)``) runs as its out-of-place twin on the inputs as they were, and the
+(fake-quantized or integer-emulated) result is copied into ``x``. Calls made by wrapped layers and by the quantizer
+itself are not counted.
 """
 
 from __future__ import annotations
@@ -33,8 +35,18 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        return self.runtime.on_call(func, args, out, kwargs)
+        functional = self.runtime.out_of_place(func)
+        if functional is None or not args or not isinstance(args[0], torch.Tensor) or \
+                not args[0].is_floating_point() or torch.compiler.is_exporting():
+            return self.runtime.on_call(func, args, func(*args, **kwargs), kwargs)
+        # ``x += y`` / ``x.add_(y)``: computed as ``x + y`` from the inputs as they were, the (fake-quantized or
+        # emulated) result then written into ``x``, so that ``x`` holds what the file's ADD outputs
+        target = args[0]
+        if target.requires_grad and torch.is_grad_enabled():  # autograd may keep the input; the copy overwrites it
+            args = (self.runtime.alias(target.clone(), target), *args[1:])
+        result = self.runtime.on_call(functional, args, functional(*args, **kwargs), kwargs)
+        target.copy_(result)
+        return self.runtime.alias(target, result)
 
 
 class GraphRuntime:
@@ -50,6 +62,7 @@ class GraphRuntime:
         self.handles: list[Any] = []
         self.seen: set[str] = set()
         self.names: dict[Any, str] = {}  # torch function -> function_name(), computed once per function
+        self.functional: dict[Any, Any] = {}  # torch function -> its out-of-place twin (None: not in place)
         self.silenced = 0  # depth in ``stack`` of the module the mode was switched off for (0: none)
 
     def __deepcopy__(self, memo: dict) -> GraphRuntime:
@@ -136,6 +149,23 @@ class GraphRuntime:
     def _layer_tensor(self, tensor: Any, layer_name: str, key: str) -> None:
         if isinstance(tensor, torch.Tensor) and self.stack:
             self.tensors[id(tensor)] = (tensor, self.quantizer.params[layer_name].get(key))
+
+    def out_of_place(self, func: Any) -> Any:
+        """The out-of-place twin of an in-place op the plan knows (``Tensor.add_`` -> ``Tensor.add``), else None."""
+        if func in self.functional:
+            return self.functional[func]
+        name = getattr(func, "__name__", "")
+        twin = None
+        if name.endswith("_") and not name.startswith("_") and OP_KINDS.get(name[:-1]) is not None:
+            owner = torch.Tensor if getattr(torch.Tensor, name, None) is func else torch
+            twin = getattr(owner, name[:-1], None) if getattr(owner, name, None) is func else None
+        self.functional[func] = twin
+        return twin
+
+    def alias(self, copy: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+        """``copy`` of ``tensor``, known to carry the same quantization parameters."""
+        self.tensors[id(copy)] = (copy, self.params_of(tensor))
+        return copy
 
     def params_of(self, tensor: Any) -> Any:
         entry = self.tensors.get(id(tensor))
