@@ -50,7 +50,7 @@ def run_tflite(tflite_path, inputs, num_threads: int = 1):
     interp = Interpreter(model_path=str(tflite_path), num_threads=num_threads)
     interp.allocate_tensors()
     for detail, x in zip(interp.get_input_details(), inputs):
-        interp.set_tensor(detail["index"], np.ascontiguousarray(x).astype(detail["dtype"]))
+        interp.set_tensor(detail["index"], np.asarray(x, order="C").astype(detail["dtype"]))  # keeps 0-d
     interp.invoke()
     return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
 

@@ -6,14 +6,17 @@ modules (or a new module imported here) plus a test.
 
 from slimkit.converter.ops import (  # noqa: F401
     activation,
+    bitwise,
     conv,
     elementwise,
     linear,
+    math,
     norm,
     pool,
     quantize,
     reduce,
     resize,
     rnn,
+    scan,
     shape,
 )
