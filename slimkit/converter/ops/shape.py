@@ -186,14 +186,16 @@ def index(ctx, node, a):
     if "indices" in a:
         picks = [(i, v) for i, v in enumerate(a["indices"]) if v is not None]
         if len(picks) != 1:
-            ctx.fail("only indexing with one index tensor is supported")
+            from slimkit.converter.ops.indexing import index_tensors
+
+            return index_tensors(ctx, node, x, list(a["indices"]))
         dim, idx = picks[0]
     else:
         dim, idx = norm_dim(a["dim"], x.rank), a["index"]
     if isinstance(idx, torch.Tensor):
         if idx.dtype == torch.bool:
             idx = idx.nonzero().reshape(-1)
-        idx = ctx.const(idx.detach().cpu().numpy().astype(np.int32))
+        idx = ctx.const(np.remainder(idx.detach().cpu().numpy(), x.shape[dim]).astype(np.int32))  # -1: the last
     elif idx.rank != 1:
         ctx.fail("only 1-D index tensors are supported")
     out_shape = tuple(node.meta["val"].shape)
