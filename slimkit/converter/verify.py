@@ -65,8 +65,10 @@ def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterO
     own arithmetic, which a correct int8 file matches exactly (the plain fake-quant model differs by a step
     wherever it resolves a rounding tie differently).
     """
+    from slimkit.converter.convert import as_module
     from slimkit.frameworks.torch.quant_backend import emulable_quantizer
 
+    model = as_module(model)
     options = options or ConverterOptions.from_kwargs(**kwargs)
     inputs = tuple(dummy_input) if isinstance(dummy_input, (list, tuple)) else (dummy_input,)
     quantizer = emulable_quantizer(model) if emulate_integer else None

@@ -122,9 +122,11 @@ def chunk(ctx, node, a):
     return _split(ctx, node, a["self"], [int(v.shape[a["dim"]]) for v in node.meta["val"]], a["dim"])
 
 
-@register("aten.unbind.int", emits=("UNPACK",))
+@register("aten.unbind.int", emits=("UNPACK", "STRIDED_SLICE"))
 def unbind(ctx, node, a):
     x, dim = a["self"], norm_dim(a["dim"], a["self"].rank)
+    if x.dtype == "int64":  # UNPACK has no int64 kernel
+        return tuple(strided_slice(ctx, x, dim, i, i + 1, 1, shrink=True) for i in range(x.shape[dim]))
     perm = _drop_axis(x.order, dim)
     shape = tuple(s for i, s in enumerate(x.shape) if i != dim)
     outs = [ctx.tensor(shape, x.dtype, perm=perm) for _ in range(x.shape[dim])]
