@@ -36,7 +36,7 @@ PASS_THROUGH = {
 }
 # Nodes that produce nothing on the data path.
 IGNORED = {"aten._assert_tensor_metadata.default", "aten._assert_async.msg",
-           "aten.sym_constrain_range_for_size.default"}
+           "aten.sym_constrain_range_for_size.default", "aten._assert_scalar.default"}
 
 
 def target_name(node: torch.fx.Node) -> str:
@@ -154,7 +154,8 @@ class Lowering:
             inputs = [a.name for a in node.all_input_nodes]
             if not any(i in dynamic for i in inputs):
                 continue
-            dynamic.add(node.name)
+            if isinstance(node.meta.get("val"), (torch.Tensor, list, tuple)):
+                dynamic.add(node.name)  # a shape read (sym_size) gives a Python int: what uses it is folded
             name = target_name(node)
             if name in CONVERTERS or name in PASS_THROUGH or name in IGNORED or name == "getitem":
                 continue
@@ -228,6 +229,9 @@ class Lowering:
         flat = _flatten(out_node.args[0])
         for i, arg in enumerate(flat):
             value = self.resolve(arg)
+            constant = not isinstance(value, Tensor) or value.is_const
+            if constant and not opts.missing_outputs_as_constants:
+                continue
             if not isinstance(value, Tensor):
                 value = self.as_tensor(value)
             want = layout.channels_last_order(value.rank) if opts.transposes_output(i, value.rank) else None

@@ -84,6 +84,10 @@ CASES = {
                       [randn(1, 8, 3, 5)], {"TRANSPOSE"}),
     "repeat_interleave": (fn(lambda s, x: (torch.repeat_interleave(x, 2), torch.repeat_interleave(x, 3, -1))),
                           [randn(3, 2)], {"BROADCAST_TO"}),
+    "repeat_interleave_tensor": (fn(lambda s, x: (torch.repeat_interleave(x, torch.tensor([3, 1, 2]), 0) * 2,
+                                                  torch.repeat_interleave(x, torch.tensor([2, 1, 0, 1]), -1))),
+                                 [randn(3, 4)], {"GATHER"}),
+    "mish": (fn(lambda s, x: F.mish(x * 10)), [randn(2, 30)], {"TANH"}),
     "broadcast_tensors": (fn(lambda s, x, y: torch.broadcast_tensors(x, y)), [randn(1, 1, 4), randn(3, 4)],
                           {"BROADCAST_TO"}),
     "unfold": (nn.Unfold(3, 2, 1, 2), [randn(1, 2, 9, 8)], {"GATHER_ND"}),
@@ -113,6 +117,58 @@ def test_op_matches_pytorch_on_several_inputs(name, tmp_path):
     for inputs in draws:
         result = verify(model, inputs, path)
         assert result.max_rel_error <= 1e-5, (name, result)
+
+
+class Outputs(nn.Module):
+    """The sequence output and ``h_n`` of a recurrent layer (an unused ``c_n`` keeps the LSTM a sequence op)."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        out, state = self.rnn(x)
+        return out, state[0] if isinstance(state, tuple) else state
+
+
+@pytest.mark.parametrize("rnn, fcs", [(nn.GRU(4, 5, num_layers=2), 2 * (3 + 3 * 2)),
+                                      (nn.LSTM(4, 5, bidirectional=True, batch_first=True), 2 * (4 + 4 * 2))])
+def test_separated_rnn_gate_calc(rnn, fcs, tmp_path):
+    # one FULLY_CONNECTED per gate for the input projection and for each step after the first (3 steps)
+    model, path = Outputs(rnn).eval(), tmp_path / "m.tflite"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 4, generator=g)
+    TFLiteConverter(model, x, path, unroll_rnn=True, separated_rnn_gate_calc=True).convert()
+    codes = op_codes(path)
+    assert codes.count("FULLY_CONNECTED") == fcs and "SPLIT" not in codes
+    for inputs in (x, torch.randn(3, 3, 4, generator=g)):
+        assert verify(model, inputs, path, unroll_rnn=True).max_rel_error <= 1e-5
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_map_bilstm_to_lstm(batch_first, tmp_path):
+    model = Outputs(nn.LSTM(4, 5, num_layers=2, bidirectional=True, batch_first=batch_first)).eval()
+    path = tmp_path / "m.tflite"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, generator=g)
+    TFLiteConverter(model, x, path, map_bilstm_to_lstm=True).convert()
+    codes = op_codes(path)
+    assert codes.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 4 and "BIDIRECTIONAL_SEQUENCE_LSTM" not in codes
+    assert codes.count("REVERSE_V2") == 4
+    for inputs in (x, torch.randn(2, 3, 4, generator=g)):
+        assert verify(model, inputs, path).max_rel_error <= 1e-5
+
+
+def test_missing_outputs_as_constants(tmp_path):
+    model, x = fn(lambda s, t: (t.relu(), torch.zeros(2, 3))), torch.randn(2, 3)
+    kept, dropped = tmp_path / "kept.tflite", tmp_path / "dropped.tflite"
+    TFLiteConverter(model, x, kept).convert()
+    TFLiteConverter(model, x, dropped, missing_outputs_as_constants=False).convert()
+    from slimkit.converter.verify import run_tflite
+
+    outputs = run_tflite(kept, [x.numpy()])
+    assert len(outputs) == 2 and (outputs[1] == 0).all() and outputs[1].shape == (2, 3)
+    assert [o.shape for o in run_tflite(dropped, [x.numpy()])] == [(2, 3)]
 
 
 def test_plain_function_is_converted(tmp_path):

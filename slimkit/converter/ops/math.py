@@ -123,3 +123,13 @@ def max_all(ctx, node, a):
 @register("aten.min.default", emits=("REDUCE_MIN",))
 def min_all(ctx, node, a):
     return reduce(ctx, "REDUCE_MIN", a["self"], None, False)
+
+
+@register("aten.mish.default", "aten.mish_.default", emits=("EXP", "ADD", "LOG", "GREATER", "SELECT_V2", "TANH",
+                                                            "MUL"))
+def mish(ctx, node, a):
+    from slimkit.converter.ops.activation import softplus
+
+    x = a["self"]
+    smooth = softplus(ctx, node, {"self": x, "beta": 1.0, "threshold": 20.0})  # PyTorch's mish uses these
+    return binary(ctx, "MUL", x, unary(ctx, "TANH", smooth), FusedActivationFunction=0)

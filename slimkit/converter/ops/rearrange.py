@@ -5,6 +5,7 @@ constant coordinates)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from slimkit.converter import layout
 from slimkit.converter.ops.common import norm_dim
@@ -41,6 +42,28 @@ def repeat_interleave(ctx, node, a):
     spread = reshape_to(ctx, x, x.shape[:dim + 1] + (1,) + x.shape[dim + 1:])
     tiled = broadcast_to(ctx, spread, x.shape[:dim + 1] + (repeats,) + x.shape[dim + 1:])
     return reshape_to(ctx, tiled, tuple(node.meta["val"].shape))
+
+
+@register("aten.repeat_interleave.self_Tensor", emits=("GATHER",))
+def repeat_interleave_tensor(ctx, node, a):
+    x, repeats = a["self"], a["repeats"]
+    if not isinstance(repeats, torch.Tensor):
+        ctx.fail("repeat counts computed from the inputs give a data-dependent shape; pass constant repeats")
+    if a["dim"] is None:
+        x, dim = reshape_to(ctx, x, (int(np.prod(x.shape)),)), 0
+    else:
+        dim = norm_dim(a["dim"], x.rank)
+    counts = np.broadcast_to(repeats.detach().cpu().numpy(), (x.shape[dim],))
+    index = np.repeat(np.arange(x.shape[dim]), counts).astype(np.int32)
+    out = ctx.tensor(tuple(index.size if i == dim else s for i, s in enumerate(x.shape)), x.dtype, perm=x.perm)
+    ctx.emit("GATHER", [x, ctx.const(index)], [out], Axis=x.order.index(dim), BatchDims=0)
+    return out
+
+
+@register("aten.sym_size.int", emits=())
+def sym_size(ctx, node, a):
+    """A shape read in a graph with a data-dependent size (repeat_interleave): the size the file holds."""
+    return int(a["self"].shape[norm_dim(a["dim"], a["self"].rank)])
 
 
 @register("aten.broadcast_tensors.default", emits=("BROADCAST_TO",))
