@@ -44,22 +44,28 @@ def broadcast_to(ctx, x: Tensor, shape) -> Tensor:
     return out
 
 
+def wrapped(ctx, index: Tensor, size: int) -> Tensor:
+    """An index activation as int32 in ``[0, size)``: negative entries count from the end, as in PyTorch."""
+    index = cast(ctx, ctx.layout(index, layout.identity(index.rank)), "int32")
+    return binary(ctx, "FLOOR_MOD", index, size)
+
+
 def coordinates(ctx, indices, sizes) -> Tensor:
     """int32 coordinates ``[*broadcast shape, len(indices)]`` of index tensors into axes of ``sizes``."""
     bshape = tuple(np.broadcast_shapes(*(_shape(v) for v in indices)))
     arrays = [_array(v) for v in indices]
     if all(a is not None for a in arrays):
-        wrapped = [np.broadcast_to(np.where(a < 0, a + n, a), bshape) for a, n in zip(arrays, sizes)]
-        return ctx.const(np.stack(wrapped, -1).astype(np.int32))
+        arrays = [np.broadcast_to(np.where(a < 0, a + n, a), bshape) for a, n in zip(arrays, sizes)]
+        return ctx.const(np.stack(arrays, -1).astype(np.int32))
     parts = []
     for v, a, n in zip(indices, arrays, sizes):
         if a is not None:
             part = ctx.const(np.broadcast_to(np.where(a < 0, a + n, a), bshape)[..., None].astype(np.int32))
         else:
-            v = cast(ctx, ctx.layout(v, layout.identity(v.rank)), "int32")
-            v = binary(ctx, "FLOOR_MOD", v, n)
-            part = reshape_to(ctx, broadcast_to(ctx, v, bshape), bshape + (1,))
+            part = reshape_to(ctx, broadcast_to(ctx, wrapped(ctx, v, n), bshape), bshape + (1,))
         parts.append(part)
+    if len(parts) == 1:
+        return parts[0]
     out = ctx.tensor(bshape + (len(parts),), "int32")
     ctx.emit("CONCATENATION", parts, [out], Axis=len(bshape), FusedActivationFunction=0)
     return out

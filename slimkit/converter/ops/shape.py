@@ -182,14 +182,14 @@ def select(ctx, node, a):
     return strided_slice(ctx, x, dim, index, index + 1, 1, shrink=True)
 
 
-@register("aten.index.Tensor", "aten.index_select.default", emits=("GATHER",))
+@register("aten.index.Tensor", "aten.index_select.default", emits=("GATHER", "GATHER_ND", "CAST", "FLOOR_MOD"))
 def index(ctx, node, a):
+    from slimkit.converter.ops.indexing import index_tensors, wrapped
+
     x = a["self"]
     if "indices" in a:
         picks = [(i, v) for i, v in enumerate(a["indices"]) if v is not None]
-        if len(picks) != 1:
-            from slimkit.converter.ops.indexing import index_tensors
-
+        if len(picks) != 1 or not (isinstance(picks[0][1], torch.Tensor) or picks[0][1].rank == 1):
             return index_tensors(ctx, node, x, list(a["indices"]))
         dim, idx = picks[0]
     else:
@@ -198,8 +198,8 @@ def index(ctx, node, a):
         if idx.dtype == torch.bool:
             idx = idx.nonzero().reshape(-1)
         idx = ctx.const(np.remainder(idx.detach().cpu().numpy(), x.shape[dim]).astype(np.int32))  # -1: the last
-    elif idx.rank != 1:
-        ctx.fail("only 1-D index tensors are supported")
+    else:
+        idx = wrapped(ctx, idx, x.shape[dim])
     out_shape = tuple(node.meta["val"].shape)
     if len(out_shape) != x.rank:
         ctx.fail("only 1-D index tensors are supported")
