@@ -41,11 +41,13 @@ B1, B2 = torch.randn(4, 3, 4), torch.randn(4, 4, 5)
 
 # name: (model, input makers, TFLite ops the file must hold)
 CASES = {
-    "sign": (fn(lambda s, x: torch.sign(x)), [randn(2, 3, 5)], {"SIGN"}),
+    "sign": (fn(lambda s, x, i: (torch.sign(x), torch.sign(i))), [randn(2, 3, 5), lambda g: torch.randint(
+        -2 ** 40, 2 ** 40, (7,), generator=g) * torch.tensor([1, 0, 1, 1, 1, 1, 1])], {"SIGN", "LESS"}),
     "round": (fn(lambda s, x: torch.round(x * 4)), [randn(2, 3, 5)], {"ROUND"}),
     "floor_divide": (fn(lambda s, x, y: (torch.floor_divide(x, 4), torch.floor_divide(x, y))),
                      [randint(-50, 50, 3, 4), randint(1, 7, 4)], {"FLOOR_DIV"}),
-    "remainder": (fn(lambda s, x: torch.remainder(x, 1.5)), [randn(3, 4)], {"FLOOR_MOD"}),
+    "remainder": (fn(lambda s, x, i: (torch.remainder(x, 1.5), torch.remainder(i, 2 ** 33 + 1))),
+                  [randn(3, 4), randint(-2 ** 40, 2 ** 40, 5)], {"FLOOR_MOD"}),
     "pow_tensor": (fn(lambda s, x, e: torch.pow(x.abs() + 0.5, e)), [randn(3, 4), randint(0, 4, 4)], {"POW"}),
     "greater_aliases": (fn(lambda s, x, y: (torch.greater(x, y), torch.less_equal(x, 0.3), torch.not_equal(x, y))),
                         [randn(3, 4), randint(-1, 2, 3, 4)], {"GREATER", "LESS_EQUAL", "NOT_EQUAL"}),

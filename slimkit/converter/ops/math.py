@@ -12,13 +12,23 @@ from slimkit.converter.ops.reduce import reduce
 from slimkit.converter.ops.shape import _split
 from slimkit.converter.registry import register
 
-# LiteRT kernels' integer types: int64 goes through int32 (exact while the values fit in int32)
-_INT32_ONLY = {"FLOOR_DIV", "FLOOR_MOD", "SIGN"}
+# LiteRT's FLOOR_DIV has no int64 kernel: int64 goes through int32 (exact while the values fit in int32)
+_INT32_ONLY = {"FLOOR_DIV"}
 
 
-@register("aten.sign.default", emits=("SIGN",))
+@register("aten.sign.default", emits=("SIGN", "GREATER", "LESS", "CAST", "SUB"))
 def sign(ctx, node, a):
-    return unary(ctx, "SIGN", a["self"])
+    x = a["self"]
+    if x.dtype in ("float32", "int32"):
+        return unary(ctx, "SIGN", x)
+    # SIGN has no kernel for other integer types: (x > 0) - (x < 0)
+    positive, negative = (cast(ctx, _bool(binary(ctx, code, x, 0)), x.dtype) for code in ("GREATER", "LESS"))
+    return binary(ctx, "SUB", positive, negative, FusedActivationFunction=0)
+
+
+def _bool(t):
+    t.dtype = "bool"
+    return t
 
 
 @register("aten.round.default", emits=("ROUND",))
