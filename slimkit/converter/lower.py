@@ -15,6 +15,7 @@ import torch
 
 from slimkit.converter import layout
 from slimkit.converter.ir import Graph, Op, Tensor
+from slimkit.converter.ops.dtypes import TORCH_NAMES
 from slimkit.converter.ops.quantize import FAKE_QUANT, record_folded
 from slimkit.converter.options import ConverterOptions
 from slimkit.converter.quant import QuantTable
@@ -23,10 +24,6 @@ from slimkit.errors import UnsupportedOpError
 
 DOCS = "docs/converter.md"
 
-_DTYPES = {
-    torch.float32: "float32", torch.float16: "float16", torch.int64: "int64", torch.int32: "int32",
-    torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool", torch.float64: "float32",
-}
 
 # Pure aliases: the output is the input.
 PASS_THROUGH = {
@@ -118,7 +115,7 @@ class Lowering:
         val = (node or self.node).meta["val"]
         if index is not None:
             val = val[index]
-        return self.tensor(tuple(val.shape), _DTYPES.get(val.dtype, "float32"), perm)
+        return self.tensor(tuple(val.shape), TORCH_NAMES.get(val.dtype, "float32"), perm)
 
     # ---- arguments ------------------------------------------------------------------------
     def resolve(self, arg):
@@ -183,7 +180,7 @@ class Lowering:
             if not isinstance(val, torch.Tensor):
                 raise UnsupportedOpError(f"Expected tensor model inputs. Received: input {i} = {type(val).__name__}")
             perm = layout.channels_last_order(val.dim()) if opts.transposes_input(i, val.dim()) else None
-            t = Tensor(self.unique(node.name), tuple(val.shape), _DTYPES.get(val.dtype, "float32"), perm=perm)
+            t = Tensor(self.unique(node.name), tuple(val.shape), TORCH_NAMES.get(val.dtype, "float32"), perm=perm)
             self.values[node.name] = t
             self.graph.inputs.append(t)
 

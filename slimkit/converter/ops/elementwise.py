@@ -265,17 +265,9 @@ def where(ctx, node, a):
     return out
 
 
-_TORCH_TYPES = {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32", torch.bool: "bool",
-                torch.float16: "float16", torch.int8: "int8", torch.uint8: "uint8"}
 
 
 @register("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.type_as.default",
           emits=("CAST",))
 def to_dtype(ctx, node, a):
-    x = a["self"]
-    dtype = _TORCH_TYPES.get(node.meta["val"].dtype, "float32")
-    if dtype == x.dtype:
-        return x
-    out = ctx.tensor(x.shape, dtype, perm=x.perm)
-    ctx.emit("CAST", [x], [out])
-    return out
+    return cast(ctx, a["self"], out_dtype(node))
