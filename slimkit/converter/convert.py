@@ -19,7 +19,15 @@ from slimkit.utils import atomic_path
 
 
 class FunctionModule(torch.nn.Module):
-    """A plain function ``fn(*tensors)`` as a parameterless module (tensors it closes over become constants)."""
+    """A plain function ``fn(*tensors)`` as a parameterless module (tensors it closes over become constants).
+
+    Example:
+
+    >>> import torch
+    >>> from slimkit.converter.convert import FunctionModule
+    >>> FunctionModule(lambda x: x * 2)(torch.ones(2)).tolist()
+    [2.0, 2.0]
+    """
 
     def __init__(self, fn):
         super().__init__()
