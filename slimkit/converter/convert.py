@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,15 +16,50 @@ from slimkit.converter.options import ConverterOptions
 from slimkit.converter.passes import run_passes
 from slimkit.converter.validate import validate_file
 from slimkit.converter.writer import serialize
+from slimkit.errors import UnsupportedModelError
 from slimkit.frameworks.torch.graph import capture_graph
 from slimkit.utils import atomic_path
+
+
+class FunctionModule(torch.nn.Module):
+    """A plain function ``fn(*tensors)`` as a parameterless module (tensors it closes over become constants).
+
+    Example:
+
+    >>> import torch
+    >>> from slimkit.converter.convert import FunctionModule
+    >>> FunctionModule(lambda x: x * 2)(torch.ones(2)).tolist()
+    [2.0, 2.0]
+    """
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
+
+
+def as_module(model) -> torch.nn.Module:
+    """``model`` itself if it is a module, a :class:`FunctionModule` around a plain callable.
+
+    Raises:
+        UnsupportedModelError: ``model`` is neither.
+    """
+    if isinstance(model, torch.nn.Module):
+        return model
+    if callable(model):
+        return FunctionModule(model)
+    raise UnsupportedModelError("Expected a torch.nn.Module or a callable taking tensors. "
+                                f"Received: model of type {type(model).__name__}")
 
 
 class TFLiteConverter:
     """Convert a PyTorch model to a TFLite flatbuffer, without TensorFlow.
 
     Args:
-        model: a ``torch.nn.Module`` (captured in eval mode with ``torch.export``).
+        model: a ``torch.nn.Module`` (captured in eval mode with ``torch.export``), or a plain function of
+            tensors (wrapped in a module).
         dummy_input: a tensor or a tuple of tensors the model accepts.
         tflite_path: where to write the ``.tflite`` file (written atomically).
         options: a :class:`ConverterOptions`; or pass its fields as keywords
@@ -46,11 +82,11 @@ class TFLiteConverter:
     True
     """
 
-    def __init__(self, model: torch.nn.Module, dummy_input: Any, tflite_path: str | os.PathLike,
+    def __init__(self, model: torch.nn.Module | Callable, dummy_input: Any, tflite_path: str | os.PathLike,
                  options: ConverterOptions | None = None, **kwargs):
         if options is not None and kwargs:
             raise TypeError("Expected either options= or option keywords, not both.")
-        self.model = model
+        self.model = as_module(model)
         self.dummy_input = tuple(dummy_input) if isinstance(dummy_input, (list, tuple)) else (dummy_input,)
         self.tflite_path = os.fspath(tflite_path)
         self.options = options if options is not None else ConverterOptions.from_kwargs(**kwargs)

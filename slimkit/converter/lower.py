@@ -15,6 +15,7 @@ import torch
 
 from slimkit.converter import layout
 from slimkit.converter.ir import Graph, Op, Tensor
+from slimkit.converter.ops.dtypes import TORCH_NAMES
 from slimkit.converter.ops.quantize import FAKE_QUANT, record_folded
 from slimkit.converter.options import ConverterOptions
 from slimkit.converter.quant import QuantTable
@@ -23,10 +24,6 @@ from slimkit.errors import UnsupportedOpError
 
 DOCS = "docs/converter.md"
 
-_DTYPES = {
-    torch.float32: "float32", torch.float16: "float16", torch.int64: "int64", torch.int32: "int32",
-    torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool", torch.float64: "float32",
-}
 
 # Pure aliases: the output is the input.
 PASS_THROUGH = {
@@ -36,7 +33,7 @@ PASS_THROUGH = {
 }
 # Nodes that produce nothing on the data path.
 IGNORED = {"aten._assert_tensor_metadata.default", "aten._assert_async.msg",
-           "aten.sym_constrain_range_for_size.default"}
+           "aten.sym_constrain_range_for_size.default", "aten._assert_scalar.default"}
 
 
 def target_name(node: torch.fx.Node) -> str:
@@ -118,7 +115,7 @@ class Lowering:
         val = (node or self.node).meta["val"]
         if index is not None:
             val = val[index]
-        return self.tensor(tuple(val.shape), _DTYPES.get(val.dtype, "float32"), perm)
+        return self.tensor(tuple(val.shape), TORCH_NAMES.get(val.dtype, "float32"), perm)
 
     # ---- arguments ------------------------------------------------------------------------
     def resolve(self, arg):
@@ -154,7 +151,8 @@ class Lowering:
             inputs = [a.name for a in node.all_input_nodes]
             if not any(i in dynamic for i in inputs):
                 continue
-            dynamic.add(node.name)
+            if isinstance(node.meta.get("val"), (torch.Tensor, list, tuple)):
+                dynamic.add(node.name)  # a shape read (sym_size) gives a Python int: what uses it is folded
             name = target_name(node)
             if name in CONVERTERS or name in PASS_THROUGH or name in IGNORED or name == "getitem":
                 continue
@@ -182,7 +180,7 @@ class Lowering:
             if not isinstance(val, torch.Tensor):
                 raise UnsupportedOpError(f"Expected tensor model inputs. Received: input {i} = {type(val).__name__}")
             perm = layout.channels_last_order(val.dim()) if opts.transposes_input(i, val.dim()) else None
-            t = Tensor(self.unique(node.name), tuple(val.shape), _DTYPES.get(val.dtype, "float32"), perm=perm)
+            t = Tensor(self.unique(node.name), tuple(val.shape), TORCH_NAMES.get(val.dtype, "float32"), perm=perm)
             self.values[node.name] = t
             self.graph.inputs.append(t)
 
@@ -228,6 +226,9 @@ class Lowering:
         flat = _flatten(out_node.args[0])
         for i, arg in enumerate(flat):
             value = self.resolve(arg)
+            constant = not isinstance(value, Tensor) or value.is_const
+            if constant and not opts.missing_outputs_as_constants:
+                continue
             if not isinstance(value, Tensor):
                 value = self.as_tensor(value)
             want = layout.channels_last_order(value.rank) if opts.transposes_output(i, value.rank) else None

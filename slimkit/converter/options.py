@@ -39,6 +39,12 @@ class ConverterOptions:
         quantized_input_stats: ``[(mean, std), ...]`` per input: that input becomes int8 (uint8 when
             mean > 127, or ``quantize_io='uint8'``) with ``real = (q - mean) / std``: the input
             normalisation is folded into the model's first QUANTIZE (a DEQUANTIZE for float models).
+        separated_rnn_gate_calc: with ``unroll_rnn``, one FULLY_CONNECTED per gate instead of one per
+            projection followed by a SPLIT (TinyNN's option).
+        map_bilstm_to_lstm: write a bidirectional LSTM as two UNIDIRECTIONAL_SEQUENCE_LSTM (the backward one
+            between REVERSE_V2 ops) and a CONCATENATION instead of BIDIRECTIONAL_SEQUENCE_LSTM (TinyNN's option).
+        missing_outputs_as_constants: outputs that do not depend on the inputs are written as constant
+            tensors (True, slimkit's default); False leaves them out of the file (TinyNN's default).
         optimize: 0 = each op lowered on its own (no fusion; quantized models keep QUANTIZE / DEQUANTIZE
             around float kernels); 1 = peephole fusion (BN folding, fused activations, SAME padding,
             transpose-free reshapes) and int8 kernels; 2 (default) = also graph-wide RESHAPE collapsing
@@ -64,6 +70,9 @@ class ConverterOptions:
     optimize: int = 2
     dynamic_batch: bool = False
     validate: bool = True
+    separated_rnn_gate_calc: bool = False
+    map_bilstm_to_lstm: bool = False
+    missing_outputs_as_constants: bool = True
 
     def __post_init__(self):
         if self.quantize_io not in (False, True, "int8", "uint8"):

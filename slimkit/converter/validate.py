@@ -47,9 +47,15 @@ for line in sys.stdin:
     try:
         interpreter = Interpreter(model_path=line.rstrip("\n"))
         interpreter.allocate_tensors()
-        for detail in interpreter.get_input_details():
-            interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-        interpreter.invoke()
+        for fill in (0, 1):  # a kernel may refuse zeros as data (an integer division by an input): then ones
+            for detail in interpreter.get_input_details():
+                interpreter.set_tensor(detail["index"], np.full(detail["shape"], fill, detail["dtype"]))
+            try:
+                interpreter.invoke()
+                break
+            except RuntimeError:
+                if fill:
+                    raise
         for detail in interpreter.get_output_details():
             interpreter.get_tensor(detail["index"])
         reply = {"ok": True}
@@ -112,7 +118,8 @@ _worker = _Worker()
 
 
 def validate_file(path: str | os.PathLike, name: str | os.PathLike | None = None) -> None:
-    """Load ``path`` in LiteRT, allocate its tensors and invoke it once on zeros, in a separate process.
+    """Load ``path`` in LiteRT, allocate its tensors and invoke it once on zeros (on ones where a kernel refuses
+    zeros as data, e.g. an integer division by an input), in a separate process.
 
     Args:
         path: the file to check.

@@ -80,7 +80,7 @@ class _Runner:
             interp.allocate_tensors()
             self.shapes = shapes
         for detail, x in zip(interp.get_input_details(), inputs):
-            interp.set_tensor(detail["index"], np.ascontiguousarray(x).astype(detail["dtype"]))
+            interp.set_tensor(detail["index"], np.asarray(x, order="C").astype(detail["dtype"]))  # keeps 0-d
         interp.invoke()
         return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
 
@@ -163,9 +163,11 @@ def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterO
     >>> result.inputs, result.max_abs_error < 1e-5
     (3, True)
     """
+    from slimkit.converter.convert import as_module
     from slimkit.frameworks.torch import int8_emulation
     from slimkit.frameworks.torch.quant_backend import emulable_quantizer
 
+    model = as_module(model)
     options = options or ConverterOptions.from_kwargs(**kwargs)
     example = tuple(dummy_input) if isinstance(dummy_input, (list, tuple)) else (dummy_input,)
     cases = [example, *_draws(example, draws, seed)]

@@ -34,6 +34,11 @@ OPTIONS = {
     "SELECT_V2": "SelectV2Options", "GREATER": "GreaterOptions", "GREATER_EQUAL": "GreaterEqualOptions",
     "LESS": "LessOptions", "LESS_EQUAL": "LessEqualOptions", "EQUAL": "EqualOptions", "NOT_EQUAL": "NotEqualOptions",
     "COS": "CosOptions", "ARG_MAX": "ArgMaxOptions", "ARG_MIN": "ArgMinOptions",
+    "CUMSUM": "CumsumOptions", "REVERSE_V2": "ReverseV2Options", "TOPK_V2": "TopKV2Options",
+    "FLOOR_DIV": "FloorDivOptions", "FLOOR_MOD": "FloorModOptions", "LOGICAL_AND": "LogicalAndOptions",
+    "LOGICAL_OR": "LogicalOrOptions", "LOGICAL_NOT": "LogicalNotOptions", "BITWISE_XOR": "BitwiseXorOptions",
+    "GATHER_ND": "GatherNdOptions", "SCATTER_ND": "ScatterNdOptions", "CONV_3D": "Conv3DOptions",
+    "CONV_3D_TRANSPOSE": "Conv3DOptions", "REDUCE_PROD": "ReducerOptions", "SIGN": "SignOptions",
 }
 
 TENSOR_TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6, "int16": 7, "int8": 9}

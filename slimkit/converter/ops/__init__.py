@@ -6,14 +6,21 @@ modules (or a new module imported here) plus a test.
 
 from slimkit.converter.ops import (  # noqa: F401
     activation,
+    bitwise,
     conv,
+    conv3d,
     elementwise,
+    groupnorm,
+    indexing,
     linear,
+    math,
     norm,
     pool,
     quantize,
+    rearrange,
     reduce,
     resize,
     rnn,
+    scan,
     shape,
 )

@@ -133,17 +133,35 @@ def conv1d(ctx, node, a):
     return y
 
 
-@register("aten.conv_transpose2d.input", emits=("TRANSPOSE_CONV", "SLICE"))
+@register("aten.conv_transpose2d.input", emits=("TRANSPOSE_CONV", "SLICE", "SPLIT", "CONCATENATION"))
 def conv_transpose2d(ctx, node, a):
     x = ctx.layout(a["input"], NHWC)
     weight = _np(ctx, a["weight"], "weight")  # (in, out/groups, kh, kw)
     bias = _np(ctx, a["bias"], "bias")
-    if int(a["groups"]) != 1 or _pair(a["dilation"]) != (1, 1):
-        ctx.fail("grouped or dilated transposed convolution is not supported")
+    if _pair(a["dilation"]) != (1, 1):
+        ctx.fail("dilated transposed convolution is not supported")
+    groups = int(a["groups"])
     stride, pads, opad = _pair(a["stride"]), _pair(a["padding"]), _pair(a["output_padding"])
+    out_shape = tuple(node.meta["val"].shape)
+    if groups == 1:
+        return _transpose_conv(ctx, node, x, weight, bias, stride, pads, opad, out_shape)
+    # one TRANSPOSE_CONV per group on its slice of the channels, concatenated
+    n, cin, h, w = x.shape
+    parts = [ctx.tensor((n, cin // groups, h, w), perm=NHWC, name=f"{node.name}_g{g}") for g in range(groups)]
+    ctx.emit("SPLIT", [ctx.const(np.array(3, np.int32)), x], parts, NumSplits=groups)
+    step_in, step_out = cin // groups, out_shape[1] // groups
+    outs = [_transpose_conv(ctx, node, part, weight[g * step_in:(g + 1) * step_in],
+                            None if bias is None else bias[g * step_out:(g + 1) * step_out], stride, pads, opad,
+                            (out_shape[0], step_out) + out_shape[2:]) for g, part in enumerate(parts)]
+    out = ctx.tensor(out_shape, perm=NHWC)
+    ctx.emit("CONCATENATION", outs, [out], Axis=3, FusedActivationFunction=0)
+    return out
+
+
+def _transpose_conv(ctx, node, x, weight, bias, stride, pads, opad, out_shape):
+    """One ungrouped TRANSPOSE_CONV of NHWC ``x`` (plus a SLICE for PyTorch's padding)."""
     n, cin, h, w = x.shape
     cout, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
-    out_shape = tuple(node.meta["val"].shape)
     same = all(o == i * s and p == (k - s) // 2 and k >= s
                for o, i, s, p, k in zip(out_shape[2:], (h, w), stride, pads, (kh, kw)))
     full = out_shape if same else (n, cout, (h - 1) * stride[0] + kh, (w - 1) * stride[1] + kw)

@@ -7,6 +7,7 @@ import torch
 
 from slimkit.converter import layout
 from slimkit.converter.ir import Tensor
+from slimkit.converter.ops.dtypes import cast, out_dtype, promoted
 from slimkit.converter.registry import register
 
 _NP = {"float32": np.float32, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
@@ -63,6 +64,11 @@ def binary(ctx, code, a, b, **options):
     return out
 
 
+def typed(ctx, a, dtype):
+    """``a`` (normalised arguments) with ``self`` / ``other`` activations cast to ``dtype`` (PyTorch's promotion)."""
+    return {**a, "self": cast(ctx, a["self"], dtype), "other": cast(ctx, a["other"], dtype)}
+
+
 def _scaled(ctx, b, alpha):
     if alpha in (None, 1):
         return b
@@ -101,6 +107,7 @@ def fold_into_producer(ctx, node, x, value, kind):
 
 @register("aten.add.Tensor", "aten.add.Scalar", "aten.add_.Tensor", emits=("ADD",))
 def add(ctx, node, a):
+    a = typed(ctx, a, out_dtype(node))
     other = _scaled(ctx, a["other"], a.get("alpha"))
     folded = fold_into_producer(ctx, node, a["self"], other, "add")
     if folded is not None:
@@ -110,6 +117,7 @@ def add(ctx, node, a):
 
 @register("aten.sub.Tensor", "aten.sub.Scalar", "aten.sub_.Tensor", emits=("SUB",))
 def sub(ctx, node, a):
+    a = typed(ctx, a, out_dtype(node))
     other = _scaled(ctx, a["other"], a.get("alpha"))
     if not _is_act(other):
         folded = fold_into_producer(ctx, node, a["self"], -_as_array(other, np.float32), "add")
@@ -120,11 +128,13 @@ def sub(ctx, node, a):
 
 @register("aten.rsub.Scalar", "aten.rsub.Tensor", emits=("SUB",))
 def rsub(ctx, node, a):
+    a = typed(ctx, a, out_dtype(node))
     return binary(ctx, "SUB", a["other"], _scaled(ctx, a["self"], a.get("alpha")), FusedActivationFunction=0)
 
 
 @register("aten.mul.Tensor", "aten.mul.Scalar", "aten.mul_.Tensor", emits=("MUL",))
 def mul(ctx, node, a):
+    a = typed(ctx, a, out_dtype(node))
     folded = fold_into_producer(ctx, node, a["self"], a["other"], "mul")
     if folded is not None:
         return folded
@@ -133,6 +143,7 @@ def mul(ctx, node, a):
 
 @register("aten.div.Tensor", "aten.div.Scalar", "aten.div_.Tensor", emits=("DIV", "MUL"))
 def div(ctx, node, a):
+    a = typed(ctx, a, out_dtype(node))
     other = a["other"]
     if not _is_act(other):
         # x / c  ->  x * (1 / c): exact to one rounding, and MUL is faster everywhere
@@ -146,11 +157,13 @@ def div(ctx, node, a):
 
 @register("aten.maximum.default", emits=("MAXIMUM",))
 def maximum(ctx, node, a):
+    a = typed(ctx, a, out_dtype(node))
     return binary(ctx, "MAXIMUM", a["self"], a["other"])
 
 
 @register("aten.minimum.default", emits=("MINIMUM",))
 def minimum(ctx, node, a):
+    a = typed(ctx, a, out_dtype(node))
     return binary(ctx, "MINIMUM", a["self"], a["other"])
 
 
@@ -224,11 +237,16 @@ _COMPARE = {"gt": "GREATER", "ge": "GREATER_EQUAL", "lt": "LESS", "le": "LESS_EQ
             "ne": "NOT_EQUAL"}
 
 
-def _compare(ctx, node, a):
-    name = str(node.target).split(".")[1]
-    out = binary(ctx, _COMPARE[name], a["self"], a["other"])
+def compare(ctx, node, a, code):
+    """``code(self, other)`` (GREATER, ...) on operands promoted as PyTorch does; a bool result."""
+    a = typed(ctx, a, promoted(node))
+    out = binary(ctx, code, a["self"], a["other"])
     out.dtype = "bool"
     return out
+
+
+def _compare(ctx, node, a):
+    return compare(ctx, node, a, _COMPARE[str(node.target).split(".")[1]])
 
 
 for _name in _COMPARE:
@@ -247,17 +265,9 @@ def where(ctx, node, a):
     return out
 
 
-_TORCH_TYPES = {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32", torch.bool: "bool",
-                torch.float16: "float16", torch.int8: "int8", torch.uint8: "uint8"}
 
 
 @register("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.type_as.default",
           emits=("CAST",))
 def to_dtype(ctx, node, a):
-    x = a["self"]
-    dtype = _TORCH_TYPES.get(node.meta["val"].dtype, "float32")
-    if dtype == x.dtype:
-        return x
-    out = ctx.tensor(x.shape, dtype, perm=x.perm)
-    ctx.emit("CAST", [x], [out])
-    return out
+    return cast(ctx, a["self"], out_dtype(node))

@@ -143,7 +143,20 @@ def sdpa(ctx, node, a):
 
 @register("aten.baddbmm.default", emits=("BATCH_MATMUL", "MUL", "ADD"))
 def baddbmm(ctx, node, a):
-    y = batch_matmul(ctx, a["batch1"], a["batch2"], tuple(node.meta["val"].shape))
+    return _beta_alpha(ctx, a, batch_matmul(ctx, a["batch1"], a["batch2"], tuple(node.meta["val"].shape)))
+
+
+@register("aten.addbmm.default", emits=("BATCH_MATMUL", "SUM", "MUL", "ADD"))
+def addbmm(ctx, node, a):
+    from slimkit.converter.ops.reduce import reduce
+
+    b1, b2 = a["batch1"], a["batch2"]
+    products = batch_matmul(ctx, b1, b2, (b1.shape[0], b1.shape[1], b2.shape[2]))
+    return _beta_alpha(ctx, a, reduce(ctx, "SUM", products, [0], False))
+
+
+def _beta_alpha(ctx, a, y):
+    """``beta * self + alpha * y``."""
     if a["alpha"] != 1:
         y = binary(ctx, "MUL", y, float(a["alpha"]), FusedActivationFunction=0)
     bias = a["self"]

@@ -84,9 +84,18 @@ def argmin(ctx, node, a):
     return arg_reduce(ctx, "ARG_MIN", a["self"], a["dim"], a["keepdim"])
 
 
+def _extremum_dim(ctx, node, a, code, arg_code):
+    x, dim, keep = a["self"], norm_dim(a["dim"], a["self"].rank), a["keepdim"]
+    values = reduce(ctx, code, x, [dim], keep)
+    wants_indices = any(u.args[1] == 1 and len(u.users) for u in node.users)
+    return (values, arg_reduce(ctx, arg_code, x, dim, keep) if wants_indices else None)
+
+
 @register("aten.max.dim", emits=("REDUCE_MAX", "ARG_MAX"))
 def max_dim(ctx, node, a):
-    x, dim, keep = a["self"], norm_dim(a["dim"], a["self"].rank), a["keepdim"]
-    values = reduce(ctx, "REDUCE_MAX", x, [dim], keep)
-    wants_indices = any(u.args[1] == 1 and len(u.users) for u in node.users)
-    return (values, arg_reduce(ctx, "ARG_MAX", x, dim, keep) if wants_indices else None)
+    return _extremum_dim(ctx, node, a, "REDUCE_MAX", "ARG_MAX")
+
+
+@register("aten.min.dim", emits=("REDUCE_MIN", "ARG_MIN"))
+def min_dim(ctx, node, a):
+    return _extremum_dim(ctx, node, a, "REDUCE_MIN", "ARG_MIN")

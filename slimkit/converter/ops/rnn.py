@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from slimkit.converter import layout
-from slimkit.converter.ir import Tensor
 from slimkit.converter.ops.elementwise import binary, unary
 from slimkit.converter.ops.linear import fully_connected
 from slimkit.converter.ops.shape import strided_slice
@@ -60,16 +59,30 @@ def _fc_step(ctx, h, w, bias, batch):
     return fully_connected(ctx, h, w, bias, (batch, w.shape[0]))
 
 
+def _gate_parts(ctx, h, w, bias, parts, batch):
+    """``h @ w.T + bias`` per gate: one FULLY_CONNECTED per gate (``separated_rnn_gate_calc``) or one and a SPLIT."""
+    if not ctx.options.separated_rnn_gate_calc:
+        return _split(ctx, _fc_step(ctx, h, w, bias, batch), parts)
+    biases = [None] * parts if bias is None else np.split(bias, parts)
+    return [_fc_step(ctx, h, wg, bg, batch) for wg, bg in zip(np.split(w, parts), biases)]
+
+
 def _run_direction(ctx, kind, xs_proj, params, h, c, reverse, batch, hidden):
+    """The steps of one direction; ``xs_proj[t]`` is step t's input projection, one tensor or (separated gate
+    calculation) a list of one tensor per gate."""
     w_ih, w_hh, b_ih, b_hh = params
     steps = range(len(xs_proj) - 1, -1, -1) if reverse else range(len(xs_proj))
     outs = [None] * len(xs_proj)
     for t in steps:
         xp = xs_proj[t]
-        if kind == "lstm":
+        if kind == "lstm" and isinstance(xp, list):
+            i, f, g, o = xp if h is None else [binary(ctx, "ADD", x, r, FusedActivationFunction=0)
+                                               for x, r in zip(xp, _gate_parts(ctx, h, w_hh, None, 4, batch))]
+        elif kind == "lstm":
             gates = xp if h is None else binary(ctx, "ADD", xp, _fc_step(ctx, h, w_hh, None, batch),
                                                 FusedActivationFunction=0)
             i, f, g, o = _split(ctx, gates, 4)
+        if kind == "lstm":
             i, f, o = (unary(ctx, "LOGISTIC", v) for v in (i, f, o))
             g = unary(ctx, "TANH", g)
             ig = binary(ctx, "MUL", i, g, FusedActivationFunction=0)
@@ -77,11 +90,9 @@ def _run_direction(ctx, kind, xs_proj, params, h, c, reverse, batch, hidden):
                                            FusedActivationFunction=0)
             h = binary(ctx, "MUL", o, unary(ctx, "TANH", c), FusedActivationFunction=0)
         else:
-            hp = ctx.const(np.broadcast_to(b_hh, (batch, b_hh.size)).copy()) if h is None else \
-                _fc_step(ctx, h, w_hh, b_hh, batch)
-            xr, xz, xn = _split(ctx, xp, 3)
-            hr, hz, hn = _split(ctx, hp, 3) if isinstance(hp, Tensor) and not hp.is_const else \
-                [ctx.const(v) for v in np.split(hp.data, 3, axis=1)]
+            xr, xz, xn = xp if isinstance(xp, list) else _split(ctx, xp, 3)
+            hr, hz, hn = [ctx.const(np.broadcast_to(b, (batch, b.size)).copy()) for b in np.split(b_hh, 3)] \
+                if h is None else _gate_parts(ctx, h, w_hh, b_hh, 3, batch)
             r = unary(ctx, "LOGISTIC", binary(ctx, "ADD", xr, hr, FusedActivationFunction=0))
             z = unary(ctx, "LOGISTIC", binary(ctx, "ADD", xz, hz, FusedActivationFunction=0))
             n = unary(ctx, "TANH", binary(ctx, "ADD", xn, binary(ctx, "MUL", r, hn, FusedActivationFunction=0),
@@ -120,9 +131,8 @@ def _unrolled(ctx, node, kind, a, hx):
             idx = layer * directions + d
             w_ih, w_hh, b_ih, b_hh = params[idx]
             bias = b_ih + b_hh if kind == "lstm" else b_ih
-            proj = fully_connected(ctx, seq, w_ih, bias, tuple(seq.shape[:2]) + (w_ih.shape[0],))
             time_axis = 1 if batch_first else 0
-            xs = [strided_slice(ctx, proj, time_axis, t, t + 1, 1, shrink=True) for t in range(steps)]
+            xs = _input_projections(ctx, seq, w_ih, bias, 4 if kind == "lstm" else 3, time_axis, steps)
             h = _state(ctx, h0, idx, batch, hidden)
             c = _state(ctx, c0, idx, batch, hidden) if kind == "lstm" else None
             outs, h, c = _run_direction(ctx, kind, xs, params[idx], h, c, d == 1, batch, hidden)
@@ -141,6 +151,17 @@ def _unrolled(ctx, node, kind, a, hx):
         return (seq, hn)
     cn = _pack(ctx, c_n, 0, (len(c_n), batch, hidden))
     return (seq, hn, cn)
+
+
+def _input_projections(ctx, seq, w_ih, bias, parts, time_axis, steps):
+    """Every step's input projection: one FULLY_CONNECTED over all steps (one per gate when
+    ``separated_rnn_gate_calc``), sliced per step."""
+    if ctx.options.separated_rnn_gate_calc:
+        projs = [fully_connected(ctx, seq, w, b, tuple(seq.shape[:2]) + (w.shape[0],))
+                 for w, b in zip(np.split(w_ih, parts), np.split(bias, parts))]
+        return [[strided_slice(ctx, p, time_axis, t, t + 1, 1, shrink=True) for p in projs] for t in range(steps)]
+    proj = fully_connected(ctx, seq, w_ih, bias, tuple(seq.shape[:2]) + (w_ih.shape[0],))
+    return [strided_slice(ctx, proj, time_axis, t, t + 1, 1, shrink=True) for t in range(steps)]
 
 
 def _direction_inputs(ctx, params):
@@ -169,7 +190,8 @@ def _sequence_lstm(ctx, node, a):
     """
     batch_first = bool(a["batch_first"])
     layers, directions = int(a["num_layers"]), 2 if a["bidirectional"] else 1
-    time_major = not batch_first or directions == 2
+    mapped = directions == 2 and ctx.options.map_bilstm_to_lstm
+    time_major = not batch_first or (directions == 2 and not mapped)
     order = (1, 0, 2) if batch_first and time_major else layout.identity(3)
     x = ctx.layout(a["input"], order)
     params = _layer_params(a["params"], a["has_biases"], layers, directions)
@@ -190,9 +212,19 @@ def _sequence_lstm(ctx, node, a):
             inputs = [seq, *weights[0], *states[0], None, None, None, None]
             ctx.emit("UNIDIRECTIONAL_SEQUENCE_LSTM", inputs, [out], **options)
             last.append(strided_slice(ctx, out, time_axis, steps - 1, steps, 1, shrink=True))
+        elif mapped:  # two UNIDIRECTIONAL_SEQUENCE_LSTM, the backward one on the time-reversed sequence
+            halves = []
+            for d in range(2):
+                half = ctx.tensor(shape[:2] + (hidden,), perm=order)
+                x_d = _reverse_time(ctx, seq, time_axis) if d else seq
+                ctx.emit("UNIDIRECTIONAL_SEQUENCE_LSTM", [x_d, *weights[d], *states[d], None, None, None, None],
+                         [half], **options)
+                halves.append(_reverse_time(ctx, half, time_axis) if d else half)
+            ctx.emit("CONCATENATION", halves, [out], Axis=2, FusedActivationFunction=0)
         else:  # no auxiliary input: its 8 weights are absent too
             inputs = [seq, *weights[0], *weights[1], *states[0], *states[1], *[None] * 9]
             ctx.emit("BIDIRECTIONAL_SEQUENCE_LSTM", inputs, [out], MergeOutputs=True, **options)
+        if directions == 2:
             for d, step in ((0, steps - 1), (1, 0)):  # the reverse direction ends at step 0
                 at = strided_slice(ctx, out, time_axis, step, step + 1, 1, shrink=True)
                 last.append(strided_slice(ctx, at, 1, d * hidden, (d + 1) * hidden, 1))
@@ -202,13 +234,19 @@ def _sequence_lstm(ctx, node, a):
     return (seq, hn, None)
 
 
+def _reverse_time(ctx, x, time_axis):
+    out = ctx.tensor(x.shape, perm=x.perm)
+    ctx.emit("REVERSE_V2", [x, ctx.const(np.array([x.order.index(time_axis)], np.int32))], [out])
+    return out
+
+
 def _reshape(ctx, x, shape):
     out = ctx.tensor(shape)
     ctx.emit("RESHAPE", [x, ctx.const(np.array(shape, np.int32))], [out], NewShape=list(shape))
     return out
 
 
-@register("aten.lstm.input", emits=("UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM",
+@register("aten.lstm.input", emits=("UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "REVERSE_V2",
                                     "FULLY_CONNECTED", "STRIDED_SLICE", "SPLIT", "LOGISTIC", "TANH", "MUL", "ADD",
                                     "PACK"))
 def lstm(ctx, node, a):

@@ -122,9 +122,11 @@ def chunk(ctx, node, a):
     return _split(ctx, node, a["self"], [int(v.shape[a["dim"]]) for v in node.meta["val"]], a["dim"])
 
 
-@register("aten.unbind.int", emits=("UNPACK",))
+@register("aten.unbind.int", emits=("UNPACK", "STRIDED_SLICE"))
 def unbind(ctx, node, a):
     x, dim = a["self"], norm_dim(a["dim"], a["self"].rank)
+    if x.dtype == "int64":  # UNPACK has no int64 kernel
+        return tuple(strided_slice(ctx, x, dim, i, i + 1, 1, shrink=True) for i in range(x.shape[dim]))
     perm = _drop_axis(x.order, dim)
     shape = tuple(s for i, s in enumerate(x.shape) if i != dim)
     outs = [ctx.tensor(shape, x.dtype, perm=perm) for _ in range(x.shape[dim])]
@@ -180,22 +182,24 @@ def select(ctx, node, a):
     return strided_slice(ctx, x, dim, index, index + 1, 1, shrink=True)
 
 
-@register("aten.index.Tensor", "aten.index_select.default", emits=("GATHER",))
+@register("aten.index.Tensor", "aten.index_select.default", emits=("GATHER", "GATHER_ND", "CAST", "FLOOR_MOD"))
 def index(ctx, node, a):
+    from slimkit.converter.ops.indexing import index_tensors, wrapped
+
     x = a["self"]
     if "indices" in a:
         picks = [(i, v) for i, v in enumerate(a["indices"]) if v is not None]
-        if len(picks) != 1:
-            ctx.fail("only indexing with one index tensor is supported")
+        if len(picks) != 1 or not (isinstance(picks[0][1], torch.Tensor) or picks[0][1].rank == 1):
+            return index_tensors(ctx, node, x, list(a["indices"]))
         dim, idx = picks[0]
     else:
         dim, idx = norm_dim(a["dim"], x.rank), a["index"]
     if isinstance(idx, torch.Tensor):
         if idx.dtype == torch.bool:
             idx = idx.nonzero().reshape(-1)
-        idx = ctx.const(idx.detach().cpu().numpy().astype(np.int32))
-    elif idx.rank != 1:
-        ctx.fail("only 1-D index tensors are supported")
+        idx = ctx.const(np.remainder(idx.detach().cpu().numpy(), x.shape[dim]).astype(np.int32))  # -1: the last
+    else:
+        idx = wrapped(ctx, idx, x.shape[dim])
     out_shape = tuple(node.meta["val"].shape)
     if len(out_shape) != x.rank:
         ctx.fail("only 1-D index tensors are supported")
