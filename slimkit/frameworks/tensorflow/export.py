@@ -97,15 +97,9 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
     else:
         raise ConfigError("A Keras model is exported to a '.keras' or '.weights.h5' file. Expected model_path ending "
                           f"in one of those. Received: model_path={path!r}")
+    # Keras checks the file name's suffix: the temporary name ends with the destination's name.
     with atomic_path(path) as tmp, baked(model), _optimizer_left_out(model, save == "save_weights"):
-        # Keras checks the file name's suffix, so write under the real name in a scratch folder.
-        scratch = tempfile.mkdtemp(dir=os.path.dirname(tmp))
-        try:
-            target = os.path.join(scratch, os.path.basename(path))
-            getattr(model, save)(target)
-            os.replace(target, tmp)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        getattr(model, save)(tmp)
 
 
 def save_masks(masks: dict[str, dict[str, Any]], path: str | os.PathLike) -> None:
