@@ -200,14 +200,13 @@ def run_tflite(path_or_bytes: str | os.PathLike | bytes, inputs: Iterable[np.nda
 
     int8 inputs / outputs are quantized / dequantized with the tensors' scale and zero point, so
     the result is float either way.
-    """
-    from ai_edge_litert.interpreter import Interpreter
 
-    if isinstance(path_or_bytes, bytes):
-        interpreter = Interpreter(model_content=path_or_bytes)
-    else:
-        interpreter = Interpreter(model_path=os.fspath(path_or_bytes))
-    interpreter.allocate_tensors()
+    Raises:
+        FileFormatError: the file (or bytes) is not a valid TFLite file.
+    """
+    from slimkit.utils.tflite_file import tflite_interpreter
+
+    interpreter = tflite_interpreter(path_or_bytes)
     [inp], [out] = interpreter.get_input_details(), interpreter.get_output_details()
     results = []
     for sample in np.asarray(inputs, dtype=np.float32):
