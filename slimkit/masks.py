@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from slimkit.errors import FileFormatError, MaskError
+from slimkit.errors import FileFormatError, MaskError, SlimkitError
 
 NPZ_SEPARATOR = "::"
 MASK_KEYS = ("weight", "bias")
@@ -163,14 +163,14 @@ def load_masks(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileFormatError(f"Expected an existing mask file. Received: path={path!r}")
-    if not zipfile.is_zipfile(path):
-        raise FileFormatError(f"Expected a mask file written by export_model (a torch or .npz archive). "
-                              f"Received: path={path!r}, which is neither")
     try:
+        if not zipfile.is_zipfile(path):
+            raise FileFormatError(f"Expected a mask file written by export_model (a torch or .npz archive). "
+                                  f"Received: path={path!r}, which is neither")
         with zipfile.ZipFile(path) as archive:
             is_npz = all(name.endswith(".npy") for name in archive.namelist())
         masks = _load_npz(path) if is_npz else _load_torch(path)
-    except MaskError:
+    except SlimkitError:
         raise
     except Exception as error:  # any failure to parse the archive: the file is damaged or not ours
         raise FileFormatError(f"not a valid mask file: {path} ({type(error).__name__}: {str(error)[:300]}). Mask "

@@ -4,8 +4,8 @@ The Python ``flatbuffers`` package reads lazily and checks nothing: a truncated 
 raises ``struct.error`` / ``IndexError`` deep inside a reader or, worse, reads garbage that looks valid.
 :func:`check_flatbuffer` does what the C++ ``flatbuffers::Verifier`` does, for a schema described with the
 small types below: every table's vtable and fields, every vector, string and nested table lie inside the
-buffer, offsets are aligned, strings end with their zero byte, and the walk is bounded (depth and number of
-objects visited), so a hostile file cannot make it run long.
+buffer, offsets are aligned, strings are UTF-8 and end with their zero byte, and the walk is bounded (depth
+and number of objects visited), so a hostile file cannot make it run long.
 
 Example:
 
@@ -176,6 +176,11 @@ class _Walker:
             self.need(position, 4 + length + 1, f"string of {length} bytes")
             if self.data[position + 4 + length] != 0:
                 raise self.fail(f"string at byte {position} lacks its terminating zero byte")
+            try:
+                self.data[position + 4:position + 4 + length].decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise self.fail(f"string at byte {position} is not UTF-8 ({error.reason} at byte "
+                                f"{position + 4 + error.start})") from None
         elif isinstance(kind, Vector):
             self.visit()
             element = kind.element

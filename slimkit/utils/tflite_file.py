@@ -169,9 +169,37 @@ def load_tflite(path: str | os.PathLike) -> tflite.Model:
     return check_tflite(_read(path), path)
 
 
+def _check_shapes(data: bytes, where: str) -> None:
+    """Build the graph with LiteRT's own kernels (no delegate), which check every op, and compare the shapes
+    they compute with the shapes the file declares. XNNPACK trusts the declared shapes and sizes its buffers
+    by them, so a file that declares a larger tensor than its ops produce is refused before it gets there."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    try:
+        probe = Interpreter(model_content=data,
+                            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        probe.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        raise FileFormatError(f"not a valid TFLite file: {where} (LiteRT: {str(error).strip()})") from None
+    graph = tflite.Model.GetRootAs(data, 0).Subgraphs(0)
+    for detail in probe.get_tensor_details():
+        if detail["index"] >= graph.TensorsLength():  # scratch tensors LiteRT's kernels add
+            continue
+        tensor = graph.Tensors(detail["index"])
+        declared = tensor.ShapeAsNumpy().tolist() if tensor.ShapeLength() else []
+        computed = detail["shape"].tolist()
+        if np.prod(declared, dtype=np.float64) > np.prod(computed, dtype=np.float64):
+            raise FileFormatError(f"not a valid TFLite file: {where} (tensor {detail['index']} {detail['name']!r} "
+                                  f"is declared with shape {declared}, but its op computes {computed})")
+
+
 def tflite_interpreter(path_or_bytes: str | os.PathLike | bytes, **kwargs: Any) -> Any:
     """A LiteRT ``Interpreter`` on a checked file (or flatbuffer bytes), tensors allocated.
 
+    Besides :func:`check_tflite`, the graph is first built with LiteRT's builtin kernels (no delegate, little
+    memory), and tensors whose declared shape is larger than the one their op computes are refused, so that a
+    damaged file fails fast instead of making the XNNPACK delegate allocate for its declared sizes.
     ``kwargs`` go to ``Interpreter`` (``num_threads``, ``experimental_op_resolver_type``, ...).
 
     Raises:
@@ -185,6 +213,7 @@ def tflite_interpreter(path_or_bytes: str | os.PathLike | bytes, **kwargs: Any) 
     else:
         where = os.fspath(path_or_bytes)
         data = read_tflite(where)
+    _check_shapes(data, where)
     try:
         interpreter = Interpreter(model_content=data, **kwargs)
         interpreter.allocate_tensors()

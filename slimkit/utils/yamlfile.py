@@ -197,7 +197,12 @@ def load_yaml(path: str | os.PathLike) -> YamlDocument:
             nested too deep, expands to too many values through aliases, or repeats a key.
     """
     path = os.fspath(path)
-    loader = _BoundedLoader(_read_text(path))
+    text = _read_text(path)
+    try:
+        loader = _BoundedLoader(text)
+    except yaml.reader.ReaderError as error:  # a control character: YAML allows printable text only
+        raise ConfigError(f"{path}:{text.count(chr(10), 0, error.position) + 1}: invalid YAML: character "
+                          f"{error.character:#06x} is not allowed (only printable text is)") from None
     try:
         node = loader.get_single_node()
         if node is not None:

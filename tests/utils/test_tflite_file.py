@@ -115,3 +115,24 @@ def test_inspect_and_run_agree_with_the_file(small_tflite):
                          "subgraph 0 'main': inputs [0], outputs [8]"]
     x = np.random.default_rng(0).standard_normal((1, 6, 6, 1)).astype(np.float32)
     assert run_tflite(small_tflite, [x])[0].shape == (1, 3)
+
+
+def test_a_tensor_declared_larger_than_its_op_computes_is_refused_before_xnnpack_allocates(small_tflite):
+    data = bytearray(small_tflite.read_bytes())
+    graph = tflite.Model.GetRootAs(bytes(data), 0).Subgraphs(0)
+    conv_out = graph.Tensors(3)
+    struct.pack_into("<i", data, conv_out._tab.Vector(conv_out._tab.Offset(4)) + 8, 10_000_000)  # dim 2
+    with pytest.raises(FileFormatError, match=re.escape("(tensor 3 'conv2d' is declared with shape "
+                                                        "[1, 4, 10000000, 2], but its op computes [1, 4, 4, 2])")):
+        tflite_interpreter(bytes(data))
+
+
+def test_names_must_be_utf8(small_tflite):
+    data = bytearray(small_tflite.read_bytes())
+    name = tflite.Model.GetRootAs(bytes(data), 0).Subgraphs(0).Tensors(0)
+    position = name._tab.Pos + name._tab.Offset(10)
+    start = position + struct.unpack_from("<I", data, position)[0]
+    data[start + 4] = 0xFF
+    with pytest.raises(FileFormatError, match=r"Model\.subgraphs\[0\]\.tensors\[0\]\.name: string at byte \d+ is "
+                                              r"not UTF-8 \(invalid start byte at byte \d+\)"):
+        check_tflite(bytes(data), "f")
