@@ -16,6 +16,8 @@ True
 from slimkit.errors import (
     CompressionStateError,
     ConfigError,
+    FileFormatError,
+    MaskError,
     SlimkitError,
     UnsupportedModelError,
     UnsupportedOpError,
@@ -27,6 +29,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CompressionStateError",
     "ConfigError",
+    "FileFormatError",
+    "MaskError",
     "SlimkitError",
     "UnsupportedModelError",
     "UnsupportedOpError",

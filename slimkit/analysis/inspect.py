@@ -135,16 +135,17 @@ def _text(value: Any) -> str:
 
 
 def describe_tflite(path: str) -> list[str]:
-    """Operators, tensors (dtype, shape) and quantization parameters of a ``.tflite`` flatbuffer."""
+    """Operators, tensors (dtype, shape) and quantization parameters of a ``.tflite`` flatbuffer.
+
+    Raises:
+        FileFormatError: the file is not a valid TFLite file (see :mod:`slimkit.utils.tflite_file`).
+    """
     import tflite
 
-    with open(path, "rb") as handle:
-        data = handle.read()
-    try:
-        model = tflite.Model.GetRootAsModel(data, 0)
-        subgraph_count = model.SubgraphsLength()
-    except Exception as error:  # noqa: BLE001
-        raise SlimkitError(f"Could not read {path!r} as a TFLite flatbuffer: {error}") from None
+    from slimkit.utils.tflite_file import load_tflite
+
+    model = load_tflite(path)  # checked: every accessor below stays inside the file
+    subgraph_count = model.SubgraphsLength()
     ops = _enum_names(tflite.BuiltinOperator)
     types = _enum_names(tflite.TensorType)
     codes = []

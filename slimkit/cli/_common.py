@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -153,8 +154,17 @@ def _is_int(v: Any) -> bool:
 IS_NAME = Key(lambda v: isinstance(v, str) and bool(v), "a name such as 'L1FilterPruner'", True)
 IS_MAPPING = Key(lambda v: isinstance(v, Mapping), "a mapping of keyword arguments")
 IS_LIST = Key(lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of dicts", True)
-IS_SHAPE = Key(lambda v: isinstance(v, list) and bool(v) and all(_is_int(d) and d > 0 for d in v),
-               "a list of positive integers such as [1, 1, 8, 8]")
+MAX_INPUT_ELEMENTS = 2**28
+"""Largest example input the commands build (1 GiB of float32): a larger shape is a typo, not a model input."""
+
+
+def _is_shape(v: Any) -> bool:
+    return (isinstance(v, list) and bool(v) and all(_is_int(d) and d > 0 for d in v)
+            and math.prod(v) <= MAX_INPUT_ELEMENTS)
+
+
+IS_SHAPE = Key(_is_shape, f"a list of positive integers such as [1, 1, 8, 8], at most {MAX_INPUT_ELEMENTS:,} "
+                          f"elements in all")
 IS_SEED = Key(_is_int, "an integer")
 FINE_TUNE_KEYS = {
     "epochs": Key(lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
@@ -320,6 +330,7 @@ def parse_shape(text: str) -> list[int]:
         shape = [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
     except ValueError:
         shape = []
-    if not shape or any(d <= 0 for d in shape):
-        raise SlimkitError(f"Expected an input shape such as 1,1,8,8. Received: --input-shape {text!r}")
+    if not _is_shape(shape):
+        raise SlimkitError(f"Expected an input shape such as 1,1,8,8. Received: --input-shape {text!r} (sizes must "
+                           f"be positive, at most {MAX_INPUT_ELEMENTS:,} elements in all)")
     return shape

@@ -38,7 +38,7 @@ from slimkit.compression.config import (
     match_layers,
     parse_config_list,
 )
-from slimkit.errors import CompressionStateError, ConfigError, SlimkitError
+from slimkit.errors import CompressionStateError, ConfigError, MaskError
 from slimkit.utils import distributed
 
 
@@ -196,21 +196,22 @@ class Pruner(Compressor):
         self.adapter.set_masks(layer, weight_mask, bias_mask)
 
     def _checked(self, layer: Layer, kind: str, mask: Any) -> np.ndarray:
+        from slimkit.masks import check_mask
+
         # only the shape is needed: read the raw parameter instead of building a masked copy per layer
-        read = self.adapter.weight if kind == "weight" else self.adapter.bias
-        target = read(layer, masked=False)
-        if mask is None or target is None:
-            raise SlimkitError(f"{type(self).__name__}: layer {layer.name!r} has no {kind} mask target. "
-                               f"Received: {kind} mask={mask!r}")
-        array = _as_array(self.adapter, mask).astype(np.float32, copy=False)
-        expected = tuple(target.shape)
-        if array.shape != expected:
-            raise SlimkitError(f"{type(self).__name__}: the {kind} mask of layer {layer.name!r} has the wrong "
-                               f"shape. Expected {expected}. Received: shape={array.shape}")
-        if not ((array == 0) | (array == 1)).all():
-            raise SlimkitError(f"{type(self).__name__}: the {kind} mask of layer {layer.name!r} must hold only "
-                               f"0 and 1. Received: values {np.unique(array)[:5].tolist()}")
-        return array
+        target = (self.adapter.weight if kind == "weight" else self.adapter.bias)(layer, masked=False)
+        where = f"{type(self).__name__}: the {kind} mask of layer {layer.name!r}"
+        if target is None:
+            raise MaskError(f"{where} has nothing to mask: the layer has no {kind}.")
+        check_mask(mask, where, tuple(target.shape))
+        return _as_array(self.adapter, mask).astype(np.float32, copy=False)
+
+    def _parameter_shapes(self) -> dict[str, dict[str, tuple[int, ...] | None]]:
+        shapes = {}
+        for layer in self.layers:
+            weight, bias = self.adapter.weight(layer, masked=False), self.adapter.bias(layer, masked=False)
+            shapes[layer.name] = {"weight": tuple(weight.shape), "bias": None if bias is None else tuple(bias.shape)}
+        return shapes
 
     def get_masks(self) -> dict[str, dict[str, Any]]:
         """``{layer_name: {'weight': mask, 'bias': mask or None}}`` as native tensors."""
@@ -222,13 +223,26 @@ class Pruner(Compressor):
         return masks
 
     def load_masks(self, masks: Mapping[str, Mapping[str, Any]] | str | os.PathLike) -> None:
-        """Install masks from a dict like :meth:`get_masks` returns, or from a mask file."""
+        """Install masks from a dict like :meth:`get_masks` returns, or from a mask file.
+
+        Every mask is checked against the compressed layers before anything is wrapped or changed.
+
+        Raises:
+            MaskError: a layer this pruner does not compress, a key other than 'weight' / 'bias', or a mask that
+                is not a 0/1 tensor of a real dtype and of its parameter's shape (the model is left as it was).
+            FileFormatError: ``masks`` is the path of a damaged or foreign file.
+        """
+        from slimkit.masks import check_masks, load_masks
+
+        source = "masks"
         if isinstance(masks, (str, os.PathLike)):
-            from slimkit.masks import load_masks
-            masks = load_masks(masks)
+            source, masks = os.fspath(masks), load_masks(masks)
+        name = type(self).__name__
+        masks = check_masks(masks, self._parameter_shapes(), source=f"{name}.load_masks: {source}",
+                            layers=f"one of the layers {name} compresses")
         self.compress()
         for name, entry in masks.items():
-            self.set_mask(self.layer(name), {"weight": entry["weight"], "bias": entry.get("bias")})
+            self.set_mask(self.layer(name), entry)
 
     def export_model(self, model_path: str | os.PathLike, mask_path: str | os.PathLike | None = None,
                      onnx_path: str | os.PathLike | None = None, input_shape: Any = None,

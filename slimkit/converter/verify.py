@@ -44,11 +44,14 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def run_tflite(tflite_path, inputs, num_threads: int = 1):
-    """Run ``tflite_path`` on numpy ``inputs`` (already in the file's layout); returns its outputs."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Run ``tflite_path`` on numpy ``inputs`` (already in the file's layout); returns its outputs.
 
-    interp = Interpreter(model_path=str(tflite_path), num_threads=num_threads)
-    interp.allocate_tensors()
+    Raises:
+        FileFormatError: the file is not a valid TFLite file (checked before LiteRT opens it).
+    """
+    from slimkit.utils.tflite_file import tflite_interpreter
+
+    interp = tflite_interpreter(tflite_path, num_threads=num_threads)
     for detail, x in zip(interp.get_input_details(), inputs):
         interp.set_tensor(detail["index"], np.ascontiguousarray(x).astype(detail["dtype"]))
     interp.invoke()

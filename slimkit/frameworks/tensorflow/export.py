@@ -97,15 +97,9 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
     else:
         raise ConfigError("A Keras model is exported to a '.keras' or '.weights.h5' file. Expected model_path ending "
                           f"in one of those. Received: model_path={path!r}")
+    # Keras checks the file name's suffix: the temporary name ends with the destination's name.
     with atomic_path(path) as tmp, baked(model), _optimizer_left_out(model, save == "save_weights"):
-        # Keras checks the file name's suffix, so write under the real name in a scratch folder.
-        scratch = tempfile.mkdtemp(dir=os.path.dirname(tmp))
-        try:
-            target = os.path.join(scratch, os.path.basename(path))
-            getattr(model, save)(target)
-            os.replace(target, tmp)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        getattr(model, save)(tmp)
 
 
 def save_masks(masks: dict[str, dict[str, Any]], path: str | os.PathLike) -> None:
@@ -206,14 +200,13 @@ def run_tflite(path_or_bytes: str | os.PathLike | bytes, inputs: Iterable[np.nda
 
     int8 inputs / outputs are quantized / dequantized with the tensors' scale and zero point, so
     the result is float either way.
-    """
-    from ai_edge_litert.interpreter import Interpreter
 
-    if isinstance(path_or_bytes, bytes):
-        interpreter = Interpreter(model_content=path_or_bytes)
-    else:
-        interpreter = Interpreter(model_path=os.fspath(path_or_bytes))
-    interpreter.allocate_tensors()
+    Raises:
+        FileFormatError: the file (or bytes) is not a valid TFLite file.
+    """
+    from slimkit.utils.tflite_file import tflite_interpreter
+
+    interpreter = tflite_interpreter(path_or_bytes)
     [inp], [out] = interpreter.get_input_details(), interpreter.get_output_details()
     results = []
     for sample in np.asarray(inputs, dtype=np.float32):
