@@ -32,3 +32,7 @@ class UnsupportedModelError(SlimkitError, TypeError):
 
 class CompressionStateError(SlimkitError, RuntimeError):
     """A method was called at the wrong point of a compressor's lifecycle."""
+
+
+class NonFiniteError(SlimkitError, ValueError):
+    """A weight or activation holds NaN or infinity where a mask or a quantization range is computed from it."""

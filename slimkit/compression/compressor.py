@@ -38,6 +38,8 @@ from slimkit.compression.config import (
     match_layers,
     parse_config_list,
 )
+from slimkit.compression.finite import check_finite
+from slimkit.compression.state import decode, encode
 from slimkit.errors import CompressionStateError, ConfigError, SlimkitError
 from slimkit.utils import distributed
 
@@ -133,6 +135,64 @@ class Compressor:
     def step(self) -> None:
         """Per-batch hook, called after ``optimizer.step()``. Harmless where not needed."""
 
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume this compressor bit for bit (masks, schedule position, step counters,
+        observer statistics, calibration), as nested dicts of plain values and native tensors (PyTorch: loadable
+        with ``torch.load(path, weights_only=True)``). Save it beside ``model.state_dict()``; in a fresh process
+        build the model and the compressor the same way, ``compress()``, and load both.
+
+        Example:
+
+        >>> import torch
+        >>> from slimkit.algorithms.pruning import LevelPruner
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> pruner = LevelPruner(model, [{'sparsity': 0.5, 'op_types': ['Linear']}])
+        >>> model = pruner.compress()
+        >>> state = pruner.state_dict()
+        >>> state['algorithm'], int(state['masks']['0']['weight'].sum())
+        ('LevelPruner', 8)
+        >>> fresh = LevelPruner(torch.nn.Sequential(torch.nn.Linear(4, 4)), [{'sparsity': 0.5, 'op_types': ['Linear']}])
+        >>> _ = fresh.compress(); fresh.load_state_dict(state)
+        >>> torch.equal(fresh.get_masks()['0']['weight'], pruner.get_masks()['0']['weight'])
+        True
+        """
+        state = {"algorithm": type(self).__name__, "layers": [layer.name for layer in self.layers],
+                 "wrapped": self.wrapped, **self.collect_state()}
+        return encode(state, self.adapter.state_tensor)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. Everything is checked first (algorithm, layer names, shapes); on an
+        error nothing has changed. A state saved while compressed compresses this compressor first.
+
+        Raises:
+            CompressionStateError: the state belongs to another algorithm or other layers, or does not fit them.
+        """
+        if not isinstance(state, Mapping) or "algorithm" not in state or "layers" not in state:
+            raise CompressionStateError(f"{type(self).__name__}.load_state_dict: Expected a dict returned by "
+                                        f"state_dict(). Received: {type(state).__name__}")
+        state = decode(dict(state), self.adapter.state_array)
+        names = [layer.name for layer in self.layers]
+        if state["algorithm"] != type(self).__name__ or list(state["layers"]) != names:
+            raise CompressionStateError(
+                f"{type(self).__name__}.load_state_dict: the state was saved by {state['algorithm']} on layers "
+                f"{list(state['layers'])}. Expected {type(self).__name__} on layers {names}: build the compressor "
+                "with the same model and config_list as the one saved.")
+        self.check_state(state)
+        if state.get("wrapped") and not self.wrapped:
+            self.compress()
+        self.restore_state(state)
+
+    def collect_state(self) -> dict[str, Any]:
+        """The algorithm's part of :meth:`state_dict`: numpy arrays and plain values. Subclasses extend it."""
+        return {}
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """Raise :class:`CompressionStateError` if ``state`` (decoded to numpy) cannot be restored. Default: accept."""
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`collect_state` gathered (after :meth:`check_state` passed). Subclasses extend it."""
+
     def layer(self, name: str) -> Layer:
         """The selected layer called ``name``."""
         for layer in self.layers:
@@ -175,9 +235,17 @@ class Pruner(Compressor):
     def update_masks(self) -> None:
         """Recompute every layer's mask with :meth:`calc_mask` and install it."""
         self._require_wrapped("update_masks")
+        self.check_weights(self.layers)
         for layer in self.layers:
             self.set_mask(layer, self.calc_mask(layer, layer.config))
         distributed.sync_masks(self)  # every rank installs rank 0's masks (no-op without a process group)
+
+    def check_weights(self, layers: list[Layer]) -> None:
+        """Raise :class:`~slimkit.errors.NonFiniteError` naming the first of ``layers`` whose weight holds NaN or
+        infinity, before any mask is computed from them."""
+        for layer in layers:
+            check_finite(self.adapter.to_numpy(self.adapter.weight(layer, masked=False)),
+                         where=f"the weight of layer {layer.name!r} ({type(self).__name__} computes its mask from it)")
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> Any:
         """Return ``layer``'s mask: a weight-shaped 0/1 array or native tensor, or
@@ -211,6 +279,35 @@ class Pruner(Compressor):
             raise SlimkitError(f"{type(self).__name__}: the {kind} mask of layer {layer.name!r} must hold only "
                                f"0 and 1. Received: values {np.unique(array)[:5].tolist()}")
         return array
+
+    def collect_state(self) -> dict[str, Any]:
+        state = super().collect_state()
+        if self.wrapped:
+            state["masks"] = {name: {kind: None if mask is None else _as_array(self.adapter, mask)
+                                     for kind, mask in entry.items()} for name, entry in self.get_masks().items()}
+        return state
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        super().check_state(state)
+        self._checked_masks(state.get("masks") or {})
+
+    def _checked_masks(self, masks: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        checked = {}
+        for name, entry in masks.items():
+            try:
+                layer = self.layer(name)
+                checked[name] = (self._checked(layer, "weight", entry["weight"]),
+                                 None if entry.get("bias") is None else self._checked(layer, "bias", entry["bias"]))
+            except (KeyError, TypeError, SlimkitError) as error:
+                raise CompressionStateError(f"{type(self).__name__}.load_state_dict: the saved masks of layer "
+                                            f"{name!r} do not fit this model ({error}). Expected the state of the "
+                                            "same model and config_list.") from None
+        return checked
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        super().restore_state(state)
+        for name, (weight_mask, bias_mask) in self._checked_masks(state.get("masks") or {}).items():
+            self.adapter.set_masks(self.layer(name), weight_mask, bias_mask)
 
     def get_masks(self) -> dict[str, dict[str, Any]]:
         """``{layer_name: {'weight': mask, 'bias': mask or None}}`` as native tensors."""

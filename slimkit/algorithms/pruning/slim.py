@@ -111,6 +111,7 @@ class SlimPruner(FilterPruner):
     def update_masks(self) -> None:
         """Recompute every mask with the first config dict's sparsity, applied globally."""
         self._require_wrapped("update_masks")
+        self.check_weights(self.layers)
         first = min((layer.config for layer in self.layers), key=lambda config: config.index)
         for layer in self.layers:
             self.set_mask(layer, self.calc_mask(layer, first))

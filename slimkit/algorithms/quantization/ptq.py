@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from slimkit.compression import Layer, Quantizer
@@ -67,6 +67,14 @@ class PostTrainingQuantizer(Quantizer):
         self.progress = progress
         self.max_clip_fraction = max_clip_fraction
         self.calibrated = False
+
+    def collect_state(self) -> dict[str, Any]:
+        """The base state (observers: histograms included) and whether calibration has run."""
+        return {**super().collect_state(), "calibrated": self.calibrated}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        self.calibrated = bool(state["calibrated"])  # before the base pushes the switches (Keras)
+        super().restore_state(state)
 
     def make_observer(self, layer: Layer, key: str) -> Observer:
         if self.algorithm == "minmax":

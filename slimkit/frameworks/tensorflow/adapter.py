@@ -92,6 +92,13 @@ class KerasAdapter:
     def to_numpy(self, tensor: Any) -> np.ndarray:
         return np.asarray(keras.ops.convert_to_numpy(tensor))
 
+    def state_tensor(self, array: np.ndarray) -> np.ndarray:
+        """A checkpoint array stays a numpy array (a copy, dtype kept)."""
+        return array
+
+    def state_array(self, value: Any) -> np.ndarray:
+        return np.asarray(keras.ops.convert_to_numpy(value))
+
     def wrap(self, model: Any, layers: list[Any]) -> None:
         refuse_wrapped(layers, lambda layer: wrapper_of(layer.module) is not None)
         for layer in layers:
