@@ -22,8 +22,9 @@ Example (a custom pruner overriding only ``calc_mask``):
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,6 +43,7 @@ from slimkit.compression.finite import check_finite
 from slimkit.compression.state import decode, encode
 from slimkit.errors import CompressionStateError, ConfigError, SlimkitError
 from slimkit.utils import distributed
+from slimkit.utils.files import atomic_path
 
 
 class Layer:
@@ -121,6 +123,18 @@ class Compressor:
             self.adapter.wrap(self.model, self.layers)
             self.wrapped = True
         return self.model
+
+    @contextlib.contextmanager
+    def wrapping(self) -> Iterator[None]:
+        """For a ``compress()`` that wraps and then computes: if the block raises (NaN weights, a failing
+        trainer), the layers this block wrapped are unwrapped again, so the model is left as it was."""
+        was_wrapped = self.wrapped
+        try:
+            yield
+        except BaseException:
+            if not was_wrapped and self.wrapped:
+                self.unwrap_model()
+            raise
 
     def unwrap_model(self) -> Any:
         """Put the original layer objects back (the exact inverse of wrapping); returns the model."""
@@ -207,6 +221,37 @@ class Compressor:
                                         f"call compress() before {method}().")
 
 
+def onnx_example(owner: Any, onnx_path: Any, input_shape: Any) -> Any:
+    """What ``export_model`` traces the ONNX export on: ``input_shape`` (positive ints), else the compressor's
+    ``dummy_input``; None without ``onnx_path``.
+
+    Raises:
+        ConfigError: ``onnx_path`` without either, or a malformed ``input_shape``.
+    """
+    if onnx_path is None:
+        return None
+    if input_shape is None:
+        example = getattr(owner, "dummy_input", None)
+        if example is None:
+            raise ConfigError("export_model: onnx_path needs an example input. Expected input_shape such as "
+                              "[1, 1, 28, 28], or dummy_input given to the compressor. Received: input_shape=None")
+        return example
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or not input_shape or not all(
+            isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0 for size in input_shape):
+        raise ConfigError(f"export_model: Expected input_shape to be a non-empty list of positive ints such as "
+                          f"[1, 1, 28, 28]. Received: input_shape={input_shape!r}")
+    return [int(size) for size in input_shape]
+
+
+def write_files(writes: list[tuple[str | os.PathLike | None, Callable[[str], None]]]) -> None:
+    """Call each ``write(tmp)`` with a temporary path beside its destination (entries without a destination are
+    skipped), then rename them all into place: if any write fails, no destination is created or changed."""
+    with contextlib.ExitStack() as stack:
+        for path, write in writes:
+            if path is not None:
+                write(stack.enter_context(atomic_path(os.fspath(path))))
+
+
 def _as_array(adapter: FrameworkAdapter, value: Any) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else adapter.to_numpy(value)
 
@@ -228,8 +273,9 @@ class Pruner(Compressor):
                               f"layers with a weight; exclude it or narrow 'op_types'.")
 
     def compress(self) -> Any:
-        super().compress()
-        self.update_masks()
+        with self.wrapping():
+            super().compress()
+            self.update_masks()
         return self.model
 
     def update_masks(self) -> None:
@@ -331,18 +377,18 @@ class Pruner(Compressor):
                      onnx_path: str | os.PathLike | None = None, input_shape: Any = None,
                      device: Any = None) -> None:
         """Write the weights with masks baked in (loadable into the original model class), the
-        masks (``mask_path``) and an ONNX file (``onnx_path``, needs ``input_shape``).
+        masks (``mask_path``) and an ONNX file (``onnx_path``, traced on a random input of ``input_shape``, or on
+        the pruner's ``dummy_input`` when no shape is given).
 
-        Every file is written to a temporary name and renamed. The compressed model is left as is.
+        Every file is written to a temporary name first and renamed only when all of them are written: on any
+        error no destination is created or changed. The compressed model is left as is.
         """
         self._require_wrapped("export_model")
-        if onnx_path is not None and input_shape is None:
-            raise ConfigError("export_model: onnx_path needs the model input shape. Expected input_shape such as "
-                              "[1, 1, 28, 28]. Received: input_shape=None")
+        example = onnx_example(self, onnx_path, input_shape)
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes
             return
-        self.adapter.save_weights(self.model, self.layers, os.fspath(model_path))
-        if mask_path is not None:
-            self.adapter.save_masks(self.get_masks(), os.fspath(mask_path))
-        if onnx_path is not None:
-            self.adapter.export_onnx(self.model, self.layers, os.fspath(onnx_path), input_shape, device)
+        masks = self.get_masks() if mask_path is not None else None
+        write_files([
+            (onnx_path, lambda tmp: self.adapter.export_onnx(self.model, self.layers, tmp, example, device)),
+            (model_path, lambda tmp: self.adapter.save_weights(self.model, self.layers, tmp)),
+            (mask_path, lambda tmp: self.adapter.save_masks(masks, tmp))])

@@ -50,7 +50,7 @@ from schema import And, Or
 
 from slimkit.compression.calibration import load_calibration, save_calibration
 from slimkit.compression.channels import normalize_axis
-from slimkit.compression.compressor import Compressor, Layer
+from slimkit.compression.compressor import Compressor, Layer, onnx_example, write_files
 from slimkit.compression.config import ConfigKey, parse_config_list
 from slimkit.compression.finite import check_finite
 from slimkit.compression.observers import MinMaxObserver, Observer
@@ -280,10 +280,11 @@ class Quantizer(Compressor):
         self._fixed_keys = {name: set(keys) for name, keys in state["fixed"].items()}
         for layer in self.layers:
             observers, saved = self.states[layer.name].observers, state["observers"].get(layer.name, {})
-            for key in list(observers) + [key for key in saved if key not in observers]:
+            for key in [key for key in observers if key not in saved]:
+                observers.pop(key)
+            for key, entry in saved.items():
                 observer = self.make_observer(layer, key)
-                if key in saved:
-                    observer.load_state_dict(saved[key])
+                observer.load_state_dict(entry)
                 observers[key] = observer
         self.graph_params = {key: qparams_from_state(entry) for key, entry in state["graph_params"].items()}
         self.graph_observers = {}
@@ -678,24 +679,23 @@ class Quantizer(Compressor):
                      device: Any = None) -> dict[str, dict[str, Any]]:
         """Write the float weights (loadable into the original model class), the calibration
         (``calibration_path``; ``.json`` is written as JSON, anything else with the framework's
-        safe format) and an ONNX file with QuantizeLinear / DequantizeLinear nodes (``onnx_path``,
-        needs ``input_shape``). Returns the calibration dict.
+        safe format) and an ONNX file with QuantizeLinear / DequantizeLinear nodes (``onnx_path``, traced on a
+        random input of ``input_shape``, or on ``dummy_input`` when no shape is given). Returns the calibration
+        dict. All files are written to temporary names and renamed only when every one is written: on any error
+        no destination is created or changed.
 
         Under ``torch.distributed`` call it on every rank: each returns the calibration (the same on every
         rank, since observers reduce their statistics over the ranks), only the main process writes files.
         """
         self._require_wrapped("export_model")
-        if onnx_path is not None and input_shape is None:
-            raise ConfigError("export_model: onnx_path needs the model input shape. Expected input_shape such as "
-                              "[1, 1, 28, 28]. Received: input_shape=None")
+        example = onnx_example(self, onnx_path, input_shape)
         calibration = self.calibration()
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes (every rank returns
             return calibration                 # the same calibration: observers reduce over the ranks)
-        self.backend.save_weights(self.model, self.layers, os.fspath(model_path))
-        if calibration_path is not None:
-            save_calibration(calibration, calibration_path, self.backend)
-        if onnx_path is not None:
-            self.backend.export_onnx(self, os.fspath(onnx_path), input_shape, device)
+        write_files([(onnx_path, lambda tmp: self.backend.export_onnx(self, tmp, example, device)),
+                     (model_path, lambda tmp: self.backend.save_weights(self.model, self.layers, tmp)),
+                     (calibration_path, lambda tmp: save_calibration(
+                         calibration, tmp, self.backend, as_json=os.fspath(calibration_path).endswith(".json")))])
         return calibration
 
 

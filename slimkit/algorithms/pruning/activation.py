@@ -117,12 +117,13 @@ class ActivationRankFilterPruner(FilterPruner):
         """Wrap the layers and start recording; masks follow the next ``statistics_batch_num`` passes."""
         if self.wrapped:
             return self.model
-        Compressor.compress(self)
-        self.record(self.statistics_batch_num)
-        if self.trainer is not None:
-            self.trainer(self.model, self.optimizer, self.criterion, 0)
-            if not self.masks_ready:
-                self._finish()
+        with self.wrapping():
+            Compressor.compress(self)
+            self.record(self.statistics_batch_num)
+            if self.trainer is not None:
+                self.trainer(self.model, self.optimizer, self.criterion, 0)
+                if not self.masks_ready:
+                    self._finish()
         return self.model
 
     def record(self, limit: int | None) -> None:

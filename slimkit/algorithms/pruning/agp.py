@@ -131,13 +131,14 @@ class AGPPruner(Pruner):
     def compress(self) -> Any:
         """Wrap the layers and install the masks of the current epoch's target (none at ``initial_sparsity=0``)."""
         if not self.wrapped:
-            Compressor.compress(self)
-            self._applied.clear()  # fresh wrappers hold no masks
-            self.rule.wrapped = True
-            begin = getattr(self.rule, "begin_tracking", None)
-            if begin is not None:
-                begin()
-            self.update_masks()
+            with self.wrapping():
+                Compressor.compress(self)
+                self._applied.clear()  # fresh wrappers hold no masks
+                self.rule.wrapped = True
+                begin = getattr(self.rule, "begin_tracking", None)
+                if begin is not None:
+                    begin()
+                self.update_masks()
         return self.model
 
     def unwrap_model(self) -> Any:

@@ -100,12 +100,13 @@ class SlimPruner(FilterPruner):
         """Wrap the layers, run sparsity training if a ``trainer`` was given, then compute the masks."""
         if self.wrapped:
             return self.model
-        Compressor.compress(self)
-        if self.trainer is not None:
-            criterion = self.penalised_criterion(self.criterion)
-            for epoch in range(self.sparsifying_training_epochs):
-                self.trainer(self.model, self.optimizer, criterion, epoch)
-        self.update_masks()
+        with self.wrapping():
+            Compressor.compress(self)
+            if self.trainer is not None:
+                criterion = self.penalised_criterion(self.criterion)
+                for epoch in range(self.sparsifying_training_epochs):
+                    self.trainer(self.model, self.optimizer, criterion, epoch)
+            self.update_masks()
         return self.model
 
     def update_masks(self) -> None:
