@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -43,7 +45,6 @@ from slimkit.compression.finite import check_finite
 from slimkit.compression.state import decode, encode
 from slimkit.errors import CompressionStateError, ConfigError, SlimkitError
 from slimkit.utils import distributed
-from slimkit.utils.files import atomic_path
 
 
 class Layer:
@@ -244,12 +245,26 @@ def onnx_example(owner: Any, onnx_path: Any, input_shape: Any) -> Any:
 
 
 def write_files(writes: list[tuple[str | os.PathLike | None, Callable[[str], None]]]) -> None:
-    """Call each ``write(tmp)`` with a temporary path beside its destination (entries without a destination are
-    skipped), then rename them all into place: if any write fails, no destination is created or changed."""
-    with contextlib.ExitStack() as stack:
+    """Call each ``write(staged)`` with the destination's own file name inside a scratch folder beside it (so
+    writers that read the suffix, ``.json`` or Keras' ``.weights.h5``, see it), skipping entries without a
+    destination; then rename them all into place. If any write fails, no destination is created or changed and
+    the scratch folders are removed."""
+    staged = []
+    try:
         for path, write in writes:
-            if path is not None:
-                write(stack.enter_context(atomic_path(os.fspath(path))))
+            if path is None:
+                continue
+            path = os.path.abspath(os.fspath(path))
+            directory, name = os.path.split(path)
+            os.makedirs(directory, exist_ok=True)
+            scratch = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+            staged.append((os.path.join(scratch, name), path))
+            write(staged[-1][0])
+        for source, path in staged:
+            os.replace(source, path)
+    finally:
+        for source, _ in staged:
+            shutil.rmtree(os.path.dirname(source), ignore_errors=True)
 
 
 def _as_array(adapter: FrameworkAdapter, value: Any) -> np.ndarray:

@@ -694,8 +694,7 @@ class Quantizer(Compressor):
             return calibration                 # the same calibration: observers reduce over the ranks)
         write_files([(onnx_path, lambda tmp: self.backend.export_onnx(self, tmp, example, device)),
                      (model_path, lambda tmp: self.backend.save_weights(self.model, self.layers, tmp)),
-                     (calibration_path, lambda tmp: save_calibration(
-                         calibration, tmp, self.backend, as_json=os.fspath(calibration_path).endswith(".json")))])
+                     (calibration_path, lambda tmp: save_calibration(calibration, tmp, self.backend))])
         return calibration
 
 
