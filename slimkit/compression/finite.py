@@ -28,7 +28,7 @@ def check_finite(*values: Any, where: str) -> None:
     """Raise :class:`~slimkit.errors.NonFiniteError` naming ``where`` if any of the numpy ``values`` holds NaN
     or infinity (non-float arrays always pass)."""
     arrays = [np.asarray(value) for value in values if value is not None]
-    if all(array.dtype.kind not in "fc" or np.isfinite(array).all() for array in arrays):
+    if all(_finite(array) for array in arrays):
         return
     nan = sum(int(np.isnan(array).sum()) for array in arrays if array.dtype.kind in "fc")
     inf = sum(int(np.isinf(array).sum()) for array in arrays if array.dtype.kind in "fc")
@@ -36,3 +36,9 @@ def check_finite(*values: Any, where: str) -> None:
     raise NonFiniteError(f"Expected finite values in {where}. Received: {nan} NaN and {inf} infinite of {total} "
                          "values. Nothing was changed: find where they come from (a diverged training step, a bad "
                          "input batch) or exclude the layer.")
+
+
+def _finite(array: np.ndarray) -> bool:
+    # NaN propagates through min / max and infinity is an extreme: two reductions, no boolean copy of the array
+    return array.dtype.kind not in "fc" or array.size == 0 or bool(np.isfinite(array.min()) and np.isfinite(
+        array.max()))

@@ -127,9 +127,14 @@ class FilterPruner(Pruner):
             return cache[layer.name]
         if layer.wrapper is None:
             return None
-        rows = channel_rows(self.adapter.to_numpy(self.adapter.get_masks(layer)[0]), layer.out_axis)
-        kept = rows.any(axis=1)
-        installed = (~kept, bool(np.array_equal(rows.all(axis=1), kept)))  # every channel all kept or all removed
+        mask = self.adapter.installed_weight_mask(layer)
+        if mask is None:  # no mask yet: nothing removed
+            installed = (np.zeros(channel_count(tuple(self.adapter.weight(layer, masked=False).shape), layer.out_axis),
+                                  dtype=bool), True)
+        else:
+            rows = channel_rows(self.adapter.to_numpy(mask), layer.out_axis)
+            kept = rows.any(axis=1)
+            installed = (~kept, bool(np.array_equal(rows.all(axis=1), kept)))  # each channel all kept or all removed
         if cache is not None:
             cache[layer.name] = installed
         return installed

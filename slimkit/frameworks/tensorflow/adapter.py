@@ -126,6 +126,10 @@ class KerasAdapter:
         bias = tf.identity(wrapper.bias_mask.value) if wrapper.bias_mask_set else None
         return tf.identity(wrapper.weight_mask.value), bias
 
+    def installed_weight_mask(self, layer: Any) -> Any:
+        """The wrapper's weight mask variable (ones until a mask is set)."""
+        return layer.wrapper.weight_mask
+
     def add_output_hook(self, layer: Any, fn: Callable[[np.ndarray], None]) -> HookHandle:
         """Call ``fn(output as numpy)`` after every forward of ``layer``, eager or inside ``fit``."""
         return layer.wrapper.add_hook(fn)

@@ -134,6 +134,10 @@ class TorchAdapter:
         return weight_mask.detach().clone(), (
             wrapper.bias_mask.detach().clone() if wrapper.bias_mask is not None else None)
 
+    def installed_weight_mask(self, layer: Any) -> torch.Tensor | None:
+        """The wrapper's weight mask itself (no copy), None while none is set."""
+        return layer.wrapper.weight_mask
+
     def add_output_hook(self, layer: Any, fn: Callable[[np.ndarray], None]) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             fn(self.to_numpy(output))
