@@ -36,8 +36,8 @@ class Scenario:
 
 SCENARIOS = {
     "agp_l1": Scenario(lambda model, opt, x: AGPPruner(
-        model, [{"final_sparsity": 0.5, "end_epoch": 3, "op_types": ["Conv2d", "Linear"]}], optimizer=opt,
-        pruning_algorithm="l1"), steps=12, checkpoint=7),
+        model, [{"final_sparsity": 0.5, "end_epoch": 4, "op_types": ["Conv2d", "Linear"]}], optimizer=opt,
+        pruning_algorithm="l1"), steps=15, checkpoint=7),
     "level": Scenario(lambda model, opt, x: LevelPruner(
         model, [{"sparsity": 0.6, "op_types": ["Conv2d", "Linear"]}]), steps=9, checkpoint=4),
     "qat": Scenario(lambda model, opt, x: QATQuantizer(
