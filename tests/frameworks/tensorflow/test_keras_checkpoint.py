@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
-from slimkit.algorithms.pruning import AGPPruner
-from slimkit.algorithms.quantization import QATQuantizer
+from slimkit import NonFiniteError, SlimkitError
+from slimkit.algorithms.pruning import AGPPruner, LevelPruner
+from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer
 from slimkit.frameworks.tensorflow.callbacks import CompressionCallback
+from slimkit.frameworks.tensorflow.wrapper import wrapper_of
 
 X = np.random.default_rng(0).random((8, 8, 8, 1)).astype("float32")
 Y = np.arange(8) % 10
@@ -71,3 +74,25 @@ def test_keras_qat_resumes_its_step_counter_and_ranges() -> None:
     ranges = resumed.state_dict()["observers"]
     for name, entry in state["observers"].items():
         assert np.array_equal(ranges[name]["output"]["lo"], entry["output"]["lo"]), name
+
+
+def test_keras_nan_kernel_stops_a_pruner_before_it_wraps() -> None:
+    model = _model()
+    kernel = model.get_layer("c1").kernel
+    kernel.assign(np.where(np.arange(kernel.numpy().size).reshape(kernel.shape) == 3, np.nan, kernel.numpy()))
+    with pytest.raises(NonFiniteError, match=r"weight of layer 'c1' \(LevelPruner computes its mask from it\)"):
+        LevelPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2D", "Dense"]}]).compress()
+    assert wrapper_of(model.get_layer("c1")) is None and wrapper_of(model.get_layer("fc")) is None
+
+
+def test_keras_calibration_with_a_bad_batch_leaves_the_model_unwrapped() -> None:
+    model = _model()
+    ptq = PostTrainingQuantizer(model, [{"quant_types": ["weight", "output"], "op_types": ["Conv2D", "Dense"]}],
+                                progress=False)
+    before = ptq.state_dict()
+    with pytest.raises(SlimkitError, match="batch 1 could not run through the model"):
+        ptq.calibrate([X, np.ones((2, 5, 5, 3), dtype="float32")])
+    assert not ptq.wrapped and wrapper_of(model.get_layer("c1")) is None
+    assert ptq.state_dict()["observers"] == before["observers"] == {"c1": {}, "fc": {}}
+    ptq.calibrate([X])
+    assert ptq.calibrated
