@@ -40,3 +40,7 @@ class FileFormatError(SlimkitError, ValueError):
 
 class MaskError(SlimkitError, ValueError):
     """Masks that are malformed (not 0/1 tensors) or do not fit the model (unknown layer, wrong shape)."""
+
+
+class NonFiniteError(SlimkitError, ValueError):
+    """A weight or activation holds NaN or infinity where a mask or a quantization range is computed from it."""

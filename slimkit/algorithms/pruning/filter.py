@@ -9,7 +9,7 @@ depthwise / group convs) keep the same channels, chosen from their summed import
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -68,15 +68,17 @@ class FilterPruner(Pruner):
 
     Subclasses implement :meth:`channel_importance` (reading weights through :meth:`weight_of`).
     Channels the installed mask removes are removed first, so recomputed masks (AGP, repeated
-    ``update_masks``) only grow sparser.
+    ``update_masks``) only grow sparser. Which channels those are is read from the installed mask
+    itself, so masks restored from a checkpoint (``load_state_dict``, the model's state dict) count too.
     """
 
     def __init__(self, model: Any, config_list: list[dict], *, dependency_aware: bool = False,
                  dummy_input: Any = None):
         super().__init__(model, config_list)
+        # within reading_weights(): layer -> weight, and layer -> (channels its mask removes, whether the
+        # mask removes only whole channels)
         self._weight_cache: dict[str, np.ndarray] | None = None
-        # layer -> (wrapper, channels its mask removes, whether the mask removes only whole channels)
-        self._pruned: dict[str, tuple[Any, np.ndarray, bool]] = {}
+        self._mask_cache: dict[str, tuple[np.ndarray, bool]] | None = None
         self.dependency_aware = dependency_aware
         self.dummy_input = dummy_input
         self.channel_groups: list[ChannelGroup] = (
@@ -96,8 +98,8 @@ class FilterPruner(Pruner):
         cache = self._weight_cache
         if cache is not None and layer.name in cache:
             return cache[layer.name]
-        installed = self._pruned.get(layer.name)
-        if installed is not None and installed[0] is layer.wrapper and installed[2]:
+        installed = self._installed(layer)
+        if installed is not None and installed[1]:
             weight = self.adapter.to_numpy(self.adapter.weight(layer, masked=False))
         else:
             weight = layer.weight_array()
@@ -110,29 +112,39 @@ class FilterPruner(Pruner):
         """Within the block, :meth:`weight_of` reads each layer's weight only once."""
         outer = self._weight_cache is not None
         if not outer:
-            self._weight_cache = {}
+            self._weight_cache, self._mask_cache = {}, {}
         try:
             yield
         finally:
             if not outer:
-                self._weight_cache = None
+                self._weight_cache = self._mask_cache = None
+
+    def _installed(self, layer: Layer) -> tuple[np.ndarray, bool] | None:
+        """(channels the installed weight mask removes entirely, whether it removes only whole channels), read
+        from the mask; None while the layer is not wrapped."""
+        cache = self._mask_cache
+        if cache is not None and layer.name in cache:
+            return cache[layer.name]
+        if layer.wrapper is None:
+            return None
+        mask = self.adapter.installed_weight_mask(layer)
+        if mask is None:  # no mask yet: nothing removed
+            installed = (np.zeros(channel_count(tuple(self.adapter.weight(layer, masked=False).shape), layer.out_axis),
+                                  dtype=bool), True)
+        else:
+            rows = channel_rows(self.adapter.to_numpy(mask), layer.out_axis)
+            kept = rows.any(axis=1)
+            installed = (~kept, bool(np.array_equal(rows.all(axis=1), kept)))  # each channel all kept or all removed
+        if cache is not None:
+            cache[layer.name] = installed
+        return installed
 
     def pruned_channels(self, layer: Layer) -> np.ndarray:
         """Boolean vector: the output channels the installed weight mask removes entirely."""
-        installed = self._pruned.get(layer.name)
-        if installed is not None and installed[0] is layer.wrapper:
-            return installed[1]
+        installed = self._installed(layer)
+        if installed is not None:
+            return installed[0]
         return np.zeros(channel_count(self.weight_of(layer).shape, layer.out_axis), dtype=bool)
-
-    def set_mask(self, layer: Layer, mask: Any) -> None:
-        """Install ``mask`` and remember which channels it removes entirely."""
-        super().set_mask(layer, mask)
-        weight_mask = mask.get("weight") if isinstance(mask, Mapping) else mask
-        array = weight_mask if isinstance(weight_mask, np.ndarray) else self.adapter.to_numpy(weight_mask)
-        rows = channel_rows(array, layer.out_axis)
-        kept = rows.any(axis=1)
-        structured = bool(np.array_equal(rows.all(axis=1), kept))  # every channel all kept or all removed
-        self._pruned[layer.name] = (layer.wrapper, ~kept, structured)
 
     def scores(self, layer: Layer) -> np.ndarray:
         """:meth:`channel_importance` with already-pruned channels at ``-inf`` (they stay pruned)."""

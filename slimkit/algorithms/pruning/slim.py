@@ -100,17 +100,19 @@ class SlimPruner(FilterPruner):
         """Wrap the layers, run sparsity training if a ``trainer`` was given, then compute the masks."""
         if self.wrapped:
             return self.model
-        Compressor.compress(self)
-        if self.trainer is not None:
-            criterion = self.penalised_criterion(self.criterion)
-            for epoch in range(self.sparsifying_training_epochs):
-                self.trainer(self.model, self.optimizer, criterion, epoch)
-        self.update_masks()
+        with self.wrapping():
+            Compressor.compress(self)
+            if self.trainer is not None:
+                criterion = self.penalised_criterion(self.criterion)
+                for epoch in range(self.sparsifying_training_epochs):
+                    self.trainer(self.model, self.optimizer, criterion, epoch)
+            self.update_masks()
         return self.model
 
     def update_masks(self) -> None:
         """Recompute every mask with the first config dict's sparsity, applied globally."""
         self._require_wrapped("update_masks")
+        self.check_weights(self.layers)
         first = min((layer.config for layer in self.layers), key=lambda config: config.index)
         for layer in self.layers:
             self.set_mask(layer, self.calc_mask(layer, first))

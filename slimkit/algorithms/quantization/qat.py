@@ -65,6 +65,14 @@ class QATQuantizer(Quantizer):
         if not self._counts_optimizer:
             self._count_step()
 
+    def collect_state(self) -> dict[str, Any]:
+        """The base state and the step counter that ``quant_start_step`` is compared with."""
+        return {**super().collect_state(), "steps": self.steps}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        self.steps = int(state["steps"])  # before the base pushes the switches (Keras)
+        super().restore_state(state)
+
     def make_observer(self, layer: Layer, key: str) -> Observer:
         return EMAObserver(self.ema_decay)
 
