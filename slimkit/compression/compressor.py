@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,6 +43,7 @@ from slimkit.compression.finite import check_finite
 from slimkit.compression.state import decode, encode
 from slimkit.errors import CompressionStateError, ConfigError, MaskError, SlimkitError
 from slimkit.utils import distributed
+from slimkit.utils.files import write_all
 
 
 class Layer:
@@ -244,29 +243,6 @@ def onnx_example(owner: Any, onnx_path: Any, input_shape: Any) -> Any:
     return [int(size) for size in input_shape]
 
 
-def write_files(writes: list[tuple[str | os.PathLike | None, Callable[[str], None]]]) -> None:
-    """Call each ``write(staged)`` with the destination's own file name inside a scratch folder beside it (so
-    writers that read the suffix, ``.json`` or Keras' ``.weights.h5``, see it), skipping entries without a
-    destination; then rename them all into place. If any write fails, no destination is created or changed and
-    the scratch folders are removed."""
-    staged = []
-    try:
-        for path, write in writes:
-            if path is None:
-                continue
-            path = os.path.abspath(os.fspath(path))
-            directory, name = os.path.split(path)
-            os.makedirs(directory, exist_ok=True)
-            scratch = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-            staged.append((os.path.join(scratch, name), path))
-            write(staged[-1][0])
-        for source, path in staged:
-            os.replace(source, path)
-    finally:
-        for source, _ in staged:
-            shutil.rmtree(os.path.dirname(source), ignore_errors=True)
-
-
 def _as_array(adapter: FrameworkAdapter, value: Any) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else adapter.to_numpy(value)
 
@@ -417,7 +393,7 @@ class Pruner(Compressor):
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes
             return
         masks = self.get_masks() if mask_path is not None else None
-        write_files([
+        write_all([
             (onnx_path, lambda tmp: self.adapter.export_onnx(self.model, self.layers, tmp, example, device)),
             (model_path, lambda tmp: self.adapter.save_weights(self.model, self.layers, tmp)),
             (mask_path, lambda tmp: self.adapter.save_masks(masks, tmp))])

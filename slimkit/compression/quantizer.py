@@ -50,7 +50,7 @@ from schema import And, Or
 
 from slimkit.compression.calibration import load_calibration, save_calibration
 from slimkit.compression.channels import normalize_axis
-from slimkit.compression.compressor import Compressor, Layer, onnx_example, write_files
+from slimkit.compression.compressor import Compressor, Layer, onnx_example
 from slimkit.compression.config import ConfigKey, parse_config_list
 from slimkit.compression.finite import check_finite
 from slimkit.compression.observers import MinMaxObserver, Observer
@@ -66,6 +66,7 @@ from slimkit.compression.quant import (
 from slimkit.compression.state import qparams_from_state, qparams_state
 from slimkit.errors import CompressionStateError, ConfigError, SlimkitError
 from slimkit.utils import distributed
+from slimkit.utils.files import write_all
 
 QUANT_ACTIONS = ("quantize", "rewrite", "disable")
 GRAPH_KEY = "__graph__"
@@ -692,9 +693,9 @@ class Quantizer(Compressor):
         calibration = self.calibration()
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes (every rank returns
             return calibration                 # the same calibration: observers reduce over the ranks)
-        write_files([(onnx_path, lambda tmp: self.backend.export_onnx(self, tmp, example, device)),
-                     (model_path, lambda tmp: self.backend.save_weights(self.model, self.layers, tmp)),
-                     (calibration_path, lambda tmp: save_calibration(calibration, tmp, self.backend))])
+        write_all([(onnx_path, lambda tmp: self.backend.export_onnx(self, tmp, example, device)),
+                   (model_path, lambda tmp: self.backend.save_weights(self.model, self.layers, tmp)),
+                   (calibration_path, lambda tmp: save_calibration(calibration, tmp, self.backend))])
         return calibration
 
 

@@ -15,6 +15,10 @@ nothing is cleaned up.)
 
 Files are created with mode ``0o666`` minus the process umask, as ``open()`` creates them.
 
+:func:`atomic_path` given a path that an enclosing :func:`atomic_path` of this process yielded writes it in
+place (the enclosing block renames it), so a function that writes through :func:`atomic_path` can be handed a
+temporary path. :func:`write_all` builds on that: several files renamed only when every one is written.
+
 Example:
 
 >>> import os, tempfile
@@ -32,7 +36,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 try:
     import fcntl
@@ -42,6 +46,7 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, so no clea
 TEMP_PREFIX = ".slimkit-"
 LOCK_PREFIX = ".slimkit-lock-"
 _TOKEN = "[0-9a-f]{16}"
+_OPEN: set[str] = set()  # the temporary paths of this process's atomic_path blocks still open
 
 
 def temp_name_pattern(destination: str, prefix: str = TEMP_PREFIX) -> re.Pattern[str]:
@@ -139,13 +144,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
     Before the temporary file is created, temporary files of ``path`` left by dead writers are deleted.
     On an exception the temporary file is removed and ``path`` is left as it was, so no half-written
-    file is ever visible under the final name.
+    file is ever visible under the final name. ``path`` that is the temporary path of an enclosing block is
+    yielded as it is: that block renames (or removes) it.
     """
     path = os.path.abspath(os.fspath(path))
+    if path in _OPEN:
+        yield path
+        return
     directory, name = os.path.split(path)
     os.makedirs(directory, exist_ok=True)
     remove_dead_temps(path)
     tmp, lock, fd = _start_writer(directory, name)
+    _OPEN.add(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -153,6 +163,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         _remove(tmp)
         raise
     finally:
+        _OPEN.discard(tmp)
         if lock is not None:
             _remove(lock)
             os.close(fd)
+
+
+def write_all(writes: Iterable[tuple[str | os.PathLike | None, Callable[[str], None]]]) -> None:
+    """All or nothing: call each ``write(tmp)`` with an :func:`atomic_path` temporary path of its destination
+    (entries whose destination is None are skipped), and rename them all onto their destinations only when every
+    write has succeeded. If one fails, every temporary file is removed and no destination is created or changed.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> from slimkit.utils.files import write_all
+    >>> folder = tempfile.mkdtemp()
+    >>> def fail(tmp):
+    ...     raise RuntimeError('no second file')
+    >>> try:
+    ...     write_all([(os.path.join(folder, 'a.txt'), lambda tmp: open(tmp, 'w').close()),
+    ...                (os.path.join(folder, 'b.txt'), fail)])
+    ... except RuntimeError:
+    ...     pass
+    >>> os.listdir(folder)
+    []
+    """
+    with contextlib.ExitStack() as stack:
+        for path, write in writes:
+            if path is not None:
+                write(stack.enter_context(atomic_path(path)))

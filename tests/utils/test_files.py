@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from slimkit.utils.files import LOCK_PREFIX, atomic_path, remove_dead_temps, temp_name_pattern
+from slimkit.utils.files import LOCK_PREFIX, atomic_path, remove_dead_temps, temp_name_pattern, write_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -121,6 +121,41 @@ def test_temporary_names_end_with_the_destination_name_and_belong_to_it_only(tmp
         assert temp_name_pattern("net.weights.h5").fullmatch(name)
         assert not temp_name_pattern("weights.h5").fullmatch(name)
         open(tmp, "wb").close()
+
+
+def test_atomic_path_of_an_enclosing_blocks_temporary_path_writes_it_in_place(tmp_path):
+    with atomic_path(tmp_path / "model.pth") as outer:
+        with atomic_path(outer) as inner, open(inner, "wb") as handle:
+            handle.write(b"nested")
+        assert inner == outer  # one temporary file and one lock file, no nested ones
+        assert temps(tmp_path / "model.pth") == [os.path.basename(outer)] and len(os.listdir(tmp_path)) == 2
+        assert len(temps(tmp_path / "model.pth", LOCK_PREFIX)) == 1
+    assert (tmp_path / "model.pth").read_bytes() == b"nested"
+    assert os.listdir(tmp_path) == ["model.pth"]
+
+
+def test_write_all_renames_only_when_every_write_succeeded(tmp_path):
+    (tmp_path / "b.weights.h5").write_bytes(b"old b")
+    seen = []
+
+    def write(data: bytes):
+        def to(tmp: str) -> None:
+            seen.append(os.path.basename(tmp))
+            with atomic_path(tmp) as same, open(same, "wb") as handle:  # as a writer that stages on its own
+                handle.write(data)
+        return to
+
+    def fail(tmp: str) -> None:
+        raise RuntimeError("third file failed")
+
+    with pytest.raises(RuntimeError, match="third file failed"):
+        write_all([(tmp_path / "a.pth", write(b"a")), (None, fail), (tmp_path / "b.weights.h5", write(b"b")),
+                   (tmp_path / "c.onnx", fail)])
+    assert sorted(os.listdir(tmp_path)) == ["b.weights.h5"] and (tmp_path / "b.weights.h5").read_bytes() == b"old b"
+    assert [name.split(".", 2)[2] for name in seen] == ["a.pth", "b.weights.h5"]  # suffix-checking writers accept
+    write_all([(tmp_path / "a.pth", write(b"a")), (tmp_path / "b.weights.h5", write(b"b"))])
+    assert sorted(os.listdir(tmp_path)) == ["a.pth", "b.weights.h5"]
+    assert (tmp_path / "a.pth").read_bytes() == b"a" and (tmp_path / "b.weights.h5").read_bytes() == b"b"
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
