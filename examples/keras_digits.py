@@ -1,4 +1,4 @@
-"""Prune a Keras CNN on scikit-learn's digits with L1 filter pruning, fine-tune it with ``fit``,
+"""Prune a Keras CNN on the bundled 8x8 digits with L1 filter pruning, fine-tune it with ``fit``,
 and ship it as an int8 TFLite file.
 
     PYTHONPATH=. python examples/keras_digits.py [--out DIR]

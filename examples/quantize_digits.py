@@ -1,4 +1,4 @@
-"""Quantize a small CNN on scikit-learn's digits: float vs PTQ (minmax, l2, kl) vs QAT vs DoReFa 4-bit vs BNN.
+"""Quantize a small CNN on the bundled 8x8 digits: float vs PTQ (minmax, l2, kl) vs QAT vs DoReFa 4-bit vs BNN.
 
 Run: ``python examples/quantize_digits.py`` (about two minutes on two CPU cores). Prints a table of
 test accuracy and model size (weights at their quantized bit width, biases at 32 bits, BatchNorm

@@ -1,7 +1,7 @@
 """Prune a digits CNN by 50% of its filters, fine-tune, and make the pruning real with ModelSpeedup.
 
 Run: ``python examples/speedup_digits.py`` (about half a minute on a laptop CPU; no download: the
-digits come with scikit-learn). Prints parameters, batch-1 CPU latency and test accuracy of the
+digits ship with slimkit). Prints parameters, batch-1 CPU latency and test accuracy of the
 dense, the masked and the sped-up model.
 """
 

@@ -32,3 +32,7 @@ class UnsupportedModelError(SlimkitError, TypeError):
 
 class CompressionStateError(SlimkitError, RuntimeError):
     """A method was called at the wrong point of a compressor's lifecycle."""
+
+
+class MissingDependencyError(SlimkitError, ImportError):
+    """An optional dependency is not installed; the message names the slimkit extra that installs it."""

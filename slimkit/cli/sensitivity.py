@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.analysis.sensitivity import sensitivity
     from slimkit.errors import ConfigError
     from slimkit.utils.files import atomic_path
+    from slimkit.utils.optional import require
 
+    require("matplotlib", "slimkit sensitivity (its sensitivity.png)")  # before the sweep, not after it
     doc, settings = common.read_settings(args.config, KEYS)
     torch.manual_seed(settings.get("seed", 0))
     cls = common.lookup(common.pruner_registry(), settings["algorithm"], doc, ("algorithm",), "pruner")

@@ -40,6 +40,7 @@ from slimkit.compression.config import (
 )
 from slimkit.errors import CompressionStateError, ConfigError, SlimkitError
 from slimkit.utils import distributed
+from slimkit.utils.optional import require
 
 
 class Layer:
@@ -242,6 +243,8 @@ class Pruner(Compressor):
         if onnx_path is not None and input_shape is None:
             raise ConfigError("export_model: onnx_path needs the model input shape. Expected input_shape such as "
                               "[1, 1, 28, 28]. Received: input_shape=None")
+        if onnx_path is not None:
+            require("onnxscript", "export_model(onnx_path=...)")  # before any file is written
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes
             return
         self.adapter.save_weights(self.model, self.layers, os.fspath(model_path))

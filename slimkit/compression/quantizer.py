@@ -64,6 +64,7 @@ from slimkit.compression.quant import (
 )
 from slimkit.errors import ConfigError, SlimkitError
 from slimkit.utils import distributed
+from slimkit.utils.optional import require
 
 QUANT_ACTIONS = ("quantize", "rewrite", "disable")
 GRAPH_KEY = "__graph__"
@@ -637,6 +638,8 @@ class Quantizer(Compressor):
         if onnx_path is not None and input_shape is None:
             raise ConfigError("export_model: onnx_path needs the model input shape. Expected input_shape such as "
                               "[1, 1, 28, 28]. Received: input_shape=None")
+        if onnx_path is not None:
+            require("onnxscript", "export_model(onnx_path=...)")  # before any file is written
         calibration = self.calibration()
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes (every rank returns
             return calibration                 # the same calibration: observers reduce over the ranks)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from slimkit.converter.options import ConverterOptions
+from slimkit.utils.litert import interpreter
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,7 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def run_tflite(tflite_path, inputs, num_threads: int = 1):
     """Run ``tflite_path`` on numpy ``inputs`` (already in the file's layout); returns its outputs."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(tflite_path), num_threads=num_threads)
-    interp.allocate_tensors()
+    interp = interpreter(model_path=str(tflite_path), num_threads=num_threads)
     for detail, x in zip(interp.get_input_details(), inputs):
         interp.set_tensor(detail["index"], np.ascontiguousarray(x).astype(detail["dtype"]))
     interp.invoke()

@@ -39,6 +39,7 @@ from slimkit.frameworks.tensorflow.discovery import named_layers
 from slimkit.frameworks.tensorflow.wrapper import MaskWrapper, wrapper_of
 from slimkit.masks import NPZ_SEPARATOR
 from slimkit.utils.files import atomic_path
+from slimkit.utils.litert import interpreter as litert_interpreter
 
 
 def wrapped_layers(model: Any) -> list[tuple[str, Any, Any]]:
@@ -207,13 +208,9 @@ def run_tflite(path_or_bytes: str | os.PathLike | bytes, inputs: Iterable[np.nda
     int8 inputs / outputs are quantized / dequantized with the tensors' scale and zero point, so
     the result is float either way.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
-    if isinstance(path_or_bytes, bytes):
-        interpreter = Interpreter(model_content=path_or_bytes)
-    else:
-        interpreter = Interpreter(model_path=os.fspath(path_or_bytes))
-    interpreter.allocate_tensors()
+    source = ({"model_content": path_or_bytes} if isinstance(path_or_bytes, bytes)
+              else {"model_path": os.fspath(path_or_bytes)})
+    interpreter = litert_interpreter(**source)
     [inp], [out] = interpreter.get_input_details(), interpreter.get_output_details()
     results = []
     for sample in np.asarray(inputs, dtype=np.float32):

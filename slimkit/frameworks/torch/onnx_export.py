@@ -22,12 +22,14 @@ import torch
 from torch import nn
 
 from slimkit.utils.files import atomic_path
+from slimkit.utils.optional import require
 
 
 def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int], device: Any = None,
                 opset_version: int | None = None, custom_translation_table: dict | None = None) -> None:
     """Write ``model`` (evaluated on a random input of ``input_shape``) to ``path`` as one ONNX file
     (``opset_version`` and ``custom_translation_table`` are passed to ``torch.onnx.export``)."""
+    require("onnxscript", "ONNX export")  # torch.onnx's exporter
     parameter = next(model.parameters(), None)
     device = torch.device(device) if device is not None else (
         parameter.device if parameter is not None else torch.device("cpu"))
