@@ -14,8 +14,8 @@ from slimkit.errors import SlimkitError
 HELP = "quantize a model with a quantizer and config_list from a YAML file"
 EXAMPLE = """\
 example:
-  slimkit quantize --config qat.yaml --model tests.cli.factories:digits_model \\
-                   --data tests.cli.factories:digits_data --out out/
+  slimkit quantize --config qat.yaml --model slimkit.models:DigitsCNN \\
+                   --data slimkit.models:load_digits_tensors --out out/
 
 qat.yaml:
   algorithm: QATQuantizer          # any class in slimkit.algorithms.quantization

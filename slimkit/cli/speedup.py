@@ -11,8 +11,8 @@ from slimkit.cli import _common as common
 HELP = "shrink a pruned PyTorch model's channels with ModelSpeedup"
 EXAMPLE = """\
 example:
-  slimkit prune --config prune.yaml --model tests.cli.factories:digits_model --out out/
-  slimkit speedup --model tests.cli.factories:digits_model --weights out/model.pth \\
+  slimkit prune --config prune.yaml --model slimkit.models:DigitsCNN --out out/
+  slimkit speedup --model slimkit.models:DigitsCNN --weights out/model.pth \\
                   --masks out/mask.pth --input-shape 1,1,8,8 --out out/speedup/
 
 writes out/speedup/model_speedup.pth (the smaller model's state dict: it loads into a model rebuilt by
