@@ -74,3 +74,18 @@ def test_registry_lists_supported_ops():
     table = dict(supported_ops())
     assert table["aten.conv2d.default"] == ("CONV_2D", "DEPTHWISE_CONV_2D", "PAD")
     assert len(table) > 80
+
+
+def test_second_converter_for_an_op_is_config_error_naming_both():
+    from slimkit.converter.registry import CONVERTERS, register
+
+    before = dict(CONVERTERS)
+
+    def my_floor(ctx, node, a):
+        return None
+
+    with pytest.raises(slimkit.ConfigError, match=r"'aten.floor.default' is already converted by "
+                                                  r"slimkit.converter.ops.elementwise.floor\. Received: duplicate "
+                                                  r"target='aten.floor.default' from .*my_floor"):
+        register("aten.my_op.default", "aten.floor.default", emits=("FLOOR",))(my_floor)  # all or none
+    assert before == CONVERTERS
