@@ -19,34 +19,12 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 from slimkit.utils.optional import require
+from slimkit.utils.stderr import without_lines
 
-_BANNER = b"Created TensorFlow Lite XNNPACK delegate"
-
-
-@contextlib.contextmanager
-def _without_banner() -> Iterator[None]:
-    """Capture file descriptor 2 for the block, then write back every line but LiteRT's delegate banner."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True) if _BANNER not in line]
-            if kept:
-                os.write(2, b"".join(kept))
+_BANNER = rb"Created TensorFlow Lite XNNPACK delegate"
 
 
 def interpreter(**kwargs: Any) -> Any:
@@ -54,6 +32,6 @@ def interpreter(**kwargs: Any) -> Any:
     with its tensors allocated."""
     interpreter_class = require("ai_edge_litert.interpreter", "Running a TFLite file").Interpreter
     result = interpreter_class(**kwargs)
-    with _without_banner():
+    with without_lines(_BANNER):
         result.allocate_tensors()
     return result

@@ -5,9 +5,11 @@ See ``docs/keras.md``.
 """
 
 from slimkit.utils.optional import require
+from slimkit.utils.stderr import TENSORFLOW_NOISE, without_lines
 
-for _module in ("tensorflow", "keras"):  # a missing one names the extra (slimkit[tensorflow]), not a trace
-    require(_module, "Keras support (slimkit.frameworks.tensorflow)")
+with without_lines(*TENSORFLOW_NOISE):  # TensorFlow's native start-up lines
+    for _module in ("tensorflow", "keras"):  # a missing one names the extra (slimkit[tensorflow]), not a trace
+        require(_module, "Keras support (slimkit.frameworks.tensorflow)")
 
 from slimkit.frameworks.tensorflow.callbacks import CompressionCallback  # noqa: E402
 from slimkit.frameworks.tensorflow.export import export_tflite, run_tflite, save_masks, save_model  # noqa: E402

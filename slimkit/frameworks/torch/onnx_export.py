@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,8 +38,10 @@ def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int], device:
     was_training = model.training
     model.eval()
     try:
-        with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):
+        with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            # torch.onnx deep-copies the exported program, re-creating pytree LeafSpecs: torch's own deprecation
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
             program = torch.onnx.export(model, (dummy,), dynamo=True, opset_version=opset_version,
                                         custom_translation_table=custom_translation_table, verbose=False)
             program.save(tmp, external_data=False)
