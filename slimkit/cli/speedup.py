@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.masks import load_masks
     from slimkit.speedup import ModelSpeedup
     from slimkit.utils.files import atomic_path
+    from slimkit.utils.optional import require
 
+    if args.onnx:
+        require("onnxscript", "slimkit speedup --onnx")  # before anything is computed or written
     shape = common.parse_shape(args.input_shape)
     model = common.load_model(args.model, args.weights)
     masks = load_masks(args.masks)

@@ -113,3 +113,14 @@ def test_cli_sensitivity_names_the_plot_extra_before_the_sweep(monkeypatch, tmp_
     assert status == 2
     assert "pip install 'slimkit[plot]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_speedup_onnx_names_the_onnx_extra_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    from slimkit.cli import main
+
+    _block(monkeypatch, "onnxscript")
+    status = main(["speedup", "--model", "slimkit.models:DigitsCNN", "--masks", str(tmp_path / "mask.pth"),
+                   "--input-shape", "1,1,8,8", "--onnx", "--out", str(tmp_path / "out")])
+    assert status == 2
+    assert "slimkit speedup --onnx needs 'onnxscript'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
