@@ -16,6 +16,7 @@ True
 from slimkit.errors import (
     CompressionStateError,
     ConfigError,
+    MissingDependencyError,
     SlimkitError,
     UnsupportedModelError,
     UnsupportedOpError,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CompressionStateError",
     "ConfigError",
+    "MissingDependencyError",
     "SlimkitError",
     "UnsupportedModelError",
     "UnsupportedOpError",
