@@ -158,9 +158,16 @@ class Pruner(Compressor):
     A subclass overrides :meth:`calc_mask` (and, where its schedule needs it,
     :meth:`update_epoch` / :meth:`step`). ``compress()`` wraps the layers and computes the
     first masks from the current weights.
+
+    ``optimizer`` is taken in NNI's position (``Pruner(model, config_list, optimizer)``) so that NNI
+    scripts run unchanged; masks apply on every forward, so pruners that do not train need none.
     """
 
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {"sparsity": ConfigKey(FRACTION, "a number in [0, 1)")}
+
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None):
+        super().__init__(model, config_list)
+        self.optimizer = optimizer
 
     def validate_layer(self, layer: Layer) -> None:
         if not self.adapter.has_weight(layer.module):

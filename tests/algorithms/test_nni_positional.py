@@ -9,6 +9,10 @@ from slimkit.algorithms.pruning import (
     ActivationAPoZRankFilterPruner,
     ActivationMeanRankFilterPruner,
     AGPPruner,
+    FPGMPruner,
+    L1FilterPruner,
+    L2FilterPruner,
+    LevelPruner,
     LotteryTicketPruner,
     SlimPruner,
 )
@@ -46,6 +50,8 @@ def test_pruners_take_nni_positional_arguments():
     for cls in (ActivationAPoZRankFilterPruner, ActivationMeanRankFilterPruner):
         pruner = cls(_model(), CONV, optimizer, _trainer, criterion)
         assert (pruner.optimizer, pruner.trainer, pruner.criterion) == (optimizer, _trainer, criterion)
+    for cls in (LevelPruner, L1FilterPruner, L2FilterPruner, FPGMPruner):  # NNI: cls(model, config_list, optimizer)
+        assert cls(_model(), CONV, optimizer).optimizer is optimizer
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
     lottery = LotteryTicketPruner(model, [{"sparsity": 0.5, "prune_iterations": 2, "op_types": ["Conv2d"]}],
                                   optimizer, scheduler)

@@ -66,15 +66,16 @@ class FilterPruner(Pruner):
         dependency_aware: make coupled layers prune the same channels (found by the adapter: the traced
             graph of a PyTorch model, the layer graph of a Keras functional / Sequential model).
         dummy_input: an example input, used to trace a PyTorch model (Keras models do not need it).
+        optimizer: accepted in NNI's position (``L1FilterPruner(model, config_list, optimizer)``); not needed.
 
     Subclasses implement :meth:`channel_importance` (reading weights through :meth:`weight_of`).
     Channels the installed mask removes are removed first, so recomputed masks (AGP, repeated
     ``update_masks``) only grow sparser.
     """
 
-    def __init__(self, model: Any, config_list: list[dict], *, dependency_aware: bool = False,
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, *, dependency_aware: bool = False,
                  dummy_input: Any = None):
-        super().__init__(model, config_list)
+        super().__init__(model, config_list, optimizer)
         self._weight_cache: dict[str, np.ndarray] | None = None
         # layer -> (wrapper, channels its mask removes, whether the mask removes only whole channels)
         self._pruned: dict[str, tuple[Any, np.ndarray, bool]] = {}
