@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         from slimkit.converter import TFLiteConverter
 
         written.append(os.path.join(args.out, "model.tflite"))
-        TFLiteConverter(model, session.example, written[-1]).convert()
+        TFLiteConverter(model.eval(), session.example, written[-1]).convert()
         notes.append(f"model.tflite: {os.path.getsize(written[-1]):,} bytes")
     report_path = os.path.join(args.out, "report.md")
     write_report(report_path, render_report(args.model, before, after, notes=notes,
