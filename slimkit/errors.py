@@ -44,3 +44,7 @@ class MaskError(SlimkitError, ValueError):
 
 class NonFiniteError(SlimkitError, ValueError):
     """A weight or activation holds NaN or infinity where a mask or a quantization range is computed from it."""
+
+
+class MissingDependencyError(SlimkitError, ImportError):
+    """An optional dependency is not installed; the message names the slimkit extra that installs it."""

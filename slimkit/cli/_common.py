@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -28,7 +29,8 @@ def say(*lines: str) -> None:
 # --------------------------------------------------------------------------- objects by name
 
 def load_object(spec: str, what: str = "object") -> Any:
-    """Import ``pkg.module:name`` (``name`` may be dotted: ``module:Class.method``).
+    """Import ``pkg.module:name`` (``name`` may be dotted: ``module:Class.method``) from the current folder,
+    ``PYTHONPATH`` or the installed packages.
 
     Raises:
         SlimkitError: the spec is malformed, the module cannot be imported, or it has no such name.
@@ -36,11 +38,14 @@ def load_object(spec: str, what: str = "object") -> Any:
     module_name, sep, attr = (spec or "").partition(":")
     if not sep or not module_name or not attr:
         raise SlimkitError(f"Expected the {what} as 'package.module:name'. Received: {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the current folder is importable, as under `python -m slimkit.cli`
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise SlimkitError(f"Could not import module {module_name!r} for the {what} {spec!r}: {error}. "
-                           f"Check the name and that its package is on PYTHONPATH.") from None
+                           f"Check the name, and that its package is in the current folder "
+                           f"({os.getcwd()}) or on PYTHONPATH.") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

@@ -44,6 +44,7 @@ from slimkit.compression.state import decode, encode
 from slimkit.errors import CompressionStateError, ConfigError, MaskError, SlimkitError
 from slimkit.utils import distributed
 from slimkit.utils.files import write_all
+from slimkit.utils.optional import require
 
 
 class Layer:
@@ -253,9 +254,16 @@ class Pruner(Compressor):
     A subclass overrides :meth:`calc_mask` (and, where its schedule needs it,
     :meth:`update_epoch` / :meth:`step`). ``compress()`` wraps the layers and computes the
     first masks from the current weights.
+
+    ``optimizer`` is taken in NNI's position (``Pruner(model, config_list, optimizer)``) so that NNI
+    scripts run unchanged; masks apply on every forward, so pruners that do not train need none.
     """
 
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {"sparsity": ConfigKey(FRACTION, "a number in [0, 1)")}
+
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None):
+        super().__init__(model, config_list)
+        self.optimizer = optimizer
 
     def validate_layer(self, layer: Layer) -> None:
         if not self.adapter.has_weight(layer.module):
@@ -390,6 +398,8 @@ class Pruner(Compressor):
         """
         self._require_wrapped("export_model")
         example = onnx_example(self, onnx_path, input_shape)
+        if onnx_path is not None:
+            require("onnxscript", "export_model(onnx_path=...)")  # before any file is written
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes
             return
         masks = self.get_masks() if mask_path is not None else None

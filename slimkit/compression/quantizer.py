@@ -67,6 +67,7 @@ from slimkit.compression.state import qparams_from_state, qparams_state
 from slimkit.errors import CompressionStateError, ConfigError, SlimkitError
 from slimkit.utils import distributed
 from slimkit.utils.files import write_all
+from slimkit.utils.optional import require
 
 QUANT_ACTIONS = ("quantize", "rewrite", "disable")
 GRAPH_KEY = "__graph__"
@@ -146,7 +147,8 @@ class Quantizer(Compressor):
     Args:
         model: a ``torch.nn.Module`` or a ``keras.Model`` (its adapter supplies ``quant_backend``).
         config_list: dicts with ``quant_types``, ``quant_bits``, ``op_types`` / ``op_names``.
-        optimizer: the training optimizer (algorithms that step with it).
+        optimizer: the training optimizer (algorithms that step with it). ``optimizer`` and ``dummy_input`` may
+            also come positionally, in NNI's order: ``QAT_Quantizer(model, config_list, optimizer, dummy_input)``.
         dummy_input: an example input; lets the quantizer see the graph (BN folding, conv+BN+ReLU
             fusion, per-call ranges, whole-graph quantization with ``op_types: ['default']``).
         profile: target profile name (``'tflite'``, ``'onnx'``, ``'symmetric'``, ``'pow2'``) or object.
@@ -160,8 +162,8 @@ class Quantizer(Compressor):
     fold_bn: ClassVar[bool] = False  # fold BatchNorm into the preceding conv (needs dummy_input)
     live_params: ClassVar[bool] = True  # recompute activation parameters after every observed batch
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, dummy_input: Any = None,
-                 profile: str | QuantProfile = "tflite"):
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, dummy_input: Any = None,
+                 *, profile: str | QuantProfile = "tflite"):
         super().__init__(model, config_list)
         self.profile = get_profile(profile)
         self.optimizer = optimizer
@@ -690,6 +692,8 @@ class Quantizer(Compressor):
         """
         self._require_wrapped("export_model")
         example = onnx_example(self, onnx_path, input_shape)
+        if onnx_path is not None:
+            require("onnxscript", "export_model(onnx_path=...)")  # before any file is written
         calibration = self.calibration()
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes (every rank returns
             return calibration                 # the same calibration: observers reduce over the ranks)

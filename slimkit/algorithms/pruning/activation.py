@@ -81,8 +81,8 @@ class ActivationRankFilterPruner(FilterPruner):
         dummy_input: an example input, traced to find the coupled layers of a PyTorch model.
     """
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, trainer: Any = None,
-                 criterion: Any = None, statistics_batch_num: int = 1, activation: str = "relu",
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, trainer: Any = None,
+                 criterion: Any = None, *, statistics_batch_num: int = 1, activation: str = "relu",
                  dependency_aware: bool = False, dummy_input: Any = None):
         name = type(self).__name__
         if activation not in ACTIVATIONS:

@@ -77,7 +77,7 @@ class AGPPruner(Pruner):
         "frequency": ConfigKey(POSITIVE_INT, "an integer >= 1", 1),
     }
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None,
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, *,
                  pruning_algorithm: str = "level", trainer: Any = None, criterion: Any = None,
                  dependency_aware: bool = False, dummy_input: Any = None, algo_kwargs: dict | None = None):
         rule_class = get_pruner(pruning_algorithm, schedulable=True)

@@ -9,6 +9,7 @@ depthwise / group convs) keep the same channels, chosen from their summed import
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,6 +66,7 @@ class FilterPruner(Pruner):
         dependency_aware: make coupled layers prune the same channels (found by the adapter: the traced
             graph of a PyTorch model, the layer graph of a Keras functional / Sequential model).
         dummy_input: an example input, used to trace a PyTorch model (Keras models do not need it).
+        optimizer: accepted in NNI's position (``L1FilterPruner(model, config_list, optimizer)``); not needed.
 
     Subclasses implement :meth:`channel_importance` (reading weights through :meth:`weight_of`).
     Channels the installed mask removes are removed first, so recomputed masks (AGP, repeated
@@ -72,9 +74,9 @@ class FilterPruner(Pruner):
     itself, so masks restored from a checkpoint (``load_state_dict``, the model's state dict) count too.
     """
 
-    def __init__(self, model: Any, config_list: list[dict], *, dependency_aware: bool = False,
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, *, dependency_aware: bool = False,
                  dummy_input: Any = None):
-        super().__init__(model, config_list)
+        super().__init__(model, config_list, optimizer)
         # within reading_weights(): layer -> weight, and layer -> (channels its mask removes, whether the
         # mask removes only whole channels)
         self._weight_cache: dict[str, np.ndarray] | None = None
@@ -83,6 +85,7 @@ class FilterPruner(Pruner):
         self.dummy_input = dummy_input
         self.channel_groups: list[ChannelGroup] = (
             self.adapter.channel_groups(model, dummy_input) if dependency_aware else [])
+        self._held = self._groups_held_by_unpruned_layers()
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
         """One score per output channel of ``layer``; the lowest scores are pruned first."""
@@ -152,6 +155,23 @@ class FilterPruner(Pruner):
         importance[self.pruned_channels(layer)] = -np.inf
         return importance
 
+    def _groups_held_by_unpruned_layers(self) -> set[str]:
+        """Selected layers of groups that also hold a layer this pruner does not prune (excluded or not
+        matched): that layer keeps every channel, so speedup would keep them all and masking its partners
+        would only lose accuracy. Those layers are left unpruned, with a warning naming the group."""
+        selected = {layer.name for layer in self.layers}
+        held: set[str] = set()
+        for group in self.channel_groups:
+            kept = [m for m in group.members if m not in selected]
+            pruned = [m for m in group.members if m in selected]
+            if kept and pruned:
+                held.update(pruned)
+                warnings.warn(
+                    f"dependency_aware: {pruned} are not pruned: their output channels are coupled with {kept}, "
+                    f"which the config_list does not prune, so no channel of the group "
+                    f"{group.members} could be removed. Select the whole group, or exclude it.", stacklevel=4)
+        return held
+
     def _group_of(self, layer: Layer) -> tuple[list[Layer], int]:
         names = {other.name: other for other in self.layers}
         for group in self.channel_groups:
@@ -160,6 +180,8 @@ class FilterPruner(Pruner):
         return [layer], 1
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> dict[str, np.ndarray | None]:
+        if layer.name in self._held:
+            return self.masks_for_channels(layer, ~self.pruned_channels(layer))
         with self.reading_weights():
             members, partitions = self._group_of(layer)
             importance = np.sum([self.scores(member) for member in members], axis=0)

@@ -89,7 +89,7 @@ class LotteryTicketPruner(LevelPruner):
         "prune_iterations": ConfigKey(POSITIVE_INT, "an integer >= 1"),
     }
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, lr_scheduler: Any = None,
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, lr_scheduler: Any = None,
                  reset_weights: bool = True):
         super().__init__(model, config_list)
         rounds = {layer.config.prune_iterations for layer in self.layers}

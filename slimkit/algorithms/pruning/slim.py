@@ -71,8 +71,8 @@ class SlimPruner(FilterPruner):
 
     default_op_role: ClassVar[str] = "batchnorm"
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, trainer: Any = None,
-                 criterion: Any = None, sparsifying_training_epochs: int = 1, scale: float = 1e-4):
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, trainer: Any = None,
+                 criterion: Any = None, *, sparsifying_training_epochs: int = 1, scale: float = 1e-4):
         super().__init__(model, config_list)
         self.optimizer, self.trainer, self.criterion = optimizer, trainer, criterion
         self.sparsifying_training_epochs = sparsifying_training_epochs

@@ -45,8 +45,8 @@ class QATQuantizer(Quantizer):
         **QUANTIZER_KEYS, "quant_start_step": ConfigKey(NON_NEGATIVE_INT, "an int >= 0", 0)}
     fold_bn = True
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, dummy_input: Any = None,
-                 profile: str = "tflite", ema_decay: float = 0.99):
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, dummy_input: Any = None,
+                 *, profile: str = "tflite", ema_decay: float = 0.99):
         super().__init__(model, config_list, optimizer=optimizer, dummy_input=dummy_input, profile=profile)
         self.ema_decay = ema_decay
         self.steps = 0

@@ -39,6 +39,7 @@ from slimkit.frameworks.tensorflow.discovery import named_layers
 from slimkit.frameworks.tensorflow.wrapper import MaskWrapper, wrapper_of
 from slimkit.masks import NPZ_SEPARATOR
 from slimkit.utils.files import atomic_path
+from slimkit.utils.stderr import TENSORFLOW_NOISE, without_lines
 
 
 def wrapped_layers(model: Any) -> list[tuple[str, Any, Any]]:
@@ -182,7 +183,8 @@ def export_tflite(model: Any, path: str | os.PathLike, quantizer: Any = None,
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-        flatbuffer = converter.convert()
+        with without_lines(*TENSORFLOW_NOISE):
+            flatbuffer = converter.convert()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as stream:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 from slimkit.utils.files import atomic_path
+from slimkit.utils.optional import require
 
 
 def _first_line(error: BaseException) -> str:
@@ -35,6 +37,7 @@ def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int] | torch.
     """Write ``model`` (evaluated on a random input of ``input_shape``, or on ``input_shape`` itself when it is an
     example tensor) to ``path`` as one ONNX file (``opset_version`` and ``custom_translation_table`` are passed to
     ``torch.onnx.export``)."""
+    require("onnxscript", "ONNX export")  # torch.onnx's exporter
     parameter = next(model.parameters(), None)
     device = torch.device(device) if device is not None else (
         parameter.device if parameter is not None else torch.device("cpu"))
@@ -43,8 +46,10 @@ def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int] | torch.
     was_training = model.training
     model.eval()
     try:
-        with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):
+        with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            # torch.onnx deep-copies the exported program, re-creating pytree LeafSpecs: torch's own deprecation
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
             try:
                 program = torch.onnx.export(model, (dummy,), dynamo=True, opset_version=opset_version,
                                             custom_translation_table=custom_translation_table, verbose=False)
