@@ -25,12 +25,13 @@ from slimkit.utils.optional import require
 from slimkit.utils.stderr import without_lines
 
 _BANNER = rb"Created TensorFlow Lite XNNPACK delegate"
+LITERT, LITERT_FEATURE = "ai_edge_litert.interpreter", "Running a TFLite file"  # for require()
 
 
 def interpreter(**kwargs: Any) -> Any:
     """A LiteRT ``Interpreter(**kwargs)`` (``model_path=`` or ``model_content=``, ``num_threads=``, ...)
     with its tensors allocated."""
-    interpreter_class = require("ai_edge_litert.interpreter", "Running a TFLite file").Interpreter
+    interpreter_class = require(LITERT, LITERT_FEATURE).Interpreter
     result = interpreter_class(**kwargs)
     with without_lines(_BANNER):
         result.allocate_tensors()

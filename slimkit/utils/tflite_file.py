@@ -5,8 +5,8 @@
 and then checks the indices a reader follows (operator codes, tensors, buffers, subgraphs) are in range.
 A file that fails raises :class:`slimkit.FileFormatError` reading
 ``not a valid TFLite file: <path> (<what>)``. :func:`load_tflite` returns the checked file as a
-``tflite.Model``; :func:`tflite_interpreter` builds a LiteRT interpreter on it and names the file in
-LiteRT's own errors too.
+``tflite.Model``; :func:`tflite_interpreter` builds a LiteRT interpreter on it (through
+:func:`slimkit.utils.litert.interpreter`) and names the file in LiteRT's own errors too.
 
 Example:
 
@@ -45,6 +45,8 @@ from slimkit.utils.flatbuffer_check import (
     Vector,
     check_flatbuffer,
 )
+from slimkit.utils.litert import LITERT, LITERT_FEATURE, interpreter
+from slimkit.utils.optional import require
 
 # The TFLite schema (tensorflow/compiler/mlir/lite/schema/schema.fbs), every field in slot order.
 BUFFER = Table("Buffer", {"data": Vector(U8), "offset": U64, "size": U64})
@@ -174,14 +176,9 @@ def _check_shapes(data: bytes, where: str) -> None:
     they compute with the shapes the file declares. XNNPACK trusts the declared shapes and sizes its buffers
     by them, so a file that declares a larger tensor than its ops produce is refused before it gets there."""
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    try:
-        probe = Interpreter(model_content=data,
-                            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        probe.allocate_tensors()
-    except (ValueError, RuntimeError) as error:
-        raise FileFormatError(f"not a valid TFLite file: {where} (LiteRT: {str(error).strip()})") from None
+    builtin = require(LITERT, LITERT_FEATURE).OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    probe = _litert(where, model_content=data, experimental_op_resolver_type=builtin)
     graph = tflite.Model.GetRootAs(data, 0).Subgraphs(0)
     for detail in probe.get_tensor_details():
         if detail["index"] >= graph.TensorsLength():  # scratch tensors LiteRT's kernels add
@@ -204,9 +201,8 @@ def tflite_interpreter(path_or_bytes: str | os.PathLike | bytes, **kwargs: Any) 
 
     Raises:
         FileFormatError: the file is not a valid TFLite file, or LiteRT refuses it (its message is kept).
+        MissingDependencyError: LiteRT (the ``litert`` extra) is not installed.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
     if isinstance(path_or_bytes, (bytes, bytearray)):
         where, data = "the flatbuffer bytes given", bytes(path_or_bytes)
         check_tflite(data, where)
@@ -214,9 +210,13 @@ def tflite_interpreter(path_or_bytes: str | os.PathLike | bytes, **kwargs: Any) 
         where = os.fspath(path_or_bytes)
         data = read_tflite(where)
     _check_shapes(data, where)
+    return _litert(where, model_content=data, **kwargs)
+
+
+def _litert(where: str, **kwargs: Any) -> Any:
+    """:func:`slimkit.utils.litert.interpreter` (the one place LiteRT interpreters are made), with LiteRT's
+    refusals as :class:`FileFormatError` naming the file."""
     try:
-        interpreter = Interpreter(model_content=data, **kwargs)
-        interpreter.allocate_tensors()
+        return interpreter(**kwargs)
     except (ValueError, RuntimeError) as error:
         raise FileFormatError(f"not a valid TFLite file: {where} (LiteRT: {str(error).strip()})") from None
-    return interpreter
