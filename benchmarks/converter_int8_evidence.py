@@ -77,13 +77,13 @@ def _quantized_mobilenet(bn: str, float_copy: bool = False, seed: int = 0):
 
 
 def interpreter(path, builtin: bool, threads: int = 1, preserve: bool = False):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from ai_edge_litert.interpreter import OpResolverType
+
+    from slimkit.utils.tflite_file import tflite_interpreter
 
     resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin else OpResolverType.AUTO
-    interp = Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver,
-                         experimental_preserve_all_tensors=preserve)
-    interp.allocate_tensors()
-    return interp
+    return tflite_interpreter(path, num_threads=threads, experimental_op_resolver_type=resolver,
+                              experimental_preserve_all_tensors=preserve)
 
 
 def _convert_recording(model, x, path):

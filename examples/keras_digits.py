@@ -1,4 +1,4 @@
-"""Prune a Keras CNN on scikit-learn's digits with L1 filter pruning, fine-tune it with ``fit``,
+"""Prune a Keras CNN on the bundled 8x8 digits with L1 filter pruning, fine-tune it with ``fit``,
 and ship it as an int8 TFLite file.
 
     PYTHONPATH=. python examples/keras_digits.py [--out DIR]
@@ -25,7 +25,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from slimkit.algorithms.pruning import L1FilterPruner  # noqa: E402
@@ -57,6 +56,8 @@ def run(out_dir: str, width: int = 32, epochs: int = 10, finetune_epochs: int = 
         seed: int = 0) -> list[dict]:
     """Train, prune, fine-tune and export; QAT and export; returns one row per artefact."""
     x_train, y_train, x_test, y_test = load_digits_arrays()
+    import keras  # after slimkit's TensorFlow package, which holds back TensorFlow's native start-up lines
+
     keras.utils.set_random_seed(seed)
     rows = []
 
@@ -86,7 +87,7 @@ def run(out_dir: str, width: int = 32, epochs: int = 10, finetune_epochs: int = 
     pruner.export_model(model_path=pruned_path, mask_path=os.path.join(out_dir, "digits_pruned_masks.npz"))
     reloaded = digits_cnn(width=width)  # plain Keras: the original architecture, no slimkit involved
     reloaded.load_weights(pruned_path)
-    rows.append({"model": f"Keras 50% filters pruned (before fine-tune {pruned_before:.3f})",
+    rows.append({"model": f"Keras 50% filters pruned (before fine-tune {pruned_before:.1%})",
                  "accuracy": accuracy(reloaded.predict(x_test, verbose=0), y_test), "file": pruned_path,
                  "seconds": time.perf_counter() - start})
 
@@ -117,20 +118,23 @@ def run(out_dir: str, width: int = 32, epochs: int = 10, finetune_epochs: int = 
 
 def table(rows: list[dict]) -> str:
     lines = ["| model | test accuracy | file bytes | gzip bytes |", "|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['accuracy']:.4f} | {r['bytes']:,} | {r['gzip_bytes']:,} |" for r in rows]
+    lines += [f"| {r['model']} | {r['accuracy']:.1%} | {r['bytes']:,} | {r['gzip_bytes']:,} |" for r in rows]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="folder for the exported files (default: a temporary one)")
+    parser.add_argument("--out", default=None,
+                        help="keep the exported files in this folder (default: a temporary one, removed at the end)")
     args = parser.parse_args()
-    out_dir = args.out or tempfile.mkdtemp(prefix="keras_digits_")
-    os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
-    rows = run(out_dir)
+    with tempfile.TemporaryDirectory(prefix="keras_digits_") as scratch:
+        out_dir = args.out or scratch
+        os.makedirs(out_dir, exist_ok=True)
+        rows = run(out_dir)
     print(table(rows))
-    print(f"\nfiles in {out_dir}; total {time.perf_counter() - start:.1f} s")
+    kept = f"files in {args.out}" if args.out else "files written to a temporary folder, removed (--out DIR keeps them)"
+    print(f"\n{kept}; total {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

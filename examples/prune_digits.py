@@ -1,4 +1,4 @@
-"""Prune a small CNN on scikit-learn's digits with every slimkit pruner and compare accuracies.
+"""Prune a small CNN on the bundled 8x8 digits with every slimkit pruner and compare accuracies.
 
 Trains ``DigitsCNN`` once, then for each pruner prunes a copy to 50%, fine-tunes it for a few
 epochs (calling ``pruner.update_epoch(epoch)`` and ``pruner.step()`` as a training loop should),

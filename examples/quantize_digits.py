@@ -1,15 +1,17 @@
-"""Quantize a small CNN on scikit-learn's digits: float vs PTQ (minmax, l2, kl) vs QAT vs DoReFa 4-bit vs BNN.
+"""Quantize a small CNN on the bundled 8x8 digits: float vs PTQ (minmax, l2, kl) vs QAT vs DoReFa 4-bit vs BNN.
 
 Run: ``python examples/quantize_digits.py`` (about two minutes on two CPU cores). Prints a table of
 test accuracy and model size (weights at their quantized bit width, biases at 32 bits, BatchNorm
 folded into the convolutions where the quantizer folds it), then exports the float and the QAT int8 model
-to .tflite (``out/``) and checks both in LiteRT: error against PyTorch and test accuracy.
+to .tflite (in a temporary folder, removed afterwards) and checks both in LiteRT: error against PyTorch and
+test accuracy.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -88,22 +90,22 @@ def litert_accuracy(path, data):
     return float((torch.from_numpy(np.concatenate(logits)).argmax(1) == y_test).float().mean()) * 100
 
 
-def export_tflite(float_model, qat_model, data, verbose=True, out_dir="out"):
+def export_tflite(float_model, qat_model, data, verbose=True):
     """The float model and the QAT int8 model as .tflite files (slimkit's converter, no TensorFlow), each checked
     in LiteRT: max error against PyTorch on the test images (the int8 file against the QAT model evaluated with
     the int8 kernels' arithmetic, ``emulate_integer``) and test accuracy."""
-    os.makedirs(out_dir, exist_ok=True)
     x_test = data[2]
     rows = []
-    for name, model in (("float32", float_model.eval()), ("QAT int8", qat_model.eval())):
-        path = os.path.join(out_dir, f"digits_{name.split()[-1]}.tflite")
-        TFLiteConverter(model, x_test[:1], path).convert()
-        error = verify(model, x_test[:1], path, batches=x_test[1:50].split(1), draws=0).max_abs_error
-        rows.append((name, path, os.path.getsize(path), error, litert_accuracy(path, data)))
+    with tempfile.TemporaryDirectory(prefix="slimkit_digits_") as out_dir:
+        for name, model in (("float32", float_model.eval()), ("QAT int8", qat_model.eval())):
+            path = os.path.join(out_dir, f"digits_{name.split()[-1]}.tflite")
+            TFLiteConverter(model, x_test[:1], path).convert()
+            error = verify(model, x_test[:1], path, batches=x_test[1:50].split(1), draws=0).max_abs_error
+            rows.append((name, os.path.basename(path), os.path.getsize(path), error, litert_accuracy(path, data)))
     if verbose:
-        print(f"\n{'TFLite file':<28} {'size':>9}  {'max |LiteRT - PyTorch|':>22}  {'LiteRT accuracy':>15}")
+        print(f"\n{'TFLite file':<22} {'size':>9}  {'max |LiteRT - PyTorch|':>22}  {'LiteRT accuracy':>15}")
         for _, path, size, error, acc in rows:
-            print(f"{path:<28} {size / 1024:6.1f} KiB  {error:22.2e}  {acc:13.2f} %")
+            print(f"{path:<22} {size / 1024:6.1f} KiB  {error:22.2e}  {acc:14.1f}%")
         print(f"(the int8 file against the QAT model under qat.emulate_integer(): "
               f"{'bit-exact' if rows[1][3] == 0 else 'NOT exact'}; {rows[0][2] / rows[1][2]:.1f}x smaller)\n")
     return rows
@@ -122,7 +124,7 @@ def run(epochs=10, qat_epochs=3, verbose=True):
                "seconds": seconds}
         results.append(row)
         if verbose:
-            print(f"{name:<22} {row['accuracy']:6.2f} %  {row['size_bytes'] / 1024:7.1f} KiB  {seconds:6.2f} s",
+            print(f"{name:<22} {row['accuracy']:7.1f}%  {row['size_bytes'] / 1024:7.1f} KiB  {seconds:6.2f} s",
                   flush=True)
 
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Prune a digits CNN by 50% of its filters, fine-tune, and make the pruning real with ModelSpeedup.
 
 Run: ``python examples/speedup_digits.py`` (about half a minute on a laptop CPU; no download: the
-digits come with scikit-learn). Prints parameters, batch-1 CPU latency and test accuracy of the
+digits ship with slimkit). Prints parameters, batch-1 CPU latency and test accuracy of the
 dense, the masked and the sped-up model.
 """
 
@@ -81,11 +81,11 @@ def main() -> None:
 
     print(report)
     print(f"{'':10s} {'params':>8s} {'latency (ms)':>13s} {'accuracy':>9s}")
-    print(f"{'dense':10s} {dense[0]:8d} {dense_ms:13.3f} {dense[1]:9.3f}")
-    print(f"{'masked':10s} {dense[0]:8d} {'':13s} {masked_accuracy:9.3f}")
-    print(f"{'sped-up':10s} {pruned[0]:8d} {pruned_ms:13.3f} {pruned[1]:9.3f}")
+    print(f"{'dense':10s} {dense[0]:8d} {dense_ms:13.3f} {dense[1]:9.1%}")
+    print(f"{'masked':10s} {dense[0]:8d} {'':13s} {masked_accuracy:9.1%}")
+    print(f"{'sped-up':10s} {pruned[0]:8d} {pruned_ms:13.3f} {pruned[1]:9.1%}")
     print(f"params x{dense[0] / pruned[0]:.2f} smaller, latency x{dense_ms / pruned_ms:.2f} faster, "
-          f"accuracy {pruned[1] - masked_accuracy:+.3f} vs the masked model (same predictions expected)")
+          f"accuracy {100 * (pruned[1] - masked_accuracy):+.1f} points vs the masked model (same predictions expected)")
 
 
 if __name__ == "__main__":

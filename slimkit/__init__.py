@@ -16,6 +16,10 @@ True
 from slimkit.errors import (
     CompressionStateError,
     ConfigError,
+    FileFormatError,
+    MaskError,
+    MissingDependencyError,
+    NonFiniteError,
     SlimkitError,
     UnsupportedModelError,
     UnsupportedOpError,
@@ -27,6 +31,10 @@ __version__ = "0.1.0"
 __all__ = [
     "CompressionStateError",
     "ConfigError",
+    "FileFormatError",
+    "MaskError",
+    "MissingDependencyError",
+    "NonFiniteError",
     "SlimkitError",
     "UnsupportedModelError",
     "UnsupportedOpError",

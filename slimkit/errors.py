@@ -32,3 +32,19 @@ class UnsupportedModelError(SlimkitError, TypeError):
 
 class CompressionStateError(SlimkitError, RuntimeError):
     """A method was called at the wrong point of a compressor's lifecycle."""
+
+
+class FileFormatError(SlimkitError, ValueError):
+    """A file slimkit reads (TFLite flatbuffer, mask file) is truncated, corrupt or of another format."""
+
+
+class MaskError(SlimkitError, ValueError):
+    """Masks that are malformed (not 0/1 tensors) or do not fit the model (unknown layer, wrong shape)."""
+
+
+class NonFiniteError(SlimkitError, ValueError):
+    """A weight or activation holds NaN or infinity where a mask or a quantization range is computed from it."""
+
+
+class MissingDependencyError(SlimkitError, ImportError):
+    """An optional dependency is not installed; the message names the slimkit extra that installs it."""

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from slimkit.errors import SlimkitError
+from slimkit.utils.optional import require
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -64,7 +65,7 @@ def describe_masks(path: str) -> list[str]:
 # --------------------------------------------------------------------------- ONNX
 
 def _onnx_dtype(elem_type: int) -> str:
-    import onnx
+    onnx = require("onnx", "Inspecting an ONNX file")
 
     try:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
@@ -79,8 +80,8 @@ def _onnx_shape(value: Any) -> str:
 
 def describe_onnx(path: str) -> list[str]:
     """Ops, inputs / outputs / initializers with dtypes, and QDQ scales and zero points of an ONNX file."""
-    import onnx
-    from onnx import numpy_helper
+    onnx = require("onnx", "Inspecting an ONNX file")
+    numpy_helper = onnx.numpy_helper
 
     try:
         model = onnx.load(path)
@@ -135,16 +136,17 @@ def _text(value: Any) -> str:
 
 
 def describe_tflite(path: str) -> list[str]:
-    """Operators, tensors (dtype, shape) and quantization parameters of a ``.tflite`` flatbuffer."""
+    """Operators, tensors (dtype, shape) and quantization parameters of a ``.tflite`` flatbuffer.
+
+    Raises:
+        FileFormatError: the file is not a valid TFLite file (see :mod:`slimkit.utils.tflite_file`).
+    """
     import tflite
 
-    with open(path, "rb") as handle:
-        data = handle.read()
-    try:
-        model = tflite.Model.GetRootAsModel(data, 0)
-        subgraph_count = model.SubgraphsLength()
-    except Exception as error:  # noqa: BLE001
-        raise SlimkitError(f"Could not read {path!r} as a TFLite flatbuffer: {error}") from None
+    from slimkit.utils.tflite_file import load_tflite
+
+    model = load_tflite(path)  # checked: every accessor below stays inside the file
+    subgraph_count = model.SubgraphsLength()
     ops = _enum_names(tflite.BuiltinOperator)
     types = _enum_names(tflite.TensorType)
     codes = []

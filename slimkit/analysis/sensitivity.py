@@ -34,6 +34,7 @@ from typing import Any
 
 from slimkit.errors import ConfigError
 from slimkit.utils.files import atomic_path
+from slimkit.utils.optional import require
 from slimkit.utils.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -113,9 +114,7 @@ class SensitivityTable:
 
     def plot(self, path: str | os.PathLike, title: str = "pruning sensitivity") -> None:
         """Save a PNG of metric versus sparsity, one line per layer (matplotlib, Agg backend; atomic)."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
+        require("matplotlib", "SensitivityTable.plot").use("Agg", force=False)
         from matplotlib.figure import Figure
 
         figure = Figure(figsize=(7, 4.5))

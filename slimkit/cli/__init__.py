@@ -36,10 +36,13 @@ COMMANDS: dict[str, str] = {
 
 EXAMPLE = """\
 examples:
-  slimkit prune --config prune.yaml --model mypkg.models:build --data mypkg.data:load --out out/
-  slimkit config generate --config prune.yaml --model mypkg.models:build --out layers.yaml
-  slimkit sensitivity --config sens.yaml --model mypkg.models:build --out sens/
+  slimkit prune --config prune.yaml --model slimkit.models:DigitsCNN \
+                --data slimkit.models:load_digits_tensors --out out/
+  slimkit config generate --config prune.yaml --model slimkit.models:DigitsCNN --out layers.yaml
   slimkit inspect out/mask.pth
+
+--model / --data / evaluate name a function as package.module:name: your own (mypkg.factories:build,
+with mypkg/ in the current folder or on PYTHONPATH) or one that ships (slimkit.models:DigitsCNN).
 
 run `slimkit COMMAND --help` for each command's options and an example
 """

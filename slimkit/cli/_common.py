@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -27,7 +29,8 @@ def say(*lines: str) -> None:
 # --------------------------------------------------------------------------- objects by name
 
 def load_object(spec: str, what: str = "object") -> Any:
-    """Import ``pkg.module:name`` (``name`` may be dotted: ``module:Class.method``).
+    """Import ``pkg.module:name`` (``name`` may be dotted: ``module:Class.method``) from the current folder,
+    ``PYTHONPATH`` or the installed packages.
 
     Raises:
         SlimkitError: the spec is malformed, the module cannot be imported, or it has no such name.
@@ -35,11 +38,14 @@ def load_object(spec: str, what: str = "object") -> Any:
     module_name, sep, attr = (spec or "").partition(":")
     if not sep or not module_name or not attr:
         raise SlimkitError(f"Expected the {what} as 'package.module:name'. Received: {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the current folder is importable, as under `python -m slimkit.cli`
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise SlimkitError(f"Could not import module {module_name!r} for the {what} {spec!r}: {error}. "
-                           f"Check the name and that its package is on PYTHONPATH.") from None
+                           f"Check the name, and that its package is in the current folder "
+                           f"({os.getcwd()}) or on PYTHONPATH.") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -153,8 +159,17 @@ def _is_int(v: Any) -> bool:
 IS_NAME = Key(lambda v: isinstance(v, str) and bool(v), "a name such as 'L1FilterPruner'", True)
 IS_MAPPING = Key(lambda v: isinstance(v, Mapping), "a mapping of keyword arguments")
 IS_LIST = Key(lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of dicts", True)
-IS_SHAPE = Key(lambda v: isinstance(v, list) and bool(v) and all(_is_int(d) and d > 0 for d in v),
-               "a list of positive integers such as [1, 1, 8, 8]")
+MAX_INPUT_ELEMENTS = 2**28
+"""Largest example input the commands build (1 GiB of float32): a larger shape is a typo, not a model input."""
+
+
+def _is_shape(v: Any) -> bool:
+    return (isinstance(v, list) and bool(v) and all(_is_int(d) and d > 0 for d in v)
+            and math.prod(v) <= MAX_INPUT_ELEMENTS)
+
+
+IS_SHAPE = Key(_is_shape, f"a list of positive integers such as [1, 1, 8, 8], at most {MAX_INPUT_ELEMENTS:,} "
+                          f"elements in all")
 IS_SEED = Key(_is_int, "an integer")
 FINE_TUNE_KEYS = {
     "epochs": Key(lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
@@ -320,6 +335,7 @@ def parse_shape(text: str) -> list[int]:
         shape = [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
     except ValueError:
         shape = []
-    if not shape or any(d <= 0 for d in shape):
-        raise SlimkitError(f"Expected an input shape such as 1,1,8,8. Received: --input-shape {text!r}")
+    if not _is_shape(shape):
+        raise SlimkitError(f"Expected an input shape such as 1,1,8,8. Received: --input-shape {text!r} (sizes must "
+                           f"be positive, at most {MAX_INPUT_ELEMENTS:,} elements in all)")
     return shape

@@ -15,9 +15,9 @@ from slimkit.cli.prune import KEYS
 HELP = "generate the per-layer YAML (each matched layer with its resolved settings)"
 EXAMPLE = """\
 example:
-  slimkit config generate --config prune.yaml --model tests.cli.factories:digits_model --out layers.yaml
+  slimkit config generate --config prune.yaml --model slimkit.models:DigitsCNN --out layers.yaml
   # edit one layer's sparsity in layers.yaml, then:
-  slimkit prune --config layers.yaml --model tests.cli.factories:digits_model --out out/
+  slimkit prune --config layers.yaml --model slimkit.models:DigitsCNN --out out/
 
 layers.yaml keeps the algorithm and its arguments; its config_list holds one op_names dict per
 layer the original config_list selected (excluded layers are absent), so it is itself a config_list.

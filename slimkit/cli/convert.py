@@ -9,7 +9,7 @@ from slimkit.cli import _common as common
 HELP = "convert a PyTorch model to a .tflite file (TFLiteConverter)"
 EXAMPLE = """\
 example:
-  slimkit convert --model tests.cli.factories:digits_model --weights out/model.pth \\
+  slimkit convert --model slimkit.models:DigitsCNN --weights out/model.pth \\
                   --input-shape 1,1,8,8 --out out/model.tflite
   slimkit inspect out/model.tflite
 """

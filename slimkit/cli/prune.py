@@ -12,8 +12,8 @@ from slimkit.cli._session import Session
 HELP = "prune a model with a pruner and config_list from a YAML file"
 EXAMPLE = """\
 example:
-  slimkit prune --config prune.yaml --model tests.cli.factories:digits_model \\
-                --data tests.cli.factories:digits_data --out out/
+  slimkit prune --config prune.yaml --model slimkit.models:DigitsCNN \\
+                --data slimkit.models:load_digits_tensors --out out/
 
 prune.yaml:
   algorithm: L1FilterPruner        # a slimkit.algorithms.pruning class, or package.module:Class

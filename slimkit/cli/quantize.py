@@ -14,8 +14,8 @@ from slimkit.errors import SlimkitError
 HELP = "quantize a model with a quantizer and config_list from a YAML file"
 EXAMPLE = """\
 example:
-  slimkit quantize --config qat.yaml --model tests.cli.factories:digits_model \\
-                   --data tests.cli.factories:digits_data --out out/
+  slimkit quantize --config qat.yaml --model slimkit.models:DigitsCNN \\
+                   --data slimkit.models:load_digits_tensors --out out/
 
 qat.yaml:
   algorithm: QATQuantizer          # any class in slimkit.algorithms.quantization
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         from slimkit.converter import TFLiteConverter
 
         written.append(os.path.join(args.out, "model.tflite"))
-        TFLiteConverter(model, session.example, written[-1]).convert()
+        TFLiteConverter(model.eval(), session.example, written[-1]).convert()
         notes.append(f"model.tflite: {os.path.getsize(written[-1]):,} bytes")
     report_path = os.path.join(args.out, "report.md")
     write_report(report_path, render_report(args.model, before, after, notes=notes,

@@ -12,13 +12,13 @@ from slimkit.cli import _common as common
 HELP = "prune one layer at a time over a sparsity sweep and measure; propose a per-layer config"
 EXAMPLE = """\
 example:
-  slimkit sensitivity --config sens.yaml --model tests.cli.factories:digits_model \\
+  slimkit sensitivity --config sens.yaml --model slimkit.models:DigitsCNN \\
                       --weights trained.pth --out sens/
 
 sens.yaml:
   algorithm: L1FilterPruner                    # a slimkit.algorithms.pruning class, or package.module:Class
   arguments: {}
-  evaluate: tests.cli.factories:digits_accuracy  # evaluate(model) -> float
+  evaluate: slimkit.models:digits_accuracy     # evaluate(model) -> float
   sparsities: [0.25, 0.5, 0.75]
   op_types: [Conv2d, Linear]                   # optional (default); or op_names: [conv2, conv3]
   max_drop: 0.02                               # optional: write proposed.yaml within this budget
@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.analysis.sensitivity import sensitivity
     from slimkit.errors import ConfigError
     from slimkit.utils.files import atomic_path
+    from slimkit.utils.optional import require
 
+    require("matplotlib", "slimkit sensitivity (its sensitivity.png)")  # before the sweep, not after it
     doc, settings = common.read_settings(args.config, KEYS)
     torch.manual_seed(settings.get("seed", 0))
     cls = common.lookup(common.pruner_registry(), settings["algorithm"], doc, ("algorithm",), "pruner")

@@ -11,8 +11,8 @@ from slimkit.cli import _common as common
 HELP = "shrink a pruned PyTorch model's channels with ModelSpeedup"
 EXAMPLE = """\
 example:
-  slimkit prune --config prune.yaml --model tests.cli.factories:digits_model --out out/
-  slimkit speedup --model tests.cli.factories:digits_model --weights out/model.pth \\
+  slimkit prune --config prune.yaml --model slimkit.models:DigitsCNN --out out/
+  slimkit speedup --model slimkit.models:DigitsCNN --weights out/model.pth \\
                   --masks out/mask.pth --input-shape 1,1,8,8 --out out/speedup/
 
 writes out/speedup/model_speedup.pth (the smaller model's state dict: it loads into a model rebuilt by
@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.masks import load_masks
     from slimkit.speedup import ModelSpeedup
     from slimkit.utils.files import atomic_path
+    from slimkit.utils.optional import require
 
+    if args.onnx:
+        require("onnxscript", "slimkit speedup --onnx")  # before anything is computed or written
     shape = common.parse_shape(args.input_shape)
     model = common.load_model(args.model, args.weights)
     masks = load_masks(args.masks)

@@ -20,14 +20,18 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def save_calibration(calibration: Mapping[str, Any], path: str | os.PathLike, adapter: Any = None) -> None:
-    """Write a calibration dict: JSON for ``.json`` paths, else the adapter's safe format (torch.save)."""
+def save_calibration(calibration: Mapping[str, Any], path: str | os.PathLike, adapter: Any = None,
+                     as_json: bool | None = None) -> None:
+    """Write a calibration dict: JSON for ``.json`` paths (or ``as_json=True``), else the adapter's safe format
+    (torch.save)."""
     import json
 
     from slimkit.utils.files import atomic_path
 
     path = os.fspath(path)
-    if path.endswith(".json") or adapter is None:
+    if as_json is None:
+        as_json = path.endswith(".json")
+    if as_json or adapter is None:
         with atomic_path(path) as tmp, open(tmp, "w") as handle:
             json.dump(calibration, handle, indent=1)
     else:

@@ -22,8 +22,9 @@ Example (a custom pruner overriding only ``calc_mask``):
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,8 +39,12 @@ from slimkit.compression.config import (
     match_layers,
     parse_config_list,
 )
-from slimkit.errors import CompressionStateError, ConfigError, SlimkitError
+from slimkit.compression.finite import check_finite
+from slimkit.compression.state import decode, encode
+from slimkit.errors import CompressionStateError, ConfigError, MaskError, SlimkitError
 from slimkit.utils import distributed
+from slimkit.utils.files import write_all
+from slimkit.utils.optional import require
 
 
 class Layer:
@@ -120,6 +125,18 @@ class Compressor:
             self.wrapped = True
         return self.model
 
+    @contextlib.contextmanager
+    def wrapping(self) -> Iterator[None]:
+        """For a ``compress()`` that wraps and then computes: if the block raises (NaN weights, a failing
+        trainer), the layers this block wrapped are unwrapped again, so the model is left as it was."""
+        was_wrapped = self.wrapped
+        try:
+            yield
+        except BaseException:
+            if not was_wrapped and self.wrapped:
+                self.unwrap_model()
+            raise
+
     def unwrap_model(self) -> Any:
         """Put the original layer objects back (the exact inverse of wrapping); returns the model."""
         if self.wrapped:
@@ -132,6 +149,64 @@ class Compressor:
 
     def step(self) -> None:
         """Per-batch hook, called after ``optimizer.step()``. Harmless where not needed."""
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume this compressor bit for bit (masks, schedule position, step counters,
+        observer statistics, calibration), as nested dicts of plain values and native tensors (PyTorch: loadable
+        with ``torch.load(path, weights_only=True)``). Save it beside ``model.state_dict()``; in a fresh process
+        build the model and the compressor the same way, ``compress()``, and load both.
+
+        Example:
+
+        >>> import torch
+        >>> from slimkit.algorithms.pruning import LevelPruner
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> pruner = LevelPruner(model, [{'sparsity': 0.5, 'op_types': ['Linear']}])
+        >>> model = pruner.compress()
+        >>> state = pruner.state_dict()
+        >>> state['algorithm'], int(state['masks']['0']['weight'].sum())
+        ('LevelPruner', 8)
+        >>> fresh = LevelPruner(torch.nn.Sequential(torch.nn.Linear(4, 4)), [{'sparsity': 0.5, 'op_types': ['Linear']}])
+        >>> _ = fresh.compress(); fresh.load_state_dict(state)
+        >>> torch.equal(fresh.get_masks()['0']['weight'], pruner.get_masks()['0']['weight'])
+        True
+        """
+        state = {"algorithm": type(self).__name__, "layers": [layer.name for layer in self.layers],
+                 "wrapped": self.wrapped, **self.collect_state()}
+        return encode(state, self.adapter.state_tensor)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. Everything is checked first (algorithm, layer names, shapes); on an
+        error nothing has changed. A state saved while compressed compresses this compressor first.
+
+        Raises:
+            CompressionStateError: the state belongs to another algorithm or other layers, or does not fit them.
+        """
+        if not isinstance(state, Mapping) or "algorithm" not in state or "layers" not in state:
+            raise CompressionStateError(f"{type(self).__name__}.load_state_dict: Expected a dict returned by "
+                                        f"state_dict(). Received: {type(state).__name__}")
+        state = decode(dict(state), self.adapter.state_array)
+        names = [layer.name for layer in self.layers]
+        if state["algorithm"] != type(self).__name__ or list(state["layers"]) != names:
+            raise CompressionStateError(
+                f"{type(self).__name__}.load_state_dict: the state was saved by {state['algorithm']} on layers "
+                f"{list(state['layers'])}. Expected {type(self).__name__} on layers {names}: build the compressor "
+                "with the same model and config_list as the one saved.")
+        self.check_state(state)
+        if state.get("wrapped") and not self.wrapped:
+            self.compress()
+        self.restore_state(state)
+
+    def collect_state(self) -> dict[str, Any]:
+        """The algorithm's part of :meth:`state_dict`: numpy arrays and plain values. Subclasses extend it."""
+        return {}
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """Raise :class:`CompressionStateError` if ``state`` (decoded to numpy) cannot be restored. Default: accept."""
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`collect_state` gathered (after :meth:`check_state` passed). Subclasses extend it."""
 
     def layer(self, name: str) -> Layer:
         """The selected layer called ``name``."""
@@ -147,6 +222,28 @@ class Compressor:
                                         f"call compress() before {method}().")
 
 
+def onnx_example(owner: Any, onnx_path: Any, input_shape: Any) -> Any:
+    """What ``export_model`` traces the ONNX export on: ``input_shape`` (positive ints), else the compressor's
+    ``dummy_input``; None without ``onnx_path``.
+
+    Raises:
+        ConfigError: ``onnx_path`` without either, or a malformed ``input_shape``.
+    """
+    if onnx_path is None:
+        return None
+    if input_shape is None:
+        example = getattr(owner, "dummy_input", None)
+        if example is None:
+            raise ConfigError("export_model: onnx_path needs an example input. Expected input_shape such as "
+                              "[1, 1, 28, 28], or dummy_input given to the compressor. Received: input_shape=None")
+        return example
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or not input_shape or not all(
+            isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0 for size in input_shape):
+        raise ConfigError(f"export_model: Expected input_shape to be a non-empty list of positive ints such as "
+                          f"[1, 1, 28, 28]. Received: input_shape={input_shape!r}")
+    return [int(size) for size in input_shape]
+
+
 def _as_array(adapter: FrameworkAdapter, value: Any) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else adapter.to_numpy(value)
 
@@ -157,9 +254,16 @@ class Pruner(Compressor):
     A subclass overrides :meth:`calc_mask` (and, where its schedule needs it,
     :meth:`update_epoch` / :meth:`step`). ``compress()`` wraps the layers and computes the
     first masks from the current weights.
+
+    ``optimizer`` is taken in NNI's position (``Pruner(model, config_list, optimizer)``) so that NNI
+    scripts run unchanged; masks apply on every forward, so pruners that do not train need none.
     """
 
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {"sparsity": ConfigKey(FRACTION, "a number in [0, 1)")}
+
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None):
+        super().__init__(model, config_list)
+        self.optimizer = optimizer
 
     def validate_layer(self, layer: Layer) -> None:
         if not self.adapter.has_weight(layer.module):
@@ -168,16 +272,25 @@ class Pruner(Compressor):
                               f"layers with a weight; exclude it or narrow 'op_types'.")
 
     def compress(self) -> Any:
-        super().compress()
-        self.update_masks()
+        with self.wrapping():
+            super().compress()
+            self.update_masks()
         return self.model
 
     def update_masks(self) -> None:
         """Recompute every layer's mask with :meth:`calc_mask` and install it."""
         self._require_wrapped("update_masks")
+        self.check_weights(self.layers)
         for layer in self.layers:
             self.set_mask(layer, self.calc_mask(layer, layer.config))
         distributed.sync_masks(self)  # every rank installs rank 0's masks (no-op without a process group)
+
+    def check_weights(self, layers: list[Layer]) -> None:
+        """Raise :class:`~slimkit.errors.NonFiniteError` naming the first of ``layers`` whose weight holds NaN or
+        infinity, before any mask is computed from them."""
+        for layer in layers:
+            check_finite(self.adapter.to_numpy(self.adapter.weight(layer, masked=False)),
+                         where=f"the weight of layer {layer.name!r} ({type(self).__name__} computes its mask from it)")
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> Any:
         """Return ``layer``'s mask: a weight-shaped 0/1 array or native tensor, or
@@ -196,21 +309,51 @@ class Pruner(Compressor):
         self.adapter.set_masks(layer, weight_mask, bias_mask)
 
     def _checked(self, layer: Layer, kind: str, mask: Any) -> np.ndarray:
+        from slimkit.masks import check_mask
+
         # only the shape is needed: read the raw parameter instead of building a masked copy per layer
-        read = self.adapter.weight if kind == "weight" else self.adapter.bias
-        target = read(layer, masked=False)
-        if mask is None or target is None:
-            raise SlimkitError(f"{type(self).__name__}: layer {layer.name!r} has no {kind} mask target. "
-                               f"Received: {kind} mask={mask!r}")
-        array = _as_array(self.adapter, mask).astype(np.float32, copy=False)
-        expected = tuple(target.shape)
-        if array.shape != expected:
-            raise SlimkitError(f"{type(self).__name__}: the {kind} mask of layer {layer.name!r} has the wrong "
-                               f"shape. Expected {expected}. Received: shape={array.shape}")
-        if not ((array == 0) | (array == 1)).all():
-            raise SlimkitError(f"{type(self).__name__}: the {kind} mask of layer {layer.name!r} must hold only "
-                               f"0 and 1. Received: values {np.unique(array)[:5].tolist()}")
-        return array
+        target = (self.adapter.weight if kind == "weight" else self.adapter.bias)(layer, masked=False)
+        where = f"{type(self).__name__}: the {kind} mask of layer {layer.name!r}"
+        if target is None:
+            raise MaskError(f"{where} has nothing to mask: the layer has no {kind}.")
+        check_mask(mask, where, tuple(target.shape))
+        return _as_array(self.adapter, mask).astype(np.float32, copy=False)
+
+    def _parameter_shapes(self) -> dict[str, dict[str, tuple[int, ...] | None]]:
+        shapes = {}
+        for layer in self.layers:
+            weight, bias = self.adapter.weight(layer, masked=False), self.adapter.bias(layer, masked=False)
+            shapes[layer.name] = {"weight": tuple(weight.shape), "bias": None if bias is None else tuple(bias.shape)}
+        return shapes
+
+    def collect_state(self) -> dict[str, Any]:
+        state = super().collect_state()
+        if self.wrapped:
+            state["masks"] = {name: {kind: None if mask is None else _as_array(self.adapter, mask)
+                                     for kind, mask in entry.items()} for name, entry in self.get_masks().items()}
+        return state
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        super().check_state(state)
+        self._checked_masks(state.get("masks") or {})
+
+    def _checked_masks(self, masks: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        checked = {}
+        for name, entry in masks.items():
+            try:
+                layer = self.layer(name)
+                checked[name] = (self._checked(layer, "weight", entry["weight"]),
+                                 None if entry.get("bias") is None else self._checked(layer, "bias", entry["bias"]))
+            except (KeyError, TypeError, SlimkitError) as error:
+                raise CompressionStateError(f"{type(self).__name__}.load_state_dict: the saved masks of layer "
+                                            f"{name!r} do not fit this model ({error}). Expected the state of the "
+                                            "same model and config_list.") from None
+        return checked
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        super().restore_state(state)
+        for name, (weight_mask, bias_mask) in self._checked_masks(state.get("masks") or {}).items():
+            self.adapter.set_masks(self.layer(name), weight_mask, bias_mask)
 
     def get_masks(self) -> dict[str, dict[str, Any]]:
         """``{layer_name: {'weight': mask, 'bias': mask or None}}`` as native tensors."""
@@ -222,30 +365,45 @@ class Pruner(Compressor):
         return masks
 
     def load_masks(self, masks: Mapping[str, Mapping[str, Any]] | str | os.PathLike) -> None:
-        """Install masks from a dict like :meth:`get_masks` returns, or from a mask file."""
+        """Install masks from a dict like :meth:`get_masks` returns, or from a mask file.
+
+        Every mask is checked against the compressed layers before anything is wrapped or changed.
+
+        Raises:
+            MaskError: a layer this pruner does not compress, a key other than 'weight' / 'bias', or a mask that
+                is not a 0/1 tensor of a real dtype and of its parameter's shape (the model is left as it was).
+            FileFormatError: ``masks`` is the path of a damaged or foreign file.
+        """
+        from slimkit.masks import check_masks, load_masks
+
+        source = "masks"
         if isinstance(masks, (str, os.PathLike)):
-            from slimkit.masks import load_masks
-            masks = load_masks(masks)
+            source, masks = os.fspath(masks), load_masks(masks)
+        name = type(self).__name__
+        masks = check_masks(masks, self._parameter_shapes(), source=f"{name}.load_masks: {source}",
+                            layers=f"one of the layers {name} compresses")
         self.compress()
         for name, entry in masks.items():
-            self.set_mask(self.layer(name), {"weight": entry["weight"], "bias": entry.get("bias")})
+            self.set_mask(self.layer(name), entry)
 
     def export_model(self, model_path: str | os.PathLike, mask_path: str | os.PathLike | None = None,
                      onnx_path: str | os.PathLike | None = None, input_shape: Any = None,
                      device: Any = None) -> None:
         """Write the weights with masks baked in (loadable into the original model class), the
-        masks (``mask_path``) and an ONNX file (``onnx_path``, needs ``input_shape``).
+        masks (``mask_path``) and an ONNX file (``onnx_path``, traced on a random input of ``input_shape``, or on
+        the pruner's ``dummy_input`` when no shape is given).
 
-        Every file is written to a temporary name and renamed. The compressed model is left as is.
+        Every file is written to a temporary name first and renamed only when all of them are written: on any
+        error no destination is created or changed. The compressed model is left as is.
         """
         self._require_wrapped("export_model")
-        if onnx_path is not None and input_shape is None:
-            raise ConfigError("export_model: onnx_path needs the model input shape. Expected input_shape such as "
-                              "[1, 1, 28, 28]. Received: input_shape=None")
+        example = onnx_example(self, onnx_path, input_shape)
+        if onnx_path is not None:
+            require("onnxscript", "export_model(onnx_path=...)")  # before any file is written
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes
             return
-        self.adapter.save_weights(self.model, self.layers, os.fspath(model_path))
-        if mask_path is not None:
-            self.adapter.save_masks(self.get_masks(), os.fspath(mask_path))
-        if onnx_path is not None:
-            self.adapter.export_onnx(self.model, self.layers, os.fspath(onnx_path), input_shape, device)
+        masks = self.get_masks() if mask_path is not None else None
+        write_all([
+            (onnx_path, lambda tmp: self.adapter.export_onnx(self.model, self.layers, tmp, example, device)),
+            (model_path, lambda tmp: self.adapter.save_weights(self.model, self.layers, tmp)),
+            (mask_path, lambda tmp: self.adapter.save_masks(masks, tmp))])

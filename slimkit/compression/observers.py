@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from slimkit.compression.finite import check_finite
 from slimkit.utils import distributed
 
 
@@ -42,12 +43,21 @@ class Observer:
         self.lo: np.ndarray | None = None
         self.hi: np.ndarray | None = None
 
-    def observe(self, x: Any, ops: Any, axis: int | None = None) -> None:
+    def observe(self, x: Any, ops: Any, axis: int | None = None, where: str = "an observed tensor") -> None:
         """Record a batch. Under ``torch.distributed`` the batch range is first reduced over the ranks
-        (minimum of the minima, maximum of the maxima), so every rank records the range of the global batch."""
+        (minimum of the minima, maximum of the maxima), so every rank records the range of the global batch.
+
+        Raises:
+            NonFiniteError: the batch holds NaN or infinity (named by ``where``); nothing is recorded.
+        """
+        self.update(*self._batch_range(x, ops, axis, where))
+
+    @staticmethod
+    def _batch_range(x: Any, ops: Any, axis: int | None, where: str) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = ops.min_max(x, axis)
         lo, hi = distributed.all_reduce_range(np.atleast_1d(lo), np.atleast_1d(hi))
-        self.update(np.atleast_1d(lo), np.atleast_1d(hi))
+        check_finite(lo, hi, where=where)
+        return np.atleast_1d(lo), np.atleast_1d(hi)
 
     def update(self, lo: np.ndarray, hi: np.ndarray) -> None:
         raise NotImplementedError
@@ -64,6 +74,14 @@ class Observer:
     def set_range(self, lo: np.ndarray, hi: np.ndarray) -> None:
         self.lo, self.hi = np.atleast_1d(np.asarray(lo, dtype=np.float64)), np.atleast_1d(
             np.asarray(hi, dtype=np.float64))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded statistics (numpy arrays and numbers; see :mod:`slimkit.compression.state`)."""
+        return {"lo": self.lo, "hi": self.hi}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` exactly (the next :meth:`observe` continues from it)."""
+        self.lo, self.hi = state["lo"], state["hi"]
 
 
 class MinMaxObserver(Observer):
@@ -112,15 +130,20 @@ class HistogramObserver(MinMaxObserver):
         self.counts = np.zeros(bins, dtype=np.float64)
         self.top = 0.0
 
-    def observe(self, x: Any, ops: Any, axis: int | None = None) -> None:
+    def observe(self, x: Any, ops: Any, axis: int | None = None, where: str = "an observed tensor") -> None:
         """Record a batch; under ``torch.distributed`` the range is reduced over the ranks first (so the
         bins grow identically everywhere) and the batch's counts are summed over the ranks."""
-        lo, hi = ops.min_max(x)
-        lo, hi = distributed.all_reduce_range(np.atleast_1d(lo), np.atleast_1d(hi))
-        self.update(np.atleast_1d(lo), np.atleast_1d(hi))
+        self.update(*self._batch_range(x, ops, None, where))
         self._grow(float(max(-self.lo[0], self.hi[0])))
         if self.top > 0:
             self.counts += distributed.all_reduce_sum(ops.histogram(x, self.bins, self.top, skip_zeros=True))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "counts": self.counts, "top": self.top}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.counts, self.top = np.asarray(state["counts"], dtype=np.float64), float(state["top"])
 
     def update_numpy(self, x: np.ndarray) -> None:
         """Observe a numpy batch (reference path, used in tests)."""

@@ -50,8 +50,9 @@ from schema import And, Or
 
 from slimkit.compression.calibration import load_calibration, save_calibration
 from slimkit.compression.channels import normalize_axis
-from slimkit.compression.compressor import Compressor, Layer
+from slimkit.compression.compressor import Compressor, Layer, onnx_example
 from slimkit.compression.config import ConfigKey, parse_config_list
+from slimkit.compression.finite import check_finite
 from slimkit.compression.observers import MinMaxObserver, Observer
 from slimkit.compression.profiles import QuantProfile, get_profile
 from slimkit.compression.quant import (
@@ -63,8 +64,11 @@ from slimkit.compression.quant import (
     bias_params,
     bias_scale_floor,
 )
-from slimkit.errors import ConfigError, SlimkitError, UnsupportedOpError
+from slimkit.compression.state import qparams_from_state, qparams_state
+from slimkit.errors import CompressionStateError, ConfigError, SlimkitError, UnsupportedOpError
 from slimkit.utils import distributed
+from slimkit.utils.files import write_all
+from slimkit.utils.optional import require
 
 QUANT_ACTIONS = ("quantize", "rewrite", "disable")
 GRAPH_KEY = "__graph__"
@@ -153,7 +157,8 @@ class Quantizer(Compressor):
     Args:
         model: a ``torch.nn.Module`` or a ``keras.Model`` (its adapter supplies ``quant_backend``).
         config_list: dicts with ``quant_types``, ``quant_bits``, ``op_types`` / ``op_names``.
-        optimizer: the training optimizer (algorithms that step with it).
+        optimizer: the training optimizer (algorithms that step with it). ``optimizer`` and ``dummy_input`` may
+            also come positionally, in NNI's order: ``QAT_Quantizer(model, config_list, optimizer, dummy_input)``.
         dummy_input: an example input; lets the quantizer see the graph (BN folding, conv+BN+ReLU
             fusion, per-call ranges, whole-graph quantization with ``op_types: ['default']``).
         profile: target profile name (``'tflite'``, ``'onnx'``, ``'symmetric'``, ``'pow2'``) or object.
@@ -167,8 +172,8 @@ class Quantizer(Compressor):
     fold_bn: ClassVar[bool] = False  # fold BatchNorm into the preceding conv (needs dummy_input)
     live_params: ClassVar[bool] = True  # recompute activation parameters after every observed batch
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, dummy_input: Any = None,
-                 profile: str | QuantProfile = "tflite"):
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, dummy_input: Any = None,
+                 *, profile: str | QuantProfile = "tflite"):
         super().__init__(model, config_list)
         self.profile = get_profile(profile)
         self.optimizer = optimizer
@@ -256,6 +261,53 @@ class Quantizer(Compressor):
             self.wrapped = False
         return self.model
 
+    # ---------------------------------------------------------------- checkpoints
+    def collect_state(self) -> dict[str, Any]:
+        """Every parameter, pinned parameter, observer's statistics (layers and whole-graph tensors) and switch."""
+        return {**super().collect_state(),
+                "params": {name: {key: qparams_state(params) for key, params in table.items()}
+                           for name, table in self.params.items()},
+                "fixed": {name: sorted(keys) for name, keys in self._fixed_keys.items()},
+                "observers": {name: {key: observer.state_dict() for key, observer in state.observers.items()}
+                              for name, state in self.states.items()},
+                "graph_params": {key: qparams_state(params) for key, params in self.graph_params.items()},
+                "graph_observers": {key: observer.state_dict() for key, observer in self.graph_observers.items()},
+                "graph_meta": self.graph_meta, "observing": self.observing, "frozen": self.frozen}
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        super().check_state(state)
+        unknown = sorted((set(state["params"]) | set(state["observers"]) | set(state["fixed"])) - set(self.params))
+        if unknown:
+            raise CompressionStateError(f"{type(self).__name__}.load_state_dict: the state has parameters of layers "
+                                        f"{unknown} that this quantizer does not compress. Expected the state of the "
+                                        "same model and config_list.")
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        super().restore_state(state)
+        for name, table in self.params.items():
+            saved = state["params"].get(name, {})
+            for key in [key for key in table if key not in saved]:
+                table.pop(key)
+            for key, entry in saved.items():
+                table[key] = qparams_from_state(entry)
+        self._fixed_keys = {name: set(keys) for name, keys in state["fixed"].items()}
+        for layer in self.layers:
+            observers, saved = self.states[layer.name].observers, state["observers"].get(layer.name, {})
+            for key in [key for key in observers if key not in saved]:
+                observers.pop(key)
+            for key, entry in saved.items():
+                observer = self.make_observer(layer, key)
+                observer.load_state_dict(entry)
+                observers[key] = observer
+        self.graph_params = {key: qparams_from_state(entry) for key, entry in state["graph_params"].items()}
+        self.graph_observers = {}
+        for key, entry in state["graph_observers"].items():
+            observer = self.graph_observers[key] = self.make_observer(self.graph_slot, key)
+            observer.load_state_dict(entry)
+        self.graph_meta = {key: dict(entry) for key, entry in state["graph_meta"].items()}
+        self.observing, self.frozen = bool(state["observing"]), bool(state["frozen"])
+        self.state_changed()
+
     # ---------------------------------------------------------------- methods a subclass overrides
     @differentiable
     def quantize_weight(self, weight: Any, config: Any, **kwargs: Any) -> Any:
@@ -292,6 +344,7 @@ class Quantizer(Compressor):
         if axis is not None:
             axis = normalize_axis(axis, len(tuple(weight.shape)))
         lo, hi = self.ops.min_max(weight, axis)
+        check_finite(lo, hi, where=f"the weight of layer {layer.name!r} ({type(self).__name__} quantizes it)")
         params = affine_params(lo, hi, bits, scheme, axis)
         table["weight"] = params
         return params
@@ -352,7 +405,8 @@ class Quantizer(Compressor):
                 observer = self.graph_observers.get(key)
                 if observer is None:
                     observer = self.graph_observers[key] = self.make_observer(slot, key)
-                observer.observe(x, self.ops)
+                observer.observe(x, self.ops, where=f"the whole-graph tensor {key!r} ({type(self).__name__} "
+                                 "quantizes it)")
                 if self.live_params:
                     lo, hi = observer.range()
                     self.graph_params[key] = self.range_params(lo, hi, bits)
@@ -424,7 +478,8 @@ class Quantizer(Compressor):
                 observer = state.observers.get(key)
                 if observer is None:
                     observer = state.observers[key] = self.make_observer(layer, key)
-                observer.observe(x, self.ops)
+                observer.observe(x, self.ops, where=f"the {key} of layer {layer.name!r} ({type(self).__name__} "
+                                 "quantizes it)")
                 if self.live_params:
                     params = self.activation_params(layer, key)
                     if params is not None:
@@ -660,24 +715,24 @@ class Quantizer(Compressor):
                      device: Any = None) -> dict[str, dict[str, Any]]:
         """Write the float weights (loadable into the original model class), the calibration
         (``calibration_path``; ``.json`` is written as JSON, anything else with the framework's
-        safe format) and an ONNX file with QuantizeLinear / DequantizeLinear nodes (``onnx_path``,
-        needs ``input_shape``). Returns the calibration dict.
+        safe format) and an ONNX file with QuantizeLinear / DequantizeLinear nodes (``onnx_path``, traced on a
+        random input of ``input_shape``, or on ``dummy_input`` when no shape is given). Returns the calibration
+        dict. All files are written to temporary names and renamed only when every one is written: on any error
+        no destination is created or changed.
 
         Under ``torch.distributed`` call it on every rank: each returns the calibration (the same on every
         rank, since observers reduce their statistics over the ranks), only the main process writes files.
         """
         self._require_wrapped("export_model")
-        if onnx_path is not None and input_shape is None:
-            raise ConfigError("export_model: onnx_path needs the model input shape. Expected input_shape such as "
-                              "[1, 1, 28, 28]. Received: input_shape=None")
+        example = onnx_example(self, onnx_path, input_shape)
+        if onnx_path is not None:
+            require("onnxscript", "export_model(onnx_path=...)")  # before any file is written
         calibration = self.calibration()
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes (every rank returns
             return calibration                 # the same calibration: observers reduce over the ranks)
-        self.backend.save_weights(self.model, self.layers, os.fspath(model_path))
-        if calibration_path is not None:
-            save_calibration(calibration, calibration_path, self.backend)
-        if onnx_path is not None:
-            self.backend.export_onnx(self, os.fspath(onnx_path), input_shape, device)
+        write_all([(onnx_path, lambda tmp: self.backend.export_onnx(self, tmp, example, device)),
+                   (model_path, lambda tmp: self.backend.save_weights(self.model, self.layers, tmp)),
+                   (calibration_path, lambda tmp: save_calibration(calibration, tmp, self.backend))])
         return calibration
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -16,9 +17,12 @@ from slimkit.converter.options import ConverterOptions
 from slimkit.converter.passes import run_passes
 from slimkit.converter.validate import validate_file
 from slimkit.converter.writer import serialize
-from slimkit.errors import UnsupportedModelError
+from slimkit.errors import ConfigError, UnsupportedModelError
 from slimkit.frameworks.torch.graph import capture_graph
 from slimkit.utils import atomic_path
+
+# modules that compute differently in training mode (batch statistics, dropout)
+_MODE_DEPENDENT = (torch.nn.modules.batchnorm._NormBase, torch.nn.modules.dropout._DropoutNd, torch.nn.RNNBase)
 
 
 class FunctionModule(torch.nn.Module):
@@ -58,8 +62,8 @@ class TFLiteConverter:
     """Convert a PyTorch model to a TFLite flatbuffer, without TensorFlow.
 
     Args:
-        model: a ``torch.nn.Module`` (captured in eval mode with ``torch.export``), or a plain function of
-            tensors (wrapped in a module).
+        model: a ``torch.nn.Module``, captured in eval mode (a model in training mode converts in eval mode too,
+            with a warning, and keeps its mode), or a plain function of tensors (wrapped in a module).
         dummy_input: a tensor or a tuple of tensors the model accepts.
         tflite_path: where to write the ``.tflite`` file (written atomically).
         options: a :class:`ConverterOptions`; or pass its fields as keywords
@@ -75,7 +79,7 @@ class TFLiteConverter:
 
     >>> import os, tempfile, torch
     >>> from slimkit.converter import TFLiteConverter
-    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
     >>> path = os.path.join(tempfile.mkdtemp(), 'model.tflite')
     >>> TFLiteConverter(model, torch.randn(1, 3, 8, 8), path).convert()
     >>> os.path.getsize(path) > 0
@@ -85,7 +89,7 @@ class TFLiteConverter:
     def __init__(self, model: torch.nn.Module | Callable, dummy_input: Any, tflite_path: str | os.PathLike,
                  options: ConverterOptions | None = None, **kwargs):
         if options is not None and kwargs:
-            raise TypeError("Expected either options= or option keywords, not both.")
+            raise ConfigError(f"Expected either options= or option keywords, not both. Received: {sorted(kwargs)}")
         self.model = as_module(model)
         self.dummy_input = tuple(dummy_input) if isinstance(dummy_input, (list, tuple)) else (dummy_input,)
         self.tflite_path = os.fspath(tflite_path)
@@ -98,6 +102,13 @@ class TFLiteConverter:
         frozen yet converts with the parameters of its current weights and ranges)."""
         if self.captured is None:
             from slimkit.frameworks.torch.quant_backend import BACKEND, quantizer_of
+
+            training = [name for name, m in self.model.named_modules() if m.training and isinstance(m, _MODE_DEPENDENT)]
+            if training:
+                warnings.warn(f"TFLiteConverter: the model is in training mode (modules {training[:3]}"
+                              f"{' ...' if len(training) > 3 else ''}); it is converted in eval mode, as deployed "
+                              "(BatchNorm running statistics, no dropout), and left as it was. Call model.eval() "
+                              "first to silence this.", UserWarning, stacklevel=4)
 
             quantizer = quantizer_of(self.model)
             fixed = BACKEND.fixed_for_capture(self.model, quantizer) if quantizer is not None else \

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from slimkit.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Converter:
@@ -32,12 +34,19 @@ def register(*targets: str, emits: tuple[str, ...] | list[str] = ()):
 
     ``emits`` lists the TFLite builtin operators the converter may write (``()`` for layout-only
     or pass-through ops that write nothing).
+
+    Raises:
+        ConfigError: a target already has a converter.
     """
 
     def decorate(fn):
         for target in targets:
             if target in CONVERTERS:
-                raise ValueError(f"Expected one converter per op. Received: duplicate target={target!r}")
+                existing = CONVERTERS[target].fn
+                raise ConfigError(f"Expected one converter per op: {target!r} is already converted by "
+                                  f"{existing.__module__}.{existing.__qualname__}. Received: duplicate "
+                                  f"target={target!r} from {fn.__module__}.{fn.__qualname__}")
+        for target in targets:  # all or none
             CONVERTERS[target] = Converter(target, fn, tuple(emits))
         return fn
 

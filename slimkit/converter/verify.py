@@ -64,10 +64,10 @@ class _Runner:
     """One interpreter for a file, its inputs resized when a batch differs from the file's (a dynamic_batch file)."""
 
     def __init__(self, tflite_path, num_threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
+        from slimkit.utils.tflite_file import tflite_interpreter
 
         self.path = tflite_path
-        self.interpreter = Interpreter(model_path=str(tflite_path), num_threads=num_threads)
+        self.interpreter = tflite_interpreter(tflite_path, num_threads=num_threads)
         self.shapes: list | None = None
 
     def __call__(self, inputs) -> list[np.ndarray]:
@@ -95,7 +95,11 @@ class _Runner:
 
 
 def run_tflite(tflite_path, inputs, num_threads: int = 1):
-    """Run ``tflite_path`` on numpy ``inputs`` (already in the file's layout); returns its outputs."""
+    """Run ``tflite_path`` on numpy ``inputs`` (already in the file's layout); returns its outputs.
+
+    Raises:
+        FileFormatError: the file is not a valid TFLite file (checked before LiteRT opens it).
+    """
     return _Runner(tflite_path, num_threads)(inputs)
 
 

@@ -1,10 +1,11 @@
-"""A small CNN for scikit-learn's bundled 8x8 digits, and the data as tensors (no network needed)."""
+"""A small CNN for the 8x8 digits bundled with slimkit, and the data as tensors (no network needed)."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+
+from slimkit.data import load_digits
 
 
 class DigitsCNN(nn.Module):
@@ -29,13 +30,17 @@ class DigitsCNN(nn.Module):
 
 
 def load_digits_tensors(test_fraction: float = 0.25, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """scikit-learn's digits as ``(x_train, y_train, x_test, y_test)``; images ``(N, 1, 8, 8)`` in [0, 1]."""
-    from sklearn.datasets import load_digits
+    """The 8x8 digits bundled with slimkit (:func:`slimkit.data.load_digits`, scikit-learn's ``load_digits()``)
+    as ``(x_train, y_train, x_test, y_test)`` tensors; images ``(N, 1, 8, 8)`` in [0, 1]."""
+    x_train, y_train, x_test, y_test = load_digits(test_fraction, seed)
+    return (torch.from_numpy(x_train).unsqueeze(1), torch.from_numpy(y_train),
+            torch.from_numpy(x_test).unsqueeze(1), torch.from_numpy(y_test))
 
-    data = load_digits()
-    images = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    labels = torch.tensor(data.target, dtype=torch.long)
-    order = torch.tensor(np.random.default_rng(seed).permutation(len(labels)))
-    split = int(len(labels) * (1 - test_fraction))
-    train, test = order[:split], order[split:]
-    return images[train], labels[train], images[test], labels[test]
+
+def digits_accuracy(model: nn.Module) -> float:
+    """Top-1 accuracy of ``model`` (put in eval mode) on the test split of :func:`load_digits_tensors`: an
+    ``evaluate(model) -> float`` for :func:`slimkit.analysis.sensitivity.sensitivity` and ``slimkit sensitivity``."""
+    _, _, x_test, y_test = load_digits_tensors()
+    model.eval()
+    with torch.no_grad():
+        return float((model(x_test).argmax(dim=1) == y_test).float().mean())

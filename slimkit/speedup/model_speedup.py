@@ -33,6 +33,17 @@ from slimkit.speedup.report import LayerChange, SpeedupReport
 from slimkit.utils.flops import profile
 
 
+def _parameter_shapes(model: nn.Module) -> dict[str, dict[str, tuple[int, ...] | None]]:
+    """``{name: {'weight': shape, 'bias': shape or None}}`` of every module with a weight tensor."""
+    shapes = {}
+    for name, module in model.named_modules():
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+        if isinstance(weight, torch.Tensor):
+            shapes[name] = {"weight": tuple(weight.shape),
+                            "bias": tuple(bias.shape) if isinstance(bias, torch.Tensor) else None}
+    return shapes
+
+
 class ModelSpeedup:
     """Make a pruned model's masks physical: layers with fewer channels, same outputs.
 
@@ -48,21 +59,23 @@ class ModelSpeedup:
     Raises:
         UnsupportedOpError: the graph holds an operator the channel analysis does not know (the model is
             left as it was).
-        SlimkitError: masks that name no layer of the model or have the wrong shape; a wrapped model.
+        MaskError: (at construction) masks that name no layer of the model with a weight, have a key other than
+            'weight' / 'bias', or are not 0/1 tensors of a real dtype and of their parameter's shape.
+        FileFormatError: (at construction) a mask file that is damaged or not a mask file.
+        SlimkitError: a wrapped model.
     """
 
     def __init__(self, model: nn.Module, dummy_input: Any, masks_or_mask_path: Any, *, tolerance: float = 1e-5,
                  verify: bool = True):
-        if isinstance(masks_or_mask_path, (str, os.PathLike)):
-            from slimkit.masks import load_masks
+        from slimkit.masks import check_masks, load_masks
 
-            masks_or_mask_path = load_masks(masks_or_mask_path)
-        if not isinstance(masks_or_mask_path, Mapping):
-            raise SlimkitError(f"Expected masks as {{layer_name: {{'weight': mask, 'bias': mask}}}} or a mask file "
-                               f"path. Received: masks_or_mask_path of type {type(masks_or_mask_path).__name__}")
         self.model = model
+        self._check_model()
+        source = "masks"
+        if isinstance(masks_or_mask_path, (str, os.PathLike)):
+            source, masks_or_mask_path = os.fspath(masks_or_mask_path), load_masks(masks_or_mask_path)
+        self.masks = check_masks(masks_or_mask_path, _parameter_shapes(model), source=f"ModelSpeedup: {source}")
         self.dummy_input = dummy_input if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
-        self.masks = masks_or_mask_path
         self.tolerance = tolerance
         self.verify = verify
 
@@ -76,20 +89,13 @@ class ModelSpeedup:
 
     def _masked_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         weights = {}
-        for name, entry in self.masks.items():
-            try:
-                module = self.model.get_submodule(name)
-            except AttributeError:
-                raise SlimkitError(f"The masks name layer {name!r}, which the model does not have. Expected masks "
-                                   f"computed for this model. Received: layers {sorted(self.masks)[:5]}...") from None
+        for name, entry in self.masks.items():  # checked against the model's shapes at construction
+            module = self.model.get_submodule(name)
             weight = module.weight.detach()
             mask = torch.as_tensor(entry["weight"], dtype=weight.dtype, device=weight.device)
-            if mask.shape != weight.shape:
-                raise SlimkitError(f"The weight mask of layer {name!r} has the wrong shape. Expected "
-                                   f"{tuple(weight.shape)}. Received: shape={tuple(mask.shape)}")
             bias = getattr(module, "bias", None)
             bias = bias.detach() if isinstance(bias, torch.Tensor) else None
-            if bias is not None and entry.get("bias") is not None:
+            if bias is not None and entry["bias"] is not None:
                 bias = bias * torch.as_tensor(entry["bias"], dtype=bias.dtype, device=bias.device)
             weights[name] = (weight * mask, bias)
         return weights

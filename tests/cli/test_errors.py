@@ -124,3 +124,15 @@ def test_missing_factory_and_bad_spec(tmp_path, capsys):
     ]:
         assert main(["prune", "--config", str(path), "--model", model, "--out", str(tmp_path)]) == 2
         assert expected in capsys.readouterr().err
+
+
+def test_an_input_shape_too_large_to_build_names_its_line(tmp_path, capsys):
+    message = run_error(tmp_path, capsys, """\
+        algorithm: LevelPruner
+        config_list:
+          - sparsity: 0.5
+            op_types: [Conv2d]
+        input_shape: [1, 1, 100000, 100000]
+        """)
+    assert message.startswith("5: key 'input_shape': Expected a list of positive integers such as [1, 1, 8, 8], at "
+                              "most 268,435,456 elements in all. Received: input_shape=[1, 1, 100000, 100000]")

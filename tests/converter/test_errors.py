@@ -74,3 +74,34 @@ def test_registry_lists_supported_ops():
     table = dict(supported_ops())
     assert table["aten.conv2d.default"] == ("CONV_2D", "DEPTHWISE_CONV_2D", "PAD")
     assert len(table) > 80
+
+
+def test_second_converter_for_an_op_is_config_error_naming_both():
+    from slimkit.converter.registry import CONVERTERS, register
+
+    before = dict(CONVERTERS)
+
+    def my_floor(ctx, node, a):
+        return None
+
+    with pytest.raises(slimkit.ConfigError, match=r"'aten.floor.default' is already converted by "
+                                                  r"slimkit.converter.ops.elementwise.floor\. Received: duplicate "
+                                                  r"target='aten.floor.default' from .*my_floor"):
+        register("aten.my_op.default", "aten.floor.default", emits=("FLOOR",))(my_floor)  # all or none
+    assert before == CONVERTERS
+
+
+def test_model_in_training_mode_converts_in_eval_mode_with_a_warning(tmp_path):
+    import warnings
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.ReLU())
+    with torch.no_grad():
+        model[1].running_mean.fill_(0.5)
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"training mode \(modules \['1', '2'\]\); it is converted in eval mode"):
+        TFLiteConverter(model, x, tmp_path / "train.tflite").convert()
+    assert all(m.training for m in model.modules())  # left as it was
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TFLiteConverter(model.eval(), x, tmp_path / "eval.tflite").convert()
+    assert (tmp_path / "train.tflite").read_bytes() == (tmp_path / "eval.tflite").read_bytes()

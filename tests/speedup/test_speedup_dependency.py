@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -93,3 +94,25 @@ def test_speedup_reuses_the_pruner_capture():
     report = ModelSpeedup(model, x, masks).speedup_model()
     assert report.timings["capture"] < 0.05
     assert not capture_module._LAST  # the model changed: the capture is dropped
+
+
+def test_group_coupled_to_an_excluded_layer_is_not_pruned():
+    model = TwoBlocks().eval()
+    _set_filters(model.block2.conv2, [1, 2, 3, 4, 5, 6])
+    _set_filters(model.block2.down[0], [6, 5, 0.5, 0.5, 0.5, 0.5])
+    _set_filters(model.block1.conv1, [4, 3, 2, 1])
+    x = torch.randn(1, 2, 8, 8)
+    config = [{"sparsity": 0.5, "op_types": ["Conv2d"]}, {"exclude": True, "op_names": ["stem"]}]
+    with pytest.warns(UserWarning, match=r"\['block1.conv2'\] are not pruned: .* coupled with \['stem'\].*"
+                                         r"group \['stem', 'block1.conv2'\]"):
+        pruner = L1FilterPruner(model, config, dependency_aware=True, dummy_input=x)
+    pruner.compress()
+    masks = pruner.get_masks()
+    assert torch.equal(masks["block1.conv2"]["weight"], torch.ones(4, 4, 3, 3))
+    assert masks["block1.conv1"]["weight"].flatten(1).sum(1).tolist() == [36.0, 36.0, 0.0, 0.0]
+    assert masks["block2.conv2"]["weight"].flatten(1).sum(1).tolist() == [54.0, 54.0, 0, 0, 0, 54.0]  # 6 in x 3x3
+    masked = pruner.model(x)
+    pruner.unwrap_model()
+    ModelSpeedup(model, x, masks).speedup_model()
+    assert model.block1.conv2.out_channels == 4 and model.block1.conv1.out_channels == 2
+    assert torch.allclose(model(x), masked, atol=1e-5)

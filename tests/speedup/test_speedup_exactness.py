@@ -85,7 +85,7 @@ def test_unknown_op_raises_and_leaves_model_unchanged():
 
 def test_masks_for_another_model_are_rejected():
     model, x = build("resnet_basic")
-    with pytest.raises(SlimkitError, match="does not have"):
+    with pytest.raises(SlimkitError, match="masks name layer .nope., which is not a layer with a weight in the model"):
         ModelSpeedup(model, x, {"nope": {"weight": torch.ones(1), "bias": None}}).speedup_model()
     with pytest.raises(SlimkitError, match="wrong shape"):
         ModelSpeedup(model, x, {"stem.0": {"weight": torch.ones(1), "bias": None}}).speedup_model()

@@ -17,7 +17,7 @@ produce those passes (as NNI does).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from slimkit.algorithms.pruning.filter import FilterPruner
 from slimkit.algorithms.pruning.registry import register_pruner
 from slimkit.compression import Compressor, Layer
+from slimkit.compression.finite import check_finite
 from slimkit.errors import CompressionStateError, ConfigError
 from slimkit.utils import distributed
 
@@ -80,8 +81,8 @@ class ActivationRankFilterPruner(FilterPruner):
         dummy_input: an example input, traced to find the coupled layers of a PyTorch model.
     """
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, trainer: Any = None,
-                 criterion: Any = None, statistics_batch_num: int = 1, activation: str = "relu",
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, trainer: Any = None,
+                 criterion: Any = None, *, statistics_batch_num: int = 1, activation: str = "relu",
                  dependency_aware: bool = False, dummy_input: Any = None):
         name = type(self).__name__
         if activation not in ACTIVATIONS:
@@ -116,12 +117,13 @@ class ActivationRankFilterPruner(FilterPruner):
         """Wrap the layers and start recording; masks follow the next ``statistics_batch_num`` passes."""
         if self.wrapped:
             return self.model
-        Compressor.compress(self)
-        self.record(self.statistics_batch_num)
-        if self.trainer is not None:
-            self.trainer(self.model, self.optimizer, self.criterion, 0)
-            if not self.masks_ready:
-                self._finish()
+        with self.wrapping():
+            Compressor.compress(self)
+            self.record(self.statistics_batch_num)
+            if self.trainer is not None:
+                self.trainer(self.model, self.optimizer, self.criterion, 0)
+                if not self.masks_ready:
+                    self._finish()
         return self.model
 
     def record(self, limit: int | None) -> None:
@@ -150,6 +152,8 @@ class ActivationRankFilterPruner(FilterPruner):
         def on_output(output: np.ndarray) -> None:
             if self._limit is not None and stats.batches >= self._limit:
                 return
+            check_finite(output, where=f"the output of layer {layer.name!r} ({type(self).__name__} ranks its "
+                                       "channels by it)")
             stats.update(apply(output), axis)
             if self._limit is not None and stats.batches >= self._limit:
                 self._handles.pop(layer.name).remove()
@@ -167,6 +171,27 @@ class ActivationRankFilterPruner(FilterPruner):
         self._reduce_statistics()
         self.update_masks()
         self.masks_ready = True
+
+    def collect_state(self) -> dict[str, Any]:
+        """Masks, the statistics recorded so far, and which layers are still being recorded."""
+        statistics = {name: {"batches": stats.batches, "count": stats.count, "sums": stats.sums, "zeros": stats.zeros}
+                      for name, stats in self.statistics.items()}
+        return {**super().collect_state(), "statistics": statistics, "limit": self._limit,
+                "recording": [layer.name for layer in self.layers if layer.name in self._handles],
+                "masks_ready": self.masks_ready}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        super().restore_state(state)
+        self.stop_recording()
+        self._limit, self.masks_ready = state["limit"], bool(state["masks_ready"])
+        self.statistics = {}
+        for name, entry in state["statistics"].items():
+            stats = self.statistics[name] = ChannelStatistics()
+            stats.batches, stats.count, stats.sums, stats.zeros = (int(entry["batches"]), int(entry["count"]),
+                                                                   entry["sums"], entry["zeros"])
+        for name in state["recording"]:
+            layer = self.layer(name)
+            self._handles[name] = self.adapter.add_output_hook(layer, self._hook(layer))
 
     def step(self) -> None:
         """Compute the masks if the recorded passes are complete but the masks are not yet set."""

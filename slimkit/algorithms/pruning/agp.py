@@ -77,7 +77,7 @@ class AGPPruner(Pruner):
         "frequency": ConfigKey(POSITIVE_INT, "an integer >= 1", 1),
     }
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None,
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, *,
                  pruning_algorithm: str = "level", trainer: Any = None, criterion: Any = None,
                  dependency_aware: bool = False, dummy_input: Any = None, algo_kwargs: dict | None = None):
         rule_class = get_pruner(pruning_algorithm, schedulable=True)
@@ -131,13 +131,14 @@ class AGPPruner(Pruner):
     def compress(self) -> Any:
         """Wrap the layers and install the masks of the current epoch's target (none at ``initial_sparsity=0``)."""
         if not self.wrapped:
-            Compressor.compress(self)
-            self._applied.clear()  # fresh wrappers hold no masks
-            self.rule.wrapped = True
-            begin = getattr(self.rule, "begin_tracking", None)
-            if begin is not None:
-                begin()
-            self.update_masks()
+            with self.wrapping():
+                Compressor.compress(self)
+                self._applied.clear()  # fresh wrappers hold no masks
+                self.rule.wrapped = True
+                begin = getattr(self.rule, "begin_tracking", None)
+                if begin is not None:
+                    begin()
+                self.update_masks()
         return self.model
 
     def unwrap_model(self) -> Any:
@@ -164,6 +165,7 @@ class AGPPruner(Pruner):
         changed = [layer for layer in self.layers if self._applied.get(layer.name) != self.target_sparsity(layer)]
         if not changed:
             return
+        self.check_weights(changed)
         if any(self.target_sparsity(layer) > 0 for layer in changed):
             prepare = getattr(self.rule, "prepare_masks", None)
             if prepare is not None and not prepare(self.epoch):
@@ -175,6 +177,22 @@ class AGPPruner(Pruner):
         reset = getattr(self.rule, "reset_statistics", None)
         if reset is not None:
             reset()
+
+    def collect_state(self) -> dict[str, Any]:
+        """Masks, the schedule's epoch, the sparsity each layer's mask was computed for, and the rule's own state
+        (an activation rule's statistics)."""
+        rule = {key: value for key, value in self.rule.collect_state().items() if key != "masks"}
+        return {**super().collect_state(), "epoch": self.epoch, "applied": dict(self._applied), "rule": rule}
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        super().check_state(state)
+        self.rule.check_state(state.get("rule") or {})
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        super().restore_state(state)
+        self.epoch = int(state["epoch"])
+        self._applied = {name: float(value) for name, value in state["applied"].items()}
+        self.rule.restore_state(state.get("rule") or {})
 
     def set_mask(self, layer: Layer, mask: Any) -> None:
         """Install through the rule, which may track what its masks removed."""

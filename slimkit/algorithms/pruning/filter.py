@@ -9,7 +9,8 @@ depthwise / group convs) keep the same channels, chosen from their summed import
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -65,22 +66,26 @@ class FilterPruner(Pruner):
         dependency_aware: make coupled layers prune the same channels (found by the adapter: the traced
             graph of a PyTorch model, the layer graph of a Keras functional / Sequential model).
         dummy_input: an example input, used to trace a PyTorch model (Keras models do not need it).
+        optimizer: accepted in NNI's position (``L1FilterPruner(model, config_list, optimizer)``); not needed.
 
     Subclasses implement :meth:`channel_importance` (reading weights through :meth:`weight_of`).
     Channels the installed mask removes are removed first, so recomputed masks (AGP, repeated
-    ``update_masks``) only grow sparser.
+    ``update_masks``) only grow sparser. Which channels those are is read from the installed mask
+    itself, so masks restored from a checkpoint (``load_state_dict``, the model's state dict) count too.
     """
 
-    def __init__(self, model: Any, config_list: list[dict], *, dependency_aware: bool = False,
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, *, dependency_aware: bool = False,
                  dummy_input: Any = None):
-        super().__init__(model, config_list)
+        super().__init__(model, config_list, optimizer)
+        # within reading_weights(): layer -> weight, and layer -> (channels its mask removes, whether the
+        # mask removes only whole channels)
         self._weight_cache: dict[str, np.ndarray] | None = None
-        # layer -> (wrapper, channels its mask removes, whether the mask removes only whole channels)
-        self._pruned: dict[str, tuple[Any, np.ndarray, bool]] = {}
+        self._mask_cache: dict[str, tuple[np.ndarray, bool]] | None = None
         self.dependency_aware = dependency_aware
         self.dummy_input = dummy_input
         self.channel_groups: list[ChannelGroup] = (
             self.adapter.channel_groups(model, dummy_input) if dependency_aware else [])
+        self._held = self._groups_held_by_unpruned_layers()
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
         """One score per output channel of ``layer``; the lowest scores are pruned first."""
@@ -96,8 +101,8 @@ class FilterPruner(Pruner):
         cache = self._weight_cache
         if cache is not None and layer.name in cache:
             return cache[layer.name]
-        installed = self._pruned.get(layer.name)
-        if installed is not None and installed[0] is layer.wrapper and installed[2]:
+        installed = self._installed(layer)
+        if installed is not None and installed[1]:
             weight = self.adapter.to_numpy(self.adapter.weight(layer, masked=False))
         else:
             weight = layer.weight_array()
@@ -110,35 +115,62 @@ class FilterPruner(Pruner):
         """Within the block, :meth:`weight_of` reads each layer's weight only once."""
         outer = self._weight_cache is not None
         if not outer:
-            self._weight_cache = {}
+            self._weight_cache, self._mask_cache = {}, {}
         try:
             yield
         finally:
             if not outer:
-                self._weight_cache = None
+                self._weight_cache = self._mask_cache = None
+
+    def _installed(self, layer: Layer) -> tuple[np.ndarray, bool] | None:
+        """(channels the installed weight mask removes entirely, whether it removes only whole channels), read
+        from the mask; None while the layer is not wrapped."""
+        cache = self._mask_cache
+        if cache is not None and layer.name in cache:
+            return cache[layer.name]
+        if layer.wrapper is None:
+            return None
+        mask = self.adapter.installed_weight_mask(layer)
+        if mask is None:  # no mask yet: nothing removed
+            installed = (np.zeros(channel_count(tuple(self.adapter.weight(layer, masked=False).shape), layer.out_axis),
+                                  dtype=bool), True)
+        else:
+            rows = channel_rows(self.adapter.to_numpy(mask), layer.out_axis)
+            kept = rows.any(axis=1)
+            installed = (~kept, bool(np.array_equal(rows.all(axis=1), kept)))  # each channel all kept or all removed
+        if cache is not None:
+            cache[layer.name] = installed
+        return installed
 
     def pruned_channels(self, layer: Layer) -> np.ndarray:
         """Boolean vector: the output channels the installed weight mask removes entirely."""
-        installed = self._pruned.get(layer.name)
-        if installed is not None and installed[0] is layer.wrapper:
-            return installed[1]
+        installed = self._installed(layer)
+        if installed is not None:
+            return installed[0]
         return np.zeros(channel_count(self.weight_of(layer).shape, layer.out_axis), dtype=bool)
-
-    def set_mask(self, layer: Layer, mask: Any) -> None:
-        """Install ``mask`` and remember which channels it removes entirely."""
-        super().set_mask(layer, mask)
-        weight_mask = mask.get("weight") if isinstance(mask, Mapping) else mask
-        array = weight_mask if isinstance(weight_mask, np.ndarray) else self.adapter.to_numpy(weight_mask)
-        rows = channel_rows(array, layer.out_axis)
-        kept = rows.any(axis=1)
-        structured = bool(np.array_equal(rows.all(axis=1), kept))  # every channel all kept or all removed
-        self._pruned[layer.name] = (layer.wrapper, ~kept, structured)
 
     def scores(self, layer: Layer) -> np.ndarray:
         """:meth:`channel_importance` with already-pruned channels at ``-inf`` (they stay pruned)."""
         importance = np.asarray(self.channel_importance(layer), dtype=np.float64).copy()
         importance[self.pruned_channels(layer)] = -np.inf
         return importance
+
+    def _groups_held_by_unpruned_layers(self) -> set[str]:
+        """Selected layers of groups that also hold a layer this pruner does not prune (excluded or not
+        matched): that layer keeps every channel, so speedup would keep them all and masking its partners
+        would only lose accuracy. Those layers are left unpruned, with a warning naming the group."""
+        selected = {layer.name for layer in self.layers}
+        held: set[str] = set()
+        for group in self.channel_groups:
+            kept = [m for m in group.members if m not in selected]
+            pruned = [m for m in group.members if m in selected]
+            if kept and pruned:
+                held.update(pruned)
+                warnings.warn(
+                    f"dependency_aware: {pruned} are not pruned: their output channels are coupled with {kept}, "
+                    f"which the config_list does not prune, so no channel of the group "
+                    f"{group.members} could be removed. Select the whole group, or exclude it.", stacklevel=4)
+        return held
 
     def _group_of(self, layer: Layer) -> tuple[list[Layer], int]:
         names = {other.name: other for other in self.layers}
@@ -148,6 +180,8 @@ class FilterPruner(Pruner):
         return [layer], 1
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> dict[str, np.ndarray | None]:
+        if layer.name in self._held:
+            return self.masks_for_channels(layer, ~self.pruned_channels(layer))
         with self.reading_weights():
             members, partitions = self._group_of(layer)
             importance = np.sum([self.scores(member) for member in members], axis=0)

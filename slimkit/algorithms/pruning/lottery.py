@@ -20,6 +20,7 @@ from slimkit.algorithms.pruning.registry import register_pruner
 from slimkit.compression import ConfigKey, Layer, LayerConfig
 from slimkit.compression.config import FRACTION, POSITIVE_INT
 from slimkit.compression.schedule import lottery_sparsity
+from slimkit.compression.state import encode
 from slimkit.errors import CompressionStateError, ConfigError
 
 
@@ -37,6 +38,15 @@ def _restore(snapshot: list[tuple[Any, Any]]) -> None:
             variable.assign(saved)
         else:
             variable.detach().copy_(saved)
+
+
+def _load_snapshot(snapshot: list[tuple[Any, Any]], arrays: list[np.ndarray]) -> None:
+    """Write checkpoint ``arrays`` into the saved copies of :func:`_snapshot` (the variables are left alone)."""
+    for (_, saved), array in zip(snapshot, arrays):
+        if isinstance(saved, np.ndarray):
+            saved[...] = array
+        else:
+            saved.copy_(saved.new_tensor(array))
 
 
 def _state(obj: Any) -> Any:
@@ -79,7 +89,7 @@ class LotteryTicketPruner(LevelPruner):
         "prune_iterations": ConfigKey(POSITIVE_INT, "an integer >= 1"),
     }
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, lr_scheduler: Any = None,
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, lr_scheduler: Any = None,
                  reset_weights: bool = True):
         super().__init__(model, config_list)
         rounds = {layer.config.prune_iterations for layer in self.layers}
@@ -92,6 +102,28 @@ class LotteryTicketPruner(LevelPruner):
         self._optimizer_state = _state(optimizer)
         self._scheduler_state = _state(lr_scheduler)
         self.current_iteration: int | None = None
+
+    def collect_state(self) -> dict[str, Any]:
+        """Masks, the current round, and what every round rewinds to (weights, optimizer and scheduler state)."""
+        return {**super().collect_state(), "current_iteration": self.current_iteration,
+                "initial_weights": [self.adapter.state_array(saved) for _, saved in self._initial_weights],
+                "optimizer_state": self._optimizer_state, "scheduler_state": self._scheduler_state}
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        super().check_state(state)
+        saved = [tuple(np.shape(array)) for array in state["initial_weights"]]
+        expected = [tuple(copy_.shape) for _, copy_ in self._initial_weights]
+        if saved != expected:
+            raise CompressionStateError(f"LotteryTicketPruner.load_state_dict: the saved initial weights do not fit "
+                                        f"this model. Expected shapes {expected}. Received: shapes {saved}")
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        super().restore_state(state)
+        self.current_iteration = state["current_iteration"]
+        _load_snapshot(self._initial_weights, state["initial_weights"])
+        # optimizer / scheduler state dicts hold native tensors again (decoded to numpy with the rest)
+        self._optimizer_state = encode(state["optimizer_state"], self.adapter.state_tensor)
+        self._scheduler_state = encode(state["scheduler_state"], self.adapter.state_tensor)
 
     def get_prune_iterations(self) -> range:
         """The rounds ``0 .. prune_iterations``; round 0 trains the dense network."""

@@ -37,7 +37,7 @@ def register_pruner(name: str, *, schedulable: bool = True) -> Callable[[type], 
     """
     def decorate(cls: type) -> type:
         if name in PRUNERS and PRUNERS[name] is not cls:
-            raise ValueError(f"Expected a new pruner name. Received: name={name!r}, already {PRUNERS[name]}")
+            raise ConfigError(f"Expected a new pruner name. Received: name={name!r}, already {PRUNERS[name]}")
         PRUNERS[name] = cls
         cls.registry_name = name
         cls.schedulable = schedulable

@@ -71,8 +71,8 @@ class SlimPruner(FilterPruner):
 
     default_op_role: ClassVar[str] = "batchnorm"
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, trainer: Any = None,
-                 criterion: Any = None, sparsifying_training_epochs: int = 1, scale: float = 1e-4):
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, trainer: Any = None,
+                 criterion: Any = None, *, sparsifying_training_epochs: int = 1, scale: float = 1e-4):
         super().__init__(model, config_list)
         self.optimizer, self.trainer, self.criterion = optimizer, trainer, criterion
         self.sparsifying_training_epochs = sparsifying_training_epochs
@@ -100,17 +100,19 @@ class SlimPruner(FilterPruner):
         """Wrap the layers, run sparsity training if a ``trainer`` was given, then compute the masks."""
         if self.wrapped:
             return self.model
-        Compressor.compress(self)
-        if self.trainer is not None:
-            criterion = self.penalised_criterion(self.criterion)
-            for epoch in range(self.sparsifying_training_epochs):
-                self.trainer(self.model, self.optimizer, criterion, epoch)
-        self.update_masks()
+        with self.wrapping():
+            Compressor.compress(self)
+            if self.trainer is not None:
+                criterion = self.penalised_criterion(self.criterion)
+                for epoch in range(self.sparsifying_training_epochs):
+                    self.trainer(self.model, self.optimizer, criterion, epoch)
+            self.update_masks()
         return self.model
 
     def update_masks(self) -> None:
         """Recompute every mask with the first config dict's sparsity, applied globally."""
         self._require_wrapped("update_masks")
+        self.check_weights(self.layers)
         first = min((layer.config for layer in self.layers), key=lambda config: config.index)
         for layer in self.layers:
             self.set_mask(layer, self.calc_mask(layer, first))

@@ -37,8 +37,8 @@ class BNNQuantizer(Quantizer):
     [[1.0, -1.0, 1.0]]
     """
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, dummy_input: Any = None,
-                 profile: str = "tflite"):
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, dummy_input: Any = None,
+                 *, profile: str = "tflite"):
         super().__init__(model, config_list, optimizer=optimizer, dummy_input=dummy_input, profile=profile)
         self.quant_grad = ClipGrad
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from slimkit.compression import Layer, Quantizer
 from slimkit.compression.observers import HistogramObserver, MinMaxObserver, Observer
-from slimkit.errors import ConfigError
+from slimkit.errors import ConfigError, SlimkitError
 from slimkit.utils.progress import progress
 
 ALGORITHMS = ("minmax", "l2", "kl")
@@ -67,6 +67,15 @@ class PostTrainingQuantizer(Quantizer):
         self.progress = progress
         self.max_clip_fraction = max_clip_fraction
         self.calibrated = False
+        self._batch_index = 0  # the batch calibrate() is running (named when it fails)
+
+    def collect_state(self) -> dict[str, Any]:
+        """The base state (observers: histograms included) and whether calibration has run."""
+        return {**super().collect_state(), "calibrated": self.calibrated}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        self.calibrated = bool(state["calibrated"])  # before the base pushes the switches (Keras)
+        super().restore_state(state)
 
     def make_observer(self, layer: Layer, key: str) -> Observer:
         if self.algorithm == "minmax":
@@ -80,7 +89,28 @@ class PostTrainingQuantizer(Quantizer):
     def calibrate(self, batches: Iterable[Any], num_batches: int | None = None) -> None:
         """Run the float model on ``batches`` (tensors, or ``(inputs, targets)`` tuples / lists; a DataLoader
         is iterated lazily, at most ``num_batches`` of it), record activation ranges, then fix every
-        parameter. Calling it again adds batches to the ranges recorded so far."""
+        parameter. Calling it again adds batches to the ranges recorded so far.
+
+        Raises:
+            SlimkitError: a batch the model cannot run (wrong shape or dtype: the batch's index is named) or
+                NaN / infinite activations (:class:`~slimkit.errors.NonFiniteError`, naming the layer). The
+                quantizer and the model are then exactly as before the call: wrappers, state dicts, ranges.
+        """
+        was_wrapped, before = self.wrapped, self.state_dict()
+        try:
+            self._calibrate(batches, num_batches)
+        except BaseException as error:
+            if not was_wrapped:
+                self.unwrap_model()
+            self.load_state_dict(before)
+            if isinstance(error, Exception) and not isinstance(error, SlimkitError):
+                raise SlimkitError(f"PostTrainingQuantizer.calibrate: batch {self._batch_index} could not run through "
+                                   f"the model ({type(error).__name__}: {error}). Expected batches the model takes "
+                                   "(tensors, or (inputs, targets) tuples); the quantizer and the model are as they "
+                                   "were before calibrate().") from error
+            raise
+
+    def _calibrate(self, batches: Iterable[Any], num_batches: int | None) -> None:
         self.compress()
         self.calibrated = False
         self.frozen = False
@@ -88,10 +118,12 @@ class PostTrainingQuantizer(Quantizer):
         total = num_batches if num_batches is not None else (len(batches) if hasattr(batches, "__len__") else None)
         if num_batches is not None:
             batches = itertools.islice(batches, num_batches)
+        self._batch_index = 0
         with self.backend.inference(self.model):
             for batch in progress(batches, total=total, desc=f"calibrate ({self.algorithm})",
                                   quiet=None if self.progress else True, unit="batch"):
                 self.backend.run_batch(self.model, batch)
+                self._batch_index += 1
         self.update_activation_params()
         self.observing = False
         self.calibrated = True

@@ -45,8 +45,8 @@ class QATQuantizer(Quantizer):
         **QUANTIZER_KEYS, "quant_start_step": ConfigKey(NON_NEGATIVE_INT, "an int >= 0", 0)}
     fold_bn = True
 
-    def __init__(self, model: Any, config_list: list[dict], *, optimizer: Any = None, dummy_input: Any = None,
-                 profile: str = "tflite", ema_decay: float = 0.99):
+    def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, dummy_input: Any = None,
+                 *, profile: str = "tflite", ema_decay: float = 0.99):
         super().__init__(model, config_list, optimizer=optimizer, dummy_input=dummy_input, profile=profile)
         self.ema_decay = ema_decay
         self.steps = 0
@@ -64,6 +64,14 @@ class QATQuantizer(Quantizer):
         """Count one training step (when no optimizer was given to count them)."""
         if not self._counts_optimizer:
             self._count_step()
+
+    def collect_state(self) -> dict[str, Any]:
+        """The base state and the step counter that ``quant_start_step`` is compared with."""
+        return {**super().collect_state(), "steps": self.steps}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        self.steps = int(state["steps"])  # before the base pushes the switches (Keras)
+        super().restore_state(state)
 
     def make_observer(self, layer: Layer, key: str) -> Observer:
         return EMAObserver(self.ema_decay)

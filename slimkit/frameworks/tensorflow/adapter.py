@@ -93,6 +93,13 @@ class KerasAdapter:
     def to_numpy(self, tensor: Any) -> np.ndarray:
         return np.asarray(keras.ops.convert_to_numpy(tensor))
 
+    def state_tensor(self, array: np.ndarray) -> np.ndarray:
+        """A checkpoint array stays a numpy array (a copy, dtype kept)."""
+        return array
+
+    def state_array(self, value: Any) -> np.ndarray:
+        return np.asarray(keras.ops.convert_to_numpy(value))
+
     def wrap(self, model: Any, layers: list[Any]) -> None:
         refuse_wrapped(layers, lambda layer: wrapper_of(layer.module) is not None)
         for layer in layers:
@@ -119,6 +126,10 @@ class KerasAdapter:
         wrapper = layer.wrapper
         bias = tf.identity(wrapper.bias_mask.value) if wrapper.bias_mask_set else None
         return tf.identity(wrapper.weight_mask.value), bias
+
+    def installed_weight_mask(self, layer: Any) -> Any:
+        """The wrapper's weight mask variable (ones until a mask is set)."""
+        return layer.wrapper.weight_mask
 
     def add_output_hook(self, layer: Any, fn: Callable[[np.ndarray], None]) -> HookHandle:
         """Call ``fn(output as numpy)`` after every forward of ``layer``, eager or inside ``fit``."""

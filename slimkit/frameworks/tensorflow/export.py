@@ -39,6 +39,7 @@ from slimkit.frameworks.tensorflow.discovery import named_layers
 from slimkit.frameworks.tensorflow.wrapper import MaskWrapper, wrapper_of
 from slimkit.masks import NPZ_SEPARATOR
 from slimkit.utils.files import atomic_path
+from slimkit.utils.stderr import TENSORFLOW_NOISE, without_lines
 
 
 def wrapped_layers(model: Any) -> list[tuple[str, Any, Any]]:
@@ -97,15 +98,9 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
     else:
         raise ConfigError("A Keras model is exported to a '.keras' or '.weights.h5' file. Expected model_path ending "
                           f"in one of those. Received: model_path={path!r}")
+    # Keras checks the file name's suffix: the temporary name ends with the destination's name.
     with atomic_path(path) as tmp, baked(model), _optimizer_left_out(model, save == "save_weights"):
-        # Keras checks the file name's suffix, so write under the real name in a scratch folder.
-        scratch = tempfile.mkdtemp(dir=os.path.dirname(tmp))
-        try:
-            target = os.path.join(scratch, os.path.basename(path))
-            getattr(model, save)(target)
-            os.replace(target, tmp)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        getattr(model, save)(tmp)
 
 
 def save_masks(masks: dict[str, dict[str, Any]], path: str | os.PathLike) -> None:
@@ -188,7 +183,8 @@ def export_tflite(model: Any, path: str | os.PathLike, quantizer: Any = None,
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-        flatbuffer = converter.convert()
+        with without_lines(*TENSORFLOW_NOISE):
+            flatbuffer = converter.convert()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as stream:
@@ -206,14 +202,13 @@ def run_tflite(path_or_bytes: str | os.PathLike | bytes, inputs: Iterable[np.nda
 
     int8 inputs / outputs are quantized / dequantized with the tensors' scale and zero point, so
     the result is float either way.
-    """
-    from ai_edge_litert.interpreter import Interpreter
 
-    if isinstance(path_or_bytes, bytes):
-        interpreter = Interpreter(model_content=path_or_bytes)
-    else:
-        interpreter = Interpreter(model_path=os.fspath(path_or_bytes))
-    interpreter.allocate_tensors()
+    Raises:
+        FileFormatError: the file (or bytes) is not a valid TFLite file.
+    """
+    from slimkit.utils.tflite_file import tflite_interpreter
+
+    interpreter = tflite_interpreter(path_or_bytes)
     [inp], [out] = interpreter.get_input_details(), interpreter.get_output_details()
     results = []
     for sample in np.asarray(inputs, dtype=np.float32):

@@ -1,6 +1,6 @@
-"""The Keras twin of :class:`slimkit.models.digits.DigitsCNN`, and scikit-learn's digits as arrays.
+"""The Keras twin of :class:`slimkit.models.digits.DigitsCNN`, and the bundled digits as arrays.
 
-Used by the Keras example, tests and benchmarks (no network needed: the data ships with scikit-learn).
+Used by the Keras example, tests and benchmarks (no network needed: the data ships with slimkit).
 
 Example:
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+
+from slimkit.data import load_digits
 
 
 def digits_cnn(width: int = 32, num_classes: int = 10) -> keras.Model:
@@ -35,16 +37,10 @@ def digits_cnn(width: int = 32, num_classes: int = 10) -> keras.Model:
 
 
 def load_digits_arrays(test_fraction: float = 0.25, seed: int = 0) -> tuple[np.ndarray, ...]:
-    """scikit-learn's digits as ``(x_train, y_train, x_test, y_test)``; images ``(N, 8, 8, 1)`` in [0, 1]."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = (data.images / 16.0).astype(np.float32)[..., None]
-    labels = data.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(labels))
-    split = int(len(labels) * (1 - test_fraction))
-    train, test = order[:split], order[split:]
-    return images[train], labels[train], images[test], labels[test]
+    """The 8x8 digits bundled with slimkit (:func:`slimkit.data.load_digits`) as ``(x_train, y_train, x_test,
+    y_test)``; images ``(N, 8, 8, 1)`` in [0, 1]."""
+    x_train, y_train, x_test, y_test = load_digits(test_fraction, seed)
+    return x_train[..., None], y_train, x_test[..., None], y_test
 
 
 def compile_classifier(model: keras.Model, learning_rate: float = 3e-3) -> keras.Model:

@@ -150,6 +150,14 @@ class TorchAdapter:
         return tensor.detach().to("cpu", torch.float32).numpy() if tensor.is_floating_point() else (
             tensor.detach().cpu().numpy())
 
+    def state_tensor(self, array: np.ndarray) -> torch.Tensor:
+        """A checkpoint array as a CPU tensor of the same dtype (``torch.load(weights_only=True)`` reads it)."""
+        return torch.from_numpy(array if array.flags.c_contiguous else np.array(array, order="C"))
+
+    def state_array(self, value: Any) -> np.ndarray:
+        """A checkpoint leaf back as numpy, dtype kept (the inverse of :meth:`state_tensor`)."""
+        return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
     def wrap(self, model: nn.Module, layers: list[Any]) -> None:
         refuse_wrapped(layers, lambda layer: isinstance(model.get_submodule(layer.name), CompressionWrapper))
         refuse_read_by_parent(layers)
@@ -175,6 +183,10 @@ class TorchAdapter:
             layer.module.weight)
         return weight_mask.detach().clone(), (
             wrapper.bias_mask.detach().clone() if wrapper.bias_mask is not None else None)
+
+    def installed_weight_mask(self, layer: Any) -> torch.Tensor | None:
+        """The wrapper's weight mask itself (no copy), None while none is set."""
+        return layer.wrapper.weight_mask
 
     def add_output_hook(self, layer: Any, fn: Callable[[np.ndarray], None]) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:

@@ -34,6 +34,7 @@ import torch
 from slimkit.compression.channels import channel_shape
 from slimkit.compression.quant import QParams, qrange
 from slimkit.errors import UnsupportedOpError
+from slimkit.utils.optional import require
 
 MAX_BITS = 16
 """Widest quantization ONNX can hold (int16 / uint16 QuantizeLinear, opset 21)."""
@@ -83,8 +84,8 @@ def check_widths(named_params: Iterable[tuple[str, str, QParams]]) -> bool:
 
 
 def _qdq(x: Any, scale: Any, zero_point: Any, quant_min: int, quant_max: int, axis: int | None = None) -> Any:
-    from onnxscript import ir
-    from onnxscript import opset21 as op
+    onnxscript = require("onnxscript", "ONNX export")
+    ir, op = onnxscript.ir, onnxscript.opset21
 
     dtypes = {(-128, 127): ir.DataType.INT8, (0, 255): ir.DataType.UINT8, (-32768, 32767): ir.DataType.INT16,
               (0, 65535): ir.DataType.UINT16}

@@ -71,6 +71,23 @@ class CompressionWrapper(nn.Module):
                 raise
             return getattr(module, name)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        # A mask is None until a pruner sets one, so a checkpoint may hold a mask this wrapper has not got yet (a
+        # filter pruner's bias mask) or lack one it has: the saved masks are taken as they are (a missing one is
+        # None again under strict loading), so a rebuilt, compressed model loads its checkpoint.
+        like = self.module.weight if isinstance(getattr(self.module, "weight", None), torch.Tensor) else None
+        for name in ("weight_mask", "bias_mask"):
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, torch.Tensor):
+                if self._buffers[name] is None:
+                    self._buffers[name] = torch.empty_like(saved, dtype=like.dtype if like is not None else None,
+                                                           device=like.device if like is not None else None)
+            elif strict:
+                self._buffers[name] = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def effective_parameters(self) -> dict[str, torch.Tensor]:
         """Parameters that differ from the module's own in this forward (masked weight / bias)."""
         overrides = {}

@@ -143,6 +143,15 @@ class ChannelsLastAdapter:
         return (w.copy() if w is not None else np.ones_like(layer.module.kernel.value),
                 None if layer.wrapper.bias_mask is None else layer.wrapper.bias_mask.copy())
 
+    def installed_weight_mask(self, layer):
+        return layer.wrapper.weight_mask
+
+    def state_tensor(self, array):
+        return array
+
+    def state_array(self, value):
+        return np.asarray(value)
+
     def add_output_hook(self, layer, fn):
         key = object()
         layer.wrapper.hooks[key] = fn
