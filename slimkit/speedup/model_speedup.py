@@ -28,7 +28,7 @@ from slimkit.frameworks.torch.adapter import set_submodule
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.speedup.analysis import Plan, analyse, single_thread
 from slimkit.speedup.capture import capture, forget
-from slimkit.speedup.registry import MODULE_RULES, ensure_loaded
+from slimkit.speedup.registry import MODULE_RULES, ensure_loaded, module_rule
 from slimkit.speedup.report import LayerChange, SpeedupReport
 from slimkit.utils.flops import profile
 
@@ -102,7 +102,7 @@ class ModelSpeedup:
                 overrides[f"{name}.bias"] = bias
 
         def call(inputs: tuple) -> Any:
-            return torch.func.functional_call(self.model, overrides, inputs, strict=False)
+            return torch.func.functional_call(self.model, overrides, inputs, strict=False, tie_weights=False)
 
         output, flops, _ = profile(self.model, self.dummy_input, call)
         return output, flops
@@ -166,7 +166,7 @@ class ModelSpeedup:
         replacements = {}
         for name in targets:
             module = self.model.get_submodule(name)
-            rule = MODULE_RULES.get(type(module))
+            rule = module_rule(module)
             if rule is None:
                 raise UnsupportedOpError(
                     f"Speedup cannot rebuild layer {name!r} of type {type(module).__name__}. Expected one of "

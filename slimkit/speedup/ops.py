@@ -23,10 +23,11 @@ UNARY = [
     "elu", "selu", "celu", "mish", "softplus", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "square", "clamp",
     "clamp_min", "clamp_max", "dropout", "feature_dropout", "alpha_dropout", "contiguous", "clone", "detach",
     "alias", "pow", "reciprocal", "sin", "cos", "erf", "log_sigmoid", "_to_copy", "to", "type_as", "relu_",
-    "hardtanh_", "sigmoid_", "hardswish_", "silu_", "lift_fresh_copy",
+    "hardtanh_", "sigmoid_", "hardswish_", "silu_", "lift_fresh_copy", "dropout_", "feature_dropout_",
+    "alpha_dropout_", "detach_", "gelu_", "tanh_", "clamp_", "erf_", "exp_", "neg_",
 ]
 BINARY = ["add", "sub", "div", "maximum", "minimum", "rsub", "true_divide", "add_", "sub_", "floor_divide", "where",
-          "lerp", "addcmul"]
+          "lerp", "addcmul", "div_", "max.other", "min.other", "fmax", "fmin"]
 
 
 def _tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -275,8 +276,7 @@ def softmax_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
 @register_op("aten::matmul", "aten::bmm", "aten::mm", "aten::einsum", "aten::scaled_dot_product_attention",
              "aten::baddbmm", "aten::addmm", "aten::embedding", "aten::sort",
              "aten::topk", "aten::argmax", "aten::argmin", "aten::eq", "aten::ne", "aten::gt", "aten::lt",
-             "aten::ge", "aten::le", "aten::zeros_like", "aten::ones_like", "aten::full_like", "aten::arange",
-             "aten::zeros", "aten::ones", "aten::full", "aten::scalar_tensor", "aten::masked_fill",
+             "aten::ge", "aten::le", "aten::arange", "aten::masked_fill",
              "aten::index", "aten::gather")
 def mixing_rule(ctx: Any, node: torch.fx.Node) -> Any:
     """Ops that mix positions in ways the analysis does not model: their inputs' channels are kept."""
@@ -291,6 +291,22 @@ def mixing_rule(ctx: Any, node: torch.fx.Node) -> Any:
     if isinstance(shape, list):
         return [keep_state(tuple(s)) for s in shape]
     return keep_state(shape)
+
+
+FILLS = {"zeros": 0.0, "ones": 1.0, "zeros_like": 0.0, "ones_like": 1.0, "new_zeros": 0.0, "new_ones": 1.0}
+FILL_ARG = {"scalar_tensor": 0, "full": 1, "full_like": 1, "new_full": 2}  # position of the fill value
+
+
+@register_op("aten::zeros_like", "aten::ones_like", "aten::full_like", "aten::zeros", "aten::ones", "aten::full",
+             "aten::new_zeros", "aten::new_ones", "aten::new_full", "aten::scalar_tensor", "aten::empty_like")
+def fill_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
+    """A tensor filled with one number depends on no input: a constant without channel variables."""
+    name = op_short(node)
+    value = node.args[FILL_ARG[name]] if name in FILL_ARG else FILLS.get(name, NAN)  # empty_like: unknown
+    shape = ctx.shape(node)
+    constant = float(value) if isinstance(value, (int, float)) else NAN
+    ones = (1,) * len(shape)
+    return TensorState(torch.full(ones, FREE, dtype=torch.long), torch.full(ones, constant, dtype=torch.float64), shape)
 
 
 @register_op("aten::sym_size", "aten::size", "aten::dim", "sym_size", "aten::_assert_async",

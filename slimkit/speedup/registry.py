@@ -10,6 +10,12 @@ Example:
 >>> ensure_loaded()
 >>> 'aten::conv2d' in OP_RULES and 'aten::add' in OP_RULES
 True
+>>> import torch
+>>> from slimkit.speedup.registry import module_rule
+>>> class Depthwise(torch.nn.Conv2d):
+...     pass
+>>> module_rule(Depthwise(4, 4, 3, groups=4)) is module_rule(torch.nn.Conv2d(4, 4, 3))
+True
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ MODULE_RULES: dict[type, Callable[..., Any]] = {}
 
 
 def register_op(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register an analysis rule for the ATen operators ``names`` (schema names, ``'aten::add'``)."""
+    """Register an analysis rule for the ATen operators ``names``: schema names (``'aten::add'``), or a name
+    with its overload (``'aten::max.other'``) where overloads of one operator mean different things."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         for name in names:
@@ -41,6 +48,22 @@ def register_module(*types: type) -> Callable[[Callable[..., Any]], Callable[...
         return fn
 
     return decorate
+
+
+def op_rule(node: Any) -> Callable[..., Any] | None:
+    """The analysis rule of ``node``'s operator: its overload's own rule first, then the operator's."""
+    name = op_name(node)
+    overload = getattr(node.target, "_overloadname", None)
+    return OP_RULES.get(f"{name}.{overload}") or OP_RULES.get(name)
+
+
+def module_rule(module: Any) -> Callable[..., Any] | None:
+    """The surgery rule of ``module``'s class or of its nearest base class that has one (a subclass of
+    ``nn.Conv2d`` in model code is rebuilt as a conv)."""
+    for cls in type(module).__mro__:
+        if cls in MODULE_RULES:
+            return MODULE_RULES[cls]
+    return None
 
 
 def op_name(node: Any) -> str:
