@@ -35,6 +35,7 @@ class Plan:
     folds: dict[str, dict[int, float]] = field(default_factory=dict)
     union_find: UnionFind | None = None
     variables: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    attributes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def changed(self) -> list[str]:
         """Modules that lose at least one channel."""
@@ -54,6 +55,7 @@ class _Context:
         self.node: torch.fx.Node | None = None
         self.balanced: list[torch.Tensor] = []
         self.summaries: dict[str, tuple[Any, Any]] = {}
+        self.heads: dict[str, list[tuple[torch.Tensor, int]]] = {}
 
     # --- helpers the rules use -------------------------------------------------------------
     def state(self, arg: Any) -> Any:
@@ -238,7 +240,11 @@ def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, tor
     keep = {key: context.uf.kept(variables, snapshot) for key, variables in context.variables.items()}
     folds = {path: {c: value for c, (value, var) in entries.items() if not keep[(path, "in")][c]}
              for path, entries in context.folds.items()}
-    return Plan(context.modules, keep, {p: f for p, f in folds.items() if f}, context.uf, context.variables)
+    from slimkit.speedup.attention import head_attributes
+
+    attributes = head_attributes(context.heads, context.uf, snapshot, captured.model)
+    return Plan(context.modules, keep, {p: f for p, f in folds.items() if f}, context.uf, context.variables,
+                attributes)
 
 
 def _balance(context: _Context) -> None:

@@ -130,6 +130,11 @@ class ModelSpeedup:
         for name, module in replacements.items():
             originals[name] = self.model.get_submodule(name)
             set_submodule(self.model, name, module)
+        attributes = {(path, attr): getattr(self.model.get_submodule(path), attr)
+                      for path, values in plan.attributes.items() for attr in values}
+        for path, values in plan.attributes.items():
+            for attr, value in values.items():
+                setattr(self.model.get_submodule(path), attr, value)
         error = None
         flops_after = 0
         if self.verify:
@@ -138,12 +143,12 @@ class ModelSpeedup:
                     output, flops_after, _ = profile(self.model, self.dummy_input)
                 error = _relative_error(output, reference)
             except Exception as failure:  # a shape mismatch in the user's forward after surgery
-                self._restore(originals)
+                self._restore(originals, attributes)
                 raise SlimkitError(f"Speedup produced a model whose forward fails ({type(failure).__name__}: "
                                    f"{failure}); the model was restored. This usually means the forward "
                                    f"hard-codes a channel count; exclude the layers feeding it.") from failure
             if not error <= self.tolerance:
-                self._restore(originals)
+                self._restore(originals, attributes)
                 raise SlimkitError(f"Speedup changed the model's output (relative error {error:.3g} > tolerance "
                                    f"{self.tolerance:g}); the model was restored. Please report this model.")
         timings["surgery+verify"] = time.perf_counter() - start - sum(timings.values())
@@ -152,9 +157,11 @@ class ModelSpeedup:
         return SpeedupReport(changes, params_before, sum(p.numel() for p in self.model.parameters()), flops_before,
                              flops_after, time.perf_counter() - start, error, timings)
 
-    def _restore(self, originals: dict[str, nn.Module]) -> None:
+    def _restore(self, originals: dict[str, nn.Module], attributes: dict[tuple[str, str], Any]) -> None:
         for name, module in originals.items():
             set_submodule(self.model, name, module)
+        for (path, attr), value in attributes.items():
+            setattr(self.model.get_submodule(path), attr, value)
 
     def _build(self, plan: Plan, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, nn.Module]:
         keep_by_module: dict[str, dict[str, np.ndarray]] = {}

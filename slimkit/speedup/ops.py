@@ -48,13 +48,30 @@ def run_on(node: torch.fx.Node, table: dict[str, torch.Tensor]) -> Any:
 
 
 def merge_ids(ctx: Any, states: list[TensorState]) -> torch.Tensor:
-    """Broadcast the inputs' variables together, union the coupled ones, return the merged ids."""
+    """Broadcast the inputs' variables together, union the coupled ones, return the merged ids.
+
+    An input that is one variable and really broadcast along an axis where another input's channels vary
+    (a rotary table, an attention scale, a gate shared by all channels) is used whole by every channel:
+    it is kept and couples nothing, so removing a channel of the others stays possible."""
+    states = [_spread(ctx, state, states) for state in states]
     result = states[0].ids
     for state in states[1:]:
         a, b = torch.broadcast_tensors(result, state.ids)
         ctx.uf.union_arrays(a, b)
         result = torch.where(a == FREE, b, a)
     return compact(result)
+
+
+def _spread(ctx: Any, state: TensorState, states: list[TensorState]) -> TensorState:
+    if state.ids.numel() != 1:
+        return state
+    rank = max(len(s.shape) for s in states)
+    shape = (1,) * (rank - len(state.shape)) + tuple(state.shape)
+    varying = {rank - s.ids.dim() + d for s in states for d in range(s.ids.dim()) if s.ids.shape[d] > 1}
+    if not varying or any(shape[d] != 1 for d in varying):
+        return state
+    ctx.uf.keep(state.ids)
+    return TensorState(torch.full_like(state.ids, FREE), state.const, state.shape)
 
 
 def elementwise(ctx: Any, node: torch.fx.Node, const_fn: Any = None) -> TensorState:
@@ -125,7 +142,8 @@ def _list_args(node: torch.fx.Node) -> list[torch.fx.Node]:
 
 @register_op("aten::cat", "aten::concat", "aten::stack", "aten::unbind", "aten::permute", "aten::transpose",
              "aten::t", "aten::unsqueeze", "aten::squeeze", "aten::expand", "aten::movedim", "aten::pixel_shuffle",
-             "aten::pixel_unshuffle", "aten::repeat", "aten::flip", "aten::roll")
+             "aten::pixel_unshuffle", "aten::repeat", "aten::flip", "aten::roll", "aten::repeat_interleave",
+             "aten::tile")
 def movement_rule(ctx: Any, node: torch.fx.Node) -> TensorState | list[TensorState]:
     return movement(ctx, node)
 
@@ -160,15 +178,19 @@ def split_rule(ctx: Any, node: torch.fx.Node) -> Any:
 
 @register_op("aten::view", "aten::reshape", "aten::flatten", "aten::unflatten", "aten::_unsafe_view")
 def reshape_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
-    """Reshape; when it splits the channel axis (channel shuffle, heads), the channels are tied across the
-    outer factors so that the kept set stays a product and the model's ``c // groups`` still holds."""
+    """Reshape. When it splits the channel axis, the kept set must stay a product of the factors, as the
+    model's code fixes all but one of them: the factor written ``-1`` (heads in ``view(b, n, -1, head_dim)``)
+    may shrink and the others are tied whole; without a ``-1`` (channel shuffle's ``view(b, g, c // g, ...)``)
+    the last factor shrinks and the outer ones are tied, so the model's ``c // groups`` still holds."""
     source = ctx.state(node.args[0])
     out = movement(ctx, node)
     varying_in = sum(1 for s in source.ids.shape if s > 1)
     ids = out.ids
     varying = [d for d in range(ids.dim()) if ids.shape[d] > 1]
     if len(varying) > max(varying_in, 1):
-        for dim in varying[:-1]:
+        sizes = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], (list, tuple)) else ()
+        free = [d for d in varying if len(sizes) == ids.dim() and sizes[d] == -1]
+        for dim in [d for d in varying if d not in free[:1]] if free else varying[:-1]:
             first = ids.narrow(dim, 0, 1)
             ctx.uf.union_arrays(ids, first)
             ids = first.expand_as(ids).contiguous()
