@@ -111,8 +111,8 @@ class _Context:
         cached = self.summaries.get(path)
         if cached is None or (sums and cached[1] is None):
             weight = self.weights(path)[0]
-            if weight.dim() == 2:
-                w = weight.unsqueeze(-1)
+            if weight.dim() == 2:  # linear (out, in); transposed: (in, out), Hugging Face's Conv1D
+                w = (weight.t() if transposed else weight).unsqueeze(-1)
             elif transposed:  # (in, out/g, k...) -> (out, in/g, k)
                 cin, per_out = weight.shape[0], weight.shape[1]
                 w = weight.reshape(groups, cin // groups, per_out, -1).permute(0, 2, 1, 3).reshape(

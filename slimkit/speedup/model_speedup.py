@@ -28,6 +28,7 @@ from slimkit.frameworks.torch.adapter import set_submodule
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.speedup.analysis import Plan, analyse, single_thread
 from slimkit.speedup.capture import capture, forget
+from slimkit.speedup.module_ops import is_transposed_linear
 from slimkit.speedup.registry import MODULE_RULES, ensure_loaded, module_rule
 from slimkit.speedup.report import LayerChange, SpeedupReport
 from slimkit.utils.flops import profile
@@ -177,7 +178,7 @@ class ModelSpeedup:
             if rule is None:
                 raise UnsupportedOpError(
                     f"Speedup cannot rebuild layer {name!r} of type {type(module).__name__}. Expected one of "
-                    f"{sorted(t.__name__ for t in MODULE_RULES)}; exclude {name!r} from pruning.")
+                    f"{sorted(getattr(t, '__name__', t) for t in MODULE_RULES)}; exclude {name!r} from pruning.")
             weight, bias = weights.get(name) or (getattr(module, "weight", None), getattr(module, "bias", None))
             weight = weight.detach() if isinstance(weight, torch.Tensor) else None
             bias = bias.detach() if isinstance(bias, torch.Tensor) else None
@@ -190,6 +191,8 @@ def _channels(module: nn.Module) -> tuple[int, int]:
         return module.in_features, module.out_features
     if isinstance(module, nn.modules.conv._ConvNd):
         return module.in_channels, module.out_channels
+    if is_transposed_linear(module):
+        return tuple(module.weight.shape)
     count = getattr(module, "num_features", getattr(module, "num_parameters", 0))
     return count, count
 

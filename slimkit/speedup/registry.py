@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 OP_RULES: dict[str, Callable[..., Any]] = {}
-MODULE_RULES: dict[type, Callable[..., Any]] = {}
+MODULE_RULES: dict[type | str, Callable[..., Any]] = {}
 
 
 def register_op(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -39,8 +39,9 @@ def register_op(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     return decorate
 
 
-def register_module(*types: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register the surgery rule that rebuilds modules of ``types`` with fewer channels."""
+def register_module(*types: type | str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the surgery rule that rebuilds modules of ``types`` with fewer channels. A type of a library
+    slimkit does not import is named by its qualified name (``'transformers.pytorch_utils.Conv1D'``)."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         for module_type in types:
@@ -61,9 +62,15 @@ def module_rule(module: Any) -> Callable[..., Any] | None:
     """The surgery rule of ``module``'s class or of its nearest base class that has one (a subclass of
     ``nn.Conv2d`` in model code is rebuilt as a conv)."""
     for cls in type(module).__mro__:
-        if cls in MODULE_RULES:
-            return MODULE_RULES[cls]
+        rule = MODULE_RULES.get(cls) or MODULE_RULES.get(qualified_name(cls))
+        if rule is not None:
+            return rule
     return None
+
+
+def qualified_name(cls: type) -> str:
+    """``'module.Class'`` of a class."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def op_name(node: Any) -> str:
