@@ -1,7 +1,8 @@
 """Structural pruning of Hugging Face ``transformers`` models at ratio 0.5: slimkit beside torch-pruning.
 
-Run: ``python benchmarks/bench_hf_pruning.py`` (about ten minutes on two cores). Every (model, tool) pair
-runs in its own process (clean first-call costs; a tool that hangs is stopped after ``TIMEOUT`` seconds and
+Run: ``python benchmarks/bench_hf_pruning.py [model ...]`` (about twenty minutes on two loaded cores; naming
+models reruns those and keeps the other results of the JSON file). Every (model, tool) pair runs in its own
+process (clean first-call costs; a tool that hangs is stopped after ``TIMEOUT`` seconds and
 recorded as such). Writes ``benchmarks/results/hf_pruning.json`` and ``benchmarks/RESULTS_hf.md``.
 
 - slimkit: ``L1FilterPruner(..., [{'sparsity': 0.5, 'op_types': ['Conv2d', 'Linear']}], dependency_aware=True)``
@@ -30,7 +31,7 @@ from machine_info import describe_machine  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "hf_pruning.json"
 MARKDOWN = ROOT / "benchmarks" / "RESULTS_hf.md"
-TIMEOUT = 300
+TIMEOUT = 600
 TOOLS = ("slimkit", "torch_pruning:full", "torch_pruning:heads+mlp")
 MODELS = ("bert", "vit", "llama", "convnext", "resnet", "resnet50", "bert_medium")
 
@@ -116,7 +117,7 @@ def tp_prune(model, x, scope: str) -> dict:
     return {"total_s": time.perf_counter() - start}
 
 
-def latency_ms(model, x, rounds: int = 5, calls: int = 5) -> float:
+def latency_ms(model, x, rounds: int = 3, calls: int = 3) -> float:
     import torch
 
     best = float("inf")
@@ -145,7 +146,7 @@ def case(tool: str, name: str) -> dict:
         model(x)  # the pruned model still runs
     dense, _ = build(name)
     timing = {"dense_ms": float("inf"), "pruned_ms": float("inf")}
-    for _ in range(3):  # interleaved: load changes on the shared machine hit both alike
+    for _ in range(2):  # interleaved: load changes on the shared machine hit both alike
         timing["dense_ms"] = min(timing["dense_ms"], latency_ms(dense, x))
         timing["pruned_ms"] = min(timing["pruned_ms"], latency_ms(model, x))
     return {"tool": tool, "model": name, "params_before": before, "params_after": params(model),
@@ -166,14 +167,17 @@ def _child(tool: str, name: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(models: list[str]) -> None:
     import torch
     import torch_pruning
     import transformers
 
-    results = {"machine": describe_machine(torch=torch.__version__, transformers=transformers.__version__,
-                                           torch_pruning=torch_pruning.__version__), "runs": []}
-    for name in MODELS:
+    machine = describe_machine(torch=torch.__version__, transformers=transformers.__version__,
+                               torch_pruning=torch_pruning.__version__)
+    previous = json.loads(RESULTS.read_text()) if models and RESULTS.exists() else {"runs": []}
+    runs = [r for r in previous["runs"] if r["model"] not in models] if models else []
+    results = {"machine": machine, "earlier_machine": previous.get("machine"), "runs": runs}
+    for name in models or MODELS:
         for tool in TOOLS:
             results["runs"].append(_child(tool, name))
             print(json.dumps(results["runs"][-1]), flush=True)
@@ -191,6 +195,7 @@ def _cell(run: dict, key: str, fmt: str = "{:,}") -> str:
 def markdown(results: dict) -> str:
     m = results["machine"]
     by = {(r["model"], r["tool"]): r for r in results["runs"]}
+    missing = {"error": "not run"}
     lines = ["## Structural pruning of Hugging Face models (ratio 0.5)", "",
              f"Machine: {m['nproc']} CPUs ({m['cpu']}), torch {m['torch']}, transformers {m['transformers']}, "
              f"torch-pruning {m['torch_pruning']}; load average {m['load_average']} at start, "
@@ -203,14 +208,14 @@ def markdown(results: dict) -> str:
              "### Parameters after pruning", "",
              "| model | before | slimkit | torch-pruning heads+mlp | torch-pruning full |", "|---|---|---|---|---|"]
     for name in MODELS:
-        ours, full, same = (by[(name, tool)] for tool in TOOLS)
+        ours, full, same = (by.get((name, tool), missing) for tool in TOOLS)
         lines.append(f"| {name} | {_cell(ours, 'params_before')} | {_cell(ours, 'params_after')} | "
                      f"{_cell(same, 'params_after')} | {_cell(full, 'params_after')} |")
     lines += ["", "### Run time (s): first call in a process / warm", "",
               "| model | slimkit masks + speedup | of which ModelSpeedup | torch-pruning full (build + prune) | "
               "torch-pruning heads+mlp |", "|---|---|---|---|---|"]
     for name in MODELS:
-        ours, full, same = (by[(name, tool)] for tool in TOOLS)
+        ours, full, same = (by.get((name, tool), missing) for tool in TOOLS)
 
         def pair(run: dict, key: str = "total_s") -> str:
             return "error: " + run["error"] if "error" in run else f"{run['first'][key]:.2f} / {run['warm'][key]:.2f}"
@@ -224,15 +229,15 @@ def markdown(results: dict) -> str:
     for name in MODELS:
         cells = []
         for tool in TOOLS:
-            run = by[(name, tool)]
+            run = by.get((name, tool), missing)
             cells += ["error", ""] if "error" in run else [f"{run['pruned_ms']}", f"{run['latency_gain']}x"]
-        dense = by[(name, "slimkit")].get("dense_ms", "")
+        dense = by.get((name, "slimkit"), missing).get("dense_ms", "")
         lines.append(f"| {name} | {dense} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3:
+    if len(sys.argv) == 3 and sys.argv[1] in TOOLS:
         print(json.dumps(case(sys.argv[1], sys.argv[2])))
     else:
-        main()
+        main(sys.argv[1:])
