@@ -199,8 +199,11 @@ def markdown(results: dict) -> str:
     lines = ["## Structural pruning of Hugging Face models (ratio 0.5)", "",
              f"Machine: {m['nproc']} CPUs ({m['cpu']}), torch {m['torch']}, transformers {m['transformers']}, "
              f"torch-pruning {m['torch_pruning']}; load average {m['load_average']} at start, "
-             f"{m.get('load_average_end')} at the end. {m['note']}.", "",
-             "Models: `tests/hf_zoo.py`'s tiny configs (random init) and slimkit's ResNet-50 (1x3x224x224). "
+             f"{m.get('load_average_end')} at the end. {m['note']}."
+             + (f" Models not rerun come from an earlier run: {results['earlier_machine']['note']}."
+                if results.get("earlier_machine") else ""), "",
+             "Models: `tests/hf_zoo.py`'s tiny configs (random init), slimkit's ResNet-50 (1x3x224x224) and "
+             "bert_medium (BERT, 4 layers x 384, 6 heads, 128 tokens). "
              "slimkit: dependency-aware L1 filter pruner at 0.5 on Conv2d / Linear + ModelSpeedup (whole "
              "attention heads, MLP channels, filters; output equal to the masked model). torch-pruning: "
              "MetaPruner, L1, ratio 0.5, heads declared, output head ignored; `full` also prunes the hidden size "
@@ -233,6 +236,13 @@ def markdown(results: dict) -> str:
             cells += ["error", ""] if "error" in run else [f"{run['pruned_ms']}", f"{run['latency_gain']}x"]
         dense = by.get((name, "slimkit"), missing).get("dense_ms", "")
         lines.append(f"| {name} | {dense} | " + " | ".join(cells) + " |")
+    lines += ["", "Reading: in the same scope (heads + MLP channels + filters, hidden size kept) slimkit removes what "
+              "torch-pruning removes; torch-pruning's default also prunes the transformer's hidden size through "
+              "the embeddings and LayerNorm / RMSNorm, which slimkit does not do (a norm over fewer channels is "
+              "not the masked model's norm, and slimkit's speedup must equal the masked model), and ConvNeXt's "
+              "residual stream (LayerNorm and a per-channel layer-scale parameter keep it in slimkit). "
+              "torch-pruning's MetaPruner did not return on Hugging Face's Llama (transformers 5) within the "
+              "limit. Timings come from a shared, heavily loaded 2-core machine."]
     return "\n".join(lines) + "\n"
 
 
