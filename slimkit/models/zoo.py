@@ -276,6 +276,34 @@ class ConcatGroupConv(nn.Module):
         return F.adaptive_avg_pool2d(self.out(y), 1).flatten(1)
 
 
+class GQAttention(nn.Module):
+    """Grouped-query self-attention in the style of Hugging Face's Llama (``view(..., -1, head_dim)``, key /
+    value heads repeated to their query heads), for examples and tests.
+
+    Args:
+        dim: model width.
+        heads: query heads.
+        kv_heads: key / value heads (``heads`` must be a multiple).
+    """
+
+    def __init__(self, dim: int, heads: int, kv_heads: int):
+        super().__init__()
+        self.head_dim = dim // heads
+        self.num_heads, self.num_key_value_heads = heads, kv_heads
+        self.groups = heads // kv_heads
+        self.q = nn.Linear(dim, heads * self.head_dim)
+        self.k = nn.Linear(dim, kv_heads * self.head_dim)
+        self.v = nn.Linear(dim, kv_heads * self.head_dim)
+        self.o = nn.Linear(heads * self.head_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (*x.shape[:-1], -1, self.head_dim)
+        q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        k, v = k.repeat_interleave(self.groups, 1), v.repeat_interleave(self.groups, 1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
+
+
 ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "plain_cnn": (PlainCNN, (2, 3, 16, 16)),
     "resnet_basic": (resnet_basic, (2, 3, 16, 16)),

@@ -22,7 +22,7 @@ from torch import nn
 
 from slimkit.errors import UnsupportedOpError
 from slimkit.frameworks.torch.graph import CapturedGraph
-from slimkit.speedup.registry import OP_RULES, ensure_loaded, op_name
+from slimkit.speedup.registry import ensure_loaded, op_name, op_rule
 from slimkit.speedup.state import TensorState, UnionFind, constant_state, keep_state
 
 
@@ -35,6 +35,7 @@ class Plan:
     folds: dict[str, dict[int, float]] = field(default_factory=dict)
     union_find: UnionFind | None = None
     variables: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    attributes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def changed(self) -> list[str]:
         """Modules that lose at least one channel."""
@@ -54,6 +55,7 @@ class _Context:
         self.node: torch.fx.Node | None = None
         self.balanced: list[torch.Tensor] = []
         self.summaries: dict[str, tuple[Any, Any]] = {}
+        self.heads: dict[str, list[tuple[torch.Tensor, int]]] = {}
 
     # --- helpers the rules use -------------------------------------------------------------
     def state(self, arg: Any) -> Any:
@@ -109,8 +111,8 @@ class _Context:
         cached = self.summaries.get(path)
         if cached is None or (sums and cached[1] is None):
             weight = self.weights(path)[0]
-            if weight.dim() == 2:
-                w = weight.unsqueeze(-1)
+            if weight.dim() == 2:  # linear (out, in); transposed: (in, out), Hugging Face's Conv1D
+                w = (weight.t() if transposed else weight).unsqueeze(-1)
             elif transposed:  # (in, out/g, k...) -> (out, in/g, k)
                 cin, per_out = weight.shape[0], weight.shape[1]
                 w = weight.reshape(groups, cin // groups, per_out, -1).permute(0, 2, 1, 3).reshape(
@@ -155,21 +157,42 @@ class _Context:
                     self.states[node.name] = constant_state(value)
 
     def _apply(self, node: torch.fx.Node) -> Any:
-        name = op_name(node)
-        rule = OP_RULES.get(name)
-        if rule is None:
-            raise UnsupportedOpError(
-                f"Speedup does not know the operator {name} (node {node.name!r}) in module "
-                f"{self.captured.module_path(node) or '<root>'!r}. Expected one of the supported operators "
-                f"({len(OP_RULES)} registered; see slimkit.speedup.registry.OP_RULES). To proceed, exclude the "
-                f"layers feeding this op from pruning and remove their masks, or register a rule with "
-                f"slimkit.speedup.registry.register_op({name!r}).")
         for arg in node.all_input_nodes:
             if arg.name not in self.states and arg.op != "get_attr" and arg.name not in self.captured.state_names:
                 shape = self.shape(arg)
                 if shape is not None and not isinstance(shape, list):
                     self.states[arg.name] = keep_state(shape)
-        return rule(self, node)
+        rule = op_rule(node)
+        return self._unknown(node) if rule is None else rule(self, node)
+
+    def _unknown(self, node: torch.fx.Node) -> Any:
+        """An operator without a rule: exact when its inputs keep all their channels. That is free where
+        they carry no pruned channel (positions, attention masks, shapes, live features); where a pruned
+        channel reaches it, stop and name the masked layers whose exclusion lets it through."""
+        states = [s for arg in node.all_input_nodes for s in _as_list(self.state(arg)) if isinstance(s, TensorState)]
+        pruned = [ids[~torch.isnan(const)] for ids, const in (torch.broadcast_tensors(s.ids, s.const) for s in states)]
+        feeding = self._masked_layers(torch.cat(pruned) if pruned else torch.zeros(0, dtype=torch.long))
+        if feeding:
+            name = op_name(node)
+            raise UnsupportedOpError(
+                f"Speedup cannot remove pruned channels that reach the operator {name} (node {node.name!r}) in "
+                f"module {self.captured.module_path(node) or '<root>'!r}: it has no speedup rule. Expected pruned "
+                f"channels to reach only supported operators (see slimkit.speedup.registry.OP_RULES). To proceed, "
+                f"add {{'exclude': True, 'op_names': {feeding!r}}} to the pruner's config_list, or register a rule "
+                f"with slimkit.speedup.registry.register_op({name!r}).")
+        for state in states:
+            self.uf.keep(state.ids)
+        shape = self.shape(node)
+        if shape is None:
+            return None
+        return [keep_state(tuple(s)) for s in shape] if isinstance(shape, list) else keep_state(shape)
+
+    def _masked_layers(self, variables: torch.Tensor) -> list[str]:
+        """Masked layers whose output channels are coupled with ``variables``, in model order."""
+        roots = set(self.uf.roots(variables[variables > 0]).tolist())
+        coupled = {path for (path, role), ids in self.variables.items()
+                   if role == "out" and path in self.weights_by_path and roots & set(self.uf.roots(ids).tolist())}
+        return [name for name, _ in self.captured.model.named_modules() if name in coupled]
 
     def _keep_outputs(self, arg: Any) -> None:
         if isinstance(arg, (list, tuple)):
@@ -180,6 +203,10 @@ class _Context:
         for s in state if isinstance(state, list) else [state]:
             if isinstance(s, TensorState):
                 self.uf.keep(s.ids)
+
+
+def _as_list(state: Any) -> list[Any]:
+    return state if isinstance(state, list) else [state]
 
 
 @contextlib.contextmanager
@@ -213,7 +240,11 @@ def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, tor
     keep = {key: context.uf.kept(variables, snapshot) for key, variables in context.variables.items()}
     folds = {path: {c: value for c, (value, var) in entries.items() if not keep[(path, "in")][c]}
              for path, entries in context.folds.items()}
-    return Plan(context.modules, keep, {p: f for p, f in folds.items() if f}, context.uf, context.variables)
+    from slimkit.speedup.attention import head_attributes
+
+    attributes = head_attributes(context.heads, context.uf, snapshot, captured.model)
+    return Plan(context.modules, keep, {p: f for p, f in folds.items() if f}, context.uf, context.variables,
+                attributes)
 
 
 def _balance(context: _Context) -> None:

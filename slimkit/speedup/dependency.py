@@ -20,7 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from slimkit.algorithms.pruning.filter import ChannelGroup
+from slimkit.speedup.state import KEEP
 
 __all__ = ["ChannelGroup", "channel_groups"]
 
@@ -28,8 +31,9 @@ __all__ = ["ChannelGroup", "channel_groups"]
 def channel_groups(model: Any, dummy_input: Any) -> list[ChannelGroup]:
     """Groups of conv / linear layer names whose output channels are coupled, in model order.
 
-    Layers coupled with nothing else are left out. A layer whose channels are coupled only in
-    part (a concat feeding a residual add) is left out too: no single channel mask fits it.
+    Layers coupled with nothing else are left out unless their channels go in units (an attention
+    projection's heads). Layers sharing some channel sets are one group with ``units`` (grouped-query
+    attention: the query projection has more heads than the key / value projections).
     """
     from torch import nn
 
@@ -42,23 +46,59 @@ def channel_groups(model: Any, dummy_input: Any) -> list[ChannelGroup]:
     plan = analyse(captured, {})
     uf = plan.union_find
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    by_roots: dict[tuple, list[str]] = {}
+    roots = {path: _labels(uf.roots(variables)) for (path, role), variables in plan.variables.items()
+             if role == "out" and isinstance(plan.modules[path], (nn.modules.conv._ConvNd, nn.Linear))}
+    groups = []
+    for members in _overlapping(roots):
+        members = sorted(members, key=order.get)
+        aligned = all(np.array_equal(roots[m], roots[members[0]]) for m in members)
+        partitions = _partitions(plan, uf, roots[members[0]]) if aligned else 1
+        whole = aligned and len(np.unique(roots[members[0]])) == len(roots[members[0]])
+        if len(members) > 1 or partitions > 1 or not whole:
+            groups.append(ChannelGroup(members, partitions, None if whole else {m: roots[m] for m in members}))
+    return sorted(groups, key=lambda g: order[g.members[0]])
+
+
+def _labels(roots: np.ndarray) -> np.ndarray:
+    """Channel-set labels; channels that are always kept (coupled with a model input) are labelled by
+    position (negative), so they couple layers only position by position."""
+    return np.where(roots == KEEP, -1 - np.arange(len(roots)), roots)
+
+
+def _overlapping(roots: dict[str, np.ndarray]) -> list[list[str]]:
+    """Layers grouped by shared channel sets (transitively)."""
+    owner: dict[int, int] = {}
+    parent = list(range(len(roots)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    names = list(roots)
+    for index, name in enumerate(names):
+        for root in {r for r in roots[name].tolist() if r >= 0} | {tuple(roots[name].tolist())}:
+            if root in owner:
+                parent[find(index)] = find(owner[root])
+            else:
+                owner[root] = index
+    clusters: dict[int, list[str]] = {}
+    for index, name in enumerate(names):
+        clusters.setdefault(find(index), []).append(name)
+    return list(clusters.values())
+
+
+def _partitions(plan: Any, uf: Any, roots: np.ndarray) -> int:
+    from torch import nn
+
+    partitions = 1
     for (path, role), variables in plan.variables.items():
         module = plan.modules[path]
-        if role != "out" or not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
             continue
-        by_roots.setdefault(tuple(uf.roots(variables).tolist()), []).append(path)
-    groups = []
-    for roots, members in by_roots.items():
-        partitions = 1
-        for (path, role), variables in plan.variables.items():
-            module = plan.modules[path]
-            if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
-                continue
-            if module.groups == module.in_channels == module.out_channels:
-                continue  # depthwise: every channel is its own group, any subset works
-            if role in ("in", "out") and tuple(uf.roots(variables).tolist()) == roots:
-                partitions = max(partitions, module.groups)
-        if len(members) > 1 or partitions > 1:
-            groups.append(ChannelGroup(sorted(members, key=order.get), partitions))
-    return sorted(groups, key=lambda g: order[g.members[0]])
+        if module.groups == module.in_channels == module.out_channels:
+            continue  # depthwise: every channel is its own group, any subset works
+        if role in ("in", "out") and np.array_equal(_labels(uf.roots(variables)), roots):
+            partitions = max(partitions, module.groups)
+    return partitions

@@ -28,7 +28,8 @@ from slimkit.frameworks.torch.adapter import set_submodule
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.speedup.analysis import Plan, analyse, single_thread
 from slimkit.speedup.capture import capture, forget
-from slimkit.speedup.registry import MODULE_RULES, ensure_loaded
+from slimkit.speedup.module_ops import is_transposed_linear
+from slimkit.speedup.registry import MODULE_RULES, ensure_loaded, module_rule
 from slimkit.speedup.report import LayerChange, SpeedupReport
 from slimkit.utils.flops import profile
 
@@ -108,7 +109,7 @@ class ModelSpeedup:
                 overrides[f"{name}.bias"] = bias
 
         def call(inputs: tuple) -> Any:
-            return torch.func.functional_call(self.model, overrides, inputs, strict=False)
+            return torch.func.functional_call(self.model, overrides, inputs, strict=False, tie_weights=False)
 
         output, flops, _ = profile(self.model, self.dummy_input, call)
         return output, flops
@@ -136,6 +137,11 @@ class ModelSpeedup:
         for name, module in replacements.items():
             originals[name] = self.model.get_submodule(name)
             set_submodule(self.model, name, module)
+        attributes = {(path, attr): getattr(self.model.get_submodule(path), attr)
+                      for path, values in plan.attributes.items() for attr in values}
+        for path, values in plan.attributes.items():
+            for attr, value in values.items():
+                setattr(self.model.get_submodule(path), attr, value)
         error = None
         flops_after = 0
         if self.verify:
@@ -144,12 +150,12 @@ class ModelSpeedup:
                     output, flops_after, _ = profile(self.model, self.dummy_input)
                 error = _relative_error(output, reference)
             except Exception as failure:  # a shape mismatch in the user's forward after surgery
-                self._restore(originals)
+                self._restore(originals, attributes)
                 raise SlimkitError(f"Speedup produced a model whose forward fails ({type(failure).__name__}: "
                                    f"{failure}); the model was restored. This usually means the forward "
                                    f"hard-codes a channel count; exclude the layers feeding it.") from failure
             if not error <= self.tolerance:
-                self._restore(originals)
+                self._restore(originals, attributes)
                 raise SlimkitError(f"Speedup changed the model's output (relative error {error:.3g} > tolerance "
                                    f"{self.tolerance:g}); the model was restored. Please report this model.")
         timings["surgery+verify"] = time.perf_counter() - start - sum(timings.values())
@@ -158,9 +164,11 @@ class ModelSpeedup:
         return SpeedupReport(changes, params_before, sum(p.numel() for p in self.model.parameters()), flops_before,
                              flops_after, time.perf_counter() - start, error, timings)
 
-    def _restore(self, originals: dict[str, nn.Module]) -> None:
+    def _restore(self, originals: dict[str, nn.Module], attributes: dict[tuple[str, str], Any]) -> None:
         for name, module in originals.items():
             set_submodule(self.model, name, module)
+        for (path, attr), value in attributes.items():
+            setattr(self.model.get_submodule(path), attr, value)
 
     def _build(self, plan: Plan, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, nn.Module]:
         keep_by_module: dict[str, dict[str, np.ndarray]] = {}
@@ -172,11 +180,11 @@ class ModelSpeedup:
         replacements = {}
         for name in targets:
             module = self.model.get_submodule(name)
-            rule = MODULE_RULES.get(type(module))
+            rule = module_rule(module)
             if rule is None:
                 raise UnsupportedOpError(
                     f"Speedup cannot rebuild layer {name!r} of type {type(module).__name__}. Expected one of "
-                    f"{sorted(t.__name__ for t in MODULE_RULES)}; exclude {name!r} from pruning.")
+                    f"{sorted(getattr(t, '__name__', t) for t in MODULE_RULES)}; exclude {name!r} from pruning.")
             weight, bias = weights.get(name) or (getattr(module, "weight", None), getattr(module, "bias", None))
             weight = weight.detach() if isinstance(weight, torch.Tensor) else None
             bias = bias.detach() if isinstance(bias, torch.Tensor) else None
@@ -189,6 +197,8 @@ def _channels(module: nn.Module) -> tuple[int, int]:
         return module.in_features, module.out_features
     if isinstance(module, nn.modules.conv._ConvNd):
         return module.in_channels, module.out_channels
+    if is_transposed_linear(module):
+        return tuple(module.weight.shape)
     count = getattr(module, "num_features", getattr(module, "num_parameters", 0))
     return count, count
 

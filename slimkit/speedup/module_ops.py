@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from slimkit.compression.channels import channel_view
-from slimkit.speedup.registry import register_op
+from slimkit.speedup.ops import mixing_rule
+from slimkit.speedup.registry import qualified_name, register_op
 from slimkit.speedup.state import TensorState, channel_vector
 
 NAN = float("nan")
@@ -126,16 +127,42 @@ def conv_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
 @register_op("aten::linear")
 def linear_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     path, module = ctx.module_of(node, node.args[1], nn.Linear)
-    state = ctx.state(node.args[0])
-    in_vars = ctx.vars(path, "in", module.in_features)
-    out_vars = ctx.vars(path, "out", module.out_features)
+    return _linear_like(ctx, node, node.args[0], path, module.in_features, module.out_features, False)
+
+
+# Linear layers of other libraries whose weight is stored transposed, (in, out): Hugging Face's GPT-2 Conv1D.
+TRANSPOSED_LINEAR = ("transformers.pytorch_utils.Conv1D",)
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    return any(qualified_name(cls) in TRANSPOSED_LINEAR for cls in type(module).__mro__)
+
+
+@register_op("aten::addmm")
+def addmm_rule(ctx: Any, node: torch.fx.Node) -> Any:
+    """``addmm(bias, x, weight)``: a transposed-weight linear layer's forward; any other use mixes channels."""
+    name = ctx.captured.state_names.get(getattr(node.args[2], "name", None), "")
+    path = name.rpartition(".")[0]
+    module = ctx.captured.model.get_submodule(path) if name else None
+    if module is None or not is_transposed_linear(module) or module.weight.dim() != 2:
+        return mixing_rule(ctx, node)
+    ctx.modules[path] = module
+    in_features, out_features = module.weight.shape
+    return _linear_like(ctx, node, node.args[1], path, in_features, out_features, True)
+
+
+def _linear_like(ctx: Any, node: torch.fx.Node, source: Any, path: str, in_features: int, out_features: int,
+                 transposed: bool) -> TensorState:
+    state = ctx.state(source)
+    in_vars = ctx.vars(path, "in", in_features)
+    out_vars = ctx.vars(path, "out", out_features)
     _couple_input(ctx, state, -1, in_vars)
-    used, _ = ctx.weight_summary(path, False, 1)
+    used, _ = ctx.weight_summary(path, transposed, 1)
 
     def sums() -> torch.Tensor:
-        return ctx.weight_summary(path, False, 1, sums=True)[1]
+        return ctx.weight_summary(path, transposed, 1, sums=True)[1]
 
-    consts = const_vector(state, -1, module.in_features)
+    consts = const_vector(state, -1, in_features)
     _check_inputs(ctx, path, in_vars, consts, used.any(0), foldable=True)
     out_consts = _outputs(used, sums, ctx.weights(path)[1], consts, 1, True)
     rank = len(ctx.shape(node))

@@ -23,10 +23,11 @@ UNARY = [
     "elu", "selu", "celu", "mish", "softplus", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "square", "clamp",
     "clamp_min", "clamp_max", "dropout", "feature_dropout", "alpha_dropout", "contiguous", "clone", "detach",
     "alias", "pow", "reciprocal", "sin", "cos", "erf", "log_sigmoid", "_to_copy", "to", "type_as", "relu_",
-    "hardtanh_", "sigmoid_", "hardswish_", "silu_", "lift_fresh_copy",
+    "hardtanh_", "sigmoid_", "hardswish_", "silu_", "lift_fresh_copy", "dropout_", "feature_dropout_",
+    "alpha_dropout_", "detach_", "gelu_", "tanh_", "clamp_", "erf_", "exp_", "neg_",
 ]
 BINARY = ["add", "sub", "div", "maximum", "minimum", "rsub", "true_divide", "add_", "sub_", "floor_divide", "where",
-          "lerp", "addcmul"]
+          "lerp", "addcmul", "div_", "max.other", "min.other", "fmax", "fmin"]
 
 
 def _tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -47,13 +48,30 @@ def run_on(node: torch.fx.Node, table: dict[str, torch.Tensor]) -> Any:
 
 
 def merge_ids(ctx: Any, states: list[TensorState]) -> torch.Tensor:
-    """Broadcast the inputs' variables together, union the coupled ones, return the merged ids."""
+    """Broadcast the inputs' variables together, union the coupled ones, return the merged ids.
+
+    An input that is one variable and really broadcast along an axis where another input's channels vary
+    (a rotary table, an attention scale, a gate shared by all channels) is used whole by every channel:
+    it is kept and couples nothing, so removing a channel of the others stays possible."""
+    states = [_spread(ctx, state, states) for state in states]
     result = states[0].ids
     for state in states[1:]:
         a, b = torch.broadcast_tensors(result, state.ids)
         ctx.uf.union_arrays(a, b)
         result = torch.where(a == FREE, b, a)
     return compact(result)
+
+
+def _spread(ctx: Any, state: TensorState, states: list[TensorState]) -> TensorState:
+    if state.ids.numel() != 1:
+        return state
+    rank = max(len(s.shape) for s in states)
+    shape = (1,) * (rank - len(state.shape)) + tuple(state.shape)
+    varying = {rank - s.ids.dim() + d for s in states for d in range(s.ids.dim()) if s.ids.shape[d] > 1}
+    if not varying or any(shape[d] != 1 for d in varying):
+        return state
+    ctx.uf.keep(state.ids)
+    return TensorState(torch.full_like(state.ids, FREE), state.const, state.shape)
 
 
 def elementwise(ctx: Any, node: torch.fx.Node, const_fn: Any = None) -> TensorState:
@@ -124,7 +142,8 @@ def _list_args(node: torch.fx.Node) -> list[torch.fx.Node]:
 
 @register_op("aten::cat", "aten::concat", "aten::stack", "aten::unbind", "aten::permute", "aten::transpose",
              "aten::t", "aten::unsqueeze", "aten::squeeze", "aten::expand", "aten::movedim", "aten::pixel_shuffle",
-             "aten::pixel_unshuffle", "aten::repeat", "aten::flip", "aten::roll")
+             "aten::pixel_unshuffle", "aten::repeat", "aten::flip", "aten::roll", "aten::repeat_interleave",
+             "aten::tile")
 def movement_rule(ctx: Any, node: torch.fx.Node) -> TensorState | list[TensorState]:
     return movement(ctx, node)
 
@@ -159,15 +178,19 @@ def split_rule(ctx: Any, node: torch.fx.Node) -> Any:
 
 @register_op("aten::view", "aten::reshape", "aten::flatten", "aten::unflatten", "aten::_unsafe_view")
 def reshape_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
-    """Reshape; when it splits the channel axis (channel shuffle, heads), the channels are tied across the
-    outer factors so that the kept set stays a product and the model's ``c // groups`` still holds."""
+    """Reshape. When it splits the channel axis, the kept set must stay a product of the factors, as the
+    model's code fixes all but one of them: the factor written ``-1`` (heads in ``view(b, n, -1, head_dim)``)
+    may shrink and the others are tied whole; without a ``-1`` (channel shuffle's ``view(b, g, c // g, ...)``)
+    the last factor shrinks and the outer ones are tied, so the model's ``c // groups`` still holds."""
     source = ctx.state(node.args[0])
     out = movement(ctx, node)
     varying_in = sum(1 for s in source.ids.shape if s > 1)
     ids = out.ids
     varying = [d for d in range(ids.dim()) if ids.shape[d] > 1]
     if len(varying) > max(varying_in, 1):
-        for dim in varying[:-1]:
+        sizes = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], (list, tuple)) else ()
+        free = [d for d in varying if len(sizes) == ids.dim() and sizes[d] == -1]
+        for dim in [d for d in varying if d not in free[:1]] if free else varying[:-1]:
             first = ids.narrow(dim, 0, 1)
             ctx.uf.union_arrays(ids, first)
             ids = first.expand_as(ids).contiguous()
@@ -273,10 +296,9 @@ def softmax_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
 
 
 @register_op("aten::matmul", "aten::bmm", "aten::mm", "aten::einsum", "aten::scaled_dot_product_attention",
-             "aten::baddbmm", "aten::addmm", "aten::embedding", "aten::sort",
+             "aten::baddbmm", "aten::embedding", "aten::sort",
              "aten::topk", "aten::argmax", "aten::argmin", "aten::eq", "aten::ne", "aten::gt", "aten::lt",
-             "aten::ge", "aten::le", "aten::zeros_like", "aten::ones_like", "aten::full_like", "aten::arange",
-             "aten::zeros", "aten::ones", "aten::full", "aten::scalar_tensor", "aten::masked_fill",
+             "aten::ge", "aten::le", "aten::arange", "aten::masked_fill",
              "aten::index", "aten::gather")
 def mixing_rule(ctx: Any, node: torch.fx.Node) -> Any:
     """Ops that mix positions in ways the analysis does not model: their inputs' channels are kept."""
@@ -291,6 +313,22 @@ def mixing_rule(ctx: Any, node: torch.fx.Node) -> Any:
     if isinstance(shape, list):
         return [keep_state(tuple(s)) for s in shape]
     return keep_state(shape)
+
+
+FILLS = {"zeros": 0.0, "ones": 1.0, "zeros_like": 0.0, "ones_like": 1.0, "new_zeros": 0.0, "new_ones": 1.0}
+FILL_ARG = {"scalar_tensor": 0, "full": 1, "full_like": 1, "new_full": 2}  # position of the fill value
+
+
+@register_op("aten::zeros_like", "aten::ones_like", "aten::full_like", "aten::zeros", "aten::ones", "aten::full",
+             "aten::new_zeros", "aten::new_ones", "aten::new_full", "aten::scalar_tensor", "aten::empty_like")
+def fill_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
+    """A tensor filled with one number depends on no input: a constant without channel variables."""
+    name = op_short(node)
+    value = node.args[FILL_ARG[name]] if name in FILL_ARG else FILLS.get(name, NAN)  # empty_like: unknown
+    shape = ctx.shape(node)
+    constant = float(value) if isinstance(value, (int, float)) else NAN
+    ones = (1,) * len(shape)
+    return TensorState(torch.full(ones, FREE, dtype=torch.long), torch.full(ones, constant, dtype=torch.float64), shape)
 
 
 @register_op("aten::sym_size", "aten::size", "aten::dim", "sym_size", "aten::_assert_async",

@@ -10,6 +10,12 @@ Example:
 >>> ensure_loaded()
 >>> 'aten::conv2d' in OP_RULES and 'aten::add' in OP_RULES
 True
+>>> import torch
+>>> from slimkit.speedup.registry import module_rule
+>>> class Depthwise(torch.nn.Conv2d):
+...     pass
+>>> module_rule(Depthwise(4, 4, 3, groups=4)) is module_rule(torch.nn.Conv2d(4, 4, 3))
+True
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 OP_RULES: dict[str, Callable[..., Any]] = {}
-MODULE_RULES: dict[type, Callable[..., Any]] = {}
+MODULE_RULES: dict[type | str, Callable[..., Any]] = {}
 
 
 def register_op(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register an analysis rule for the ATen operators ``names`` (schema names, ``'aten::add'``)."""
+    """Register an analysis rule for the ATen operators ``names``: schema names (``'aten::add'``), or a name
+    with its overload (``'aten::max.other'``) where overloads of one operator mean different things."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         for name in names:
@@ -32,8 +39,9 @@ def register_op(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     return decorate
 
 
-def register_module(*types: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register the surgery rule that rebuilds modules of ``types`` with fewer channels."""
+def register_module(*types: type | str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the surgery rule that rebuilds modules of ``types`` with fewer channels. A type of a library
+    slimkit does not import is named by its qualified name (``'transformers.pytorch_utils.Conv1D'``)."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         for module_type in types:
@@ -41,6 +49,28 @@ def register_module(*types: type) -> Callable[[Callable[..., Any]], Callable[...
         return fn
 
     return decorate
+
+
+def op_rule(node: Any) -> Callable[..., Any] | None:
+    """The analysis rule of ``node``'s operator: its overload's own rule first, then the operator's."""
+    name = op_name(node)
+    overload = getattr(node.target, "_overloadname", None)
+    return OP_RULES.get(f"{name}.{overload}") or OP_RULES.get(name)
+
+
+def module_rule(module: Any) -> Callable[..., Any] | None:
+    """The surgery rule of ``module``'s class or of its nearest base class that has one (a subclass of
+    ``nn.Conv2d`` in model code is rebuilt as a conv)."""
+    for cls in type(module).__mro__:
+        rule = MODULE_RULES.get(cls) or MODULE_RULES.get(qualified_name(cls))
+        if rule is not None:
+            return rule
+    return None
+
+
+def qualified_name(cls: type) -> str:
+    """``'module.Class'`` of a class."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def op_name(node: Any) -> str:
@@ -54,7 +84,7 @@ def op_name(node: Any) -> str:
 
 def _load_rules() -> None:
     # The rule modules register themselves on import.
-    from slimkit.speedup import module_ops, ops, surgery  # noqa: F401
+    from slimkit.speedup import attention, module_ops, ops, surgery  # noqa: F401
 
 
 _load_rules_done = False

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.speedup.module_ops import TRANSPOSED_LINEAR
 from slimkit.speedup.registry import register_module
 
 
@@ -121,4 +122,22 @@ def shrink_prelu(module: nn.PReLU, weight: torch.Tensor, bias: torch.Tensor | No
     clone = _clone(module)
     clone.num_parameters = len(idx)
     clone.weight = _param(weight[idx], module.weight)
+    return clone
+
+
+@register_module(*TRANSPOSED_LINEAR)
+def shrink_transposed_linear(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None,
+                             keep: dict[str, Any], folds: dict[int, float]) -> nn.Module:
+    """A linear layer storing its weight as (in, out), with ``nx`` / ``nf`` sizes (Hugging Face's Conv1D)."""
+    in_features, out_features = weight.shape
+    in_idx, out_idx = _index(keep.get("in"), in_features), _index(keep.get("out"), out_features)
+    w = weight.detach()
+    b = torch.zeros(out_features, dtype=torch.float64) if bias is None else bias.detach().to(torch.float64).clone()
+    for channel, value in folds.items():
+        b += w[channel].to(torch.float64) * value
+    clone = _clone(module)
+    clone.nx, clone.nf = len(in_idx), len(out_idx)
+    clone.weight = _param(w[in_idx][:, out_idx], module.weight)
+    if bias is not None or folds:
+        clone.bias = _param(b[out_idx], module.bias if module.bias is not None else module.weight)
     return clone

@@ -21,17 +21,44 @@ from slimkit.compression.sparsity import channel_keep, channel_mask, prune_count
 
 
 class ChannelGroup:
-    """Layers whose output channels must be pruned identically.
+    """Layers whose output channels are pruned together.
 
     Attributes:
         members: qualified layer names in the group.
         partitions: the channels split into this many equal, contiguous partitions (conv
             ``groups``) that must each lose the same number of channels; 1 when unconstrained.
+        units: optional ``{member: unit of each output channel}``: channels with the same unit (in any
+            member) are kept or removed as one (an attention head: its query, key and value rows; under
+            grouped-query attention a key / value head with its group of query heads). Without it,
+            channel ``i`` of every member is one unit.
+
+    Example:
+
+    >>> import numpy as np
+    >>> group = ChannelGroup(['q', 'v'], units={'q': np.array([0, 0, 1, 1]), 'v': np.array([0, 1])})
+    >>> [keep.tolist() for keep in group.keep({'q': np.array([1., 1., 5., 5.]), 'v': np.array([0., 1.])}, 0.5)]
+    [[False, False, True, True], [False, True]]
     """
 
-    def __init__(self, members: list[str], partitions: int = 1):
+    def __init__(self, members: list[str], partitions: int = 1, units: dict[str, np.ndarray] | None = None):
         self.members = list(members)
         self.partitions = partitions
+        self.units = units
+
+    def keep(self, scores: dict[str, np.ndarray], sparsity: float) -> list[np.ndarray]:
+        """Keep-vectors of the members in ``scores`` (their order), removing ``sparsity`` of the units with
+        the lowest summed score (and as many channels of each partition)."""
+        names = list(scores)
+        if self.units is None:
+            keep = balanced_keep(np.sum([scores[n] for n in names], axis=0), sparsity, self.partitions)
+            return [keep for _ in names]
+        units = np.concatenate([self.units[n] for n in names])
+        labels, inverse = np.unique(units, return_inverse=True)
+        importance = np.zeros(len(labels))
+        np.add.at(importance, inverse, np.concatenate([scores[n] for n in names]))
+        kept = channel_keep(importance, sparsity)[inverse]
+        bounds = np.cumsum([0] + [len(scores[n]) for n in names])
+        return [kept[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 
     def __repr__(self) -> str:
         return f"ChannelGroup(members={self.members!r}, partitions={self.partitions})"
@@ -172,21 +199,20 @@ class FilterPruner(Pruner):
                     f"{group.members} could be removed. Select the whole group, or exclude it.", stacklevel=4)
         return held
 
-    def _group_of(self, layer: Layer) -> tuple[list[Layer], int]:
+    def _group_of(self, layer: Layer) -> tuple[list[Layer], ChannelGroup]:
         names = {other.name: other for other in self.layers}
         for group in self.channel_groups:
             if layer.name in group.members:
-                return [names[m] for m in group.members if m in names], group.partitions
-        return [layer], 1
+                return [names[m] for m in group.members if m in names], group
+        return [layer], ChannelGroup([layer.name])
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> dict[str, np.ndarray | None]:
         if layer.name in self._held:
             return self.masks_for_channels(layer, ~self.pruned_channels(layer))
         with self.reading_weights():
-            members, partitions = self._group_of(layer)
-            importance = np.sum([self.scores(member) for member in members], axis=0)
-            keep = balanced_keep(importance, config.sparsity, partitions)
-            return self.masks_for_channels(layer, keep)
+            members, group = self._group_of(layer)
+            keeps = group.keep({member.name: self.scores(member) for member in members}, config.sparsity)
+            return self.masks_for_channels(layer, keeps[[m.name for m in members].index(layer.name)])
 
     def masks_for_channels(self, layer: Layer, keep: np.ndarray) -> dict[str, np.ndarray | None]:
         """Weight and bias masks that keep the output channels where ``keep`` is True."""

@@ -1,0 +1,86 @@
+"""Stage 2 on Hugging Face ``transformers`` models: dependency-aware L1 filter pruning at 50 % on every
+Conv2d / Linear layer, then speedup; output equal to the masked model, fewer parameters. The exact figures
+are the ones measured on the zoo (tests/hf_zoo.py): a change in what speedup removes shows here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimkit.algorithms.pruning import L1FilterPruner
+from slimkit.speedup import ModelSpeedup
+from tests.hf_zoo import HF_ARCHS
+
+# name -> (parameters after speedup, attention heads left in the first attention module or None)
+EXPECTED = {
+    "bert": 14642, "distilbert": 14578, "gpt2": 33856, "llama": 15712, "qwen2": 15776, "t5_encoder": 15744,
+    "vit": 15882, "deit": 15946, "swin": 11840, "convnext": 11130, "resnet": 6226, "mobilenet_v2": 47818,
+    "mobilevit": 56734, "efficientnet": 37264, "whisper_encoder": 18112,
+}
+
+
+def _masked_reference(model: torch.nn.Module, masks: dict, x: torch.Tensor) -> torch.Tensor:
+    """The masked model's output, each mask applied where its layer uses the weight (tied weights apart)."""
+    overrides = {f"{name}.{kind}": getattr(model.get_submodule(name), kind) * torch.as_tensor(entry[kind])
+                 for name, entry in masks.items() for kind in ("weight", "bias") if entry.get(kind) is not None}
+    with torch.no_grad():
+        return torch.func.functional_call(model, overrides, (x,), tie_weights=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(HF_ARCHS))
+def test_stage2_structural_pruning_is_exact(name):
+    model, x = HF_ARCHS[name]()
+    before = sum(p.numel() for p in model.parameters())
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]}], dependency_aware=True,
+                            dummy_input=x)
+    pruner.compress()
+    masks = pruner.get_masks()
+    pruner.unwrap_model()
+    expected = _masked_reference(model, masks, x)
+    report = ModelSpeedup(model, x, masks).speedup_model()
+    with torch.no_grad():
+        got = model(x)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    after = sum(p.numel() for p in model.parameters())
+    assert report.params_after == after == EXPECTED[name]
+    if name == "gpt2":  # only the tied lm_head is a Linear: its masked copy no longer shares the embedding
+        assert after == before + model.model.lm_head.weight.numel()
+    else:
+        assert after < before
+
+
+def test_gpt2_conv1d_projections_shrink():
+    """Hugging Face's Conv1D (a linear layer with an (in, out) weight) loses output columns and input rows."""
+    model, x = HF_ARCHS["gpt2"]()
+    masks = {}
+    for index in range(2):
+        fc = model.model.transformer.h[index].mlp.c_fc
+        keep = torch.zeros(fc.nf)
+        keep[: 40 + index] = 1.0
+        masks[f"model.transformer.h.{index}.mlp.c_fc"] = {"weight": keep.expand_as(fc.weight).clone(), "bias": keep}
+    expected = _masked_reference(model, masks, x)
+    ModelSpeedup(model, x, masks).speedup_model()
+    mlp = [model.model.transformer.h[i].mlp for i in range(2)]
+    assert [(m.c_fc.nx, m.c_fc.nf, tuple(m.c_fc.weight.shape), m.c_proj.nx) for m in mlp] == [
+        (32, 40, (32, 40), 40), (32, 41, (32, 41), 41)]
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_llama_grouped_query_heads_and_attributes():
+    model, x = HF_ARCHS["llama"]()
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Linear"]}], dependency_aware=True, dummy_input=x)
+    pruner.compress()
+    masks = pruner.get_masks()
+    pruner.unwrap_model()
+    expected = _masked_reference(model, masks, x)
+    ModelSpeedup(model, x, masks).speedup_model()
+    attention = model.model.model.layers[0].self_attn
+    shapes = (attention.q_proj.out_features, attention.k_proj.out_features, attention.v_proj.out_features,
+              attention.o_proj.in_features)
+    assert shapes == (16, 8, 8, 16)  # 4 query heads -> 2, 2 key / value heads -> 1, head_dim 8
+    assert attention.num_key_value_groups == 2
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
