@@ -6,9 +6,11 @@ modules (or a new module imported here) plus a test.
 
 from slimkit.converter.ops import (  # noqa: F401
     activation,
+    attention,
     conv,
     elementwise,
     linear,
+    logical,
     norm,
     pool,
     quantize,
@@ -16,4 +18,5 @@ from slimkit.converter.ops import (  # noqa: F401
     resize,
     rnn,
     shape,
+    vector_norm,
 )

@@ -8,6 +8,7 @@ import torch
 
 from slimkit.converter import layout
 from slimkit.converter.ir import Tensor
+from slimkit.converter.ops.advanced_index import gather_nd
 from slimkit.converter.ops.common import norm_dim
 from slimkit.converter.registry import register
 
@@ -180,13 +181,13 @@ def select(ctx, node, a):
     return strided_slice(ctx, x, dim, index, index + 1, 1, shrink=True)
 
 
-@register("aten.index.Tensor", "aten.index_select.default", emits=("GATHER",))
+@register("aten.index.Tensor", "aten.index_select.default", emits=("GATHER", "GATHER_ND"))
 def index(ctx, node, a):
     x = a["self"]
     if "indices" in a:
         picks = [(i, v) for i, v in enumerate(a["indices"]) if v is not None]
-        if len(picks) != 1:
-            ctx.fail("only indexing with one index tensor is supported")
+        if len(picks) > 1:
+            return gather_nd(ctx, node, x, list(a["indices"]))
         dim, idx = picks[0]
     else:
         dim, idx = norm_dim(a["dim"], x.rank), a["index"]
