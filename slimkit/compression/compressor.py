@@ -147,6 +147,19 @@ class Compressor:
                                         f"call compress() before {method}().")
 
 
+def onnx_example(compressor: Any, onnx_path: Any, dummy_input: Any, input_shape: Any) -> Any:
+    """What ``export_model`` traces for ``onnx_path``: ``dummy_input``, else the example the compressor was built
+    with (its ``dummy_input``), else ``input_shape`` (a float input of that shape); None without ``onnx_path``."""
+    if onnx_path is None:
+        return None
+    for example in (dummy_input, getattr(compressor, "dummy_input", None), input_shape):
+        if example is not None:
+            return example
+    raise ConfigError("export_model: onnx_path needs an example input. Expected dummy_input= (a tensor or a tuple "
+                      "of tensors, e.g. int64 token ids) or input_shape such as [1, 1, 28, 28] for a float input. "
+                      "Received: dummy_input=None, input_shape=None")
+
+
 def _as_array(adapter: FrameworkAdapter, value: Any) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else adapter.to_numpy(value)
 
@@ -232,20 +245,19 @@ class Pruner(Compressor):
 
     def export_model(self, model_path: str | os.PathLike, mask_path: str | os.PathLike | None = None,
                      onnx_path: str | os.PathLike | None = None, input_shape: Any = None,
-                     device: Any = None) -> None:
+                     device: Any = None, dummy_input: Any = None) -> None:
         """Write the weights with masks baked in (loadable into the original model class), the
-        masks (``mask_path``) and an ONNX file (``onnx_path``, needs ``input_shape``).
+        masks (``mask_path``) and an ONNX file (``onnx_path``, traced on ``dummy_input``, else the
+        compressor's own ``dummy_input``, else a float input of ``input_shape``).
 
         Every file is written to a temporary name and renamed. The compressed model is left as is.
         """
         self._require_wrapped("export_model")
-        if onnx_path is not None and input_shape is None:
-            raise ConfigError("export_model: onnx_path needs the model input shape. Expected input_shape such as "
-                              "[1, 1, 28, 28]. Received: input_shape=None")
+        example = onnx_example(self, onnx_path, dummy_input, input_shape)
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes
             return
         self.adapter.save_weights(self.model, self.layers, os.fspath(model_path))
         if mask_path is not None:
             self.adapter.save_masks(self.get_masks(), os.fspath(mask_path))
         if onnx_path is not None:
-            self.adapter.export_onnx(self.model, self.layers, os.fspath(onnx_path), input_shape, device)
+            self.adapter.export_onnx(self.model, self.layers, os.fspath(onnx_path), example, device)

@@ -50,7 +50,7 @@ from schema import And, Or
 
 from slimkit.compression.calibration import load_calibration, save_calibration
 from slimkit.compression.channels import normalize_axis
-from slimkit.compression.compressor import Compressor, Layer
+from slimkit.compression.compressor import Compressor, Layer, onnx_example
 from slimkit.compression.config import ConfigKey, parse_config_list
 from slimkit.compression.observers import MinMaxObserver, Observer
 from slimkit.compression.profiles import QuantProfile, get_profile
@@ -624,19 +624,18 @@ class Quantizer(Compressor):
 
     def export_model(self, model_path: str | os.PathLike, calibration_path: str | os.PathLike | None = None,
                      onnx_path: str | os.PathLike | None = None, input_shape: Any = None,
-                     device: Any = None) -> dict[str, dict[str, Any]]:
+                     device: Any = None, dummy_input: Any = None) -> dict[str, dict[str, Any]]:
         """Write the float weights (loadable into the original model class), the calibration
         (``calibration_path``; ``.json`` is written as JSON, anything else with the framework's
-        safe format) and an ONNX file with QuantizeLinear / DequantizeLinear nodes (``onnx_path``,
-        needs ``input_shape``). Returns the calibration dict.
+        safe format) and an ONNX file with QuantizeLinear / DequantizeLinear nodes (``onnx_path``, traced on
+        ``dummy_input``, else the quantizer's own ``dummy_input``, else a float input of ``input_shape``).
+        Returns the calibration dict.
 
         Under ``torch.distributed`` call it on every rank: each returns the calibration (the same on every
         rank, since observers reduce their statistics over the ranks), only the main process writes files.
         """
         self._require_wrapped("export_model")
-        if onnx_path is not None and input_shape is None:
-            raise ConfigError("export_model: onnx_path needs the model input shape. Expected input_shape such as "
-                              "[1, 1, 28, 28]. Received: input_shape=None")
+        example = onnx_example(self, onnx_path, dummy_input, input_shape)
         calibration = self.calibration()
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes (every rank returns
             return calibration                 # the same calibration: observers reduce over the ranks)
@@ -644,7 +643,7 @@ class Quantizer(Compressor):
         if calibration_path is not None:
             save_calibration(calibration, calibration_path, self.backend)
         if onnx_path is not None:
-            self.backend.export_onnx(self, os.fspath(onnx_path), input_shape, device)
+            self.backend.export_onnx(self, os.fspath(onnx_path), example, device)
         return calibration
 
 
