@@ -89,6 +89,24 @@ def sentences(count: int = len(_DOCSTRINGS)) -> list[str]:
     return out
 
 
+def corpus(modules: tuple[str, ...] = ("json", "os", "re", "collections", "functools", "itertools", "shutil",
+                                        "textwrap", "heapq", "bisect", "tempfile", "zipfile", "csv", "pathlib",
+                                        "random", "statistics", "hashlib", "base64", "gzip", "fnmatch", "string",
+                                        "datetime", "decimal", "fractions", "difflib", "inspect", "logging",
+                                        "argparse", "subprocess", "threading")) -> list[str]:
+    """The distinct first lines (at least four words) of the public docstrings of ``modules``, in a fixed order:
+    a few hundred real sentences for calibration and benchmarks."""
+    seen: dict[str, None] = {}
+    for name in modules:
+        module = importlib.import_module(name)
+        for attr in sorted(a for a in dir(module) if not a.startswith("_")):
+            doc = getattr(getattr(module, attr), "__doc__", None)
+            line = doc.strip().splitlines()[0].strip() if isinstance(doc, str) and doc.strip() else ""
+            if len(line.split()) >= 4:
+                seen.setdefault(line)
+    return list(seen)
+
+
 def token_ids(texts: list[str], length: int = 32) -> torch.Tensor:
     """``texts`` tokenized with the model's own tokenizer, truncated / padded with 0 to ``length`` tokens."""
     tok = tokenizer()
