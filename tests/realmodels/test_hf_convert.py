@@ -8,8 +8,6 @@ parity test could not fail there: every model is re-initialised with PyTorch's d
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -63,8 +61,9 @@ def reference(model, inputs) -> list[np.ndarray]:
     return outputs
 
 
-@functools.cache
 def quantized(name):
+    """A fresh whole-graph PTQ model (not cached: with several whole-graph quantized models alive, the ONNX
+    export of one observed another's graph tensors and failed in torch.export)."""
     model, example = build(name)
     ptq = PostTrainingQuantizer(model, WHOLE_GRAPH, algorithm="minmax", dummy_input=example)
     ptq.compress()
