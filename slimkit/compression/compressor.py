@@ -222,26 +222,31 @@ class Compressor:
                                         f"call compress() before {method}().")
 
 
-def onnx_example(owner: Any, onnx_path: Any, input_shape: Any) -> Any:
-    """What ``export_model`` traces the ONNX export on: ``input_shape`` (positive ints), else the compressor's
-    ``dummy_input``; None without ``onnx_path``.
+def onnx_example(compressor: Any, onnx_path: Any, dummy_input: Any, input_shape: Any) -> Any:
+    """What ``export_model`` traces for ``onnx_path``: ``dummy_input`` (a tensor or a tuple of tensors, any dtype),
+    else ``input_shape`` (positive ints: a float input of that shape), else the example the compressor was built
+    with (its ``dummy_input``); None without ``onnx_path``.
 
     Raises:
-        ConfigError: ``onnx_path`` without either, or a malformed ``input_shape``.
+        ConfigError: ``onnx_path`` without any example, or a malformed ``input_shape``.
     """
     if onnx_path is None:
         return None
-    if input_shape is None:
-        example = getattr(owner, "dummy_input", None)
-        if example is None:
-            raise ConfigError("export_model: onnx_path needs an example input. Expected input_shape such as "
-                              "[1, 1, 28, 28], or dummy_input given to the compressor. Received: input_shape=None")
-        return example
-    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or not input_shape or not all(
-            isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0 for size in input_shape):
-        raise ConfigError(f"export_model: Expected input_shape to be a non-empty list of positive ints such as "
-                          f"[1, 1, 28, 28]. Received: input_shape={input_shape!r}")
-    return [int(size) for size in input_shape]
+    if dummy_input is not None:
+        return dummy_input
+    if input_shape is not None:
+        sizes_ok = isinstance(input_shape, (list, tuple)) and input_shape and all(
+            isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0 for size in input_shape)
+        if not sizes_ok:
+            raise ConfigError(f"export_model: Expected input_shape to be a non-empty list of positive ints such as "
+                              f"[1, 1, 28, 28]. Received: input_shape={input_shape!r}")
+        return [int(size) for size in input_shape]
+    example = getattr(compressor, "dummy_input", None)
+    if example is None:
+        raise ConfigError("export_model: onnx_path needs an example input. Expected dummy_input= (a tensor or a tuple "
+                          "of tensors, e.g. int64 token ids) or input_shape such as [1, 1, 28, 28] for a float input, "
+                          "or dummy_input given to the compressor. Received: dummy_input=None, input_shape=None")
+    return example
 
 
 def _as_array(adapter: FrameworkAdapter, value: Any) -> np.ndarray:
@@ -388,16 +393,16 @@ class Pruner(Compressor):
 
     def export_model(self, model_path: str | os.PathLike, mask_path: str | os.PathLike | None = None,
                      onnx_path: str | os.PathLike | None = None, input_shape: Any = None,
-                     device: Any = None) -> None:
+                     device: Any = None, dummy_input: Any = None) -> None:
         """Write the weights with masks baked in (loadable into the original model class), the
-        masks (``mask_path``) and an ONNX file (``onnx_path``, traced on a random input of ``input_shape``, or on
-        the pruner's ``dummy_input`` when no shape is given).
+        masks (``mask_path``) and an ONNX file (``onnx_path``, traced on ``dummy_input``, else a float input of
+        ``input_shape``, else the pruner's own ``dummy_input``).
 
         Every file is written to a temporary name first and renamed only when all of them are written: on any
         error no destination is created or changed. The compressed model is left as is.
         """
         self._require_wrapped("export_model")
-        example = onnx_example(self, onnx_path, input_shape)
+        example = onnx_example(self, onnx_path, dummy_input, input_shape)
         if onnx_path is not None:
             require("onnxscript", "export_model(onnx_path=...)")  # before any file is written
         if not distributed.is_main_process():  # under torch.distributed only rank 0 writes

@@ -712,19 +712,19 @@ class Quantizer(Compressor):
 
     def export_model(self, model_path: str | os.PathLike, calibration_path: str | os.PathLike | None = None,
                      onnx_path: str | os.PathLike | None = None, input_shape: Any = None,
-                     device: Any = None) -> dict[str, dict[str, Any]]:
+                     device: Any = None, dummy_input: Any = None) -> dict[str, dict[str, Any]]:
         """Write the float weights (loadable into the original model class), the calibration
         (``calibration_path``; ``.json`` is written as JSON, anything else with the framework's
-        safe format) and an ONNX file with QuantizeLinear / DequantizeLinear nodes (``onnx_path``, traced on a
-        random input of ``input_shape``, or on ``dummy_input`` when no shape is given). Returns the calibration
-        dict. All files are written to temporary names and renamed only when every one is written: on any error
-        no destination is created or changed.
+        safe format) and an ONNX file with QuantizeLinear / DequantizeLinear nodes (``onnx_path``, traced on
+        ``dummy_input``, else a float input of ``input_shape``, else the quantizer's own ``dummy_input``). Returns
+        the calibration dict. All files are written to temporary names and renamed only when every one is written:
+        on any error no destination is created or changed.
 
         Under ``torch.distributed`` call it on every rank: each returns the calibration (the same on every
         rank, since observers reduce their statistics over the ranks), only the main process writes files.
         """
         self._require_wrapped("export_model")
-        example = onnx_example(self, onnx_path, input_shape)
+        example = onnx_example(self, onnx_path, dummy_input, input_shape)
         if onnx_path is not None:
             require("onnxscript", "export_model(onnx_path=...)")  # before any file is written
         calibration = self.calibration()

@@ -64,6 +64,15 @@ def _requantize(graph: Graph, src: Tensor, params: QuantParams, dtype: str, new_
     return out
 
 
+def _on_grid(t: Tensor, q_out: Tensor) -> Tensor:
+    """The float constant ``t`` rounded onto ``q_out``'s (per-tensor) grid: exact for MAXIMUM / MINIMUM /
+    CONCATENATION, since rounding to the grid is monotonic and the output is rounded to it anyway."""
+    scale, zero = float(q_out.quant.scale[0]), int(q_out.quant.zero_point[0])
+    lo, hi = (-128, 127) if q_out.dtype == "int8" else (0, 255)
+    data = np.clip(np.round(t.values() / scale) + zero, lo, hi).astype(q_out.dtype)
+    return Tensor(t.name + "_q", t.shape, q_out.dtype, data=data, perm=t.perm, quant=q_out.quant)
+
+
 def int8_activation_ops(graph: Graph) -> int:
     """DEQUANTIZE(s) -> op -> QUANTIZE becomes the op on int8 tensors (see the module docstring)."""
     users = _users(graph)
@@ -101,6 +110,9 @@ def int8_activation_ops(graph: Graph) -> int:
                 q_in = _requantize(graph, q_in, q_out.quant, q_out.dtype, new_ops)  # concat, maximum, ...
             new_inputs[i] = q_in
         else:
+            if code in SAME_PARAMS:  # a float constant operand (clamp's bound) joins the output grid
+                new_inputs = [_on_grid(t, q_out) if t is not None and t.is_const and t.dtype == "float32" else t
+                              for t in new_inputs]
             op.inputs = new_inputs
             ops += new_ops
             op.outputs[0] = q_out

@@ -29,7 +29,8 @@ DOCS = "docs/converter.md"
 PASS_THROUGH = {
     "aten.dropout.default", "aten.clone.default", "aten.contiguous.default", "aten.alias.default",
     "aten.detach.default", "aten.detach_.default", "aten.feature_dropout.default", "aten.lift_fresh_copy.default",
-    "aten.alpha_dropout.default",
+    "aten.alpha_dropout.default", "aten.dropout_.default", "aten.feature_dropout_.default",
+    "aten.alpha_dropout_.default",
 }
 # Nodes that produce nothing on the data path.
 IGNORED = {"aten._assert_tensor_metadata.default", "aten._assert_async.msg",

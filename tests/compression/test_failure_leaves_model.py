@@ -74,7 +74,8 @@ def test_pruner_export_writes_nothing_when_the_onnx_export_fails(tmp_path) -> No
     pruner.compress()
     (tmp_path / "mask.pth").write_bytes(b"an older mask file")
     before = _files(str(tmp_path))
-    with pytest.raises(SlimkitError, match=r"ONNX export of DigitsCNN failed on an input of shape \[1, 3, 8, 8\]"):
+    with pytest.raises(SlimkitError,
+                       match=r"ONNX export of DigitsCNN on inputs \[\(1, 3, 8, 8\) torch.float32\] failed"):
         pruner.export_model(tmp_path / "model.pth", tmp_path / "mask.pth", tmp_path / "model.onnx",
                             input_shape=[1, 3, 8, 8])
     assert _files(str(tmp_path)) == before  # no new file, the old mask file untouched, no temporary left

@@ -6,6 +6,7 @@ modules (or a new module imported here) plus a test.
 
 from slimkit.converter.ops import (  # noqa: F401
     activation,
+    attention,
     bitwise,
     conv,
     conv3d,
@@ -23,4 +24,5 @@ from slimkit.converter.ops import (  # noqa: F401
     rnn,
     scan,
     shape,
+    vector_norm,
 )

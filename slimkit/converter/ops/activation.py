@@ -1,4 +1,5 @@
-"""Activations; relu / relu6 / relu_n1_to_1 / tanh fold into the producing op when it is their only user."""
+"""Activations; relu / relu6 / relu_n1_to_1 fold into the producing op when it is their only user (tanh never:
+LiteRT ignores or rejects a fused TANH)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def clamp(ctx, node, a):
 
 @register("aten.tanh.default", "aten.tanh_.default", emits=("TANH",))
 def tanh(ctx, node, a):
-    return _act(ctx, "TANH", a["self"], "TANH")
+    return unary(ctx, "TANH", a["self"])
 
 
 @register("aten.sigmoid.default", "aten.sigmoid_.default", emits=("LOGISTIC",))

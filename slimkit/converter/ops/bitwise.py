@@ -27,8 +27,8 @@ def _bitwise(ctx, node, a):
 
 
 def _operator(ctx, node, a):
-    """``x | y`` / ``x ^ y`` (``&`` is registered with the attention-mask ops)."""
-    kind = {"__or__": "or", "__xor__": "xor"}[str(node.target).split(".")[1]]
+    """``x & y`` / ``x | y`` / ``x ^ y`` (attention masks combine booleans this way)."""
+    kind = {"__and__": "and", "__or__": "or", "__xor__": "xor"}[str(node.target).split(".")[1]]
     dtype = promoted(node)
     return _logical(ctx, node, typed(ctx, a, dtype), kind, dtype)
 
@@ -36,8 +36,9 @@ def _operator(ctx, node, a):
 for _kind in _LOGICAL:
     register(f"aten.bitwise_{_kind}.Tensor", f"aten.bitwise_{_kind}.Scalar", f"aten.bitwise_{_kind}_.Tensor",
              emits=("LOGICAL_AND", "LOGICAL_OR", "NOT_EQUAL", "BITWISE_XOR"))(_bitwise)
-register("aten.__or__.Tensor", "aten.__or__.Scalar", "aten.__xor__.Tensor", "aten.__xor__.Scalar",
-         emits=("LOGICAL_OR", "NOT_EQUAL", "BITWISE_XOR"))(_operator)
+register("aten.__and__.Tensor", "aten.__and__.Scalar", "aten.__or__.Tensor", "aten.__or__.Scalar",
+         "aten.__xor__.Tensor", "aten.__xor__.Scalar",
+         emits=("LOGICAL_AND", "LOGICAL_OR", "NOT_EQUAL", "BITWISE_XOR"))(_operator)
 
 
 def _truth(ctx, x):

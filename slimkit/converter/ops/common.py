@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3, "TANH": 4}
-FUSABLE = {"ADD", "SUB", "MUL", "DIV", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONCATENATION",
-           "AVERAGE_POOL_2D", "MAX_POOL_2D"}
+ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
+# The ops whose fused activation LiteRT honours, and which ones (measured in LiteRT: a fused TANH is ignored
+# by every kernel and rejected at load by FULLY_CONNECTED; CONCATENATION ignores any fused activation).
+FUSABLE = dict.fromkeys(("ADD", "SUB", "MUL", "DIV", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED",
+                         "AVERAGE_POOL_2D", "MAX_POOL_2D"), frozenset(ACTIVATIONS) - {"NONE"})
 
 
 def sole_producer(ctx, node_arg, t, codes):
@@ -27,7 +29,7 @@ def sole_producer(ctx, node_arg, t, codes):
 def fuse_activation(ctx, t, activation: str):
     """Fold ``activation`` into the op producing ``t``; returns ``t`` on success, else None."""
     op = sole_producer(ctx, None, t, FUSABLE)
-    if op is None or op.options.get("FusedActivationFunction", 0) != 0:
+    if op is None or activation not in FUSABLE[op.code] or op.options.get("FusedActivationFunction", 0) != 0:
         return None
     op.options["FusedActivationFunction"] = ACTIVATIONS[activation]
     return t

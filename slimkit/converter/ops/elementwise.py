@@ -253,21 +253,36 @@ for _name in _COMPARE:
     register(f"aten.{_name}.Tensor", f"aten.{_name}.Scalar", emits=(_COMPARE[_name],))(_compare)
 
 
-@register("aten.where.self", emits=("SELECT_V2",))
-def where(ctx, node, a):
-    val = ctx.node.meta["val"]
-    shape = tuple(val.shape)
-    (c, x, y), order = broadcast_inputs(ctx, [a["condition"], a["self"], a["other"]], shape)
+def select(ctx, condition, x, y):
+    """``where(condition, x, y)`` with broadcasting; ``x`` / ``y`` tensors or scalars, in the output's dtype."""
+    shape = tuple(ctx.node.meta["val"].shape)
+    dtype = out_dtype(ctx.node)
+    (c, x, y), order = broadcast_inputs(ctx, [condition, x, y], shape, dtype)
     if c.is_const:
         c = ctx.const(c.data.astype(np.bool_))
-    out = ctx.tensor(shape, x.dtype, perm=order)
+    out = ctx.tensor(shape, dtype, perm=order)
     ctx.emit("SELECT_V2", [c, x, y], [out])
     return out
 
 
+@register("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf", "aten.where.Scalar",
+          emits=("SELECT_V2",))
+def where(ctx, node, a):
+    return select(ctx, a["condition"], a["self"], a["other"])
 
 
-@register("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.type_as.default",
+@register("aten.masked_fill.Scalar", "aten.masked_fill.Tensor", "aten.masked_fill_.Scalar",
+          "aten.masked_fill_.Tensor", emits=("SELECT_V2",))
+def masked_fill(ctx, node, a):
+    value = a["value"]
+    if isinstance(value, Tensor) and not value.is_const:
+        ctx.fail("masked_fill with a computed fill value is not supported (use torch.where)")
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    return select(ctx, a["mask"], value, a["self"])
+
+
+@register("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.to.device", "aten.type_as.default",
           emits=("CAST",))
 def to_dtype(ctx, node, a):
     return cast(ctx, a["self"], out_dtype(node))

@@ -1,9 +1,6 @@
-"""Linear algebra: linear / addmm (FULLY_CONNECTED), matmul / bmm (BATCH_MATMUL), embedding (GATHER),
-scaled dot-product attention."""
+"""Linear algebra: linear / addmm (FULLY_CONNECTED), matmul / bmm (BATCH_MATMUL), embedding (GATHER)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -123,22 +120,6 @@ def embedding(ctx, node, a):
     out = ctx.tensor(tuple(node.meta["val"].shape))
     ctx.emit("GATHER", [ctx.const(weight, name=node.name + "_table"), idx], [out], Axis=0, BatchDims=0)
     return out
-
-
-@register("aten.scaled_dot_product_attention.default", emits=("BATCH_MATMUL", "MUL", "ADD", "SOFTMAX"))
-def sdpa(ctx, node, a):
-    q, k, v = a["query"], a["key"], a["value"]
-    if a["is_causal"] or a["dropout_p"]:
-        ctx.fail("causal or dropout attention is not supported; pass an explicit attn_mask")
-    scale = a.get("scale") or 1.0 / math.sqrt(q.shape[-1])
-    scores_shape = tuple(q.shape[:-1]) + (k.shape[-2],)
-    s = batch_matmul(ctx, q, k, scores_shape, adj_y=True)
-    s = binary(ctx, "MUL", s, float(scale), FusedActivationFunction=0)
-    if a["attn_mask"] is not None:
-        s = binary(ctx, "ADD", s, a["attn_mask"], FusedActivationFunction=0)
-    p = ctx.tensor(s.shape)
-    ctx.emit("SOFTMAX", [s], [p], Beta=1.0)
-    return batch_matmul(ctx, p, v, tuple(node.meta["val"].shape))
 
 
 @register("aten.baddbmm.default", emits=("BATCH_MATMUL", "MUL", "ADD"))

@@ -1,16 +1,20 @@
-"""Pooling: max / avg pool 2d (SAME detected, PAD otherwise), adaptive average pooling."""
+"""Pooling: max / avg pool 1d / 2d (SAME detected, PAD otherwise; PyTorch's average divisors kept exactly),
+adaptive average and max pooling."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from slimkit.converter.ops.conv import NHWC, _pair, pad_spatial, padding_mode
+from slimkit.converter.ops.elementwise import binary
+from slimkit.converter.ops.linear import fully_connected
+from slimkit.converter.ops.reduce import reduce
 from slimkit.converter.registry import register
 
 _LOWEST = float(np.finfo(np.float32).min)
 
 
-def _pool(ctx, code, x, kernel, stride, pads, out_shape, pad_value, allow_pad=True, same_ok=True):
+def _pool(ctx, code, x, kernel, stride, pads, out_shape, pad_value, same_ok=True):
     x = ctx.layout(x, NHWC)
     h, w = x.shape[2:]
     mode = padding_mode((h, w), out_shape[2:], kernel, stride, (1, 1), pads) if ctx.options.optimize else None
@@ -19,8 +23,6 @@ def _pool(ctx, code, x, kernel, stride, pads, out_shape, pad_value, allow_pad=Tr
     if mode == "SAME" and not same_ok:
         mode = None  # TFLite's SAME average excludes the padding; count_include_pad counts it
     if mode is None:
-        if not allow_pad:
-            ctx.fail("average pooling with count_include_pad=False and non-SAME padding is not supported")
         ends = [max((o - 1) * s + k - i - p, 0) for o, s, k, i, p in zip(out_shape[2:], stride, kernel, (h, w), pads)]
         x = pad_spatial(ctx, x, ((pads[0], ends[0]), (pads[1], ends[1])), pad_value)
         mode = "VALID"
@@ -28,6 +30,33 @@ def _pool(ctx, code, x, kernel, stride, pads, out_shape, pad_value, allow_pad=Tr
     ctx.emit(code, [x], [out], Padding=0 if mode == "SAME" else 1, StrideH=stride[0], StrideW=stride[1],
              FilterHeight=kernel[0], FilterWidth=kernel[1], FusedActivationFunction=0)
     return out
+
+
+def _divisors(size, out, k, s, p, include_pad):
+    """PyTorch's divisor of each average along one axis: the window clipped to the padded input (ceil_mode
+    windows end there), or to the input itself without ``count_include_pad``."""
+    starts = np.arange(out) * s - p
+    ends = np.minimum(starts + k, size + p)
+    return ends - starts if include_pad else np.minimum(ends, size) - np.maximum(starts, 0)
+
+
+def _average(ctx, x, kernel, stride, pads, out_shape, include_pad):
+    """AVERAGE_POOL_2D with PyTorch's divisors: LiteRT divides VALID windows by the kernel area (and SAME ones by
+    the count of real elements), so positions whose PyTorch divisor differs (ceil_mode overhang,
+    count_include_pad=False) are rescaled by a constant map."""
+    x = ctx.layout(x, NHWC)
+    size = x.shape[2:]
+    # no window reaches past the padded input: a larger kernel (EfficientNet pools with one) is cut to it
+    kernel = tuple(min(k, i + 2 * p) for k, i, p in zip(kernel, size, pads))
+    y = _pool(ctx, "AVERAGE_POOL_2D", x, kernel, stride, pads, out_shape, 0.0, same_ok=not include_pad)
+    if y.producer.options["Padding"] == 0:  # SAME: LiteRT's divisor is the real-element count, as PyTorch's here
+        return y
+    divisor = np.outer(*(_divisors(i, o, k, s, p, include_pad)
+                         for i, o, k, s, p in zip(size, out_shape[2:], kernel, stride, pads)))
+    factor = (kernel[0] * kernel[1] / divisor).astype(np.float32)
+    if np.all(factor == 1):
+        return y
+    return binary(ctx, "MUL", y, factor.reshape(1, 1, *factor.shape), FusedActivationFunction=0)
 
 
 @register("aten.max_pool2d.default", emits=("MAX_POOL_2D", "PADV2"))
@@ -40,18 +69,14 @@ def max_pool2d(ctx, node, a):
                  tuple(node.meta["val"].shape), _LOWEST)
 
 
-@register("aten.avg_pool2d.default", emits=("AVERAGE_POOL_2D", "PAD"))
+@register("aten.avg_pool2d.default", emits=("AVERAGE_POOL_2D", "PAD", "MUL"))
 def avg_pool2d(ctx, node, a):
     if a["divisor_override"]:
         ctx.fail("divisor_override is not supported")
     kernel = _pair(a["kernel_size"])
     stride = _pair(a["stride"]) if a["stride"] else kernel
-    pads = _pair(a["padding"])
-    out_shape = tuple(node.meta["val"].shape)
-    if a["ceil_mode"] and any(pads) and a["count_include_pad"]:
-        ctx.fail("avg_pool2d with ceil_mode and padding is not supported")
-    return _pool(ctx, "AVERAGE_POOL_2D", a["self"], kernel, stride, pads, out_shape, 0.0,
-                 allow_pad=bool(a["count_include_pad"]) or not any(pads), same_ok=not a["count_include_pad"])
+    return _average(ctx, a["self"], kernel, stride, _pair(a["padding"]), tuple(node.meta["val"].shape),
+                    bool(a["count_include_pad"]))
 
 
 @register("aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default", emits=("MEAN", "AVERAGE_POOL_2D"))
@@ -102,17 +127,28 @@ def max_pool1d(ctx, node, a):
     return _from_2d(ctx, y, out)
 
 
-@register("aten.avg_pool1d.default", emits=("AVERAGE_POOL_2D", "PAD", "RESHAPE"))
+@register("aten.avg_pool1d.default", emits=("AVERAGE_POOL_2D", "PAD", "MUL", "RESHAPE"))
 def avg_pool1d(ctx, node, a):
     k = _one(a["kernel_size"])
     s = _one(a["stride"]) if a["stride"] else k
-    p = _one(a["padding"])
     out = tuple(node.meta["val"].shape)
-    if a["ceil_mode"] and p and a["count_include_pad"]:
-        ctx.fail("avg_pool1d with ceil_mode and padding is not supported")
-    y = _pool(ctx, "AVERAGE_POOL_2D", _as_2d(ctx, a["self"]), (1, k), (1, s), (0, p), (out[0], out[1], 1, out[2]),
-              0.0, allow_pad=bool(a["count_include_pad"]) or not p, same_ok=not a["count_include_pad"])
+    y = _average(ctx, _as_2d(ctx, a["self"]), (1, k), (1, s), (0, _one(a["padding"])), (out[0], out[1], 1, out[2]),
+                 bool(a["count_include_pad"]))
     return _from_2d(ctx, y, out)
+
+
+@register("aten.adaptive_avg_pool1d.default", emits=("MEAN", "FULLY_CONNECTED"))
+def adaptive_avg_pool1d(ctx, node, a):
+    x = a["self"]
+    length, out = x.shape[-1], _one(a["output_size"])
+    if out == 1:
+        return reduce(ctx, "MEAN", x, [-1], True)
+    # each output averages input[floor(i * L / O) : ceil((i + 1) * L / O)]: a constant averaging matrix
+    weight = np.zeros((out, length), np.float32)
+    for i in range(out):
+        lo, hi = i * length // out, -(-(i + 1) * length // out)
+        weight[i, lo:hi] = 1.0 / (hi - lo)
+    return fully_connected(ctx, x, weight, None, tuple(node.meta["val"].shape))
 
 
 @register("aten.adaptive_max_pool2d.default", emits=("REDUCE_MAX", "MAX_POOL_2D"))

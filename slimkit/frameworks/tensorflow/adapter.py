@@ -152,7 +152,7 @@ class KerasAdapter:
 
         return BACKEND
 
-    def export_onnx(self, model: Any, layers: list[Any], path: str, input_shape: Any, device: Any) -> None:
+    def export_onnx(self, model: Any, layers: list[Any], path: str, example: Any, device: Any) -> None:
         from slimkit.errors import UnsupportedOpError
 
         raise UnsupportedOpError("ONNX export of Keras models is not supported. Expected onnx_path=None; export "

@@ -297,7 +297,7 @@ class KerasQuantBackend:
         with open(path) as handle:
             return json.load(handle)
 
-    def export_onnx(self, quantizer: Any, path: str, input_shape: Any, device: Any) -> None:
+    def export_onnx(self, quantizer: Any, path: str, example: Any, device: Any) -> None:
         raise UnsupportedOpError("ONNX export of Keras models is not supported. Expected onnx_path=None; export with "
                                  "slimkit.frameworks.tensorflow.export_tflite(model, path, quantizer=quantizer). "
                                  f"Received: onnx_path={path!r}")

@@ -224,10 +224,10 @@ class TorchAdapter:
             torch.save({name: {k: (v.cpu() if v is not None else None) for k, v in entry.items()}
                         for name, entry in masks.items()}, tmp)
 
-    def export_onnx(self, model: nn.Module, layers: list[Any], path: str, input_shape: Any, device: Any) -> None:
+    def export_onnx(self, model: nn.Module, layers: list[Any], path: str, example: Any, device: Any) -> None:
         from slimkit.frameworks.torch.onnx_export import export_onnx
 
-        export_onnx(self.baked_copy(model, layers), path, input_shape, device)
+        export_onnx(self.baked_copy(model, layers), path, example, device)
 
     @property
     def quant_backend(self) -> Any:

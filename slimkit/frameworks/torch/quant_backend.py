@@ -503,7 +503,7 @@ class TorchQuantBackend:
                     stack.enter_context(wrapper.fixed_for_capture())
             yield
 
-    def export_onnx(self, quantizer: Any, path: str, input_shape: Any, device: Any) -> None:
+    def export_onnx(self, quantizer: Any, path: str, example: Any, device: Any) -> None:
         """Write the deployed model with QuantizeLinear / DequantizeLinear: int8 / uint8 up to 8 bits (narrower
         ranges clipped to their grid first), int16 / uint16 (opset 21) up to 16; wider widths raise."""
         from slimkit.frameworks.torch.onnx_export import export_onnx
@@ -516,7 +516,7 @@ class TorchQuantBackend:
         with quantizer.fixed_parameters():
             clone = self.deploy_copy(quantizer)
             with OPS.exporting_onnx():
-                export_onnx(clone, path, input_shape, device, opset_version=QDQ16_OPSET if needs16 else None,
+                export_onnx(clone, path, example, device, opset_version=QDQ16_OPSET if needs16 else None,
                             custom_translation_table=translation_table() if needs16 else None)
 
 
