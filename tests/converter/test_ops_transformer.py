@@ -119,9 +119,8 @@ def test_relu_still_fuses_into_linear(check):
 
 
 @pytest.mark.parametrize("fn, why", [
-    (lambda s, x: (x.long() & (x * 2).long()).float(), "only on booleans"),
+    (lambda s, x: (x.long() & (x * 2).long()).float(), "bitwise and of int64 tensors has no TFLite kernel"),
     (lambda s, x: F.scaled_dot_product_attention(x, x, x, dropout_p=0.5), "dropout_p=0.5"),
-    (lambda s, x: x[:, torch.tensor([0, 1]), torch.tensor([1, 0])], "leading axes only"),
     (lambda s, x: torch.linalg.vector_norm(x, -1.0, -1), "ord=-1.0"),
 ])
 def test_inexact_cases_named_before_writing(fn, why, tmp_path):
