@@ -31,6 +31,7 @@ from slimkit.utils.files import atomic_path
 _ROLES: dict[str, tuple[str, ...]] = {
     "weighted": ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear"),
     "batchnorm": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"),
+    "linear": ("Linear",),
 }
 
 
