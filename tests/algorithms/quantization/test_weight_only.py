@@ -56,7 +56,8 @@ def test_rtn_equals_the_formula(bits, group_size, symmetric):
                                                                                    symmetric))
     codes = q.quantized_weights()["0"]["codes"]
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
-    assert codes.dtype == (torch.int8 if symmetric else torch.uint8) and int(codes.min()) >= low and int(codes.max()) <= high
+    assert codes.dtype == (torch.int8 if symmetric else torch.uint8)
+    assert int(codes.min()) >= low and int(codes.max()) <= high
     x = torch.randn(5, 16)
     expected = model[2](torch.relu(x @ model[0].quantized_weight().T + model[0].module.bias))
     torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-6)
