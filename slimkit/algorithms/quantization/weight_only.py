@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -140,3 +141,25 @@ class WeightOnlyQuantizer(LinearCalibration, Compressor):
                              "zero_point": layer.wrapper.weight_zero_point, "input_scale": layer.wrapper.input_scale,
                              "bits": layer.wrapper.grid.bits, "group_size": layer.wrapper.grid.group_size,
                              "symmetric": layer.wrapper.grid.symmetric} for layer in self.layers}
+
+    def export_model(self, model_path: str | os.PathLike, onnx_path: str | os.PathLike | None = None,
+                     dummy_input: Any = None) -> None:
+        """Write the weights as the grid values (``model_path``: a state dict that loads into the original model
+        class) and, given ``onnx_path`` and ``dummy_input`` (a tensor or a tuple of inputs), an ONNX file with
+        each quantized weight as blocked DequantizeLinear of its codes (opset 21; see
+        :mod:`slimkit.frameworks.torch.weight_only_onnx`). Files are written to temporary names and renamed.
+        """
+        self._require_wrapped("export_model")
+        if onnx_path is not None and dummy_input is None:
+            raise ConfigError("WeightOnlyQuantizer.export_model: onnx_path needs an example input. Expected "
+                              "dummy_input=<a tensor or a tuple of the model's inputs>. Received: dummy_input=None")
+        import torch
+
+        from slimkit.frameworks.torch.weight_only_onnx import export_weight_only_onnx, plain_copy
+        from slimkit.utils.files import atomic_path
+
+        wrappers = {layer.name: layer.wrapper for layer in self.layers}
+        if onnx_path is not None:
+            export_weight_only_onnx(self.model, wrappers, os.fspath(onnx_path), dummy_input)
+        with atomic_path(os.fspath(model_path)) as tmp:
+            torch.save(plain_copy(self.model, wrappers).state_dict(), tmp)

@@ -171,3 +171,45 @@ def test_unknown_algorithm_and_non_linear_layers():
     conv = nn.Sequential(nn.Conv2d(1, 2, 3))
     with pytest.raises(ConfigError, match=r"layer '0' of type Conv2d. Expected Linear"):
         WeightOnlyQuantizer(conv, [{"op_types": ["Conv2d"]}])
+
+
+@pytest.mark.parametrize("algorithm,bits,group_size,symmetric", [("rtn", 4, 4, True), ("awq", 4, 8, False),
+                                                                 ("gptq", 8, -1, True), ("rtn", 3, 8, False)])
+def test_onnx_file_holds_the_codes_as_blocked_dequantize_and_matches_pytorch(tmp_path, algorithm, bits, group_size,
+                                                                             symmetric):
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    model = _model()
+    q = WeightOnlyQuantizer(model, [{"op_types": ["Linear"], "quant_bits": bits, "group_size": group_size,
+                                     "symmetric": symmetric}], algorithm=algorithm)
+    if algorithm != "rtn":
+        q.calibrate(_correlated_batches())
+    model = q.compress()
+    x = torch.randn(3, 16)
+    q.export_model(tmp_path / "model.pth", onnx_path=tmp_path / "model.onnx", dummy_input=x)
+    proto = onnx.load(tmp_path / "model.onnx")
+    initializers = {init.name: init for init in proto.graph.initializer}
+    assert "0.weight" not in initializers and "2.weight" not in initializers
+    dequantize = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert [n.output[0] for n in dequantize] == (["0.weight.dequantized", "2.weight.dequantized"]
+                                                 if algorithm == "awq" else ["0.weight", "2.weight"])
+    for name in ("0", "2"):
+        codes = numpy_helper.to_array(initializers[f"{name}.weight_codes"]).astype(np.int16)
+        np.testing.assert_array_equal(codes, model.get_submodule(name).weight_codes.numpy().astype(np.int16))
+        expected_type = {(True, True): onnx.TensorProto.INT4, (True, False): onnx.TensorProto.UINT4,
+                         (False, True): onnx.TensorProto.INT8, (False, False): onnx.TensorProto.UINT8}[
+            (bits <= 4, symmetric)]
+        assert initializers[f"{name}.weight_codes"].data_type == expected_type
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for seed in range(3):
+        sample = torch.randn(3, 16, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            expected = model(sample).numpy()
+        (got,) = session.run(None, {session.get_inputs()[0].name: sample.numpy()})
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    plain = _model()
+    plain.load_state_dict(torch.load(tmp_path / "model.pth", weights_only=True))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), rtol=0, atol=0)
