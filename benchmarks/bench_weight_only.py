@@ -5,7 +5,10 @@ standard-library docstrings (real English, offline). Calibration: 64 sentences; 
 every method the script reports the mean cosine similarity of the sentence embeddings (mean pooling over the
 attention mask, L2-normalised, as sentence-transformers computes them) to the float model's, and the
 nearest-neighbour agreement (each evaluation sentence's nearest other sentence is the same as under float).
-torch.ao's dynamic int8 quantization is the anchor measured in the same run.
+torch.ao's dynamic int8 quantization and NNCF's weight compression (``nncf.compress_weights``, INT4_SYM, data-free,
+with AWQ, with scale estimation and with both; NNCF's torch backend has no GPTQ) are the anchors measured in the
+same run on the same model and calibration sentences. NNCF is a benchmark peer, not a slimkit dependency:
+``make bench-weight-only`` installs it (``.[bench]``) and runs this script.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_weight_only.py`` (writes
 ``benchmarks/results/weight_only.json`` and ``benchmarks/RESULTS_weight_only.md``).
@@ -102,6 +105,33 @@ def agreement(reference: torch.Tensor, other: torch.Tensor) -> float:
     return float((nearest(reference) == nearest(other)).float().mean())
 
 
+def nncf_rows(model: torch.nn.Module, calibration: list, evaluation: list, reference: torch.Tensor) -> dict:
+    """NNCF's int4 weight compression at group 32 and 128: data-free, + AWQ, + scale estimation, + both."""
+    import nncf
+
+    rows = {}
+    dataset = nncf.Dataset(calibration)
+    for group in (128, 32):
+        for label, options in (("", {}), (" awq", {"awq": True}), (" scale estimation", {"scale_estimation": True}),
+                               (" awq + scale estimation", {"awq": True, "scale_estimation": True})):
+            name = f"nncf int4 g{group}{label}"
+            candidate = copy.deepcopy(model)
+            start = time.perf_counter()
+            try:
+                compressed = nncf.compress_weights(candidate, mode=nncf.CompressWeightsMode.INT4_SYM,
+                                                   group_size=group, ratio=1.0, dataset=dataset, **options)
+            except Exception as error:  # a peer's failure is a figure, not a crash of the benchmark
+                rows[name] = {"error": f"{type(error).__name__}: {error}"[:300]}
+                print(f"{name:34s} failed: {rows[name]['error']}", flush=True)
+                continue
+            seconds = time.perf_counter() - start
+            embeddings = embed(compressed, evaluation)
+            rows[name] = {"mean_cosine": float((embeddings * reference).sum(-1).mean()),
+                          "nn_agreement": agreement(reference, embeddings), "seconds": round(seconds, 2)}
+            print(f"{name:34s} cos {rows[name]['mean_cosine']:.4f}  nn {rows[name]['nn_agreement']:.3f}", flush=True)
+    return rows
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -147,6 +177,7 @@ def main() -> None:
     rows["torch.ao dynamic int8"] = {"mean_cosine": float((embeddings * reference).sum(-1).mean()),
                                      "nn_agreement": agreement(reference, embeddings)}
     print(f"{'torch.ao dynamic int8':22s} cos {rows['torch.ao dynamic int8']['mean_cosine']:.4f}", flush=True)
+    rows.update(nncf_rows(model, calibration, evaluation, reference))
     result = {"machine": describe_machine(torch=torch.__version__), "sentences": {"calibration": 64,
               "evaluation": len(texts) - 64}, "rows": rows}
     (HERE / "results").mkdir(exist_ok=True)
