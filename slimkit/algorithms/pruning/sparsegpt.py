@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from slimkit.algorithms.pruning.wanda import CalibratedPruner
-from slimkit.algorithms.quantization.gptq import inverse_hessian_factor
+from slimkit.algorithms.quantization.gptq import inverse_hessian_factor, one_thread
 from slimkit.compression import Layer, LayerConfig
 
 
@@ -42,6 +42,14 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, choose: Any, group: i
     columns = work.shape[1]
     mask = np.ones(tuple(work.shape), dtype=np.float32)
     step = group * max(1, width // group)
+    with one_thread():
+        _prune_columns(work, factor, mask, choose, group, step)
+    return work.to(weight.dtype), mask
+
+
+def _prune_columns(work: torch.Tensor, factor: torch.Tensor, mask: np.ndarray, choose: Any, group: int,
+                   step: int) -> None:
+    columns = work.shape[1]
     for start in range(0, columns, step):
         end = min(start + step, columns)
         block = work[:, start:end].clone()
@@ -61,7 +69,6 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, choose: Any, group: i
             errors[:, offset] = error
         work[:, start:end] = block
         work[:, end:] -= errors @ factor[start:end, end:]
-    return work.to(weight.dtype), mask
 
 
 class SparseGPTPruner(CalibratedPruner):
