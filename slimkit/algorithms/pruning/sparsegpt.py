@@ -39,7 +39,6 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, choose: Any, group: i
     factor, dead = inverse_hessian_factor(hessian.to(torch.float64), dampening)
     work = weight.detach().to(torch.float64).clone()
     work[:, dead] = 0.0
-    columns = work.shape[1]
     mask = np.ones(tuple(work.shape), dtype=np.float32)
     step = group * max(1, width // group)
     with one_thread():
