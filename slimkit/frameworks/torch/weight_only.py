@@ -45,11 +45,22 @@ class WeightOnlyWrapper(CompressionWrapper):
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero_point", zero)
         self.register_buffer("input_scale", input_scale)
+        self._cached: tuple[tuple, torch.Tensor] | None = None
+
+    def _buffers_state(self) -> tuple:
+        tensors = (self.weight_codes, self.weight_scale, self.weight_zero_point, self.input_scale)
+        return tuple((id(t), t._version, t.device) if t is not None else None for t in tensors)
 
     def quantized_weight(self) -> torch.Tensor:
-        """The weight the layer computes with: the grid values, divided by AWQ's input factors if any."""
-        weight = self.grid.dequantize(self.weight_codes, self.weight_scale, self.weight_zero_point)
-        return weight / self.input_scale if self.input_scale is not None else weight
+        """The weight the layer computes with: the grid values, divided by AWQ's input factors if any.
+
+        Computed once and reused until a buffer changes (loaded, moved or written in place).
+        """
+        state = self._buffers_state()
+        if self._cached is None or self._cached[0] != state:
+            weight = self.grid.dequantize(self.weight_codes, self.weight_scale, self.weight_zero_point)
+            self._cached = (state, weight / self.input_scale if self.input_scale is not None else weight)
+        return self._cached[1]
 
     def effective_parameters(self) -> dict[str, torch.Tensor]:
         overrides = super().effective_parameters()

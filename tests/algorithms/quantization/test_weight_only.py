@@ -213,3 +213,18 @@ def test_onnx_file_holds_the_codes_as_blocked_dequantize_and_matches_pytorch(tmp
     plain.load_state_dict(torch.load(tmp_path / "model.pth", weights_only=True))
     with torch.no_grad():
         torch.testing.assert_close(plain(x), model(x), rtol=0, atol=0)
+
+
+def test_the_dequantized_weight_follows_its_buffers():
+    model = _model()
+    q = WeightOnlyQuantizer(model, [{"op_names": ["0"], "group_size": 4}])
+    model = q.compress()
+    first = model[0].quantized_weight()
+    assert model[0].quantized_weight() is first  # reused between forwards
+    with torch.no_grad():
+        model[0].weight_scale.mul_(2)  # written in place: recomputed
+    torch.testing.assert_close(model[0].quantized_weight(), 2 * first, rtol=0, atol=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["0.weight_scale"] /= 2
+    model.load_state_dict(state)
+    torch.testing.assert_close(model[0].quantized_weight(), first, rtol=0, atol=0)
