@@ -2,7 +2,9 @@
 
 Every entry builds a model with the library's own classes (what a user brings), seeded and deterministic,
 wrapped in a :class:`MainOutput` module that takes **one tensor** and returns **the main output tensor**
-(logits for heads, ``last_hidden_state`` for bare encoders). The model is returned in eval mode.
+(logits for heads, ``last_hidden_state`` for bare encoders). The model is returned in eval mode, its weights
+re-drawn by :func:`signal_preserving_init` (Hugging Face's own init lets the logits of the random CNNs underflow
+to exactly 0, which would make every "output equals" check pass trivially).
 
 Interface (stable: other test files import it as ``from tests.hf_zoo import ...``):
 
@@ -87,7 +89,44 @@ class HFArch:
     def build(self) -> tuple[nn.Module, Tensor]:
         torch.manual_seed(SEED)
         model = MainOutput(self.model_fn(), self.field).eval()
+        signal_preserving_init(model, torch.cat([self.make_input(1000 + i) for i in range(8)]))
         return model, self.make_input()
+
+
+def signal_preserving_init(model: nn.Module, batch: Tensor) -> None:
+    """Re-draw weights so that activations keep their scale through the depth of the model (in place, seeded by
+    the caller's RNG state).
+
+    Hugging Face's ``_init_weights`` draws conv and linear weights with std 0.02 and leaves BatchNorm statistics
+    at (0, 1): in a random CNN every conv shrinks the signal about 30x, and the logits of EfficientNet and MobileViT
+    underflow to exactly 0, so any "output equals" check would pass trivially. Here weights get std
+    ``1 / sqrt(fan_in)`` (every conv, linear and ``Conv1D`` weight), biases std 0.1, BatchNorm affine parameters
+    away from the identity, and BatchNorm running statistics measured on ``batch`` (so each BatchNorm normalises
+    what really reaches it, and folding it into its conv is not a no-op).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for module in model.modules():
+            if module in norms:
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+                continue
+            weight, bias = module._parameters.get('weight'), module._parameters.get('bias')
+            if isinstance(module, (nn.Embedding, nn.LayerNorm)) or weight is None or weight.dim() < 2:
+                continue
+            fan_in = weight.shape[0] if type(module).__name__ == 'Conv1D' else weight[0].numel()
+            weight.normal_(0.0, fan_in ** -0.5)
+            if bias is not None:
+                bias.normal_(0.0, 0.1)
+        if norms:
+            for norm in norms:  # cumulative average over one pass: the batch's statistics
+                norm.reset_running_stats()
+                norm.momentum = None
+                norm.train()
+            model(batch)
+            for norm in norms:
+                norm.momentum = 0.1
+                norm.eval()
 
 
 def _text(**kw) -> dict:

@@ -42,16 +42,29 @@ class LinearCalibration:
                                         f"before compress().")
 
     def check_linear(self, layer: Layer) -> None:
-        """Refuse a layer that is not a PyTorch Linear (or subclass) with a 2-D weight."""
+        """Refuse a layer that is not a PyTorch Linear (a subclass, or a registered Linear-like layer such as
+        GPT-2's ``Conv1D``: see :mod:`slimkit.frameworks.torch.layout`)."""
         from torch import nn
+
+        from slimkit.frameworks.torch.layout import linear_like
 
         if self.adapter.name != "torch":
             raise UnsupportedModelError(f"{type(self).__name__} compresses PyTorch models only. Received: a "
                                         f"{self.adapter.name} model")
-        if not isinstance(layer.module, nn.Linear):
+        if not isinstance(layer.module, nn.Linear) and linear_like(layer.module) is None:
             raise ConfigError(f"{type(self).__name__}: config_list[{layer.config.index}] selects layer "
                               f"{layer.name!r} of type {layer.type}. Expected Linear layers; narrow 'op_types' to "
                               f"['Linear'] or exclude it.")
+
+    @staticmethod
+    def as_matrix(layer: Layer, value: Any) -> Any:
+        """A weight-shaped tensor or array of ``layer`` as ``(out, in)`` (transposed where the layer stores its
+        weight as ``(in, out)``); the inverse too, since it is a transpose."""
+        return value if layer.out_axis == 0 else value.T
+
+    def matrix(self, layer: Layer) -> Any:
+        """``layer``'s weight (detached) as ``(out, in)``."""
+        return self.as_matrix(layer, layer.module.weight.detach())
 
     def input_statistics(self, layer: Layer, hooked: Any) -> Any:
         """Statistics of ``layer``'s input over the calibration batches, the model run as it is now; the hook
@@ -59,4 +72,4 @@ class LinearCalibration:
         from slimkit.frameworks.torch.layer_inputs import layer_statistics
 
         self.require_batches()
-        return layer_statistics(self.model, hooked, self.batches, layer.module.in_features, layer.name)
+        return layer_statistics(self.model, hooked, self.batches, self.matrix(layer).shape[1], layer.name)

@@ -145,7 +145,7 @@ def _candidate_layers(model: Any, op_types: Iterable[str], op_names: Sequence[st
             raise ConfigError(f"sensitivity: op_names names layers the model does not have. Received: {missing}")
         return list(op_names)
     types = set(op_types)
-    return [ref.name for ref in refs if ref.type in types and adapter.has_weight(ref.module)]
+    return [ref.name for ref in refs if not types.isdisjoint(ref.types) and adapter.has_weight(ref.module)]
 
 
 def sensitivity(model: Any, evaluate: Callable[[Any], float], pruner_cls: type, sparsities: Sequence[float],

@@ -168,11 +168,37 @@ def parse_config_list(config_list: Any, keys: Mapping[str, ConfigKey], algorithm
 
 @dataclass(frozen=True)
 class LayerRef:
-    """A layer found by a framework adapter: qualified name, class name, native object."""
+    """A layer found by a framework adapter: qualified name, class name, native object, and ``types``: every
+    name ``op_types`` matches it by (its class, the layer classes it derives from, an alias such as ``'Linear'``
+    for a Linear-like layer of another library; see :func:`class_names`). Left empty, ``types`` is ``(type,)``.
+    """
 
     name: str
     type: str
     module: Any
+    types: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.types:
+            object.__setattr__(self, "types", (self.type,))
+
+
+def class_names(cls: type, base: type, aliases: Iterable[str] = ()) -> tuple[str, ...]:
+    """The short names a layer of class ``cls`` answers to in ``op_types``: its own, those of the public
+    classes it derives from up to (not including) the framework's layer ``base``, then ``aliases``.
+
+    Example:
+
+    >>> class Base: pass
+    >>> class Conv(Base): pass
+    >>> class _Private(Conv): pass
+    >>> class Depthwise(_Private): pass
+    >>> class_names(Depthwise, Base, aliases=['DW'])
+    ('Depthwise', 'Conv', 'DW')
+    """
+    names = [cls.__name__] + [klass.__name__ for klass in cls.__mro__[1:]
+                              if issubclass(klass, base) and klass is not base and not klass.__name__.startswith("_")]
+    return tuple(dict.fromkeys([*names, *aliases]))
 
 
 def match_layers(
@@ -185,7 +211,8 @@ def match_layers(
 ) -> list[tuple[LayerRef, LayerConfig]]:
     """Assign each layer the last config dict that matches it; drop excluded layers.
 
-    ``'default'`` in ``op_types`` expands to ``default_types``. An ``op_names`` entry matching no
+    An ``op_types`` entry matches a layer when it is one of the layer's ``types`` (its class or a base class,
+    by short name). ``'default'`` in ``op_types`` expands to ``default_types``. An ``op_names`` entry matching no
     layer, an ``op_types`` entry that is neither in the model nor a known type of the framework,
     a non-exclude dict matching no layer, and a config_list matching nothing all raise
     :class:`ConfigError`.
@@ -203,7 +230,7 @@ def match_layers(
     default_types = tuple(default_types)
     names = [layer.name for layer in layers]
     model_types = {layer.type for layer in layers}
-    known = set(known_types) | model_types
+    known = set(known_types) | {name for layer in layers for name in layer.types}
     assignment: dict[str, LayerConfig] = {}
     for cfg in configs:
         where = f"{algorithm}: config_list[{cfg.index}]"
@@ -224,7 +251,7 @@ def match_layers(
                         f"{where}['op_types'] has unknown layer type {op_type!r}.{_closest(op_type, known)} "
                         f"Layer types in this model: {sorted(model_types)}. Received: op_types entry {op_type!r}")
         matched = [layer for layer in layers
-                   if (types is None or layer.type in types)
+                   if (types is None or not types.isdisjoint(layer.types))
                    and (cfg.op_names is None or layer.name in cfg.op_names)]
         if not matched and not cfg.exclude:
             raise ConfigError(f"{where} matches no layer of the model. Layer types in this model: "

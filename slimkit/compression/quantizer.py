@@ -62,7 +62,7 @@ from slimkit.compression.quant import (
     affine_params,
     bias_params,
 )
-from slimkit.errors import ConfigError, SlimkitError
+from slimkit.errors import ConfigError, SlimkitError, UnsupportedOpError
 from slimkit.utils import distributed
 
 QUANT_ACTIONS = ("quantize", "rewrite", "disable")
@@ -83,6 +83,15 @@ QUANTIZER_KEYS: dict[str, ConfigKey] = {
                             f"in {list(QUANT_TYPE_NAMES)}", 8),
     "quantize_op_action": ConfigKey(Or(*QUANT_ACTIONS), f"one of {list(QUANT_ACTIONS)}", "quantize"),
 }
+
+
+def _finite_range(observer: Observer, where: str, remedy: str) -> tuple[Any, Any]:
+    """The observer's range; raises :class:`UnsupportedOpError` naming ``where`` if it holds inf or NaN."""
+    lo, hi = observer.range()
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise UnsupportedOpError(f"{where} took values in [{np.min(lo)}, {np.max(hi)}] during calibration: an int8 "
+                                 f"grid cannot hold inf or NaN. Expected finite values: {remedy}.")
+    return lo, hi
 
 
 def differentiable(method: Any) -> Any:
@@ -293,7 +302,8 @@ class Quantizer(Compressor):
             return self.params[layer.name].get(key)
         qtype = QuantType.QUANT_INPUT if key.startswith("input") else QuantType.QUANT_OUTPUT
         bits = self.states[layer.name].bits[qtype]
-        lo, hi = observer.range()
+        lo, hi = _finite_range(observer, f"layer {layer.name!r} ({key})",
+                               f"exclude it ({{'exclude': True, 'op_names': [{layer.name!r}]}})")
         return affine_params(lo, hi, bits, self.profile.activation)
 
     def activation_bits(self, layer: Any, key: str) -> int:
@@ -503,7 +513,10 @@ class Quantizer(Compressor):
                     self.params[layer.name][key] = params
         for key, observer in self.graph_observers.items():
             if observer.ready:
-                lo, hi = observer.range()
+                meta = self.graph_meta.get(key, {})
+                lo, hi = _finite_range(observer, f"whole-graph tensor {key!r} (op {meta.get('kind')!r} in module "
+                                       f"{meta.get('module')!r})", "quantize named layer types instead of 'default' "
+                                       "in op_types, or keep inf / NaN out of the values computed from the input")
                 self.graph_params[key] = affine_params(lo, hi, self.activation_bits(self.graph_slot, key),
                                                        self.profile.activation)
         self.resolve_graph_params()

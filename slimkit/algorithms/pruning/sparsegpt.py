@@ -90,10 +90,9 @@ class SparseGPTPruner(CalibratedPruner):
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> np.ndarray:
         hessian = self.input_statistics(layer, layer.wrapper).hessian()
-        weight = layer.module.weight
         group = config.sparsity_pattern[1] if config.sparsity_pattern is not None else 128
-        compensated, mask = sparsegpt(weight.detach(), hessian, lambda scores, start: self.mask_from_scores(
+        compensated, mask = sparsegpt(self.matrix(layer), hessian, lambda scores, start: self.mask_from_scores(
             layer, scores, start), group, self.dampening)
         with torch.no_grad():
-            weight.copy_(compensated)
-        return mask
+            layer.module.weight.copy_(self.as_matrix(layer, compensated))
+        return self.as_matrix(layer, mask)

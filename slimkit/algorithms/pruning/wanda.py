@@ -22,11 +22,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from slimkit.algorithms.linear_calibration import LinearCalibration
-from slimkit.algorithms.pruning.pattern import PATTERN_KEY, check_pattern, pattern_mask
+from slimkit.algorithms.pruning.pattern import PATTERN_KEY, check_pattern
 from slimkit.algorithms.pruning.registry import pruned_weights
 from slimkit.compression import Layer, LayerConfig, Pruner
 from slimkit.compression.config import ConfigKey
-from slimkit.compression.sparsity import row_mask
+from slimkit.compression.sparsity import nm_mask, row_mask
 
 
 class CalibratedPruner(LinearCalibration, Pruner):
@@ -49,14 +49,14 @@ class CalibratedPruner(LinearCalibration, Pruner):
         return super().compress()
 
     def mask_from_scores(self, layer: Layer, scores: np.ndarray, start: int = 0) -> np.ndarray:
-        """The mask of the weight's columns ``start`` to ``start + scores.shape[1]`` from their scores: the
-        pattern's, or per output row the ``sparsity`` fraction with the lowest scores. Weights an earlier mask
-        removed go first."""
+        """The ``(out, in)`` mask of input columns ``start`` to ``start + scores.shape[1]`` from their
+        ``(out, in)`` scores: the pattern's, or per output row the ``sparsity`` fraction with the lowest scores.
+        Weights an earlier mask removed go first."""
         pruned = pruned_weights(self, layer)
         if pruned is not None:
-            scores = np.where(pruned[:, start:start + scores.shape[1]], -np.inf, scores)
+            scores = np.where(self.as_matrix(layer, pruned)[:, start:start + scores.shape[1]], -np.inf, scores)
         if layer.config.sparsity_pattern is not None:
-            return pattern_mask(layer, scores)
+            return nm_mask(scores, *layer.config.sparsity_pattern)
         return row_mask(scores, layer.config.sparsity)
 
 
@@ -73,6 +73,6 @@ class WandaPruner(CalibratedPruner):
     """
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> np.ndarray:
-        norms = self.input_statistics(layer, layer.wrapper).column_norms()
-        scores = np.abs(layer.weight_array()).astype(np.float64) * self.adapter.to_numpy(norms)[None, :]
-        return self.mask_from_scores(layer, scores)
+        norms = self.adapter.to_numpy(self.input_statistics(layer, layer.wrapper).column_norms())
+        scores = np.abs(self.as_matrix(layer, layer.weight_array())).astype(np.float64) * norms[None, :]
+        return self.as_matrix(layer, self.mask_from_scores(layer, scores))

@@ -33,7 +33,7 @@ _BITS = And(int, lambda v: not isinstance(v, bool) and 2 <= v <= 8)
 
 
 def _rtn(quantizer: WeightOnlyQuantizer, layer: Layer, grid: Any) -> tuple:
-    weight = layer.module.weight.detach()
+    weight = quantizer.matrix(layer)
     scale, zero = grid.params(weight)
     return grid.codes(weight, scale, zero), scale, zero, None
 
@@ -42,7 +42,7 @@ def _gptq(quantizer: WeightOnlyQuantizer, layer: Layer, grid: Any) -> tuple:
     from slimkit.algorithms.quantization.gptq import gptq
 
     stats = quantizer.input_statistics(layer, layer.module)
-    return (*gptq(layer.module.weight.detach(), stats.hessian(), grid, quantizer.dampening, quantizer.act_order),
+    return (*gptq(quantizer.matrix(layer), stats.hessian(), grid, quantizer.dampening, quantizer.act_order),
             None)
 
 
@@ -50,7 +50,7 @@ def _awq(quantizer: WeightOnlyQuantizer, layer: Layer, grid: Any) -> tuple:
     from slimkit.algorithms.quantization.awq import awq
 
     stats = quantizer.input_statistics(layer, layer.module)
-    return awq(layer.module.weight.detach(), stats.mean_abs(), stats.hessian(), grid)
+    return awq(quantizer.matrix(layer), stats.mean_abs(), stats.hessian(), grid)
 
 
 ALGORITHMS: dict[str, tuple[Callable[..., tuple], bool]] = {"rtn": (_rtn, False), "gptq": (_gptq, True),
@@ -103,7 +103,7 @@ class WeightOnlyQuantizer(LinearCalibration, Compressor):
 
     def validate_layer(self, layer: Layer) -> None:
         self.check_linear(layer)
-        group_size, features = layer.config.group_size, layer.module.in_features
+        group_size, features = layer.config.group_size, self.matrix(layer).shape[1]
         if group_size != -1 and features % group_size:
             raise ConfigError(f"WeightOnlyQuantizer: config_list[{layer.config.index}]['group_size'] does not "
                               f"divide the {features} input features of layer {layer.name!r}. Expected a divisor "
@@ -129,7 +129,8 @@ class WeightOnlyQuantizer(LinearCalibration, Compressor):
         try:
             for layer in self.layers:
                 grid = self.grid(layer)
-                layer.wrapper = WeightOnlyWrapper(layer.module, layer.name, grid, *solver(self, layer, grid))
+                layer.wrapper = WeightOnlyWrapper(layer.module, layer.name, grid, *solver(self, layer, grid),
+                                                  transposed=layer.out_axis == 1)
                 set_submodule(self.model, layer.name, layer.wrapper)
                 done.append(layer)
         except BaseException:

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.channels import ChannelAxis
-from slimkit.compression.config import LayerRef
+from slimkit.compression.config import LayerRef, class_names
 from slimkit.errors import CompressionStateError
 from slimkit.frameworks.tensorflow import layout
 from slimkit.frameworks.tensorflow.discovery import named_layers
@@ -42,7 +42,8 @@ class KerasAdapter:
     name = "keras"
 
     def discover(self, model: Any) -> list[LayerRef]:
-        return [LayerRef(name, type(layer).__name__, layer) for name, layer in named_layers(model)]
+        return [LayerRef(name, type(layer).__name__, layer, class_names(type(layer), keras.layers.Layer))
+                for name, layer in named_layers(model)]
 
     @functools.cache  # noqa: B019 - the adapter is a process-wide singleton
     def known_types(self) -> set[str]:

@@ -25,14 +25,9 @@ from torch import nn
 from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.config import LayerRef
 from slimkit.errors import ConfigError
+from slimkit.frameworks.torch import layout
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.utils.files import atomic_path
-
-_ROLES: dict[str, tuple[str, ...]] = {
-    "weighted": ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear"),
-    "batchnorm": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"),
-    "linear": ("Linear",),
-}
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -40,6 +35,59 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
+
+
+def _tensor_users(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
+    """id(parameter) -> every ``(module path, module, attribute)`` holding it (a wrapped layer: its wrapper's path)."""
+    users: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, CompressionWrapper):
+            continue
+        parent, _, attr = path.rpartition(".")
+        if attr == "module" and isinstance(model.get_submodule(parent), CompressionWrapper):
+            path = parent
+        for kind, value in module._parameters.items():
+            if value is not None and not any(user[1] is module for user in users.get(id(value), ())):
+                users.setdefault(id(value), []).append((path, module, kind))
+    return users
+
+
+def _refuse_tied_masks(model: nn.Module, layers: list[Any]) -> None:
+    """Raise if baking a layer's mask into a tensor it shares would change another user of that tensor."""
+    by_module = {id(layer.module): layer for layer in layers}
+    users = _tensor_users(model)
+    for layer in layers:
+        for kind in ("weight", "bias"):
+            mask = getattr(layer.wrapper, f"{kind}_mask", None)
+            value = getattr(layer.module, kind, None)
+            if mask is None or not isinstance(value, torch.Tensor) or bool((mask == 1).all()):
+                continue
+            for path, module, attr in users.get(id(value), ()):
+                other = by_module.get(id(module))
+                other_mask = getattr(other.wrapper, f"{attr}_mask", None) if other is not None else None
+                if module is layer.module or (other_mask is not None and torch.equal(other_mask, mask)):
+                    continue
+                raise ConfigError(
+                    f"Layer {layer.name!r} shares its {kind} tensor with {path!r} ({type(module).__name__}.{attr}; "
+                    f"tied weights, such as an output head and the token embedding). The mask applies where "
+                    f"{layer.name!r} uses the tensor; writing it into the shared tensor would also change {path!r}, "
+                    f"and the file loads into a model that ties them again. Expected the same mask on every user: "
+                    f"exclude the layer ({{'exclude': True, 'op_names': [{layer.name!r}]}}), select {path!r} with the "
+                    f"same config (a weight-magnitude pruner then gives it the same mask), or untie the weights "
+                    f"before compressing (Hugging Face: config.tie_word_embeddings=False). Received: tied "
+                    f"{layer.name}.{kind} and {path}.{attr}")
+
+
+def refuse_read_by_parent(layers: list[Any]) -> None:
+    """Raise before anything is wrapped if a layer's parent reads its parameters instead of calling it."""
+    for layer in layers:
+        if layout.read_by_parent(layer.module):
+            parent = layer.name.rpartition(".")[0] or "the model"
+            raise ConfigError(
+                f"Layer {layer.name!r} ({layer.type}) is never called: its parent {parent!r} computes with its "
+                f"weight directly (nn.MultiheadAttention does), so a mask or fake quantization around it would not "
+                f"apply. Expected layers that run their own forward: exclude it ({{'exclude': True, 'op_names': "
+                f"[{layer.name!r}]}}). Received: layer {layer.name!r}")
 
 
 class TorchAdapter:
@@ -55,7 +103,7 @@ class TorchAdapter:
             parent, _, attr = name.rpartition(".")
             if attr == "module" and isinstance(model.get_submodule(parent), CompressionWrapper):
                 name = parent  # a layer wrapped by another compressor keeps its own name
-            refs.append(LayerRef(name, type(module).__name__, module))
+            refs.append(LayerRef(name, type(module).__name__, module, layout.layer_types(module)))
         return refs
 
     @functools.cache  # noqa: B019 - the adapter is a process-wide singleton
@@ -63,13 +111,13 @@ class TorchAdapter:
         return {name for name, obj in vars(nn).items() if isinstance(obj, type) and issubclass(obj, nn.Module)}
 
     def default_types(self, role: str) -> tuple[str, ...]:
-        return _ROLES.get(role, ())
+        return layout.ROLES.get(role, ())
 
     def has_weight(self, module: nn.Module) -> bool:
         return isinstance(getattr(module, "weight", None), torch.Tensor)
 
     def out_axis(self, module: nn.Module) -> int:
-        return 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
+        return layout.out_axis(module)
 
     def activation_axis(self, module: nn.Module) -> int:
         """Channel axis of the layer's output (NCHW / NC...): 1."""
@@ -104,6 +152,7 @@ class TorchAdapter:
 
     def wrap(self, model: nn.Module, layers: list[Any]) -> None:
         refuse_wrapped(layers, lambda layer: isinstance(model.get_submodule(layer.name), CompressionWrapper))
+        refuse_read_by_parent(layers)
         for layer in layers:
             wrapper = CompressionWrapper(layer.module, layer.name)
             set_submodule(model, layer.name, wrapper)
@@ -134,7 +183,13 @@ class TorchAdapter:
         return layer.wrapper.register_forward_hook(hook)
 
     def baked_copy(self, model: nn.Module, layers: list[Any]) -> nn.Module:
-        """A deep copy of ``model`` with plain layers whose weights have the masks multiplied in."""
+        """A deep copy of ``model`` with plain layers whose weights have the masks multiplied in.
+
+        Raises:
+            ConfigError: a masked tensor is tied to another user (an output head sharing the token embedding)
+                that does not apply the same mask: baking would change that user too.
+        """
+        _refuse_tied_masks(model, layers)
         clone = copy.deepcopy(model)
         for layer in layers:
             wrapper = clone.get_submodule(layer.name)

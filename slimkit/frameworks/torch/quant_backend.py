@@ -38,7 +38,7 @@ from slimkit.compression.channels import channel_view
 from slimkit.compression.quant import QuantType
 from slimkit.errors import SlimkitError
 from slimkit.frameworks.torch import int8_emulation, quant_graph
-from slimkit.frameworks.torch.adapter import ADAPTER, set_submodule
+from slimkit.frameworks.torch.adapter import ADAPTER, refuse_read_by_parent, set_submodule
 from slimkit.frameworks.torch.quant_ops import OPS
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.utils.files import atomic_path
@@ -358,6 +358,7 @@ class TorchQuantBackend:
         handles = []
         tails: dict[str, _TailHook] = {}
         refuse_wrapped(layers, lambda layer: isinstance(model.get_submodule(layer.name), CompressionWrapper))
+        refuse_read_by_parent(layers)
         for layer in layers:
             wrapper = QuantWrapper(layer.module, layer.name, quantizer, layer, quantizer.states[layer.name].calls)
             fusion = plan.fusions.get(layer.name) if plan is not None else None

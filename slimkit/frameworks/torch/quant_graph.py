@@ -216,8 +216,9 @@ def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
         key = f"input/{index}"
         owners[node.name] = f"graph:{key}"
         result.graph[key] = GraphTensor(key, "input", node.name, "", 0)
+    live = input_dependent(captured)
     for node in captured.call_nodes():
-        if node.name in owners or node.name in internal:
+        if node.name in owners or node.name in internal or node.name not in live:
             continue
         value = node.meta.get("val")
         if not isinstance(value, torch.Tensor) or not value.is_floating_point() or op_name(node) in _SKIP_OPS:
@@ -235,6 +236,30 @@ def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
         producers = [a for a in args if isinstance(a, torch.fx.Node) and a.name not in captured.state_names]
         tensor.inputs = [_owner(a, owners, internal) for a in producers]
     result.owners = owners
+
+
+def input_dependent(captured: CapturedGraph) -> set[str]:
+    """Names of the nodes whose value depends on a model input. The others (positions, causal masks, relative
+    position buckets, rotary tables: arithmetic on shapes, constants and buffers) are constants of the deployed
+    model, folded at conversion; fake-quantizing them would also corrupt the integer indices some of them become.
+
+    Example:
+
+    >>> import torch
+    >>> from slimkit.frameworks.torch.graph import capture_graph
+    >>> class Positions(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return x + torch.arange(x.shape[-1], dtype=x.dtype) * 0.5
+    >>> captured = capture_graph(Positions(), (torch.randn(1, 4),))
+    >>> keys = tensor_keys(captured)
+    >>> sorted(keys.values()), sorted(keys[name] for name in input_dependent(captured) if name in keys)
+    (['/0/add/0', '/0/arange/0', '/0/mul/0'], ['/0/add/0'])
+    """
+    live = {node.name for node in captured.user_inputs()}
+    for node in captured.call_nodes():
+        if any(arg.name in live for arg in node.all_input_nodes):
+            live.add(node.name)
+    return live
 
 
 def _owner(node: torch.fx.Node, owners: dict[str, str], internal: set[str]) -> str | None:

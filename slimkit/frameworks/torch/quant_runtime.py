@@ -58,7 +58,7 @@ class GraphRuntime:
     # ---------------------------------------------------------------- installation
     def install(self) -> None:
         self.handles.append(self.model.register_forward_pre_hook(self._root_pre, prepend=True))
-        self.handles.append(self.model.register_forward_hook(self._root_post))
+        self.handles.append(self.model.register_forward_hook(self._root_post, always_call=True))  # on errors too
         planned = {tensor.module for tensor in self.plan.graph.values()}
         planned_under = {path[:end] for path in planned for end in range(len(path) + 1)
                          if end == len(path) or path[end] == "."}  # every planned module and its ancestors

@@ -32,15 +32,19 @@ class WeightOnlyWrapper(CompressionWrapper):
         codes: integer codes, (out, in): int8 (symmetric) or uint8 (asymmetric).
         scale, zero: per-group parameters, (out, groups).
         input_scale: AWQ's per-input-feature factors (the codes quantize ``weight * input_scale``), or None.
+        transposed: the layer stores its weight as ``(in, out)`` (GPT-2's ``Conv1D``); codes, scales and
+            :meth:`quantized_weight` are always ``(out, in)``.
 
     Buffers ``weight_codes``, ``weight_scale``, ``weight_zero_point`` and ``input_scale`` travel with the
     model's state dict.
     """
 
     def __init__(self, module: nn.Module, layer_name: str, grid: GroupGrid, codes: torch.Tensor,
-                 scale: torch.Tensor, zero: torch.Tensor, input_scale: torch.Tensor | None = None):
+                 scale: torch.Tensor, zero: torch.Tensor, input_scale: torch.Tensor | None = None,
+                 transposed: bool = False):
         super().__init__(module, layer_name)
         self.grid = grid
+        self.transposed = transposed
         self.register_buffer("weight_codes", codes)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero_point", zero)
@@ -62,9 +66,13 @@ class WeightOnlyWrapper(CompressionWrapper):
             self._cached = (state, weight / self.input_scale if self.input_scale is not None else weight)
         return self._cached[1]
 
+    def native_weight(self) -> torch.Tensor:
+        """:meth:`quantized_weight` in the layer's own weight layout."""
+        return self.quantized_weight().T if self.transposed else self.quantized_weight()
+
     def effective_parameters(self) -> dict[str, torch.Tensor]:
         overrides = super().effective_parameters()
-        weight = self.quantized_weight()
+        weight = self.native_weight()
         overrides["weight"] = weight * self.weight_mask if self.weight_mask is not None else weight
         return overrides
 

@@ -55,33 +55,37 @@ def plain_copy(model: nn.Module, wrappers: dict[str, Any]) -> nn.Module:
         wrapper = clone.get_submodule(name)
         linear = wrapper.module
         with torch.no_grad():
-            linear.weight.copy_(wrapper.quantized_weight())
+            linear.weight.copy_(wrapper.native_weight())
         set_submodule(clone, name, linear)
     return clone
 
 
 def _dequantize_nodes(name: str, wrapper: Any) -> tuple[list[Any], list[Any]]:
+    """Initializers and nodes computing ``<name>.weight`` in the layer's own layout from its codes: blocks run
+    along the input features (axis 1 of ``(out, in)``, axis 0 of a transposed ``(in, out)`` weight)."""
     from onnx import helper, numpy_helper
 
     grid = wrapper.grid
+    native = (lambda t: t.T) if wrapper.transposed else (lambda t: t)
     codes_name, scale_name, zero_name = f"{name}.weight_codes", f"{name}.weight_scale", f"{name}.weight_zero_point"
     columns = wrapper.weight_codes.shape[1]
     block = columns if grid.group_size == -1 else grid.group_size
     initializers = [
-        numpy_helper.from_array(_code_array(wrapper.weight_codes, grid.bits, grid.symmetric), codes_name),
-        numpy_helper.from_array(wrapper.weight_scale.detach().cpu().numpy().astype(np.float32), scale_name),
-        numpy_helper.from_array(_code_array(wrapper.weight_zero_point.round(), grid.bits, grid.symmetric),
+        numpy_helper.from_array(_code_array(native(wrapper.weight_codes), grid.bits, grid.symmetric), codes_name),
+        numpy_helper.from_array(native(wrapper.weight_scale).detach().cpu().numpy().astype(np.float32), scale_name),
+        numpy_helper.from_array(_code_array(native(wrapper.weight_zero_point).round(), grid.bits, grid.symmetric),
                                 zero_name),
     ]
     target = f"{name}.weight"
     scaled = wrapper.input_scale is not None
     dequantized = f"{target}.dequantized" if scaled else target
     nodes = [helper.make_node("DequantizeLinear", [codes_name, scale_name, zero_name], [dequantized],
-                              name=f"{name}.dequantize", axis=1, block_size=block)]
+                              name=f"{name}.dequantize", axis=0 if wrapper.transposed else 1, block_size=block)]
     if scaled:
         factors = f"{name}.input_scale"
-        initializers.append(numpy_helper.from_array(
-            wrapper.input_scale.detach().cpu().numpy().astype(np.float32)[None, :], factors))
+        per_input = wrapper.input_scale.detach().cpu().numpy().astype(np.float32)
+        initializers.append(numpy_helper.from_array(per_input[:, None] if wrapper.transposed else per_input[None, :],
+                                                    factors))
         nodes.append(helper.make_node("Div", [dequantized, factors], [target], name=f"{name}.input_scale"))
     return initializers, nodes
 

@@ -1,7 +1,11 @@
 """The module that stands in for a compressed PyTorch layer.
 
 Masks are buffers and are applied in ``forward``; the wrapped module's parameters are never
-written, so unwrapping gives back exactly the module that was wrapped.
+written, so unwrapping gives back exactly the module that was wrapped. The wrapper is transparent
+to model code: a public attribute it does not have itself (``weight``, ``bias``, ``stride``,
+``in_features``, ...) is read from the wrapped layer, so code such as Hugging Face's
+``self.wo.weight.dtype`` keeps working on a wrapped layer. Parameters still live only in the
+wrapped layer (state-dict keys ``<name>.module.weight``).
 
 Example:
 
@@ -13,6 +17,8 @@ Example:
 >>> x = torch.ones(1, 2)
 >>> torch.allclose(wrapper(x), x @ (linear.weight * wrapper.weight_mask).T + linear.bias)
 True
+>>> wrapper.weight is linear.weight, wrapper.in_features
+(True, 2)
 """
 
 from __future__ import annotations
@@ -53,6 +59,17 @@ class CompressionWrapper(nn.Module):
         self.layer_name = layer_name
         self.register_buffer("weight_mask", None)
         self.register_buffer("bias_mask", None)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # public attributes read through to the wrapped layer; private and dunder names never do (copy,
+            # pickling and hooks must see the wrapper itself)
+            module = self.__dict__.get("_modules", {}).get("module")
+            if module is None or name.startswith("_"):
+                raise
+            return getattr(module, name)
 
     def effective_parameters(self) -> dict[str, torch.Tensor]:
         """Parameters that differ from the module's own in this forward (masked weight / bias)."""

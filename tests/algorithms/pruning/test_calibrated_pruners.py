@@ -123,3 +123,19 @@ def test_calibrated_pruners_need_batches_and_linear_layers():
     assert isinstance(model[0], nn.Linear)
     with pytest.raises(ConfigError, match=r"Expected Linear layers"):
         WandaPruner(nn.Sequential(nn.Conv2d(1, 2, 3)), [{"sparsity": 0.5, "op_types": ["Conv2d"]}])
+
+
+@pytest.mark.parametrize("cls", [WandaPruner, SparseGPTPruner])
+def test_a_layer_storing_its_weight_as_in_out_is_pruned_along_its_inputs(cls):
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(8, 16))   # weight (in=16, out=8)
+    pruner = cls(model, [{"sparsity": 0.5, "sparsity_pattern": "2:4", "op_types": ["Linear"]}])
+    model = pruner.calibrate(_batches()).compress()
+    mask = pruner.get_masks()["0"]["weight"]
+    assert tuple(mask.shape) == (16, 8)
+    assert bool(((mask.T.reshape(8, 4, 4) == 0).sum(-1) == 2).all())   # every output's inputs in groups of 4
+    x = _batches()[0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), x @ (model[0].module.weight * mask) + model[0].module.bias)

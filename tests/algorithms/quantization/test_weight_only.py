@@ -251,3 +251,30 @@ def test_act_order_visits_the_high_energy_inputs_first_and_keeps_the_group_layou
     assert torch.equal(scale, expected_scale)
     assert output_error(weight, grid.dequantize(codes, scale, zero), hessian) < output_error(
         weight, grid.rtn(weight), hessian)
+
+
+@pytest.mark.parametrize("algorithm", ["rtn", "awq"])
+def test_a_layer_storing_its_weight_as_in_out_is_quantized_along_its_inputs(tmp_path, algorithm):
+    import onnxruntime
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(8, 16), nn.ReLU(), nn.Linear(8, 4))   # Conv1D(out=8, in=16): weight (16, 8)
+    weight = model[0].weight.detach().clone()
+    q = WeightOnlyQuantizer(model, [{"op_types": ["Linear"], "group_size": 4}], algorithm=algorithm)
+    if algorithm == "awq":
+        q.calibrate(_correlated_batches())
+    model = q.compress()
+    wrapper = model[0]
+    assert tuple(wrapper.weight_codes.shape) == (8, 16) and tuple(wrapper.weight_scale.shape) == (8, 4)
+    if algorithm == "rtn":
+        np.testing.assert_array_equal(wrapper.quantized_weight().numpy(), _rtn_by_hand(weight.T, 4, 4, True))
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model[2](torch.relu(x @ wrapper.native_weight() + wrapper.module.bias)),
+                                   rtol=0, atol=0)
+    q.export_model(tmp_path / "m.pth", onnx_path=tmp_path / "m.onnx", dummy_input=x)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-5, atol=1e-6)

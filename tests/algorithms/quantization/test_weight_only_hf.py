@@ -4,16 +4,18 @@ attention and rotary embeddings included): every Linear compressed, calibrated o
 import pytest
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from slimkit.algorithms.pruning import SparseGPTPruner, WandaPruner
 from slimkit.algorithms.quantization import WeightOnlyQuantizer
 from tests.hf_zoo import HF_ARCHS, hf_inputs
 
-ARCHS = ["bert", "llama", "qwen2", "t5_encoder", "vit", "whisper_encoder"]
+ARCHS = ["bert", "gpt2", "llama", "qwen2", "t5_encoder", "vit", "whisper_encoder"]
 
 
 def _linear_names(model):
-    return sorted(name for name, module in model.named_modules() if isinstance(module, nn.Linear))
+    """Linear layers, GPT-2's Conv1D (a Linear with an (in, out) weight) included."""
+    return sorted(name for name, module in model.named_modules() if isinstance(module, (nn.Linear, Conv1D)))
 
 
 @pytest.mark.slow
@@ -39,7 +41,7 @@ def test_weight_only_int4_on_hf_models(arch, algorithm):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cls", [SparseGPTPruner, WandaPruner])
-@pytest.mark.parametrize("arch", ["llama", "bert"])
+@pytest.mark.parametrize("arch", ["llama", "bert", "gpt2"])
 def test_two_four_sparsity_on_hf_models(arch, cls):
     model, x = HF_ARCHS[arch]()
     names = _linear_names(model)
@@ -48,7 +50,8 @@ def test_two_four_sparsity_on_hf_models(arch, cls):
     masks = pruner.get_masks()
     assert sorted(masks) == names
     for name, entry in masks.items():
-        groups = entry["weight"].reshape(entry["weight"].shape[0], -1, 4)
+        mask = entry["weight"] if not isinstance(model.get_submodule(name).module, Conv1D) else entry["weight"].T
+        groups = mask.reshape(mask.shape[0], -1, 4)  # (out, in): groups of 4 inputs
         assert bool(((groups == 0).sum(-1) == 2).all()), name
         layer = model.get_submodule(name)
         assert bool((layer.module.weight[entry["weight"] == 0] == 0).all()) or cls is WandaPruner

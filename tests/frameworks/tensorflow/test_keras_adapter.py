@@ -170,3 +170,19 @@ def test_errors():
     unbuilt = keras.Sequential([keras.layers.Dense(2, name="fc")])
     with pytest.raises(CompressionStateError, match="not built"):
         LevelPruner(unbuilt, [{"sparsity": 0.5, "op_types": ["Dense"]}])
+
+
+class MyConv(keras.layers.Conv2D):
+    """A library's own Conv2D subclass."""
+
+
+def test_op_types_match_keras_base_classes_by_short_name():
+    inputs = keras.Input((6, 6, 2))
+    x = MyConv(4, 3, name="mine")(keras.layers.Conv2D(2, 3, name="plain")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(x))
+    by_base = LevelPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2D"]}])
+    assert [(layer.name, layer.type) for layer in by_base.layers] == [("plain", "Conv2D"), ("mine", "MyConv")]
+    assert [layer.name for layer in LevelPruner(model, [{"sparsity": 0.5, "op_types": ["MyConv"]}]).layers] == [
+        "mine"]
+    assert [layer.name for layer in LevelPruner(model, [{"sparsity": 0.5, "op_types": ["default"]}]).layers] == [
+        "plain", "mine", "fc"]
