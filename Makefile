@@ -1,12 +1,13 @@
 # make demo: set up .venv and run the end-to-end digits compression demo.
 # make test: set up .venv, lint, and run the whole test suite (CI runs this).
+# make bench-weight-only: add the benchmark peers (.[bench]: NNCF) to .venv and run the weight-only / N:M benchmark.
 # make bench-tfmot: set up .venv-tfmot (tf-keras + tfmot, no torch) and run the slimkit-vs-tfmot benchmark.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint docs venv clean bench-tfmot
+.PHONY: demo test lint docs venv clean bench-tfmot bench-weight-only
 
 venv: $(STAMP)
 
@@ -33,6 +34,10 @@ demo: $(STAMP)
 	$(PY) examples/speedup_digits.py
 	$(PY) examples/quantize_digits.py
 	$(PY) examples/keras_digits.py
+
+bench-weight-only: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[bench]"
+	PYTHONPATH=. $(PY) benchmarks/bench_weight_only.py
 
 # tfmot needs tf-keras, which conflicts with Keras 3 in one environment: a separate venv, pinned by
 # constraints.txt plus benchmarks/constraints-tfmot.txt. Not part of make test.

@@ -13,6 +13,10 @@ Example:
 [[0.0, 1.0], [1.0, 0.0]]
 >>> channel_keep(np.array([3.0, 1.0, 2.0, 0.5]), 0.5).tolist()
 [True, False, True, False]
+>>> nm_mask(np.array([[4.0, 1.0, 3.0, 2.0, 0.1, 0.2, 0.3, 0.4]]), 2, 4).tolist()
+[[1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]]
+>>> row_mask(np.array([[4.0, 1.0, 3.0, 2.0], [1.0, 2.0, 3.0, 4.0]]), 0.5).tolist()
+[[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
 """
 
 from __future__ import annotations
@@ -66,3 +70,22 @@ def channel_mask(keep: np.ndarray, shape: tuple[int, ...], axis: ChannelAxis) ->
     :mod:`slimkit.compression.channels` for axis tuples)."""
     return np.broadcast_to(keep.reshape(channel_shape(shape, axis)), shape).astype(np.float32)
 
+
+
+def nm_mask(scores: np.ndarray, n: int, m: int) -> np.ndarray:
+    """0/1 mask of 2-D ``scores`` (rows, columns) removing the ``n`` smallest of every ``m`` consecutive columns
+    of each row (N:M sparsity; ties broken by position). ``columns`` must be a multiple of ``m``."""
+    rows, columns = scores.shape
+    groups = np.asarray(scores, dtype=np.float64).reshape(rows, columns // m, m)
+    mask = np.ones(groups.shape, dtype=np.float32)
+    np.put_along_axis(mask, np.argsort(groups, axis=-1, kind="stable")[..., :n], 0.0, axis=-1)
+    return mask.reshape(rows, columns)
+
+
+def row_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
+    """0/1 mask of 2-D ``scores`` removing the ``prune_count(sparsity, columns)`` smallest of each row."""
+    rows, columns = scores.shape
+    mask = np.ones((rows, columns), dtype=np.float32)
+    order = np.argsort(np.asarray(scores, dtype=np.float64), axis=1, kind="stable")[:, :prune_count(sparsity, columns)]
+    np.put_along_axis(mask, order, 0.0, axis=1)
+    return mask

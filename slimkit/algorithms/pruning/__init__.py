@@ -2,7 +2,8 @@
 
 Each pruner registers itself under a short name (:mod:`slimkit.algorithms.pruning.registry`):
 ``'level'``, ``'l1'``, ``'l2'``, ``'fpgm'``, ``'apoz'``, ``'mean_activation'``, ``'slim'``,
-``'agp'``, ``'lottery'``.
+``'agp'``, ``'lottery'``. ``WandaPruner`` and ``SparseGPTPruner`` (calibrated, PyTorch Linear layers) stand
+outside the registry.
 """
 
 from slimkit.algorithms.pruning.activation import (
@@ -18,6 +19,8 @@ from slimkit.algorithms.pruning.lottery import LotteryTicketPruner
 from slimkit.algorithms.pruning.norm import L1FilterPruner, L2FilterPruner
 from slimkit.algorithms.pruning.registry import PRUNERS, get_pruner, register_pruner
 from slimkit.algorithms.pruning.slim import SlimPruner
+from slimkit.algorithms.pruning.sparsegpt import SparseGPTPruner
+from slimkit.algorithms.pruning.wanda import WandaPruner
 
 __all__ = [
     "PRUNERS",
@@ -32,6 +35,8 @@ __all__ = [
     "LevelPruner",
     "LotteryTicketPruner",
     "SlimPruner",
+    "SparseGPTPruner",
+    "WandaPruner",
     "get_pruner",
     "register_pruner",
 ]

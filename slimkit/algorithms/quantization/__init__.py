@@ -12,6 +12,8 @@ from slimkit.algorithms.quantization.dorefa import DoReFaQuantizer
 from slimkit.algorithms.quantization.naive import NaiveQuantizer
 from slimkit.algorithms.quantization.ptq import PostTrainingQuantizer
 from slimkit.algorithms.quantization.qat import QAT_Quantizer, QATQuantizer
+from slimkit.algorithms.quantization.weight_only import WeightOnlyQuantizer
 
 __all__ = ["BNNQuantizer", "DoReFaQuantizer", "NaiveQuantizer", "PostTrainingQuantizer", "QATQuantizer",
-           "QAT_Quantizer"]
+           "QAT_Quantizer",
+           "WeightOnlyQuantizer"]

@@ -32,6 +32,7 @@ from slimkit.compression.config import class_names
 ROLES: dict[str, tuple[str, ...]] = {
     "weighted": ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear"),
     "batchnorm": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"),
+    "linear": ("Linear",),
 }
 """What ``'default'`` in ``op_types`` expands to, per compressor role."""
 
