@@ -23,9 +23,6 @@ from tests.hf_zoo import HF_ARCHS, hf_inputs
 pytestmark = pytest.mark.slow
 
 WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
-# Cells that fail today outside this stage's code: model code reads a wrapped layer's attributes
-# (issue 12, "Wrappers hide the wrapped layer"); strict, so the fix turns them into failures to update.
-WRAPPER_BLOCKED = {"deit", "mobilenet_v2", "t5_encoder", "vit", "whisper_encoder"}
 # The int8 files are compared with the fake-quant model in steps of the output's int8 grid. Measured: 0 steps on
 # the CNNs, Swin, GPT-2; BERT 1, DistilBERT 2, Qwen2 5, Llama 6 (the same 6 in the TFLite and the ONNX file, so
 # the quantized model's eager forward and its captured graph disagree there; int8 SOFTMAX / LayerNorm are not
@@ -98,11 +95,6 @@ def onnx_step(path) -> float:
     return float(onnx.numpy_helper.to_array(constants[node.input[1]]).reshape(-1)[0])
 
 
-def _cases(blocked=frozenset()):
-    return [pytest.param(n, marks=pytest.mark.xfail(raises=AttributeError, strict=True)) if n in blocked else n
-            for n in sorted(HF_ARCHS)]
-
-
 @pytest.mark.parametrize("name", sorted(HF_ARCHS))
 def test_float_tflite_matches_pytorch(name, tmp_path):
     model, example = build(name)
@@ -114,7 +106,7 @@ def test_float_tflite_matches_pytorch(name, tmp_path):
         assert np.abs(got - expected).max() <= 1e-5 * max(1.0, float(np.abs(expected).max()))
 
 
-@pytest.mark.parametrize("name", _cases(WRAPPER_BLOCKED))
+@pytest.mark.parametrize("name", sorted(HF_ARCHS))
 def test_int8_tflite_runs_near_the_quantized_model(name, tmp_path):
     model, example, ptq = quantized(name)
     inputs = hf_inputs(name, 3, seed=1)
