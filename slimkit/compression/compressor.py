@@ -100,6 +100,7 @@ class Compressor:
 
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {}
     default_op_role: ClassVar[str] = "weighted"
+    weight_use: ClassVar[str] = "compresses it"  # how errors about a layer's weight say what the algorithm does
 
     def __init__(self, model: Any, config_list: list[dict]):
         self.adapter: FrameworkAdapter = adapter_for(model)
@@ -117,6 +118,15 @@ class Compressor:
 
     def validate_layer(self, layer: Layer) -> None:
         """Raise :class:`ConfigError` if the algorithm cannot compress ``layer``. Default: accept."""
+
+    def check_weights(self, layers: list[Layer]) -> None:
+        """Raise :class:`~slimkit.errors.NonFiniteError` naming the first of ``layers`` whose weight holds NaN or
+        infinity, before anything is computed from them (layers without a weight pass)."""
+        for layer in layers:
+            weight = self.adapter.weight(layer, masked=False)
+            if weight is not None:
+                check_finite(self.adapter.to_numpy(weight),
+                             where=f"the weight of layer {layer.name!r} ({type(self).__name__} {self.weight_use})")
 
     def compress(self) -> Any:
         """Wrap the selected layers; returns the (same) model."""
@@ -264,6 +274,7 @@ class Pruner(Compressor):
     scripts run unchanged; masks apply on every forward, so pruners that do not train need none.
     """
 
+    weight_use: ClassVar[str] = "computes its mask from it"
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {"sparsity": ConfigKey(FRACTION, "a number in [0, 1)")}
 
     def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None):
@@ -290,12 +301,6 @@ class Pruner(Compressor):
             self.set_mask(layer, self.calc_mask(layer, layer.config))
         distributed.sync_masks(self)  # every rank installs rank 0's masks (no-op without a process group)
 
-    def check_weights(self, layers: list[Layer]) -> None:
-        """Raise :class:`~slimkit.errors.NonFiniteError` naming the first of ``layers`` whose weight holds NaN or
-        infinity, before any mask is computed from them."""
-        for layer in layers:
-            check_finite(self.adapter.to_numpy(self.adapter.weight(layer, masked=False)),
-                         where=f"the weight of layer {layer.name!r} ({type(self).__name__} computes its mask from it)")
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> Any:
         """Return ``layer``'s mask: a weight-shaped 0/1 array or native tensor, or

@@ -171,6 +171,7 @@ class Quantizer(Compressor):
     default_op_role: ClassVar[str] = "weighted"
     fold_bn: ClassVar[bool] = False  # fold BatchNorm into the preceding conv (needs dummy_input)
     live_params: ClassVar[bool] = True  # recompute activation parameters after every observed batch
+    weight_use: ClassVar[str] = "quantizes it"
 
     def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None, dummy_input: Any = None,
                  *, profile: str | QuantProfile = "tflite"):
@@ -213,8 +214,14 @@ class Quantizer(Compressor):
 
     # ---------------------------------------------------------------- lifecycle
     def compress(self) -> Any:
-        """Wrap the selected layers with fake quantization; returns the (same) model."""
+        """Wrap the selected layers with fake quantization; returns the (same) model.
+
+        Raises:
+            NonFiniteError: the weight of a layer whose weights it quantizes holds NaN or infinity (nothing is wrapped
+                then).
+        """
         if not self.wrapped:
+            self.check_weights([layer for layer in self.layers if "weight" in (layer.config.quant_types or ())])
             self.backend.wrap(self.model, self.layers, self)
             self.wrapped = True
         return self.model

@@ -8,7 +8,14 @@ import torch
 
 from slimkit import NonFiniteError
 from slimkit.algorithms.pruning import AGPPruner, FPGMPruner, L1FilterPruner, LevelPruner, SlimPruner
-from slimkit.algorithms.quantization import NaiveQuantizer, PostTrainingQuantizer, QATQuantizer
+from slimkit.algorithms.quantization import (
+    BNNQuantizer,
+    DoReFaQuantizer,
+    NaiveQuantizer,
+    PostTrainingQuantizer,
+    QATQuantizer,
+    WeightOnlyQuantizer,
+)
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.models.digits import DigitsCNN
 
@@ -73,11 +80,11 @@ def test_a_weight_that_diverges_during_agp_stops_the_next_mask_update() -> None:
 @pytest.mark.parametrize("cls", [NaiveQuantizer, QATQuantizer])
 def test_quantizers_name_the_layer_whose_weight_is_not_finite(cls) -> None:
     model = _model(float("nan"))
+    children = dict(model.named_children())
     quantizer = cls(model, [{"quant_types": ["weight"], "op_types": ["Conv2d"]}])
-    model = quantizer.compress()
     with pytest.raises(NonFiniteError, match=rf"the weight of layer 'conv2' \({cls.__name__} quantizes it\)"):
-        model(X)
-    assert "weight" in quantizer.params["conv1"] and "weight" not in quantizer.params["conv2"]
+        quantizer.compress()  # before anything is wrapped
+    assert dict(model.named_children()) == children and not quantizer.wrapped
 
 
 @pytest.mark.parametrize("algorithm", ["minmax", "kl", "l2"])
@@ -103,3 +110,19 @@ def test_qat_names_a_non_finite_activation_and_keeps_its_ranges() -> None:
         model(X * float("nan"))
     after = qat.state_dict()["observers"]["conv1"]["output"]
     assert torch.equal(after["lo"], ranges["lo"]) and torch.equal(after["hi"], ranges["hi"])
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: DoReFaQuantizer(m, [{"quant_types": ["weight"], "quant_bits": 4, "op_types": ["Conv2d"]}]),
+    lambda m: BNNQuantizer(m, [{"quant_types": ["weight"], "op_types": ["Conv2d"]}]),
+    lambda m: WeightOnlyQuantizer(m, [{"op_types": ["Linear"], "group_size": -1}]),
+])
+def test_every_quantizer_refuses_a_non_finite_weight_before_wrapping(make):
+    model = DigitsCNN()
+    name, layer = ("fc", model.fc) if isinstance(make(DigitsCNN()), WeightOnlyQuantizer) else ("conv1", model.conv1)
+    with torch.no_grad():
+        layer.weight[0].view(-1)[0] = float("nan")
+    children = dict(model.named_children())
+    with pytest.raises(NonFiniteError, match=rf"the weight of layer '{name}' \(\w+ quantizes it\)"):
+        make(model).compress()
+    assert dict(model.named_children()) == children  # nothing wrapped

@@ -90,6 +90,7 @@ class WeightOnlyQuantizer(LinearCalibration, Compressor):
         "symmetric": ConfigKey(bool, "True or False", True),
     }
     default_op_role: ClassVar[str] = "linear"
+    weight_use: ClassVar[str] = "quantizes it"
 
     def __init__(self, model: Any, config_list: list[dict], algorithm: str = "rtn", *, dampening: float = 0.01,
                  act_order: bool = True):
@@ -122,6 +123,7 @@ class WeightOnlyQuantizer(LinearCalibration, Compressor):
         solver, needs_batches = ALGORITHMS[self.algorithm]
         if needs_batches:
             self.require_batches()
+        self.check_weights(self.layers)
         from slimkit.frameworks.torch.adapter import set_submodule
         from slimkit.frameworks.torch.weight_only import WeightOnlyWrapper
 
