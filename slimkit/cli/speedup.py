@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from slimkit.frameworks.torch.onnx_export import export_onnx
     from slimkit.masks import load_masks
     from slimkit.speedup import ModelSpeedup
-    from slimkit.utils.files import atomic_path
+    from slimkit.utils.files import write_all
     from slimkit.utils.optional import require
 
     if args.onnx:
@@ -52,12 +52,10 @@ def run(args: argparse.Namespace) -> int:
     after = measure(model, example=example)
     os.makedirs(args.out, exist_ok=True)
     state_path = os.path.join(args.out, "model_speedup.pth")
-    with atomic_path(state_path) as tmp:
-        torch.save(model.state_dict(), tmp)
-    written = [state_path]
-    if args.onnx:
-        written.append(os.path.join(args.out, "model.onnx"))
-        export_onnx(model, written[-1], shape)
+    onnx_path = os.path.join(args.out, "model.onnx") if args.onnx else None
+    write_all([(state_path, lambda tmp: torch.save(model.state_dict(), tmp)),  # both files or neither
+               (onnx_path, lambda tmp: export_onnx(model, tmp, shape))])
+    written = [path for path in (state_path, onnx_path) if path is not None]
     report_path = os.path.join(args.out, "report.md")
     write_report(report_path, render_report(args.model, before, after, layer_sparsity(masks),
                                             [f"masks: {args.masks}", "after: channels physically removed"]))

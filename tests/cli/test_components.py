@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import slimkit
@@ -193,3 +194,21 @@ def test_console_entry_point():
     for command in ("prune", "config", "sensitivity", "quantize", "speedup", "convert", "inspect"):
         assert f"    {command}" in result.stdout
     assert 'slimkit = "slimkit.cli:main"' in (Path(__file__).parents[2] / "pyproject.toml").read_text()
+
+
+def test_speedup_writes_both_files_or_neither(tmp_path, monkeypatch):
+    """`slimkit speedup --onnx`: a failing ONNX export leaves no model_speedup.pth behind either."""
+    from slimkit.frameworks.torch import onnx_export
+
+    prune_dir, speed_dir = tmp_path / "prune", tmp_path / "speedup"
+    assert main(["prune", "--config", write(tmp_path / "prune.yaml", PRUNE_YAML), "--model", MODEL,
+                 "--out", str(prune_dir)]) == 0
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", broken)
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        main(["speedup", "--model", MODEL, "--weights", str(prune_dir / "model.pth"), "--masks",
+              str(prune_dir / "mask.pth"), "--input-shape", "1,1,8,8", "--onnx", "--out", str(speed_dir)])
+    assert sorted(p.name for p in speed_dir.iterdir()) == []
