@@ -66,10 +66,11 @@ class LinearCalibration:
         """``layer``'s weight (detached) as ``(out, in)``."""
         return self.as_matrix(layer, layer.module.weight.detach())
 
-    def input_statistics(self, layer: Layer, hooked: Any) -> Any:
+    def input_statistics(self, layer: Layer, hooked: Any, gram: bool = True) -> Any:
         """Statistics of ``layer``'s input over the calibration batches, the model run as it is now; the hook
-        goes on ``hooked`` (the layer's wrapper while it is wrapped, else the layer)."""
+        goes on ``hooked`` (the layer's wrapper while it is wrapped, else the layer); ``gram=False`` skips the
+        ``X^T X`` product where only per-feature statistics are read."""
         from slimkit.frameworks.torch.layer_inputs import layer_statistics
 
         self.require_batches()
-        return layer_statistics(self.model, hooked, self.batches, self.matrix(layer).shape[1], layer.name)
+        return layer_statistics(self.model, hooked, self.batches, self.matrix(layer).shape[1], layer.name, gram)

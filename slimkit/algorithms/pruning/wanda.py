@@ -73,6 +73,6 @@ class WandaPruner(CalibratedPruner):
     """
 
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> np.ndarray:
-        norms = self.adapter.to_numpy(self.input_statistics(layer, layer.wrapper).column_norms())
+        norms = self.adapter.to_numpy(self.input_statistics(layer, layer.wrapper, gram=False).column_norms())
         scores = np.abs(self.as_matrix(layer, layer.weight_array())).astype(np.float64) * norms[None, :]
         return self.as_matrix(layer, self.mask_from_scores(layer, scores))

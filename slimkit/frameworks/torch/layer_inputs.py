@@ -35,28 +35,32 @@ class _StopForward(Exception):
 class InputStatistics:
     """Running statistics of a Linear layer's input rows (the last dimension is the feature axis).
 
-    Accumulates ``X^T X`` (float64), the sum of squares and of absolute values per feature, and the row count.
+    Accumulates ``X^T X`` (float64; ``gram=False`` skips it where only per-feature statistics are needed), the sum of
+    squares and of absolute values per feature, and the row count.
     """
 
-    def __init__(self, features: int, device: torch.device | None = None):
+    def __init__(self, features: int, device: torch.device | None = None, gram: bool = True):
         self.features = features
-        self.gram = torch.zeros(features, features, dtype=torch.float64, device=device)
+        self.gram = torch.zeros(features, features, dtype=torch.float64, device=device) if gram else None
+        self.square_sum = torch.zeros(features, dtype=torch.float64, device=device)
         self.abs_sum = torch.zeros(features, dtype=torch.float64, device=device)
         self.rows = 0
 
     def add(self, x: torch.Tensor) -> None:
         rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
-        self.gram += rows.T @ rows
+        if self.gram is not None:
+            self.gram += rows.T @ rows
+        self.square_sum += (rows * rows).sum(dim=0)
         self.abs_sum += rows.abs().sum(dim=0)
         self.rows += rows.shape[0]
 
     def hessian(self) -> torch.Tensor:
-        """``X^T X / rows`` (float64): the layer-output error's Hessian up to a factor 2."""
+        """``X^T X / rows`` (float64): the layer-output error's Hessian up to a factor 2 (needs ``gram=True``)."""
         return self.gram / max(self.rows, 1)
 
     def column_norms(self) -> torch.Tensor:
         """Per-feature L2 norm of the input over every row seen (Wanda's ``||X_j||``)."""
-        return self.gram.diagonal().sqrt().to(torch.float32)
+        return self.square_sum.sqrt().to(torch.float32)
 
     def mean_abs(self) -> torch.Tensor:
         """Per-feature mean absolute input (AWQ's activation salience)."""
@@ -73,14 +77,14 @@ def _call(model: nn.Module, batch: Any) -> None:
 
 
 def layer_statistics(model: nn.Module, layer: nn.Module, batches: Iterable[Any], features: int,
-                     name: str = "") -> InputStatistics:
+                     name: str = "", gram: bool = True) -> InputStatistics:
     """Run ``batches`` through ``model`` up to ``layer`` and return the statistics of its ``features``-wide input.
 
     ``batches``: tensors, tuples of positional inputs or dicts of keyword inputs. Raises
     :class:`~slimkit.errors.ConfigError` naming ``name`` when no batch reaches the layer, or a batch
     does not run.
     """
-    stats = InputStatistics(features, next(iter(layer.parameters()), torch.empty(0)).device)
+    stats = InputStatistics(features, next(iter(layer.parameters()), torch.empty(0)).device, gram)
 
     def hook(module: nn.Module, args: tuple) -> None:
         if args[0].shape[-1] != features:
