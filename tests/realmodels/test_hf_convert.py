@@ -24,10 +24,10 @@ pytestmark = pytest.mark.slow
 
 WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
 # The int8 files are compared with the fake-quant model in steps of the output's int8 grid. Measured: 0 steps on
-# the CNNs, Swin, GPT-2; BERT 1, DistilBERT 2, Qwen2 5, Llama 6 (the same 6 in the TFLite and the ONNX file, so
-# the quantized model's eager forward and its captured graph disagree there; int8 SOFTMAX / LayerNorm are not
-# emulated either, issue 13).
-MAX_STEPS = 6
+# the CNNs, Swin, GPT-2; BERT 1, DistilBERT 2, Qwen2 5, Llama 7 (6 before the activation-scale floors and the zoo's
+# signal-preserving init; the same 7 in the TFLite and the ONNX file, so the quantized model's eager forward and its
+# captured graph disagree there: an open defect of issue 13; int8 SOFTMAX / LayerNorm are not emulated either).
+MAX_STEPS = 7
 # ONNX QDQ export costs 30-140 s a model here: one architecture per family that quantizes today, the GQA / rotary
 # decoder and the hierarchical transformer included (the other quantizable ones were measured once, by hand)
 ONNX_CELLS = ("bert", "llama", "resnet", "swin")
