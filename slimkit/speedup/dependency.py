@@ -37,8 +37,9 @@ def channel_groups(model: Any, dummy_input: Any) -> list[ChannelGroup]:
     """
     from torch import nn
 
-    from slimkit.speedup.analysis import analyse, single_thread
+    from slimkit.speedup.analysis import analyse
     from slimkit.speedup.capture import capture
+    from slimkit.utils.threads import single_thread
 
     inputs = tuple(dummy_input) if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
     with single_thread():

@@ -26,12 +26,13 @@ from torch import nn
 from slimkit.errors import SlimkitError, UnsupportedOpError
 from slimkit.frameworks.torch.adapter import set_submodule
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
-from slimkit.speedup.analysis import Plan, analyse, single_thread
+from slimkit.speedup.analysis import Plan, analyse
 from slimkit.speedup.capture import capture, forget
 from slimkit.speedup.module_ops import is_transposed_linear
 from slimkit.speedup.registry import MODULE_RULES, ensure_loaded, module_rule
 from slimkit.speedup.report import LayerChange, SpeedupReport
 from slimkit.utils.flops import profile
+from slimkit.utils.threads import single_thread
 
 
 def _parameter_shapes(model: nn.Module) -> dict[str, dict[str, tuple[int, ...] | None]]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from slimkit.algorithms.pruning.wanda import CalibratedPruner
-from slimkit.algorithms.quantization.gptq import inverse_hessian_factor, one_thread
+from slimkit.algorithms.quantization.gptq import inverse_hessian_factor, sweep_columns
 from slimkit.compression import Layer, LayerConfig
 
 
@@ -40,34 +40,16 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, choose: Any, group: i
     work = weight.detach().to(torch.float64).clone()
     work[:, dead] = 0.0
     mask = np.ones(tuple(work.shape), dtype=np.float32)
-    step = group * max(1, width // group)
-    with one_thread():
-        _prune_columns(work, factor, mask, choose, group, step)
+    diagonal = factor.diagonal()
+
+    def prune(block: torch.Tensor, offset: int, index: int) -> torch.Tensor:
+        if offset % group == 0:  # choose the group's pruned weights from their values as updated so far
+            scores = block[:, offset:offset + group] ** 2 / diagonal[index:index + group][None, :] ** 2
+            mask[:, index:index + group] = choose(scores.cpu().numpy(), index)
+        return block[:, offset] * torch.as_tensor(mask[:, index], dtype=block.dtype, device=block.device)
+
+    sweep_columns(work, factor, group * max(1, width // group), prune)
     return work.to(weight.dtype), mask
-
-
-def _prune_columns(work: torch.Tensor, factor: torch.Tensor, mask: np.ndarray, choose: Any, group: int,
-                   step: int) -> None:
-    columns = work.shape[1]
-    for start in range(0, columns, step):
-        end = min(start + step, columns)
-        block = work[:, start:end].clone()
-        errors = torch.zeros_like(block)
-        block_factor = factor[start:end, start:end]
-        for offset in range(end - start):
-            if offset % group == 0:
-                chosen = slice(offset, offset + group)
-                scores = block[:, chosen] ** 2 / block_factor.diagonal()[chosen][None, :] ** 2
-                mask[:, start + offset:start + offset + group] = choose(scores.cpu().numpy(), start + offset)
-            keep = torch.as_tensor(mask[:, start + offset], dtype=block.dtype, device=block.device)
-            values = block[:, offset]
-            kept = values * keep
-            error = (values - kept) / block_factor[offset, offset]
-            block[:, offset:] -= error[:, None] * block_factor[offset, offset:][None, :]
-            block[:, offset] = kept
-            errors[:, offset] = error
-        work[:, start:end] = block
-        work[:, end:] -= errors @ factor[start:end, end:]
 
 
 class SparseGPTPruner(CalibratedPruner):

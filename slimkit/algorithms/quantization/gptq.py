@@ -20,12 +20,12 @@ True
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import torch
 
 from slimkit.frameworks.torch.weight_grid import GroupGrid
+from slimkit.utils.threads import single_thread
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,18 +40,6 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[tor
     hessian.diagonal().add_(dampening * hessian.diagonal().mean())
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
     return torch.linalg.cholesky(inverse, upper=True), dead
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the column loop on one thread: its many small ops lose more to thread hand-off than they gain
-    (MiniLM's 1536 x 384 layer: 0.8 s on one thread, 24 s on two on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, grid: GroupGrid, dampening: float = 0.01,
@@ -80,36 +68,45 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, grid: GroupGrid, dampening
     work[:, dead] = 0.0
     size = grid.group_size if grid.group_size != -1 else columns
     codes = torch.empty(rows, columns, dtype=grid.code_dtype, device=work.device)
-    with one_thread():
-        _quantize_columns(work, factor, grid, codes, scale, zero, order, size, static)
+
+    def quantize(block: torch.Tensor, offset: int, index: int) -> torch.Tensor:
+        column = int(order[index])
+        group = column // size
+        if not static and column % size == 0:  # the group's parameters from its columns as updated so far
+            scale[:, group:group + 1], zero[:, group:group + 1] = grid.params(block[:, offset:offset + size].to(dtype))
+        group_scale, group_zero = scale[:, group:group + 1], zero[:, group:group + 1]
+        code = grid.codes(block[:, offset:offset + 1].to(dtype), group_scale, group_zero)
+        codes[:, column:column + 1] = code
+        return grid.dequantize(code, group_scale, group_zero).to(torch.float64)[:, 0]
+
+    step = size * max(1, -(-128 // size)) if not static else 128  # a group never straddles two blocks
+    sweep_columns(work, factor, step, quantize)
     return codes, scale, zero
 
 
-def _quantize_columns(work: torch.Tensor, factor: torch.Tensor, grid: GroupGrid, codes: torch.Tensor,
-                      scale: torch.Tensor, zero: torch.Tensor, order: torch.Tensor, size: int, static: bool) -> None:
-    """The column loop over ``work`` (columns in visiting ``order``), writing ``codes`` in the original order."""
-    dtype, columns = scale.dtype, work.shape[1]
-    step = size * max(1, -(-128 // size)) if not static else 128  # a group never straddles two blocks
-    for start in range(0, columns, step):
-        end = min(start + step, columns)
-        block = work[:, start:end].clone()
-        errors = torch.zeros_like(block)
-        block_factor = factor[start:end, start:end]
-        for offset in range(end - start):
-            column = int(order[start + offset])
-            group = column // size
-            if not static and column % size == 0:
-                scale[:, group:group + 1], zero[:, group:group + 1] = grid.params(
-                    block[:, offset:offset + size].to(dtype))
-            values = block[:, offset:offset + 1]
-            group_scale, group_zero = scale[:, group:group + 1], zero[:, group:group + 1]
-            code = grid.codes(values.to(dtype), group_scale, group_zero)
-            codes[:, column:column + 1] = code
-            quantized = grid.dequantize(code, group_scale, group_zero).to(torch.float64)
-            error = (values - quantized) / block_factor[offset, offset]
-            block[:, offset:] -= error * block_factor[offset, offset:]
-            errors[:, offset:offset + 1] = error
-        work[:, end:] -= errors @ factor[start:end, end:]
+def sweep_columns(work: torch.Tensor, factor: torch.Tensor, step: int,
+                  visit: Callable[[torch.Tensor, int, int], torch.Tensor]) -> None:
+    """The optimal-brain-surgeon sweep GPTQ and SparseGPT share, on one thread (its many small ops lose more to
+    thread hand-offs than they gain): columns of ``work`` left to right in blocks of ``step``; ``visit(block,
+    offset, index)`` returns the new values of the block's column ``offset`` (column ``index`` of ``work``), and
+    their error, divided by the inverse-Hessian factor's diagonal, is spread over the columns not visited yet
+    (within the block at once, beyond it in one product per block). ``work`` ends holding the new values."""
+    columns = work.shape[1]
+    with single_thread():
+        for start in range(0, columns, step):
+            end = min(start + step, columns)
+            block = work[:, start:end].clone()
+            errors = torch.zeros_like(block)
+            block_factor = factor[start:end, start:end]
+            for offset in range(end - start):
+                values = block[:, offset].clone()
+                new = visit(block, offset, start + offset)
+                error = (values - new) / block_factor[offset, offset]
+                block[:, offset:] -= error[:, None] * block_factor[offset, offset:][None, :]
+                block[:, offset] = new
+                errors[:, offset] = error
+            work[:, start:end] = block
+            work[:, end:] -= errors @ factor[start:end, end:]
 
 
 def output_error(weight: torch.Tensor, approximation: torch.Tensor, hessian: torch.Tensor) -> float:
