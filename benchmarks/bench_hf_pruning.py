@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_speedup import latency_ms  # noqa: E402
 from machine_info import describe_machine  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "hf_pruning.json"
@@ -117,20 +118,6 @@ def tp_prune(model, x, scope: str) -> dict:
     return {"total_s": time.perf_counter() - start}
 
 
-def latency_ms(model, x, rounds: int = 3, calls: int = 3) -> float:
-    import torch
-
-    best = float("inf")
-    with torch.no_grad():
-        model(x)
-        for _ in range(rounds):
-            start = time.perf_counter()
-            for _ in range(calls):
-                model(x)
-            best = min(best, (time.perf_counter() - start) / calls * 1e3)
-    return best
-
-
 def case(tool: str, name: str) -> dict:
     """One tool on one model, twice (first call of the process, then warm), and the pruned model's latency."""
     import torch
@@ -147,8 +134,8 @@ def case(tool: str, name: str) -> dict:
     dense, _ = build(name)
     timing = {"dense_ms": float("inf"), "pruned_ms": float("inf")}
     for _ in range(2):  # interleaved: load changes on the shared machine hit both alike
-        timing["dense_ms"] = min(timing["dense_ms"], latency_ms(dense, x))
-        timing["pruned_ms"] = min(timing["pruned_ms"], latency_ms(model, x))
+        timing["dense_ms"] = min(timing["dense_ms"], latency_ms(dense, x, rounds=3, calls=3, warmup=1))
+        timing["pruned_ms"] = min(timing["pruned_ms"], latency_ms(model, x, rounds=3, calls=3, warmup=1))
     return {"tool": tool, "model": name, "params_before": before, "params_after": params(model),
             "first": {k: round(v, 4) for k, v in runs[0].items()}, "warm": {k: round(v, 4) for k, v in runs[1].items()},
             "dense_ms": round(timing["dense_ms"], 3), "pruned_ms": round(timing["pruned_ms"], 3),

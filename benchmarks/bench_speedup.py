@@ -104,12 +104,13 @@ def case_torch_pruning(name: str) -> dict:
             "params_after": sum(p.numel() for p in model.parameters()), "peak_rss_mb": _rss_mb()}
 
 
-def _latency_ms(model, x, rounds: int = 7, calls: int = 5) -> float:
+def latency_ms(model, x, rounds: int = 7, calls: int = 5, warmup: int = 3) -> float:
+    """The best of ``rounds`` mean times of ``calls`` forward passes, in ms, after ``warmup`` passes."""
     import torch
 
     best = float("inf")
     with torch.no_grad():
-        for _ in range(3):
+        for _ in range(warmup):
             model(x)
         for _ in range(rounds):
             start = time.perf_counter()
@@ -139,7 +140,7 @@ def case_latency(name: str) -> dict:
     best = {"dense": float("inf"), "slimkit": float("inf"), "torch_pruning": float("inf")}
     for _ in range(3):  # interleaved, so load changes on the shared machine hit all three alike
         for key, model in (("dense", dense), ("slimkit", ours), ("torch_pruning", theirs)):
-            best[key] = min(best[key], _latency_ms(model, x))
+            best[key] = min(best[key], latency_ms(model, x))
     return {"model": name, "dense_ms": round(best["dense"], 2), "slimkit_ms": round(best["slimkit"], 2),
             "torch_pruning_ms": round(best["torch_pruning"], 2),
             "slimkit_gain": round(best["dense"] / best["slimkit"], 2),
