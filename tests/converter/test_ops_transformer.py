@@ -84,6 +84,8 @@ CASES = {
                                 torch.randn(2, 4, 10)),
     "adaptive_avg_pool1d_one": (Fn(lambda s, x: F.adaptive_avg_pool1d(x, 1)), torch.randn(2, 4, 7)),
     "adaptive_avg_pool1d_uneven": (Fn(lambda s, x: F.adaptive_avg_pool1d(x, 3)), torch.randn(2, 4, 7)),
+    "adaptive_max_pool1d": (Fn(lambda s, x: F.adaptive_max_pool1d(x, 4) + F.adaptive_max_pool1d(x, 1)),
+                            torch.randn(2, 3, 12)),
 }
 
 
@@ -122,6 +124,7 @@ def test_relu_still_fuses_into_linear(check):
     (lambda s, x: (x.long() & (x * 2).long()).float(), "bitwise and of int64 tensors has no TFLite kernel"),
     (lambda s, x: F.scaled_dot_product_attention(x, x, x, dropout_p=0.5), "dropout_p=0.5"),
     (lambda s, x: torch.linalg.vector_norm(x, -1.0, -1), "ord=-1.0"),
+    (lambda s, x: F.adaptive_max_pool1d(x, 3), r"from 4 to 3 \(not a whole factor\)"),
 ])
 def test_inexact_cases_named_before_writing(fn, why, tmp_path):
     path = tmp_path / "m.tflite"

@@ -9,6 +9,7 @@ from slimkit.converter.ops.conv import NHWC, _pair, pad_spatial, padding_mode
 from slimkit.converter.ops.elementwise import binary
 from slimkit.converter.ops.linear import fully_connected
 from slimkit.converter.ops.reduce import reduce
+from slimkit.converter.ops.shape import reshape_to
 from slimkit.converter.registry import register
 
 _LOWEST = float(np.finfo(np.float32).min)
@@ -149,6 +150,19 @@ def adaptive_avg_pool1d(ctx, node, a):
         lo, hi = i * length // out, -(-(i + 1) * length // out)
         weight[i, lo:hi] = 1.0 / (hi - lo)
     return fully_connected(ctx, x, weight, None, tuple(node.meta["val"].shape))
+
+
+@register("aten.adaptive_max_pool1d.default", emits=("REDUCE_MAX", "RESHAPE"))
+def adaptive_max_pool1d(ctx, node, a):
+    """Whole-factor windows only: ``(..., L)`` as ``(..., out, L / out)``, the maximum over the last axis."""
+    if any(u.args[1] == 1 and len(u.users) for u in node.users):
+        ctx.fail("adaptive_max_pool1d indices are not supported")
+    x = a["self"]
+    length, out = x.shape[-1], _one(a["output_size"])
+    if length % out:
+        ctx.fail(f"adaptive max pooling from {length} to {out} (not a whole factor) is not supported")
+    windows = reshape_to(ctx, x, (*x.shape[:-1], out, length // out))
+    return (reduce(ctx, "REDUCE_MAX", windows, [-1], False), None)
 
 
 @register("aten.adaptive_max_pool2d.default", emits=("REDUCE_MAX", "MAX_POOL_2D"))
