@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimkit.converter.ops.elementwise import binary, unary
-from slimkit.converter.ops.norm import reduce_axes
+from slimkit.converter.ops.elementwise import binary
+from slimkit.converter.ops.norm import standardize
 from slimkit.converter.ops.shape import reshape_to
 from slimkit.converter.registry import register
-
-
-def standardize(ctx, x, dims, eps):
-    """``(x - mean) / sqrt(var + eps)`` with the (biased) statistics over ``dims``."""
-    d = binary(ctx, "SUB", x, reduce_axes(ctx, "MEAN", x, dims), FusedActivationFunction=0)
-    var = reduce_axes(ctx, "MEAN", binary(ctx, "MUL", d, d, FusedActivationFunction=0), dims)
-    return binary(ctx, "MUL", d, unary(ctx, "RSQRT", binary(ctx, "ADD", var, float(eps), FusedActivationFunction=0)),
-                  FusedActivationFunction=0)
 
 
 def _affine(ctx, y, weight, bias):

@@ -8,7 +8,7 @@ import torch
 from slimkit.converter import layout
 from slimkit.converter.ir import Tensor
 from slimkit.converter.ops.common import norm_dim, sole_producer
-from slimkit.converter.ops.elementwise import binary
+from slimkit.converter.ops.elementwise import binary, unary
 from slimkit.converter.registry import register
 
 _FOLD_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
@@ -69,17 +69,18 @@ def reduce_axes(ctx, code, x: Tensor, dims, keepdim=True):
     return out
 
 
+def standardize(ctx, x, dims, eps):
+    """``(x - mean) / sqrt(var + eps)`` with the (biased) statistics over ``dims``."""
+    d = binary(ctx, "SUB", x, reduce_axes(ctx, "MEAN", x, dims), FusedActivationFunction=0)
+    var = reduce_axes(ctx, "MEAN", binary(ctx, "MUL", d, d, FusedActivationFunction=0), dims)
+    return binary(ctx, "MUL", d, unary(ctx, "RSQRT", binary(ctx, "ADD", var, float(eps), FusedActivationFunction=0)),
+                  FusedActivationFunction=0)
+
+
 @register("aten.layer_norm.default", emits=("MEAN", "SUB", "MUL", "ADD", "RSQRT"))
 def layer_norm(ctx, node, a):
     x = ctx.layout(a["input"], layout.identity(a["input"].rank))
-    dims = list(range(x.rank - len(a["normalized_shape"]), x.rank))
-    mean = reduce_axes(ctx, "MEAN", x, dims)
-    d = binary(ctx, "SUB", x, mean, FusedActivationFunction=0)
-    var = reduce_axes(ctx, "MEAN", binary(ctx, "MUL", d, d, FusedActivationFunction=0), dims)
-    var = binary(ctx, "ADD", var, float(a["eps"]), FusedActivationFunction=0)
-    rs = ctx.tensor(var.shape)
-    ctx.emit("RSQRT", [var], [rs])
-    y = binary(ctx, "MUL", d, rs, FusedActivationFunction=0)
+    y = standardize(ctx, x, list(range(x.rank - len(a["normalized_shape"]), x.rank)), a["eps"])
     if a["weight"] is not None:
         y = binary(ctx, "MUL", y, _np(a["weight"]), FusedActivationFunction=0)
     if a["bias"] is not None:
