@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from slimkit.algorithms.quantization.techniques import TechniqueReport, resolve_techniques
 from slimkit.compression import Layer, Quantizer
 from slimkit.compression.observers import HistogramObserver, MinMaxObserver, Observer
 from slimkit.errors import ConfigError, SlimkitError
@@ -39,6 +40,9 @@ class PostTrainingQuantizer(Quantizer):
             1e-4; None for the unbounded TensorRT search). The entropy criterion alone clips too much on
             small calibration sets (MobileNetV2's pooled features: 1.9 dB output SQNR unbounded,
             43.7 dB bounded, see benchmarks/RESULTS_quantization.md).
+        techniques: names from :mod:`slimkit.algorithms.quantization.techniques` run by :meth:`calibrate`
+            (float-stage ones before the ranges are observed, quantized-stage ones after); what each did is
+            in ``technique_reports`` afterwards.
 
     Example:
 
@@ -58,12 +62,14 @@ class PostTrainingQuantizer(Quantizer):
 
     def __init__(self, model: Any, config_list: list[dict], algorithm: str = "minmax", *, optimizer: Any = None,
                  dummy_input: Any = None, profile: str = "tflite", progress: bool = True,
-                 max_clip_fraction: float | None = 1e-4):
+                 max_clip_fraction: float | None = 1e-4, techniques: list[str] | tuple[str, ...] = ()):
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"PostTrainingQuantizer: Expected algorithm to be one of {list(ALGORITHMS)}. "
                               f"Received: algorithm={algorithm!r}")
         super().__init__(model, config_list, optimizer=optimizer, dummy_input=dummy_input, profile=profile)
         self.algorithm = algorithm
+        self.techniques = resolve_techniques(techniques)
+        self.technique_reports: list[TechniqueReport] = []
         self.progress = progress
         self.max_clip_fraction = max_clip_fraction
         self.calibrated = False
@@ -111,6 +117,19 @@ class PostTrainingQuantizer(Quantizer):
             raise
 
     def _calibrate(self, batches: Iterable[Any], num_batches: int | None) -> None:
+        if self.techniques:
+            batches = list(itertools.islice(batches, num_batches) if num_batches is not None else batches)
+            num_batches = None
+        self._run_techniques("float", batches)
+        self._observe(batches, num_batches)
+        self._run_techniques("quantized", batches)
+
+    def _run_techniques(self, stage: str, batches: list[Any] | None) -> None:
+        for technique in self.techniques:
+            if technique.stage == stage:
+                self.technique_reports.append(technique.apply(self, batches))
+
+    def _observe(self, batches: Iterable[Any], num_batches: int | None) -> None:
         self.compress()
         self.calibrated = False
         self.frozen = False
