@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from slimkit.converter.batch import example_batch, mark_dynamic_batch, with_rows
+from slimkit.converter.eager_check import check_outputs_match, eager_outputs, graph_outputs
 from slimkit.converter.lower import Lowering
 from slimkit.converter.options import ConverterOptions
 from slimkit.converter.passes import run_passes
@@ -114,7 +115,10 @@ class TFLiteConverter:
             fixed = BACKEND.fixed_for_capture(self.model, quantizer) if quantizer is not None else \
                 contextlib.nullcontext()
             with torch.no_grad(), fixed:
-                self.captured = capture_graph(self.model, self.dummy_input)
+                captured = capture_graph(self.model, self.dummy_input)
+                check_outputs_match(graph_outputs(captured.program), eager_outputs(self.model, self.dummy_input),
+                                    type(self.model).__name__)
+            self.captured = captured
         return self.captured
 
     def lower(self):

@@ -105,3 +105,21 @@ def test_model_in_training_mode_converts_in_eval_mode_with_a_warning(tmp_path):
         warnings.simplefilter("error")
         TFLiteConverter(model.eval(), x, tmp_path / "eval.tflite").convert()
     assert (tmp_path / "train.tflite").read_bytes() == (tmp_path / "eval.tflite").read_bytes()
+
+
+class TraceDependent(nn.Module):
+    """Tests ``type(x) is torch.Tensor``: False for the fake tensors of a trace, so the graph takes ``res[0]``."""
+
+    def forward(self, x):
+        res = torch.mean(x, dim=1)
+        return res if type(res) is torch.Tensor else res[0]
+
+
+def test_forward_that_changes_under_tracing_is_refused(tmp_path):
+    path = tmp_path / "m.tflite"
+    with pytest.raises(slimkit.UnsupportedModelError) as info:
+        TFLiteConverter(TraceDependent(), torch.randn(1, 3, 8, 8), path).convert()
+    message = str(info.value)
+    assert "TraceDependent" in message and "output 0" in message
+    assert "(8, 8) float32" in message and "(1, 8, 8) float32" in message
+    assert os.listdir(tmp_path) == []
