@@ -17,6 +17,7 @@ from slimkit import CompositionError
 from slimkit.algorithms.pruning import AGPPruner, L1FilterPruner, LevelPruner
 from slimkit.algorithms.quantization import NaiveQuantizer, PostTrainingQuantizer, QATQuantizer
 from slimkit.converter import TFLiteConverter
+from slimkit.frameworks.torch.adapter import ADAPTER
 from slimkit.frameworks.torch.quant_backend import QuantWrapper
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.models.digits import DigitsCNN, load_digits_tensors
@@ -209,8 +210,14 @@ def test_unwrapping_goes_in_reverse_order_and_is_exact():
     pruner = LevelPruner(model, [{"sparsity": 0.5, "op_types": ["Linear"]}])
     pruner.compress()
     pruner_wrapper = model[0]
+    seen = []
+    handle = ADAPTER.add_output_hook(pruner.layer("0"), lambda out: seen.append(out.shape))  # an APoZ-style hook
     quantizer = NaiveQuantizer(model, [{"quant_types": ["weight"], "op_names": ["0"]}])
     quantizer.compress()
+    model(torch.ones(2, 4))
+    handle.remove()   # the pruner's handle reaches its hook under the quantizer's wrapper
+    model(torch.ones(2, 4))
+    assert seen == [(2, 4)]
     with pytest.raises(CompositionError, match=r"NaiveQuantizer is stacked on layer '0'.*unwrap_model\(\) "
                                                 r"NaiveQuantizer first"):
         pruner.unwrap_model()

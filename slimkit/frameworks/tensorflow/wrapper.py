@@ -83,7 +83,8 @@ class MaskWrapper(keras.layers.Layer):
         """Take the place of ``below`` (a pruner's wrapper): its masks, output hooks and attached compressors, whose
         layers now point here, so their masks keep applying under this wrapper."""
         self._copy_masks(below, self)
-        self.hooks, self._next_hook = below.hooks, below._next_hook
+        object.__setattr__(self, "hooks", below.hooks)  # the same dict (Keras would track a copy): handles stay valid
+        self._next_hook = below._next_hook
         object.__setattr__(self, "attached", list(below.attached))
         object.__setattr__(self, "below", below)
         for layer in below.attached:

@@ -15,6 +15,7 @@ from slimkit import CompositionError
 from slimkit.algorithms.pruning import AGPPruner, LevelPruner
 from slimkit.algorithms.quantization import NaiveQuantizer, QATQuantizer
 from slimkit.frameworks.tensorflow import CompressionCallback, export_tflite
+from slimkit.frameworks.tensorflow.adapter import ADAPTER
 from slimkit.frameworks.tensorflow.models import digits_cnn, load_digits_arrays
 from slimkit.frameworks.tensorflow.quant_backend import QuantWrapper
 from slimkit.frameworks.tensorflow.wrapper import MaskWrapper, wrapper_of
@@ -121,8 +122,14 @@ def test_two_pruners_are_refused_and_unwrapping_goes_in_reverse_order():
     with pytest.raises(CompositionError, match=r"Layer 'a' is already wrapped by LevelPruner \(a pruner\)"):
         AGPPruner(model, [{"final_sparsity": 0.5, "end_epoch": 2, "op_names": ["a"]}]).compress()
     below = wrapper_of(model.get_layer("a"))
+    seen = []
+    handle = ADAPTER.add_output_hook(pruner.layer("a"), lambda out: seen.append(out.shape))  # an APoZ-style hook
     quantizer = NaiveQuantizer(model, [{"quant_types": ["weight"], "op_names": ["a"]}])
     quantizer.compress()
+    model(np.ones((2, 4), dtype=np.float32))
+    handle.remove()   # the pruner's handle reaches its hook under the quantizer's wrapper
+    model(np.ones((2, 4), dtype=np.float32))
+    assert seen == [(2, 4)]
     with pytest.raises(CompositionError, match=r"NaiveQuantizer is stacked on layer 'a'"):
         pruner.unwrap_model()
     mask = np.zeros((4, 4), dtype=np.float32)
