@@ -141,3 +141,35 @@ def test_two_pruners_are_refused_and_unwrapping_goes_in_reverse_order():
     np.testing.assert_array_equal(np.asarray(below.weight_mask), mask)
     pruner.unwrap_model()
     assert wrapper_of(model.get_layer("a")) is None and "call" not in vars(model.get_layer("a"))
+
+
+def test_the_stacked_pair_resumes_from_its_state_dicts():
+    def build(weights=None):
+        keras.utils.set_random_seed(0)
+        model = small()
+        if weights is not None:
+            model.set_weights(weights)
+        pruner = AGPPruner(model, [{"final_sparsity": 0.75, "end_epoch": 3, "op_types": ["Dense"]}])
+        pruner.compress()
+        quantizer = QATQuantizer(model, [{"quant_types": ["weight", "output"], "op_types": ["Dense"]}])
+        quantizer.compress()
+        return model, pruner, quantizer
+
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    model, pruner, quantizer = build()
+    pruner.update_epoch(1)
+    model(x, training=True)   # QAT observes output ranges
+    quantizer.step()
+    states = pruner.state_dict(), quantizer.state_dict()
+    assert zeros(states[0]["masks"]) == {"a": 8, "b": 8} and states[1]["steps"] == 1
+    rebuilt, resumed_pruner, resumed_quantizer = build(model.get_weights())
+    resumed_pruner.load_state_dict(states[0])
+    resumed_quantizer.load_state_dict(states[1])
+    for compressors in ((pruner, quantizer), (resumed_pruner, resumed_quantizer)):
+        compressors[0].update_epoch(2)   # the schedule goes on from the checkpoint in both
+        compressors[1].step()
+    assert zeros(resumed_pruner.get_masks()) == zeros(pruner.get_masks()) == {"a": 12, "b": 12}
+    for name in "ab":
+        np.testing.assert_array_equal(np.asarray(resumed_pruner.get_masks()[name]["weight"]),
+                                      np.asarray(pruner.get_masks()[name]["weight"]))
+    np.testing.assert_array_equal(np.asarray(rebuilt(x, training=False)), np.asarray(model(x, training=False)))
