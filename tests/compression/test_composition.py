@@ -7,6 +7,8 @@ position, and LiteRT computes exactly what ``emulate_integer()`` computes on the
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import tflite
@@ -231,3 +233,17 @@ def test_unwrapping_goes_in_reverse_order_and_is_exact():
     assert pruner.layer("0").wrapper is pruner_wrapper and torch.equal(pruner_wrapper.weight_mask, mask)
     pruner.unwrap_model()
     assert [model[0], model[2]] == layers
+
+
+def test_a_pruned_model_still_pickles_without_its_compressors():
+    model = plain_model()
+    pruner = AGPPruner(model, [{"final_sparsity": 0.5, "end_epoch": 2, "op_types": ["Linear"]}])
+    pruner.compress()
+    pruner.update_epoch(2)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)   # the wrapper's attached pruner (its config dataclasses do not pickle) is left out
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded[0]) is CompressionWrapper and loaded[0].attached == []
+    assert torch.equal(loaded[0].weight_mask, pruner.get_masks()["0"]["weight"])
+    assert torch.equal(loaded(torch.ones(1, 4)), model(torch.ones(1, 4)))

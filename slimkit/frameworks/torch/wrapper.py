@@ -53,6 +53,17 @@ class Ref:
         return self
 
 
+class _Stack(Ref):
+    """The compressors attached to a wrapper and the wrapper it stacked on. Pickled empty: a pickled model carries its
+    layers and masks, not the compressors that were working on them."""
+
+    def __init__(self, attached: list[Any] | None = None, below: nn.Module | None = None):
+        super().__init__(attached=attached if attached is not None else [], below=below)
+
+    def __reduce__(self) -> tuple:
+        return _Stack, ()
+
+
 # a module's forward hook tables: shared by a wrapper and the one it stacks on, so hook handles stay valid
 _HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
                 "_forward_pre_hooks_with_kwargs")
@@ -76,7 +87,7 @@ class CompressionWrapper(nn.Module):
         self.layer_name = layer_name
         self.register_buffer("weight_mask", None)
         self.register_buffer("bias_mask", None)
-        self._stack = Ref(attached=[], below=None)
+        self._stack = _Stack()
 
     @property
     def attached(self) -> list[Any]:
@@ -88,7 +99,7 @@ class CompressionWrapper(nn.Module):
         self.weight_mask, self.bias_mask = below.weight_mask, below.bias_mask
         for table in _HOOK_TABLES:
             setattr(self, table, getattr(below, table))
-        self._stack = Ref(attached=list(below.attached), below=below)
+        self._stack = _Stack(list(below.attached), below)
         for layer in below.attached:
             layer.wrapper = self
 
