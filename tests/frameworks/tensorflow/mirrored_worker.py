@@ -3,9 +3,8 @@ devices of ``tf.distribute.MirroredStrategy`` must be configured before TensorFl
 
 ``python mirrored_worker.py OUT.npz``: the Keras digits CNN built in the strategy's scope, AGP-pruned (80 %, level
 rule, 50 % at epoch 0) with ``CompressionCallback`` through ``fit``, then QAT stacked on it and fit on with both
-callbacks while the schedule reaches 80 %. Writes
-every replica's copy of each mask, range slot and kernel, the pruner's masks, and ``batch_range`` run on two
-different shards.
+callbacks while the schedule reaches 80 %. Writes every replica's copy of each mask, range slot and kernel, the
+pruner's masks, and ``batch_range`` run on two different shards.
 """
 
 from __future__ import annotations
@@ -13,22 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
-                                           [tf.config.LogicalDeviceConfiguration()] * 2)
-
-import keras  # noqa: E402
-
-from slimkit.algorithms.pruning import AGPPruner  # noqa: E402
-from slimkit.algorithms.quantization import QATQuantizer  # noqa: E402
-from slimkit.frameworks.tensorflow import CompressionCallback  # noqa: E402
-from slimkit.frameworks.tensorflow.models import compile_classifier, digits_cnn, load_digits_arrays  # noqa: E402
-from slimkit.frameworks.tensorflow.replicas import batch_range  # noqa: E402
-from slimkit.frameworks.tensorflow.wrapper import wrapper_of  # noqa: E402
+import numpy as np
 
 LAYERS = ["conv1", "conv2", "conv3", "fc"]
 QAT_CONFIG = [{"quant_types": ["input", "weight"], "op_names": ["conv1"]},
@@ -38,6 +22,21 @@ QAT_CONFIG = [{"quant_types": ["input", "weight"], "op_names": ["conv1"]},
 
 
 def main(out: str) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    # before TensorFlow creates its devices; here, not at import: pytest imports this module for its doctests
+    tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                               [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+
+    from slimkit.algorithms.pruning import AGPPruner
+    from slimkit.algorithms.quantization import QATQuantizer
+    from slimkit.frameworks.tensorflow import CompressionCallback
+    from slimkit.frameworks.tensorflow.models import compile_classifier, digits_cnn, load_digits_arrays
+    from slimkit.frameworks.tensorflow.replicas import batch_range
+    from slimkit.frameworks.tensorflow.wrapper import wrapper_of
+
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     keras.utils.set_random_seed(0)
