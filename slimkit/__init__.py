@@ -14,6 +14,7 @@ True
 """
 
 from slimkit.errors import (
+    CompositionError,
     CompressionStateError,
     ConfigError,
     FileFormatError,
@@ -29,6 +30,7 @@ from slimkit.masks import load_masks
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompositionError",
     "CompressionStateError",
     "ConfigError",
     "FileFormatError",

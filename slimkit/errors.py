@@ -34,6 +34,10 @@ class CompressionStateError(SlimkitError, RuntimeError):
     """A method was called at the wrong point of a compressor's lifecycle."""
 
 
+class CompositionError(CompressionStateError):
+    """Compressors stacked on one layer in an order that cannot work (the message names the order that does)."""
+
+
 class FileFormatError(SlimkitError, ValueError):
     """A file slimkit reads (TFLite flatbuffer, mask file) is truncated, corrupt or of another format."""
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from slimkit.compression.channels import ChannelAxis
 from slimkit.compression.config import LayerRef
-from slimkit.errors import CompressionStateError, UnsupportedModelError
+from slimkit.errors import UnsupportedModelError
 
 # framework name -> module defining ``ADAPTER``; the root package of a model's class picks the entry.
 _ADAPTER_MODULES = {
@@ -63,15 +63,6 @@ class FrameworkAdapter(Protocol):
     def save_weights(self, model: Any, layers: list[Any], path: str) -> None: ...
     def save_masks(self, masks: dict[str, dict[str, Any]], path: str) -> None: ...
     def export_onnx(self, model: Any, layers: list[Any], path: str, example: Any, device: Any) -> None: ...
-
-
-def refuse_wrapped(layers: list[Any], is_wrapped: Callable[[Any], bool]) -> None:
-    """Raise before anything is wrapped if any of ``layers`` is already wrapped by another compressor."""
-    for layer in layers:
-        if is_wrapped(layer):
-            raise CompressionStateError(
-                f"Layer {layer.name!r} is already wrapped by another compressor. Expected a plain layer: "
-                f"export or unwrap_model() the first compressor, or exclude {layer.name!r}.")
 
 
 def framework_of(model: Any) -> str:

@@ -31,6 +31,7 @@ import numpy as np
 
 from slimkit.compression.adapter import FrameworkAdapter, adapter_for
 from slimkit.compression.channels import ChannelAxis
+from slimkit.compression.composition import PRUNER, check_unwrap
 from slimkit.compression.config import (
     FRACTION,
     ConfigKey,
@@ -55,6 +56,7 @@ class Layer:
         type: the layer's class name (``'Conv2d'``, ``'Dense'``).
         module: the framework's layer object.
         config: the parsed config dict that selected this layer.
+        owner: the compressor that selected it.
     """
 
     def __init__(self, ref: LayerRef, config: LayerConfig, adapter: FrameworkAdapter):
@@ -63,6 +65,7 @@ class Layer:
         self.module = ref.module
         self.config = config
         self.wrapper: Any = None  # set by the adapter while the layer is wrapped
+        self.owner: Any = None    # set by the compressor (slimkit.compression.composition reads it)
         self._adapter = adapter
 
     @property
@@ -113,6 +116,7 @@ class Compressor:
         self.config_list = config_list
         self.layers = [Layer(ref, cfg, self.adapter) for ref, cfg in matches]
         for layer in self.layers:
+            layer.owner = self
             self.validate_layer(layer)
         self.wrapped = False
 
@@ -148,8 +152,13 @@ class Compressor:
             raise
 
     def unwrap_model(self) -> Any:
-        """Put the original layer objects back (the exact inverse of wrapping); returns the model."""
+        """Put the original layer objects back (the exact inverse of wrapping); returns the model.
+
+        Raises:
+            CompositionError: a quantizer is stacked on these layers (unwrap it first).
+        """
         if self.wrapped:
+            check_unwrap(self, self.layers)
             self.adapter.unwrap(self.model, self.layers)
             self.wrapped = False
         return self.model
@@ -275,6 +284,7 @@ class Pruner(Compressor):
     """
 
     weight_use: ClassVar[str] = "computes its mask from it"
+    stack_role: ClassVar[str] = PRUNER  # a quantizer may stack on its layers (slimkit.compression.composition)
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {"sparsity": ConfigKey(FRACTION, "a number in [0, 1)")}
 
     def __init__(self, model: Any, config_list: list[dict], optimizer: Any = None):

@@ -26,6 +26,37 @@ BATCH = 32
 PER_EPOCH = 3
 
 
+class Stacked:
+    """AGP pruning with QAT stacked on the same layers (shared/API.md section 7), driven and checkpointed as one."""
+
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor):
+        self.pruner = AGPPruner(model, [{"final_sparsity": 0.6, "end_epoch": 3, "op_types": ["Conv2d", "Linear"]}],
+                                optimizer=opt)
+        self.make_quantizer = lambda: QATQuantizer(
+            model, [{"quant_types": ["input", "weight", "output"], "op_types": ["default"], "quant_start_step": 2}],
+            optimizer=opt, dummy_input=x[:1])
+        self.quantizer: Any = None
+
+    def compress(self) -> torch.nn.Module:
+        self.pruner.compress()
+        self.quantizer = self.make_quantizer()
+        return self.quantizer.compress()
+
+    def update_epoch(self, epoch: int) -> None:
+        self.pruner.update_epoch(epoch)   # the pruning schedule goes on under QAT
+
+    def step(self) -> None:
+        self.pruner.step()
+        self.quantizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pruner": self.pruner.state_dict(), "quantizer": self.quantizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pruner.load_state_dict(state["pruner"])
+        self.quantizer.load_state_dict(state["quantizer"])
+
+
 @dataclass
 class Scenario:
     build: Callable[[torch.nn.Module, torch.optim.Optimizer, torch.Tensor], Any]
@@ -43,6 +74,7 @@ SCENARIOS = {
     "qat": Scenario(lambda model, opt, x: QATQuantizer(
         model, [{"quant_types": ["input", "weight", "output"], "op_types": ["Conv2d", "Linear"],
                  "quant_start_step": 8}], optimizer=opt, dummy_input=x[:1]), steps=12, checkpoint=5),
+    "agp_then_qat": Scenario(Stacked, steps=12, checkpoint=5),
     "ptq_kl": Scenario(lambda model, opt, x: PostTrainingQuantizer(
         model, [{"quant_types": ["input", "weight", "output"], "op_types": ["Conv2d", "Linear"]}], algorithm="kl",
         dummy_input=x[:1], progress=False), steps=6, checkpoint=3, trains=False),

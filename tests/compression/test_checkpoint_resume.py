@@ -3,7 +3,8 @@ resumed in a fresh process ends bit for bit where an uninterrupted run ends (sha
 
 Scenarios (tests/compression/resume_worker.py, the digits CNN): AGP with the L1 filter rule (killed mid-epoch,
 after the schedule has pruned), Level pruning with masks recomputed every epoch, QAT killed before its
-``quant_start_step``, and PTQ with KL calibration killed between calibration batches.
+``quant_start_step``, AGP with QAT stacked on it (the schedule still pruning under QAT), and PTQ with KL
+calibration killed between calibration batches.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def test_the_scenarios_cover_what_a_resume_can_lose(runs: str) -> None:
     assert agp["conv3.bias_mask"].tolist() == agp["conv3.weight_mask"].amax(dim=(1, 2, 3)).tolist()
     checkpoint = torch.load(os.path.join(runs, "ckpt_qat.pth"), weights_only=True)
     assert checkpoint["compressor"]["steps"] == 5  # killed before quant_start_step=8: fake quantization began after
+    stacked = torch.load(os.path.join(runs, "ckpt_agp_then_qat.pth"), weights_only=True)["compressor"]
+    assert (stacked["pruner"]["epoch"], stacked["quantizer"]["steps"]) == (1, 5)  # AGP still pruning under QAT
+    final = load("agp_then_qat")
+    assert int((final["model"]["fc.weight_mask"] == 0).sum()) == 96  # final_sparsity 0.6 of fc's 160 weights
+    assert bool((final["compressor"]["pruner"]["masks"]["fc"]["weight"] == final["model"]["fc.weight_mask"]).all())
     ptq = load("ptq_kl")["compressor"]
     assert ptq["calibrated"] and float(ptq["observers"]["conv1"]["output"]["counts"].sum()) > 0
 

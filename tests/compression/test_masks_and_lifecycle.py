@@ -87,7 +87,7 @@ def test_second_compressor_on_a_wrapped_layer_is_refused():
     pruner.compress()
     second = ConstantPruner(model, [{"sparsity": 0.5, "op_types": ["Linear"]}])
     assert second.layers[0].name == "0"
-    with pytest.raises(CompressionStateError, match="already wrapped by another compressor"):
+    with pytest.raises(CompressionStateError, match=r"already wrapped by ConstantPruner \(a pruner\)"):
         second.compress()
 
 

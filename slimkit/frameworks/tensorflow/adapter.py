@@ -27,8 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.channels import ChannelAxis
+from slimkit.compression.composition import stacking_targets
 from slimkit.compression.config import LayerRef, class_names
 from slimkit.errors import CompressionStateError
 from slimkit.frameworks.tensorflow import layout
@@ -101,9 +101,10 @@ class KerasAdapter:
         return np.asarray(keras.ops.convert_to_numpy(value))
 
     def wrap(self, model: Any, layers: list[Any]) -> None:
-        refuse_wrapped(layers, lambda layer: wrapper_of(layer.module) is not None)
+        stacking_targets(layers, lambda layer: wrapper_of(layer.module))  # a pruner stacks on nothing
         for layer in layers:
             layer.wrapper = install(layer.module, layer.name)
+            layer.wrapper.attached.append(layer)
             layer.wrapper.models.add(model)
         retrace(model)
 

@@ -58,7 +58,7 @@ import tensorflow as tf
 from keras.src.backend.common import global_state
 
 from slimkit.compression import bn_fold
-from slimkit.compression.adapter import refuse_wrapped
+from slimkit.compression.composition import stacking_targets
 from slimkit.compression.quant import QuantType
 from slimkit.errors import CompressionStateError, UnsupportedOpError
 from slimkit.frameworks.tensorflow import quant_fold
@@ -212,7 +212,7 @@ class KerasQuantBackend:
         return quant_fold.plan_folds(quantizer.layers, quantizer) if quantizer.fold_bn else {}
 
     def wrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
-        refuse_wrapped(layers, lambda layer: wrapper_of(layer.module) is not None)
+        below = stacking_targets(layers, lambda layer: wrapper_of(layer.module))
         folds = quantizer.graph_plan or {}
         tails = [fold.tail for fold in folds.values() if fold.tail is not None]
         wrapped = [tail.name for tail in tails if wrapper_of(tail) is not None]
@@ -225,6 +225,9 @@ class KerasQuantBackend:
             fold = folds.get(layer.name)
             layer.wrapper = install(layer.module, layer.name, lambda module, name, _layer=layer, _fold=fold:
                                     QuantWrapper(module, name, quantizer, _layer, graph, _fold))
+            if layer.name in below:
+                layer.wrapper.stack_on(below[layer.name])
+            layer.wrapper.attached.append(layer)
             layer.wrapper.models.add(model)
             if not graph.graph_safe(layer):
                 layer.module.supports_jit = False  # tf.py_function does not compile with XLA

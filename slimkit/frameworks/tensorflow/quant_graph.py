@@ -52,6 +52,7 @@ from slimkit.compression.quant import QuantGrad, QuantType, qrange
 from slimkit.compression.quantizer import Quantizer
 from slimkit.frameworks.tensorflow.quant_ops import fake_quant_tensors, range_params
 from slimkit.frameworks.tensorflow.quant_slots import Slot, SlotObservers, SlotTable
+from slimkit.frameworks.tensorflow.replicas import shared_variable
 
 AFFINE, TRACED, PYTHON = "affine", "traced", "python"
 _HELPERS = {QuantType.QUANT_WEIGHT: ("weight_params",),
@@ -121,8 +122,7 @@ class GraphQuant:
                 scheme = quantizer.profile.weight
                 qmin, qmax = qrange(quantizer.states[layer.name].bits[QuantType.QUANT_WEIGHT], scheme.signed,
                                     scheme.narrow)
-                self.weight_flags[layer.name] = tf.Variable(np.array([0.0, max(qmax - qmin, 1)]), dtype=tf.float64,
-                                                            trainable=False)
+                self.weight_flags[layer.name] = shared_variable(np.array([0.0, max(qmax - qmin, 1)]))
             state = quantizer.states[layer.name]
             state.observers = SlotObservers(slots, state.observers)
             quantizer.params[layer.name] = SlotTable(slots, quantizer.params[layer.name])
@@ -158,7 +158,7 @@ class GraphQuant:
                 slot.sync()
             flag = self.weight_flags.get(layer.name)
             if flag is not None and float(flag.numpy()[0]) != float(fake_quant):
-                flag[0].assign(float(fake_quant))
+                flag.assign([float(fake_quant), flag.numpy()[1]])  # whole: a mirrored variable has no slice assign
 
     # ------------------------------------------------------------ the graph
     def weight(self, layer: Any, weight: tf.Tensor) -> tf.Tensor:

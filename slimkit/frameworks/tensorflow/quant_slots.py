@@ -33,6 +33,7 @@ import tensorflow as tf
 from slimkit.compression.observers import EMAObserver, MinMaxObserver
 from slimkit.compression.quant import QParams, QuantType, qrange
 from slimkit.frameworks.tensorflow.quant_ops import fake_quant_tensors, range_params
+from slimkit.frameworks.tensorflow.replicas import batch_range, shared_variable
 
 _GRAPH_OBSERVERS = {EMAObserver: "ema", MinMaxObserver: "minmax"}  # exact classes the graph updates
 
@@ -48,9 +49,8 @@ class Slot:
         self.bits = quantizer.states[layer.name].bits[qtype]
         self.scheme = quantizer.profile.activation
         self.qmin, self.qmax = qrange(self.bits, self.scheme.signed, self.scheme.narrow)
-        self.state = tf.Variable(np.zeros(6), dtype=tf.float64, trainable=False, name=f"{key}_slot")
-        self.flags = tf.Variable(self._flags(False, False, False), dtype=tf.float64, trainable=False,
-                                 name=f"{key}_flags")
+        self.state = shared_variable(np.zeros(6), f"{key}_slot")  # the same range on every replica
+        self.flags = shared_variable(self._flags(False, False, False), f"{key}_flags")
         self.seen = np.zeros(6)  # the state as last exchanged between Python and the graph
         self.observer = observer
         self.params: QParams | None = None
@@ -109,8 +109,7 @@ class Slot:
         return tf.where(tf.logical_and(flags[0] > 0, has), out, x)
 
     def _observed(self, row: tf.Tensor, x: tf.Tensor, flags: tf.Tensor) -> tf.Tensor:
-        batch_lo = tf.cast(tf.reduce_min(x), tf.float64)
-        batch_hi = tf.cast(tf.reduce_max(x), tf.float64)
+        batch_lo, batch_hi = batch_range(x)  # the global batch's, under a tf.distribute strategy
         ready = row[2] > 0
         if self.kind == "ema":
             lo = self.decay * row[0] + (1 - self.decay) * batch_lo

@@ -53,7 +53,9 @@ class MaskWrapper(keras.layers.Layer):
 
     ``weight_mask`` (and ``bias_mask`` when the layer has a bias) start as ones.
     :meth:`masked_values` is the one place that decides what the layer reads in place of its
-    variables (a fake-quantizing wrapper extends it).
+    variables (a fake-quantizing wrapper extends it). ``attached`` lists the
+    :class:`~slimkit.compression.Layer` objects of the compressors working through this wrapper, bottom first
+    (a pruner, then a quantizer stacked on it: :mod:`slimkit.compression.composition`).
     """
 
     def __init__(self, layer: keras.layers.Layer, layer_name: str, **kwargs: Any):
@@ -74,6 +76,36 @@ class MaskWrapper(keras.layers.Layer):
         self.models: weakref.WeakSet = weakref.WeakSet()  # models whose compiled functions include this layer
         self.hooks: dict[int, Callable[[np.ndarray], None]] = {}
         self._next_hook = 0
+        object.__setattr__(self, "attached", [])  # untracked: Keras would walk the layers' models
+        object.__setattr__(self, "below", None)
+
+    def stack_on(self, below: MaskWrapper) -> None:
+        """Take the place of ``below`` (a pruner's wrapper): its masks, output hooks and attached compressors, whose
+        layers now point here, so their masks keep applying under this wrapper."""
+        self._copy_masks(below, self)
+        object.__setattr__(self, "hooks", below.hooks)  # the same dict (Keras would track a copy): handles stay valid
+        self._next_hook = below._next_hook
+        object.__setattr__(self, "attached", list(below.attached))
+        object.__setattr__(self, "below", below)
+        for layer in below.attached:
+            layer.wrapper = self
+
+    def unstack(self) -> MaskWrapper | None:
+        """The wrapper this one stacked on, given the current masks and its compressors' layers back; None if none."""
+        below = self.below
+        if below is not None:
+            self._copy_masks(self, below)
+            below._next_hook = self._next_hook
+            for layer in below.attached:
+                layer.wrapper = below
+        return below
+
+    @staticmethod
+    def _copy_masks(source: MaskWrapper, target: MaskWrapper) -> None:
+        for name in ("weight_mask", "bias_mask"):
+            if getattr(source, name) is not None:
+                getattr(target, name).assign(getattr(source, name))
+        target.bias_mask_set = source.bias_mask_set
 
     @property
     def target(self) -> keras.layers.Layer:
@@ -180,11 +212,17 @@ def install(layer: keras.layers.Layer, layer_name: str | None = None, factory: C
 
 
 def uninstall(layer: keras.layers.Layer) -> None:
-    """Give ``layer`` its own ``call`` back (the exact inverse of :func:`install`)."""
+    """Give ``layer`` its own ``call`` back (the exact inverse of :func:`install`); a wrapper stacked on another
+    (:meth:`MaskWrapper.stack_on`) gives the layer back to that one."""
     wrapper = _WRAPPERS.pop(layer, None)
     if wrapper is None:
         return
-    wrapper.hooks.clear()
-    vars(layer).pop("supports_jit", None)
-    object.__delattr__(layer, "call")
+    below = wrapper.unstack()
+    if below is not None:
+        _WRAPPERS[layer] = below
+        object.__setattr__(layer, "call", below.call)
+    else:
+        wrapper.hooks.clear()
+        vars(layer).pop("supports_jit", None)
+        object.__delattr__(layer, "call")
     wrapper.refresh_models()

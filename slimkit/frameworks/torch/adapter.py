@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.compression.adapter import refuse_wrapped
+from slimkit.compression.composition import stacking_targets
 from slimkit.compression.config import LayerRef
 from slimkit.errors import ConfigError
 from slimkit.frameworks.torch import layout
@@ -76,6 +76,12 @@ def _refuse_tied_masks(model: nn.Module, layers: list[Any]) -> None:
                     f"same config (a weight-magnitude pruner then gives it the same mask), or untie the weights "
                     f"before compressing (Hugging Face: config.tie_word_embeddings=False). Received: tied "
                     f"{layer.name}.{kind} and {path}.{attr}")
+
+
+def wrapper_at(model: nn.Module, name: str) -> CompressionWrapper | None:
+    """The slimkit wrapper standing at qualified ``name`` in ``model``, or None for a plain layer."""
+    module = model.get_submodule(name)
+    return module if isinstance(module, CompressionWrapper) else None
 
 
 def refuse_read_by_parent(layers: list[Any]) -> None:
@@ -159,10 +165,11 @@ class TorchAdapter:
         return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
     def wrap(self, model: nn.Module, layers: list[Any]) -> None:
-        refuse_wrapped(layers, lambda layer: isinstance(model.get_submodule(layer.name), CompressionWrapper))
+        stacking_targets(layers, lambda layer: wrapper_at(model, layer.name))  # a pruner stacks on nothing
         refuse_read_by_parent(layers)
         for layer in layers:
             wrapper = CompressionWrapper(layer.module, layer.name)
+            wrapper.attached.append(layer)
             set_submodule(model, layer.name, wrapper)
             layer.wrapper = wrapper
 

@@ -33,29 +33,19 @@ import torch
 from torch import nn
 
 from slimkit.compression import bn_fold
-from slimkit.compression.adapter import refuse_wrapped
 from slimkit.compression.channels import channel_view
+from slimkit.compression.composition import stacking_targets
 from slimkit.compression.quant import QuantType
 from slimkit.errors import SlimkitError
 from slimkit.frameworks.torch import int8_emulation, quant_graph
-from slimkit.frameworks.torch.adapter import ADAPTER, refuse_read_by_parent, set_submodule
+from slimkit.frameworks.torch.adapter import ADAPTER, refuse_read_by_parent, set_submodule, wrapper_at
 from slimkit.frameworks.torch.quant_ops import OPS
-from slimkit.frameworks.torch.wrapper import CompressionWrapper
+from slimkit.frameworks.torch.wrapper import CompressionWrapper, Ref
 from slimkit.utils.files import atomic_path
 
 _no_function_mode = torch._C.DisableTorchFunction
 """Context in which ``__torch_function__`` handlers and modes are skipped (the whole-graph runtime's mode
 does nothing inside wrapped layers and the quantizer's own calls)."""
-
-
-class _Ref:
-    """Holds Python objects on a module without registering them (and survives deepcopy as is)."""
-
-    def __init__(self, **values: Any):
-        self.__dict__.update(values)
-
-    def __deepcopy__(self, memo: dict) -> _Ref:
-        return self
 
 
 def bn_factor(bn: nn.Module) -> torch.Tensor:
@@ -152,7 +142,7 @@ class QuantWrapper(CompressionWrapper):
 
     def __init__(self, module: nn.Module, layer_name: str, quantizer: Any, layer: Any, calls: int = 1):
         super().__init__(module, layer_name)
-        self._ref = _Ref(quantizer=quantizer, layer=layer, bn=None)
+        self._ref = Ref(quantizer=quantizer, layer=layer, bn=None)
         self.calls = calls
         self.quantize_output_here = True
         self.deploy = False  # BN replaced by Identity in an export copy: add the folded bias here
@@ -367,10 +357,13 @@ class TorchQuantBackend:
         plan = quantizer.graph_plan
         handles = []
         tails: dict[str, _TailHook] = {}
-        refuse_wrapped(layers, lambda layer: isinstance(model.get_submodule(layer.name), CompressionWrapper))
+        below = stacking_targets(layers, lambda layer: wrapper_at(model, layer.name))
         refuse_read_by_parent(layers)
         for layer in layers:
             wrapper = QuantWrapper(layer.module, layer.name, quantizer, layer, quantizer.states[layer.name].calls)
+            if layer.name in below:
+                wrapper.stack_on(below[layer.name])
+            wrapper.attached.append(layer)
             fusion = plan.fusions.get(layer.name) if plan is not None else None
             if fusion is not None:
                 if fusion.bn is not None:
@@ -401,7 +394,7 @@ class TorchQuantBackend:
             runtime.remove()
             quantizer._graph_runtime = None
         for layer in layers:
-            set_submodule(model, layer.name, layer.module)
+            set_submodule(model, layer.name, layer.wrapper.unstack())
             layer.wrapper = None
 
     def effective_weight(self, layer: Any) -> torch.Tensor:
@@ -480,7 +473,7 @@ class TorchQuantBackend:
             fusion = plan.fusions.get(layer.name) if plan is not None else None
             if fusion is not None and fusion.bn is not None:
                 bn = model.get_submodule(fusion.bn)
-                wrapper._ref = _Ref(quantizer=quantizer, layer=layer, bn=bn)
+                wrapper._ref = Ref(quantizer=quantizer, layer=layer, bn=bn)
                 wrapper.deploy = True
                 if fusion.tail == fusion.bn:  # the output hook sat on the BN: keep it, as Identity
                     identity = nn.Identity()

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from slimkit.frameworks.torch.graph import CapturedGraph, capture_graph
+from slimkit.frameworks.torch.wrapper import CompressionWrapper
 
 _WEIGHTED = {"conv1d", "conv2d", "conv3d", "linear", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _BN = {"batch_norm", "native_batch_norm_legit_no_training"}
@@ -122,6 +123,13 @@ def _single_user(node: torch.fx.Node) -> torch.fx.Node | None:
     return users[0] if len(users) == 1 else None
 
 
+def _layer_module(modules: dict[str, nn.Module], path: str) -> nn.Module | None:
+    """The layer at ``path``: the module a slimkit wrapper holds (a pruner's, when a quantizer plans on a pruned
+    model), else the module itself."""
+    module = modules.get(path)
+    return module.module if isinstance(module, CompressionWrapper) else module
+
+
 def plan(model: nn.Module, dummy_input: Any, layer_names: set[str], *, fold_bn: bool,
          whole_graph: bool = False) -> GraphPlan:
     """Capture ``model`` and find fusions and call counts for the selected ``layer_names``."""
@@ -141,7 +149,7 @@ def plan(model: nn.Module, dummy_input: Any, layer_names: set[str], *, fold_bn: 
         if (nxt is not None and op_name(nxt) in _BN and isinstance(modules.get(captured.module_path(nxt)),
                                                                      nn.modules.batchnorm._BatchNorm)
                 and result.calls.get(captured.module_path(nxt), 1) == 1
-                and isinstance(modules.get(path), (nn.Conv1d, nn.Conv2d, nn.Conv3d))):
+                and isinstance(_layer_module(modules, path), (nn.Conv1d, nn.Conv2d, nn.Conv3d))):
             if fold_bn:
                 fusion.bn = captured.module_path(nxt)
             fusion.tail, fusion.tail_call = captured.module_path(nxt), captured.call_index(nxt)

@@ -43,6 +43,32 @@ def _linear_call(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | N
 _DIRECT_CALLS = {nn.Conv1d: _conv_call, nn.Conv2d: _conv_call, nn.Conv3d: _conv_call, nn.Linear: _linear_call}
 
 
+class Ref:
+    """Holds Python objects on a module without registering them (and survives deepcopy as is)."""
+
+    def __init__(self, **values: Any):
+        self.__dict__.update(values)
+
+    def __deepcopy__(self, memo: dict) -> Ref:
+        return self
+
+
+class _Stack(Ref):
+    """The compressors attached to a wrapper and the wrapper it stacked on. Pickled empty: a pickled model carries its
+    layers and masks, not the compressors that were working on them."""
+
+    def __init__(self, attached: list[Any] | None = None, below: nn.Module | None = None):
+        super().__init__(attached=attached if attached is not None else [], below=below)
+
+    def __reduce__(self) -> tuple:
+        return _Stack, ()
+
+
+# a module's forward hook tables: shared by a wrapper and the one it stacks on, so hook handles stay valid
+_HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+                "_forward_pre_hooks_with_kwargs")
+
+
 class CompressionWrapper(nn.Module):
     """Applies a weight / bias mask to ``module`` on every forward.
 
@@ -50,7 +76,9 @@ class CompressionWrapper(nn.Module):
         module: the layer being compressed (kept as the child ``module``).
         layer_name: its qualified name in the model.
 
-    Buffers ``weight_mask`` and ``bias_mask`` are None until a pruner sets them.
+    Buffers ``weight_mask`` and ``bias_mask`` are None until a pruner sets them. ``attached`` lists the
+    :class:`~slimkit.compression.Layer` objects of the compressors working through this wrapper, bottom first
+    (a pruner, then a quantizer stacked on it: :mod:`slimkit.compression.composition`).
     """
 
     def __init__(self, module: nn.Module, layer_name: str):
@@ -59,6 +87,32 @@ class CompressionWrapper(nn.Module):
         self.layer_name = layer_name
         self.register_buffer("weight_mask", None)
         self.register_buffer("bias_mask", None)
+        self._stack = _Stack()
+
+    @property
+    def attached(self) -> list[Any]:
+        return self._stack.attached
+
+    def stack_on(self, below: CompressionWrapper) -> None:
+        """Take the place of ``below`` (a pruner's wrapper): its masks, forward hooks and attached compressors, whose
+        layers now point here, so their masks keep applying under this wrapper."""
+        self.weight_mask, self.bias_mask = below.weight_mask, below.bias_mask
+        for table in _HOOK_TABLES:
+            setattr(self, table, getattr(below, table))
+        self._stack = _Stack(list(below.attached), below)
+        for layer in below.attached:
+            layer.wrapper = self
+
+    def unstack(self) -> nn.Module:
+        """What goes back in this wrapper's place: the wrapper it stacked on (with the current masks, its compressors'
+        layers pointing at it again), else the wrapped module."""
+        below = self._stack.below
+        if below is None:
+            return self.module
+        below.weight_mask, below.bias_mask = self.weight_mask, self.bias_mask
+        for layer in below.attached:
+            layer.wrapper = below
+        return below
 
     def __getattr__(self, name: str) -> Any:
         try:
