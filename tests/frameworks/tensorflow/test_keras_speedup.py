@@ -10,32 +10,14 @@ import pytest
 from slimkit.algorithms.pruning import L1FilterPruner, LevelPruner
 from slimkit.errors import ConfigError, MaskError, SlimkitError, UnsupportedModelError, UnsupportedOpError
 from slimkit.frameworks.tensorflow import export_tflite
-from slimkit.frameworks.tensorflow.models import digits_cnn
+from slimkit.frameworks.tensorflow.models import digits_cnn, mobilenet_style
 from slimkit.speedup import ModelSpeedup
 
 L = keras.layers
 
 
-def mobile() -> keras.Model:
-    """MobileNetV2-style: stem, an inverted residual block (expand, depthwise, project, Add), a strided block
-    without residual, ReLU6 as layer and as activation, global pooling, dropout, dense head."""
-    x = keras.Input((16, 16, 3), name="image")
-    y = L.ReLU(6.0)(L.BatchNormalization(name="stem_bn")(
-        L.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="stem")(x)))
-    e = L.ReLU(6.0)(L.BatchNormalization(name="b1_expand_bn")(L.Conv2D(32, 1, use_bias=False, name="b1_expand")(y)))
-    d = L.Activation("relu6")(L.BatchNormalization(name="b1_dw_bn")(
-        L.DepthwiseConv2D(3, padding="same", use_bias=False, name="b1_dw")(e)))
-    y = L.Add()([y, L.BatchNormalization(name="b1_project_bn")(L.Conv2D(16, 1, use_bias=False, name="b1_project")(d))])
-    e = L.ReLU(6.0)(L.BatchNormalization(name="b2_expand_bn")(L.Conv2D(48, 1, use_bias=False, name="b2_expand")(y)))
-    d = L.ReLU(6.0)(L.BatchNormalization(name="b2_dw_bn")(
-        L.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False, name="b2_dw")(e)))
-    y = L.BatchNormalization(name="b2_project_bn")(L.Conv2D(24, 1, name="b2_project")(d))
-    y = L.Dropout(0.2)(L.GlobalAveragePooling2D()(y))
-    return keras.Model(x, L.Dense(10, name="fc")(y), name="mobile")
-
-
 def mobile_params(stem: int, expand1: int, expand2: int, head: int) -> int:
-    """Parameters of :func:`mobile` with the given channels (BatchNormalization: 4 per channel)."""
+    """Parameters of ``mobilenet_style()`` with the given channels (BatchNormalization: 4 per channel)."""
     return (27 * stem + 4 * stem + stem * expand1 + 4 * expand1 + 9 * expand1 + 4 * expand1 + expand1 * stem
             + 4 * stem + stem * expand2 + 4 * expand2 + 9 * expand2 + 4 * expand2 + expand2 * head + head + 4 * head
             + head * 10 + 10)
@@ -105,6 +87,12 @@ def assert_same(small: keras.Model, inputs: list[np.ndarray], expected: list[np.
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
+def kernel_params(model: keras.Model) -> int:
+    """Parameters outside BatchNormalization (the TFLite converter folds those into the convs): a float file
+    loses 4 bytes for each one removed."""
+    return sum(layer.count_params() for layer in model.layers if not isinstance(layer, L.BatchNormalization))
+
+
 def filters(model: keras.Model) -> dict[str, int]:
     return {layer.name: layer.filters for layer in model.layers if hasattr(layer, "filters")}
 
@@ -123,7 +111,7 @@ def test_digits_cnn_halved_exact_params_and_smaller_tflite(tmp_path):
     assert model.count_params() == 72 + 32 + 1152 + 64 + 2320 + 170 == speedup.report.params_before
     before = export_tflite(model, tmp_path / "before.tflite")
     after = export_tflite(small, tmp_path / "after.tflite")
-    assert len(after) < len(before) - 4 * (3810 - 1046) * 0.9  # float32 weights: 4 bytes per removed parameter
+    assert len(after) < len(before) - 4 * (kernel_params(model) - kernel_params(small))
     assert [c.name for c in speedup.report.layers] == ["conv1", "bn1", "conv2", "bn2", "conv3", "fc"]
 
 
@@ -157,9 +145,9 @@ def test_constant_channel_before_a_padded_conv_is_kept():
     assert filters(small) == {"conv1": 4, "conv2": 8, "conv3": 8}
 
 
-def test_mobilenet_style_dependency_aware():
+def test_mobilenet_style_dependency_aware(tmp_path):
     keras.utils.set_random_seed(1)
-    model = mobile()
+    model = mobilenet_style()
     inputs = batches((16, 16, 3))
     masks, expected = prune(model, [{"sparsity": 0.5, "op_types": ["Conv2D", "DepthwiseConv2D"]}], inputs,
                             dependency_aware=True)
@@ -170,6 +158,9 @@ def test_mobilenet_style_dependency_aware():
     assert small.get_layer("b2_dw").kernel.shape == (3, 3, 24, 1)
     assert model.count_params() == mobile_params(16, 32, 48, 24)
     assert small.count_params() == mobile_params(8, 16, 24, 12) == speedup.report.params_after
+    before = export_tflite(model, tmp_path / "before.tflite")
+    after = export_tflite(small, tmp_path / "after.tflite")
+    assert len(after) < len(before) - 4 * (kernel_params(model) - kernel_params(small))
 
 
 def test_depth_multiplier_keeps_each_input_with_its_outputs():
@@ -192,7 +183,7 @@ def test_mobilenet_style_trained_batch_norms():
     """With BatchNormalization shifts, pruned channels are nonzero constants: the depthwise convs pruned with their
     expand convs output zeros whatever they receive, and the 1x1 convs and the head fold the rest into biases."""
     keras.utils.set_random_seed(1)
-    model = mobile()
+    model = mobilenet_style()
     randomize_batch_norms(model)
     inputs = batches((16, 16, 3))
     masks, expected = prune(model, [{"sparsity": 0.5, "op_types": ["Conv2D", "DepthwiseConv2D"]}], inputs,
@@ -355,3 +346,19 @@ def test_pruned_channel_reaching_a_layer_without_rule_names_it_and_the_fix():
     masks, _ = prune(model, [{"sparsity": 0.5, "op_types": ["Conv2D"]}], [])
     with pytest.raises(UnsupportedOpError, match=r"reach layer 'ln' of type LayerNormalization.*'op_names': \['a'\]"):
         ModelSpeedup(model, np.zeros((1, 8, 8, 3), "float32"), masks).speedup_model()
+
+
+def test_shared_layer_and_keras_ops():
+    """A conv called on two inputs is rebuilt once (its calls see the same removed channels), and ``x + y`` /
+    ``keras.ops.relu`` on tensors pass channels like layers."""
+    keras.utils.set_random_seed(8)
+    a, b = keras.Input((6, 6, 3)), keras.Input((6, 6, 3))
+    shared = L.Conv2D(6, 3, name="shared")
+    y = keras.ops.relu(shared(a) + shared(b))
+    model = keras.Model([a, b], L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(L.Conv2D(4, 1, name="pw")(y))))
+    rng = np.random.default_rng(0)
+    inputs = [[rng.standard_normal((n, 6, 6, 3)).astype("float32") for _ in range(2)] for n in (1, 4)]
+    masks, expected = prune(model, [{"sparsity": 0.5, "op_types": ["Conv2D"]}], inputs)
+    small = ModelSpeedup(model, inputs[0], masks).speedup_model()
+    assert_same(small, inputs, expected)
+    assert filters(small) == {"shared": 3, "pw": 2}
