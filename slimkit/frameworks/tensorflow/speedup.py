@@ -15,7 +15,7 @@ Example:
 >>> keep = np.array([1.0, 0.0, 1.0, 0.0], dtype='float32')
 >>> masks = {'conv': {'weight': np.ones((3, 3, 3, 4), 'float32') * keep, 'bias': keep}}
 >>> small = KerasModelSpeedup(model, np.random.rand(1, 8, 8, 3), masks).speedup_model()
->>> small.get_layer('conv').filters, small.get_layer('fc').kernel.shape, model.get_layer('conv').filters
+>>> small.get_layer('conv').filters, tuple(small.get_layer('fc').kernel.shape), model.get_layer('conv').filters
 (2, (2, 2), 4)
 """
 
@@ -161,13 +161,13 @@ def _inputs(model: keras.Model, dummy_input: Any) -> list[np.ndarray] | np.ndarr
 
 
 def _clone(reference: keras.Model, plan: Plan) -> keras.Model:
-    names = {id(layer): name for name, layer in plan.layers.items()}
-    built = {name: rebuild(layer, name, plan) for name, layer in plan.layers.items()}  # decided before building
+    # the graph's own layers (no nested models): their sublayers are rebuilt by their config
+    built = {layer.name: rebuild(layer, layer.name, plan) for layer in _graph_layers(reference)}
 
     def clone(layer: Any) -> Any:
         if not isinstance(layer, keras.layers.Layer):
             return layer  # a keras.ops operation: stateless
-        return type(layer).from_config(built[names[id(layer)]][0])
+        return type(layer).from_config(built[layer.name][0])
 
     inputs = None
     if not isinstance(reference, keras.Sequential):  # keep the input names (the TFLite signature's)
@@ -175,11 +175,18 @@ def _clone(reference: keras.Model, plan: Plan) -> keras.Model:
                   for t in reference.inputs]
         inputs = inputs if isinstance(reference.input, (list, tuple)) else inputs[0]
     small = keras.models.clone_model(reference, clone_function=clone, input_tensors=inputs)
-    for name, layer in named_layers(small):
-        weights = built[name][1]
-        for var in layer.weights:
-            var.assign(weights[var.name])
+    for layer in _graph_layers(small):
+        weights = built[layer.name][1]
+        if weights is None:
+            layer.set_weights(reference.get_layer(layer.name).get_weights())
+        else:
+            for var in layer.weights:
+                var.assign(weights[var.name])
     return small
+
+
+def _graph_layers(model: keras.Model) -> list[Any]:
+    return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
 
 def _channels(layer: Any) -> tuple[int, int]:

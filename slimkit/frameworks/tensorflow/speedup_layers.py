@@ -3,7 +3,7 @@
 A registered function takes the (masked) layer, its name and the :class:`~.speedup_analysis.Plan`, and
 returns ``(config, {variable name: array})``; the new layer is ``type(layer).from_config(config)`` and
 gets those arrays once the cloned graph has built it. Layers without a function keep their config and
-their weights.
+their weights (``None``: copied in order, for layers whose sublayers repeat variable names).
 
 Example:
 
@@ -48,12 +48,13 @@ def weights_of(layer: Any) -> dict[str, np.ndarray]:
     return {var.name: np.asarray(var.numpy()) for var in layer.weights}
 
 
-def rebuild(layer: Any, name: str, plan: Plan) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The config and weights of ``layer`` after the speedup that ``plan`` describes."""
+def rebuild(layer: Any, name: str, plan: Plan) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """The config and weights of ``layer`` after the speedup that ``plan`` describes; weights None: the layer's
+    own, unchanged."""
     for cls in type(layer).__mro__:
         if cls in REBUILDS:
             return REBUILDS[cls](layer, name, plan)
-    return layer.get_config(), weights_of(layer)
+    return layer.get_config(), None
 
 
 def _fold(bias: np.ndarray, rows: np.ndarray, folds: dict[int, float]) -> np.ndarray:

@@ -362,3 +362,18 @@ def test_shared_layer_and_keras_ops():
     small = ModelSpeedup(model, inputs[0], masks).speedup_model()
     assert_same(small, inputs, expected)
     assert filters(small) == {"shared": 3, "pw": 2}
+
+
+def test_layers_without_rule_keep_their_weights_where_no_pruned_channel_reaches_them():
+    """MultiHeadAttention (sublayers with repeated variable names) and LayerNormalization before the pruned layer
+    are cloned with their own weights."""
+    keras.utils.set_random_seed(9)
+    x = keras.Input((4, 8))
+    y = L.LayerNormalization(name="ln")(L.MultiHeadAttention(2, 4, name="mha")(x, x))
+    y = L.GlobalAveragePooling1D()(L.Dense(6, name="b")(y))
+    model = keras.Model(x, L.Dense(2, name="fc")(y))
+    inputs = batches((4, 8))
+    masks, expected = prune(model, [{"sparsity": 0.5, "op_names": ["b"]}], inputs)
+    small = ModelSpeedup(model, inputs[0], masks).speedup_model()
+    assert_same(small, inputs, expected)
+    assert small.get_layer("b").units == 3 and small.get_layer("fc").kernel.shape == (3, 2)
