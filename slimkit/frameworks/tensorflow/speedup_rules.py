@@ -40,10 +40,12 @@ def pads(layer: Any) -> bool:
 
 
 def activate(layer: Any, const: np.ndarray) -> np.ndarray:
-    """``layer.activation`` applied to the constants (NaN stays NaN)."""
+    """``layer.activation`` applied to the constants (NaN stays NaN); all NaN after softmax (it mixes channels)."""
     activation = getattr(layer, "activation", None)
     if activation is None or getattr(activation, "__name__", "") == "linear":
         return const
+    if getattr(activation, "__name__", "") in _MIXING_ACTIVATIONS:
+        return np.full(const.shape, np.nan)
     out = keras.ops.convert_to_numpy(activation(keras.ops.convert_to_tensor(np.nan_to_num(const).astype("float32"))))
     return np.where(np.isnan(const), np.nan, np.asarray(out, dtype=np.float64))
 

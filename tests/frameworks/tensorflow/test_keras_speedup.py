@@ -377,3 +377,16 @@ def test_layers_without_rule_keep_their_weights_where_no_pruned_channel_reaches_
     small = ModelSpeedup(model, inputs[0], masks).speedup_model()
     assert_same(small, inputs, expected)
     assert small.get_layer("b").units == 3 and small.get_layer("fc").kernel.shape == (3, 2)
+
+
+def test_softmax_activation_keeps_the_pruned_units():
+    """A pruned unit of a Dense with softmax is not constant (softmax mixes the units): it stays."""
+    keras.utils.set_random_seed(10)
+    x = keras.Input((5,))
+    model = keras.Model(x, L.Dense(2, name="fc")(L.Dense(6, activation="softmax", name="a")(L.Dense(4, name="s")(x))))
+    inputs = batches((5,))
+    masks, expected = prune(model, [{"sparsity": 0.5, "op_types": ["Dense"]}, {"exclude": True, "op_names": ["fc"]}],
+                            inputs)
+    small = ModelSpeedup(model, inputs[0], masks).speedup_model()
+    assert_same(small, inputs, expected)
+    assert [small.get_layer(n).units for n in ("s", "a", "fc")] == [2, 6, 2]
