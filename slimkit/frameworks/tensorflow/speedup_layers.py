@@ -126,6 +126,11 @@ def batch_norm(layer: Any, name: str, plan: Plan) -> tuple[dict[str, Any], dict[
     return layer.get_config(), {key: array[keep] for key, array in weights_of(layer).items()}
 
 
+@rebuilds(L.PReLU)
+def prelu(layer: Any, name: str, plan: Plan) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    return layer.get_config(), {"alpha": weights_of(layer)["alpha"][..., plan.keep[(name, "ch")]]}
+
+
 @rebuilds(L.Reshape)
 def reshape(layer: Any, name: str, plan: Plan) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     config = layer.get_config()

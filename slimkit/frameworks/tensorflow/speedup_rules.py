@@ -152,6 +152,15 @@ def batch_norm(walk: _Walk, node: Any) -> list[State]:
     return [_output(own, np.where(np.isnan(const), np.nan, out), axis, rank)]
 
 
+@rule(L.PReLU)
+def prelu(walk: _Walk, node: Any) -> list[State]:
+    """PReLU: one channel set in and out (its ``alpha`` is sliced along the last axis)."""
+    layer, name, state, tensor, _ = _single(walk, node)
+    n, rank = int(tensor.shape[-1]), len(tensor.shape) - 1
+    own, _ = walk.couple(name, "ch", state, -1, n)
+    return [State.of(own.reshape([1] * (rank - 1) + [n]), walk.evaluate(node))]
+
+
 _ELEMENTWISE = (L.ReLU, L.LeakyReLU, L.ELU, L.Activation, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
                 L.SpatialDropout3D, L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.Identity,
                 L.ActivityRegularization, L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
@@ -206,7 +215,7 @@ _PADDING = (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)
 @rule(*_SPATIAL, *_PADDING)
 def spatial(walk: _Walk, node: Any) -> list[State]:
     """Pooling, cropping, upsampling, resizing, zero padding: channels pass; a constant stays constant (zero
-    padding keeps only zeros constant)."""
+    padding keeps only zeros constant, a Resizing that pads none)."""
     layer, _, state, tensor, output = _single(walk, node)
     in_axis, rank = channel_axis(layer, tensor), len(tensor.shape) - 1
     ids, const = state.full()
@@ -216,6 +225,8 @@ def spatial(walk: _Walk, node: Any) -> list[State]:
     ids, const = np.resize(np.ravel(ids), n), np.resize(np.ravel(const), n)
     if isinstance(layer, _PADDING):
         const = np.where(const == 0, const, np.nan)
+    if getattr(layer, "pad_to_aspect_ratio", False):  # Resizing that pads
+        const = np.full(n, np.nan)
     out_rank = len(output.shape) - 1
     return [_output(ids, const, in_axis % rank if out_rank == rank else out_rank - 1, out_rank)]
 

@@ -390,3 +390,31 @@ def test_softmax_activation_keeps_the_pruned_units():
     small = ModelSpeedup(model, inputs[0], masks).speedup_model()
     assert_same(small, inputs, expected)
     assert [small.get_layer(n).units for n in ("s", "a", "fc")] == [2, 6, 2]
+
+
+def test_prelu_channels_and_alpha():
+    keras.utils.set_random_seed(11)
+    x = keras.Input((6, 6, 3))
+    y = L.PReLU(shared_axes=[1, 2], alpha_initializer=keras.initializers.RandomUniform(0.1, 0.5), name="p")(
+        L.Conv2D(6, 3, name="a")(x))
+    model = keras.Model(x, L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(L.Conv2D(4, 3, name="b")(y))))
+    inputs = batches((6, 6, 3))
+    masks, expected = prune(model, [{"sparsity": 0.5, "op_types": ["Conv2D"]}], inputs)
+    small = ModelSpeedup(model, inputs[0], masks).speedup_model()
+    assert_same(small, inputs, expected)
+    assert filters(small) == {"a": 3, "b": 2} and small.get_layer("p").alpha.shape == (1, 1, 3)
+
+
+@pytest.mark.slow
+def test_keras_applications_mobilenet_v2():
+    """keras.applications MobileNetV2 (ZeroPadding2D, ReLU(6), residual Adds, depthwise convs) with trained-looking
+    BatchNormalization statistics, 50 % dependency-aware: exact and smaller."""
+    keras.utils.set_random_seed(12)
+    model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10)
+    randomize_batch_norms(model)
+    inputs = batches((96, 96, 3))[:2]
+    masks, expected = prune(model, [{"sparsity": 0.5, "op_types": ["Conv2D", "DepthwiseConv2D"]}], inputs,
+                            dependency_aware=True)
+    small = ModelSpeedup(model, inputs[0], masks).speedup_model()
+    assert_same(small, inputs, expected)
+    assert model.count_params() == 423_018 and small.count_params() == 129_650  # measured once: a regression check
