@@ -104,8 +104,7 @@ class KerasModelSpeedup:
                 raise SlimkitError(f"Keras speedup changed the model's output (relative error {error:.3g} > "
                                    f"tolerance {self.tolerance:g}); the model is unchanged. Please report this model.")
         timings["rebuild+verify"] = time.perf_counter() - start - sum(timings.values())
-        changes = [_change(name, plan.layers[name], small.get_layer(name)) for name in plan.changed()
-                   if _channels(plan.layers[name]) != _channels(small.get_layer(name))]
+        changes = [_change(name, plan.layers[name], plan) for name in plan.changed()]
         self.report = SpeedupReport(changes, self.model.count_params(), small.count_params(), _macs(reference),
                                     _macs(small), time.perf_counter() - start, error, timings)
         return small
@@ -189,26 +188,12 @@ def _graph_layers(model: keras.Model) -> list[Any]:
     return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
 
-def _channels(layer: Any) -> tuple[int, int]:
-    """(input, output) channels of a layer's weight, or its channel count for BatchNormalization."""
-    kernel = layout.variable(layer, layout.weight_attrs(layer)[0])
-    if isinstance(layer, keras.layers.BatchNormalization) or kernel is None:
-        count = int(kernel.shape[0]) if kernel is not None else 0
-        return count, count
-    shape = tuple(kernel.shape)
-    if layout.out_axis(layer) == -2 and not isinstance(layer, (keras.layers.DepthwiseConv1D,
-                                                               keras.layers.DepthwiseConv2D)):
-        return shape[-1], shape[-2]  # transposed conv
-    if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
-        return shape[-2], shape[-2] * shape[-1]
-    if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
-        return int(layer.depthwise_kernel.shape[-2]), shape[-1]
-    return shape[-2], shape[-1]
-
-
-def _change(name: str, before: Any, after: Any) -> LayerChange:
-    (in_b, out_b), (in_a, out_a) = _channels(before), _channels(after)
-    return LayerChange(name, type(before).__name__, in_b, in_a, out_b, out_a)
+def _change(name: str, layer: Any, plan: Plan) -> LayerChange:
+    """Channels in and out of a changed layer, before and after, from its keep-vectors."""
+    keep_in = plan.keep.get((name, "in"), plan.keep.get((name, "ch")))
+    keep_out = plan.keep.get((name, "out"), keep_in)  # a depthwise conv with multiplier 1: its input's
+    return LayerChange(name, type(layer).__name__, keep_in.size, int(keep_in.sum()), keep_out.size,
+                       int(keep_out.sum()))
 
 
 def _macs(model: keras.Model) -> int:
