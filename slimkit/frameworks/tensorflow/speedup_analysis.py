@@ -249,7 +249,8 @@ class _Walk:
             empty = [key for key, mask in keep.items() if not mask.any()]
             if not empty:
                 break
-            self.keep(self.variables[empty[0]][:1])
+            for key in empty:
+                self.keep(self.variables[key][:1])
         folds = {}
         for name, entries in self.folds.items():
             removed = {c: value for c, (value, var) in entries.items()
