@@ -70,9 +70,11 @@ class ModelSpeedup:
             'weight' / 'bias', or are not 0/1 tensors of a real dtype and of their parameter's shape.
         FileFormatError: (at construction) a mask file that is damaged or not a mask file.
         SlimkitError: a wrapped model.
+        UnsupportedModelError: (at construction) a model of no supported framework; a subclassed or nested Keras
+            model (see :class:`~slimkit.frameworks.tensorflow.speedup.KerasModelSpeedup`).
     """
 
-    def __init__(self, model: nn.Module, dummy_input: Any, masks_or_mask_path: Any, *, tolerance: float = 1e-5,
+    def __init__(self, model: Any, dummy_input: Any, masks_or_mask_path: Any, *, tolerance: float = 1e-5,
                  verify: bool = True):
         from slimkit.compression.adapter import framework_of
         from slimkit.masks import check_masks, load_masks
