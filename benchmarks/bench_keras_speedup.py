@@ -201,20 +201,6 @@ def section(result: dict) -> str:
     lines.append("")
     for row in result["rows"]:
         lines.append(f"- {row['model']}: filters {', '.join(row['layers'])}.")
-    lines += ["", "`keras.applications` models, random weights with BatchNormalization statistics drawn as after "
-              "training (gamma U(0.5, 1.5), beta U(-0.5, 0.5), mean N(0, 0.5), variance U(0.5, 2)), 50 % "
-              "`L1FilterPruner` on conv, depthwise and separable layers, `dependency_aware=True`; max rel. error "
-              "on 2 random inputs. EfficientNetB0 brings Rescaling / Normalization and squeeze-excite Multiply, "
-              "DenseNet121 Concatenate and average pooling, Xception SeparableConv2D, NASNetMobile ZeroPadding2D "
-              "and Cropping2D. Where far fewer parameters go (Xception, NASNetMobile), pruned channels meet padded "
-              "convs after a BatchNormalization shift (see above).", "",
-              "| model | params | MACs | float TFLite bytes | speedup s (median of 3) | max rel. error |",
-              "|---|---|---|---|---|---|"]
-    for row in result["applications"]:
-        size = " -> ".join(f"{b:,}" for b in row["float_bytes"]) if "float_bytes" in row else "not measured"
-        lines.append(f"| {row['model']} | {row['params_before']:,} -> {row['params_after']:,} | "
-                     f"{row['macs_before']:,} -> {row['macs_after']:,} | {size} | "
-                     f"{row['speedup_seconds_median']:.2f} | {row['max_relative_error']:.1e} |")
     lines += ["", "The masked and the smaller model give the same predictions (the accuracy columns; max rel. error "
               "is measured on 32 test images). Trained BatchNormalization shifts make a pruned filter a nonzero "
               "constant after its BatchNormalization. Where a 1x1 conv or the head reads it, the constant is folded "
@@ -225,6 +211,22 @@ def section(result: dict) -> str:
               "BatchNormalization is masked with its filter (the second digits row; that changes the model, hence "
               "its own masked accuracy). Each file loses about 4 bytes (float) or 1 byte (int8) per removed "
               "weight; the latencies on this noisy shared machine are upper bounds.", ""]
+    lines += ["`keras.applications` models, random weights with BatchNormalization statistics drawn as after "
+              "training (gamma U(0.5, 1.5), beta U(-0.5, 0.5), mean N(0, 0.5), variance U(0.5, 2)), 50 % "
+              "`L1FilterPruner` on conv, depthwise and separable layers, `dependency_aware=True`; max rel. error "
+              "on 2 random inputs. EfficientNetB0 brings Rescaling / Normalization and squeeze-excite Multiply, "
+              "DenseNet121 Concatenate and average pooling, Xception SeparableConv2D, NASNetMobile ZeroPadding2D "
+              "and Cropping2D. Where far fewer parameters go (Xception, NASNetMobile), pruned channels meet padded "
+              "(separable) convs after a BatchNormalization shift and stay (see above). The speedup times were "
+              "taken at load average ~19 on 2 cores.", "",
+              "| model | params | MACs | float TFLite bytes | speedup s (median of 3) | max rel. error |",
+              "|---|---|---|---|---|---|"]
+    for row in result["applications"]:
+        size = " -> ".join(f"{b:,}" for b in row["float_bytes"]) if "float_bytes" in row else "not measured"
+        lines.append(f"| {row['model']} | {row['params_before']:,} -> {row['params_after']:,} | "
+                     f"{row['macs_before']:,} -> {row['macs_after']:,} | {size} | "
+                     f"{row['speedup_seconds_median']:.2f} | {row['max_relative_error']:.1e} |")
+    lines.append("")
     return "\n".join(lines)
 
 
