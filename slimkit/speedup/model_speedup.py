@@ -49,8 +49,13 @@ def _parameter_shapes(model: nn.Module) -> dict[str, dict[str, tuple[int, ...] |
 class ModelSpeedup:
     """Make a pruned model's masks physical: layers with fewer channels, same outputs.
 
+    A functional or Sequential ``keras.Model`` is handed to
+    :class:`slimkit.frameworks.tensorflow.speedup.KerasModelSpeedup`: ``speedup_model()`` then returns a new,
+    smaller ``keras.Model`` (the input model is unchanged) and :attr:`report` holds the :class:`SpeedupReport`.
+
     Args:
         model: the plain (unwrapped) ``torch.nn.Module`` the masks were computed for; it is changed in place.
+            Or a plain functional / Sequential ``keras.Model``.
         dummy_input: an example input (tensor or tuple of tensors) used to capture the graph.
         masks_or_mask_path: ``{layer_name: {'weight': mask, 'bias': mask or None}}`` (as
             ``Pruner.get_masks()`` returns) or the path of a mask file (``export_model(mask_path=...)``).
@@ -65,13 +70,23 @@ class ModelSpeedup:
             'weight' / 'bias', or are not 0/1 tensors of a real dtype and of their parameter's shape.
         FileFormatError: (at construction) a mask file that is damaged or not a mask file.
         SlimkitError: a wrapped model.
+        UnsupportedModelError: (at construction) a model of no supported framework; a subclassed or nested Keras
+            model (see :class:`~slimkit.frameworks.tensorflow.speedup.KerasModelSpeedup`).
     """
 
-    def __init__(self, model: nn.Module, dummy_input: Any, masks_or_mask_path: Any, *, tolerance: float = 1e-5,
+    def __init__(self, model: Any, dummy_input: Any, masks_or_mask_path: Any, *, tolerance: float = 1e-5,
                  verify: bool = True):
+        from slimkit.compression.adapter import framework_of
         from slimkit.masks import check_masks, load_masks
 
         self.model = model
+        self.report: SpeedupReport | None = None
+        self._keras = None
+        if framework_of(model) == "keras":
+            from slimkit.frameworks.tensorflow.speedup import KerasModelSpeedup
+
+            self._keras = KerasModelSpeedup(model, dummy_input, masks_or_mask_path, tolerance=tolerance, verify=verify)
+            return
         self._check_model()
         source = "masks"
         if isinstance(masks_or_mask_path, (str, os.PathLike)):
@@ -115,8 +130,13 @@ class ModelSpeedup:
         output, flops, _ = profile(self.model, self.dummy_input, call)
         return output, flops
 
-    def speedup_model(self) -> SpeedupReport:
-        """Analyse the graph, then replace the pruned layers in place. Returns a :class:`SpeedupReport`."""
+    def speedup_model(self) -> Any:
+        """Analyse the graph, then replace the pruned layers in place. Returns a :class:`SpeedupReport`; for a
+        Keras model, the new smaller ``keras.Model``."""
+        if self._keras is not None:
+            small = self._keras.speedup_model()
+            self.report = self._keras.report
+            return small
         ensure_loaded()
         start = time.perf_counter()
         timings = {}
