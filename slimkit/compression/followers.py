@@ -1,9 +1,11 @@
-"""Per-channel layers that follow pruned filters: a filter mask describes the whole channel.
+"""Per-channel layers that follow pruned channels: a filter mask describes the whole channel.
 
 A BatchNorm after a conv shifts a pruned (zero) filter output to ``beta - gamma * mean / sqrt(var + eps)``: a
 nonzero constant that a later padded conv cannot absorb, so speedup would have to keep the channel. Masking the
 BatchNorm's weight and bias with its filter makes that channel zero in the masked model too, so the masked model is
-exactly what speedup builds and the channel is removed in full.
+exactly what speedup builds and the channel is removed in full. The same holds for a transformer's residual
+stream: the linear layers writing it are coupled by the residual adds, and its embeddings (columns) and LayerNorm
+layers (weight and bias) follow them, so a pruned hidden channel is zero everywhere.
 
 :class:`ChannelFollowers` holds, for every layer that produces channels (conv / linear outputs) and every layer that
 follows them channel by channel (BatchNorm), a label per channel: equal labels are one channel set (coupled by the
@@ -32,12 +34,15 @@ class ChannelFollowers:
 
     Attributes:
         sources: ``{layer: label of each output channel}`` for every conv / linear layer of the model.
-        followers: ``{layer: label of each channel}`` for the per-channel layers (BatchNorm) whose channels are
-            coupled with some source channel.
+        followers: ``{layer: label of each channel}`` for the per-channel layers (BatchNorm, LayerNorm, embeddings)
+            whose channels are coupled with some source channel.
+        axes: ``{follower: axis of its weight that indexes the channels}`` where it is not 0 (an embedding's
+            columns: 1).
     """
 
     sources: dict[str, np.ndarray] = field(default_factory=dict)
     followers: dict[str, np.ndarray] = field(default_factory=dict)
+    axes: dict[str, int] = field(default_factory=dict)
 
     def of(self, layers: set[str]) -> list[str]:
         """The followers with a channel coupled with an output channel of one of ``layers``."""

@@ -208,20 +208,26 @@ def _as_list(state: Any) -> list[Any]:
     return state if isinstance(state, list) else [state]
 
 
-def analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> Plan:
-    """Decide the kept channels of every module for the masked ``weights`` ({path: (weight, bias)})."""
+def analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+            keep_modules: tuple[type, ...] = ()) -> Plan:
+    """Decide the kept channels of every module for the masked ``weights`` ({path: (weight, bias)}); the channels of
+    modules of ``keep_modules`` types (and every channel coupled with them) are kept."""
     ensure_loaded()
     with single_thread():
-        return _analyse(captured, weights)
+        return _analyse(captured, weights, keep_modules)
 
 
-def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> Plan:
+def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+             keep_modules: tuple[type, ...]) -> Plan:
     context = _Context(captured, weights)
     for user_input in captured.user_inputs():
         shape = context.shape(user_input)
         if shape is not None:
             context.states[user_input.name] = keep_state(shape)
     context.run()
+    for (path, _), variables in context.variables.items():
+        if isinstance(context.modules.get(path), keep_modules):
+            context.uf.keep(variables)
     _balance(context)
     snapshot = context.uf.kept_all()
     keep = {key: context.uf.kept(variables, snapshot) for key, variables in context.variables.items()}

@@ -76,24 +76,35 @@ def channel_dependencies(model: Any, dummy_input: Any) -> tuple[list[ChannelGrou
 
 
 def _followers(plan: Any, order: dict[str, int]) -> ChannelFollowers:
-    """Output-channel sets of every producing layer, and the affine BatchNorm layers coupled with some of them.
-    Sets coupled with a model input (always kept) are labelled -1: nothing follows them."""
+    """Output-channel sets of every producing layer (conv / linear), and the layers with per-channel weights coupled
+    with some of them: affine BatchNorm, LayerNorm over the last axis, embeddings (their columns). Sets coupled with
+    a model input (always kept) are labelled -1: nothing follows them."""
     from torch import nn
 
     def labels(variables: Any) -> np.ndarray:
         roots = plan.union_find.roots(variables)
         return np.where(roots == KEEP, -1, roots)
 
-    sources = {path: labels(variables) for (path, role), variables in plan.variables.items() if role == "out"}
+    def follows(module: nn.Module, role: str) -> bool:
+        if isinstance(module, nn.Embedding):
+            return role == "out"
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            return role == "ch" and module.affine
+        return role == "ch" and isinstance(module, nn.LayerNorm) and module.weight is not None
+
+    sources = {path: labels(variables) for (path, role), variables in plan.variables.items()
+               if role == "out" and not isinstance(plan.modules[path], nn.Embedding)}
     produced = np.concatenate(list(sources.values())) if sources else np.zeros(0, dtype=np.int64)
-    followers = {}
+    followers, axes = {}, {}
     for (path, role), variables in sorted(plan.variables.items(), key=lambda item: order.get(item[0][0], -1)):
         module = plan.modules[path]
-        if role == "ch" and isinstance(module, nn.modules.batchnorm._NormBase) and module.affine:
+        if follows(module, role):
             own = labels(variables)
             if np.isin(own[own >= 0], produced).any():
                 followers[path] = own
-    return ChannelFollowers(sources, followers)
+                if isinstance(module, nn.Embedding):
+                    axes[path] = 1
+    return ChannelFollowers(sources, followers, axes)
 
 
 def _labels(roots: np.ndarray) -> np.ndarray:

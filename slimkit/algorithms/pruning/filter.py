@@ -131,9 +131,10 @@ class FilterPruner(Pruner):
         return self.layers[: len(self.layers) - len(self.followers)]
 
     def _follower_layers(self) -> list[Layer]:
-        """The BatchNorm layers that follow the output channels of the layers this pruner prunes: masked with
-        them (weight and bias), so a removed filter's channel is zero after its BatchNorm too and speedup removes
-        it in full. Each takes the config of the first pruned layer it follows."""
+        """The layers with per-channel weights that follow the output channels of the layers this pruner prunes
+        (BatchNorm; in PyTorch also LayerNorm and embeddings on a residual stream): masked with them, so a removed
+        channel is zero all along and speedup removes it in full. Each takes the config of the first pruned layer
+        it follows."""
         pruned = [layer for layer in self.layers if layer.name not in self._held]
         selected = {layer.name for layer in self.layers}
         refs = {ref.name: ref for ref in self.adapter.discover(self.model)}
@@ -246,7 +247,7 @@ class FilterPruner(Pruner):
             if self._follower_keep is None:
                 self._follower_keep = self._followers.keep(
                     {source.name: self.pruned_channels(source) for source in self.ranked_layers})
-            return self.masks_for_channels(layer, self._follower_keep[layer.name])
+            return self.masks_for_channels(layer, self._follower_keep[layer.name], self._followers.axes.get(layer.name))
         if layer.name in self._held:
             return self.masks_for_channels(layer, ~self.pruned_channels(layer))
         with self.reading_weights():
@@ -254,9 +255,11 @@ class FilterPruner(Pruner):
             keeps = group.keep({member.name: self.scores(member) for member in members}, config.sparsity)
             return self.masks_for_channels(layer, keeps[[m.name for m in members].index(layer.name)])
 
-    def masks_for_channels(self, layer: Layer, keep: np.ndarray) -> dict[str, np.ndarray | None]:
-        """Weight and bias masks that keep the output channels where ``keep`` is True."""
+    def masks_for_channels(self, layer: Layer, keep: np.ndarray,
+                           axis: int | None = None) -> dict[str, np.ndarray | None]:
+        """Weight and bias masks that keep the channels where ``keep`` is True, along the weight's ``axis`` (default:
+        the output-channel axis)."""
         weight_shape = tuple(self.weight_of(layer).shape)
         has_bias = self.adapter.bias(layer, masked=False) is not None
-        return {"weight": channel_mask(keep, weight_shape, layer.out_axis),
+        return {"weight": channel_mask(keep, weight_shape, layer.out_axis if axis is None else axis),
                 "bias": keep.astype(np.float32) if has_bias else None}
