@@ -55,6 +55,7 @@ class _Context:
         self.balanced: list[torch.Tensor] = []
         self.summaries: dict[str, tuple[Any, Any]] = {}
         self.heads: dict[str, list[tuple[torch.Tensor, int]]] = {}
+        self.splits: list[tuple[str, str, torch.Tensor]] = []  # (module, attribute, parts x channels)
 
     # --- helpers the rules use -------------------------------------------------------------
     def state(self, arg: Any) -> Any:
@@ -236,6 +237,10 @@ def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, tor
     from slimkit.speedup.attention import head_attributes
 
     attributes = head_attributes(context.heads, context.uf, snapshot, captured.model)
+    for path, name, parts in context.splits:  # balanced: every part keeps as many channels
+        kept = int(context.uf.kept(parts[0], snapshot).sum())
+        if kept != parts.shape[1]:
+            attributes.setdefault(path, {})[name] = kept
     return Plan(context.modules, keep, {p: f for p, f in folds.items() if f}, context.uf, context.variables,
                 attributes)
 

@@ -54,6 +54,7 @@ def channel_dependencies(model: Any, dummy_input: Any) -> tuple[list[ChannelGrou
 
     from slimkit.speedup.analysis import analyse
     from slimkit.speedup.capture import capture
+    from slimkit.speedup.module_ops import is_transposed_linear
     from slimkit.utils.threads import single_thread
 
     inputs = tuple(dummy_input) if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
@@ -63,7 +64,8 @@ def channel_dependencies(model: Any, dummy_input: Any) -> tuple[list[ChannelGrou
     uf = plan.union_find
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     roots = {path: _labels(uf.roots(variables)) for (path, role), variables in plan.variables.items()
-             if role == "out" and isinstance(plan.modules[path], (nn.modules.conv._ConvNd, nn.Linear))}
+             if role == "out" and (isinstance(plan.modules[path], (nn.modules.conv._ConvNd, nn.Linear))
+                                   or is_transposed_linear(plan.modules[path]))}
     groups = []
     for members in _overlapping(roots):
         members = sorted(members, key=order.get)

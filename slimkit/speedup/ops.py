@@ -163,17 +163,40 @@ def chunk_rule(ctx: Any, node: torch.fx.Node) -> list[TensorState]:
     return movement(ctx, node)
 
 
+# Attributes of a module whose value is the size its forward splits a tensor by (Hugging Face's GPT-2 splits its
+# fused query / key / value projection by ``self.split_size``). Register more with ``SPLIT_ATTRIBUTES.append``.
+SPLIT_ATTRIBUTES = ["split_size"]
+
+
 @register_op("aten::split", "aten::split_with_sizes", "aten::tensor_split", "aten::slice", "aten::select",
              "aten::narrow")
 def split_rule(ctx: Any, node: torch.fx.Node) -> Any:
-    """Split sizes and slice bounds are fixed numbers in the model's code: that axis keeps all its channels."""
+    """Split sizes and slice bounds are fixed numbers in the model's code: that axis keeps all its channels. Except
+    an even split by a size the module holds in a :data:`SPLIT_ATTRIBUTES` attribute (a fused query / key / value
+    projection): the parts keep equally many channels, and the attribute is updated."""
     source = ctx.state(node.args[0])
     position = 2 if op_short(node) in ("split", "split_with_sizes", "tensor_split") else 1
     dim = node.args[position] if len(node.args) > position else node.kwargs.get("dim", 0)
     dim = dim % len(source.shape)
-    if source.ids.shape[dim] > 1:
+    if source.ids.shape[dim] > 1 and not _split_by_attribute(ctx, node, source, dim):
         ctx.uf.keep(source.ids)
     return movement(ctx, node)
+
+
+def _split_by_attribute(ctx: Any, node: torch.fx.Node, source: TensorState, dim: int) -> bool:
+    size, total = node.args[1], source.shape[dim]
+    if op_short(node) != "split" or not isinstance(size, int) or total % size or total == size:
+        return False
+    path = ctx.captured.module_path(node)
+    module = ctx.captured.model.get_submodule(path)
+    names = [name for name in SPLIT_ATTRIBUTES if getattr(module, name, None) == size]
+    vector = channel_vector(source.ids, dim, total)
+    if not names or vector is None:
+        return False
+    parts = vector.reshape(total // size, size)
+    ctx.balance(parts)
+    ctx.splits.append((path, names[0], parts))
+    return True
 
 
 @register_op("aten::view", "aten::reshape", "aten::flatten", "aten::unflatten", "aten::_unsafe_view")

@@ -18,7 +18,7 @@ from tests.hf_zoo import HF_ARCHS
 
 # name -> (parameters after speedup, attention heads left in the first attention module or None)
 EXPECTED = {
-    "bert": 7426, "distilbert": 7394, "gpt2": 25536, "llama": 15712, "qwen2": 15776, "t5_encoder": 11584,
+    "bert": 7426, "distilbert": 7394, "gpt2": 21344, "llama": 15712, "qwen2": 15776, "t5_encoder": 11584,
     "vit": 15882, "deit": 15946, "swin": 5656, "convnext": 11130, "resnet": 6226, "mobilenet_v2": 47818,
     "mobilevit": 37398, "efficientnet": 37264, "whisper_encoder": 18112,
 }
@@ -84,5 +84,25 @@ def test_llama_grouped_query_heads_and_attributes():
               attention.o_proj.in_features)
     assert shapes == (16, 8, 8, 16)  # 4 query heads -> 2, 2 key / value heads -> 1, head_dim 8
     assert attention.num_key_value_groups == 2
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_gpt2_fused_qkv_loses_whole_heads():
+    """GPT-2 projects query, key and value with one Conv1D and splits it by ``self.split_size``: the three parts
+    lose the same heads, and ``split_size`` / ``num_heads`` follow."""
+    model, x = HF_ARCHS["gpt2"]()
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Linear"]}], dependency_aware=True, dummy_input=x)
+    pruner.compress()
+    masks = pruner.get_masks()
+    pruner.unwrap_model()
+    kept = masks["model.transformer.h.0.attn.c_attn"]["bias"].reshape(3, 4, 8)[..., 0]  # (q / k / v, head)
+    assert torch.equal(kept[0], kept[1]) and torch.equal(kept[0], kept[2]) and int(kept[0].sum()) == 2
+    expected = _masked_reference(model, masks, x)
+    ModelSpeedup(model, x, masks).speedup_model()
+    attention = model.model.transformer.h[0].attn
+    assert (tuple(attention.c_attn.weight.shape), attention.split_size, attention.num_heads) == ((32, 48), 16, 2)
+    assert tuple(attention.c_proj.weight.shape) == (16, 32)
     with torch.no_grad():
         assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
