@@ -202,9 +202,10 @@ def _split_by_attribute(ctx: Any, node: torch.fx.Node, source: TensorState, dim:
 @register_op("aten::view", "aten::reshape", "aten::flatten", "aten::unflatten", "aten::_unsafe_view")
 def reshape_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     """Reshape. When it splits the channel axis, the kept set must stay a product of the factors, as the
-    model's code fixes all but one of them: the factor written ``-1`` (heads in ``view(b, n, -1, head_dim)``)
-    may shrink and the others are tied whole; without a ``-1`` (channel shuffle's ``view(b, g, c // g, ...)``)
-    the last factor shrinks and the outer ones are tied, so the model's ``c // groups`` still holds."""
+    model's code fixes all but one of them: the factor written ``-1`` (heads in ``view(b, n, -1, head_dim)``),
+    or one equal to a head count its module holds and speedup updates (``view(b, -1, self.num_heads, d)``), may
+    shrink and the others are tied whole; otherwise (channel shuffle's ``view(b, g, c // g, ...)``) the last
+    factor shrinks and the outer ones are tied, so the model's ``c // groups`` still holds."""
     source = ctx.state(node.args[0])
     out = movement(ctx, node)
     varying_in = sum(1 for s in source.ids.shape if s > 1)
@@ -212,13 +213,23 @@ def reshape_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     varying = [d for d in range(ids.dim()) if ids.shape[d] > 1]
     if len(varying) > max(varying_in, 1):
         sizes = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], (list, tuple)) else ()
-        free = [d for d in varying if len(sizes) == ids.dim() and sizes[d] == -1]
+        heads = _head_counts(ctx, node)
+        free = [d for d in varying if len(sizes) == ids.dim() and (sizes[d] == -1 or sizes[d] in heads)]
         for dim in [d for d in varying if d not in free[:1]] if free else varying[:-1]:
             first = ids.narrow(dim, 0, 1)
             ctx.uf.union_arrays(ids, first)
             ids = first.expand_as(ids).contiguous()
         out.ids = compact(ids)
     return out
+
+
+def _head_counts(ctx: Any, node: torch.fx.Node) -> set[int]:
+    """Head counts the node's module holds in attributes speedup updates (``self.num_heads`` in a view)."""
+    from slimkit.speedup.attention import HEAD_ATTRIBUTES
+
+    module = ctx.captured.model.get_submodule(ctx.captured.module_path(node))
+    counts = {getattr(module, name, None) for name, kind in HEAD_ATTRIBUTES.items() if kind != "width"}
+    return {count for count in counts if isinstance(count, int) and count > 1}
 
 
 @register_op("operator::getitem", "getitem")
