@@ -332,8 +332,7 @@ def softmax_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
 @register_op("aten::matmul", "aten::bmm", "aten::mm", "aten::einsum", "aten::scaled_dot_product_attention",
              "aten::baddbmm", "aten::sort",
              "aten::topk", "aten::argmax", "aten::argmin", "aten::eq", "aten::ne", "aten::gt", "aten::lt",
-             "aten::ge", "aten::le", "aten::arange", "aten::masked_fill",
-             "aten::index", "aten::gather")
+             "aten::ge", "aten::le", "aten::arange", "aten::masked_fill", "aten::gather")
 def mixing_rule(ctx: Any, node: torch.fx.Node) -> Any:
     """Ops that mix positions in ways the analysis does not model: their inputs' channels are kept."""
     for arg in _tensor_args(node) + _list_args(node):

@@ -19,7 +19,7 @@ from tests.hf_zoo import HF_ARCHS
 # name -> (parameters after speedup, attention heads left in the first attention module or None)
 EXPECTED = {
     "bert": 7426, "distilbert": 7394, "gpt2": 21344, "llama": 15712, "qwen2": 15776, "t5_encoder": 11584,
-    "vit": 15882, "deit": 15946, "swin": 5656, "convnext": 11130, "resnet": 6226, "mobilenet_v2": 47818,
+    "vit": 15882, "deit": 15946, "swin": 4157, "convnext": 11130, "resnet": 6226, "mobilenet_v2": 47818,
     "mobilevit": 37398, "efficientnet": 37264, "whisper_encoder": 13952,
 }
 
@@ -123,5 +123,42 @@ def test_whisper_heads_go_though_its_view_names_num_heads():
     ModelSpeedup(model, x, masks).speedup_model()
     attention = model.model.layers[0].self_attn
     assert (attention.k_proj.out_features, attention.out_proj.in_features, attention.num_heads) == (16, 16, 2)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_swin_heads_take_their_relative_position_bias_column():
+    """Swin adds a per-head bias read from ``relative_position_bias_table[index]`` (positions x heads): a removed
+    head's column goes with it."""
+    model, x = HF_ARCHS["swin"]()
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]}], dependency_aware=True,
+                            dummy_input=x)
+    pruner.compress()
+    masks = pruner.get_masks()
+    pruner.unwrap_model()
+    expected = _masked_reference(model, masks, x)
+    ModelSpeedup(model, x, masks).speedup_model()
+    attention = model.model.swin.encoder.layers[0].blocks[0].attention
+    table = attention.relative_position_bias.relative_position_bias_table
+    assert (attention.num_attention_heads, tuple(table.shape), attention.q_proj.out_features) == (1, (49, 1), 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_t5_heads_take_their_position_bias_embedding_column():
+    """T5's relative-position bias is an ``nn.Embedding`` (buckets x heads) computed in the first layer and reused
+    by the second: both layers lose the same heads, and the embedding loses their columns."""
+    model, x = HF_ARCHS["t5_encoder"]()
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Linear"]}], dependency_aware=True, dummy_input=x)
+    pruner.compress()
+    masks = pruner.get_masks()
+    pruner.unwrap_model()
+    expected = _masked_reference(model, masks, x)
+    ModelSpeedup(model, x, masks).speedup_model()
+    blocks = [block.layer[0].SelfAttention for block in model.model.encoder.block]
+    assert [(a.n_heads, a.q.out_features, a.o.in_features) for a in blocks] == [(2, 16, 16), (2, 16, 16)]
+    assert blocks[0].relative_attention_bias.embedding_dim == 2
     with torch.no_grad():
         assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
