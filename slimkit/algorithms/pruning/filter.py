@@ -128,7 +128,7 @@ class FilterPruner(Pruner):
     @property
     def ranked_layers(self) -> list[Layer]:
         """The layers the config_list selects, whose channels this pruner ranks (:attr:`followers` apart)."""
-        return self.layers[: len(self.layers) - len(self.followers)]
+        return [layer for layer in self.layers if layer not in self.followers]
 
     def _follower_layers(self) -> list[Layer]:
         """The layers with per-channel weights that follow the output channels of the layers this pruner prunes
