@@ -231,9 +231,12 @@ def markdown(results: dict) -> str:
               "still divides by the full width), so on BERT it removes what torch-pruning's default removes and "
               "the sped-up output equals the masked model's. Where the stream also carries a parameter no mask "
               "covers (ViT's `cls_token` and position table, ConvNeXt's per-channel layer scale) or an RMSNorm "
-              "written as separate ops (Llama), the hidden size stays, and slimkit removes what torch-pruning "
-              "removes in its heads+mlp scope. torch-pruning's MetaPruner did not return on Hugging Face's Llama "
-              "(transformers 5) within the limit. Timings come from a shared, heavily loaded 2-core machine."]
+              "written as separate ops (Llama), the hidden size stays: on ViT slimkit removes what torch-pruning "
+              "removes in its heads+mlp scope; on ConvNeXt it keeps more (the layer scale keeps the stream, which "
+              "torch-pruning prunes even in that scope). The latency columns were measured at a load average of "
+              "15-22 on 2 cores: read them as noise except ResNet-50 / bert_medium. torch-pruning's MetaPruner "
+              "did not return on Hugging Face's Llama (transformers 5) within the limit. Timings come from a "
+              "shared, heavily loaded 2-core machine."]
     return "\n".join(lines) + "\n"
 
 
