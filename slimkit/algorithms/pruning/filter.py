@@ -138,12 +138,14 @@ class FilterPruner(Pruner):
         pruned = [layer for layer in self.layers if layer.name not in self._held]
         selected = {layer.name for layer in self.layers}
         refs = {ref.name: ref for ref in self.adapter.discover(self.model)}
-        configs: dict[str, LayerConfig] = {}
+        self.follower_sources: dict[str, str] = {}  # follower -> the first pruned layer it follows
         for layer in pruned:
             for name in self._followers.of({layer.name}):
-                configs.setdefault(name, layer.config)
-        return [Layer(refs[name], configs[name], self.adapter) for name in self._followers.followers
-                if name in configs and name not in selected and name in refs]
+                self.follower_sources.setdefault(name, layer.name)
+        configs = {layer.name: layer.config for layer in pruned}
+        return [Layer(refs[name], configs[self.follower_sources[name]], self.adapter)
+                for name in self._followers.followers
+                if name in self.follower_sources and name not in selected and name in refs]
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
         """One score per output channel of ``layer``; the lowest scores are pruned first."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from slimkit import load_masks
-from slimkit.algorithms.pruning import ActivationMeanRankFilterPruner, L1FilterPruner
+from slimkit.algorithms.pruning import ActivationMeanRankFilterPruner, AGPPruner, L1FilterPruner
 from slimkit.models.zoo import build
 from slimkit.speedup import ModelSpeedup
 
@@ -147,3 +147,26 @@ def test_a_batchnorm_the_config_selects_is_ranked_not_followed():
     assert pruner.followers == []
     pruner.compress()
     assert np.isclose(float(pruner.get_masks()["stem.1"]["weight"].mean()), 0.5)
+
+
+def test_agp_schedules_the_followers_with_their_filters():
+    model, x = build("resnet_basic")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    config = [{"initial_sparsity": 0.0, "final_sparsity": 0.5, "start_epoch": 0, "end_epoch": 2, "frequency": 1,
+               "op_types": ["Conv2d"]}]
+    pruner = AGPPruner(model, config, optimizer, pruning_algorithm="l1", dependency_aware=True, dummy_input=x)
+    pruner.compress()
+    assert "stem.1" in pruner.get_masks() and int(pruner.get_masks()["stem.1"]["weight"].sum()) == 8
+    for epoch in range(3):
+        pruner.update_epoch(epoch)
+    masks = pruner.get_masks()
+    for bn, conv in (("stem.1", "stem.0"), ("body.1.down.1", "body.1.down.0"), ("body.2.bn1", "body.2.conv1")):
+        assert kept(masks[bn]["weight"]) == kept(masks[conv]["weight"]), bn
+        assert len(kept(masks[bn]["weight"])) == masks[bn]["weight"].numel() // 2, bn
+    with torch.no_grad():
+        masked = model(x)
+    pruner.unwrap_model()
+    ModelSpeedup(model, x, masks).speedup_model()
+    with torch.no_grad():
+        assert torch.allclose(model(x), masked, rtol=1e-5, atol=1e-6)
+    assert model.stem[1].num_features == 4
