@@ -6,8 +6,9 @@ process (clean first-call costs; a tool that hangs is stopped after ``TIMEOUT`` 
 recorded as such). Writes ``benchmarks/results/hf_pruning.json`` and ``benchmarks/RESULTS_hf.md``.
 
 - slimkit: ``L1FilterPruner(..., [{'sparsity': 0.5, 'op_types': ['Conv2d', 'Linear']}], dependency_aware=True)``
-  then ``ModelSpeedup``: filters, MLP hidden channels and whole attention heads (grouped-query aware); the
-  output equals the masked model (checked).
+  then ``ModelSpeedup``: filters (with their BatchNorm), MLP hidden channels, whole attention heads (grouped-query
+  aware) and the hidden size where the residual stream is made only of layers slimkit masks (linear layers,
+  embeddings, LayerNorm); the output equals the masked model (checked).
 - torch-pruning 1.6: ``MetaPruner`` with L1 magnitude importance, ``pruning_ratio=0.5``, attention heads
   declared (``num_heads``, ``prune_num_heads=True``, ``prune_head_dims=False``, ``head_pruning_ratio=0.5``)
   and the output head ignored, in two scopes: ``full`` (its default: the hidden size too, through the
@@ -192,9 +193,10 @@ def markdown(results: dict) -> str:
              "Models: `tests/hf_zoo.py`'s tiny configs (random init), slimkit's ResNet-50 (1x3x224x224) and "
              "bert_medium (BERT, 4 layers x 384, 6 heads, 128 tokens). "
              "slimkit: dependency-aware L1 filter pruner at 0.5 on Conv2d / Linear + ModelSpeedup (whole "
-             "attention heads, MLP channels, filters; output equal to the masked model). torch-pruning: "
+             "attention heads, MLP channels, filters with their BatchNorm, and the hidden size through the "
+             "embeddings and LayerNorm layers; output equal to the masked model). torch-pruning: "
              "MetaPruner, L1, ratio 0.5, heads declared, output head ignored; `full` also prunes the hidden size "
-             "through embeddings and norms, `heads+mlp` keeps it (slimkit's scope).", "",
+             "through embeddings and norms, `heads+mlp` keeps it.", "",
              "### Parameters after pruning", "",
              "| model | before | slimkit | torch-pruning heads+mlp | torch-pruning full |", "|---|---|---|---|---|"]
     for name in MODELS:
@@ -223,13 +225,18 @@ def markdown(results: dict) -> str:
             cells += ["error", ""] if "error" in run else [f"{run['pruned_ms']}", f"{run['latency_gain']}x"]
         dense = by.get((name, "slimkit"), missing).get("dense_ms", "")
         lines.append(f"| {name} | {dense} | " + " | ".join(cells) + " |")
-    lines += ["", "Reading: in the same scope (heads + MLP channels + filters, hidden size kept) slimkit removes what "
-              "torch-pruning removes; torch-pruning's default also prunes the transformer's hidden size through "
-              "the embeddings and LayerNorm / RMSNorm, which slimkit does not do (a norm over fewer channels is "
-              "not the masked model's norm, and slimkit's speedup must equal the masked model), and ConvNeXt's "
-              "residual stream (LayerNorm and a per-channel layer-scale parameter keep it in slimkit). "
-              "torch-pruning's MetaPruner did not return on Hugging Face's Llama (transformers 5) within the "
-              "limit. Timings come from a shared, heavily loaded 2-core machine."]
+    lines += ["", "Reading: slimkit prunes the hidden size as one channel group (the linear layers writing the "
+              "residual stream, its embeddings' columns and every LayerNorm's weight and bias masked together) and "
+              "keeps the masked model's LayerNorm statistics exactly (a LayerNorm over the kept channels that "
+              "still divides by the full width), so on BERT it removes what torch-pruning's default removes and "
+              "the sped-up output equals the masked model's. Where the stream also carries a parameter no mask "
+              "covers (ViT's `cls_token` and position table, ConvNeXt's per-channel layer scale) or an RMSNorm "
+              "written as separate ops (Llama), the hidden size stays: on ViT slimkit removes what torch-pruning "
+              "removes in its heads+mlp scope; on ConvNeXt it keeps more (the layer scale keeps the stream, which "
+              "torch-pruning prunes even in that scope). The latency columns were measured at a load average of "
+              "15-22 on 2 cores: read them as noise except ResNet-50 / bert_medium. torch-pruning's MetaPruner "
+              "did not return on Hugging Face's Llama (transformers 5) within the limit. Timings come from a "
+              "shared, heavily loaded 2-core machine."]
     return "\n".join(lines) + "\n"
 
 

@@ -55,6 +55,7 @@ class _Context:
         self.balanced: list[torch.Tensor] = []
         self.summaries: dict[str, tuple[Any, Any]] = {}
         self.heads: dict[str, list[tuple[torch.Tensor, int]]] = {}
+        self.splits: list[tuple[str, str, torch.Tensor]] = []  # (module, attribute, parts x channels)
 
     # --- helpers the rules use -------------------------------------------------------------
     def state(self, arg: Any) -> Any:
@@ -208,20 +209,26 @@ def _as_list(state: Any) -> list[Any]:
     return state if isinstance(state, list) else [state]
 
 
-def analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> Plan:
-    """Decide the kept channels of every module for the masked ``weights`` ({path: (weight, bias)})."""
+def analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+            keep_modules: tuple[type, ...] = ()) -> Plan:
+    """Decide the kept channels of every module for the masked ``weights`` ({path: (weight, bias)}); the channels of
+    modules of ``keep_modules`` types (and every channel coupled with them) are kept."""
     ensure_loaded()
     with single_thread():
-        return _analyse(captured, weights)
+        return _analyse(captured, weights, keep_modules)
 
 
-def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> Plan:
+def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+             keep_modules: tuple[type, ...]) -> Plan:
     context = _Context(captured, weights)
     for user_input in captured.user_inputs():
         shape = context.shape(user_input)
         if shape is not None:
             context.states[user_input.name] = keep_state(shape)
     context.run()
+    for (path, _), variables in context.variables.items():
+        if isinstance(context.modules.get(path), keep_modules):
+            context.uf.keep(variables)
     _balance(context)
     snapshot = context.uf.kept_all()
     keep = {key: context.uf.kept(variables, snapshot) for key, variables in context.variables.items()}
@@ -230,6 +237,10 @@ def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, tor
     from slimkit.speedup.attention import head_attributes
 
     attributes = head_attributes(context.heads, context.uf, snapshot, captured.model)
+    for path, name, parts in context.splits:  # balanced: every part keeps as many channels
+        kept = int(context.uf.kept(parts[0], snapshot).sum())
+        if kept != parts.shape[1]:
+            attributes.setdefault(path, {})[name] = kept
     return Plan(context.modules, keep, {p: f for p, f in folds.items() if f}, context.uf, context.variables,
                 attributes)
 

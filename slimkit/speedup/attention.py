@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 from slimkit.speedup.ops import mixing_rule
-from slimkit.speedup.registry import register_op
+from slimkit.speedup.registry import register_module, register_op
 from slimkit.speedup.state import TensorState, channel_vector
+from slimkit.speedup.surgery import _clone, _index, _param
 
 NAN = float("nan")
 
@@ -87,6 +88,42 @@ def attention_rule(ctx: Any, node: torch.fx.Node) -> Any:
     view = [1] * len(shape)
     view[-3] = count
     return TensorState(out.reshape(view), const.reshape(view), shape)
+
+
+# Parameters that hold one column per attention head, read by indexing their rows (a relative-position bias
+# table, ``table[index]``), and the modules owning them: speedup drops the columns of removed heads. Register more
+# with ``PER_HEAD_TABLES.append(name)`` and ``register_module('<qualified class name>')(shrink_head_table)``.
+PER_HEAD_TABLES = ["relative_position_bias_table"]
+HEAD_TABLE_MODULES = ("transformers.models.swin.modeling_swin.SwinRelativePositionBias",)
+
+
+@register_op("aten::index")
+def index_rule(ctx: Any, node: torch.fx.Node) -> Any:
+    """``table[index]`` on a per-head table (:data:`PER_HEAD_TABLES`): the rows are positions, the columns heads,
+    one channel variable each; any other indexing mixes channels."""
+    table, indices = node.args[0], node.args[1]
+    name = ctx.captured.state_names.get(getattr(table, "name", None), "")
+    path, _, attribute = name.rpartition(".")
+    if attribute not in PER_HEAD_TABLES or len(indices) != 1 or ctx.state(table) is None:
+        return mixing_rule(ctx, node)
+    ctx.modules[path] = ctx.captured.model.get_submodule(path)
+    ctx.uf.keep(ctx.state(indices[0]).ids)
+    heads = ctx.vars(path, "table", ctx.state(table).shape[-1])
+    shape = ctx.shape(node)
+    view = [1] * len(shape)
+    view[-1] = len(heads)
+    return TensorState(heads.reshape(view), torch.full(view, NAN, dtype=torch.float64), shape)
+
+
+@register_module(*HEAD_TABLE_MODULES)
+def shrink_head_table(module: nn.Module, weight: Any, bias: Any, keep: dict[str, Any], folds: dict) -> nn.Module:
+    """The module with the columns of its :data:`PER_HEAD_TABLES` parameters kept for the kept heads."""
+    clone = _clone(module)
+    for name in PER_HEAD_TABLES:
+        table = module._parameters.get(name)
+        if table is not None:
+            clone._parameters[name] = _param(table[:, _index(keep["table"], table.shape[-1])], table)
+    return clone
 
 
 # Attributes of an attention module that hold its head counts, and which count: Hugging Face modules keep

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from slimkit.algorithms.pruning.filter import ChannelGroup
+from slimkit.compression.followers import ChannelFollowers
 from slimkit.speedup.state import KEEP
 
-__all__ = ["ChannelGroup", "channel_groups"]
+__all__ = ["ChannelFollowers", "ChannelGroup", "channel_dependencies", "channel_groups"]
 
 
 def channel_groups(model: Any, dummy_input: Any) -> list[ChannelGroup]:
@@ -35,10 +36,25 @@ def channel_groups(model: Any, dummy_input: Any) -> list[ChannelGroup]:
     projection's heads). Layers sharing some channel sets are one group with ``units`` (grouped-query
     attention: the query projection has more heads than the key / value projections).
     """
+    return channel_dependencies(model, dummy_input)[0]
+
+
+def channel_dependencies(model: Any, dummy_input: Any) -> tuple[list[ChannelGroup], ChannelFollowers]:
+    """:func:`channel_groups` and the BatchNorm layers that follow output channels, from one analysis.
+
+    Example:
+
+    >>> from slimkit.models.zoo import build
+    >>> model, x = build('resnet_basic')
+    >>> groups, followers = channel_dependencies(model, x)
+    >>> followers.of({'stem.0'})
+    ['stem.1', 'body.0.bn2']
+    """
     from torch import nn
 
     from slimkit.speedup.analysis import analyse
     from slimkit.speedup.capture import capture
+    from slimkit.speedup.module_ops import is_transposed_linear
     from slimkit.utils.threads import single_thread
 
     inputs = tuple(dummy_input) if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
@@ -48,7 +64,8 @@ def channel_groups(model: Any, dummy_input: Any) -> list[ChannelGroup]:
     uf = plan.union_find
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     roots = {path: _labels(uf.roots(variables)) for (path, role), variables in plan.variables.items()
-             if role == "out" and isinstance(plan.modules[path], (nn.modules.conv._ConvNd, nn.Linear))}
+             if role == "out" and (isinstance(plan.modules[path], (nn.modules.conv._ConvNd, nn.Linear))
+                                   or is_transposed_linear(plan.modules[path]))}
     groups = []
     for members in _overlapping(roots):
         members = sorted(members, key=order.get)
@@ -57,7 +74,39 @@ def channel_groups(model: Any, dummy_input: Any) -> list[ChannelGroup]:
         whole = aligned and len(np.unique(roots[members[0]])) == len(roots[members[0]])
         if len(members) > 1 or partitions > 1 or not whole:
             groups.append(ChannelGroup(members, partitions, None if whole else {m: roots[m] for m in members}))
-    return sorted(groups, key=lambda g: order[g.members[0]])
+    return sorted(groups, key=lambda g: order[g.members[0]]), _followers(plan, order)
+
+
+def _followers(plan: Any, order: dict[str, int]) -> ChannelFollowers:
+    """Output-channel sets of every producing layer (conv / linear), and the layers with per-channel weights coupled
+    with some of them: affine BatchNorm, LayerNorm over the last axis, embeddings (their columns). Sets coupled with
+    a model input (always kept) are labelled -1: nothing follows them."""
+    from torch import nn
+
+    def labels(variables: Any) -> np.ndarray:
+        roots = plan.union_find.roots(variables)
+        return np.where(roots == KEEP, -1, roots)
+
+    def follows(module: nn.Module, role: str) -> bool:
+        if isinstance(module, nn.Embedding):
+            return role == "out"
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            return role == "ch" and module.affine
+        return role == "ch" and isinstance(module, nn.LayerNorm) and module.weight is not None
+
+    sources = {path: labels(variables) for (path, role), variables in plan.variables.items()
+               if role == "out" and not isinstance(plan.modules[path], nn.Embedding)}
+    produced = np.concatenate(list(sources.values())) if sources else np.zeros(0, dtype=np.int64)
+    followers, axes = {}, {}
+    for (path, role), variables in sorted(plan.variables.items(), key=lambda item: order.get(item[0][0], -1)):
+        module = plan.modules[path]
+        if follows(module, role):
+            own = labels(variables)
+            if np.isin(own[own >= 0], produced).any():
+                followers[path] = own
+                if isinstance(module, nn.Embedding):
+                    axes[path] = 1
+    return ChannelFollowers(sources, followers, axes)
 
 
 def _labels(roots: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from slimkit.speedup.capture import capture, forget
 from slimkit.speedup.module_ops import is_transposed_linear
 from slimkit.speedup.registry import MODULE_RULES, ensure_loaded, module_rule
 from slimkit.speedup.report import LayerChange, SpeedupReport
+from slimkit.speedup.residual import RESIDUAL_MODULES, residual_changes
 from slimkit.utils.flops import profile
 from slimkit.utils.threads import single_thread
 
@@ -151,6 +153,28 @@ class ModelSpeedup:
         timings["capture"] = time.perf_counter() - start - timings["reference"]
         plan = analyse(captured, weights)
         timings["analyse"] = time.perf_counter() - start - timings["reference"] - timings["capture"]
+        try:
+            replacements, originals, error, flops_after = self._apply(plan, weights, reference)
+        except _ForwardFailed as failure:
+            shrunk = residual_changes(plan)
+            if not shrunk:
+                raise failure.error from failure.__cause__
+            warnings.warn(f"Speedup keeps the hidden size: the model's forward failed with the residual stream of "
+                          f"{shrunk[:3]} narrowed ({failure.__cause__}), so its code reads that size (a reshape to "
+                          f"the hidden width, a head size computed from it). The masked hidden channels stay, as "
+                          f"zeros; exclude the layers writing the residual stream to keep them unmasked.",
+                          stacklevel=2)
+            plan = analyse(captured, weights, keep_modules=RESIDUAL_MODULES)
+            replacements, originals, error, flops_after = self._apply(plan, weights, reference)
+        timings["surgery+verify"] = time.perf_counter() - start - sum(timings.values())
+        changes = [_change(name, originals[name], module) for name, module in replacements.items()
+                   if _channels(originals[name]) != _channels(module)]
+        return SpeedupReport(changes, params_before, sum(p.numel() for p in self.model.parameters()), flops_before,
+                             flops_after, time.perf_counter() - start, error, timings)
+
+    def _apply(self, plan: Plan, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+               reference: Any) -> tuple[dict[str, nn.Module], dict[str, nn.Module], float | None, int]:
+        """Replace the layers as ``plan`` says and check the result; restore the model on any failure."""
         with single_thread():
             replacements = self._build(plan, weights)  # everything is decided before the model is touched
         forget()
@@ -172,18 +196,15 @@ class ModelSpeedup:
                 error = _relative_error(output, reference)
             except Exception as failure:  # a shape mismatch in the user's forward after surgery
                 self._restore(originals, attributes)
-                raise SlimkitError(f"Speedup produced a model whose forward fails ({type(failure).__name__}: "
-                                   f"{failure}); the model was restored. This usually means the forward "
-                                   f"hard-codes a channel count; exclude the layers feeding it.") from failure
+                raise _ForwardFailed(SlimkitError(
+                    f"Speedup produced a model whose forward fails ({type(failure).__name__}: {failure}); the model "
+                    f"was restored. This usually means the forward hard-codes a channel count; exclude the layers "
+                    f"feeding it.")) from failure
             if not error <= self.tolerance:
                 self._restore(originals, attributes)
                 raise SlimkitError(f"Speedup changed the model's output (relative error {error:.3g} > tolerance "
                                    f"{self.tolerance:g}); the model was restored. Please report this model.")
-        timings["surgery+verify"] = time.perf_counter() - start - sum(timings.values())
-        changes = [_change(name, originals[name], module) for name, module in replacements.items()
-                   if _channels(originals[name]) != _channels(module)]
-        return SpeedupReport(changes, params_before, sum(p.numel() for p in self.model.parameters()), flops_before,
-                             flops_after, time.perf_counter() - start, error, timings)
+        return replacements, originals, error, flops_after
 
     def _restore(self, originals: dict[str, nn.Module], attributes: dict[tuple[str, str], Any]) -> None:
         for name, module in originals.items():
@@ -213,6 +234,14 @@ class ModelSpeedup:
         return replacements
 
 
+class _ForwardFailed(Exception):
+    """The sped-up model's forward raised; ``error`` is the :class:`SlimkitError` to report."""
+
+    def __init__(self, error: SlimkitError):
+        super().__init__(str(error))
+        self.error = error
+
+
 def _channels(module: nn.Module) -> tuple[int, int]:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
@@ -220,6 +249,10 @@ def _channels(module: nn.Module) -> tuple[int, int]:
         return module.in_channels, module.out_channels
     if is_transposed_linear(module):
         return tuple(module.weight.shape)
+    if isinstance(module, nn.Embedding):
+        return module.embedding_dim, module.embedding_dim
+    if isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[0], module.normalized_shape[0]
     count = getattr(module, "num_features", getattr(module, "num_parameters", 0))
     return count, count
 

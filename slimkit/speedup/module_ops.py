@@ -219,9 +219,10 @@ def prelu_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     return TensorState(channel_view(ch_vars, rank, 1), channel_view(out, rank, 1), state.shape)
 
 
-@register_op("aten::layer_norm", "aten::group_norm", "aten::rms_norm")
+@register_op("aten::group_norm", "aten::rms_norm")
 def norm_keep_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
-    """Layer / group normalisation mixes the channels it normalises over (mean and variance): keep them."""
+    """Layer / group normalisation mixes the channels it normalises over (mean and variance): keep them (a
+    LayerNorm module over the last axis may lose zero channels: :mod:`slimkit.speedup.residual`)."""
     state = ctx.state(node.args[0])
     ctx.uf.keep(state.ids)
     return TensorState(state.ids, torch.full((1,) * len(state.shape), NAN, dtype=torch.float64), state.shape)

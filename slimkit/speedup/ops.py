@@ -163,25 +163,49 @@ def chunk_rule(ctx: Any, node: torch.fx.Node) -> list[TensorState]:
     return movement(ctx, node)
 
 
+# Attributes of a module whose value is the size its forward splits a tensor by (Hugging Face's GPT-2 splits its
+# fused query / key / value projection by ``self.split_size``). Register more with ``SPLIT_ATTRIBUTES.append``.
+SPLIT_ATTRIBUTES = ["split_size"]
+
+
 @register_op("aten::split", "aten::split_with_sizes", "aten::tensor_split", "aten::slice", "aten::select",
              "aten::narrow")
 def split_rule(ctx: Any, node: torch.fx.Node) -> Any:
-    """Split sizes and slice bounds are fixed numbers in the model's code: that axis keeps all its channels."""
+    """Split sizes and slice bounds are fixed numbers in the model's code: that axis keeps all its channels. Except
+    an even split by a size the module holds in a :data:`SPLIT_ATTRIBUTES` attribute (a fused query / key / value
+    projection): the parts keep equally many channels, and the attribute is updated."""
     source = ctx.state(node.args[0])
     position = 2 if op_short(node) in ("split", "split_with_sizes", "tensor_split") else 1
     dim = node.args[position] if len(node.args) > position else node.kwargs.get("dim", 0)
     dim = dim % len(source.shape)
-    if source.ids.shape[dim] > 1:
+    if source.ids.shape[dim] > 1 and not _split_by_attribute(ctx, node, source, dim):
         ctx.uf.keep(source.ids)
     return movement(ctx, node)
+
+
+def _split_by_attribute(ctx: Any, node: torch.fx.Node, source: TensorState, dim: int) -> bool:
+    size, total = node.args[1], source.shape[dim]
+    if op_short(node) != "split" or not isinstance(size, int) or total % size or total == size:
+        return False
+    path = ctx.captured.module_path(node)
+    module = ctx.captured.model.get_submodule(path)
+    names = [name for name in SPLIT_ATTRIBUTES if getattr(module, name, None) == size]
+    vector = channel_vector(source.ids, dim, total)
+    if not names or vector is None:
+        return False
+    parts = vector.reshape(total // size, size)
+    ctx.balance(parts)
+    ctx.splits.append((path, names[0], parts))
+    return True
 
 
 @register_op("aten::view", "aten::reshape", "aten::flatten", "aten::unflatten", "aten::_unsafe_view")
 def reshape_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     """Reshape. When it splits the channel axis, the kept set must stay a product of the factors, as the
-    model's code fixes all but one of them: the factor written ``-1`` (heads in ``view(b, n, -1, head_dim)``)
-    may shrink and the others are tied whole; without a ``-1`` (channel shuffle's ``view(b, g, c // g, ...)``)
-    the last factor shrinks and the outer ones are tied, so the model's ``c // groups`` still holds."""
+    model's code fixes all but one of them: the factor written ``-1`` (heads in ``view(b, n, -1, head_dim)``),
+    or one equal to a head count its module holds and speedup updates (``view(b, -1, self.num_heads, d)``), may
+    shrink and the others are tied whole; otherwise (channel shuffle's ``view(b, g, c // g, ...)``) the last
+    factor shrinks and the outer ones are tied, so the model's ``c // groups`` still holds."""
     source = ctx.state(node.args[0])
     out = movement(ctx, node)
     varying_in = sum(1 for s in source.ids.shape if s > 1)
@@ -189,13 +213,23 @@ def reshape_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
     varying = [d for d in range(ids.dim()) if ids.shape[d] > 1]
     if len(varying) > max(varying_in, 1):
         sizes = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], (list, tuple)) else ()
-        free = [d for d in varying if len(sizes) == ids.dim() and sizes[d] == -1]
+        heads = _head_counts(ctx, node)
+        free = [d for d in varying if len(sizes) == ids.dim() and (sizes[d] == -1 or sizes[d] in heads)]
         for dim in [d for d in varying if d not in free[:1]] if free else varying[:-1]:
             first = ids.narrow(dim, 0, 1)
             ctx.uf.union_arrays(ids, first)
             ids = first.expand_as(ids).contiguous()
         out.ids = compact(ids)
     return out
+
+
+def _head_counts(ctx: Any, node: torch.fx.Node) -> set[int]:
+    """Head counts the node's module holds in attributes speedup updates (``self.num_heads`` in a view)."""
+    from slimkit.speedup.attention import HEAD_ATTRIBUTES
+
+    module = ctx.captured.model.get_submodule(ctx.captured.module_path(node))
+    counts = {getattr(module, name, None) for name, kind in HEAD_ATTRIBUTES.items() if kind != "width"}
+    return {count for count in counts if isinstance(count, int) and count > 1}
 
 
 @register_op("operator::getitem", "getitem")
@@ -296,10 +330,9 @@ def softmax_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
 
 
 @register_op("aten::matmul", "aten::bmm", "aten::mm", "aten::einsum", "aten::scaled_dot_product_attention",
-             "aten::baddbmm", "aten::embedding", "aten::sort",
+             "aten::baddbmm", "aten::sort",
              "aten::topk", "aten::argmax", "aten::argmin", "aten::eq", "aten::ne", "aten::gt", "aten::lt",
-             "aten::ge", "aten::le", "aten::arange", "aten::masked_fill",
-             "aten::index", "aten::gather")
+             "aten::ge", "aten::le", "aten::arange", "aten::masked_fill", "aten::gather")
 def mixing_rule(ctx: Any, node: torch.fx.Node) -> Any:
     """Ops that mix positions in ways the analysis does not model: their inputs' channels are kept."""
     for arg in _tensor_args(node) + _list_args(node):

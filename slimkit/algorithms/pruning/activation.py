@@ -131,8 +131,8 @@ class ActivationRankFilterPruner(FilterPruner):
         :meth:`stop_recording`), discarding earlier statistics."""
         self.stop_recording()
         self._limit = limit
-        self.statistics = {layer.name: ChannelStatistics() for layer in self.layers}
-        for layer in self.layers:
+        self.statistics = {layer.name: ChannelStatistics() for layer in self.ranked_layers}
+        for layer in self.ranked_layers:
             self._handles[layer.name] = self.adapter.add_output_hook(layer, self._hook(layer))
 
     def unwrap_model(self) -> Any:
@@ -177,7 +177,7 @@ class ActivationRankFilterPruner(FilterPruner):
         statistics = {name: {"batches": stats.batches, "count": stats.count, "sums": stats.sums, "zeros": stats.zeros}
                       for name, stats in self.statistics.items()}
         return {**super().collect_state(), "statistics": statistics, "limit": self._limit,
-                "recording": [layer.name for layer in self.layers if layer.name in self._handles],
+                "recording": [layer.name for layer in self.ranked_layers if layer.name in self._handles],
                 "masks_ready": self.masks_ready}
 
     def restore_state(self, state: Mapping[str, Any]) -> None:

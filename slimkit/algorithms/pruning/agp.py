@@ -18,7 +18,7 @@ import numpy as np
 
 from slimkit.algorithms.pruning.registry import get_pruner, register_pruner
 from slimkit.compression import Compressor, ConfigKey, Layer, LayerConfig, Pruner
-from slimkit.compression.config import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT
+from slimkit.compression.config import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, LayerRef
 from slimkit.compression.schedule import agp_sparsity
 from slimkit.errors import ConfigError
 from slimkit.utils import distributed
@@ -119,6 +119,13 @@ class AGPPruner(Pruner):
             raise ConfigError(f"AGPPruner: pruning_algorithm={self.pruning_algorithm!r} does not take these "
                               f"arguments ({error}). Received: {sorted({**kwargs, **algo_kwargs})}") from None
         self._rule_configs = {layer.name: layer.config for layer in rule.layers}
+        # a filter rule's followers (BatchNorm after pruned filters, ...) follow on AGP's schedule of their source
+        configs = {layer.name: layer.config for layer in self.layers}
+        followers = [Layer(LayerRef(f.name, f.type, f.module), configs[rule.follower_sources[f.name]], self.adapter)
+                     for f in getattr(rule, "followers", [])]
+        if followers:
+            rule.followers = followers
+            self.layers += followers
         rule.layers = self.layers  # one set of layers (and wrappers) for the schedule and the rule
         return rule
 

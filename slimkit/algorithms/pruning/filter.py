@@ -3,7 +3,9 @@
 A subclass only ranks channels (:meth:`FilterPruner.channel_importance`); this base turns the
 ranking into masks over the weight's output-channel axis and the bias, and, with
 ``dependency_aware=True``, makes layers whose output channels are coupled (residual adds,
-depthwise / group convs) keep the same channels, chosen from their summed importance.
+depthwise / group convs) keep the same channels, chosen from their summed importance, and masks the
+BatchNorm layers that follow those channels with them, so that a removed filter's channel is
+zero all the way and speedup removes it in full.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from slimkit.compression import Layer, LayerConfig, Pruner
 from slimkit.compression.channels import channel_count, channel_rows
+from slimkit.compression.followers import ChannelFollowers
 from slimkit.compression.sparsity import channel_keep, channel_mask, prune_count
 
 
@@ -91,7 +94,10 @@ class FilterPruner(Pruner):
         model: a ``torch.nn.Module`` or ``keras.Model``.
         config_list: dicts with ``sparsity`` (the fraction of output channels to remove).
         dependency_aware: make coupled layers prune the same channels (found by the adapter: the traced
-            graph of a PyTorch model, the layer graph of a Keras functional / Sequential model).
+            graph of a PyTorch model, the layer graph of a Keras functional / Sequential model). The affine
+            BatchNorm layers that follow the pruned channels are masked with them
+            (:attr:`followers`: weight and bias zero where every channel they follow is removed; they appear in
+            ``get_masks()`` and the mask file), so the masked model is what speedup builds.
         dummy_input: an example input, used to trace a PyTorch model (Keras models do not need it).
         optimizer: accepted in NNI's position (``L1FilterPruner(model, config_list, optimizer)``); not needed.
 
@@ -110,9 +116,36 @@ class FilterPruner(Pruner):
         self._mask_cache: dict[str, tuple[np.ndarray, bool]] | None = None
         self.dependency_aware = dependency_aware
         self.dummy_input = dummy_input
-        self.channel_groups: list[ChannelGroup] = (
-            self.adapter.channel_groups(model, dummy_input) if dependency_aware else [])
+        groups, followers = (self.adapter.channel_dependencies(model, dummy_input) if dependency_aware
+                             else ([], ChannelFollowers()))
+        self.channel_groups: list[ChannelGroup] = groups
         self._held = self._groups_held_by_unpruned_layers()
+        self._followers = followers
+        self._follower_keep: dict[str, np.ndarray] | None = None
+        self.followers: list[Layer] = self._follower_layers()
+        self.layers += self.followers
+
+    @property
+    def ranked_layers(self) -> list[Layer]:
+        """The layers the config_list selects, whose channels this pruner ranks (:attr:`followers` apart)."""
+        return [layer for layer in self.layers if layer not in self.followers]
+
+    def _follower_layers(self) -> list[Layer]:
+        """The layers with per-channel weights that follow the output channels of the layers this pruner prunes
+        (BatchNorm; in PyTorch also LayerNorm and embeddings on a residual stream): masked with them, so a removed
+        channel is zero all along and speedup removes it in full. Each takes the config of the first pruned layer
+        it follows."""
+        pruned = [layer for layer in self.layers if layer.name not in self._held]
+        selected = {layer.name for layer in self.layers}
+        refs = {ref.name: ref for ref in self.adapter.discover(self.model)}
+        self.follower_sources: dict[str, str] = {}  # follower -> the first pruned layer it follows
+        for layer in pruned:
+            for name in self._followers.of({layer.name}):
+                self.follower_sources.setdefault(name, layer.name)
+        configs = {layer.name: layer.config for layer in pruned}
+        return [Layer(refs[name], configs[self.follower_sources[name]], self.adapter)
+                for name in self._followers.followers
+                if name in self.follower_sources and name not in selected and name in refs]
 
     def channel_importance(self, layer: Layer) -> np.ndarray:
         """One score per output channel of ``layer``; the lowest scores are pruned first."""
@@ -206,7 +239,17 @@ class FilterPruner(Pruner):
                 return [names[m] for m in group.members if m in names], group
         return [layer], ChannelGroup([layer.name])
 
+    def set_mask(self, layer: Layer, mask: Any) -> None:
+        super().set_mask(layer, mask)
+        if layer not in self.followers:
+            self._follower_keep = None  # the followers' masks follow the new one
+
     def calc_mask(self, layer: Layer, config: LayerConfig, **kwargs: Any) -> dict[str, np.ndarray | None]:
+        if layer in self.followers:
+            if self._follower_keep is None:
+                self._follower_keep = self._followers.keep(
+                    {source.name: self.pruned_channels(source) for source in self.ranked_layers})
+            return self.masks_for_channels(layer, self._follower_keep[layer.name], self._followers.axes.get(layer.name))
         if layer.name in self._held:
             return self.masks_for_channels(layer, ~self.pruned_channels(layer))
         with self.reading_weights():
@@ -214,9 +257,11 @@ class FilterPruner(Pruner):
             keeps = group.keep({member.name: self.scores(member) for member in members}, config.sparsity)
             return self.masks_for_channels(layer, keeps[[m.name for m in members].index(layer.name)])
 
-    def masks_for_channels(self, layer: Layer, keep: np.ndarray) -> dict[str, np.ndarray | None]:
-        """Weight and bias masks that keep the output channels where ``keep`` is True."""
+    def masks_for_channels(self, layer: Layer, keep: np.ndarray,
+                           axis: int | None = None) -> dict[str, np.ndarray | None]:
+        """Weight and bias masks that keep the channels where ``keep`` is True, along the weight's ``axis`` (default:
+        the output-channel axis)."""
         weight_shape = tuple(self.weight_of(layer).shape)
         has_bias = self.adapter.bias(layer, masked=False) is not None
-        return {"weight": channel_mask(keep, weight_shape, layer.out_axis),
+        return {"weight": channel_mask(keep, weight_shape, layer.out_axis if axis is None else axis),
                 "bias": keep.astype(np.float32) if has_bias else None}

@@ -69,9 +69,13 @@ class KerasAdapter:
 
     def channel_groups(self, model: Any, dummy_input: Any) -> list[Any]:
         """Layers whose output channels are coupled, read from the functional graph (``dummy_input`` unused)."""
-        from slimkit.frameworks.tensorflow.dependency import channel_groups
+        return self.channel_dependencies(model, dummy_input)[0]
 
-        return channel_groups(model)
+    def channel_dependencies(self, model: Any, dummy_input: Any) -> tuple[list[Any], Any]:
+        """:meth:`channel_groups` and the BatchNormalization layers following output channels."""
+        from slimkit.frameworks.tensorflow.dependency import channel_dependencies
+
+        return channel_dependencies(model)
 
     def weight(self, layer: Any, masked: bool = True) -> tf.Tensor:
         return self._param(layer, 0, masked)

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from slimkit.algorithms.pruning.filter import ChannelGroup
+from slimkit.compression.followers import ChannelFollowers
 from slimkit.errors import UnsupportedModelError, UnsupportedOpError
 from slimkit.frameworks.tensorflow import layout
 from slimkit.frameworks.tensorflow.discovery import named_layers
@@ -279,8 +280,25 @@ def channel_groups(model: Any) -> list[ChannelGroup]:
         UnsupportedModelError: a subclassed model (no functional graph to read).
         UnsupportedOpError: a layer whose effect on channels is not known.
     """
+    return channel_dependencies(model)[0]
+
+
+def channel_dependencies(model: Any) -> tuple[list[ChannelGroup], ChannelFollowers]:
+    """:func:`channel_groups`, and the BatchNormalization layers (with ``scale`` and ``center``) that follow output
+    channels, as :func:`slimkit.speedup.dependency.channel_dependencies` finds them on the PyTorch twin."""
     walk = _Walk(model)
     functional = _functional(model, model.name)
     walk.run(model, [np.full((1,) * (len(t.shape) - 1), FREE) for t in functional.inputs])
-    order = {name: i for i, (name, _) in enumerate(named_layers(model))}
-    return sorted(_groups(walk, order), key=lambda g: order[g.members[0]])
+    layers = list(named_layers(model))
+    order = {name: i for i, (name, _) in enumerate(layers)}
+    groups = sorted(_groups(walk, order), key=lambda g: order[g.members[0]])
+    sources = {name: np.array(walk.uf.roots(out_vars)) for name, out_vars in walk.outputs.items()}
+    produced = np.concatenate(list(sources.values())) if sources else np.zeros(0, dtype=np.int64)
+    followers = {}
+    for name, layer in layers:
+        variables = walk.layer_vars.get((id(layer), "ch"))
+        if variables is not None and isinstance(layer, L.BatchNormalization) and layer.scale and layer.center:
+            own = np.array(walk.uf.roots(variables))
+            if np.isin(own, produced).any():
+                followers[name] = own
+    return groups, ChannelFollowers(sources, followers)

@@ -131,12 +131,17 @@ class TorchAdapter:
 
     def channel_groups(self, model: nn.Module, dummy_input: Any) -> list[Any]:
         """Layers whose output channels are coupled, from the graph traced on ``dummy_input``."""
+        return self.channel_dependencies(model, dummy_input)[0]
+
+    def channel_dependencies(self, model: nn.Module, dummy_input: Any) -> tuple[list[Any], Any]:
+        """:meth:`channel_groups` and the BatchNorm layers following output channels
+        (:class:`slimkit.compression.followers.ChannelFollowers`), from one trace."""
         if dummy_input is None:
             raise ConfigError("dependency_aware=True traces a PyTorch model on its input. Expected "
                               "dummy_input=<an example input tensor>. Received: dummy_input=None")
-        from slimkit.speedup.dependency import channel_groups
+        from slimkit.speedup.dependency import channel_dependencies
 
-        return channel_groups(model, dummy_input)
+        return channel_dependencies(model, dummy_input)
 
     def weight(self, layer: Any, masked: bool = True) -> torch.Tensor:
         return self._param(layer, "weight", masked)

@@ -134,6 +134,8 @@ def test_groups_equal_the_pytorch_capture(case):
 def to_keras_layout(model: keras.Model, name: str, mask: np.ndarray) -> np.ndarray:
     if isinstance(model.get_layer(name), L.DepthwiseConv2D):
         return depthwise_to_keras(mask, model.get_layer(name).depth_multiplier)
+    if mask.ndim == 1:  # BatchNorm: one entry per channel in both frameworks
+        return mask
     return mask.T if mask.ndim == 2 else mask.transpose(2, 3, 1, 0)
 
 
