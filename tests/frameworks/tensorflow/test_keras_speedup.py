@@ -179,9 +179,28 @@ def test_depth_multiplier_keeps_each_input_with_its_outputs():
     assert small.count_params() == 84 + 12 + 60 + 24 + 14 + 6
 
 
+def masked_outputs(model: keras.Model, masks: dict, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs with ``masks`` multiplied into its kernels and biases (restored after)."""
+    saved = {name: model.get_layer(name).get_weights() for name in masks}
+    for name, mask in masks.items():
+        layer = model.get_layer(name)
+        weights = layer.get_weights()
+        weights[0] = weights[0] * np.asarray(mask["weight"])
+        if mask.get("bias") is not None and len(weights) > 1:
+            weights[1] = weights[1] * np.asarray(mask["bias"])
+        layer.set_weights(weights)
+    try:
+        return [np.asarray(model(x, training=False)) for x in inputs]
+    finally:
+        for name, weights in saved.items():
+            model.get_layer(name).set_weights(weights)
+
+
 def test_mobilenet_style_trained_batch_norms():
-    """With BatchNormalization shifts, pruned channels are nonzero constants: the depthwise convs pruned with their
-    expand convs output zeros whatever they receive, and the 1x1 convs and the head fold the rest into biases."""
+    """With BatchNormalization shifts, a pruned filter whose BatchNormalization is not masked is a nonzero constant:
+    the depthwise convs pruned with their expand convs output zeros whatever they receive, and the 1x1 convs and the
+    head fold the rest into biases. The pruner's own masks also mask each BatchNormalization with its filter: then
+    the pruned channels are zeros and no bias is needed."""
     keras.utils.set_random_seed(1)
     model = mobilenet_style()
     randomize_batch_norms(model)
@@ -190,6 +209,15 @@ def test_mobilenet_style_trained_batch_norms():
                             dependency_aware=True)
     small = ModelSpeedup(model, inputs[0], masks).speedup_model()
     assert_same(small, inputs, expected)
+    assert filters(small) == {"stem": 8, "b1_expand": 16, "b1_project": 8, "b2_expand": 24, "b2_project": 12}
+    assert [small.get_layer(n).use_bias for n in ("stem", "b1_expand", "b1_project", "b2_expand")] == [False] * 4
+    assert small.count_params() == mobile_params(8, 16, 24, 12)
+
+    conv_masks = {name: mask for name, mask in masks.items()
+                  if not isinstance(model.get_layer(name), keras.layers.BatchNormalization)}
+    assert len(conv_masks) < len(masks)
+    small = ModelSpeedup(model, inputs[0], conv_masks).speedup_model()
+    assert_same(small, inputs, masked_outputs(model, conv_masks, inputs))
     assert filters(small) == {"stem": 8, "b1_expand": 16, "b1_project": 8, "b2_expand": 24, "b2_project": 12}
     # the bias-free 1x1 convs after a folded constant get a bias: b1_expand 16, b1_project 8, b2_expand 24
     biased = [small.get_layer(n).use_bias for n in ("stem", "b1_expand", "b1_project", "b2_expand")]
