@@ -187,3 +187,37 @@ def _softmax_call(call: Call) -> torch.Tensor | None:
     prob = _round_away(exp * inverse[..., None]) + out_zero
     q_out = torch.clamp(prob, call.params.qmin, call.params.qmax).movedim(-1, dim)
     return _on_grid(q_out, call.params, call.out)
+
+
+def multiply_by_quantized_multiplier(x: torch.Tensor, fixed: int, shift: int) -> torch.Tensor:
+    """TFLite's ``MultiplyByQuantizedMultiplier``: ``x * fixed * 2**(shift - 31)`` with gemmlowp's two roundings."""
+    product = x * (1 << max(shift, 0)) * fixed
+    high = torch.div(product + torch.where(product >= 0, 1 << 30, 1 - (1 << 30)), 1 << 31, rounding_mode="trunc")
+    return _rounding_shift_right(high, max(-shift, 0))
+
+
+#: the clamp bounds of the int8 RELU kernels, by PyTorch spelling
+_CLAMPS = {"relu": (0.0, None), "relu6": (0.0, 6.0), "hardtanh": (-1.0, 1.0)}
+
+
+@emulates("relu", "relu6", ops=("RELU", "RELU6", "RELU_N1_TO_1"))
+def _relu_call(call: Call) -> torch.Tensor | None:
+    """LiteRT's int8 RELU / RELU6 / RELU_N1_TO_1: ``q - zero_in`` rescaled by ``input_scale / output_scale`` (a
+    31-bit fixed-point multiplier; exact when the grids agree), plus the output zero point, clamped to the
+    activation's bounds on the output grid."""
+    name = getattr(call.func, "__name__", "").strip("_")
+    lower, upper = _CLAMPS.get(name, (None, None))
+    if name == "hardtanh":  # nn.ReLU6 is hardtanh(0, 6); other bounds are no RELU kernel of the file
+        bounds = tuple(float(call.kwargs.get(key, call.args[i] if len(call.args) > i else default))
+                       for i, (key, default) in enumerate((("min_val", -1.0), ("max_val", 1.0)), start=1))
+        lower, upper = bounds if bounds in ((0.0, 6.0), (-1.0, 1.0)) else (None, None)
+    if lower is None:
+        return None
+    in_scale, in_zero = _per_tensor(call.inputs[0], "a ReLU's input")
+    out_scale, out_zero = _per_tensor(call.params, "a ReLU's output")
+    fixed, shift = quantize_multiplier(np.float32(in_scale / out_scale))
+    q = multiply_by_quantized_multiplier(_raw(call) - in_zero, fixed, shift) + out_zero
+    low = max(call.params.qmin, out_zero + int(_round_away(torch.tensor(lower / float(out_scale)))))
+    high = call.params.qmax if upper is None else \
+        min(call.params.qmax, out_zero + int(_round_away(torch.tensor(upper / float(out_scale)))))
+    return _on_grid(torch.clamp(q, low, high), call.params, call.out)
