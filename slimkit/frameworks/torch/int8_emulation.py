@@ -20,9 +20,16 @@ default CPU path) computes:
   ``'output'`` grids on neighbouring layers: an int8 -> int8 QUANTIZE in the file): XNNPACK's requantization with an
   8-bit fixed-point multiplier, which differs from exact rounding by up to half a step at the ends of the range.
 
+- average pooling (not global): LiteRT's int8 AVERAGE_POOL_2D, integer window sums divided by the count rounding half
+  away from zero, then PyTorch's divisor restored in float where it differs (``ceil_mode``, ``count_include_pad``);
+- concatenation (and max / min) of inputs on other grids: each input requantized as above first;
+- activations (sigmoid, tanh, hard-swish, leaky ReLU, ReLU / ReLU6, softmax): the kernels of
+  :mod:`slimkit.frameworks.torch.int8_activations`.
+
 An add or multiply followed by a ReLU is one kernel with the activation's output parameters, as in the file.
-Every other quantized op already gives the kernel's integers (reshapes, pooling by max, concatenation
-with shared parameters), or runs as fake quantization.
+:data:`KERNELS` maps each op kind to its kernel. Every other quantized op already gives the kernel's integers
+(reshapes, pooling by max, concatenation with shared parameters), or runs as fake quantization (SUM,
+SQUARED_DIFFERENCE: :func:`slimkit.converter.emulation.approximate_int8_ops` names them per layer).
 
 Example (int32 sums requantized with multiplier 0.25 to an output of scale 0.5 and zero point 3: 2.5 and 3.5
 round to even, -225 clamps at -128):
@@ -97,8 +104,8 @@ EXACT_OPS = frozenset({"DEQUANTIZE", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "CON
                        "GATHER", "TILE", "BROADCAST_TO", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM",
                        "REDUCE_MAX", "REDUCE_MIN"})
 """int8 ops that only move or select integers (same parameters in and out): the fake-quant model already gives
-their values. Every other int8 op of a file (SOFTMAX, LOGISTIC, TANH, HARD_SWISH, AVERAGE_POOL_2D, RESIZE_BILINEAR,
-BATCH_MATMUL, ...) runs as fake quantization under the emulation: within about a step of the file, not exact."""
+their values. An int8 op of a file in neither this set nor :data:`EMULATED_OPS` (SUM, SQUARED_DIFFERENCE, ...) runs as
+fake quantization under the emulation: within about a step of the file, not exact."""
 
 
 def _f32(values: Any) -> np.ndarray:
@@ -258,6 +265,24 @@ def _mean_call(call: Call) -> torch.Tensor | None:
     return mean(call.args[0], lambda x: call.func(x, *rest, **call.kwargs), call.out, call.inputs[0], call.params)
 
 
+
+
+@emulates("sum", ops=("SUM",))
+def _sum_call(call: Call) -> torch.Tensor | None:
+    """LiteRT's int8 SUM: the int32 sum of the raw integers ``t`` over the axes, then
+    ``round(float32(t) * ratio + bias)`` in float32 (``ratio = float32(input_scale / output_scale)``, ``bias =
+    -zero_in * ratio * count``), rounded half away from zero, plus the output zero point, clamped."""
+    in_scale, in_zero = _per_tensor(call.inputs[0], "a sum's input")
+    out_scale, out_zero = _per_tensor(call.params, "a sum's output")
+    x = call.args[0]
+    count = x.numel() // max(call.out.numel(), 1)
+    rest = call.args[1:]
+    total = torch.round(call.func(grid_integers(x, call.inputs[0]), *rest, **call.kwargs)) + in_zero * count
+    ratio = np.float32(in_scale / out_scale)
+    bias = np.float32(np.float32(np.float32(-in_zero) * ratio) * np.float32(count))
+    value = total.float() * torch.tensor(ratio) + torch.tensor(bias)
+    q = torch.clamp(torch.sign(value) * torch.floor(value.abs() + 0.5) + out_zero, call.params.qmin, call.params.qmax)
+    return (q - out_zero).float() * torch.tensor(out_scale)
 
 def rescaled(x: torch.Tensor, source: QParams, target: QParams) -> torch.Tensor | None:
     """``x`` on the grid of ``target``, as the file's int8 -> int8 QUANTIZE puts it there (``x`` itself where the grids

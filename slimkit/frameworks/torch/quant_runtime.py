@@ -28,7 +28,7 @@ from slimkit.frameworks.torch import int8_emulation
 from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_name
 
 #: torch-level calls that only select or move values: an unplanned result keeps its input's grid (the capture names
-#: ``x[:, 0]`` ``select``, the runtime sees ``__getitem__``)
+#: ``x[:, 0]`` ``select``, the runtime sees ``__getitem__``; nearest ``F.interpolate`` copies values too)
 _MOVES = frozenset({"getitem", "select", "narrow", "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute",
                     "transpose", "contiguous", "clone", "expand", "movedim"})
 
@@ -194,7 +194,8 @@ class GraphRuntime:
         emulating = self.quantizer.integer_arithmetic is not None
         fused_into = self.plan.fused_activations.get(key) if tensor is None and emulating else None
         if (tensor is None and fused_into is None) or not out.is_floating_point():
-            if tensor is None and name in _MOVES and args and isinstance(args[0], torch.Tensor):
+            if tensor is None and (name in _MOVES or name == "interpolate" and kwargs and kwargs.get("mode") ==
+                                   "nearest") and args and isinstance(args[0], torch.Tensor):
                 params = self.params_of(args[0])  # ``x[:, 0]``: the same integers, on the same grid
                 if params is not None:
                     self.tensors[id(out)] = (out, params)
