@@ -162,37 +162,68 @@ def test_selected_values_keep_their_grid(tmp_path):
     np.testing.assert_array_equal(run_tflite(path, [tests.numpy()])[0], expected)
 
 
-class Upsample(nn.Module):
-    def forward(self, x):
-        return F.interpolate(x, scale_factor=2, mode="bilinear")
-
-
-class WithResize(nn.Module):
-    """An int8 RESIZE_BILINEAR (which the emulation leaves to fake quantization) between exactly emulated kernels."""
+class Gate(nn.Module):
+    """A conv, a sigmoid module and a conv (the sigmoid's int8 LOGISTIC is what the test takes out of the emulation)."""
 
     def __init__(self):
         super().__init__()
-        self.conv, self.up, self.head = nn.Conv2d(3, 4, 3, padding=1), Upsample(), nn.Conv2d(4, 4, 1)
+        self.conv, self.act, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Sigmoid(), nn.Conv2d(4, 4, 1)
 
     def forward(self, x):
-        return self.head(self.up(torch.sigmoid(self.conv(x))))
+        return self.head(self.act(self.conv(x)))
 
 
-def test_converter_and_verify_name_the_ops_not_emulated_per_layer(tmp_path):
+def test_converter_and_verify_name_the_ops_not_emulated_per_layer(tmp_path, monkeypatch):
+    """With the LOGISTIC kernel taken out of the emulation (as an op the converter writes before the emulation knows
+    it), the converter's warning and verify() name it per layer and say how far the outputs are."""
     from slimkit.converter import verify
+    from slimkit.frameworks.torch import int8_emulation
     from tests.converter.test_int8 import quantize_with
 
-    model, x, _ = quantize_with(WithResize().eval(), (3, 8, 8))
-    path = tmp_path / "resize.tflite"
-    with pytest.warns(UserWarning, match=r"does not compute these int8 ops of .*resize.tflite exactly: "
-                                         r"up \(RESIZE_BILINEAR\)\. "):
+    monkeypatch.setitem(int8_emulation.KERNELS, "sigmoid", (lambda call: None, ("LOGISTIC",)))
+    monkeypatch.setattr(int8_emulation, "EMULATED_OPS", int8_emulation.EMULATED_OPS - {"LOGISTIC"})
+    model, x, _ = quantize_with(Gate().eval(), (3, 8, 8))
+    path = tmp_path / "gate.tflite"
+    with pytest.warns(UserWarning, match=r"does not compute these int8 ops of .*gate.tflite exactly: "
+                                         r"act \(LOGISTIC\)\. "):
         TFLiteConverter(model, x, path).convert()
     result = verify(model, x, path, draws=4)
-    assert result.approximate_ops == ("RESIZE_BILINEAR",) and result.approximate_layers == ("up (RESIZE_BILINEAR)",)
-    assert {"CONV_2D", "LOGISTIC"} <= set(result.emulated_ops)
+    assert result.approximate_ops == ("LOGISTIC",) and result.approximate_layers == ("act (LOGISTIC)",)
+    assert {"CONV_2D", "QUANTIZE"} <= set(result.emulated_ops)
     assert result.max_steps is not None and result.max_steps == round(result.max_steps)  # whole steps of the grid
-    assert "not bit-exact in general: up (RESIZE_BILINEAR) run as fake quantization" in result.describe()
+    assert "not bit-exact in general: act (LOGISTIC) run as fake quantization" in result.describe()
     assert f"within {result.max_steps:g} steps of the file" in result.describe()
+
+
+class Resize(nn.Module):
+    def __init__(self, **options):
+        super().__init__()
+        self.options = options
+        self.conv, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.head(F.interpolate(self.conv(x), **self.options))
+
+
+@pytest.mark.parametrize("options", [dict(scale_factor=2, mode="bilinear"), dict(size=(11, 5), mode="bilinear"),
+                                     dict(scale_factor=2, mode="bilinear", align_corners=True),
+                                     dict(size=(4, 3), mode="bilinear", align_corners=True),
+                                     dict(scale_factor=2, mode="nearest")], ids=str)
+def test_resize_equals_litert(tmp_path, options):
+    """The int8 RESIZE (on the conv's grid, then requantized into the next conv): upsampling, odd sizes, downsampling,
+    align_corners."""
+    from tests.converter.test_int8 import quantize_with
+
+    torch.manual_seed(0)
+    model, x, quantizer = quantize_with(Resize(**options).eval(), (3, 7, 6))
+    path = tmp_path / "resize.tflite"
+    TFLiteConverter(model, x, path, dynamic_batch=True).convert()
+    assert {"RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"} & set(int8_ops(path))
+    tests = torch.randn(16, 3, 7, 6, generator=torch.Generator().manual_seed(1)) * 3
+    with torch.no_grad(), quantizer.emulate_integer():
+        expected = model(tests).numpy()
+    got = np.moveaxis(run_tflite(path, [np.moveaxis(tests.numpy(), 1, -1)])[0], -1, 1)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_verify_says_exact_when_every_int8_op_is_emulated(tmp_path):

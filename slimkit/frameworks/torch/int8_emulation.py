@@ -23,13 +23,14 @@ default CPU path) computes:
 - average pooling (not global): LiteRT's int8 AVERAGE_POOL_2D, integer window sums divided by the count rounding half
   away from zero, then PyTorch's divisor restored in float where it differs (``ceil_mode``, ``count_include_pad``);
 - concatenation (and max / min) of inputs on other grids: each input requantized as above first;
+- bilinear resize: XNNPACK's int8 kernel, 11-bit weights per axis, integer interpolation rounded half up;
 - activations (sigmoid, tanh, hard-swish, leaky ReLU, ReLU / ReLU6, softmax): the kernels of
   :mod:`slimkit.frameworks.torch.int8_activations`.
 
 An add or multiply followed by a ReLU is one kernel with the activation's output parameters, as in the file.
 :data:`KERNELS` maps each op kind to its kernel. Every other quantized op already gives the kernel's integers
-(reshapes, pooling by max, concatenation with shared parameters), or runs as fake quantization (SUM,
-SQUARED_DIFFERENCE: :func:`slimkit.converter.emulation.approximate_int8_ops` names them per layer).
+(reshapes, pooling by max, concatenation with shared parameters), or runs as fake quantization
+(:func:`slimkit.converter.emulation.approximate_int8_ops` names such ops per layer).
 
 Example (int32 sums requantized with multiplier 0.25 to an output of scale 0.5 and zero point 3: 2.5 and 3.5
 round to even, -225 clamps at -128):
@@ -104,8 +105,8 @@ EXACT_OPS = frozenset({"DEQUANTIZE", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "CON
                        "GATHER", "TILE", "BROADCAST_TO", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM",
                        "REDUCE_MAX", "REDUCE_MIN"})
 """int8 ops that only move or select integers (same parameters in and out): the fake-quant model already gives
-their values. An int8 op of a file in neither this set nor :data:`EMULATED_OPS` (SUM, SQUARED_DIFFERENCE, ...) runs as
-fake quantization under the emulation: within about a step of the file, not exact."""
+their values. An int8 op of a file in neither this set nor :data:`EMULATED_OPS` (one added to the converter's int8
+rules later) runs as fake quantization under the emulation: within about a step of the file, not exact."""
 
 
 def _f32(values: Any) -> np.ndarray:
@@ -376,7 +377,43 @@ def _average_pool_call(call: Call) -> torch.Tensor | None:
 
 from slimkit.frameworks.torch import int8_activations  # noqa: E402, F401  (registers the activation kernels)
 
-EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE"}.union(
+EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE", "RESIZE_BILINEAR"}.union(
     *(ops for _, ops in KERNELS.values())))
-"""int8 ops of a file whose arithmetic the emulation computes: the kernels above, every op of :data:`KERNELS`, and
-QUANTIZE int8 -> int8 where XNNPACK takes it."""
+"""int8 ops of a file whose arithmetic the emulation computes: the kernels above (bilinear resizes: the runtime calls
+:func:`resize_bilinear`), every op of :data:`KERNELS`, and QUANTIZE int8 -> int8 where XNNPACK takes it."""
+
+
+def _bilinear_taps(size_in: int, size_out: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """XNNPACK's source rows (or columns) and 11-bit weights of a bilinear resize along one axis: the float32 source
+    position (``x * (in - 1) / (out - 1)`` with ``align_corners``, else ``(x + 0.5) * in / out - 0.5``, not below
+    0), its floor and the next index (clamped), and ``round(2048 * fraction)``."""
+    steps = np.arange(size_out, dtype=np.float32)
+    if align_corners:
+        scale = np.float32((size_in - 1) / (size_out - 1)) if size_out > 1 else np.float32(0.0)
+        position = (steps * scale).astype(np.float32)
+    else:
+        scale = np.float32(np.float32(size_in) / np.float32(size_out))
+        position = np.maximum(((steps + np.float32(0.5)) * scale - np.float32(0.5)).astype(np.float32), 0)
+    low = np.floor(position).astype(np.int64)
+    weight = np.rint((position - low.astype(np.float32)).astype(np.float32) * np.float32(2048.0)).astype(np.int64)
+    return low, np.minimum(low + 1, size_in - 1), weight
+
+
+def resize_bilinear(x: torch.Tensor, params: QParams, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """A bilinear resize (NCHW, to ``size``) of ``x`` on the grid of ``params`` as the file's int8 RESIZE_BILINEAR:
+    XNNPACK's 11-bit weights, interpolated along the width then the height in integers, rounded half up (22 bits).
+    The result stays on the input's grid."""
+    scale, _ = _per_tensor(params, "a resized tensor")
+    q = grid_integers(x, params).long()
+    top, bottom, vertical = (torch.from_numpy(a).to(x.device) for a in _bilinear_taps(x.shape[-2], size[0],
+                                                                                          align_corners))
+    left, right, horizontal = (torch.from_numpy(a).to(x.device) for a in _bilinear_taps(x.shape[-1], size[1],
+                                                                                          align_corners))
+
+    def row(rows: torch.Tensor) -> torch.Tensor:
+        a, b = q[..., rows, :][..., left], q[..., rows, :][..., right]
+        return (a << 11) + (b - a) * horizontal
+
+    upper, lower = row(top), row(bottom)
+    out = ((upper << 11) + (lower - upper) * vertical[:, None] + (1 << 21)) >> 22
+    return (out.float() * torch.tensor(scale)).to(x.dtype)

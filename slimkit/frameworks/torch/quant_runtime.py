@@ -194,12 +194,7 @@ class GraphRuntime:
         emulating = self.quantizer.integer_arithmetic is not None
         fused_into = self.plan.fused_activations.get(key) if tensor is None and emulating else None
         if (tensor is None and fused_into is None) or not out.is_floating_point():
-            if tensor is None and (name in _MOVES or name == "interpolate" and kwargs and kwargs.get("mode") ==
-                                   "nearest") and args and isinstance(args[0], torch.Tensor):
-                params = self.params_of(args[0])  # ``x[:, 0]``: the same integers, on the same grid
-                if params is not None:
-                    self.tensors[id(out)] = (out, params)
-            return out
+            return self._unplanned(name, args, kwargs or {}, out) if tensor is None else out
         first = args[0] if args else None
         sources = list(first) if isinstance(first, (list, tuple)) else [a for a in args if isinstance(
             a, torch.Tensor)]
@@ -211,6 +206,25 @@ class GraphRuntime:
             out = self._integer(func, args, kwargs or {}, out, tensor.kind, input_params,
                                 self.quantizer.graph_params.get(key))
         return self._quantize(key, out, tensor.kind, input_params, inputs=tensor.inputs)
+
+    def _unplanned(self, name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> torch.Tensor:
+        """A call the plan holds no tensor for: one that only selects or moves values (``x[:, 0]``, a view, a nearest
+        resize) keeps its input's grid; a bilinear ``F.interpolate`` of an int8 tensor is the file's int8
+        RESIZE_BILINEAR on that grid (under ``emulate_integer``: its integers)."""
+        mode = kwargs.get("mode")
+        if not (name in _MOVES or name == "interpolate" and mode in ("nearest", "bilinear")) or not args or \
+                not isinstance(args[0], torch.Tensor):
+            return out
+        params = self.params_of(args[0])
+        if params is None:
+            return out
+        if mode == "bilinear":
+            if self.quantizer.integer_arithmetic is None or out.dim() != 4:
+                return out
+            out = int8_emulation.resize_bilinear(args[0], params, tuple(out.shape[2:]),
+                                                 bool(kwargs.get("align_corners")))
+        self.tensors[id(out)] = (out, params)
+        return out
 
     @staticmethod
     def _integer(func: Any, args: tuple, kwargs: dict, out: torch.Tensor, kind: str, input_params: list,
