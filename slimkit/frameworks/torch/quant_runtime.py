@@ -208,18 +208,18 @@ class GraphRuntime:
         return self._quantize(key, out, tensor.kind, input_params, inputs=tensor.inputs)
 
     def _unplanned(self, name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> torch.Tensor:
-        """A call the plan holds no tensor for: one that only selects or moves values (``x[:, 0]``, a view, a nearest
-        resize) keeps its input's grid; a bilinear ``F.interpolate`` of an int8 tensor is the file's int8
-        RESIZE_BILINEAR on that grid (under ``emulate_integer``: its integers)."""
+        """Under ``emulate_integer``, a call the plan holds no tensor for: one that only selects or moves values
+        (``x[:, 0]``, a view, a nearest resize) keeps its input's grid; a bilinear ``F.interpolate`` of an int8 tensor
+        is the file's int8 RESIZE_BILINEAR on that grid. (Calibration is left as it was.)"""
         mode = kwargs.get("mode")
-        if not (name in _MOVES or name == "interpolate" and mode in ("nearest", "bilinear")) or not args or \
-                not isinstance(args[0], torch.Tensor):
+        if self.quantizer.integer_arithmetic is None or not args or not isinstance(args[0], torch.Tensor) or \
+                not (name in _MOVES or name == "interpolate" and mode in ("nearest", "bilinear")):
             return out
         params = self.params_of(args[0])
         if params is None:
             return out
         if mode == "bilinear":
-            if self.quantizer.integer_arithmetic is None or out.dim() != 4:
+            if out.dim() != 4:
                 return out
             out = int8_emulation.resize_bilinear(args[0], params, tuple(out.shape[2:]),
                                                  bool(kwargs.get("align_corners")))
