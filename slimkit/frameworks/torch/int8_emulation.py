@@ -20,9 +20,17 @@ default CPU path) computes:
   ``'output'`` grids on neighbouring layers: an int8 -> int8 QUANTIZE in the file): XNNPACK's requantization with an
   8-bit fixed-point multiplier, which differs from exact rounding by up to half a step at the ends of the range.
 
+- average pooling (not global): LiteRT's int8 AVERAGE_POOL_2D, integer window sums divided by the count rounding half
+  away from zero, then PyTorch's divisor restored in float where it differs (``ceil_mode``, ``count_include_pad``);
+- concatenation (and max / min) of inputs on other grids: each input requantized as above first;
+- bilinear resize: XNNPACK's int8 kernel, 11-bit weights per axis, integer interpolation rounded half up;
+- activations (sigmoid, tanh, hard-swish, leaky ReLU, ReLU / ReLU6, softmax): the kernels of
+  :mod:`slimkit.frameworks.torch.int8_activations`.
+
 An add or multiply followed by a ReLU is one kernel with the activation's output parameters, as in the file.
-Every other quantized op already gives the kernel's integers (reshapes, pooling by max, concatenation
-with shared parameters), or runs as fake quantization.
+:data:`KERNELS` maps each op kind to its kernel. Every other quantized op already gives the kernel's integers
+(reshapes, pooling by max, concatenation with shared parameters), or runs as fake quantization
+(:func:`slimkit.converter.emulation.approximate_int8_ops` names such ops per layer).
 
 Example (int32 sums requantized with multiplier 0.25 to an output of scale 0.5 and zero point 3: 2.5 and 3.5
 round to even, -225 clamps at -128):
@@ -37,6 +45,8 @@ round to even, -225 clamps at -128):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,17 +65,48 @@ transposed convolutions) run in float between a DEQUANTIZE and a QUANTIZE in the
 computes them, so the emulation leaves them to it."""
 
 
-EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "MEAN", "QUANTIZE"})
-"""int8 ops of a file whose arithmetic the emulation computes (MEAN over whole axes; QUANTIZE int8 -> int8 where
-XNNPACK takes it)."""
+@dataclass(frozen=True)
+class Call:
+    """One call of the quantized model that the file runs as an int8 kernel.
+
+    Attributes:
+        kind: its op kind (``'add'``, ``'softmax'`` ...).
+        func: the torch function called (``torch.add``, ``F.hardswish`` ...).
+        args, kwargs: its arguments (tensors on their grids).
+        out: its float result (what the fake-quant model computes before rounding to the output grid).
+        inputs: the grids of its tensor inputs, in order.
+        params: the grid of its output.
+    """
+
+    kind: str
+    func: Any
+    args: tuple
+    kwargs: dict
+    out: torch.Tensor
+    inputs: list
+    params: QParams
+
+
+KERNELS: dict[str, tuple[Callable[[Call], torch.Tensor | None], tuple[str, ...]]] = {}
+"""Op kind (:data:`slimkit.frameworks.torch.quant_graph.OP_KINDS`) -> (the int8 kernel's result for a :class:`Call`, or
+None where the file does not run that kernel; the builtin ops of the file it emulates)."""
+
+
+def emulates(*kinds: str, ops: tuple[str, ...]) -> Callable:
+    """Registers a function as the int8 kernel of the graph ops of ``kinds`` (the file's ``ops``)."""
+    def register(fn: Callable[[Call], torch.Tensor | None]) -> Callable[[Call], torch.Tensor | None]:
+        for kind in kinds:
+            KERNELS[kind] = (fn, ops)
+        return fn
+    return register
 
 EXACT_OPS = frozenset({"DEQUANTIZE", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "CONCATENATION", "PAD", "PADV2",
                        "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "EXPAND_DIMS", "PACK", "UNPACK",
                        "GATHER", "TILE", "BROADCAST_TO", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM",
                        "REDUCE_MAX", "REDUCE_MIN"})
 """int8 ops that only move or select integers (same parameters in and out): the fake-quant model already gives
-their values. Every other int8 op of a file (SOFTMAX, LOGISTIC, TANH, HARD_SWISH, AVERAGE_POOL_2D, RESIZE_BILINEAR,
-BATCH_MATMUL, ...) runs as fake quantization under the emulation: within about a step of the file, not exact."""
+their values. An int8 op of a file in neither this set nor :data:`EMULATED_OPS` (one added to the converter's int8
+rules later) runs as fake quantization under the emulation: within about a step of the file, not exact."""
 
 
 def _f32(values: Any) -> np.ndarray:
@@ -201,3 +242,178 @@ def mean(x: torch.Tensor, reduce: Any, result: torch.Tensor, pin: QParams, out: 
     acc = torch.round(reduce(grid_integers(x, pin)) * count)
     multiplier = np.float32(in_scale / (np.float32(o_scale) * np.float32(count)))
     return requantize(acc, torch.tensor(multiplier), out).to(x.dtype)
+
+
+def _binary(call: Call) -> bool:
+    return len(call.args) == 2 and all(isinstance(a, torch.Tensor) for a in call.args) and not call.kwargs
+
+
+@emulates("add", "sub", ops=("ADD", "SUB"))
+def _add_call(call: Call) -> torch.Tensor | None:
+    if not _binary(call):
+        return None
+    return add(call.args[0], call.args[1], *call.inputs, call.params, subtract=call.kind == "sub")
+
+
+@emulates("mul", ops=("MUL",))
+def _multiply_call(call: Call) -> torch.Tensor | None:
+    return multiply(call.args[0], call.args[1], *call.inputs, call.params) if _binary(call) else None
+
+
+@emulates("mean", ops=("MEAN",))
+def _mean_call(call: Call) -> torch.Tensor | None:
+    rest = call.args[1:]
+    return mean(call.args[0], lambda x: call.func(x, *rest, **call.kwargs), call.out, call.inputs[0], call.params)
+
+
+
+
+@emulates("sum", ops=("SUM",))
+def _sum_call(call: Call) -> torch.Tensor | None:
+    """LiteRT's int8 SUM: the int32 sum of the raw integers ``t`` over the axes, then
+    ``round(float32(t) * ratio + bias)`` in float32 (``ratio = float32(input_scale / output_scale)``, ``bias =
+    -zero_in * ratio * count``), rounded half away from zero, plus the output zero point, clamped."""
+    in_scale, in_zero = _per_tensor(call.inputs[0], "a sum's input")
+    out_scale, out_zero = _per_tensor(call.params, "a sum's output")
+    x = call.args[0]
+    count = x.numel() // max(call.out.numel(), 1)
+    rest = call.args[1:]
+    total = torch.round(call.func(grid_integers(x, call.inputs[0]), *rest, **call.kwargs)) + in_zero * count
+    ratio = np.float32(in_scale / out_scale)
+    bias = np.float32(np.float32(np.float32(-in_zero) * ratio) * np.float32(count))
+    value = total.float() * torch.tensor(ratio) + torch.tensor(bias)
+    q = torch.clamp(torch.sign(value) * torch.floor(value.abs() + 0.5) + out_zero, call.params.qmin, call.params.qmax)
+    return (q - out_zero).float() * torch.tensor(out_scale)
+
+def rescaled(x: torch.Tensor, source: QParams, target: QParams) -> torch.Tensor | None:
+    """``x`` on the grid of ``target``, as the file's int8 -> int8 QUANTIZE puts it there (``x`` itself where the grids
+    agree); None where XNNPACK does not take that QUANTIZE."""
+    converted = convert(x, source, target)
+    if converted is not None:
+        return converted
+    same = _per_tensor(source, "a requantized tensor") == _per_tensor(target, "a requantized tensor")
+    return x if same else None
+
+
+@emulates("cat", "maximum", "minimum", ops=("CONCATENATION", "PACK", "MAXIMUM", "MINIMUM"))
+def _rescaled_inputs_call(call: Call) -> torch.Tensor | None:
+    """Concatenation (and elementwise max / min) of inputs on other grids: the file requantizes each input to the
+    output's grid (int8 -> int8 QUANTIZE), then moves or compares the integers."""
+    listed = isinstance(call.args[0], (list, tuple))
+    tensors = list(call.args[0]) if listed else [a for a in call.args if isinstance(a, torch.Tensor)]
+    if len(tensors) != len(call.inputs) or (not listed and len(tensors) != len(call.args)):
+        return None
+    moved = [rescaled(t, p, call.params) for t, p in zip(tensors, call.inputs)]
+    if any(m is None for m in moved):
+        return None
+    args = (moved, *call.args[1:]) if listed else tuple(moved)
+    return call.func(*args, **call.kwargs)
+
+
+def _pool_geometry(call: Call) -> tuple | None:
+    """``(kernel, stride, padding, ceil_mode, count_include_pad)`` of a 2-D (or 1-D, as 2-D) average pooling call,
+    None for calls the file does not run as one AVERAGE_POOL_2D."""
+    name = getattr(call.func, "__name__", "")
+    x, size = call.args[0], call.out.shape[2:]
+    if name.startswith("adaptive"):
+        if any(i % o for i, o in zip(x.shape[2:], size)):
+            return None
+        kernel = tuple(i // o for i, o in zip(x.shape[2:], size))
+        return (kernel, kernel, (0,) * len(kernel), False, True) if len(kernel) == 2 else None
+    names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+    values = dict(zip(names, (None, None, 0, False, True, None)))
+    values.update(zip(names, call.args[1:]))
+    values.update(call.kwargs)
+    if values["divisor_override"] or values["kernel_size"] is None:
+        return None
+    dims = x.dim() - 2
+
+    def pair(value: Any, lead: int) -> tuple:  # 1-D pools run as 2-D ones of height 1
+        value = tuple(value) if isinstance(value, (list, tuple)) else (value,) * dims
+        return (lead,) * (2 - dims) + value
+
+    kernel = pair(values["kernel_size"], 1)
+    stride = pair(values["stride"], 1) if values["stride"] else kernel
+    padding = pair(values["padding"], 0)
+    return kernel, stride, padding, bool(values["ceil_mode"]), bool(values["count_include_pad"])
+
+
+@emulates("avg_pool", ops=("AVERAGE_POOL_2D",))
+def _average_pool_call(call: Call) -> torch.Tensor | None:
+    """Average pooling as the file computes it: a global one is a MEAN; the others an int8 AVERAGE_POOL_2D on the
+    input's grid (the integer sum of each window, padding holding the zero point, divided by the window's count
+    rounding half away from zero), then either PyTorch's divisor restored by a float MUL (``ceil_mode`` overhang,
+    ``count_include_pad=False``) and quantized, or requantized to the output grid."""
+    if getattr(call.func, "__name__", "").startswith("adaptive") and all(s == 1 for s in call.out.shape[2:]):
+        return _mean_call(call)
+    geometry = _pool_geometry(call)
+    if geometry is None:
+        return None
+    from slimkit.converter.ops.conv import padding_mode  # the converter's own choice of SAME / VALID windows
+
+    kernel, stride, padding, ceil_mode, include_pad = geometry
+    pin = call.inputs[0]
+    scale, zero = _per_tensor(pin, "an average pool's input")
+    x = call.args[0]
+    v = grid_integers(x if x.dim() == 4 else x.unsqueeze(-2), pin)
+    size = v.shape[2:]
+    kernel = tuple(min(k, i + 2 * p) for k, i, p in zip(kernel, size, padding))
+    pool = torch.nn.functional.avg_pool2d
+    sums = pool(v, kernel, stride, padding, ceil_mode, True, divisor_override=1)
+    ones = torch.ones((1, 1, *size), dtype=torch.float64, device=v.device)
+    real = pool(ones, kernel, stride, padding, ceil_mode, True, divisor_override=1)
+    divisor = torch.round(real / pool(ones, kernel, stride, padding, ceil_mode, include_pad))
+    same = not include_pad and padding_mode(size, sums.shape[2:], kernel, stride, (1, 1), padding) == "SAME"
+    count = real if same else torch.full_like(real, float(kernel[0] * kernel[1]))
+    raw = sums + count * zero
+    q = torch.clamp(torch.sign(raw) * torch.div(raw.abs() + torch.div(count, 2, rounding_mode="floor"), count,
+                                               rounding_mode="floor"), -128, 127) - zero
+    pooled = (q.float() * torch.tensor(scale)).reshape(call.out.shape)
+    factor = (count / divisor).float().reshape(call.out.shape[2:])
+    if same or bool((factor == 1).all()):
+        return rescaled(pooled, pin, call.params)
+    return pooled * factor  # DEQUANTIZE, MUL by the divisor ratio, QUANTIZE: the output's fake quantization rounds
+
+
+from slimkit.frameworks.torch import int8_activations  # noqa: E402, F401  (registers the activation kernels)
+
+EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE", "RESIZE_BILINEAR"}.union(
+    *(ops for _, ops in KERNELS.values())))
+"""int8 ops of a file whose arithmetic the emulation computes: the kernels above (bilinear resizes: the runtime calls
+:func:`resize_bilinear`), every op of :data:`KERNELS`, and QUANTIZE int8 -> int8 where XNNPACK takes it."""
+
+
+def _bilinear_taps(size_in: int, size_out: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """XNNPACK's source rows (or columns) and 11-bit weights of a bilinear resize along one axis: the float32 source
+    position (``x * (in - 1) / (out - 1)`` with ``align_corners``, else ``(x + 0.5) * in / out - 0.5``, not below
+    0), its floor and the next index (clamped), and ``round(2048 * fraction)``."""
+    steps = np.arange(size_out, dtype=np.float32)
+    if align_corners:
+        scale = np.float32((size_in - 1) / (size_out - 1)) if size_out > 1 else np.float32(0.0)
+        position = (steps * scale).astype(np.float32)
+    else:
+        scale = np.float32(np.float32(size_in) / np.float32(size_out))
+        position = np.maximum(((steps + np.float32(0.5)) * scale - np.float32(0.5)).astype(np.float32), 0)
+    low = np.floor(position).astype(np.int64)
+    weight = np.rint((position - low.astype(np.float32)).astype(np.float32) * np.float32(2048.0)).astype(np.int64)
+    return low, np.minimum(low + 1, size_in - 1), weight
+
+
+def resize_bilinear(x: torch.Tensor, params: QParams, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """A bilinear resize (NCHW, to ``size``) of ``x`` on the grid of ``params`` as the file's int8 RESIZE_BILINEAR:
+    XNNPACK's 11-bit weights, interpolated along the width then the height in integers, rounded half up (22 bits).
+    The result stays on the input's grid."""
+    scale, _ = _per_tensor(params, "a resized tensor")
+    q = grid_integers(x, params).long()
+    top, bottom, vertical = (torch.from_numpy(a).to(x.device) for a in _bilinear_taps(x.shape[-2], size[0],
+                                                                                          align_corners))
+    left, right, horizontal = (torch.from_numpy(a).to(x.device) for a in _bilinear_taps(x.shape[-1], size[1],
+                                                                                          align_corners))
+
+    def row(rows: torch.Tensor) -> torch.Tensor:
+        a, b = q[..., rows, :][..., left], q[..., rows, :][..., right]
+        return (a << 11) + (b - a) * horizontal
+
+    upper, lower = row(top), row(bottom)
+    out = ((upper << 11) + (lower - upper) * vertical[:, None] + (1 << 21)) >> 22
+    return (out.float() * torch.tensor(scale)).to(x.dtype)

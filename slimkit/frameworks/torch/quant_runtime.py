@@ -27,6 +27,11 @@ from torch.overrides import TorchFunctionMode
 from slimkit.frameworks.torch import int8_emulation
 from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_name
 
+#: torch-level calls that only select or move values: an unplanned result keeps its input's grid (the capture names
+#: ``x[:, 0]`` ``select``, the runtime sees ``__getitem__``; nearest ``F.interpolate`` copies values too)
+_MOVES = frozenset({"getitem", "select", "narrow", "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute",
+                    "transpose", "contiguous", "clone", "expand", "movedim"})
+
 
 class _Mode(TorchFunctionMode):
     def __init__(self, runtime: GraphRuntime):
@@ -189,7 +194,7 @@ class GraphRuntime:
         emulating = self.quantizer.integer_arithmetic is not None
         fused_into = self.plan.fused_activations.get(key) if tensor is None and emulating else None
         if (tensor is None and fused_into is None) or not out.is_floating_point():
-            return out
+            return self._unplanned(name, args, kwargs or {}, out) if tensor is None else out
         first = args[0] if args else None
         sources = list(first) if isinstance(first, (list, tuple)) else [a for a in args if isinstance(
             a, torch.Tensor)]
@@ -202,23 +207,35 @@ class GraphRuntime:
                                 self.quantizer.graph_params.get(key))
         return self._quantize(key, out, tensor.kind, input_params, inputs=tensor.inputs)
 
+    def _unplanned(self, name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> torch.Tensor:
+        """Under ``emulate_integer``, a call the plan holds no tensor for: one that only selects or moves values
+        (``x[:, 0]``, a view, a nearest resize) keeps its input's grid; a bilinear ``F.interpolate`` of an int8 tensor
+        is the file's int8 RESIZE_BILINEAR on that grid. (Calibration is left as it was.)"""
+        mode = kwargs.get("mode")
+        if self.quantizer.integer_arithmetic is None or not args or not isinstance(args[0], torch.Tensor) or \
+                not (name in _MOVES or name == "interpolate" and mode in ("nearest", "bilinear")):
+            return out
+        params = self.params_of(args[0])
+        if params is None:
+            return out
+        if mode == "bilinear":
+            if out.dim() != 4:
+                return out
+            out = int8_emulation.resize_bilinear(args[0], params, tuple(out.shape[2:]),
+                                                 bool(kwargs.get("align_corners")))
+        self.tensors[id(out)] = (out, params)
+        return out
+
     @staticmethod
     def _integer(func: Any, args: tuple, kwargs: dict, out: torch.Tensor, kind: str, input_params: list,
                  params: Any) -> torch.Tensor:
-        """Under ``emulate_integer``: the int8 kernel's result for an add / subtract / multiply of two quantized tensors
-        and a mean over whole axes (global average pooling); other ops keep their fake-quant value."""
-        known = params is not None and input_params and all(p is not None for p in input_params)
-        binary = len(args) == 2 and all(isinstance(a, torch.Tensor) for a in args) and not kwargs
-        if not known:
+        """Under ``emulate_integer``: the int8 kernel's result (:data:`int8_emulation.KERNELS`) where the file runs
+        one for this call; other ops keep their fake-quant value."""
+        entry = int8_emulation.KERNELS.get(kind)
+        if entry is None or params is None or not input_params or any(p is None for p in input_params):
             return out
-        if kind in ("add", "sub") and binary:
-            return int8_emulation.add(args[0], args[1], *input_params, params, subtract=kind == "sub")
-        if kind == "mul" and binary:
-            return int8_emulation.multiply(args[0], args[1], *input_params, params)
-        if kind == "mean" or (kind == "avg_pool" and all(size == 1 for size in out.shape[2:])):
-            rest = args[1:]
-            return int8_emulation.mean(args[0], lambda x: func(x, *rest, **kwargs), out, input_params[0], params)
-        return out
+        result = entry[0](int8_emulation.Call(kind, func, args, kwargs, out, input_params, params))
+        return out if result is None else result.to(out.dtype)
 
     def _quantize(self, key: str, out: torch.Tensor, kind: str, input_params: list, inputs: list) -> torch.Tensor:
         self.seen.add(key)
