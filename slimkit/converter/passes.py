@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from slimkit.converter.ir import Graph
+import hashlib
+
+import numpy as np
+
+from slimkit.converter.ir import Graph, QuantParams, Tensor
 from slimkit.converter.state import reset_state
 from slimkit.converter.writer import _root
 
@@ -76,6 +80,49 @@ def fold_reshape_into_reduce(graph: Graph) -> int:
         dropped.add(id(op))
     graph.ops = [op for op in graph.ops if id(op) not in dropped]
     return len(dropped)
+
+
+def _same_quant(a: QuantParams | None, b: QuantParams | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.quantized_dimension == b.quantized_dimension and np.array_equal(a.scale, b.scale) and \
+        np.array_equal(a.zero_point, b.zero_point)
+
+
+def share_constants(graph: Graph) -> int:
+    """Constants with the same type, layout, bytes and quantization become one tensor that every op reading them
+    shares: one buffer in the file for a weight a module called several times (or tied parameters) reads on each
+    call. Returns how many duplicates were dropped.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from slimkit.converter.ir import Graph, Op, Tensor
+    >>> w = [Tensor(f'w{i}', (2, 2), data=np.eye(2, dtype=np.float32)) for i in range(2)]
+    >>> x, y, z = Tensor('x', (2, 2)), Tensor('y', (2, 2)), Tensor('z', (2, 2))
+    >>> graph = Graph([Op('MUL', [x, w[0]], [y]), Op('MUL', [y, w[1]], [z])], [x], [z])
+    >>> share_constants(graph), graph.ops[1].inputs[1].name
+    (1, 'w0')
+    """
+    first: dict[tuple, list[Tensor]] = {}
+    outputs = {id(t) for t in graph.outputs}
+    dropped = 0
+    for op in graph.ops:
+        for i, t in enumerate(op.inputs):
+            if t is None or not t.is_const or t.base is not None or t.is_variable or id(t) in outputs:
+                continue
+            values = t.values()
+            key = (t.dtype, t.physical_shape, t.perm, values.dtype.str,
+                   hashlib.blake2b(np.ascontiguousarray(values).view(np.uint8), digest_size=16).digest())
+            same = first.setdefault(key, [])
+            twin = next((c for c in same if c is t or (_same_quant(c.quant, t.quant) and
+                                                        np.array_equal(c.values(), values))), None)
+            if twin is None:
+                same.append(t)
+            elif twin is not t:
+                op.inputs[i] = twin
+                dropped += 1
+    return dropped
 
 
 def run_passes(graph: Graph, options) -> Graph:
