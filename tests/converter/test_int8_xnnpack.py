@@ -4,10 +4,12 @@ padded with PAD; one delegate partition, and still bit-exact with ``emulate_inte
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit import models
 from slimkit.converter import TFLiteConverter
 from slimkit.models.resnet import BasicBlock, ResNet
 from slimkit.utils.litert import delegate_partitions
@@ -104,4 +106,40 @@ def test_tied_weights_are_stored_once(tmp_path):
     path, codes = convert(Tied, tmp_path)
     assert codes == ["QUANTIZE", "CONV_2D", "CONV_2D", "CONV_2D", "DEQUANTIZE"]
     assert sorted(weight_readers(path).values()) == [1, 2]
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+class PreActivation(nn.Module):
+    """Pre-activation residual block (BN -> ReLU -> conv, He et al. 2016) and a BatchNorm after the residual add:
+    BatchNorms that fold into no conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1, self.conv1 = nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2, self.conv2 = nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1)
+        self.bn3 = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.conv1(F.relu(self.bn1(x)))
+        return self.bn3(x + self.conv2(F.relu(self.bn2(y))))
+
+
+def test_standalone_batchnorm_is_an_int8_depthwise_kernel(tmp_path):
+    """bn1 (after a conv whose output the residual also reads) and bn3 fold into nothing: each is a 1x1 int8
+    DEPTHWISE_CONV_2D with the ReLU fused (bn2 folds into conv1)."""
+    path, codes = convert(PreActivation, tmp_path)
+    assert codes == ["QUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D", "CONV_2D", "ADD", "DEPTHWISE_CONV_2D",
+                     "DEQUANTIZE"], codes
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2"])
+def test_model_zoo_runs_as_one_partition(tmp_path, name):
+    build = {"resnet18": lambda: models.resnet18(num_classes=10), "resnet50": lambda: models.resnet50(num_classes=10),
+             "mobilenet_v2": lambda: models.mobilenet_v2(num_classes=10, width_mult=0.35)}[name]
+    path, codes = convert(build, tmp_path, (3, 32, 32))
+    assert codes.count("QUANTIZE") == 1 and codes.count("DEQUANTIZE") == 1, codes
     assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])

@@ -36,6 +36,7 @@ from slimkit.frameworks.torch.graph import CapturedGraph, capture_graph
 
 _WEIGHTED = {"conv1d", "conv2d", "conv3d", "linear", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _BN = {"batch_norm", "native_batch_norm_legit_no_training"}
+_FUSES_ACTIVATION = {"add", "sub", "mul", "batch_norm"}  # ops not of a layer whose int8 kernel fuses a ReLU
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 # ATen op name -> canonical op kind (profiles and the converter speak these kinds).
@@ -304,12 +305,12 @@ def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
             if captured.module_path(node) == fusion.bn and fusion.tail != fusion.bn:
                 internal.add(node.name)
                 owners[node.name] = f"layer:{name}"
-    # add / mul followed only by a ReLU: the target fuses the activation, quantize after it
+    # add / mul / a standalone BatchNorm followed only by a ReLU: the target fuses the activation, quantize after it
     for node in captured.call_nodes():
         if node.name in owners:
             continue
         user = _single_user(node)
-        if op_name(node) in ("add", "sub", "mul") and user is not None and activation_kind(user) is not None:
+        if op_name(node) in _FUSES_ACTIVATION and user is not None and activation_kind(user) is not None:
             internal.add(node.name)
             result.fused_activations[keys[node.name]] = keys[user.name]
     for index, node in enumerate(captured.user_inputs()):
