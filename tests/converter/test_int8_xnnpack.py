@@ -143,3 +143,18 @@ def test_model_zoo_runs_as_one_partition(tmp_path, name):
     path, codes = convert(build, tmp_path, (3, 32, 32))
     assert codes.count("QUANTIZE") == 1 and codes.count("DEQUANTIZE") == 1, codes
     assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+def test_float_max_pooling_after_a_relu_pads_with_zeros(tmp_path):
+    """The float file too: max pooling of a ReLU's output pads with a zero PAD (the same maxima), not PADV2."""
+    from slimkit.converter import verify
+    from tests.converter.conftest import op_codes
+
+    torch.manual_seed(0)
+    model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10).eval()
+    x = torch.randn(1, 3, 16, 16)
+    path = tmp_path / "float.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert "PADV2" not in op_codes(path)
+    assert verify(model, x, path).max_rel_error <= 1e-5
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
