@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,8 @@ def _same_quant(a: QuantParams | None, b: QuantParams | None) -> bool:
 def share_constants(graph: Graph) -> int:
     """Constants with the same type, layout, bytes and quantization become one tensor that every op reading them
     shares: one buffer in the file for a weight a module called several times (or tied parameters) reads on each
-    call. Returns how many duplicates were dropped.
+    call. Only constants of the same type and shape are compared (hashed, then compared in full). Returns how many
+    duplicate tensors were dropped.
 
     Example:
 
@@ -104,25 +106,33 @@ def share_constants(graph: Graph) -> int:
     >>> share_constants(graph), graph.ops[1].inputs[1].name
     (1, 'w0')
     """
-    first: dict[tuple, list[Tensor]] = {}
     outputs = {id(t) for t in graph.outputs}
-    dropped = 0
+    uses: list[tuple[Any, int]] = []
+    candidates: dict[tuple, dict[int, Tensor]] = {}  # type, layout, size -> distinct tensors
     for op in graph.ops:
         for i, t in enumerate(op.inputs):
             if t is None or not t.is_const or t.base is not None or t.is_variable or id(t) in outputs:
                 continue
-            values = t.values()
-            key = (t.dtype, t.physical_shape, t.perm, values.dtype.str,
-                   hashlib.blake2b(np.ascontiguousarray(values).view(np.uint8), digest_size=16).digest())
-            same = first.setdefault(key, [])
-            twin = next((c for c in same if c is t or (_same_quant(c.quant, t.quant) and
-                                                        np.array_equal(c.values(), values))), None)
+            key = (t.dtype, t.physical_shape, t.perm, t.data.dtype.str)
+            candidates.setdefault(key, {})[id(t)] = t
+            uses.append((op, i))
+    twins: dict[int, Tensor] = {}
+    for group in candidates.values():  # only constants that share a shape are read (and hashed)
+        if len(group) < 2:
+            continue
+        seen: dict[bytes, list[Tensor]] = {}
+        for t in group.values():
+            values = np.ascontiguousarray(t.values())
+            same = seen.setdefault(hashlib.blake2b(values.view(np.uint8), digest_size=16).digest(), [])
+            twin = next((c for c in same if _same_quant(c.quant, t.quant) and np.array_equal(c.values(), values)),
+                        None)
             if twin is None:
                 same.append(t)
-            elif twin is not t:
-                op.inputs[i] = twin
-                dropped += 1
-    return dropped
+            else:
+                twins[id(t)] = twin
+    for op, i in uses:
+        op.inputs[i] = twins.get(id(op.inputs[i]), op.inputs[i])
+    return len(twins)
 
 
 def run_passes(graph: Graph, options) -> Graph:
