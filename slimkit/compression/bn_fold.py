@@ -28,8 +28,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 
 def bn_factor(gamma: Any, variance: Any, eps: float, sqrt: Callable[[Any], Any]) -> Any:
     """``gamma / sqrt(variance + eps)`` per channel (``gamma`` None: a BatchNorm without scale)."""
@@ -55,38 +53,4 @@ def folded_bias(bias: Any, mean: Any, beta: Any, factor: Any) -> Any:
     return shifted * factor if beta is None else shifted * factor + beta
 
 
-def standalone_affine(gamma: np.ndarray | None, beta: np.ndarray | None, mean: np.ndarray, variance: np.ndarray,
-                      eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(scale, shift)`` (float32, per channel) of a BatchNorm that folds into no layer (pre-activation), computed in
-    float64: what the TFLite converter writes and the integer emulation reads, from the same numbers.
-
-    Example:
-
-    >>> scale, shift = standalone_affine(np.array([2.0]), None, np.array([1.0]), np.array([3.0]), 1.0)
-    >>> scale.tolist(), shift.tolist()
-    ([1.0], [-1.0])
-    """
-    mean = np.asarray(mean, np.float32)
-    inv = 1.0 / np.sqrt(np.asarray(variance, np.float32).astype(np.float64) + float(eps))
-    gamma = np.ones_like(mean) if gamma is None else np.asarray(gamma, np.float32)
-    beta = np.zeros_like(mean) if beta is None else np.asarray(beta, np.float32)
-    return (gamma * inv).astype(np.float32), (beta - mean * gamma * inv).astype(np.float32)
-
-
-def affine_weight_grid(scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(q, weight_scale)``: a per-channel multiplier on the symmetric int8 weight grid of a 1x1 depthwise kernel
-    (``weight_scale = |scale| / 127``, 1 for a zero channel; ``q`` = +-127 or 0), as the converter quantizes it.
-
-    Example:
-
-    >>> q, step = affine_weight_grid(np.array([0.5, -2.0, 0.0], np.float32))
-    >>> q.tolist(), step.tolist()
-    ([127.0, -127.0, 0.0], [0.003937007859349251, 0.015748031437397003, 1.0])
-    """
-    scale = np.asarray(scale, np.float32)
-    step = np.abs(scale) / 127.0
-    step = np.where(step == 0, 1.0, step).astype(np.float32)
-    return np.clip(np.round(scale / step), -127, 127), step
-
-
-__all__ = ["affine_weight_grid", "bn_factor", "fold_weight", "folded_bias", "standalone_affine", "unfold_weight"]
+__all__ = ["bn_factor", "fold_weight", "folded_bias", "unfold_weight"]

@@ -114,8 +114,6 @@ class Op:
     version: int = 1
     # a RESHAPE that only re-views its input's channels-last bytes (conv1d): fusion may look through it
     see_through: bool = False
-    # the MUL of a standalone BatchNorm's MUL -> ADD (an int8 pass may write the pair as a 1x1 depthwise conv)
-    from_batchnorm: bool = False
 
 
 @dataclass

@@ -144,51 +144,6 @@ def infer_weight_grid(w: np.ndarray, axis: int, tol: float = 1e-3) -> QuantParam
     return QuantParams(scale, np.zeros(scale.size, np.int64), axis)
 
 
-_NHWC = (0, 2, 3, 1)
-
-
-def batchnorm_kernels(graph: Graph) -> int:
-    """A standalone BatchNorm (pre-activation: no conv to fold into) between int8 tensors, DEQUANTIZE -> MUL -> ADD
-    (its fused ReLU) -> QUANTIZE on a feature map, becomes a float DEPTHWISE_CONV_2D 1x1 whose weight carries its
-    int8 grid (:func:`~slimkit.compression.bn_fold.affine_weight_grid`, exact: +-127 per channel); the int8 kernel pass
-    then writes it as one int8 op, which XNNPACK takes (its RELU after an int8 MUL / ADD it does not)."""
-    from slimkit.compression.bn_fold import affine_weight_grid
-    from slimkit.converter.ir import Op, Tensor
-
-    users = _consumers(graph)
-    outputs = {id(t) for t in graph.outputs}
-    replaced: dict[int, Op] = {}
-    dropped: set[int] = set()
-    for op in graph.ops:
-        if not op.from_batchnorm or op.code != "MUL":
-            continue
-        x, scale = op.inputs
-        after = users.get(id(op.outputs[0]), [])
-        add = after[0] if len(after) == 1 and after[0].code == "ADD" else None
-        if add is None or x.rank != 4 or x.order != _NHWC or x.producer is None or x.producer.code != "DEQUANTIZE" or \
-                not scale.is_const or not add.inputs[1].is_const or id(op.outputs[0]) in outputs:
-            continue
-        out = add.outputs[0]
-        readers = users.get(id(out), [])
-        if len(readers) != 1 or readers[0].code != "QUANTIZE" or readers[0].outputs[0].dtype != "int8" or \
-                x.producer.inputs[0].dtype != "int8":
-            continue
-        values = scale.values().reshape(-1).astype(np.float32)
-        _, step = affine_weight_grid(values)
-        channels = values.size
-        weight = Tensor(op.outputs[0].name + "_dw_weight", (1, 1, 1, channels), data=values.reshape(1, 1, 1, -1))
-        weight.quant_hint = QuantParams(step, np.zeros(channels, np.int64), 3)
-        bias = Tensor(op.outputs[0].name + "_dw_bias", (channels,), data=add.inputs[1].values().reshape(-1).copy())
-        conv = Op("DEPTHWISE_CONV_2D", [x, weight, bias], [out], dict(
-            Padding=1, StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, DepthMultiplier=1,
-            FusedActivationFunction=add.options.get("FusedActivationFunction", 0)), source=add.source)
-        out.producer = conv
-        replaced[id(op)] = conv
-        dropped.add(id(add))
-    graph.ops = [replaced.get(id(op), op) for op in graph.ops if id(op) not in dropped]
-    return len(replaced)
-
-
 def int8_kernels(graph: Graph) -> int:
     """DEQUANTIZE -> CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED -> QUANTIZE becomes one int8 kernel.
 
@@ -197,7 +152,6 @@ def int8_kernels(graph: Graph) -> int:
     all read from the tensors' entries in the quantization table.
     """
     sink_dequantize(graph)
-    batchnorm_kernels(graph)
     users = _consumers(graph)
     outputs = {id(t) for t in graph.outputs}
     dropped: set[int] = set()

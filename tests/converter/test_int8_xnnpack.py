@@ -19,13 +19,13 @@ from tests.converter.test_int8 import assert_all_int8, assert_bit_exact, quantiz
 SHAPE = (3, 16, 16)
 
 
-def convert(build, tmp_path, shape=SHAPE):
+def convert(build, tmp_path, shape=SHAPE, allow_float=()):
     torch.manual_seed(0)
     model, x, quantizer = quantize_with(settle_bn(build(), shape), shape)
     path = tmp_path / "int8.tflite"
     TFLiteConverter(model, x, path).convert()
     assert_bit_exact(model, quantizer, path, [x, torch.randn(1, *shape), torch.randn(1, *shape) * 2])
-    return path, assert_all_int8(path)
+    return path, assert_all_int8(path, allow_float)
 
 
 def weight_readers(path) -> dict[int, int]:
@@ -126,12 +126,37 @@ class PreActivation(nn.Module):
         return self.bn3(x + self.conv2(F.relu(self.bn2(y))))
 
 
-def test_standalone_batchnorm_is_an_int8_depthwise_kernel(tmp_path):
-    """bn1 (after a conv whose output the residual also reads) and bn3 fold into nothing: each is a 1x1 int8
-    DEPTHWISE_CONV_2D with the ReLU fused (bn2 folds into conv1)."""
-    path, codes = convert(PreActivation, tmp_path)
-    assert codes == ["QUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D", "CONV_2D", "ADD", "DEPTHWISE_CONV_2D",
-                     "DEQUANTIZE"], codes
+#: a BatchNorm that folds into no conv: float between int8 tensors, its ReLU fused into the float ADD
+FLOAT_BN = ["DEQUANTIZE", "MUL", "ADD", "QUANTIZE"]
+
+
+def test_standalone_batchnorm_fuses_its_relu(tmp_path):
+    """bn1 (after a conv whose output the residual also reads) and bn3 fold into nothing: they stay float (MUL, ADD),
+    with the ReLU fused into the ADD (no int8 RELU, which XNNPACK refuses); bn2 folds into conv1."""
+    path, codes = convert(PreActivation, tmp_path, allow_float=("MUL", "ADD"))
+    assert codes == ["QUANTIZE", "CONV_2D", *FLOAT_BN, "CONV_2D", "CONV_2D", "ADD", *FLOAT_BN, "DEQUANTIZE"], codes
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+class SharedPreActivation(nn.Module):
+    """One pre-activation residual block (its BN and conv modules) applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1)
+
+    def block(self, x):
+        return x + self.conv(F.relu(self.bn(x)))
+
+    def forward(self, x):
+        return self.block(self.block(self.stem(x)))
+
+
+def test_shared_standalone_batchnorm_fuses_its_relu_on_every_call(tmp_path):
+    path, codes = convert(SharedPreActivation, tmp_path, allow_float=("MUL", "ADD"))
+    block = [*FLOAT_BN, "CONV_2D", "ADD"]
+    assert codes == ["QUANTIZE", "CONV_2D", *block, *block, "DEQUANTIZE"], codes
+    assert sorted(weight_readers(path).values()) == [1, 2]  # the stem; the conv's weight read by both calls
     assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
 
 

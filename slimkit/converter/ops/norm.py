@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from slimkit.compression.bn_fold import standalone_affine
 from slimkit.converter import layout
 from slimkit.converter.ir import Tensor
 from slimkit.converter.ops.common import norm_dim, sole_producer
@@ -42,15 +41,18 @@ def batch_norm(ctx, node, a):
     x = a["input"]
     if a.get("training"):
         ctx.fail("batch norm in training mode; call model.eval() first")
+    mean, var = _np(a["running_mean"]), _np(a["running_var"])
     channels = x.shape[1]
-    scale, shift = standalone_affine(_np(a["weight"]), _np(a["bias"]), _np(a["running_mean"]), _np(a["running_var"]),
-                                     float(a["eps"]))
+    weight = _np(a["weight"]) if a["weight"] is not None else np.ones(channels, np.float32)
+    bias = _np(a["bias"]) if a["bias"] is not None else np.zeros(channels, np.float32)
+    inv = (1.0 / np.sqrt(var.astype(np.float64) + float(a["eps"])))
+    scale = (weight * inv).astype(np.float32)
+    shift = (bias - mean * weight * inv).astype(np.float32)
     if fold_affine(ctx, x, scale, shift):
         result = x
-    else:  # int8 passes write an int8 MUL -> ADD of a feature map as one DEPTHWISE_CONV_2D (quant.py)
+    else:
         shape = (channels,) + (1,) * (x.rank - 2)
         y = binary(ctx, "MUL", x, scale.reshape(shape), FusedActivationFunction=0)
-        y.producer.from_batchnorm = True
         result = binary(ctx, "ADD", y, shift.reshape(shape), FusedActivationFunction=0)
     if str(node.target).startswith("aten._native_batch_norm"):
         return (result, None, None)

@@ -14,15 +14,13 @@ default CPU path) computes:
   to even, plus the output zero point, clamped;
 - add / subtract: XNNPACK's fixed-point form (per-input multipliers of 21-22 bits, one arithmetic shift);
 - multiply: the integer product times ``float32(float32(a_scale * b_scale) / output_scale)``;
-- a BatchNorm that folds into no conv (pre-activation): the 1x1 depthwise kernel the converter writes for it;
 - mean over whole axes (global average pooling): the int32 sum times
   ``float32(input_scale / (output_scale * count))``, rounded half to even;
 - a layer input quantized with other parameters than the tensor that feeds it (NNI-style ``'input'`` and
   ``'output'`` grids on neighbouring layers: an int8 -> int8 QUANTIZE in the file): XNNPACK's requantization with an
   8-bit fixed-point multiplier, which differs from exact rounding by up to half a step at the ends of the range.
 
-An add, multiply or standalone BatchNorm followed by a ReLU is one kernel with the activation's output parameters, as
-in the file.
+An add or multiply followed by a ReLU is one kernel with the activation's output parameters, as in the file.
 Every other quantized op already gives the kernel's integers (reshapes, pooling by max, concatenation
 with shared parameters), or runs as fake quantization.
 
@@ -191,38 +189,6 @@ def multiply(a: torch.Tensor, b: torch.Tensor, pa: QParams, pb: QParams, out: QP
     o_scale, _ = _per_tensor(out, "a product's output")
     acc = grid_integers(a, pa) * grid_integers(b, pb)
     return requantize(acc, torch.tensor(np.float32(a_scale * b_scale) / o_scale), out).to(a.dtype)
-
-
-def batch_norm(func: Any, args: tuple, kwargs: dict, pin: QParams, out: QParams) -> torch.Tensor:
-    """An eval-mode BatchNorm that folds into no layer (``func(*args, **kwargs)``: ``F.batch_norm``'s call) on an NCHW
-    feature map, as the converter writes it: a 1x1 DEPTHWISE_CONV_2D with weights ``+-127`` on the grid
-    ``|gamma / sqrt(var + eps)| / 127`` and the int32 bias ``round(shift / (input_scale * weight_scale))``
-    (:mod:`slimkit.compression.bn_fold`), requantized as :func:`kernel`."""
-    import inspect
-
-    from slimkit.compression.bn_fold import affine_weight_grid, standalone_affine
-
-    bound = inspect.signature(torch.nn.functional.batch_norm).bind(*args, **kwargs)
-    bound.apply_defaults()
-    a = bound.arguments
-
-    def numpy(value: Any) -> np.ndarray | None:
-        return None if value is None else value.detach().float().cpu().numpy()
-
-    x = a["input"]
-    scale, shift = standalone_affine(numpy(a["weight"]), numpy(a["bias"]), numpy(a["running_mean"]),
-                                     numpy(a["running_var"]), float(a["eps"]))
-    q, step = affine_weight_grid(scale)
-    in_scale, _ = _per_tensor(pin, "a BatchNorm's input")
-    o_scale, _ = _per_tensor(out, "a BatchNorm's output")
-    product = (in_scale * step).astype(np.float32)
-    bias = np.round(shift.astype(np.float64) / product)
-
-    def view(values: np.ndarray) -> torch.Tensor:
-        return channel_view(torch.from_numpy(values).to(x.device), 4, 1)
-
-    acc = grid_integers(x, pin) * view(q.astype(np.float64)) + view(bias)
-    return requantize(acc, view((product / o_scale).astype(np.float32)), out).to(x.dtype)
 
 
 def mean(x: torch.Tensor, reduce: Any, result: torch.Tensor, pin: QParams, out: QParams) -> torch.Tensor:

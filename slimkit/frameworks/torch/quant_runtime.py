@@ -27,9 +27,6 @@ from torch.overrides import TorchFunctionMode
 from slimkit.frameworks.torch import int8_emulation
 from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_name
 
-_PARAMETER_ARGS = {"batch_norm"}
-"""Ops whose tensor arguments after the first are parameters, not quantized activations."""
-
 
 class _Mode(TorchFunctionMode):
     def __init__(self, runtime: GraphRuntime):
@@ -202,8 +199,6 @@ class GraphRuntime:
         first = args[0] if args else None
         sources = list(first) if isinstance(first, (list, tuple)) else [a for a in args if isinstance(
             a, torch.Tensor)]
-        if name in _PARAMETER_ARGS:  # the other tensors are the op's parameters (running statistics, affine)
-            sources = sources[:1]
         input_params = [self.params_of(t) for t in sources if isinstance(t, torch.Tensor)]
         if fused_into is not None:  # add + ReLU: one kernel, on the activation's output grid
             return self._integer(func, args, kwargs or {}, out, OP_KINDS.get(name, name), input_params,
@@ -232,8 +227,6 @@ class GraphRuntime:
             return int8_emulation.add(args[0], args[1], *input_params, params, subtract=kind == "sub")
         if kind == "mul" and binary:
             return int8_emulation.multiply(args[0], args[1], *input_params, params)
-        if kind == "batch_norm" and out.dim() == 4:
-            return int8_emulation.batch_norm(func, args, kwargs, input_params[0], params)
         if kind == "mean" or (kind == "avg_pool" and all(size == 1 for size in out.shape[2:])):
             rest = args[1:]
             return int8_emulation.mean(args[0], lambda x: func(x, *rest, **kwargs), out, input_params[0], params)
