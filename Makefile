@@ -2,12 +2,14 @@
 # make test: set up .venv, lint, and run the whole test suite (CI runs this).
 # make bench-weight-only: add the benchmark peers (.[bench]: NNCF) to .venv and run the weight-only / N:M benchmark.
 # make bench-tfmot: set up .venv-tfmot (tf-keras + tfmot, no torch) and run the slimkit-vs-tfmot benchmark.
+# make bench-litert-torch: set up .venv-litert-torch (torch 2.13 CPU + litert-torch 0.10) and run the int8 latency
+#   comparison (benchmarks/bench_litert_torch.py).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint docs venv clean bench-tfmot bench-weight-only
+.PHONY: demo test lint docs venv clean bench-tfmot bench-weight-only bench-litert-torch
 
 venv: $(STAMP)
 
@@ -62,5 +64,23 @@ $(TFMOT_STAMP): pyproject.toml constraints.txt benchmarks/constraints-tfmot.txt
 bench-tfmot: $(TFMOT_STAMP)
 	$(TFMOT_PY) benchmarks/bench_keras_tfmot.py
 
+# litert-torch's xdsl needs typing-extensions<4.13 (the project pins 4.16): its own venv, torch from the
+# project's pin, the rest from benchmarks/constraints-litert-torch.txt; slimkit without its dependencies (all there).
+# Not part of make test.
+LITERT_TORCH_VENV := .venv-litert-torch
+LITERT_TORCH_PY := $(LITERT_TORCH_VENV)/bin/python
+LITERT_TORCH_STAMP := $(LITERT_TORCH_VENV)/.installed
+
+$(LITERT_TORCH_STAMP): pyproject.toml constraints.txt benchmarks/constraints-litert-torch.txt
+	$(PYTHON) -m venv $(LITERT_TORCH_VENV)
+	$(LITERT_TORCH_PY) -m pip install --quiet -c constraints.txt "torch==2.13.0"
+	$(LITERT_TORCH_PY) -m pip install --quiet -c benchmarks/constraints-litert-torch.txt "litert-torch==0.10.0" \
+		"typing-extensions<4.13" schema tflite
+	$(LITERT_TORCH_PY) -m pip install --quiet --no-deps -e .
+	touch $(LITERT_TORCH_STAMP)
+
+bench-litert-torch: $(LITERT_TORCH_STAMP)
+	$(LITERT_TORCH_PY) benchmarks/bench_litert_torch.py
+
 clean:
-	rm -rf $(VENV) $(TFMOT_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TFMOT_VENV) $(LITERT_TORCH_VENV) .pytest_cache .ruff_cache

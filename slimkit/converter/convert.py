@@ -15,7 +15,7 @@ from slimkit.converter.batch import example_batch, mark_dynamic_batch, with_rows
 from slimkit.converter.eager_check import check_outputs_match, eager_outputs, graph_outputs
 from slimkit.converter.lower import Lowering
 from slimkit.converter.options import ConverterOptions
-from slimkit.converter.passes import run_passes
+from slimkit.converter.passes import run_passes, share_constants
 from slimkit.converter.validate import validate_file
 from slimkit.converter.writer import serialize
 from slimkit.errors import ConfigError, UnsupportedModelError
@@ -128,9 +128,11 @@ class TFLiteConverter:
         return run_passes(graph, self.options)
 
     def build(self):
-        """Capture and lower to the IR (no file written); returns the IR graph."""
+        """Capture and lower to the IR (no file written); returns the IR graph. Equal constants are shared last
+        (:func:`~slimkit.converter.passes.share_constants`), once the graph's tensors are final."""
         if not self.options.dynamic_batch:
             self.graph = self.lower()
+            share_constants(self.graph)
             return self.graph
         batch = example_batch(self.dummy_input)
         rows = max(batch, 2)
@@ -141,6 +143,7 @@ class TFLiteConverter:
                                                                 self.tflite_path, static)
             return converter.lower()
         self.graph = mark_dynamic_batch(at(rows), at(rows + 1), batch, rows)
+        share_constants(self.graph)
         return self.graph
 
     def to_bytes(self) -> bytes:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from slimkit.converter.ir import Graph
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from slimkit.converter.ir import Graph, QuantParams, Tensor
 from slimkit.converter.state import reset_state
 from slimkit.converter.writer import _root
 
@@ -76,6 +81,58 @@ def fold_reshape_into_reduce(graph: Graph) -> int:
         dropped.add(id(op))
     graph.ops = [op for op in graph.ops if id(op) not in dropped]
     return len(dropped)
+
+
+def _same_quant(a: QuantParams | None, b: QuantParams | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.quantized_dimension == b.quantized_dimension and np.array_equal(a.scale, b.scale) and \
+        np.array_equal(a.zero_point, b.zero_point)
+
+
+def share_constants(graph: Graph) -> int:
+    """Constants with the same type, layout, bytes and quantization become one tensor that every op reading them
+    shares: one buffer in the file for a weight a module called several times (or tied parameters) reads on each
+    call. Only constants of the same type and shape are compared (hashed, then compared in full). Returns how many
+    duplicate tensors were dropped.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from slimkit.converter.ir import Graph, Op, Tensor
+    >>> w = [Tensor(f'w{i}', (2, 2), data=np.eye(2, dtype=np.float32)) for i in range(2)]
+    >>> x, y, z = Tensor('x', (2, 2)), Tensor('y', (2, 2)), Tensor('z', (2, 2))
+    >>> graph = Graph([Op('MUL', [x, w[0]], [y]), Op('MUL', [y, w[1]], [z])], [x], [z])
+    >>> share_constants(graph), graph.ops[1].inputs[1].name
+    (1, 'w0')
+    """
+    outputs = {id(t) for t in graph.outputs}
+    uses: list[tuple[Any, int]] = []
+    candidates: dict[tuple, dict[int, Tensor]] = {}  # type, layout, size -> distinct tensors
+    for op in graph.ops:
+        for i, t in enumerate(op.inputs):
+            if t is None or not t.is_const or t.base is not None or t.is_variable or id(t) in outputs:
+                continue
+            key = (t.dtype, t.physical_shape, t.perm, t.data.dtype.str)
+            candidates.setdefault(key, {})[id(t)] = t
+            uses.append((op, i))
+    twins: dict[int, Tensor] = {}
+    for group in candidates.values():  # only constants that share a shape are read (and hashed)
+        if len(group) < 2:
+            continue
+        seen: dict[bytes, list[Tensor]] = {}
+        for t in group.values():
+            values = np.ascontiguousarray(t.values())
+            same = seen.setdefault(hashlib.blake2b(values.view(np.uint8), digest_size=16).digest(), [])
+            twin = next((c for c in same if _same_quant(c.quant, t.quant) and np.array_equal(c.values(), values)),
+                        None)
+            if twin is None:
+                same.append(t)
+            else:
+                twins[id(t)] = twin
+    for op, i in uses:
+        op.inputs[i] = twins.get(id(op.inputs[i]), op.inputs[i])
+    return len(twins)
 
 
 def run_passes(graph: Graph, options) -> Graph:

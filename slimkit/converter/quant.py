@@ -114,8 +114,11 @@ def sink_dequantize(graph: Graph) -> None:
             v = float(value.values().reshape(-1)[0])
             qv = np.clip(np.round(v / float(q.quant.scale[0])) + int(q.quant.zero_point[0]) if np.isfinite(v)
                          and abs(v) < 1e30 else (lo if v < 0 else hi), lo, hi)
-            op.inputs[2] = Tensor(value.name + "_q", (), q.dtype, data=np.array(qv, q.dtype), quant=q.quant)
-            graph.quant_table[op.inputs[2].name] = q.quant
+            if qv == int(q.quant.zero_point[0]):  # PAD fills with the zero point: the same values, and XNNPACK
+                op.code, op.inputs = "PAD", op.inputs[:2]  # takes PAD (not PADV2): max pooling after a ReLU
+            else:
+                op.inputs[2] = Tensor(value.name + "_q", (), q.dtype, data=np.array(qv, q.dtype), quant=q.quant)
+                graph.quant_table[op.inputs[2].name] = q.quant
         q_out = Tensor(out.name + "_int8", out.shape, q.dtype, perm=out.perm, quant=q.quant)
         op.inputs[0], op.outputs = q, [q_out]
         q_out.producer = op

@@ -36,3 +36,34 @@ def interpreter(**kwargs: Any) -> Any:
     with without_lines(_BANNER):
         result.allocate_tensors()
     return result
+
+
+def delegate_partitions(**kwargs: Any) -> tuple[int, list[str]]:
+    """How LiteRT's default CPU path (XNNPACK) runs a file: ``(partitions, undelegated)``, the number of delegate
+    kernels it made of the file's ops and the ops it left to its own kernels (by name, in file order). A file XNNPACK
+    takes whole gives ``(1, [])``; each refused op between delegated ones splits the graph once more. Takes
+    :func:`interpreter`'s arguments.
+
+    Example:
+
+    >>> import os, tempfile, torch
+    >>> from slimkit.converter import TFLiteConverter
+    >>> path = os.path.join(tempfile.mkdtemp(), 'm.tflite')
+    >>> TFLiteConverter(lambda x: torch.cumsum(x, 1) + 1, torch.randn(1, 4), path).convert()
+    >>> delegate_partitions(model_path=path)
+    (1, ['CUMSUM'])
+    """
+    ops = interpreter(**kwargs)._get_ops_details()
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]  # LiteRT appends one node per partition
+    producer = {int(t): op["index"] for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
+    delegated: set[int] = set()
+    for partition in delegates:  # its ops: walk back from its outputs to its inputs
+        boundary = {int(t) for t in partition["inputs"]}
+        pending = [int(t) for t in partition["outputs"]]
+        while pending:
+            index = producer.get(pending.pop())
+            if index is None or index in delegated:
+                continue
+            delegated.add(index)
+            pending += [int(t) for t in ops[index]["inputs"] if int(t) >= 0 and int(t) not in boundary]
+    return len(delegates), [op["op_name"] for op in ops if op["op_name"] != "DELEGATE" and op["index"] not in delegated]

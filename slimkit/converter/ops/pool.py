@@ -60,14 +60,23 @@ def _average(ctx, x, kernel, stride, pads, out_shape, include_pad):
     return binary(ctx, "MUL", y, factor.reshape(1, 1, *factor.shape), FusedActivationFunction=0)
 
 
-@register("aten.max_pool2d.default", emits=("MAX_POOL_2D", "PADV2"))
+def _max_pad_value(x) -> float:
+    """What max pooling pads with: 0 after a ReLU / ReLU6 (every window holds an input element, all >= 0, so the
+    maximum is the same, and a zero PAD is an op XNNPACK takes, PADV2 is not), else the lowest float."""
+    op = x.producer
+    if op is None:
+        return _LOWEST
+    return 0.0 if op.code in ("RELU", "RELU6") or op.options.get("FusedActivationFunction") in (1, 3) else _LOWEST
+
+
+@register("aten.max_pool2d.default", emits=("MAX_POOL_2D", "PADV2", "PAD"))
 def max_pool2d(ctx, node, a):
     if _pair(a["dilation"]) != (1, 1):
         ctx.fail("dilated max pooling is not supported")
     kernel = _pair(a["kernel_size"])
     stride = _pair(a["stride"]) if a["stride"] else kernel
     return _pool(ctx, "MAX_POOL_2D", a["self"], kernel, stride, _pair(a["padding"]),
-                 tuple(node.meta["val"].shape), _LOWEST)
+                 tuple(node.meta["val"].shape), _max_pad_value(a["self"]))
 
 
 @register("aten.avg_pool2d.default", emits=("AVERAGE_POOL_2D", "PAD", "MUL"))

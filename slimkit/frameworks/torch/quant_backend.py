@@ -271,9 +271,8 @@ class QuantWrapper(CompressionWrapper):
         """The grids of the layer's int8 kernel: its input, weight and output parameters (None where not known)."""
         quantizer, layer = self._ref.quantizer, self._ref.layer
         table = quantizer.params[layer.name]
-        output_key = quantizer._key("output", call) if self.quantize_output_here else "output"
         return {"input": input_params(quantizer, layer, call), "weight": table.get("weight"),
-                "output": table.get(output_key)}
+                "output": table.get(quantizer._key("output", call))}
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight this layer computes with (masked, BN-folded, fake-quantized), detached."""
@@ -321,7 +320,7 @@ class _TailHook:
 
     def __init__(self, quantizer: Any, calls: int):
         self.quantizer, self.calls, self.count = quantizer, calls, 0
-        self.layers: dict[int, Any] = {}  # tail call index -> head layer
+        self.layers: dict[int, tuple[Any, int]] = {}  # tail call index -> (head layer, the head's call)
 
     def __deepcopy__(self, memo: dict) -> _TailHook:
         return self
@@ -329,13 +328,13 @@ class _TailHook:
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         index = self.count % self.calls if self.calls > 1 else 0
         self.count += 1
-        layer = self.layers.get(index)
+        layer, call = self.layers.get(index, (None, 0))
         if layer is None:
             return output
         if getattr(self.quantizer, "_graph_runtime", None) is not None and not torch.compiler.is_exporting():
             with _no_function_mode():
-                return self.quantizer.forward_output(layer, output, 0)
-        return self.quantizer.forward_output(layer, output, 0)
+                return self.quantizer.forward_output(layer, output, call)
+        return self.quantizer.forward_output(layer, output, call)
 
 
 class TorchQuantBackend:
@@ -368,13 +367,16 @@ class TorchQuantBackend:
             if fusion is not None:
                 if fusion.bn is not None:
                     wrapper._ref.bn = model.get_submodule(fusion.bn)
-                if fusion.tail is not None and quantizer.quantizes(layer, QuantType.QUANT_OUTPUT):
-                    wrapper.quantize_output_here = False
-                    hook = tails.get(fusion.tail)
-                    if hook is None:
-                        hook = tails[fusion.tail] = _TailHook(quantizer, plan.tail_calls.get(fusion.tail, 1))
-                        handles.append(model.get_submodule(fusion.tail).register_forward_hook(hook))
-                    hook.layers[fusion.tail_call] = layer
+                if fusion.ends and quantizer.quantizes(layer, QuantType.QUANT_OUTPUT):
+                    wrapper.quantize_output_here = False  # a functional end is quantized by the graph runtime
+                    for call, end in enumerate(fusion.ends):
+                        if end.key is not None:
+                            continue
+                        hook = tails.get(end.module)
+                        if hook is None:
+                            hook = tails[end.module] = _TailHook(quantizer, plan.tail_calls.get(end.module, 1))
+                            handles.append(model.get_submodule(end.module).register_forward_hook(hook))
+                        hook.layers[end.call] = (layer, call)
             set_submodule(model, layer.name, wrapper)
             layer.wrapper = wrapper
         quantizer._torch_handles = handles
@@ -418,8 +420,9 @@ class TorchQuantBackend:
     def layer_extras(self, layer: Any, quantizer: Any) -> dict[str, Any]:
         plan = quantizer.graph_plan
         fusion = plan.fusions.get(layer.name) if plan is not None else None
+        end = fusion.ends[0] if fusion and fusion.ends else None
         return {"folded_bn": fusion.bn if fusion else None, "fused_activation": fusion.activation if fusion
-                else None, "fused_output_module": fusion.tail if fusion and fusion.tail else layer.name}
+                else None, "fused_output_module": (end.key or end.module) if end is not None else layer.name}
 
     @contextlib.contextmanager
     def inference(self, model: nn.Module) -> Iterator[None]:

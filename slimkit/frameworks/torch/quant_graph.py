@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ from slimkit.frameworks.torch.wrapper import CompressionWrapper
 
 _WEIGHTED = {"conv1d", "conv2d", "conv3d", "linear", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _BN = {"batch_norm", "native_batch_norm_legit_no_training"}
-_ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "hardtanh": "relu6"}
+_FUSES_ACTIVATION = {"add", "sub", "mul", "batch_norm"}  # ops not of a layer whose int8 kernel fuses a ReLU
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 # ATen op name -> canonical op kind (profiles and the converter speak these kinds).
@@ -94,15 +94,41 @@ def tensor_key(captured: CapturedGraph, node: torch.fx.Node) -> str:
     return tensor_keys(captured)[node.name]
 
 
+class End(NamedTuple):
+    """Where one call of a fused kernel ends (its output is quantized there): the tail module and its call, or, for
+    a functional activation (``F.relu``, ``clamp``, ``hardtanh``, in whole-graph mode), that node's tensor key and
+    name in the capture (the module is then the one calling it)."""
+
+    module: str
+    call: int
+    key: str | None = None
+    node: str | None = None
+
+
 @dataclass
 class Fusion:
-    """A weighted layer and what the target fuses into it."""
+    """A weighted layer and what the target fuses into it, on each of its calls.
+
+    Attributes:
+        layer: the weighted layer (conv / linear).
+        bn: BatchNorm module folded into the layer (the same module after every call of it).
+        activation: ``'relu'`` / ``'relu6'`` fused (the same kind on every call).
+        ends: per call of the layer, where the fused kernel ends.
+    """
 
     layer: str
-    bn: str | None = None           # BatchNorm module folded into the layer
-    tail: str | None = None         # module whose output is the fused kernel's output
-    tail_call: int = 0              # which call of ``tail``
-    activation: str | None = None   # 'relu' / 'relu6' fused
+    bn: str | None = None
+    activation: str | None = None
+    ends: list[End] = field(default_factory=list)
+
+    @property
+    def tail(self) -> str | None:
+        """The module whose output is the fused kernel's output (on the first call)."""
+        return self.ends[0].module if self.ends else None
+
+    @property
+    def tail_call(self) -> int:
+        return self.ends[0].call if self.ends else 0
 
 
 @dataclass
@@ -116,6 +142,7 @@ class GraphPlan:
     graph: dict[str, Any] = field(default_factory=dict)   # tensor key -> GraphTensor (whole-graph mode)
     owners: dict[str, str] = field(default_factory=dict)  # node name -> 'layer:<name>' / 'graph:<key>'
     fused_activations: dict[str, str] = field(default_factory=dict)  # add / mul key -> key of the ReLU fused into it
+    tail_keys: dict[str, tuple[str, int]] = field(default_factory=dict)  # functional tail key -> (layer, its call)
 
 
 def _single_user(node: torch.fx.Node) -> torch.fx.Node | None:
@@ -130,6 +157,84 @@ def _layer_module(modules: dict[str, nn.Module], path: str) -> nn.Module | None:
     return module.module if isinstance(module, CompressionWrapper) else module
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def activation_kind(node: torch.fx.Node) -> str | None:
+    """``'relu'`` / ``'relu6'`` when ``node`` computes one (``relu``, ``relu6``, ``hardtanh(0, 6)``,
+    ``clamp(0)``, ``clamp(0, 6)``, ``clamp_min(0)``, in-place forms too), else None: what an int8 kernel fuses.
+
+    Example:
+
+    >>> import torch
+    >>> from slimkit.frameworks.torch.graph import capture_graph
+    >>> class Activations(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return torch.clamp(x, 0, 6) + torch.clamp(x, min=0) + torch.nn.functional.hardtanh(x) + x.relu()
+    >>> [activation_kind(n) for n in capture_graph(Activations(), (torch.randn(2),)).call_nodes()]
+    ['relu6', 'relu', None, None, None, 'relu', None]
+    """
+    name = op_name(node)
+    if name in ("relu", "relu6"):
+        return name
+    args = list(node.args[1:])
+    if name == "hardtanh":
+        low, high = (args + [-1.0, 1.0][len(args):])[:2]
+        low, high = node.kwargs.get("min_val", low), node.kwargs.get("max_val", high)
+    elif name in ("clamp", "clip", "clamp_min"):
+        low = node.kwargs.get("min", args[0] if args else None)
+        high = None if name == "clamp_min" else node.kwargs.get("max", args[1] if len(args) > 1 else None)
+    else:
+        return None
+    if _number(low) != 0.0:
+        return None
+    return "relu" if high is None else "relu6" if _number(high) == 6.0 else None
+
+
+def _chain(captured: CapturedGraph, node: torch.fx.Node, modules: dict, functional: bool) -> tuple:
+    """``(bn node, activation node, activation kind)`` after one call of a weighted layer (each None if absent):
+    a BatchNorm module that is its only user, then a ReLU / ReLU6 (module, or a function when ``functional``)."""
+    bn = act = kind = None
+    nxt = _single_user(node)
+    if nxt is not None and op_name(nxt) in _BN and isinstance(modules.get(captured.module_path(nxt)),
+                                                               nn.modules.batchnorm._BatchNorm):
+        bn, nxt = nxt, _single_user(nxt)
+    if nxt is not None and activation_kind(nxt) is not None:
+        module = modules.get(captured.module_path(nxt))
+        if isinstance(module, _ACT_MODULES) or functional:
+            act, kind = nxt, activation_kind(nxt)
+    return bn, act, kind
+
+
+def _fusion(captured: CapturedGraph, path: str, nodes: list, modules: dict, result: GraphPlan,
+            layer_names: set[str], fold_bn: bool, whole_graph: bool) -> Fusion | None:
+    """The fusion of layer ``path`` (``nodes``: its weighted op on each call), or None: every call must fuse the same
+    BatchNorm module (called once after each of them, so that it folds into the weight) and the same activation."""
+    keys = tensor_keys(captured) if whole_graph else {}
+    chains = [_chain(captured, node, modules, whole_graph) for node in nodes]
+    bns = {captured.module_path(bn) if bn is not None else None for bn, _, _ in chains}
+    kinds = {kind for _, _, kind in chains}
+    if len(bns) != 1 or len(kinds) != 1:
+        return None
+    bn_path, kind = bns.pop(), kinds.pop()
+    if bn_path is not None and (result.calls.get(bn_path, 1) != len(nodes) or not isinstance(
+            _layer_module(modules, path), (nn.Conv1d, nn.Conv2d, nn.Conv3d))):
+        return None  # a BatchNorm that also runs elsewhere, or after a layer it cannot fold into
+    fusion = Fusion(path, bn_path if fold_bn else None, kind)
+    for bn, act, _ in chains:
+        tail = act if act is not None else bn
+        if tail is None:
+            return None
+        module = captured.module_path(tail)
+        if module in layer_names:
+            return None
+        functional = act is not None and not isinstance(modules.get(module), _ACT_MODULES)
+        fusion.ends.append(End(module, captured.call_index(tail), keys[tail.name] if functional else None,
+                               tail.name if functional else None))
+    return fusion
+
+
 def plan(model: nn.Module, dummy_input: Any, layer_names: set[str], *, fold_bn: bool,
          whole_graph: bool = False) -> GraphPlan:
     """Capture ``model`` and find fusions and call counts for the selected ``layer_names``."""
@@ -139,29 +244,23 @@ def plan(model: nn.Module, dummy_input: Any, layer_names: set[str], *, fold_bn: 
     for node in captured.call_nodes():
         call_sets[captured.module_path(node)].add(captured.call_index(node))
     result = GraphPlan(calls={path: len(calls) for path, calls in call_sets.items()}, captured=captured)
+    weighted: dict[str, list[torch.fx.Node]] = defaultdict(list)
     for node in captured.call_nodes():
         path = captured.module_path(node)
-        if path not in layer_names or op_name(node) not in _WEIGHTED or result.calls.get(path, 1) > 1:
+        if path in layer_names and op_name(node) in _WEIGHTED:
+            weighted[path].append(node)
+    for path, nodes in weighted.items():
+        if len(nodes) != result.calls.get(path, 1):
             continue
-        fusion = Fusion(path)
-        current = node
-        nxt = _single_user(current)
-        if (nxt is not None and op_name(nxt) in _BN and isinstance(modules.get(captured.module_path(nxt)),
-                                                                     nn.modules.batchnorm._BatchNorm)
-                and result.calls.get(captured.module_path(nxt), 1) == 1
-                and isinstance(_layer_module(modules, path), (nn.Conv1d, nn.Conv2d, nn.Conv3d))):
-            if fold_bn:
-                fusion.bn = captured.module_path(nxt)
-            fusion.tail, fusion.tail_call = captured.module_path(nxt), captured.call_index(nxt)
-            current = nxt
-            nxt = _single_user(current)
-        if (nxt is not None and op_name(nxt) in _ACTIVATIONS
-                and isinstance(modules.get(captured.module_path(nxt)), _ACT_MODULES)):
-            fusion.tail, fusion.tail_call = captured.module_path(nxt), captured.call_index(nxt)
-            fusion.activation = _ACTIVATIONS[op_name(nxt)]
-        if fusion.tail is not None and fusion.tail not in layer_names:
-            result.fusions[path] = fusion
-            result.tail_calls[fusion.tail] = result.calls.get(fusion.tail, 1)
+        fusion = _fusion(captured, path, nodes, modules, result, layer_names, fold_bn, whole_graph)
+        if fusion is None:
+            continue
+        result.fusions[path] = fusion
+        for call, end in enumerate(fusion.ends):
+            if end.key is not None:
+                result.tail_keys[end.key] = (path, call)
+            else:
+                result.tail_calls[end.module] = result.calls.get(end.module, 1)
     if whole_graph:
         plan_graph_tensors(result, layer_names)
     return result
@@ -195,15 +294,17 @@ def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
     keys = tensor_keys(captured)
     internal: set[str] = set()
     owners: dict[str, str] = {}
-    chain_of_tail: dict[tuple[str, int], str] = {f.tail and (f.tail, f.tail_call): name
-                                                 for name, f in result.fusions.items()}
+    chain_of_tail: dict[tuple[str, int], str] = {(end.module, end.call): name for name, f in result.fusions.items()
+                                                 for end in f.ends if end.key is None}
+    for name, fusion in result.fusions.items():
+        owners.update({end.node: f"layer:{name}" for end in fusion.ends if end.node is not None})
     for node in captured.call_nodes():
         path = captured.module_path(node)
         if path in layer_names or any(path.startswith(name + ".") for name in layer_names):
             owners[node.name] = f"layer:{path.split('.module')[0] if path not in layer_names else path}"
             continue
         head = chain_of_tail.get((path, captured.call_index(node)))
-        if head is not None and op_name(node) in (_BN | set(_ACTIVATIONS)):
+        if head is not None and (op_name(node) in _BN or activation_kind(node) is not None):
             owners[node.name] = f"layer:{head}"
             continue
     # nodes between a fused head and its tail (the BN of a conv+BN+ReLU) are internal
@@ -212,12 +313,12 @@ def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
             if captured.module_path(node) == fusion.bn and fusion.tail != fusion.bn:
                 internal.add(node.name)
                 owners[node.name] = f"layer:{name}"
-    # add / mul followed only by a ReLU: the target fuses the activation, quantize after it
+    # add / mul / a standalone BatchNorm followed only by a ReLU: the target fuses the activation, quantize after it
     for node in captured.call_nodes():
         if node.name in owners:
             continue
         user = _single_user(node)
-        if op_name(node) in ("add", "sub", "mul") and user is not None and op_name(user) in _ACTIVATIONS:
+        if op_name(node) in _FUSES_ACTIVATION and user is not None and activation_kind(user) is not None:
             internal.add(node.name)
             result.fused_activations[keys[node.name]] = keys[user.name]
     for index, node in enumerate(captured.user_inputs()):

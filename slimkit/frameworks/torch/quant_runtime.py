@@ -69,6 +69,7 @@ class GraphRuntime:
         self.names: dict[Any, str] = {}  # torch function -> function_name(), computed once per function
         self.functional: dict[Any, Any] = {}  # torch function -> its out-of-place twin (None: not in place)
         self.silenced = 0  # depth in ``stack`` of the module the mode was switched off for (0: none)
+        self.layers: dict[str, Any] = {}  # layer name -> the quantizer's layer, for fused functional ends
 
     def __deepcopy__(self, memo: dict) -> GraphRuntime:
         return self  # copies of the model (export) share the runtime: hooks are keyed by path
@@ -79,6 +80,8 @@ class GraphRuntime:
         # always_call: a forward that raises (model code failing mid-call) still leaves the function mode
         self.handles.append(self.model.register_forward_hook(self._root_post, always_call=True))
         planned = {tensor.module for tensor in self.plan.graph.values()}
+        # fused ends the mode computes too: an add / BatchNorm before its ReLU, a functional ReLU ending a layer
+        planned |= {key.rsplit("/", 3)[0] for key in (*self.plan.fused_activations, *self.plan.tail_keys)}
         planned_under = {path[:end] for path in planned for end in range(len(path) + 1)
                          if end == len(path) or path[end] == "."}  # every planned module and its ancestors
         for name, module in self.model.named_modules():
@@ -190,6 +193,9 @@ class GraphRuntime:
         k = self.ops[counter]
         self.ops[counter] = k + 1
         key = f"{path}/{call}/{name}/{k}"
+        head = self.plan.tail_keys.get(key)
+        if head is not None:  # a functional ReLU ending a fused conv / linear: the layer's output, on its call
+            return self._layer_output(out, *head)
         tensor = self.plan.graph.get(key)
         emulating = self.quantizer.integer_arithmetic is not None
         fused_into = self.plan.fused_activations.get(key) if tensor is None and emulating else None
@@ -225,6 +231,11 @@ class GraphRuntime:
                                                  bool(kwargs.get("align_corners")))
         self.tensors[id(out)] = (out, params)
         return out
+    def _layer_output(self, out: torch.Tensor, layer_name: str, call: int) -> torch.Tensor:
+        layer = self.layers.get(layer_name)
+        if layer is None:
+            layer = self.layers[layer_name] = next(item for item in self.quantizer.layers if item.name == layer_name)
+        return self.quantizer.forward_output(layer, out, call)
 
     @staticmethod
     def _integer(func: Any, args: tuple, kwargs: dict, out: torch.Tensor, kind: str, input_params: list,
