@@ -143,6 +143,21 @@ def load_data(spec: str) -> Data:
                        f"(train_batches, eval_batches). Received: {type(result).__name__}")
 
 
+def require_torch_model(model: Any, spec: str) -> None:
+    """Refuse a Keras model in a command whose training loop, reports and files are PyTorch's.
+
+    Raises:
+        SlimkitError: ``model`` is not a ``torch.nn.Module``.
+    """
+    from slimkit.compression.adapter import framework_of
+
+    framework = framework_of(model)
+    if framework != "torch":
+        raise SlimkitError(f"The factory {spec!r} returned a {framework} model; this command takes PyTorch models. "
+                           "Expected a torch.nn.Module, or the Python API for Keras models (docs/keras.md); "
+                           "`slimkit convert` writes Keras models.")
+
+
 def speed_up(model: Any, masks_path: str, example: Any) -> None:
     """Shrink ``model`` in place with :class:`slimkit.speedup.ModelSpeedup` and the masks in ``masks_path``."""
     from slimkit.masks import load_masks

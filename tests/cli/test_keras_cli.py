@@ -50,3 +50,16 @@ def test_keras_masks_are_refused_until_keras_speedup(tmp_path, capsys):
     assert main(["convert", "--model", MODEL, "--masks", str(masks), "--out", str(out)]) != 0
     assert "no Keras ModelSpeedup yet" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize('command', ['prune', 'quantize', 'speedup'])
+def test_pytorch_only_commands_refuse_a_keras_model_by_name(tmp_path, capsys, command):
+    config = tmp_path / "c.yaml"
+    algorithm = "NaiveQuantizer" if command == "quantize" else "LevelPruner"
+    config.write_text(f"algorithm: {algorithm}\nconfig_list:\n  - sparsity: 0.5\n    op_types: [Dense]\n")
+    extra = {"prune": ["--config", str(config)], "quantize": ["--config", str(config)],
+             "speedup": ["--masks", str(config), "--input-shape", "1,8,8,1"]}[command]
+    assert main([command, "--model", MODEL, *extra, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"slimkit {command}: error: The factory {MODEL!r} returned a keras model" in err
+    assert not (tmp_path / "out").exists()
