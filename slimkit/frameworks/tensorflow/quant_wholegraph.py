@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from slimkit.errors import UnsupportedModelError
 from slimkit.frameworks.tensorflow.quant_fold import Fold
 from slimkit.frameworks.tensorflow.quant_ops import call_training, fake_quant_deploy
 from slimkit.frameworks.tensorflow.wrapper import MaskWrapper
@@ -142,13 +144,25 @@ def _onto_concat_grid(plan: KerasPlan, owners: dict[int, str | None], cat: Any, 
 def plan_graph(model: Any, plan: KerasPlan, selected: dict[int, str], shares: Callable[[str], bool]) -> None:
     """Fill ``plan`` (graph, layers, input keys, fused, concat_inputs) for ``model``; ``selected``: id(layer) -> name
     of the layers the quantizer wraps; ``shares(kind)``: the profile's rule for ops passing their input's parameters.
-    Layers called more than once, nested models and unknown layers are left float."""
+    Layers called more than once, nested models and unknown layers are left float.
+
+    Raises:
+        UnsupportedModelError: ``model`` is subclassed (it has no layer graph to read).
+    """
+    inputs = None
+    with contextlib.suppress(AttributeError, ValueError):
+        inputs = model.inputs
+    if not inputs:
+        raise UnsupportedModelError(
+            f"Whole-graph quantization (op_types ['default'] quantizing 'output') reads the Keras layer graph, which "
+            f"the subclassed model {type(model).__name__!r} does not have. Expected a functional or Sequential "
+            f"model, or layer types in op_types (e.g. ['Conv2D', 'Dense']). Received: {type(model).__name__}")
     owners: dict[int, str | None] = {lid: f"layer:{name}" for lid, name in selected.items()}
     for name, fold in plan.folds.items():
         for tail in (fold.bn, fold.tail):
             if tail is not None:
                 owners[id(tail)] = f"layer:{name}"
-    for index, tensor in enumerate(model.inputs):
+    for index, tensor in enumerate(inputs):
         key = f"input/{index}"
         owners[id(tensor._keras_history.operation)] = f"graph:{key}"
         plan.graph[key] = GraphTensor(key, "input", key)

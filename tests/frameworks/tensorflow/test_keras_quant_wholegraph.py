@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer
+from slimkit.errors import UnsupportedModelError
 from slimkit.frameworks.tensorflow import export_tflite
 from slimkit.frameworks.tensorflow.export import run_tflite
 from slimkit.frameworks.tensorflow.wrapper import wrapper_of
@@ -103,3 +104,27 @@ def test_qat_observes_graph_tensors_in_fit_and_unwrap_restores():
     qat.unwrap_model()
     assert all(wrapper_of(layer) is None for layer in model.layers) and 'training' not in vars(model)
     np.testing.assert_array_equal(np.asarray(model(x)), before)
+
+
+def test_sequential_models_plan_and_subclassed_models_are_refused_by_name():
+    L = keras.layers
+    sequential = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(2, 3, name='c'), L.MaxPooling2D(name='p'),
+                                   L.Flatten(name='f'), L.Dense(3, name='fc')])
+    ptq = PostTrainingQuantizer(sequential, CONFIG, dummy_input=np.zeros((1, 6, 6, 1), np.float32))
+    assert {key: tensor.inputs for key, tensor in ptq.graph_plan.graph.items()} == {
+        'input/0': [], 'p': ['layer:c'], 'f': ['graph:p']}
+    assert ptq.graph_plan.input_keys == {'c': {0: 'input/0'}}
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = L.Conv2D(2, 3, name='c')
+
+        def call(self, x):
+            return self.conv(x)
+
+    model = Sub()
+    model(np.zeros((1, 6, 6, 1), np.float32))
+    with pytest.raises(UnsupportedModelError, match="subclassed model 'Sub'.*Expected a functional or Sequential"):
+        PostTrainingQuantizer(model, CONFIG, dummy_input=np.zeros((1, 6, 6, 1), np.float32))
+    assert wrapper_of(model.conv) is None
