@@ -56,25 +56,54 @@ def load_object(spec: str, what: str = "object") -> Any:
     return obj
 
 
+def _load_torch_weights(model: Any, weights: str, spec: str) -> None:
+    import torch
+
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SlimkitError(f"Expected an existing weights file. Received: --weights {weights!r}") from None
+    except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
+        raise SlimkitError(f"Could not read weights from {weights!r} (weights-only loading): {error}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise SlimkitError(f"The weights in {weights!r} do not fit the model from {spec!r}: {error}") from None
+
+
+def _load_keras_weights(model: Any, weights: str, spec: str) -> None:
+    """``model.load_weights`` of a ``.weights.h5`` or ``.keras`` file (what slimkit's Keras exports write)."""
+    if not weights.endswith((".weights.h5", ".keras")):
+        raise SlimkitError(f"A Keras model's weights are a '.weights.h5' or '.keras' file. Expected --weights ending "
+                           f"in one of those. Received: --weights {weights!r}")
+    if not os.path.isfile(weights):
+        raise SlimkitError(f"Expected an existing weights file. Received: --weights {weights!r}")
+    try:
+        model.load_weights(weights)
+    except Exception as error:  # noqa: BLE001 - any unreadable or mismatched file is a user error here
+        raise SlimkitError(f"The weights in {weights!r} do not fit the Keras model from {spec!r}: {error}") from None
+
+
+# framework (slimkit.compression.adapter.framework_of) -> how --weights are loaded into its models
+WEIGHT_LOADERS: dict[str, Callable[[Any, str, str], None]] = {"torch": _load_torch_weights,
+                                                             "keras": _load_keras_weights}
+
+
 def load_model(spec: str, weights: str | None = None) -> Any:
-    """Call the factory ``spec`` (no arguments) and load ``weights`` (a state dict) into the result."""
+    """Call the factory ``spec`` (no arguments): a ``torch.nn.Module`` or a ``keras.Model``; load ``weights`` into
+    the result (a PyTorch state dict, or a Keras ``.weights.h5`` / ``.keras`` file)."""
+    from slimkit.compression.adapter import framework_of
+
     factory = load_object(spec, "model factory")
     if not callable(factory):
         raise SlimkitError(f"Expected a callable model factory. Received: {spec!r} is a {type(factory).__name__}")
     model = factory()
+    try:
+        framework = framework_of(model)
+    except SlimkitError as error:
+        raise SlimkitError(f"The model factory {spec!r} returned no model. {error}") from None
     if weights:
-        import torch
-
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise SlimkitError(f"Expected an existing weights file. Received: --weights {weights!r}") from None
-        except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
-            raise SlimkitError(f"Could not read weights from {weights!r} (weights-only loading): {error}") from None
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise SlimkitError(f"The weights in {weights!r} do not fit the model from {spec!r}: {error}") from None
+        WEIGHT_LOADERS[framework](model, weights, spec)
     return model
 
 
@@ -112,6 +141,21 @@ def load_data(spec: str) -> Data:
         return Data(lambda bs: train, lambda: evaluate)
     raise SlimkitError(f"Expected the data loader {spec!r} to return (x_train, y_train, x_test, y_test) or "
                        f"(train_batches, eval_batches). Received: {type(result).__name__}")
+
+
+def require_torch_model(model: Any, spec: str) -> None:
+    """Refuse a Keras model in a command whose training loop, reports and files are PyTorch's.
+
+    Raises:
+        SlimkitError: ``model`` is not a ``torch.nn.Module``.
+    """
+    from slimkit.compression.adapter import framework_of
+
+    framework = framework_of(model)
+    if framework != "torch":
+        raise SlimkitError(f"The factory {spec!r} returned a {framework} model; this command takes PyTorch models. "
+                           "Expected a torch.nn.Module, or the Python API for Keras models (docs/keras.md); "
+                           "`slimkit convert` writes Keras models.")
 
 
 def speed_up(model: Any, masks_path: str, example: Any) -> None:

@@ -32,6 +32,7 @@ class Session:
         torch.manual_seed(self.settings.get("seed", 0))
         self.cls = common.lookup(registry, self.settings["algorithm"], self.doc, ("algorithm",), kind)
         self.model = common.load_model(args.model, args.weights)
+        common.require_torch_model(self.model, args.model)
         self.data = common.load_data(args.data) if getattr(args, "data", None) else None
         fine_tune = common.check_keys(self.doc, self.settings.get("fine_tune", {}), common.FINE_TUNE_KEYS,
                                       ("fine_tune",))

@@ -1,38 +1,72 @@
-"""``slimkit convert``: write a PyTorch model as a TFLite flatbuffer with slimkit's converter."""
+"""``slimkit convert``: write a model as a TFLite flatbuffer: PyTorch with slimkit's converter, Keras with
+TensorFlow's (``slimkit.frameworks.tensorflow.export_tflite``)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from slimkit.cli import _common as common
+from slimkit.errors import SlimkitError
 
-HELP = "convert a PyTorch model to a .tflite file (TFLiteConverter)"
+HELP = "convert a PyTorch or Keras model to a .tflite file"
 EXAMPLE = """\
 example:
   slimkit convert --model slimkit.models:DigitsCNN --weights out/model.pth \\
                   --input-shape 1,1,8,8 --out out/model.tflite
+  slimkit convert --model mymodels:keras_cnn --weights out/model.weights.h5 --out out/keras.tflite
   slimkit inspect out/model.tflite
+
+a factory returning a keras.Model is written by TensorFlow's converter (float32; --input-shape is then
+optional: the model's keras.Input gives it)
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model factory as package.module:function")
-    parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+    parser.add_argument("--weights", help="weights to load into the model first: a PyTorch state dict (.pth), "
+                        "a Keras .weights.h5 / .keras file")
     parser.add_argument("--masks", help="mask file: shrink channels with ModelSpeedup before converting")
-    parser.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,1,8,8")
+    parser.add_argument("--input-shape", help="example input shape, e.g. 1,1,8,8 (required for PyTorch models)")
     parser.add_argument("--out", required=True, help="the .tflite file to write")
 
 
-def run(args: argparse.Namespace) -> int:
+def _torch(model: Any, args: argparse.Namespace) -> None:
     import torch
 
     from slimkit.converter import TFLiteConverter
 
-    shape = common.parse_shape(args.input_shape)
-    model = common.load_model(args.model, args.weights).eval()
-    example = torch.randn(*shape)
+    if not args.input_shape:
+        raise SlimkitError(f"Converting the PyTorch model {args.model!r} needs an example input. Expected "
+                           "--input-shape, e.g. 1,1,8,8. Received: no --input-shape")
+    model.eval()
+    example = torch.randn(*common.parse_shape(args.input_shape))
     if args.masks:
         common.speed_up(model, args.masks, example)
     TFLiteConverter(model, example, args.out).convert()
+
+
+def _keras(model: Any, args: argparse.Namespace) -> None:
+    from slimkit.frameworks.tensorflow import export_tflite
+
+    if args.masks:
+        raise SlimkitError(f"--masks on the Keras model {args.model!r}: this slimkit has no Keras ModelSpeedup yet. "
+                           "Expected no --masks: convert the weights `slimkit`'s Keras export wrote (masks baked in). "
+                           f"Received: --masks {args.masks!r}")
+    if args.input_shape:
+        common.parse_shape(args.input_shape)  # checked; the model's keras.Input gives the shape
+    export_tflite(model, args.out)
+
+
+# framework (slimkit.compression.adapter.framework_of) -> how its models are written
+CONVERTERS: dict[str, Callable[[Any, argparse.Namespace], None]] = {"torch": _torch, "keras": _keras}
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimkit.compression.adapter import framework_of
+
+    model = common.load_model(args.model, args.weights)
+    CONVERTERS[framework_of(model)](model, args)
     common.say(f"wrote {args.out}")
     return 0

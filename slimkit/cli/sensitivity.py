@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     cls = common.lookup(common.pruner_registry(), settings["algorithm"], doc, ("algorithm",), "pruner")
     evaluate = common.load_object(settings["evaluate"], "evaluate function")
     model = common.load_model(args.model, args.weights)
+    common.require_torch_model(model, args.model)
     try:
         table = sensitivity(model, evaluate, cls, settings["sparsities"],
                             tuple(settings.get("op_types", ("Conv2d", "Linear"))), op_names=settings.get("op_names"),

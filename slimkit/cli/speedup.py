@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         require("onnxscript", "slimkit speedup --onnx")  # before anything is computed or written
     shape = common.parse_shape(args.input_shape)
     model = common.load_model(args.model, args.weights)
+    common.require_torch_model(model, args.model)
     masks = load_masks(args.masks)
     example = torch.randn(*shape)
     before = measure(copy.deepcopy(model), example=example)

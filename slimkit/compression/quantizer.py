@@ -445,24 +445,26 @@ class Quantizer(Compressor):
             return None, None
         return known[0], input_names[0]
 
+    def owner_params(self, owner: str | None) -> QParams | None:
+        """The current parameters of a whole-graph tensor's input: ``'layer:<name>'`` (that layer's output),
+        ``'graph:<key>'`` (a graph tensor) or None (unknown)."""
+        if owner is None:
+            return None
+        kind, _, name = owner.partition(":")
+        if kind == "layer":
+            return self.params.get(name, {}).get("output") if name in self.params else None
+        return self.graph_params.get(name)
+
     def resolve_graph_params(self) -> None:
         """Apply the profile's rules (fixed / shared parameters) over the planned graph, in order."""
         plan = self.graph_plan
         if plan is None or not getattr(plan, "graph", None):
             return
 
-        def owner_params(owner: str | None) -> QParams | None:
-            if owner is None:
-                return None
-            kind, _, name = owner.partition(":")
-            if kind == "layer":
-                return self.params.get(name, {}).get("output") if name in self.params else None
-            return self.graph_params.get(name)
-
         for tensor in plan.graph.values():
             if tensor.key not in self.graph_meta and tensor.key not in self.graph_params:
                 continue
-            inputs = [owner_params(owner) for owner in tensor.inputs]
+            inputs = [self.owner_params(owner) for owner in tensor.inputs]
             params, shared_from = self._rule_params(tensor.kind, self.activation_bits(self.graph_slot, tensor.key),
                                                     inputs, list(tensor.inputs) or [None])
             if params is not None:

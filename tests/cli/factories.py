@@ -44,3 +44,12 @@ class LastChannelsPruner(FilterPruner):
 
     def channel_importance(self, layer):
         return -np.arange(self.weight_of(layer).shape[layer.out_axis], dtype=np.float64)
+
+
+def keras_cnn():
+    """A small Keras CNN (seed 0) for the CLI's Keras paths."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation='relu', name='conv'),
+                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, name='fc')])

@@ -197,18 +197,20 @@ def _random_samples(specs: list[Any], count: int = 8) -> list[list[np.ndarray]]:
     return [[rng.standard_normal([1, *spec.shape[1:]]).astype(np.float32) for spec in specs] for _ in range(count)]
 
 
-def run_tflite(path_or_bytes: str | os.PathLike | bytes, inputs: Iterable[np.ndarray] | np.ndarray) -> np.ndarray:
+def run_tflite(path_or_bytes: str | os.PathLike | bytes, inputs: Iterable[np.ndarray] | np.ndarray,
+               **interpreter_kwargs: Any) -> np.ndarray:
     """Run a single-input TFLite model in the LiteRT interpreter on ``inputs`` (float), sample by sample.
 
     int8 inputs / outputs are quantized / dequantized with the tensors' scale and zero point, so
-    the result is float either way.
+    the result is float either way. ``interpreter_kwargs`` go to LiteRT's ``Interpreter`` (e.g.
+    ``experimental_op_resolver_type`` to run its builtin kernels instead of the XNNPACK delegate).
 
     Raises:
         FileFormatError: the file (or bytes) is not a valid TFLite file.
     """
     from slimkit.utils.tflite_file import tflite_interpreter
 
-    interpreter = tflite_interpreter(path_or_bytes)
+    interpreter = tflite_interpreter(path_or_bytes, **interpreter_kwargs)
     [inp], [out] = interpreter.get_input_details(), interpreter.get_output_details()
     results = []
     for sample in np.asarray(inputs, dtype=np.float32):

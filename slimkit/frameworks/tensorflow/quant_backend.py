@@ -30,7 +30,8 @@ converter turns into int8 tensors with exactly those scales and zero points (see
 integer weights of ``q(W f)`` with the folded weights' scales.
 
 A folding layer's ``'output'`` is quantized where its fused kernel ends, after the BN or the ReLU that follows it
-(:class:`OutputTail`). Whole-graph quantization is PyTorch-only. A Keras layer's own
+(:class:`OutputTail`). Whole-graph quantization (``op_types: ['default']``) also quantizes the model inputs and the
+functional layers between the selected ones (:mod:`slimkit.frameworks.tensorflow.quant_wholegraph`). A Keras layer's own
 ``activation`` (``Conv2D(..., activation='relu')``) is inside the layer, so its output is quantized
 after the activation, as a fused TFLite kernel computes it.
 
@@ -55,7 +56,6 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.backend.common import global_state
 
 from slimkit.compression import bn_fold
 from slimkit.compression.composition import stacking_targets
@@ -64,24 +64,10 @@ from slimkit.errors import CompressionStateError, UnsupportedOpError
 from slimkit.frameworks.tensorflow import quant_fold
 from slimkit.frameworks.tensorflow.adapter import ADAPTER
 from slimkit.frameworks.tensorflow.quant_graph import AFFINE, PYTHON, TRACED, GraphQuant
-from slimkit.frameworks.tensorflow.quant_ops import OPS
+from slimkit.frameworks.tensorflow.quant_ops import OPS, call_training, fake_quant_deploy
+from slimkit.frameworks.tensorflow.quant_wholegraph import GraphQuantizer, GraphWrapper, KerasPlan, plan_graph
 from slimkit.frameworks.tensorflow.wrapper import MaskWrapper, install, retrace, uninstall, wrapper_of
 from slimkit.utils.files import atomic_path
-
-
-def _call_training(kwargs: dict) -> bool:
-    """The ``training`` flag of the current Keras call (explicit argument, else the call context)."""
-    value = kwargs.get("training")
-    if value is None:
-        context = global_state.get_global_attribute("current_call_ctx")
-        value = context.get_value("training") if context is not None else None
-    return value if isinstance(value, bool) else False
-
-
-def fake_quant_range(params: Any) -> tuple[float, float]:
-    """``[min, max]`` of TF's ``fake_quant_with_min_max_vars`` reproducing ``params`` (per tensor)."""
-    scale, zero_point = float(params.scale[0]), float(params.zero_point[0])
-    return (params.qmin - zero_point) * scale, (params.qmax - zero_point) * scale
 
 
 class QuantWrapper(MaskWrapper):
@@ -147,25 +133,21 @@ class QuantWrapper(MaskWrapper):
         return mapping
 
     def _deploy_quant(self, x: Any, key: str) -> Any:
-        params = self._quantizer.params[self._slim_layer.name].get(key)
-        if params is None:
-            raise CompressionStateError(
-                f"Layer {self.layer_name!r} has no {key} range yet. Expected a calibrated or trained quantizer: "
-                f"run calibrate() or some training steps before exporting.")
-        lo, hi = fake_quant_range(params)
-        narrow = params.qmax - params.qmin == 2 ** params.bits - 2
-        return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=params.bits, narrow_range=narrow)
+        return fake_quant_deploy(x, self._quantizer.params[self._slim_layer.name].get(key),
+                                 f"Layer {self.layer_name!r}", key)
 
     def _activation(self, qtype: QuantType, x: Any, core: Callable[[Any], Any]) -> Any:
         return self._deploy_quant(x, qtype.value) if self.deploy else self._request(qtype, x, core)
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
         quantizer, layer = self._quantizer, self._slim_layer
-        object.__setattr__(self, "_training_now", _call_training(kwargs))
+        object.__setattr__(self, "_training_now", call_training(kwargs))
         if args and quantizer.quantizes(layer, QuantType.QUANT_INPUT):
             first = self._activation(QuantType.QUANT_INPUT, args[0],
                                      lambda t: quantizer.forward_input(layer, (t,), 0)[0])
             args = (first, *args[1:])
+        elif quantizer._keras_wholegraph is not None:  # a model input it reads, quantized as a whole-graph tensor
+            args = quantizer._keras_wholegraph.quantize_inputs(layer.name, args, self._training_now)
         outputs = super().call(*args, **kwargs)
         if self._fold is None or self._fold.tail is None:
             outputs = self.quantize_output(outputs)
@@ -194,7 +176,7 @@ class OutputTail(MaskWrapper):
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
         outputs = super().call(*args, **kwargs)
-        object.__setattr__(self._head, "_training_now", _call_training(kwargs))
+        object.__setattr__(self._head, "_training_now", call_training(kwargs))
         return self._head.quantize_output(outputs)
 
 
@@ -204,16 +186,21 @@ class KerasQuantBackend:
     ops = OPS
 
     # ------------------------------------------------------------ planning and wrapping
-    def plan(self, model: Any, dummy_input: Any, quantizer: Any) -> dict[str, Any]:
-        """BatchNorm folding (``quantizer.fold_bn``) read from the Keras graph: ``{layer_name: Fold}``
+    def plan(self, model: Any, dummy_input: Any, quantizer: Any) -> KerasPlan:
+        """BatchNorm folding (``quantizer.fold_bn``) read from the Keras graph
         (:func:`~slimkit.frameworks.tensorflow.quant_fold.plan_folds`, with where a folding layer's output is
-        quantized). No whole-graph mode on Keras."""
-        quantizer.whole_graph = False
-        return quant_fold.plan_folds(quantizer.layers, quantizer) if quantizer.fold_bn else {}
+        quantized) and, in whole-graph mode, the functional tensors to quantize
+        (:func:`~slimkit.frameworks.tensorflow.quant_wholegraph.plan_graph`; functional and sequential models)."""
+        result = KerasPlan(quant_fold.plan_folds(quantizer.layers, quantizer) if quantizer.fold_bn else {})
+        if quantizer.whole_graph:
+            plan_graph(model, result, {id(layer.module): layer.name for layer in quantizer.layers},
+                       quantizer.profile.shares_input_params)
+        return result
 
     def wrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
         below = stacking_targets(layers, lambda layer: wrapper_of(layer.module))
-        folds = quantizer.graph_plan or {}
+        plan = quantizer.graph_plan or KerasPlan()
+        folds = plan.folds
         tails = [fold.tail for fold in folds.values() if fold.tail is not None]
         wrapped = [tail.name for tail in tails if wrapper_of(tail) is not None]
         if wrapped:
@@ -221,6 +208,7 @@ class KerasQuantBackend:
                 f"Layers {wrapped} end fused kernels whose outputs this quantizer quantizes, but another compressor "
                 f"has wrapped them. Expected them unwrapped: call unwrap_model() on that compressor first.")
         graph = quantizer._keras_graph = GraphQuant(quantizer, layers)
+        quantizer._keras_wholegraph = GraphQuantizer(quantizer, plan) if plan.graph else None
         for layer in layers:
             fold = folds.get(layer.name)
             layer.wrapper = install(layer.module, layer.name, lambda module, name, _layer=layer, _fold=fold:
@@ -238,12 +226,34 @@ class KerasQuantBackend:
                 tail.models.add(model)
                 if not graph.graph_safe(layer):
                     fold.tail.supports_jit = False
+        if quantizer._keras_wholegraph is not None:
+            self._wrap_graph(model, quantizer)
         retrace(model)
 
+    def _wrap_graph(self, model: Any, quantizer: Any) -> None:
+        """Install a :class:`GraphWrapper` on each functional layer whose output (or model input) is quantized."""
+        plan, selected = quantizer.graph_plan, {layer.name for layer in quantizer.layers}
+        by_name = {layer.name: layer for layer in model.layers}
+        names = [name for name in [*plan.layers, *plan.input_keys] if name not in selected]
+        for name in dict.fromkeys(names):
+            layer = by_name[name]
+            wrapper = install(layer, name, lambda module, _name, _key=name if name in plan.graph else None:
+                              GraphWrapper(module, _name, quantizer._keras_wholegraph, _key))
+            wrapper.models.add(model)
+            layer.supports_jit = False  # the core's observers run through tf.py_function
+
     def unwrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
-        for fold in (quantizer.graph_plan or {}).values():
+        plan = quantizer.graph_plan or KerasPlan()
+        for fold in plan.folds.values():
             if fold.tail is not None:
                 uninstall(fold.tail)
+        if quantizer._keras_wholegraph is not None:
+            selected = {layer.name for layer in layers}
+            for layer in model.layers:
+                if layer.name not in selected and (layer.name in plan.layers or layer.name in plan.input_keys):
+                    uninstall(layer)
+            vars(model).pop("training", None)
+            quantizer._keras_wholegraph = None
         for layer in layers:
             uninstall(layer.module)
             for attr in ("training", "quantized_weight"):
@@ -253,7 +263,10 @@ class KerasQuantBackend:
         retrace(model)
 
     def state_changed(self, quantizer: Any) -> None:
-        """The quantizer's switches or parameters changed in Python: update the graph's copy."""
+        """The quantizer's switches or parameters changed in Python: update the graph's copy (parameters fixed in
+        whole-graph mode: a concatenation's single-use inputs on its grid first)."""
+        if quantizer.frozen and getattr(quantizer, "_keras_wholegraph", None) is not None:
+            quantizer._keras_wholegraph.align()
         quantizer._keras_graph.sync()
 
     def effective_weight(self, layer: Any) -> tf.Tensor:
@@ -309,17 +322,18 @@ class KerasQuantBackend:
     def check_tflite(self, quantizer: Any) -> None:
         """Raise :class:`UnsupportedOpError` unless every parameter is TFLite int8 (8 bits; weights
         symmetric with zero point 0 and q in [-127, 127])."""
-        for layer in quantizer.layers:
-            for key, params in quantizer.params[layer.name].items():
+        tables = [(layer.name, quantizer.params[layer.name]) for layer in quantizer.layers]
+        for name, table in [*tables, ("the whole graph", quantizer.graph_params)]:
+            for key, params in table.items():
                 if key.startswith("input_from_graph"):
                     continue
-                weight = key == "weight"
+                weight = key == "weight" and table is not quantizer.graph_params
                 ok = params.bits == 8 and (params.qmax - params.qmin == 255 if not weight else
                                            (params.qmin, params.qmax) == (-127, 127)
                                            and not np.any(params.zero_point))
                 if not ok:
                     raise UnsupportedOpError(
-                        f"TFLite int8 export: layer {layer.name!r} quantizes its {key} to {params.bits} bits "
+                        f"TFLite int8 export: {name!r} quantizes its {key} to {params.bits} bits "
                         f"(q in [{params.qmin}, {params.qmax}]). Expected 8-bit affine parameters with symmetric "
                         f"weights (NaiveQuantizer, QATQuantizer or PostTrainingQuantizer under the 'tflite' "
                         f"profile); export the calibration instead.")
@@ -344,8 +358,12 @@ class KerasQuantBackend:
                     var.assign(value)
                 object.__setattr__(wrapper, "deploy", True)
                 wrappers.append(wrapper)
+            if quantizer._keras_wholegraph is not None:
+                quantizer._keras_wholegraph.deploy = True
             yield quantizer.model
         finally:
+            if quantizer._keras_wholegraph is not None:
+                quantizer._keras_wholegraph.deploy = False
             for wrapper in wrappers:
                 object.__setattr__(wrapper, "deploy", False)
             for var, value in reversed(saved):

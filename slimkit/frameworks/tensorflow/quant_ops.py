@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from keras.src.backend.common import global_state
 
 from slimkit.compression.channels import ChannelAxis, channel_rows, channel_shape
 from slimkit.compression.quant import qrange
+from slimkit.errors import CompressionStateError
 
 
 def channel_view(values: tf.Tensor, like: Any, axis: ChannelAxis) -> tf.Tensor:
@@ -74,6 +76,37 @@ def range_params(lo: tf.Tensor, hi: tf.Tensor, bits: int, scheme: Any, levels: t
     scale = (hi - lo) / levels
     scale = tf.where(scale > 0, scale, tf.ones_like(scale))
     return scale, tf.clip_by_value(tf.round(qmin - lo / scale), float(qmin), float(qmax))
+
+
+def call_training(kwargs: dict) -> bool:
+    """The ``training`` flag of the current Keras call (explicit argument, else the call context)."""
+    value = kwargs.get("training")
+    if value is None:
+        context = global_state.get_global_attribute("current_call_ctx")
+        value = context.get_value("training") if context is not None else None
+    return value if isinstance(value, bool) else False
+
+
+def fake_quant_range(params: Any) -> tuple[float, float]:
+    """``[min, max]`` of TF's ``fake_quant_with_min_max_vars`` reproducing ``params`` (per tensor)."""
+    scale, zero_point = float(params.scale[0]), float(params.zero_point[0])
+    return (params.qmin - zero_point) * scale, (params.qmax - zero_point) * scale
+
+
+def fake_quant_deploy(x: tf.Tensor, params: Any, where: str, key: str) -> tf.Tensor:
+    """``x`` through TF's ``fake_quant_with_min_max_vars`` on the frozen per-tensor ``params`` (what TensorFlow's
+    TFLite converter reads as the int8 tensor's parameters).
+
+    Raises:
+        CompressionStateError: ``params`` is None (``where``'s ``key`` tensor has not seen data).
+    """
+    if params is None:
+        raise CompressionStateError(
+            f"{where} has no {key} range yet. Expected a calibrated or trained quantizer: run calibrate() or some "
+            "training steps before exporting.")
+    lo, hi = fake_quant_range(params)
+    narrow = params.qmax - params.qmin == 2 ** params.bits - 2
+    return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=params.bits, narrow_range=narrow)
 
 
 class TFQuantOps:

@@ -123,7 +123,7 @@ def test_what_does_not_fold():
                keras.layers.ReLU()(shared)]
     ptq = PostTrainingQuantizer(keras.Model(inputs, outputs), [{"quant_types": ["weight"], "op_types": ["Conv2D"]}],
                                 dummy_input=x[:1], progress=False)
-    assert ptq.graph_plan == {}
+    assert ptq.graph_plan.folds == {}
 
 
 @pytest.mark.parametrize("relu", [False, True], ids=["after-bn", "after-relu"])
@@ -165,7 +165,7 @@ def test_fit_with_bn_folding_on_digits_and_int8_tflite_within_half_a_point(tmp_p
               {"quant_types": ["weight", "output"], "op_names": ["conv3", "fc"]}]
     qat = QATQuantizer(model, config, dummy_input=x_train[:1])
     model = qat.compress()
-    assert {name: fold.bn.name for name, fold in qat.graph_plan.items()} == {"conv1": "bn1", "conv2": "bn2"}
+    assert {name: fold.bn.name for name, fold in qat.graph_plan.folds.items()} == {"conv1": "bn1", "conv2": "bn2"}
     compile_classifier(model)
     model.jit_compile = True
     history = model.fit(x_train, y_train, epochs=3, batch_size=64, verbose=0, callbacks=[CompressionCallback(qat)])
