@@ -14,10 +14,11 @@ A technique that does not apply to a layer records that layer and the reason in 
 Example:
 
 >>> from slimkit.algorithms.quantization.techniques import TECHNIQUES, resolve_techniques
->>> resolve_techniques([])
-[]
+>>> [technique.name for technique in resolve_techniques(['equalize'])]
+['equalize']
 """
 
+from slimkit.algorithms.quantization.techniques.equalize import Equalize
 from slimkit.algorithms.quantization.techniques.registry import (
     STAGES,
     TECHNIQUES,
@@ -27,4 +28,5 @@ from slimkit.algorithms.quantization.techniques.registry import (
     resolve_techniques,
 )
 
-__all__ = ["STAGES", "TECHNIQUES", "Technique", "TechniqueReport", "register_technique", "resolve_techniques"]
+__all__ = ["STAGES", "TECHNIQUES", "Equalize", "Technique", "TechniqueReport", "register_technique",
+           "resolve_techniques"]
