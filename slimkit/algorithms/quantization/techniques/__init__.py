@@ -18,6 +18,7 @@ Example:
 ['equalize', 'bias_correction']
 """
 
+from slimkit.algorithms.quantization.techniques.adaround import AdaRound
 from slimkit.algorithms.quantization.techniques.bias_correction import BiasCorrection
 from slimkit.algorithms.quantization.techniques.equalize import Equalize
 from slimkit.algorithms.quantization.techniques.registry import (
@@ -29,5 +30,5 @@ from slimkit.algorithms.quantization.techniques.registry import (
     resolve_techniques,
 )
 
-__all__ = ["STAGES", "TECHNIQUES", "BiasCorrection", "Equalize", "Technique", "TechniqueReport", "register_technique",
-           "resolve_techniques"]
+__all__ = ["STAGES", "TECHNIQUES", "AdaRound", "BiasCorrection", "Equalize", "Technique", "TechniqueReport",
+           "register_technique", "resolve_techniques"]
