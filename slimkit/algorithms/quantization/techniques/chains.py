@@ -1,7 +1,8 @@
 """Consecutive weighted-layer pairs of a PyTorch model, found on the quantizer's captured graph.
 
 A pair is a conv / linear layer ``first`` whose output reaches exactly one other conv / linear layer ``second``
-through at most a BatchNorm, an activation and ops that only pass values on (dropout, clone). Cross-layer
+through at most a BatchNorm, an activation and ops that keep channels apart and commute with a positive per-channel
+scale (dropout, clone, max / average pooling). Cross-layer
 equalization and the BatchNorm-statistics techniques read these pairs; every chain that is *not* a pair because
 of what lies between (a non-positive-homogeneous activation, a second user of the tensor) is reported with its
 reason, so a technique can say which layer it skipped and why.
@@ -33,7 +34,9 @@ from slimkit.frameworks.torch.quant_graph import op_name
 
 WEIGHTED_OPS = frozenset({"conv1d", "conv2d", "conv3d", "linear"})
 BN_OPS = frozenset({"batch_norm", "native_batch_norm_legit_no_training"})
-PASS_OPS = frozenset({"dropout", "clone", "contiguous", "alias"})
+PASS_OPS = frozenset({"dropout", "clone", "contiguous", "alias", "max_pool1d", "max_pool2d", "max_pool3d",
+                      "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d"})
+"""Ops that keep channels apart and commute with a positive per-channel scale (pooling included)."""
 HOMOGENEOUS = frozenset({"relu", "leaky_relu"})
 """Activations with ``f(x / s) == f(x) / s`` for every ``s > 0``: scaling commutes with them."""
 CLIPPED = frozenset({"relu6", "hardtanh"})

