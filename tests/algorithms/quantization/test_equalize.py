@@ -29,11 +29,12 @@ def _spread(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def _separable() -> nn.Module:
-    """expand 1x1 -> BN -> ReLU -> depthwise -> BN -> LeakyReLU -> project 1x1 (with bias) -> ReLU -> Linear."""
+def _separable(middle: nn.Module | None = None) -> nn.Module:
+    """expand 1x1 -> BN -> ReLU -> depthwise -> BN -> LeakyReLU (``middle``) -> project 1x1 (with bias) -> ReLU ->
+    Linear."""
     return _spread(nn.Sequential(
         nn.Conv2d(3, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.LeakyReLU(0.1),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), middle or nn.LeakyReLU(0.1),
         nn.Conv2d(8, 6, 1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 25, 4)))
 
 
@@ -135,3 +136,21 @@ def test_bad_options() -> None:
         Equalize(relu6="clip")
     with pytest.raises(ConfigError, match="sharpen"):
         PostTrainingQuantizer(model, CONFIG, techniques=["sharpen"])
+
+
+def test_techniques_then_tflite_file_equals_the_emulation(tmp_path) -> None:
+    """Per-tensor weights, equalized and bias-corrected: the int8 file computes what emulate_integer() computes."""
+    from slimkit.converter import TFLiteConverter, verify
+
+    model = _separable(nn.ReLU())  # LeakyReLU's int8 kernel is emulated approximately (verify() says so)
+    x = torch.randn(8, 3, 5, 5)
+    ptq = PostTrainingQuantizer(model, [{"quant_types": ["weight", "output"], "op_types": ["default"]}],
+                                dummy_input=x[:1], profile="tflite_per_tensor", progress=False,
+                                techniques=["equalize", "bias_correction"])
+    ptq.compress()
+    ptq.calibrate([x])
+    assert isinstance(ptq.calibration()["3"]["weight_scale"], float)  # one scale per tensor
+    path = tmp_path / "model.tflite"
+    TFLiteConverter(model, x[:1], str(path)).convert()
+    result = verify(model, x[:1], str(path))
+    assert result.emulated_integer and result.max_abs_error == 0.0
