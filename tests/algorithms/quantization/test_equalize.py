@@ -154,3 +154,32 @@ def test_techniques_then_tflite_file_equals_the_emulation(tmp_path) -> None:
     TFLiteConverter(model, x[:1], str(path)).convert()
     result = verify(model, x[:1], str(path))
     assert result.emulated_integer and result.max_abs_error == 0.0
+
+
+def test_relu6_equalized_below_the_clip_from_batchnorm_statistics() -> None:
+    """relu6='bn': channels kept below 6 (within 6 BatchNorm deviations) are scaled, one that reaches 6 is not; the
+    output is unchanged on data the statistics describe."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU6(), nn.Conv2d(6, 4, 1))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.logspace(-1, 1, 6).view(-1, 1, 1, 1))
+    x = torch.randn(64, 3, 4, 4)
+    model.train()
+    model[1].momentum = None  # cumulative: running statistics of exactly this data
+    model(x)
+    model.eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.2, 0.3, 0.1, 0.5, 0.05, 1.0]))
+        model[1].bias.copy_(torch.tensor([0.5, -3.0, 1.0, 0.2, 0.1, 5.0]))  # channel 5 reaches the clip
+    before = model(x).detach()
+    r1, _ = _ranges(model, 0, 1, 3)
+    ptq = PostTrainingQuantizer(model, CONFIG, dummy_input=x[:1], techniques=[Equalize(relu6="bn", iterations=1)],
+                                progress=False)
+    ptq.calibrate([x])
+    assert ptq.technique_reports[0].details["pairs"] == [("0", "3")] and type(model[2]) is nn.ReLU6
+    ptq.unwrap_model()
+    new1, new2 = _ranges(model, 0, 1, 3)
+    assert torch.equal(new1[5], r1[5]) and not torch.allclose(new1[:5], r1[:5])
+    top = model[1].bias + 6 * model[1].weight.abs()
+    assert bool((top[:5] <= 6 + 1e-5).all())
+    assert torch.allclose(model(x), before, rtol=1e-5, atol=1e-6)
