@@ -77,6 +77,9 @@ class AdaRound(Technique):
         reg_weight: weight of the rounding regulariser.
         warmup: fraction of the steps before the regulariser starts.
         beta: the regulariser's exponent, annealed from the first to the second value.
+        crop: a conv input larger than this (each spatial side) is seen by each step through a random
+            ``crop x crop`` window (target and rounded output on the same window), which keeps a step's cost
+            independent of the image size; None uses whole inputs.
 
     Example:
 
@@ -89,12 +92,12 @@ class AdaRound(Technique):
     needs_batches: ClassVar[bool] = True
 
     def __init__(self, iterations: int = 1000, batch_size: int = 32, lr: float = 1e-2, reg_weight: float = 0.01,
-                 warmup: float = 0.2, beta: tuple[float, float] = (20.0, 2.0)):
+                 warmup: float = 0.2, beta: tuple[float, float] = (20.0, 2.0), crop: int | None = 32):
         if iterations < 1 or batch_size < 1 or not 0 <= warmup < 1:
             raise ConfigError(f"AdaRound: Expected iterations >= 1, batch_size >= 1 and 0 <= warmup < 1. Received: "
                               f"iterations={iterations}, batch_size={batch_size}, warmup={warmup}")
         self.iterations, self.batch_size, self.lr = iterations, batch_size, lr
-        self.reg_weight, self.warmup, self.beta = reg_weight, warmup, beta
+        self.reg_weight, self.warmup, self.beta, self.crop = reg_weight, warmup, beta, crop
 
     def apply(self, quantizer: Any, batches: list[Any] | None) -> TechniqueReport:
         start = time.perf_counter()
@@ -140,8 +143,16 @@ class AdaRound(Technique):
         def run(w: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
             return wrapper.call_module({"weight": w, "bias": None}, (inputs,), {})
 
-        with torch.no_grad():
-            target = run(weight, x)
+        def sample(step_generator: torch.Generator) -> torch.Tensor:
+            rows = torch.randint(0, x.shape[0], (min(self.batch_size, x.shape[0]),), generator=step_generator)
+            batch = x[rows]
+            if self.crop is None or isinstance(layer.module, torch.nn.Linear) or batch.dim() < 3:
+                return batch
+            for dim in range(2, batch.dim()):
+                if batch.shape[dim] > self.crop:
+                    start = int(torch.randint(0, batch.shape[dim] - self.crop + 1, (1,), generator=step_generator))
+                    batch = batch.narrow(dim, start, self.crop)
+            return batch
 
         def rounded(h: torch.Tensor) -> torch.Tensor:
             return torch.clamp(floor + h, qmin, qmax) * scale
@@ -150,9 +161,11 @@ class AdaRound(Technique):
         generator = torch.Generator().manual_seed(0)
         warm = int(self.warmup * self.iterations)
         for step in range(self.iterations):
-            rows = torch.randint(0, x.shape[0], (min(self.batch_size, x.shape[0]),), generator=generator)
+            batch = sample(generator)
+            with torch.no_grad():
+                target = run(weight, batch)
             h = rectified_sigmoid(v)
-            loss = (run(rounded(h), x[rows]) - target[rows]).pow(2).mean()
+            loss = (run(rounded(h), batch) - target).pow(2).mean()
             if step >= warm:
                 progress = (step - warm) / max(self.iterations - warm, 1)
                 beta = self.beta[1] + (self.beta[0] - self.beta[1]) * (1 - progress)
@@ -161,6 +174,7 @@ class AdaRound(Technique):
             loss.backward()
             optimizer.step()
         with torch.no_grad():
+            target = run(weight, x)
             learned = rounded((v >= 0).to(weight.dtype))
             nearest = torch.clamp(torch.round(weight / scale), qmin, qmax) * scale
             nearest_mse = float((run(nearest, x) - target).pow(2).mean())

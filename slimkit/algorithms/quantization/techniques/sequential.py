@@ -68,7 +68,9 @@ def sequential_pass(quantizer: Any, batches: list[Any], visit: Callable[[Any, to
             continue
 
         def hook(module: Any, args: tuple, layer: Any = layer) -> None:
-            visit(layer, kernel_input(quantizer, layer, args))
+            # outside whole-graph mode's function mode: what visit computes is not part of the model's graph
+            with torch._C.DisableTorchFunction():
+                visit(layer, kernel_input(quantizer, layer, args))
 
         handles.append(layer.wrapper.register_forward_pre_hook(hook))
     try:
