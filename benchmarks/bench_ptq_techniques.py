@@ -10,8 +10,9 @@ technique alone, equalize + bias_correction, and all three. Data: 32 calibration
 and flips of scikit-learn's two sample photographs (``ptq_images.py``), disjoint seeds. Metrics against the float
 model on the evaluation images: top-1 agreement and output (logit) SQNR; and the seconds each technique took.
 
-``equalize`` runs as ``Equalize(relu6='bn')``: EfficientNet-Lite has ReLU6 between every pair, which scaling does
-not pass through; 'bn' equalizes each channel only as far as its BatchNorm statistics keep it below the clip.
+``equalize`` runs as ``Equalize(relu6='bound')``: EfficientNet-Lite has ReLU6 between every pair, which scaling does
+not pass through; 'bound' equalizes each channel only as far as its largest value on the calibration batches stays
+on its side of the clip.
 (Replacing ReLU6 by ReLU, ``relu6='relu'``, changes the float model too much here: that model's own agreement with
 the original is reported on its own line.)
 """
@@ -57,7 +58,7 @@ def sqnr(reference: torch.Tensor, output: torch.Tensor) -> float:
 def technique(name: str, cpu: dict):
     """The technique to run, its ``apply`` timed in process CPU seconds into ``cpu`` (the wall time of a shared,
     loaded machine says more about the neighbours than about the technique)."""
-    instance = {"equalize": lambda: Equalize(relu6="bn"), "adaround": lambda: AdaRound(**ADAROUND)}.get(
+    instance = {"equalize": lambda: Equalize(relu6="bound"), "adaround": lambda: AdaRound(**ADAROUND)}.get(
         name, lambda: TECHNIQUES[name]())()
     apply = instance.apply
 
@@ -111,7 +112,7 @@ def markdown(results: dict) -> str:
              "scikit-learn's two sample photographs; scikit-image is not installed here, so its ~25 sample images "
              "are not used). Whole-graph PTQ (op_types ['default']), minmax ranges. Agreement: top-1 of the "
              "quantized model equal to the float model's, in %; SQNR of the logits against the float model.", "",
-             "`equalize` runs as `Equalize(relu6='bn')` (below the clip, from the BatchNorm statistics). For "
+             "`equalize` runs as `Equalize(relu6='bound')` (below the clip, bounded on the calibration batches). For "
              "comparison, the float model with ReLU6 replaced by ReLU (what `Equalize(relu6='relu')` does): agreement "
              f"{results['relu_float']['agreement']:.1f} %, SQNR {results['relu_float']['sqnr_db']:.1f} dB.", ""]
     for setting, rows in results["settings"].items():

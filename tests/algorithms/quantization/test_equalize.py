@@ -157,8 +157,8 @@ def test_techniques_then_tflite_file_equals_the_emulation(tmp_path) -> None:
 
 
 def test_relu6_equalized_below_the_clip_from_batchnorm_statistics() -> None:
-    """relu6='bn': channels kept below 6 (within 6 BatchNorm deviations) are scaled, one that reaches 6 is not; the
-    output is unchanged on data the statistics describe."""
+    """relu6='bound': channels below 6 on the calibration data are scaled (and stay below 6), one that reaches 6 is
+    not; the output is unchanged on that data."""
     torch.manual_seed(4)
     model = nn.Sequential(nn.Conv2d(3, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU6(), nn.Conv2d(6, 4, 1))
     with torch.no_grad():
@@ -173,13 +173,31 @@ def test_relu6_equalized_below_the_clip_from_batchnorm_statistics() -> None:
         model[1].bias.copy_(torch.tensor([0.5, -3.0, 1.0, 0.2, 0.1, 5.0]))  # channel 5 reaches the clip
     before = model(x).detach()
     r1, _ = _ranges(model, 0, 1, 3)
-    ptq = PostTrainingQuantizer(model, CONFIG, dummy_input=x[:1], techniques=[Equalize(relu6="bn", iterations=1)],
+    ptq = PostTrainingQuantizer(model, CONFIG, dummy_input=x[:1], techniques=[Equalize(relu6="bound", iterations=1)],
                                 progress=False)
     ptq.calibrate([x])
     assert ptq.technique_reports[0].details["pairs"] == [("0", "3")] and type(model[2]) is nn.ReLU6
     ptq.unwrap_model()
     new1, new2 = _ranges(model, 0, 1, 3)
     assert torch.equal(new1[5], r1[5]) and not torch.allclose(new1[:5], r1[:5])
-    top = model[1].bias + 6 * model[1].weight.abs()
-    assert bool((top[:5] <= 6 + 1e-5).all())
+    top = model[1](model[0](x)).transpose(0, 1).reshape(6, -1).amax(1)
+    assert bool((top[:5] <= 6 + 1e-5).all()) and top[5] > 6
     assert torch.allclose(model(x), before, rtol=1e-5, atol=1e-6)
+
+
+def test_relu6_bound_from_batchnorm_without_batches() -> None:
+    """Data-free: the bound is beta + 6 |gamma| of the BatchNorm before the ReLU6."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU6(), nn.Conv2d(4, 2, 1),
+                          nn.BatchNorm2d(2)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(torch.tensor([0.1, 1.0, 10.0, 1.0]).view(-1, 1, 1, 1))
+        model[1].weight.copy_(torch.tensor([0.1, 0.2, 0.1, 1.0]))
+        model[1].bias.copy_(torch.tensor([0.2, -2.0, 0.3, 1.0]))  # channel 3: 1 + 6 > 6, reaches the clip
+    config = [{"quant_types": ["weight", "output"], "op_types": ["Conv2d"]}]
+    ptq = PostTrainingQuantizer(model, config, dummy_input=torch.randn(1, 3, 2, 2),
+                                techniques=[Equalize(relu6="bound", iterations=1)], progress=False)
+    ptq.calibrate(None)
+    assert ptq.technique_reports[0].details["pairs"] == [("0", "3")]
+    top = model[1].bias + 6 * model[1].weight.abs()
+    assert bool((top[:3] <= 6 + 1e-5).all()) and torch.allclose(top[3], torch.tensor(7.0))

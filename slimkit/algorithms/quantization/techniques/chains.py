@@ -128,13 +128,16 @@ def find_pairs(modules: dict[str, nn.Module], captured: CapturedGraph) -> tuple[
                 pair.activation, pair.activation_kind = captured.module_path(user), kind
                 current = user
                 continue
-            blocker = (kind, captured.module_path(user))
+            joined = any(arg is not current and arg.name not in captured.state_names for arg in user.all_input_nodes)
+            blocker = (kind, captured.module_path(user), joined)
             current = user
         if not pair.second:
             continue
         if blocker is not None:
-            skipped[first] = (f"its output reaches {pair.second!r} through {blocker[0]!r} (module {blocker[1]!r}), "
-                              "which is not positive-homogeneous (f(x / s) != f(x) / s)")
+            kind, module, joined = blocker
+            skipped[first] = (f"its output reaches {pair.second!r} through {kind!r} (module {module!r}), which "
+                              + ("combines it with another tensor (a residual sum, a concatenation)" if joined
+                                 else "is not positive-homogeneous (f(x / s) != f(x) / s)"))
             continue
         second_node = next(n for n in captured.call_nodes() if _weighted_module(modules, captured, n) == pair.second)
         second_bn = _bn_after(modules, captured, second_node)
