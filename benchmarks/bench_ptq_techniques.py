@@ -41,13 +41,13 @@ from slimkit.models.efficientnet_lite import IMAGE_MEAN, IMAGE_STD, load_pretrai
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)  # the machine is shared: a second thread is slower under load
-CALIBRATION, EVALUATION, BATCH = 32, 160, 16
+CALIBRATION, EVALUATION, BATCH = 32, 128, 16
 SETTINGS = {"per-tensor W8A8": ("tflite_per_tensor", 8), "per-channel W8A8": ("tflite", 8),
             "per-channel W4A8": ("tflite", 4)}
 ROWS = {"naive": [], "equalize": ["equalize"], "bias_correction": ["bias_correction"], "adaround": ["adaround"],
         "equalize + bias_correction": ["equalize", "bias_correction"],
         "all (equalize + adaround + bias_correction)": ["equalize", "adaround", "bias_correction"]}
-ADAROUND = {"iterations": 200, "batch_size": 4}
+ADAROUND = {"iterations": 150, "batch_size": 4, "crop": 32}
 
 
 def sqnr(reference: torch.Tensor, output: torch.Tensor) -> float:
@@ -106,8 +106,12 @@ def run_row(model: torch.nn.Module, profile: str, bits: int, names: list[str], c
 
 
 def markdown(results: dict) -> str:
+    machine = results["machine"]
     lines = ["# PTQ techniques on EfficientNet-Lite0 (real ImageNet weights)", "",
-             f"Machine: {results['machine']}. Measured {results['when']}, load average {results['load']}.", "",
+             f"Machine: {machine['nproc']} cores ({machine['cpu']}), torch {machine['torch']}, 1 thread. Measured from "
+             f"{results['when']}; load average {results['load']:.1f} at the start, {results.get('load_after', 0):.1f} "
+             "after the last row (the machine is shared by 8 sessions: wall seconds are inflated several times; "
+             "process CPU seconds are in parentheses).", "",
              f"Data: {CALIBRATION} calibration and {EVALUATION} evaluation images (224x224 crops and flips of "
              "scikit-learn's two sample photographs; scikit-image is not installed here, so its ~25 sample images "
              "are not used). Whole-graph PTQ (op_types ['default']), minmax ranges. Agreement: top-1 of the "
@@ -146,6 +150,8 @@ def main() -> None:
                "relu_float": {"agreement": float((relu_out.argmax(1) == reference.argmax(1)).float().mean() * 100),
                               "sqnr_db": sqnr(reference, relu_out)}, "settings": {}}
     only = sys.argv[1:]
+    out = ROOT / "benchmarks" / "results" / "ptq_techniques.json"
+    out.parent.mkdir(exist_ok=True)
     for setting, (profile, bits) in SETTINGS.items():
         rows = results["settings"][setting] = {}
         for name, names in ROWS.items():
@@ -153,10 +159,9 @@ def main() -> None:
                 continue
             rows[name] = run_row(model, profile, bits, names, calibration, evaluation, reference)
             print(setting, name, {k: v for k, v in rows[name].items() if k != "adaround_layer_s"}, flush=True)
-    out = ROOT / "benchmarks" / "results" / "ptq_techniques.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    (ROOT / "benchmarks" / "RESULTS_ptq.md").write_text(markdown(results))
+            results["load_after"] = os.getloadavg()[0]
+            out.write_text(json.dumps(results, indent=1))  # after every row: a long run leaves what it measured
+            (ROOT / "benchmarks" / "RESULTS_ptq.md").write_text(markdown(results))
 
 
 if __name__ == "__main__":
