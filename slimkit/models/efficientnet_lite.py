@@ -39,7 +39,15 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 
 
 class MBConvBlock(nn.Module):
-    """Inverted residual: [1x1 expand + BN + ReLU6] -> depthwise + BN + ReLU6 -> 1x1 project + BN (+ input)."""
+    """Inverted residual: [1x1 expand + BN + ReLU6] -> depthwise + BN + ReLU6 -> 1x1 project + BN (+ input).
+
+    Example:
+
+    >>> import torch
+    >>> block = MBConvBlock(16, 16, kernel=3, stride=1, expand_ratio=6).eval()
+    >>> block.residual, block(torch.randn(1, 16, 8, 8)).shape
+    (True, torch.Size([1, 16, 8, 8]))
+    """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand_ratio: int):
         super().__init__()
@@ -63,7 +71,15 @@ class MBConvBlock(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite: stem conv 3x3 / 2 (32), the MBConv stages, head conv 1x1 (1280), pooling, dropout, fc."""
+    """EfficientNet-Lite: stem conv 3x3 / 2 (32), the MBConv stages, head conv 1x1 (1280), pooling, dropout, fc.
+
+    Example:
+
+    >>> import torch
+    >>> tiny = EfficientNetLite(((1, 3, 1, 1, 32, 16), (1, 3, 2, 6, 16, 24)), num_classes=5).eval()
+    >>> tiny(torch.randn(2, 3, 32, 32)).shape
+    torch.Size([2, 5])
+    """
 
     def __init__(self, stages: tuple = LITE0_STAGES, num_classes: int = 1000, dropout: float = 0.2):
         super().__init__()

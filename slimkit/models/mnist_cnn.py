@@ -28,7 +28,14 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 class MnistCNN(nn.Module):
-    """Three conv (3x3) + ReLU + max-pool stages (32, 64, 128 channels), then Linear 1152 -> 256 -> 10."""
+    """Three conv (3x3) + ReLU + max-pool stages (32, 64, 128 channels), then Linear 1152 -> 256 -> 10.
+
+    Example:
+
+    >>> import torch
+    >>> MnistCNN()(torch.randn(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+    """
 
     def __init__(self) -> None:
         super().__init__()

@@ -45,7 +45,14 @@ CLIPPED = frozenset({"relu6", "hardtanh"})
 
 @dataclass
 class Pair:
-    """``first`` -> [``bn``] -> [``activation``] -> ``second`` (module paths; ``second_bn`` follows ``second``)."""
+    """``first`` -> [``bn``] -> [``activation``] -> ``second`` (module paths; ``second_bn`` follows ``second``).
+
+    Example:
+
+    >>> Pair('features.0', 'features.3', bn='features.1', activation='features.2', activation_kind='relu')
+    Pair(first='features.0', second='features.3', bn='features.1', activation='features.2', activation_kind='relu', \
+second_bn=None)
+    """
 
     first: str
     second: str
