@@ -41,6 +41,8 @@ def _fusion(quantizer: Any, name: str) -> Any:
 def data_free_gaps(quantizer: Any) -> str:
     """What data-free calibration cannot range, in words naming the layers ('' when it can range everything)."""
     problems = []
+    if quantizer.adapter.name != "torch":
+        return f"it reads the BatchNorm modules of PyTorch models, not those of {quantizer.adapter.name} models"
     if quantizer.whole_graph:
         problems.append("whole-graph quantization (op_types ['default']) has tensors outside any layer")
     inputs = [layer.name for layer in quantizer.layers if quantizer.quantizes(layer, QuantType.QUANT_INPUT)]
