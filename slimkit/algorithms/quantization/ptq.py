@@ -126,6 +126,7 @@ class PostTrainingQuantizer(Quantizer):
         """
         was_wrapped, before = self.wrapped, self.state_dict()
         weights = self.backend.snapshot(self) if self.techniques else None
+        reports = len(self.technique_reports)
         try:
             self._calibrate(batches, num_batches, bn_sigmas)
         except BaseException as error:
@@ -133,6 +134,7 @@ class PostTrainingQuantizer(Quantizer):
                 self.unwrap_model()
             if weights is not None:
                 self.backend.restore(weights)
+            del self.technique_reports[reports:]
             self.load_state_dict(before)
             if isinstance(error, Exception) and not isinstance(error, SlimkitError):
                 raise SlimkitError(f"PostTrainingQuantizer.calibrate: batch {self._batch_index} could not run through "

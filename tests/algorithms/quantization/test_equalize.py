@@ -123,7 +123,7 @@ def test_rollback_when_calibration_fails() -> None:
                                 techniques=[Equalize(relu6="relu")], progress=False)
     with pytest.raises(SlimkitError, match="batch 0"):
         ptq.calibrate([torch.randn(1, 5, 3, 3)])  # equalize runs, then the batch fails
-    assert type(model[1]) is nn.ReLU6 and not ptq.wrapped
+    assert type(model[1]) is nn.ReLU6 and not ptq.wrapped and ptq.technique_reports == []
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert ptq.graph_plan.fusions["0"].activation == "relu6"
 
