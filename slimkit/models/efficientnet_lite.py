@@ -9,10 +9,10 @@ Example:
 
 >>> import torch
 >>> from slimkit.models import efficientnet_lite0
->>> model = efficientnet_lite0(num_classes=10).eval()
->>> model(torch.randn(1, 3, 64, 64)).shape
-torch.Size([1, 10])
->>> len(model._blocks), sum(p.numel() for p in efficientnet_lite0().parameters())
+>>> model = efficientnet_lite0().eval()
+>>> model(torch.randn(1, 3, 32, 32)).shape
+torch.Size([1, 1000])
+>>> len(model._blocks), sum(p.numel() for p in model.parameters())
 (16, 4652008)
 """
 

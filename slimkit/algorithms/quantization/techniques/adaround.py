@@ -30,7 +30,7 @@ Example:
 <torch._C.Generator object at ...>
 >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4))
 >>> ptq = PostTrainingQuantizer(model, [{'quant_types': ['weight'], 'quant_bits': 4, 'op_types': ['Linear']}],
-...                             techniques=[AdaRound(iterations=200)], progress=False)
+...                             techniques=[AdaRound(iterations=60, lr=3e-2)], progress=False)
 >>> ptq.calibrate([torch.randn(32, 8) for _ in range(2)])
 >>> details = ptq.technique_reports[0].details
 >>> details['mse']['0'] < details['mse_nearest']['0']

@@ -61,7 +61,8 @@ class Technique:
 def register_technique(name: str) -> Callable[[type[Technique]], type[Technique]]:
     """Class decorator: register a :class:`Technique` subclass under ``name``."""
     def decorate(cls: type[Technique]) -> type[Technique]:
-        if name in TECHNIQUES and TECHNIQUES[name] is not cls:
+        known = TECHNIQUES.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
             raise ConfigError(f"Expected a new technique name. Received: name={name!r}, already {TECHNIQUES[name]}")
         if cls.stage not in STAGES:
             raise ConfigError(f"Expected a technique stage from {list(STAGES)}. Received: {cls.stage!r} ({name})")
