@@ -149,7 +149,18 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {row['agreement']:.1f} | {row['sqnr_db']:.2f} | {seconds or '-'} |")
         lines.append("")
     lines += ["AdaRound: " + json.dumps(ADAROUND) + " per layer (the paper uses 10,000 iterations); seconds per "
-              "layer are in results/ptq_techniques.json (`adaround_layer_s`).", ""]
+              "layer are in results/ptq_techniques.json (`adaround_layer_s`).", "",
+              "## Reading", "",
+              "- Equalization is for per-tensor weights; on EfficientNet-Lite it is limited by ReLU6 (a channel whose "
+              "values reach the clip cannot be scaled) and by the residual sums after every project conv (5 such "
+              "pairs are skipped, named in the report). Alone it adds little, but the two combine: on per-tensor "
+              "W8A8, equalize + bias_correction is well above either alone (not measured here: why).",
+              "- With per-channel weights there is nothing for equalization to fix, and the float model it leaves "
+              "(exact on the calibration images only, see above) costs a little: bias_correction or AdaRound alone "
+              "are the better rows there.",
+              "- W4A8 with 150 AdaRound steps per layer (the paper: 10,000) stays far from the float model on this "
+              "network; more steps cost CPU time this shared machine did not have.",
+              "- Peers (NNCF `nncf.quantize`, MCT, AIMET) were not measured in this run.", ""]
     return "\n".join(lines)
 
 
