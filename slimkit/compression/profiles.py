@@ -19,10 +19,12 @@ Example:
 (0.00390625, -128)
 >>> tflite.shares_input_params('cat'), tflite.shares_input_params('add')
 (True, False)
+>>> get_profile('tflite_per_tensor').weight.per_channel  # one weight scale per tensor (TFLite's older kernels)
+False
 >>> get_profile('tensorrt')
 Traceback (most recent call last):
 ...
-slimkit.errors.ConfigError: Expected profile to be one of ['onnx', 'pow2', 'symmetric', 'tflite']. Received: ...
+slimkit.errors.ConfigError: Expected profile to be one of ['onnx', 'pow2', 'symmetric', 'tflite', ...]. Received: ...
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ _TFLITE_FIXED = {k: v for k, v in _TFLITE_FIXED.items() if v is not None}
 
 register_profile(QuantProfile(
     "tflite", weight=Scheme(symmetric=True, per_channel=True, signed=True, narrow=True),
+    activation=Scheme(symmetric=False, signed=True), fixed=_TFLITE_FIXED))
+register_profile(QuantProfile(
+    "tflite_per_tensor", weight=Scheme(symmetric=True, per_channel=False, signed=True, narrow=True),
     activation=Scheme(symmetric=False, signed=True), fixed=_TFLITE_FIXED))
 register_profile(QuantProfile(
     "onnx", weight=Scheme(symmetric=True, per_channel=True, signed=True, narrow=True),

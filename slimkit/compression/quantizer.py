@@ -341,9 +341,10 @@ class Quantizer(Compressor):
         return MinMaxObserver()
 
     def weight_params(self, layer: Layer, weight: Any) -> QParams:
-        """Per-channel (or per-tensor) symmetric parameters of ``weight`` under the profile."""
+        """Per-channel (or per-tensor) symmetric parameters of ``weight`` under the profile (the pinned ones after
+        :meth:`set_fixed_params`: AdaRound's weights lie on their grid)."""
         table = self.params[layer.name]
-        if self.frozen and "weight" in table:
+        if (self.frozen or "weight" in self._fixed_keys.get(layer.name, ())) and "weight" in table:
             return table["weight"]
         scheme = self.profile.weight
         bits = self.states[layer.name].bits[QuantType.QUANT_WEIGHT]

@@ -6,6 +6,9 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
+from slimkit.algorithms.quantization.data_free import bn_output_ranges, data_free_gaps
 from slimkit.algorithms.quantization.techniques import TechniqueReport, resolve_techniques
 from slimkit.compression import Layer, Quantizer
 from slimkit.compression.observers import HistogramObserver, MinMaxObserver, Observer
@@ -40,9 +43,10 @@ class PostTrainingQuantizer(Quantizer):
             1e-4; None for the unbounded TensorRT search). The entropy criterion alone clips too much on
             small calibration sets (MobileNetV2's pooled features: 1.9 dB output SQNR unbounded,
             43.7 dB bounded, see benchmarks/RESULTS_quantization.md).
-        techniques: names from :mod:`slimkit.algorithms.quantization.techniques` run by :meth:`calibrate`
-            (float-stage ones before the ranges are observed, quantized-stage ones after); what each did is
-            in ``technique_reports`` afterwards.
+        techniques: names (or configured instances) from :mod:`slimkit.algorithms.quantization.techniques` run by
+            :meth:`calibrate` (float-stage ones before the ranges are observed, quantized-stage ones after); what each
+            did is in ``technique_reports`` afterwards. Techniques that read the graph (``'equalize'``) need
+            ``dummy_input``.
 
     Example:
 
@@ -69,6 +73,14 @@ class PostTrainingQuantizer(Quantizer):
         super().__init__(model, config_list, optimizer=optimizer, dummy_input=dummy_input, profile=profile)
         self.algorithm = algorithm
         self.techniques = resolve_techniques(techniques)
+        graph_users = [technique.name for technique in self.techniques if technique.needs_graph]
+        if self.techniques and self.adapter.name != "torch":
+            raise ConfigError(f"PostTrainingQuantizer: techniques run on PyTorch models. Expected a torch.nn.Module. "
+                              f"Received: a {self.adapter.name} model with techniques="
+                              f"{[technique.name for technique in self.techniques]}")
+        if graph_users and dummy_input is None:
+            raise ConfigError(f"PostTrainingQuantizer: techniques {graph_users} read the captured graph. Expected "
+                              "dummy_input=<an example input>. Received: dummy_input=None")
         self.technique_reports: list[TechniqueReport] = []
         self.progress = progress
         self.max_clip_fraction = max_clip_fraction
@@ -92,22 +104,37 @@ class PostTrainingQuantizer(Quantizer):
     def should_fake_quant(self, layer: Layer) -> bool:
         return self.calibrated
 
-    def calibrate(self, batches: Iterable[Any], num_batches: int | None = None) -> None:
+    def calibrate(self, batches: Iterable[Any] | None, num_batches: int | None = None, *,
+                  bn_sigmas: float = 6.0) -> None:
         """Run the float model on ``batches`` (tensors, or ``(inputs, targets)`` tuples / lists; a DataLoader
         is iterated lazily, at most ``num_batches`` of it), record activation ranges, then fix every
         parameter. Calling it again adds batches to the ranges recorded so far.
 
+        Data-free (``batches`` None or empty): each quantized output comes from the BatchNorm folded into its layer,
+        ``beta +- bn_sigmas * |gamma|`` over the channels, clipped by the fused ReLU / ReLU6
+        (:func:`~slimkit.algorithms.quantization.data_free.bn_output_ranges`), pinned as fixed parameters; weights
+        are fixed as usual and the techniques run without batches (``'bias_correction'`` from BatchNorm statistics;
+        ``'adaround'`` skips every layer, naming it).
+
         Raises:
             SlimkitError: a batch the model cannot run (wrong shape or dtype: the batch's index is named) or
                 NaN / infinite activations (:class:`~slimkit.errors.NonFiniteError`, naming the layer). The
-                quantizer and the model are then exactly as before the call: wrappers, state dicts, ranges.
+                quantizer and the model are then exactly as before the call: wrappers, state dicts, ranges,
+                weights a technique changed.
+            ConfigError: data-free, a quantized input or output without a BatchNorm to take its range from (the
+                layers are named), or whole-graph quantization (``op_types: ['default']``).
         """
         was_wrapped, before = self.wrapped, self.state_dict()
+        weights = self.backend.snapshot(self) if self.techniques else None
+        reports = len(self.technique_reports)
         try:
-            self._calibrate(batches, num_batches)
+            self._calibrate(batches, num_batches, bn_sigmas)
         except BaseException as error:
             if not was_wrapped:
                 self.unwrap_model()
+            if weights is not None:
+                self.backend.restore(weights)
+            del self.technique_reports[reports:]
             self.load_state_dict(before)
             if isinstance(error, Exception) and not isinstance(error, SlimkitError):
                 raise SlimkitError(f"PostTrainingQuantizer.calibrate: batch {self._batch_index} could not run through "
@@ -116,18 +143,38 @@ class PostTrainingQuantizer(Quantizer):
                                    "were before calibrate().") from error
             raise
 
-    def _calibrate(self, batches: Iterable[Any], num_batches: int | None) -> None:
-        if self.techniques:
-            batches = list(itertools.islice(batches, num_batches) if num_batches is not None else batches)
+    def _calibrate(self, batches: Iterable[Any] | None, num_batches: int | None, bn_sigmas: float) -> None:
+        data_free = batches is None or (hasattr(batches, "__len__") and len(batches) == 0)
+        if self.techniques or data_free:
+            batches = list(itertools.islice(batches or [], num_batches) if num_batches is not None else batches or [])
             num_batches = None
-        self._run_techniques("float", batches)
-        self._observe(batches, num_batches)
-        self._run_techniques("quantized", batches)
+        if data_free:
+            missing = data_free_gaps(self)  # before any technique changes the model
+            if missing:
+                raise ConfigError(f"PostTrainingQuantizer.calibrate: without batches, ranges come from the BatchNorm "
+                                  f"folded into each layer; {missing}. Expected calibration batches, or those layers "
+                                  "excluded / quantized on weights only.")
+        self._run_techniques("float", None if data_free else batches)
+        if data_free:
+            self._set_data_free_ranges(bn_sigmas)
+        else:
+            self._observe(batches, num_batches)
+        self._run_techniques("quantized", None if data_free else batches)
+
+    def _set_data_free_ranges(self, bn_sigmas: float) -> None:
+        self.compress()
+        self.observing = False
+        for name, key, lo, hi in bn_output_ranges(self, bn_sigmas):
+            bits = self.activation_bits(self.states[name].layer, key)
+            self.set_fixed_params(name, key, self.range_params(np.array([lo]), np.array([hi]), bits))
+        self.calibrated = True
+        self.freeze()
 
     def _run_techniques(self, stage: str, batches: list[Any] | None) -> None:
         for technique in self.techniques:
             if technique.stage == stage:
                 self.technique_reports.append(technique.apply(self, batches))
+                self.state_changed()
 
     def _observe(self, batches: Iterable[Any], num_batches: int | None) -> None:
         self.compress()

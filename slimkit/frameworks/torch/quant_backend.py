@@ -451,6 +451,29 @@ class TorchQuantBackend:
             return model(*[move(x) for x in first]) if isinstance(first, (tuple, list)) else model(move(first))
         return model(batch)
 
+    # ------------------------------------------------------------ rollback
+    def snapshot(self, quantizer: Any) -> Any:
+        """What post-training techniques may change, to put back if calibration fails: a copy of every parameter and
+        buffer, every module's children (a replaced activation) and the plan's fused activations."""
+        model = quantizer.model
+        tensors = [(t, t.detach().clone()) for t in [*model.parameters(), *model.buffers()]]
+        children = [(module, dict(module._modules)) for module in model.modules()]
+        plan = quantizer.graph_plan
+        fusions = [(fusion, fusion.activation) for fusion in (plan.fusions.values() if plan is not None else ())]
+        return tensors, children, fusions
+
+    def restore(self, snapshot: Any) -> None:
+        """Undo every change since :meth:`snapshot`."""
+        tensors, children, fusions = snapshot
+        for module, saved in children:
+            module._modules.clear()
+            module._modules.update(saved)
+        with torch.no_grad():
+            for tensor, saved in tensors:
+                tensor.copy_(saved)
+        for fusion, activation in fusions:
+            fusion.activation = activation
+
     # ------------------------------------------------------------ files
     def save_weights(self, model: nn.Module, layers: list[Any], path: str) -> None:
         """The float state dict of the original model class (masks multiplied in)."""

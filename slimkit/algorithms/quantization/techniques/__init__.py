@@ -14,10 +14,13 @@ A technique that does not apply to a layer records that layer and the reason in 
 Example:
 
 >>> from slimkit.algorithms.quantization.techniques import TECHNIQUES, resolve_techniques
->>> resolve_techniques([])
-[]
+>>> [technique.name for technique in resolve_techniques(['bias_correction', 'equalize'])]
+['equalize', 'bias_correction']
 """
 
+from slimkit.algorithms.quantization.techniques.adaround import AdaRound
+from slimkit.algorithms.quantization.techniques.bias_correction import BiasCorrection
+from slimkit.algorithms.quantization.techniques.equalize import Equalize
 from slimkit.algorithms.quantization.techniques.registry import (
     STAGES,
     TECHNIQUES,
@@ -27,4 +30,5 @@ from slimkit.algorithms.quantization.techniques.registry import (
     resolve_techniques,
 )
 
-__all__ = ["STAGES", "TECHNIQUES", "Technique", "TechniqueReport", "register_technique", "resolve_techniques"]
+__all__ = ["STAGES", "TECHNIQUES", "AdaRound", "BiasCorrection", "Equalize", "Technique", "TechniqueReport",
+           "register_technique", "resolve_techniques"]

@@ -9,7 +9,7 @@ Example:
 >>> resolve_techniques(['sharpen'])
 Traceback (most recent call last):
 ...
-slimkit.errors.ConfigError: PostTrainingQuantizer: Expected techniques from [...]. Received: 'sharpen'
+slimkit.errors.ConfigError: PostTrainingQuantizer: Expected techniques from [...] or Technique instances. Received: ...'
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ class TechniqueReport:
 class Technique:
     """Base class of a post-training technique.
 
-    Subclasses set ``stage`` (one of :data:`STAGES`) and ``needs_batches`` and implement :meth:`apply`.
+    Subclasses set ``stage`` (one of :data:`STAGES`), ``needs_batches`` and ``needs_graph`` and implement
+    :meth:`apply`. Options go to the constructor: ``techniques=[Equalize(relu6='relu')]`` passes an instance where a
+    name would take the defaults.
     ``apply`` gets the quantizer (its ``model``, ``layers``, ``backend``, ``dummy_input``) and the calibration
     batches as a list (None when ``calibrate()`` was called without batches); it returns a
     :class:`TechniqueReport`.
@@ -50,6 +52,7 @@ class Technique:
     name: ClassVar[str] = ""
     stage: ClassVar[str] = "float"
     needs_batches: ClassVar[bool] = False
+    needs_graph: ClassVar[bool] = False  # reads the quantizer's captured graph (needs dummy_input)
 
     def apply(self, quantizer: Any, batches: list[Any] | None) -> TechniqueReport:
         raise NotImplementedError
@@ -58,7 +61,8 @@ class Technique:
 def register_technique(name: str) -> Callable[[type[Technique]], type[Technique]]:
     """Class decorator: register a :class:`Technique` subclass under ``name``."""
     def decorate(cls: type[Technique]) -> type[Technique]:
-        if name in TECHNIQUES and TECHNIQUES[name] is not cls:
+        known = TECHNIQUES.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
             raise ConfigError(f"Expected a new technique name. Received: name={name!r}, already {TECHNIQUES[name]}")
         if cls.stage not in STAGES:
             raise ConfigError(f"Expected a technique stage from {list(STAGES)}. Received: {cls.stage!r} ({name})")
@@ -69,19 +73,23 @@ def register_technique(name: str) -> Callable[[type[Technique]], type[Technique]
     return decorate
 
 
-def resolve_techniques(names: Sequence[str] | None) -> list[Technique]:
-    """Instances of the techniques named, in the order they run: every ``'float'`` technique before every
-    ``'quantized'`` one, otherwise in the order given.
+def resolve_techniques(techniques: Sequence[str | Technique] | None) -> list[Technique]:
+    """Instances of the techniques given (registered names, or :class:`Technique` instances carrying options), in
+    the order they run: every ``'float'`` technique before every ``'quantized'`` one, otherwise in the order given.
 
     Raises:
-        ConfigError: an unknown or repeated name (the registered names are listed).
+        ConfigError: an unknown or repeated technique (the registered names are listed).
     """
-    names = list(names or [])
-    for name in names:
-        if name not in TECHNIQUES:
-            raise ConfigError(f"PostTrainingQuantizer: Expected techniques from {sorted(TECHNIQUES)}. "
-                              f"Received: {name!r}")
+    resolved = []
+    for item in techniques or []:
+        if isinstance(item, Technique):
+            resolved.append(item)
+        elif isinstance(item, str) and item in TECHNIQUES:
+            resolved.append(TECHNIQUES[item]())
+        else:
+            raise ConfigError(f"PostTrainingQuantizer: Expected techniques from {sorted(TECHNIQUES)} or Technique "
+                              f"instances. Received: {item!r}")
+    names = [technique.name for technique in resolved]
     if len(set(names)) != len(names):
         raise ConfigError(f"PostTrainingQuantizer: Expected each technique once. Received: techniques={names}")
-    techniques = [TECHNIQUES[name]() for name in names]
-    return sorted(techniques, key=lambda technique: STAGES.index(technique.stage))
+    return sorted(resolved, key=lambda technique: STAGES.index(technique.stage))
