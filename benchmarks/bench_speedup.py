@@ -57,13 +57,17 @@ def case_speedup(name: str) -> dict:
     mask_seconds = time.perf_counter() - start
     state = model.state_dict()
     start = time.perf_counter()
-    report = ModelSpeedup(model, x, masks).speedup_model()
+    speedup = ModelSpeedup(model, x, masks)
+    speedup.speedup_model()
+    report = speedup.report
     after_pruner = time.perf_counter() - start
     twin, _ = _model(name)
     twin.load_state_dict(state)
     twin_masks = _slimkit_masks(twin, x)  # the same flow again, for the verify=False measurement
     start = time.perf_counter()
-    twin_report = ModelSpeedup(twin, x, twin_masks, verify=False).speedup_model()
+    twin_speedup = ModelSpeedup(twin, x, twin_masks, verify=False)
+    twin_speedup.speedup_model()
+    twin_report = twin_speedup.report
     after_pruner_no_verify = time.perf_counter() - start
     flow_breakdown = {k: round(v, 3) for k, v in report.timings.items()}
     error = report.max_relative_error
@@ -72,7 +76,9 @@ def case_speedup(name: str) -> dict:
         fresh, _ = _model(name)
         fresh.load_state_dict(state)
         start = time.perf_counter()
-        report = ModelSpeedup(fresh, x, masks, verify=verify).speedup_model()
+        speedup = ModelSpeedup(fresh, x, masks, verify=verify)
+        speedup.speedup_model()
+        report = speedup.report
         runs.append({"verify": verify, "seconds": time.perf_counter() - start,
                      "timings": {k: round(v, 3) for k, v in report.timings.items()}})
     return {"model": name, "dependency_aware_l1_masks_s": round(mask_seconds, 3),
@@ -131,7 +137,9 @@ def case_latency(name: str) -> dict:
     dense, x = _model(name)
     ours, _ = _model(name)
     masks = _slimkit_masks(ours, x)
-    report = ModelSpeedup(ours, x, masks).speedup_model()
+    speedup = ModelSpeedup(ours, x, masks)
+    speedup.speedup_model()
+    report = speedup.report
     theirs, _ = _model(name)
     ignored = [m for m in theirs.modules() if isinstance(m, torch.nn.Linear)]
     tp.pruner.MetaPruner(theirs, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.5,

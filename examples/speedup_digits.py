@@ -75,7 +75,9 @@ def main() -> None:
     masks = pruner.get_masks()
     model = pruner.unwrap_model()  # plain layers again; their raw weights still hold the pruned filters
 
-    report = ModelSpeedup(model, one, masks).speedup_model()
+    speedup = ModelSpeedup(model, one, masks)
+    speedup.speedup_model()
+    report = speedup.report
     pruned = (params(model), accuracy(model, x_test, y_test))
     dense_ms, pruned_ms = latencies_ms([dense_model, model], one)
 

@@ -10,7 +10,9 @@ Example:
 >>> from slimkit.speedup import ModelSpeedup
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
 >>> masks = {'0': {'weight': torch.tensor([[1.0] * 4, [0.0] * 4, [1.0] * 4]), 'bias': torch.tensor([1.0, 0, 1])}}
->>> ModelSpeedup(model, torch.randn(2, 4), masks).speedup_model().params_after
+>>> speedup = ModelSpeedup(model, torch.randn(2, 4), masks)
+>>> model = speedup.speedup_model()
+>>> speedup.report.params_after
 16
 """
 

@@ -19,7 +19,9 @@ Example:
 >>> x = torch.randn(1, 5, 8)
 >>> keep = torch.tensor([0.0, 1.0]).repeat_interleave(2)  # drop the first key / value head
 >>> masks = {'v': {'weight': keep[:, None].expand(4, 8).clone(), 'bias': keep.clone()}}
->>> report = ModelSpeedup(model, x, masks).speedup_model()
+>>> speedup = ModelSpeedup(model, x, masks)
+>>> model = speedup.speedup_model()
+>>> report = speedup.report
 >>> model.q.out_features, model.k.out_features, model.v.out_features, model.o.in_features
 (4, 2, 2, 4)
 >>> model.num_heads, model.num_key_value_heads  # head counts the model's code may read

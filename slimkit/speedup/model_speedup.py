@@ -7,7 +7,9 @@ Example:
 >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)).eval()
 >>> keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
 >>> masks = {'0': {'weight': keep.view(4, 1, 1, 1).expand(4, 3, 3, 3).clone(), 'bias': keep}}
->>> report = ModelSpeedup(model, torch.randn(1, 3, 8, 8), masks).speedup_model()
+>>> speedup = ModelSpeedup(model, torch.randn(1, 3, 8, 8), masks)
+>>> model = speedup.speedup_model()
+>>> report = speedup.report
 >>> model[0], model[2]
 (Conv2d(3, 2, kernel_size=(3, 3), stride=(1, 1)), Conv2d(2, 2, kernel_size=(1, 1), stride=(1, 1)))
 """
@@ -133,8 +135,8 @@ class ModelSpeedup:
         return output, flops
 
     def speedup_model(self) -> Any:
-        """Analyse the graph, then replace the pruned layers in place. Returns a :class:`SpeedupReport`; for a
-        Keras model, the new smaller ``keras.Model``."""
+        """Analyse the graph, then replace the pruned layers in place and return the model (for a Keras model: a
+        new, smaller ``keras.Model``). What changed is in :attr:`report` (a :class:`SpeedupReport`)."""
         if self._keras is not None:
             small = self._keras.speedup_model()
             self.report = self._keras.report
@@ -169,8 +171,9 @@ class ModelSpeedup:
         timings["surgery+verify"] = time.perf_counter() - start - sum(timings.values())
         changes = [_change(name, originals[name], module) for name, module in replacements.items()
                    if _channels(originals[name]) != _channels(module)]
-        return SpeedupReport(changes, params_before, sum(p.numel() for p in self.model.parameters()), flops_before,
-                             flops_after, time.perf_counter() - start, error, timings)
+        self.report = SpeedupReport(changes, params_before, sum(p.numel() for p in self.model.parameters()),
+                                    flops_before, flops_after, time.perf_counter() - start, error, timings)
+        return self.model
 
     def _apply(self, plan: Plan, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
                reference: Any) -> tuple[dict[str, nn.Module], dict[str, nn.Module], float | None, int]:

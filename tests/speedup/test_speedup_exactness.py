@@ -103,7 +103,9 @@ def test_wrapped_model_is_rejected():
 
 def test_report_lists_layers():
     model, x = build("plain_cnn")
-    report = ModelSpeedup(model, x, random_masks(model, seed=5)).speedup_model()
+    speedup = ModelSpeedup(model, x, random_masks(model, seed=5))
+    speedup.speedup_model()
+    report = speedup.report
     names = [c.name for c in report.layers]
     assert "fc1" in names and report.params_ratio < 1 and report.flops_ratio < 1
     assert "params" in str(report)

@@ -43,7 +43,9 @@ def test_stage2_structural_pruning_is_exact(name):
     masks = pruner.get_masks()
     pruner.unwrap_model()
     expected = _masked_reference(model, masks, x)
-    report = ModelSpeedup(model, x, masks).speedup_model()
+    speedup = ModelSpeedup(model, x, masks)
+    speedup.speedup_model()
+    report = speedup.report
     with torch.no_grad():
         got = model(x)
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -79,7 +79,9 @@ def test_the_residual_stream_is_pruned_as_one_group():
     with torch.no_grad():
         masked = model(ids)
     pruner.unwrap_model()
-    report = ModelSpeedup(model, ids, masks).speedup_model()
+    speedup = ModelSpeedup(model, ids, masks)
+    speedup.speedup_model()
+    report = speedup.report
     assert model.tokens.embedding_dim == model.positions.embedding_dim == 4
     assert all(isinstance(norm, WideLayerNorm) and norm.normalized_shape == (4,) and norm.full_size == 8
                for norm in (model.norm, *model.norms))
@@ -118,7 +120,9 @@ def test_a_model_reading_the_hidden_size_keeps_it():
         masked = model(x)
     pruner.unwrap_model()
     with pytest.warns(UserWarning, match=r"Speedup keeps the hidden size: .*\['norm1', 'norm2'\] narrowed"):
-        report = ModelSpeedup(model, x, masks).speedup_model()
+        speedup = ModelSpeedup(model, x, masks)
+        speedup.speedup_model()
+        report = speedup.report
     assert report.params_after == 2074 and model.norm1.normalized_shape == (16,) and model.fc1.out_features == 16
     with torch.no_grad():
         assert torch.allclose(model(x), masked, rtol=1e-5, atol=1e-6)

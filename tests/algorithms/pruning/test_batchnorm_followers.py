@@ -59,7 +59,9 @@ def test_speedup_removes_the_channels_in_full():
     with torch.no_grad():
         masked = model(x)
     pruner.unwrap_model()
-    report = ModelSpeedup(model, x, masks).speedup_model()
+    speedup = ModelSpeedup(model, x, masks)
+    speedup.speedup_model()
+    report = speedup.report
     # half the channels of every conv and BatchNorm; only the input channels and the classifier's outputs stay
     assert (report.params_before, report.params_after) == (9938, 2638)
     assert [model.stem[0].out_channels, model.stem[1].num_features, model.body[2].conv2.out_channels] == [4, 4, 8]
@@ -83,7 +85,9 @@ def test_a_concatenated_channel_follows_its_own_producer():
     with torch.no_grad():
         masked = model(x)
     pruner.unwrap_model()
-    report = ModelSpeedup(model, x, masks).speedup_model()
+    speedup = ModelSpeedup(model, x, masks)
+    speedup.speedup_model()
+    report = speedup.report
     assert model.body[1].bn.num_features == 4 + 6 and report.params_after == 1207
     with torch.no_grad():
         assert torch.allclose(model(x), masked, rtol=1e-5, atol=1e-6)
