@@ -87,6 +87,9 @@ class ConverterOptions:
         if self.quantize_io not in (False, True, "int8", "uint8"):
             raise ConfigError("Expected quantize_io in (False, True, 'int8', 'uint8'). "
                               f"Received: quantize_io={self.quantize_io!r}")
+        if not isinstance(self.sparse_weights, bool):
+            raise ConfigError("Expected sparse_weights=True or False. "
+                              f"Received: sparse_weights={self.sparse_weights!r}")
         if self.optimize not in (0, 1, 2):
             raise ConfigError(f"Expected optimize in (0, 1, 2). Received: optimize={self.optimize!r}")
 

@@ -99,15 +99,13 @@ def encode_sparse_weights(graph: Graph) -> int:
     makes the file smaller. The weight tensor becomes the DENSIFY's output, so every reader of it (a weight shared
     by two ops) reads the dense copy. Returns how many weights were encoded."""
     densify: list[Op] = []
-    done: set[int] = set()
     for op in graph.ops:
         slot, types = WEIGHT_INPUTS.get(op.code, (None, ()))
         if slot is None or len(op.inputs) <= slot or op.inputs[slot] is None or op.inputs[0] is None:
             continue
         weight = _root(op.inputs[slot])
-        if id(weight) in done or not weight.is_const or weight.dtype not in types or weight.dtype != op.inputs[0].dtype:
-            continue
-        done.add(id(weight))
+        if not weight.is_const or weight.dtype not in types or weight.dtype != op.inputs[0].dtype:
+            continue  # (a weight read twice is no longer constant the second time: it is the DENSIFY's output)
         sparse = sparse_constant(weight)
         if sparse is None:
             continue

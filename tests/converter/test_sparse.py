@@ -8,6 +8,7 @@ import tflite
 import torch
 from torch import nn
 
+from slimkit import ConfigError
 from slimkit.converter import TFLiteConverter
 from slimkit.converter.sparse import csr_layout, traversal_order
 from slimkit.converter.verify import run_tflite
@@ -135,3 +136,36 @@ def test_csr_layout_index_width():
     assert traversal_order(w.shape) == (1, 2, 3, 0)
     values, segments, indices = csr_layout(w)
     assert values.tolist() == [1.0, 2.0] and segments.tolist() == [0, 1, 1, 1, 1, 1, 2] and indices.tolist() == [3, 7]
+
+
+class SharedHead(nn.Module):
+    """One Linear applied to two inputs (the converter writes its weight once per call, dense or sparse)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 64)
+
+    def forward(self, a, b):
+        return self.fc(a) + self.fc(b)
+
+
+def test_sparse_weights_with_dynamic_batch(tmp_path):
+    torch.manual_seed(0)
+    model = SharedHead().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_((torch.rand_like(model.fc.weight) >= 0.8).float())
+    a, b = torch.randn(1, 64), torch.randn(1, 64)
+    path = tmp_path / "shared.tflite"
+    TFLiteConverter(model, (a, b), path, sparse_weights=True, dynamic_batch=True).convert()
+    assert op_codes(path) == ["DENSIFY", "DENSIFY", "FULLY_CONNECTED", "FULLY_CONNECTED", "ADD"]
+    rng = np.random.default_rng(0)
+    for rows in (1, 3):
+        x, y = (rng.standard_normal((rows, 64)).astype(np.float32) for _ in range(2))
+        want = model(torch.from_numpy(x), torch.from_numpy(y)).detach().numpy()
+        np.testing.assert_allclose(run_tflite(path, [x, y])[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_weights_must_be_a_bool(tmp_path):
+    with pytest.raises(ConfigError, match="sparse_weights=True or False. Received: sparse_weights=0.8"):
+        TFLiteConverter(pruned_net(0.8), torch.randn(1, 8, 8, 8), tmp_path / "m.tflite", sparse_weights=0.8)
+    assert not (tmp_path / "m.tflite").exists()
