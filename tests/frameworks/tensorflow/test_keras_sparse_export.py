@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
+from slimkit import SlimkitError
 from slimkit.algorithms.pruning import LevelPruner
 from slimkit.frameworks.tensorflow import export_tflite, run_tflite
 from tests.converter.conftest import op_codes
@@ -35,3 +37,28 @@ def test_pruned_keras_model_exports_sparse_weights(tmp_path):
     np.testing.assert_array_equal(by_shape[(300, 2304)], masked["fc"].T)
     np.testing.assert_array_equal(by_shape[(10, 300)], masked["out"].T)
     assert (by_shape[(300, 2304)] == 0).mean() >= 0.8
+
+
+def test_int8_sparse_export_is_checked_in_litert(tmp_path):
+    """int8 files are dense unless asked; asked, a file LiteRT cannot run (TF's int8 Dense behind DENSIFY) is refused
+    with nothing written, and a conv-only one is written sparse."""
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).standard_normal((16, 8, 8, 8)).astype(np.float32)
+
+    def conv():
+        return [keras.Input((8, 8, 8)), keras.layers.Conv2D(64, 3, name="conv"), keras.layers.Conv2D(64, 3, name="c2")]
+
+    model = keras.Sequential([*conv(), keras.layers.Flatten(), keras.layers.Dense(10, name="out")])
+    model = LevelPruner(model, [{"sparsity": 0.9, "op_types": ["Conv2D", "Dense"]}]).compress()
+    export_tflite(model, tmp_path / "default.tflite", representative_data=x)
+    assert "DENSIFY" not in op_codes(tmp_path / "default.tflite")
+    with pytest.raises(SlimkitError, match="FULLY_CONNECTED"):
+        export_tflite(model, tmp_path / "dense_layer.tflite", representative_data=x, sparse_weights=True)
+    assert not (tmp_path / "dense_layer.tflite").exists()
+
+    convs = LevelPruner(keras.Sequential(conv()), [{"sparsity": 0.9, "op_types": ["Conv2D"]}]).compress()
+    sparse, dense = tmp_path / "conv_sparse.tflite", tmp_path / "conv_dense.tflite"
+    export_tflite(convs, sparse, representative_data=x, sparse_weights=True)
+    export_tflite(convs, dense, representative_data=x)
+    assert op_codes(sparse).count("DENSIFY") == 2 and sparse.stat().st_size < dense.stat().st_size
+    np.testing.assert_array_equal(run_tflite(sparse, x[:4]), run_tflite(dense, x[:4]))
