@@ -42,7 +42,19 @@ _INDEX_TYPES = ((np.uint8, "Uint8Vector"), (np.uint16, "Uint16Vector"), (np.int3
 
 @dataclass(eq=False)
 class Sparsity:
-    """A constant's ``SparsityParameters``: its dense shape, CSR row starts and column indices."""
+    """A constant's ``SparsityParameters``: its dense shape, the traversal order, the CSR row starts (segments) and
+    the positions along the last-traversed axis (indices), as :func:`sparse_constant` builds them.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from slimkit.converter.ir import Tensor
+    >>> from slimkit.converter.sparse import sparse_constant
+    >>> w = np.zeros((300, 2), np.float32); w[7, 1] = 2.0
+    >>> s = sparse_constant(Tensor('w', w.shape, data=w)).sparsity
+    >>> s.order, s.segments.tolist(), s.indices.tolist(), s.nbytes
+    ((1, 0), [0, 0, 1], [7], 4)
+    """
 
     dense_shape: tuple[int, ...]
     order: tuple[int, ...]
