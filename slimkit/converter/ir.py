@@ -59,6 +59,7 @@ class Tensor:
     quant_hint: QuantParams | None = None  # calibrated int8 parameters of a float (fake-quantized) constant
     data_scale: tuple[np.ndarray, int] | None = None  # pending per-channel factor (BN fold), applied on write
     shape_signature: tuple[int, ...] | None = None  # physical shape with -1 on dynamic axes (dynamic_batch)
+    sparsity: Any = None  # a sparse constant's SparsityParameters (slimkit.converter.sparse.Sparsity)
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)

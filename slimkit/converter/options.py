@@ -53,6 +53,14 @@ class ConverterOptions:
             batch after ``interpreter.resize_tensor_input``; RESHAPEs that carry the batch get -1 there. The model is
             lowered a second time at one more row to find where the batch is held (about doubles conversion time);
             an op that bakes the batch size in any other way is an ``UnsupportedOpError`` naming it.
+        sparse_weights: store each float32 or int8 weight of CONV_2D and DEPTHWISE_CONV_2D, and each float32 weight
+            of FULLY_CONNECTED, with TFLite's sparsity encoding (CSR over its longest axis) behind a DENSIFY op, as
+            TensorFlow's converter does under ``Optimize.EXPERIMENTAL_SPARSITY``, wherever that makes the file smaller
+            (a nonzero costs its value plus a 1-byte index, 2 bytes past 255: float32 weights above about 20 % zeros,
+            int8 ones above about 50 %). Outputs equal the dense file's exactly; LiteRT expands the weights once, on
+            the first invoke (:mod:`slimkit.converter.sparse`). int8 FULLY_CONNECTED weights stay dense: XNNPACK
+            fails to prepare one fed by a DENSIFY. Hybrid (``hybrid=True``) and blockwise weights stay dense too.
+            Off by default: a file without DENSIFY runs on every TFLite runtime.
         validate: before the file takes its name, LiteRT loads it and runs it once on zeros in a separate process
             (:mod:`slimkit.converter.validate`), so a file the interpreter rejects or would crash on is never
             written (a ``SlimkitError`` names the path and the reason). False skips the check.
@@ -73,11 +81,15 @@ class ConverterOptions:
     separated_rnn_gate_calc: bool = False
     map_bilstm_to_lstm: bool = False
     missing_outputs_as_constants: bool = True
+    sparse_weights: bool = False
 
     def __post_init__(self):
         if self.quantize_io not in (False, True, "int8", "uint8"):
             raise ConfigError("Expected quantize_io in (False, True, 'int8', 'uint8'). "
                               f"Received: quantize_io={self.quantize_io!r}")
+        if not isinstance(self.sparse_weights, bool):
+            raise ConfigError("Expected sparse_weights=True or False. "
+                              f"Received: sparse_weights={self.sparse_weights!r}")
         if self.optimize not in (0, 1, 2):
             raise ConfigError(f"Expected optimize in (0, 1, 2). Received: optimize={self.optimize!r}")
 

@@ -140,8 +140,9 @@ def run_passes(graph: Graph, options) -> Graph:
 
     Every level removes dead ops. Level 1 (and up) turns quantized chains (DEQUANTIZE -> op -> QUANTIZE)
     into int8 kernels; level 2 then collapses RESHAPE chains and folds a RESHAPE that only drops
-    reduced axes into its MEAN / SUM / REDUCE_MAX (``keep_dims=False``). Last, every state tensor is reset to zeros
-    before its reader (:func:`~slimkit.converter.state.reset_state`).
+    reduced axes into its MEAN / SUM / REDUCE_MAX (``keep_dims=False``). With ``sparse_weights``, weights are
+    stored sparsely behind DENSIFY ops where that is smaller (:mod:`slimkit.converter.sparse`). Last, every state
+    tensor is reset to zeros before its reader (:func:`~slimkit.converter.state.reset_state`).
     """
     remove_dead_ops(graph)
     if options.optimize >= 1 and graph.quant_table:
@@ -162,5 +163,9 @@ def run_passes(graph: Graph, options) -> Graph:
         from slimkit.converter.quant import apply_hybrid
 
         apply_hybrid(graph, options)
+    if options.sparse_weights:
+        from slimkit.converter.sparse import encode_sparse_weights
+
+        encode_sparse_weights(graph)
     reset_state(graph)
     return graph

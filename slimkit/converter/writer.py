@@ -150,6 +150,7 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
 
     payload = sum(t.data.nbytes for t in tensors if t.data is not None)
     quant = sum(16 * t.quant.scale.size + 64 for t in tensors if t.quant is not None)  # scales + int64 zero points
+    quant += sum(t.sparsity.nbytes + 64 * len(t.shape) for t in tensors if t.sparsity is not None)
     builder = _builder(payload + quant + 128 * len(tensors) + 512 * len(graph.ops) + 65536)
 
     # buffers: 0 is the empty sentinel; each constant gets its own
@@ -174,6 +175,7 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
         shape = _int_vector(builder, t.physical_shape)
         signature = _int_vector(builder, t.shape_signature) if t.shape_signature is not None else None
         q = _quantization(builder, t.quant, shared_vectors) if t.quant is not None else None
+        sparsity = _sparsity(builder, t.sparsity) if t.sparsity is not None else None
         tflite.TensorStart(builder)
         tflite.TensorAddShape(builder, shape)
         if signature is not None:
@@ -183,6 +185,8 @@ def serialize(graph: Graph, description: str = "slimkit") -> Serialized:
         tflite.TensorAddName(builder, name)
         if q is not None:
             tflite.TensorAddQuantization(builder, q)
+        if sparsity is not None:
+            tflite.TensorAddSparsity(builder, sparsity)
         if t.is_variable:
             tflite.TensorAddIsVariable(builder, True)
         tensor_offsets.append(tflite.TensorEnd(builder))
@@ -306,6 +310,12 @@ def _quantization(builder, q, shared: dict | None = None) -> int:
     tflite.QuantizationParametersAddZeroPoint(builder, zero)
     tflite.QuantizationParametersAddQuantizedDimension(builder, int(q.quantized_dimension))
     return tflite.QuantizationParametersEnd(builder)
+
+
+def _sparsity(builder, s) -> int:
+    from slimkit.converter.sparse import write_sparsity  # sparse.py builds on this module
+
+    return write_sparsity(builder, s)
 
 
 def _options(builder, op):

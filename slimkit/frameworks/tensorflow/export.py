@@ -138,8 +138,13 @@ def _input_specs(model: Any, representative_data: Any) -> list[tf.TensorSpec]:
                       "unknown. Expected representative_data=<example inputs>. Received: representative_data=None")
 
 
+def has_masks(model: Any) -> bool:
+    """Whether a slimkit pruner has put a mask on any layer of ``model``."""
+    return any(MaskWrapper.masked_values(wrapper) for _, _, wrapper in wrapped_layers(model))
+
+
 def export_tflite(model: Any, path: str | os.PathLike, quantizer: Any = None,
-                  representative_data: Any = None) -> bytes:
+                  representative_data: Any = None, sparse_weights: bool | None = None) -> bytes:
     """Convert a (compressed) Keras model to a TFLite flatbuffer with ``tf.lite.TFLiteConverter``.
 
     Masks are baked into the weights. Without ``representative_data`` the file is float32; with it
@@ -155,6 +160,11 @@ def export_tflite(model: Any, path: str | os.PathLike, quantizer: Any = None,
             are calibrated on ``representative_data`` (random normal samples when it is not given).
         representative_data: calibration inputs: an array of samples, or an iterable (or a
             function returning one) of input batches or ``(x, y)`` pairs.
+        sparse_weights: convert with ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``: weights with enough zeros are
+            stored with TFLite's sparsity encoding behind DENSIFY ops (the pruned zeros kept, the file smaller).
+            None (default): for float files of a model with masks. int8 files leave it off unless asked: TF's
+            converter then feeds int8 FULLY_CONNECTED weights through DENSIFY, which LiteRT's XNNPACK fails to
+            prepare; with True the file is run once in LiteRT before it is written.
 
     Returns:
         The flatbuffer bytes that were written.
@@ -163,8 +173,12 @@ def export_tflite(model: Any, path: str | os.PathLike, quantizer: Any = None,
         UnsupportedOpError: ``quantizer`` has parameters TFLite int8 cannot hold (other bit widths, DoReFa / BNN).
         CompressionStateError: ``quantizer`` has not seen data yet (no activation ranges).
         ConfigError: a subclassed model without ``representative_data`` (unknown input shape).
+        SlimkitError: ``sparse_weights=True`` gave a file LiteRT cannot run (nothing is written then).
     """
     specs = _input_specs(model, representative_data)
+    int8 = quantizer is not None or representative_data is not None
+    if sparse_weights is None:
+        sparse_weights = not int8 and has_masks(model)
     if quantizer is not None and representative_data is None:  # only tensors the quantizer leaves out read it
         representative_data = _random_samples(specs)
     scratch = tempfile.mkdtemp()
@@ -183,12 +197,19 @@ def export_tflite(model: Any, path: str | os.PathLike, quantizer: Any = None,
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
+        if sparse_weights:
+            converter.optimizations = [*converter.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
         with without_lines(*TENSORFLOW_NOISE):
             flatbuffer = converter.convert()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
-        stream.write(flatbuffer)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as stream:
+            stream.write(flatbuffer)
+        if sparse_weights and int8:
+            from slimkit.converter.validate import validate_file
+
+            validate_file(tmp, path)
     return flatbuffer
 
 
