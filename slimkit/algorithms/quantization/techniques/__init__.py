@@ -26,5 +26,7 @@ from slimkit.algorithms.quantization.techniques.registry import (
     register_technique,
     resolve_techniques,
 )
+from slimkit.algorithms.quantization.techniques.smooth import Smooth
 
-__all__ = ["STAGES", "TECHNIQUES", "Technique", "TechniqueReport", "register_technique", "resolve_techniques"]
+__all__ = ["STAGES", "TECHNIQUES", "Technique", "TechniqueReport", "Smooth", "register_technique",
+           "resolve_techniques"]

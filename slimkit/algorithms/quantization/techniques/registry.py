@@ -69,19 +69,21 @@ def register_technique(name: str) -> Callable[[type[Technique]], type[Technique]
     return decorate
 
 
-def resolve_techniques(names: Sequence[str] | None) -> list[Technique]:
+def resolve_techniques(names: Sequence[str | Technique] | None) -> list[Technique]:
     """Instances of the techniques named, in the order they run: every ``'float'`` technique before every
-    ``'quantized'`` one, otherwise in the order given.
+    ``'quantized'`` one, otherwise in the order given. An entry may be an instance (a technique with options,
+    e.g. ``Smooth(alpha=0.75)``) instead of a name.
 
     Raises:
         ConfigError: an unknown or repeated name (the registered names are listed).
     """
-    names = list(names or [])
+    given = list(names or [])
+    names = [entry.name if isinstance(entry, Technique) else entry for entry in given]
     for name in names:
         if name not in TECHNIQUES:
             raise ConfigError(f"PostTrainingQuantizer: Expected techniques from {sorted(TECHNIQUES)}. "
                               f"Received: {name!r}")
     if len(set(names)) != len(names):
         raise ConfigError(f"PostTrainingQuantizer: Expected each technique once. Received: techniques={names}")
-    techniques = [TECHNIQUES[name]() for name in names]
+    techniques = [entry if isinstance(entry, Technique) else TECHNIQUES[entry]() for entry in given]
     return sorted(techniques, key=lambda technique: STAGES.index(technique.stage))
