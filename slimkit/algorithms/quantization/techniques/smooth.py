@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from slimkit.algorithms.quantization.techniques.registry import Technique, TechniqueReport, register_technique
+from slimkit.compression.quant import QuantType
 from slimkit.errors import ConfigError
 
 # ops that hand a tensor on with its last (channel) dimension unchanged, channel for channel
@@ -138,16 +139,20 @@ def _plan(quantizer: Any, linears: dict[str, nn.Linear]) -> tuple[list[_Group], 
     return list(groups.values()), skipped
 
 
-def _input_maxima(quantizer: Any, groups: list[_Group], linears: dict[str, nn.Linear],
-                  batches: Iterable[Any]) -> dict[str, torch.Tensor]:
-    """``max|X_j|`` of each group's input tensor over ``batches`` (the float model)."""
-    maxima: dict[str, torch.Tensor] = {}
-    handles = []
-    for group in groups:
-        def record(module: nn.Module, args: tuple, producer: str = group.producer) -> None:
-            x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)
-            maxima[producer] = x if producer not in maxima else torch.maximum(maxima[producer], x)
-        handles.append(linears[group.linears[0]].register_forward_pre_hook(record))
+def _maxima(quantizer: Any, inputs: dict[str, nn.Module], outputs: dict[str, nn.Module],
+            batches: Iterable[Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per channel (last dimension), ``max|x|`` of each module's input in ``inputs`` and of each module's output in
+    ``outputs`` over ``batches`` (the float model, keyed like the dicts)."""
+    found: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] = ({}, {})
+
+    def record(table: dict[str, torch.Tensor], key: str, x: torch.Tensor) -> None:
+        peak = x.detach().abs().reshape(-1, x.shape[-1]).amax(0)
+        table[key] = peak if key not in table else torch.maximum(table[key], peak)
+
+    handles = [module.register_forward_pre_hook(lambda m, args, key=key: record(found[0], key, args[0]))
+               for key, module in inputs.items()]
+    handles += [module.register_forward_hook(lambda m, args, out, key=key: record(found[1], key, out))
+                for key, module in outputs.items()]
     try:
         with quantizer.backend.inference(quantizer.model):
             for batch in batches:
@@ -155,7 +160,13 @@ def _input_maxima(quantizer: Any, groups: list[_Group], linears: dict[str, nn.Li
     finally:
         for handle in handles:
             handle.remove()
-    return maxima
+    return found
+
+
+def _imbalance(peaks: torch.Tensor) -> float:
+    """How far the largest channel range stands above the typical one (max / median)."""
+    median = float(peaks.median())
+    return float(peaks.max()) / median if median > 0 else float("inf")
 
 
 def smoothing_scales(input_max: torch.Tensor, weight_max: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -191,13 +202,25 @@ def _fold(group: _Group, linears: dict[str, nn.Linear], scales: torch.Tensor) ->
 class Smooth(Technique):
     """SmoothQuant (see the module docstring): per-channel scales folded from each Linear's input into its weights.
 
+    Where no producer can absorb the scale, and the Linear quantizes its own input or output (``op_types``
+    naming Linear, not whole-graph ``'default'``), ``explicit=True`` puts a per-channel multiply around the int8
+    kernel instead: ``x * (1 / s)`` before the input is quantized, or ``y * t`` after the output is quantized with
+    the weight rows and bias divided by ``t = max|Y_j| / max_k max|Y_k|`` (every output channel then spans the
+    whole int8 grid: per-channel output quantization, which an int8 kernel cannot express alone). Both are float
+    MULs beside the int8 FULLY_CONNECTED in the converted file, where the ops around a Linear are float anyway; the
+    float model computes the same function. They are placed only where one channel's range exceeds ``min_ratio``
+    times the median channel's (a post-LN transformer's residual contribution: MiniLM's FFN output reaches 195
+    in one channel, the others about 1).
+
     Args:
         alpha: migration strength in [0, 1]: ``s_j = max|X_j| ** alpha / max|W_j| ** (1 - alpha)`` (default 0.5,
             the paper's choice for most models). Pass an instance to set it:
             ``PostTrainingQuantizer(..., techniques=[Smooth(alpha=0.75)])``; the name ``'smooth'`` uses 0.5.
+        explicit: multiply explicitly where folding is impossible (default True); False only folds.
+        min_ratio: the channel imbalance (largest range / median range) from which an explicit multiply is placed.
 
     Raises:
-        ConfigError: ``alpha`` outside [0, 1].
+        ConfigError: ``alpha`` outside [0, 1], or ``min_ratio`` below 1.
 
     Example:
 
@@ -209,14 +232,17 @@ class Smooth(Technique):
     stage = "float"
     needs_batches = True
 
-    def __init__(self, alpha: float = 0.5):
+    def __init__(self, alpha: float = 0.5, *, explicit: bool = True, min_ratio: float = 4.0):
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"Smooth: Expected alpha in [0, 1]. Received: alpha={alpha!r}")
-        self.alpha = float(alpha)
+        if not isinstance(min_ratio, (int, float)) or isinstance(min_ratio, bool) or not min_ratio >= 1.0:
+            raise ConfigError(f"Smooth: Expected min_ratio >= 1. Received: min_ratio={min_ratio!r}")
+        self.alpha, self.explicit, self.min_ratio = float(alpha), bool(explicit), float(min_ratio)
 
     def apply(self, quantizer: Any, batches: list[Any] | None) -> TechniqueReport:
         start = time.perf_counter()
-        report = TechniqueReport(self.name, details={"alpha": self.alpha, "groups": {}, "scales": {}})
+        report = TechniqueReport(self.name, details={"alpha": self.alpha, "groups": {}, "scales": {},
+                                                     "explicit_inputs": [], "explicit_outputs": []})
         selected = [layer for layer in quantizer.layers if isinstance(layer.module, nn.Linear)]
         for layer in quantizer.layers:
             if not isinstance(layer.module, nn.Linear):
@@ -232,19 +258,49 @@ class Smooth(Technique):
         was_wrapped = quantizer.wrapped
         quantizer.unwrap_model()  # the float model: nothing observed, hooks on the Linear modules themselves
         try:
-            linears = {layer.name: layer.module for layer in selected}
-            groups, skipped = _plan(quantizer, linears)
-            report.skipped.update(skipped)
-            maxima = _input_maxima(quantizer, groups, linears, batches)
-            for group in groups:
-                weight_max = torch.stack([linears[name].weight.detach().abs().amax(0) for name in group.linears])
-                scales = smoothing_scales(maxima[group.producer], weight_max.amax(0), self.alpha)
-                _fold(group, linears, scales)
-                report.applied.extend(group.linears)
-                report.details["groups"][group.producer] = list(group.linears)
-                report.details["scales"][group.producer] = scales
+            self._smooth(quantizer, selected, batches, report)
         finally:
             if was_wrapped:
                 quantizer.compress()
         report.seconds = time.perf_counter() - start
         return report
+
+    def _smooth(self, quantizer: Any, selected: list[Any], batches: list[Any], report: TechniqueReport) -> None:
+        linears = {layer.name: layer.module for layer in selected}
+        groups, skipped = _plan(quantizer, linears)
+        report.skipped.update(skipped)
+        explicit = self.explicit and not quantizer.whole_graph
+        calls = quantizer.graph_plan.calls
+        fusions = quantizer.graph_plan.fusions
+        inputs = [layer for layer in selected if layer.name in skipped and calls.get(layer.name, 1) == 1
+                  and quantizer.quantizes(layer, QuantType.QUANT_INPUT)] if explicit else []
+        outputs = [layer for layer in selected if calls.get(layer.name, 1) == 1 and layer.name not in fusions
+                   and quantizer.quantizes(layer, QuantType.QUANT_OUTPUT)] if explicit else []
+        watched = {f"from:{group.producer}": linears[group.linears[0]] for group in groups}
+        watched.update({layer.name: layer.module for layer in inputs})
+        input_max, output_max = _maxima(quantizer, watched, {layer.name: layer.module for layer in outputs}, batches)
+        for group in groups:
+            weight_max = torch.stack([linears[name].weight.detach().abs().amax(0) for name in group.linears])
+            scales = smoothing_scales(input_max[f"from:{group.producer}"], weight_max.amax(0), self.alpha)
+            _fold(group, linears, scales)
+            report.applied.extend(group.linears)
+            report.details["groups"][group.producer] = list(group.linears)
+            report.details["scales"][group.producer] = scales
+        for group in groups:  # a Linear producer's output is now Y / s
+            if group.producer in output_max:
+                output_max[group.producer] = output_max[group.producer] / report.details["scales"][group.producer]
+        channel_scales = quantizer.channel_scales
+        for layer in inputs:
+            peaks = input_max[layer.name]
+            if _imbalance(peaks) >= self.min_ratio:
+                scales = smoothing_scales(peaks, layer.module.weight.detach().abs().amax(0), self.alpha)
+                channel_scales.setdefault(layer.name, {})["input"] = scales.reciprocal()
+                report.details["explicit_inputs"].append(layer.name)
+                report.skipped.pop(layer.name)
+        for layer in outputs:
+            peaks = output_max[layer.name]
+            if _imbalance(peaks) >= self.min_ratio:
+                channel_scales.setdefault(layer.name, {})["output"] = (peaks / peaks.max()).clamp(min=2.0 ** -8)
+                report.details["explicit_outputs"].append(layer.name)
+        touched = set(report.details["explicit_inputs"]) | set(report.details["explicit_outputs"])
+        report.applied.extend(name for name in linears if name in touched and name not in report.applied)

@@ -3,6 +3,7 @@ layers it cannot smooth named with the reason."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,7 +11,10 @@ from torch import nn
 from slimkit.algorithms.quantization import PostTrainingQuantizer
 from slimkit.algorithms.quantization.techniques import Smooth, resolve_techniques
 from slimkit.algorithms.quantization.techniques.smooth import smoothing_scales
+from slimkit.converter import TFLiteConverter
+from slimkit.converter.verify import run_tflite
 from slimkit.errors import ConfigError
+from tests.converter.conftest import op_codes
 from tests.hf_zoo import HF_ARCHS, hf_inputs
 
 LINEAR_INT8 = [{"quant_types": ["input", "weight", "output"], "op_types": ["Linear"]}]
@@ -63,11 +67,31 @@ def _input_maxima(model, names, batches):
     return found
 
 
+def _assert_float_unchanged(ptq, batches, expected):
+    """The wrapped model with fake quantization off (the multiplies and divided weights in place; training mode with
+    dropout 0, so the bias is not rounded onto the int32 grid either) computes ``expected`` within 1e-5 relative."""
+    dropouts = [m for m in ptq.model.modules() if isinstance(m, nn.Dropout)]
+    rates = [m.p for m in dropouts]
+    ptq.calibrated = False
+    ptq.model.train()
+    try:
+        for m in dropouts:
+            m.p = 0.0
+        with torch.no_grad():
+            for x, want in zip(batches, expected):
+                assert ((ptq.model(x) - want).abs().max() / want.abs().max()).item() <= 1e-5
+    finally:
+        ptq.calibrated = True
+        ptq.model.eval()
+        for m, rate in zip(dropouts, rates):
+            m.p = rate
+
+
 def test_block_groups_skips_and_float_output_unchanged():
     model, batches = _block_and_data()
     with torch.no_grad():
         expected = [model(x) for x in batches]
-    ptq, report = _calibrate(model, batches, "smooth")
+    ptq, report = _calibrate(model, batches, Smooth(explicit=False))
     assert report.technique == "smooth" and report.details["alpha"] == 0.5
     assert report.details["groups"] == {"ln": ["q", "k"], "proj": ["fc1"]}
     assert sorted(report.applied) == ["fc1", "k", "q"]
@@ -86,7 +110,7 @@ def test_scales_follow_the_formula_and_equalise(alpha):
     before_x = _input_maxima(model, ["q", "fc1"], batches)
     before_w = {"q": torch.maximum(model.q.weight.abs().amax(0), model.k.weight.abs().amax(0)),
                 "fc1": model.fc1.weight.abs().amax(0)}
-    ptq, report = _calibrate(model, batches, Smooth(alpha=alpha))
+    ptq, report = _calibrate(model, batches, Smooth(alpha=alpha, explicit=False))
     ptq.unwrap_model()
     after_x = _input_maxima(model, ["q", "fc1"], batches)
     after_w = {"q": torch.maximum(model.q.weight.abs().amax(0), model.k.weight.abs().amax(0)),
@@ -107,7 +131,7 @@ def test_scales_follow_the_formula_and_equalise(alpha):
 def test_smoothing_lowers_the_quantization_error():
     model, batches = _block_and_data()
     reference, plain = _block_and_data()[0], _block_and_data()[0]
-    _calibrate(model, batches, "smooth")
+    _calibrate(model, batches, Smooth(explicit=False))
     PostTrainingQuantizer(plain, LINEAR_INT8, dummy_input=batches[0][:1], progress=False).calibrate(batches)
     with torch.no_grad():
         want = torch.cat([reference(x) for x in batches])
@@ -116,22 +140,51 @@ def test_smoothing_lowers_the_quantization_error():
     assert smoothed < 0.75 * naive  # measured 0.31 against 0.48
 
 
-def test_post_norm_bert_is_skipped_with_reasons_and_unchanged():
+def test_explicit_multiplies_keep_float_and_convert_exactly(tmp_path):
+    """Where nothing can absorb a scale: a multiply before the input quantizer (the GELU output into ``fc2``) and
+    after the output quantizer (``proj``'s outlier row), float output unchanged, the int8 file equal to the
+    integer emulation."""
+    model, batches = _block_and_data()
+    for x in batches:
+        x[..., 2] *= 30.0  # an outlier channel in the residual stream
+    with torch.no_grad():
+        expected = [model(x) for x in batches]
+        proj_peaks = torch.cat([model.proj(model.q(model.ln(x)) * model.k(model.ln(x))) for x in batches])
+    ptq, report = _calibrate(model, batches, "smooth")
+    # measured input imbalance (max / median channel range): fc2 8.5, out 3.0, proj 2.2; min_ratio 4
+    assert report.details["explicit_inputs"] == ["fc2"] and report.details["explicit_outputs"] == ["proj"]
+    assert sorted(report.skipped) == ["out", "proj"]  # inputs neither folded nor imbalanced enough
+    peaks = proj_peaks.abs().reshape(-1, 12).amax(0) / report.details["scales"]["proj"]
+    torch.testing.assert_close(ptq.channel_scales["proj"]["output"], (peaks / peaks.max()).clamp(min=2.0 ** -8))
+    _assert_float_unchanged(ptq, batches, expected)
+    path = tmp_path / "smooth.tflite"
+    TFLiteConverter(model, batches[0], path).convert()
+    assert op_codes(path).count("MUL") >= 3  # the block's own q * k, the multiplies before out and after proj
+    with torch.no_grad(), ptq.emulate_integer():
+        for x in batches:
+            np.testing.assert_allclose(run_tflite(path, [x.numpy()])[0], model(x).numpy(), rtol=0, atol=1e-6)
+
+
+def test_post_norm_bert_folds_nothing_names_why_and_keeps_float():
     """BERT normalises after the residual add, so every LayerNorm output also feeds the next residual add: nothing
-    can absorb a scale, every Linear is named with why, and the model is untouched."""
+    can absorb a scale and every Linear is named with why; the explicit multiplies keep the float function."""
     model, x = HF_ARCHS["bert"]()
     batches = hf_inputs("bert", 3)
     linears = sorted(name for name, m in model.named_modules() if isinstance(m, nn.Linear))
     with torch.no_grad():
         expected = [model(b) for b in batches]
-    ptq, report = _calibrate(model, batches, "smooth")
-    assert report.applied == [] and sorted(report.skipped) == linears
+    ptq, report = _calibrate(model, batches, Smooth(explicit=False))
+    assert report.applied == [] and sorted(report.skipped) == linears and not ptq.channel_scales
     assert "also feeds 'add'" in report.skipped["model.bert.encoder.layer.0.attention.self.query"]
     assert report.skipped["model.bert.encoder.layer.0.output.dense"].startswith("its input comes from 'gelu'")
     ptq.unwrap_model()
     with torch.no_grad():
         for b, want in zip(batches, expected):
             torch.testing.assert_close(model(b), want, rtol=0, atol=0)
+    ptq, report = _calibrate(model, batches, Smooth(min_ratio=1.0))  # every Linear: a multiply on each side
+    assert sorted(report.applied) == linears and report.details["groups"] == {}
+    assert sorted(report.details["explicit_inputs"]) == sorted(report.details["explicit_outputs"]) == linears
+    _assert_float_unchanged(ptq, batches, expected)
 
 
 def test_pre_norm_vit_smooths_qkv_and_fc1_with_output_unchanged():
