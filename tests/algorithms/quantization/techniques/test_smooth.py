@@ -220,3 +220,20 @@ def test_alpha_is_validated_and_instances_resolve():
     with pytest.raises(ConfigError, match="Expected each technique once"):
         resolve_techniques(["smooth", smooth])
     assert smoothing_scales(torch.tensor([9.0, 0.0]), torch.tensor([1.0, 3.0]), 0.5).tolist() == [3.0, 1.0]
+
+
+def test_state_dict_resumes_the_explicit_multiplies():
+    model, batches = _block_and_data()
+    for x in batches:
+        x[..., 2] *= 30.0
+    ptq, report = _calibrate(model, batches, "smooth")
+    assert report.details["explicit_inputs"] and report.details["explicit_outputs"]
+    fresh = PreNormBlock().eval()
+    resumed = PostTrainingQuantizer(fresh, LINEAR_INT8, dummy_input=batches[0][:1], progress=False)
+    resumed.compress()
+    fresh.load_state_dict(model.state_dict())
+    resumed.load_state_dict(ptq.state_dict())
+    assert sorted(resumed.channel_scales) == sorted(ptq.channel_scales)
+    with torch.no_grad():
+        for x in batches:
+            assert torch.equal(fresh(x), model(x))
