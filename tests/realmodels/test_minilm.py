@@ -115,6 +115,6 @@ def test_smooth_static_int8_linear_reaches_099_cosine(corpus_batches, tmp_path):
         emulated = encoder(evaluation[0]).numpy()
     file_cosine = (got * float_[:16].numpy()).sum(1) / np.linalg.norm(got, axis=1)
     assert file_cosine.mean() >= 0.99
-    # not bit for bit: the explicit multiplies after a LayerNorm make LiteRT's and the emulation's float values differ
-    # in the last bit now and then, enough to flip an int8 rounding (measured 0.0070 at most, the first sentence exact)
+    # not bit for bit with the input multiplies on the LayerNorm-fed Linears (measured 0.0070 at most, the first
+    # sentence exact; cause open, see benchmarks/RESULTS_minilm.md)
     assert np.abs(got - emulated).max() <= 0.02
