@@ -81,10 +81,11 @@ def test_int8_file_equals_integer_emulation(batches, tmp_path):
 
 @pytest.fixture(scope="module")
 def corpus_batches():
-    """64 calibration and 64 evaluation sentences of the real corpus, in batches of 16 (the benchmark's setup)."""
+    """32 calibration and 32 evaluation sentences of the real corpus (the benchmark's first ones), in batches of
+    16."""
     texts = corpus()
-    return ([token_ids(texts[i:i + 16]) for i in range(0, 64, 16)],
-            [token_ids(texts[i:i + 16]) for i in range(64, 128, 16)])
+    return ([token_ids(texts[i:i + 16]) for i in range(0, 32, 16)],
+            [token_ids(texts[i:i + 16]) for i in range(64, 96, 16)])
 
 
 def test_smooth_static_int8_linear_reaches_099_cosine(corpus_batches, tmp_path):
@@ -107,7 +108,7 @@ def test_smooth_static_int8_linear_reaches_099_cosine(corpus_batches, tmp_path):
     with torch.no_grad():
         fake = torch.cat([encoder(ids) for ids in evaluation])
     cosine = torch.nn.functional.cosine_similarity(fake, float_).mean().item()
-    assert cosine >= 0.99  # measured 0.9974 on these sentences
+    assert cosine >= 0.99  # measured 0.9975 on these sentences (the benchmark's 64 / 128: 0.9974)
     path = tmp_path / "minilm_smooth.tflite"
     TFLiteConverter(encoder, evaluation[0], path).convert()
     got = run_tflite(path, [evaluation[0].numpy()])[0]
