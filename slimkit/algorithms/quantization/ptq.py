@@ -82,6 +82,7 @@ class PostTrainingQuantizer(Quantizer):
             raise ConfigError(f"PostTrainingQuantizer: techniques {graph_users} read the captured graph. Expected "
                               "dummy_input=<an example input>. Received: dummy_input=None")
         self.technique_reports: list[TechniqueReport] = []
+        self.channel_scales: dict[str, dict[str, Any]] = {}  # explicit multipliers around a Linear ('smooth')
         self.progress = progress
         self.max_clip_fraction = max_clip_fraction
         self.calibrated = False
@@ -89,10 +90,14 @@ class PostTrainingQuantizer(Quantizer):
 
     def collect_state(self) -> dict[str, Any]:
         """The base state (observers: histograms included) and whether calibration has run."""
-        return {**super().collect_state(), "calibrated": self.calibrated}
+        return {**super().collect_state(), "calibrated": self.calibrated,
+                "channel_scales": {name: {key: self.adapter.to_numpy(value) for key, value in scales.items()}
+                                   for name, scales in self.channel_scales.items()}}
 
     def restore_state(self, state: Mapping[str, Any]) -> None:
         self.calibrated = bool(state["calibrated"])  # before the base pushes the switches (Keras)
+        self.channel_scales = {name: {key: self.adapter.state_tensor(value) for key, value in scales.items()}
+                               for name, scales in state.get("channel_scales", {}).items()}
         super().restore_state(state)
 
     def make_observer(self, layer: Layer, key: str) -> Observer:

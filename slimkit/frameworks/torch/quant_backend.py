@@ -155,7 +155,35 @@ class QuantWrapper(CompressionWrapper):
         self._count += 1
         return index
 
+    def channel_scales(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The explicit per-channel multipliers around this Linear (``quantizer.channel_scales``, set by the 'smooth'
+        technique): ``input`` multiplies the input before it is quantized, ``output`` the output after; the weight
+        is divided to match, so the float layer computes what it did. None where there is none."""
+        scales = getattr(self._ref.quantizer, "channel_scales", {}).get(self._ref.layer.name, {})
+        return scales.get("input"), scales.get("output")
+
+    def effective_parameters(self) -> dict[str, torch.Tensor]:
+        """The masked parameters, divided by the explicit channel multipliers (:meth:`channel_scales`)."""
+        overrides = super().effective_parameters()
+        into, out = self.channel_scales()
+        if into is None and out is None:
+            return overrides
+        weight, bias = overrides.get("weight", self.module.weight), overrides.get("bias", self.module.bias)
+        if into is not None:
+            weight = weight / into
+        if out is not None:
+            weight = weight / out[:, None]
+            bias = None if bias is None else bias / out
+        return {**overrides, "weight": weight, **({} if bias is None else {"bias": bias})}
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        into, out = self.channel_scales()
+        if into is not None and args:
+            args = (args[0] * into, *args[1:])
+        result = self._forward_call(*args, **kwargs)
+        return result if out is None else result * out
+
+    def _forward_call(self, *args: Any, **kwargs: Any) -> Any:
         quantizer, layer = self._ref.quantizer, self._ref.layer
         call = self._call_index()
         runtime = getattr(quantizer, "_graph_runtime", None)

@@ -326,8 +326,9 @@ def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
         owners[node.name] = f"graph:{key}"
         result.graph[key] = GraphTensor(key, "input", node.name, "", 0)
     live = input_dependent(captured)
+    masks = mask_arithmetic(captured, live)
     for node in captured.call_nodes():
-        if node.name in owners or node.name in internal or node.name not in live:
+        if node.name in owners or node.name in internal or node.name not in live or node.name in masks:
             continue
         value = node.meta.get("val")
         if not isinstance(value, torch.Tensor) or not value.is_floating_point() or op_name(node) in _SKIP_OPS:
@@ -369,6 +370,52 @@ def input_dependent(captured: CapturedGraph) -> set[str]:
         if any(arg.name in live for arg in node.all_input_nodes):
             live.add(node.name)
     return live
+
+
+def _is_float(node: torch.fx.Node) -> bool:
+    value = node.meta.get("val")
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def mask_arithmetic(captured: CapturedGraph, live: set[str]) -> set[str]:
+    """Names of the input-dependent float nodes that stay float in whole-graph mode: masks computed from the model
+    inputs only through booleans and integers (token ids compared with the pad id, cast to float, scaled by a fill
+    such as ``finfo.min``), and the ops that apply such a mask to an activation (``scores + mask``, the masked
+    mean pooling). A mask's two values, 0 and a fill near -3.4e38, would take an int8 grid whose step swamps every
+    activation added to it; in float the deployed model masks exactly. Activations start at the float model inputs
+    and at ops reading a float parameter with input-dependent indices (embeddings).
+
+    Example:
+
+    >>> import torch
+    >>> from slimkit.frameworks.torch.graph import capture_graph
+    >>> class Masked(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.embed = torch.nn.Embedding(10, 4)
+    ...     def forward(self, ids):
+    ...         fill = (ids == 0).to(torch.float32) * torch.finfo(torch.float32).min
+    ...         return (self.embed(ids).sum(-1) + fill).softmax(-1)
+    >>> captured = capture_graph(Masked(), (torch.tensor([[3, 1, 0]]),))
+    >>> keys = tensor_keys(captured)
+    >>> sorted(keys[name] for name in mask_arithmetic(captured, input_dependent(captured)))
+    ['/0/add/0', '/0/mul/0', '/0/to/0']
+    """
+    data = {node.name for node in captured.user_inputs() if _is_float(node)}
+    masks: set[str] = set()
+    applied: set[str] = set()
+    for node in captured.call_nodes():
+        if node.name not in live or not _is_float(node):
+            continue
+        args = node.all_input_nodes
+        reads_parameter = any(a.name in captured.state_names and _is_float(a) for a in args)
+        if any(a.name in data for a in args) or (reads_parameter and any(a.name in live for a in args)):
+            data.add(node.name)
+            if any(a.name in masks for a in args):
+                applied.add(node.name)  # applies a mask: its output holds the fill
+        else:
+            masks.add(node.name)
+    return masks | applied
 
 
 def _owner(node: torch.fx.Node, owners: dict[str, str], internal: set[str]) -> str | None:

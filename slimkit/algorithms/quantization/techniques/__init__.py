@@ -29,6 +29,7 @@ from slimkit.algorithms.quantization.techniques.registry import (
     register_technique,
     resolve_techniques,
 )
+from slimkit.algorithms.quantization.techniques.smooth import Smooth
 
-__all__ = ["STAGES", "TECHNIQUES", "AdaRound", "BiasCorrection", "Equalize", "Technique", "TechniqueReport",
+__all__ = ["STAGES", "TECHNIQUES", "AdaRound", "BiasCorrection", "Equalize", "Smooth", "Technique", "TechniqueReport",
            "register_technique", "resolve_techniques"]
