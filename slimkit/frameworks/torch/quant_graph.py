@@ -63,7 +63,12 @@ def op_name(node: torch.fx.Node) -> str:
     packet = getattr(target, "_overloadpacket", None)
     if packet is not None:
         name = packet.__name__
-    return name.split(".")[0].strip("_")
+    name = name.split(".")[0].strip("_")
+    return _SYNONYMS.get(name, name)
+
+
+# spellings of one op (``torch.concat`` is captured as ``aten.concat``, seen at run time as ``concat``)
+_SYNONYMS = {"truediv": "div", "concat": "cat", "concatenate": "cat"}
 
 
 def function_name(func: object) -> str:
@@ -73,7 +78,7 @@ def function_name(func: object) -> str:
         name = name[1:]
     if name.startswith("i") and name[1:] in ("add", "mul", "sub"):
         name = name[1:]
-    return {"truediv": "div", "concat": "cat", "concatenate": "cat"}.get(name, name)
+    return _SYNONYMS.get(name, name)
 
 
 def tensor_keys(captured: CapturedGraph) -> dict[str, str]:

@@ -27,6 +27,8 @@ from torch.overrides import TorchFunctionMode
 from slimkit.frameworks.torch import int8_emulation
 from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_name
 
+_SPLITS = frozenset({"split", "split_with_sizes", "tensor_split", "chunk", "unbind"})
+
 
 class _Mode(TorchFunctionMode):
     def __init__(self, runtime: GraphRuntime):
@@ -36,8 +38,7 @@ class _Mode(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         functional = self.runtime.out_of_place(func)
-        if functional is None or not args or not isinstance(args[0], torch.Tensor) or \
-                not args[0].is_floating_point() or torch.compiler.is_exporting():
+        if functional is None or not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
             return self.runtime.on_call(func, args, func(*args, **kwargs), kwargs)
         # ``x += y`` / ``x.add_(y)``: computed as ``x + y`` from the inputs as they were, the (fake-quantized or
         # emulated) result then written into ``x``, so that ``x`` holds what the file's ADD outputs
@@ -173,7 +174,7 @@ class GraphRuntime:
         return entry[1] if entry is not None and entry[0] is tensor else None
 
     def on_call(self, func: Any, args: tuple, out: Any, kwargs: dict | None = None) -> Any:
-        if not self.stack or self.quantizer._in_quant or not isinstance(out, torch.Tensor):
+        if not self.stack or self.quantizer._in_quant or not isinstance(out, (torch.Tensor, tuple, list)):
             return out
         path, call = self.stack[-1]
         if path in self.wrapped:
@@ -181,6 +182,8 @@ class GraphRuntime:
         name = self.names.get(func)
         if name is None:
             name = self.names[func] = function_name(func)
+        if not isinstance(out, torch.Tensor):
+            return self._pieces(name, args, out)
         counter = (path, call, name)
         k = self.ops[counter]
         self.ops[counter] = k + 1
@@ -202,6 +205,16 @@ class GraphRuntime:
                                 self.quantizer.graph_params.get(key))
         return self._quantize(key, out, tensor.kind, input_params, inputs=tensor.inputs)
 
+    def _pieces(self, name: str, args: tuple, out: tuple | list) -> tuple | list:
+        """The tensors of a split / chunk / unbind hold their input's integers (one SPLIT in the file): they carry its
+        parameters, so that the ops reading them (an add, a concatenation, a layer's input) know their grid."""
+        params = self.params_of(args[0]) if name in _SPLITS and args else None
+        if params is not None:
+            for piece in out:
+                if isinstance(piece, torch.Tensor):
+                    self.tensors[id(piece)] = (piece, params)
+        return out
+
     @staticmethod
     def _integer(func: Any, args: tuple, kwargs: dict, out: torch.Tensor, kind: str, input_params: list,
                  params: Any) -> torch.Tensor:
@@ -210,6 +223,11 @@ class GraphRuntime:
         known = params is not None and input_params and all(p is not None for p in input_params)
         binary = len(args) == 2 and all(isinstance(a, torch.Tensor) for a in args) and not kwargs
         if not known:
+            return out
+        if kind == "cat" and isinstance(args[0], (list, tuple)):  # inputs on other grids: requantized first
+            pieces = [int8_emulation.convert(t, p, params) for t, p in zip(args[0], input_params)]
+            if any(piece is not None for piece in pieces):
+                return func([t if piece is None else piece for t, piece in zip(args[0], pieces)], *args[1:], **kwargs)
             return out
         if kind in ("add", "sub") and binary:
             return int8_emulation.add(args[0], args[1], *input_params, params, subtract=kind == "sub")
