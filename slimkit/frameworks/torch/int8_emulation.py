@@ -18,7 +18,12 @@ default CPU path) computes:
   ``float32(input_scale / (output_scale * count))``, rounded half to even;
 - a layer input quantized with other parameters than the tensor that feeds it (NNI-style ``'input'`` and
   ``'output'`` grids on neighbouring layers: an int8 -> int8 QUANTIZE in the file): XNNPACK's requantization with an
-  8-bit fixed-point multiplier, which differs from exact rounding by up to half a step at the ends of the range.
+  8-bit fixed-point multiplier, which differs from exact rounding by up to half a step at the ends of the range;
+- a concatenation of tensors on other grids than its output's: each such input requantized that way first (the file
+  holds a QUANTIZE int8 -> int8 before the CONCATENATION);
+- a ReLU / ReLU6 the file holds as its own RELU / RELU6 op with other output parameters than its input's (a module
+  called several times, a ReLU after an op that cannot fuse it): LiteRT's kernel, a Q31 fixed-point multiplier and a
+  rounding shift (:func:`multiply_by_quantized_multiplier`), clamped to the activation's bounds.
 
 An add or multiply followed by a ReLU is one kernel with the activation's output parameters, as in the file.
 Every other quantized op already gives the kernel's integers (reshapes, pooling by max, concatenation
@@ -55,7 +60,8 @@ transposed convolutions) run in float between a DEQUANTIZE and a QUANTIZE in the
 computes them, so the emulation leaves them to it."""
 
 
-EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "MEAN", "QUANTIZE"})
+EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "MEAN", "QUANTIZE",
+                          "RELU", "RELU6", "RELU_N1_TO_1"})
 """int8 ops of a file whose arithmetic the emulation computes (MEAN over whole axes; QUANTIZE int8 -> int8 where
 XNNPACK takes it)."""
 
@@ -201,3 +207,46 @@ def mean(x: torch.Tensor, reduce: Any, result: torch.Tensor, pin: QParams, out: 
     acc = torch.round(reduce(grid_integers(x, pin)) * count)
     multiplier = np.float32(in_scale / (np.float32(o_scale) * np.float32(count)))
     return requantize(acc, torch.tensor(multiplier), out).to(x.dtype)
+
+
+def quantized_multiplier(real: float) -> tuple[int, int]:
+    """TFLite's ``QuantizeMultiplier``: ``real`` (a double) as a Q31 fixed-point multiplier and a power-of-two shift."""
+    if real == 0.0:
+        return 0, 0
+    fraction, shift = np.frexp(real)
+    fixed = int(np.round(fraction * (1 << 31)))
+    if fixed == 1 << 31:
+        fixed, shift = fixed // 2, shift + 1
+    if shift < -31:
+        return 0, 0
+    return fixed, int(shift)
+
+
+def multiply_by_quantized_multiplier(x: torch.Tensor, multiplier: int, shift: int) -> torch.Tensor:
+    """TFLite's ``MultiplyByQuantizedMultiplier`` on int64 ``x`` (int32 values): a saturating rounding doubling high
+    multiply, then a rounding right shift (the reference kernels' double rounding)."""
+    x = x * (1 << max(shift, 0))
+    product = x * multiplier
+    nudge = torch.where(product >= 0, torch.tensor(1 << 30), torch.tensor(1 - (1 << 30)))
+    high = torch.div(product + nudge, 1 << 31, rounding_mode="trunc")
+    exponent = max(-shift, 0)
+    mask = (1 << exponent) - 1
+    threshold = (mask >> 1) + (high < 0).long()
+    return (high >> exponent) + ((high & mask) > threshold).long()
+
+
+def relu(x: torch.Tensor, pin: QParams, out: QParams, lower: float, upper: float | None) -> torch.Tensor | None:
+    """``clamp(x, lower, upper)`` of a fake-quantized tensor as LiteRT's int8 RELU / RELU6 / RELU_N1_TO_1 kernel:
+    ``(q - zero_in)`` times the Q31 multiplier of ``in_scale / out_scale``, plus the output zero point, clamped to the
+    bounds on the output grid. None when the output's parameters are the input's (a clamp of the integers, which the
+    fake-quant model already gives)."""
+    in_scale, in_zero = _per_tensor(pin, "an activation's input")
+    o_scale, o_zero = _per_tensor(out, "an activation's output")
+    if in_scale == o_scale and in_zero == o_zero:
+        return None
+    multiplier, shift = quantized_multiplier(float(in_scale) / float(o_scale))
+    q = grid_integers(x, pin).long()
+    low = max(out.qmin, o_zero + int(np.round(lower / o_scale)))
+    high = out.qmax if upper is None else min(out.qmax, o_zero + int(np.round(upper / o_scale)))
+    q = torch.clamp(o_zero + multiply_by_quantized_multiplier(q, multiplier, shift), low, high)
+    return ((q - o_zero).float() * torch.tensor(o_scale)).to(x.dtype)

@@ -81,6 +81,20 @@ def function_name(func: object) -> str:
     return _SYNONYMS.get(name, name)
 
 
+def interpolate_name(args: tuple, kwargs: dict) -> str:
+    """The op name of the ATen op an ``F.interpolate`` / ``nn.Upsample`` call is captured as (the function mode sees
+    ``interpolate`` itself): ``'upsample_bilinear2d'`` for a bilinear resize of a 4-D tensor, matching :func:`op_name`.
+
+    Example:
+
+    >>> import torch
+    >>> interpolate_name((torch.zeros(1, 2, 4, 4),), {'scale_factor': 2.0, 'mode': 'bilinear'})
+    'upsample_bilinear2d'
+    """
+    mode = args[3] if len(args) > 3 else kwargs.get("mode", "nearest")
+    return f"upsample_{mode.replace('-', '_')}{args[0].dim() - 2}d"
+
+
 def tensor_keys(captured: CapturedGraph) -> dict[str, str]:
     """Node name -> :func:`tensor_key` for every call node of ``captured``."""
     counters: dict[tuple[str, int, str], int] = defaultdict(int)

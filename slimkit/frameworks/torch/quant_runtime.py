@@ -25,9 +25,23 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from slimkit.frameworks.torch import int8_emulation
-from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_name
+from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_name, interpolate_name
 
 _SPLITS = frozenset({"split", "split_with_sizes", "tensor_split", "chunk", "unbind"})
+
+
+def _relu_bounds(kind: str, args: tuple, kwargs: dict) -> tuple[float, float | None] | None:
+    """``(lower, upper)`` of a ReLU / ReLU6 / hardtanh call that the file holds as RELU, RELU6 or RELU_N1_TO_1; None
+    for other calls and other bounds."""
+    if kind == "relu":
+        return 0.0, None
+    if kind != "relu6":
+        return None
+    lower = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+    upper = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+    if len(args) == 1 and not kwargs:  # relu6(x)
+        lower, upper = 0.0, 6.0
+    return (float(lower), float(upper)) if (lower, upper) in ((0, 6), (-1, 1)) else None
 
 
 class _Mode(TorchFunctionMode):
@@ -182,6 +196,8 @@ class GraphRuntime:
         name = self.names.get(func)
         if name is None:
             name = self.names[func] = function_name(func)
+        if name == "interpolate":
+            name = interpolate_name(args, kwargs or {})
         if not isinstance(out, torch.Tensor):
             return self._pieces(name, args, out)
         counter = (path, call, name)
@@ -231,6 +247,10 @@ class GraphRuntime:
             return out
         if kind in ("add", "sub") and binary:
             return int8_emulation.add(args[0], args[1], *input_params, params, subtract=kind == "sub")
+        bounds = _relu_bounds(kind, args, kwargs)
+        if bounds is not None and len(input_params) == 1:
+            result = int8_emulation.relu(args[0], input_params[0], params, *bounds)
+            return out if result is None else result
         if kind == "mul" and binary:
             return int8_emulation.multiply(args[0], args[1], *input_params, params)
         if kind == "mean" or (kind == "avg_pool" and all(size == 1 for size in out.shape[2:])):
