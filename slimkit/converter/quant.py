@@ -90,7 +90,8 @@ def _consumers(graph: Graph) -> dict[int, list]:
     return users
 
 
-_COMMUTES = {"PAD", "PADV2", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "STRIDED_SLICE", "SLICE"}
+_COMMUTES = {"PAD", "PADV2", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "STRIDED_SLICE", "SLICE",
+             "GATHER", "MIRROR_PAD"}
 #: ops with several outputs that only select values: op code -> position of the data input
 _SPLITS = {"SPLIT": 1, "SPLIT_V": 0, "UNPACK": 0}
 
@@ -140,6 +141,9 @@ def sink_dequantize(graph: Graph) -> None:
             ops.append(op)
             continue
         q = deq.inputs[0]
+        if op.code == "GATHER" and (q.quant is None or q.quant.scale.size != 1):  # per-channel rows would move
+            ops.append(op)
+            continue
         if op.code == "PADV2":  # the pad value moves onto the int8 grid (the lowest float: qmin)
             value = op.inputs[2]
             if value is None or not value.is_const or q.quant is None or q.quant.scale.size != 1:

@@ -452,20 +452,23 @@ class Conv1dStack(nn.Module):
 
 
 class PaddingModes(nn.Module):
-    """A ``padding_mode='reflect'`` conv, ``nn.ReflectionPad2d``, ``nn.ZeroPad2d`` (asymmetric), ``F.pad`` (zeros)."""
+    """``padding_mode='reflect'`` and ``'replicate'`` convs, ``nn.ReflectionPad2d``, ``nn.ZeroPad2d`` (asymmetric),
+    ``F.pad`` with zeros and ``mode='circular'``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reflect = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, padding_mode="reflect"), nn.ReLU())
         self.mirror = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(8, 8, 3), nn.ReLU())
+        self.replicate = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, padding_mode="replicate"), nn.ReLU())
         self.zero_pad = nn.ZeroPad2d((1, 0, 1, 0))
         self.conv = nn.Conv2d(8, 8, 2)
         self.valid = nn.Conv2d(8, 8, 3)
         self.head = _Head(8)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.mirror(self.reflect(x))
+        x = self.replicate(self.mirror(self.reflect(x)))
         x = F.relu(self.conv(self.zero_pad(x)))
+        x = F.pad(x, (1, 1, 1, 1), mode="circular")
         return self.head(self.valid(F.pad(x, (1, 1, 1, 1))))
 
 

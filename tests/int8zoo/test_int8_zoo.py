@@ -29,6 +29,7 @@ INT8_OPS = {
     "upsample_nearest": {"RESIZE_NEAREST_NEIGHBOR", "CONCATENATION"},  # F.interpolate and nn.Upsample
     "shared_module": {"RELU"},
     "transformer": {"UNPACK", "SOFTMAX"},
+    "padding_modes": {"MIRROR_PAD", "GATHER"},  # reflect, replicate and circular padding
 }
 
 

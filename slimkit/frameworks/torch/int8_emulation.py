@@ -66,8 +66,8 @@ EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AD
 XNNPACK takes it)."""
 
 EXACT_OPS = frozenset({"DEQUANTIZE", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "CONCATENATION", "PAD", "PADV2",
-                       "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "EXPAND_DIMS", "PACK", "UNPACK",
-                       "GATHER", "TILE", "BROADCAST_TO", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM",
+                       "MIRROR_PAD", "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "EXPAND_DIMS", "PACK",
+                       "UNPACK", "GATHER", "TILE", "BROADCAST_TO", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM",
                        "REDUCE_MAX", "REDUCE_MIN"})
 """int8 ops that only move or select integers (same parameters in and out): the fake-quant model already gives
 their values. Every other int8 op of a file (SOFTMAX, LOGISTIC, TANH, HARD_SWISH, AVERAGE_POOL_2D, RESIZE_BILINEAR,
