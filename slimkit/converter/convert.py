@@ -143,10 +143,25 @@ class TFLiteConverter:
         """The ``.tflite`` file's bytes (without writing a file)."""
         return serialize(self.build() if self.graph is None else self.graph).tobytes()
 
+    def approximate_int8_ops(self) -> list[str]:
+        """The file's int8 ops that :meth:`~slimkit.compression.Quantizer.emulate_integer` does not compute exactly
+        (it leaves them to fake quantization: within about a step of the file there), as ``'<module path> (<OP>)'``;
+        empty when the emulation gives every integer of the file."""
+        from slimkit.converter.emulation import approximate_int8_ops
+
+        return approximate_int8_ops(self.build() if self.graph is None else self.graph)
+
     def convert(self) -> None:
         """Write the ``.tflite`` file (every unsupported op is reported before anything is written; the file is
-        validated in LiteRT before it takes its name unless ``validate=False``)."""
+        validated in LiteRT before it takes its name unless ``validate=False``). A warning names the int8 ops the
+        integer emulation does not compute exactly (:meth:`approximate_int8_ops`)."""
         model = serialize(self.build() if self.graph is None else self.graph)
+        approximate = self.approximate_int8_ops()
+        if approximate:
+            warnings.warn(f"TFLiteConverter: emulate_integer() does not compute these int8 ops of "
+                          f"{self.tflite_path} exactly: {', '.join(approximate)}. It runs them as fake quantization "
+                          "(about a step from the file each); verify() measures how far the outputs are.",
+                          UserWarning, stacklevel=2)
         with atomic_path(self.tflite_path) as tmp:
             with open(tmp, "wb") as f:
                 model.write_to(f)

@@ -25,8 +25,11 @@ class VerifyResult:
         inputs: how many inputs were compared (the example, random draws, the user's batches).
         worst: where the largest absolute error is: input, output, element, model and file values.
         emulated_ops: the int8 ops of the file whose integers the emulation computes exactly.
-        approximate_ops: the int8 ops of the file the emulation leaves to fake quantization (within about a step,
-            not exact), e.g. SOFTMAX, LOGISTIC, HARD_SWISH.
+        approximate_ops: the int8 ops of the file the emulation leaves to fake quantization (within about a step
+            each, not exact), e.g. SUM, SQUARED_DIFFERENCE.
+        approximate_layers: the same ops named per layer, ``'<module path> (<OP>)'``.
+        max_steps: the largest ``|file - model|`` in steps of the output's int8 grid (None where no output of the file
+            is dequantized from int8).
     """
 
     max_abs_error: float
@@ -37,9 +40,24 @@ class VerifyResult:
     worst: str = ""
     emulated_ops: tuple[str, ...] = ()
     approximate_ops: tuple[str, ...] = ()
+    approximate_layers: tuple[str, ...] = ()
+    max_steps: float | None = None
 
     def ok(self, rtol: float = 1e-5) -> bool:
         return self.max_rel_error <= rtol
+
+    def describe(self) -> str:
+        """One sentence on how the file and the model compare."""
+        steps = f" ({self.max_steps:g} output steps)" if self.max_steps is not None else ""
+        text = f"max |file - model| = {self.max_abs_error:g}{steps} over {self.inputs} inputs"
+        if not self.emulated_integer:
+            return text + "."
+        if not self.approximate_layers:
+            return text + "; every int8 op of the file is emulated exactly."
+        measured = "within the steps measured here" if self.max_steps is None else \
+            f"within {self.max_steps:g} steps of the file on these inputs"
+        return (text + f"; not bit-exact in general: {', '.join(self.approximate_layers)} run as fake quantization "
+                f"under the emulation, so its outputs are {measured}, not guaranteed equal.")
 
 
 def _flatten(obj):
@@ -121,6 +139,31 @@ def int8_ops(tflite_path) -> list[str]:
     return found
 
 
+def output_steps(tflite_path) -> list[float | None]:
+    """The int8 grid step of each output of the file: the scale of the int8 tensor a DEQUANTIZE output reads, or of
+    an int8 output itself; None for outputs computed in float."""
+    import tflite
+
+    with open(tflite_path, "rb") as f:
+        model = tflite.Model.GetRootAs(f.read(), 0)
+    graph = model.Subgraphs(0)
+    producers = {}
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        for j in range(op.OutputsLength()):
+            producers[op.Outputs(j)] = op
+    steps: list[float | None] = []
+    for k in (graph.Outputs(i) for i in range(graph.OutputsLength())):
+        op = producers.get(k)
+        if op is not None and model.OperatorCodes(op.OpcodeIndex()).BuiltinCode() == \
+                tflite.BuiltinOperator.DEQUANTIZE:
+            k = op.Inputs(0)
+        quant = graph.Tensors(k).Quantization()
+        integer = graph.Tensors(k).Type() in (tflite.TensorType.INT8, tflite.TensorType.UINT8)
+        steps.append(float(quant.Scale(0)) if integer and quant is not None and quant.ScaleLength() == 1 else None)
+    return steps
+
+
 def _draws(inputs: tuple, count: int, seed: int) -> list[tuple]:
     """``count`` random inputs shaped as the example: floats with its mean and spread, integers within the range the
     example holds, booleans at random."""
@@ -178,6 +221,8 @@ def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterO
     cases += [tuple(b) if isinstance(b, (list, tuple)) else (b,) for b in (batches or ())]
     quantizer = emulable_quantizer(model) if emulate_integer else None
     runner = _Runner(tflite_path)
+    steps = output_steps(tflite_path)
+    max_steps = 0.0 if any(step is not None for step in steps) else None
     abs_err = rel_err = 0.0
     worst = ""
     outputs = 0
@@ -200,6 +245,8 @@ def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterO
                 at = np.unravel_index(int(np.argmax(diff)), diff.shape)
                 err, scale = float(diff[at]), float(np.abs(e).max())
                 rel_err = max(rel_err, err / scale if scale > 0 else err)
+                if i < len(steps) and steps[i]:
+                    max_steps = max(max_steps, round(err / steps[i], 3))
                 if err > abs_err or not worst:
                     abs_err = max(abs_err, err)
                     worst = (f"input {number} ({'example' if number == 0 else 'draw' if number <= draws else 'batch'}"
@@ -207,9 +254,14 @@ def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterO
                              f"{float(g[at])!r}")
     finally:
         model.train(was_training)
-    emulated = approximate = ()
+    emulated = approximate = layers = ()
     if quantizer is not None:
         ops = set(int8_ops(tflite_path))
         emulated = tuple(sorted(ops & (int8_emulation.EMULATED_OPS | int8_emulation.EXACT_OPS)))
         approximate = tuple(sorted(ops - set(emulated)))
-    return VerifyResult(abs_err, rel_err, outputs, quantizer is not None, len(cases), worst, emulated, approximate)
+        if approximate:  # named per layer from the converter's own graph of the model
+            from slimkit.converter.convert import TFLiteConverter
+
+            layers = tuple(TFLiteConverter(model, example, tflite_path, options).approximate_int8_ops())
+    return VerifyResult(abs_err, rel_err, outputs, quantizer is not None, len(cases), worst, emulated, approximate,
+                        layers, max_steps)

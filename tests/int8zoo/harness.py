@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer
 from slimkit.converter import TFLiteConverter
 from slimkit.converter.options import ConverterOptions
-from slimkit.converter.verify import int8_ops, run_tflite
+from slimkit.converter.verify import int8_ops, output_steps, run_tflite
 from tests.int8zoo.structures import STRUCTURES, build, digits
 
 WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
@@ -92,28 +92,13 @@ def inputs_for(name: str) -> list[torch.Tensor]:
     return batches + [batches[0] + torch.randn(batches[0].shape, generator=generator) * 0.3]
 
 
-def output_scales(path: Path) -> list[float]:
-    """Scale of the int8 tensor each float output of the file is dequantized from."""
-    import tflite
-
-    model = tflite.Model.GetRootAs(path.read_bytes(), 0)
-    graph = model.Subgraphs(0)
-    producer = {graph.Operators(i).Outputs(j): graph.Operators(i) for i in range(graph.OperatorsLength())
-                for j in range(graph.Operators(i).OutputsLength())}
-    scales = []
-    for k in range(graph.OutputsLength()):
-        op = producer[graph.Outputs(k)]
-        scales.append(float(graph.Tensors(op.Inputs(0)).Quantization().Scale(0)))
-    return scales
-
-
 def measure(name: str, mode: str, directory: str | Path) -> Result:
     """Quantize, convert and compare structure ``name`` (see the module's docstring)."""
     model, quantizer, example = quantize(name, mode)
     path = Path(directory) / f"{name}_{mode}.tflite"
     options = ConverterOptions()
     TFLiteConverter(model, example, path).convert()
-    (scale,) = output_scales(path)
+    (scale,) = output_steps(path)
     outputs = exact = max_steps = 0
     for x in inputs_for(name):
         with torch.no_grad(), quantizer.emulate_integer():

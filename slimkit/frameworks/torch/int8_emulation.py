@@ -18,12 +18,7 @@ default CPU path) computes:
   ``float32(input_scale / (output_scale * count))``, rounded half to even;
 - a layer input quantized with other parameters than the tensor that feeds it (NNI-style ``'input'`` and
   ``'output'`` grids on neighbouring layers: an int8 -> int8 QUANTIZE in the file): XNNPACK's requantization with an
-  8-bit fixed-point multiplier, which differs from exact rounding by up to half a step at the ends of the range;
-- a concatenation of tensors on other grids than its output's: each such input requantized that way first (the file
-  holds a QUANTIZE int8 -> int8 before the CONCATENATION);
-- a ReLU / ReLU6 the file holds as its own RELU / RELU6 op with other output parameters than its input's (a module
-  called several times, a ReLU after an op that cannot fuse it): LiteRT's kernel, a Q31 fixed-point multiplier and a
-  rounding shift (:func:`multiply_by_quantized_multiplier`), clamped to the activation's bounds.
+  8-bit fixed-point multiplier, which differs from exact rounding by up to half a step at the ends of the range.
 
 An add or multiply followed by a ReLU is one kernel with the activation's output parameters, as in the file.
 Every other quantized op already gives the kernel's integers (reshapes, pooling by max, concatenation
@@ -42,6 +37,8 @@ round to even, -225 clamps at -128):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,10 +57,40 @@ transposed convolutions) run in float between a DEQUANTIZE and a QUANTIZE in the
 computes them, so the emulation leaves them to it."""
 
 
-EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "MEAN", "QUANTIZE",
-                          "RELU", "RELU6", "RELU_N1_TO_1"})
-"""int8 ops of a file whose arithmetic the emulation computes (MEAN over whole axes; QUANTIZE int8 -> int8 where
-XNNPACK takes it)."""
+@dataclass(frozen=True)
+class Call:
+    """One call of the quantized model that the file runs as an int8 kernel.
+
+    Attributes:
+        kind: its op kind (``'add'``, ``'softmax'`` ...).
+        func: the torch function called (``torch.add``, ``F.hardswish`` ...).
+        args, kwargs: its arguments (tensors on their grids).
+        out: its float result (what the fake-quant model computes before rounding to the output grid).
+        inputs: the grids of its tensor inputs, in order.
+        params: the grid of its output.
+    """
+
+    kind: str
+    func: Any
+    args: tuple
+    kwargs: dict
+    out: torch.Tensor
+    inputs: list
+    params: QParams
+
+
+KERNELS: dict[str, tuple[Callable[[Call], torch.Tensor | None], tuple[str, ...]]] = {}
+"""Op kind (:data:`slimkit.frameworks.torch.quant_graph.OP_KINDS`) -> (the int8 kernel's result for a :class:`Call`, or
+None where the file does not run that kernel; the builtin ops of the file it emulates)."""
+
+
+def emulates(*kinds: str, ops: tuple[str, ...]) -> Callable:
+    """Registers a function as the int8 kernel of the graph ops of ``kinds`` (the file's ``ops``)."""
+    def register(fn: Callable[[Call], torch.Tensor | None]) -> Callable[[Call], torch.Tensor | None]:
+        for kind in kinds:
+            KERNELS[kind] = (fn, ops)
+        return fn
+    return register
 
 EXACT_OPS = frozenset({"DEQUANTIZE", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "CONCATENATION", "PAD", "PADV2",
                        "MIRROR_PAD", "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "EXPAND_DIMS", "PACK",
@@ -209,44 +236,122 @@ def mean(x: torch.Tensor, reduce: Any, result: torch.Tensor, pin: QParams, out: 
     return requantize(acc, torch.tensor(multiplier), out).to(x.dtype)
 
 
-def quantized_multiplier(real: float) -> tuple[int, int]:
-    """TFLite's ``QuantizeMultiplier``: ``real`` (a double) as a Q31 fixed-point multiplier and a power-of-two shift."""
-    if real == 0.0:
-        return 0, 0
-    fraction, shift = np.frexp(real)
-    fixed = int(np.round(fraction * (1 << 31)))
-    if fixed == 1 << 31:
-        fixed, shift = fixed // 2, shift + 1
-    if shift < -31:
-        return 0, 0
-    return fixed, int(shift)
+def _binary(call: Call) -> bool:
+    return len(call.args) == 2 and all(isinstance(a, torch.Tensor) for a in call.args) and not call.kwargs
 
 
-def multiply_by_quantized_multiplier(x: torch.Tensor, multiplier: int, shift: int) -> torch.Tensor:
-    """TFLite's ``MultiplyByQuantizedMultiplier`` on int64 ``x`` (int32 values): a saturating rounding doubling high
-    multiply, then a rounding right shift (the reference kernels' double rounding)."""
-    x = x * (1 << max(shift, 0))
-    product = x * multiplier
-    nudge = torch.where(product >= 0, torch.tensor(1 << 30), torch.tensor(1 - (1 << 30)))
-    high = torch.div(product + nudge, 1 << 31, rounding_mode="trunc")
-    exponent = max(-shift, 0)
-    mask = (1 << exponent) - 1
-    threshold = (mask >> 1) + (high < 0).long()
-    return (high >> exponent) + ((high & mask) > threshold).long()
-
-
-def relu(x: torch.Tensor, pin: QParams, out: QParams, lower: float, upper: float | None) -> torch.Tensor | None:
-    """``clamp(x, lower, upper)`` of a fake-quantized tensor as LiteRT's int8 RELU / RELU6 / RELU_N1_TO_1 kernel:
-    ``(q - zero_in)`` times the Q31 multiplier of ``in_scale / out_scale``, plus the output zero point, clamped to the
-    bounds on the output grid. None when the output's parameters are the input's (a clamp of the integers, which the
-    fake-quant model already gives)."""
-    in_scale, in_zero = _per_tensor(pin, "an activation's input")
-    o_scale, o_zero = _per_tensor(out, "an activation's output")
-    if in_scale == o_scale and in_zero == o_zero:
+@emulates("add", "sub", ops=("ADD", "SUB"))
+def _add_call(call: Call) -> torch.Tensor | None:
+    if not _binary(call):
         return None
-    multiplier, shift = quantized_multiplier(float(in_scale) / float(o_scale))
-    q = grid_integers(x, pin).long()
-    low = max(out.qmin, o_zero + int(np.round(lower / o_scale)))
-    high = out.qmax if upper is None else min(out.qmax, o_zero + int(np.round(upper / o_scale)))
-    q = torch.clamp(o_zero + multiply_by_quantized_multiplier(q, multiplier, shift), low, high)
-    return ((q - o_zero).float() * torch.tensor(o_scale)).to(x.dtype)
+    return add(call.args[0], call.args[1], *call.inputs, call.params, subtract=call.kind == "sub")
+
+
+@emulates("mul", ops=("MUL",))
+def _multiply_call(call: Call) -> torch.Tensor | None:
+    return multiply(call.args[0], call.args[1], *call.inputs, call.params) if _binary(call) else None
+
+
+@emulates("mean", ops=("MEAN",))
+def _mean_call(call: Call) -> torch.Tensor | None:
+    rest = call.args[1:]
+    return mean(call.args[0], lambda x: call.func(x, *rest, **call.kwargs), call.out, call.inputs[0], call.params)
+
+
+
+def rescaled(x: torch.Tensor, source: QParams, target: QParams) -> torch.Tensor | None:
+    """``x`` on the grid of ``target``, as the file's int8 -> int8 QUANTIZE puts it there (``x`` itself where the grids
+    agree); None where XNNPACK does not take that QUANTIZE."""
+    converted = convert(x, source, target)
+    if converted is not None:
+        return converted
+    same = _per_tensor(source, "a requantized tensor") == _per_tensor(target, "a requantized tensor")
+    return x if same else None
+
+
+@emulates("cat", "maximum", "minimum", ops=("CONCATENATION", "PACK", "MAXIMUM", "MINIMUM"))
+def _rescaled_inputs_call(call: Call) -> torch.Tensor | None:
+    """Concatenation (and elementwise max / min) of inputs on other grids: the file requantizes each input to the
+    output's grid (int8 -> int8 QUANTIZE), then moves or compares the integers."""
+    listed = isinstance(call.args[0], (list, tuple))
+    tensors = list(call.args[0]) if listed else [a for a in call.args if isinstance(a, torch.Tensor)]
+    if len(tensors) != len(call.inputs) or (not listed and len(tensors) != len(call.args)):
+        return None
+    moved = [rescaled(t, p, call.params) for t, p in zip(tensors, call.inputs)]
+    if any(m is None for m in moved):
+        return None
+    args = (moved, *call.args[1:]) if listed else tuple(moved)
+    return call.func(*args, **call.kwargs)
+
+
+def _pool_geometry(call: Call) -> tuple | None:
+    """``(kernel, stride, padding, ceil_mode, count_include_pad)`` of a 2-D (or 1-D, as 2-D) average pooling call,
+    None for calls the file does not run as one AVERAGE_POOL_2D."""
+    name = getattr(call.func, "__name__", "")
+    x, size = call.args[0], call.out.shape[2:]
+    if name.startswith("adaptive"):
+        if any(i % o for i, o in zip(x.shape[2:], size)):
+            return None
+        kernel = tuple(i // o for i, o in zip(x.shape[2:], size))
+        return (kernel, kernel, (0,) * len(kernel), False, True) if len(kernel) == 2 else None
+    names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+    values = dict(zip(names, (None, None, 0, False, True, None)))
+    values.update(zip(names, call.args[1:]))
+    values.update(call.kwargs)
+    if values["divisor_override"] or values["kernel_size"] is None:
+        return None
+    dims = x.dim() - 2
+
+    def pair(value: Any, lead: int) -> tuple:  # 1-D pools run as 2-D ones of height 1
+        value = tuple(value) if isinstance(value, (list, tuple)) else (value,) * dims
+        return (lead,) * (2 - dims) + value
+
+    kernel = pair(values["kernel_size"], 1)
+    stride = pair(values["stride"], 1) if values["stride"] else kernel
+    padding = pair(values["padding"], 0)
+    return kernel, stride, padding, bool(values["ceil_mode"]), bool(values["count_include_pad"])
+
+
+@emulates("avg_pool", ops=("AVERAGE_POOL_2D",))
+def _average_pool_call(call: Call) -> torch.Tensor | None:
+    """Average pooling as the file computes it: a global one is a MEAN; the others an int8 AVERAGE_POOL_2D on the
+    input's grid (the integer sum of each window, padding holding the zero point, divided by the window's count
+    rounding half away from zero), then either PyTorch's divisor restored by a float MUL (``ceil_mode`` overhang,
+    ``count_include_pad=False``) and quantized, or requantized to the output grid."""
+    if getattr(call.func, "__name__", "").startswith("adaptive") and all(s == 1 for s in call.out.shape[2:]):
+        return _mean_call(call)
+    geometry = _pool_geometry(call)
+    if geometry is None:
+        return None
+    from slimkit.converter.ops.conv import padding_mode  # the converter's own choice of SAME / VALID windows
+
+    kernel, stride, padding, ceil_mode, include_pad = geometry
+    pin = call.inputs[0]
+    scale, zero = _per_tensor(pin, "an average pool's input")
+    x = call.args[0]
+    v = grid_integers(x if x.dim() == 4 else x.unsqueeze(-2), pin)
+    size = v.shape[2:]
+    kernel = tuple(min(k, i + 2 * p) for k, i, p in zip(kernel, size, padding))
+    pool = torch.nn.functional.avg_pool2d
+    sums = pool(v, kernel, stride, padding, ceil_mode, True, divisor_override=1)
+    ones = torch.ones((1, 1, *size), dtype=torch.float64, device=v.device)
+    real = pool(ones, kernel, stride, padding, ceil_mode, True, divisor_override=1)
+    divisor = torch.round(real / pool(ones, kernel, stride, padding, ceil_mode, include_pad))
+    same = not include_pad and padding_mode(size, sums.shape[2:], kernel, stride, (1, 1), padding) == "SAME"
+    count = real if same else torch.full_like(real, float(kernel[0] * kernel[1]))
+    raw = sums + count * zero
+    q = torch.clamp(torch.sign(raw) * torch.div(raw.abs() + torch.div(count, 2, rounding_mode="floor"), count,
+                                               rounding_mode="floor"), -128, 127) - zero
+    pooled = (q.float() * torch.tensor(scale)).reshape(call.out.shape)
+    factor = (count / divisor).float().reshape(call.out.shape[2:])
+    if same or bool((factor == 1).all()):
+        return rescaled(pooled, pin, call.params)
+    return pooled * factor  # DEQUANTIZE, MUL by the divisor ratio, QUANTIZE: the output's fake quantization rounds
+
+
+from slimkit.frameworks.torch import int8_activations  # noqa: E402, F401  (registers the activation kernels)
+
+EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE"}.union(
+    *(ops for _, ops in KERNELS.values())))
+"""int8 ops of a file whose arithmetic the emulation computes: the kernels above, every op of :data:`KERNELS`, and
+QUANTIZE int8 -> int8 where XNNPACK takes it."""

@@ -30,18 +30,10 @@ from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_n
 _SPLITS = frozenset({"split", "split_with_sizes", "tensor_split", "chunk", "unbind"})
 
 
-def _relu_bounds(kind: str, args: tuple, kwargs: dict) -> tuple[float, float | None] | None:
-    """``(lower, upper)`` of a ReLU / ReLU6 / hardtanh call that the file holds as RELU, RELU6 or RELU_N1_TO_1; None
-    for other calls and other bounds."""
-    if kind == "relu":
-        return 0.0, None
-    if kind != "relu6":
-        return None
-    lower = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
-    upper = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
-    if len(args) == 1 and not kwargs:  # relu6(x)
-        lower, upper = 0.0, 6.0
-    return (float(lower), float(upper)) if (lower, upper) in ((0, 6), (-1, 1)) else None
+#: torch-level calls that only select or move values: an unplanned result keeps its input's grid (the capture names
+#: ``x[:, 0]`` ``select``, the runtime sees ``__getitem__``)
+_MOVES = frozenset({"getitem", "select", "narrow", "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute",
+                    "transpose", "contiguous", "clone", "expand", "movedim"})
 
 
 class _Mode(TorchFunctionMode):
@@ -208,6 +200,10 @@ class GraphRuntime:
         emulating = self.quantizer.integer_arithmetic is not None
         fused_into = self.plan.fused_activations.get(key) if tensor is None and emulating else None
         if (tensor is None and fused_into is None) or not out.is_floating_point():
+            if tensor is None and name in _MOVES and args and isinstance(args[0], torch.Tensor):
+                params = self.params_of(args[0])  # ``x[:, 0]``: the same integers, on the same grid
+                if params is not None:
+                    self.tensors[id(out)] = (out, params)
             return out
         first = args[0] if args else None
         sources = list(first) if isinstance(first, (list, tuple)) else [a for a in args if isinstance(
@@ -234,29 +230,13 @@ class GraphRuntime:
     @staticmethod
     def _integer(func: Any, args: tuple, kwargs: dict, out: torch.Tensor, kind: str, input_params: list,
                  params: Any) -> torch.Tensor:
-        """Under ``emulate_integer``: the int8 kernel's result for an add / subtract / multiply of two quantized tensors
-        and a mean over whole axes (global average pooling); other ops keep their fake-quant value."""
-        known = params is not None and input_params and all(p is not None for p in input_params)
-        binary = len(args) == 2 and all(isinstance(a, torch.Tensor) for a in args) and not kwargs
-        if not known:
+        """Under ``emulate_integer``: the int8 kernel's result (:data:`int8_emulation.KERNELS`) where the file runs
+        one for this call; other ops keep their fake-quant value."""
+        entry = int8_emulation.KERNELS.get(kind)
+        if entry is None or params is None or not input_params or any(p is None for p in input_params):
             return out
-        if kind == "cat" and isinstance(args[0], (list, tuple)):  # inputs on other grids: requantized first
-            pieces = [int8_emulation.convert(t, p, params) for t, p in zip(args[0], input_params)]
-            if any(piece is not None for piece in pieces):
-                return func([t if piece is None else piece for t, piece in zip(args[0], pieces)], *args[1:], **kwargs)
-            return out
-        if kind in ("add", "sub") and binary:
-            return int8_emulation.add(args[0], args[1], *input_params, params, subtract=kind == "sub")
-        bounds = _relu_bounds(kind, args, kwargs)
-        if bounds is not None and len(input_params) == 1:
-            result = int8_emulation.relu(args[0], input_params[0], params, *bounds)
-            return out if result is None else result
-        if kind == "mul" and binary:
-            return int8_emulation.multiply(args[0], args[1], *input_params, params)
-        if kind == "mean" or (kind == "avg_pool" and all(size == 1 for size in out.shape[2:])):
-            rest = args[1:]
-            return int8_emulation.mean(args[0], lambda x: func(x, *rest, **kwargs), out, input_params[0], params)
-        return out
+        result = entry[0](int8_emulation.Call(kind, func, args, kwargs, out, input_params, params))
+        return out if result is None else result.to(out.dtype)
 
     def _quantize(self, key: str, out: torch.Tensor, kind: str, input_params: list, inputs: list) -> torch.Tensor:
         self.seen.add(key)

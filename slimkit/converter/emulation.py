@@ -1,0 +1,35 @@
+"""Which int8 ops of a converted graph :meth:`~slimkit.compression.Quantizer.emulate_integer` computes exactly, and
+which it leaves to fake quantization, named per layer.
+
+Example:
+
+>>> import torch
+>>> from slimkit.converter.ir import Graph, Op, Tensor
+>>> x, y = Tensor('x', (1, 4), 'int8'), Tensor('y', (1, 4), 'int8')
+>>> graph = Graph(ops=[Op('SUM', [x], [y], source='head.pool'), Op('SOFTMAX', [y], [x], source='head')])
+>>> approximate_int8_ops(graph)
+['head.pool (SUM)']
+"""
+
+from __future__ import annotations
+
+from slimkit.converter.ir import Graph
+
+_INTEGER = ("int8", "uint8")
+
+
+def approximate_int8_ops(graph: Graph) -> list[str]:
+    """``'<module path> (<OP>)'`` for each op of ``graph`` that reads or writes int8 activations and whose integers the
+    emulation does not compute (it runs as fake quantization there: within about a step of the file, not exact)."""
+    from slimkit.frameworks.torch.int8_emulation import EMULATED_OPS, EXACT_OPS
+
+    covered = EMULATED_OPS | EXACT_OPS
+    found: list[str] = []
+    for op in graph.ops:
+        tensors = [t for t in op.inputs[:1] if t is not None] + [t for t in op.outputs if t is not None]
+        if op.code in covered or not any(t.dtype in _INTEGER for t in tensors):
+            continue
+        entry = f"{op.source or '<root>'} ({op.code})"
+        if entry not in found:
+            found.append(entry)
+    return found

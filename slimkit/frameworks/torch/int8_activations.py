@@ -1,0 +1,223 @@
+"""The int8 activation kernels LiteRT runs, computed exactly (registered with
+:func:`slimkit.frameworks.torch.int8_emulation.emulates`).
+
+Which kernel runs was read off LiteRT itself (its XNNPACK delegate against its builtin kernels, every int8 input):
+
+- LOGISTIC, TANH: XNNPACK's 256-entry table, the function computed in float32 on each dequantized input and rounded
+  (half to even) to the output grid (LiteRT's builtin table rounds ties away from zero: one entry in thousands
+  differs);
+- HARD_SWISH: the builtin kernel's 16-bit fixed-point arithmetic (XNNPACK gives the same integers);
+- LEAKY_RELU: XNNPACK's, an 8-bit fixed-point multiplier per sign (the builtin kernel rounds differently);
+- SOFTMAX: the builtin kernel, a float32 table of ``exp(-input_scale * d)`` for each distance ``d`` to the row's
+  maximum, summed along the row in order, each entry times ``1 / (sum * output_scale)`` rounded half away from zero.
+
+Example (a hard-swish whose input and output share the scale 0.05, zero point 0: the kernel's integers for
+-3.0, 0.5 and 1.0):
+
+>>> import torch
+>>> from slimkit.compression.quant import fixed_params
+>>> from slimkit.frameworks.torch.int8_activations import hardswish_integers
+>>> grid = fixed_params(0.05, 0, 8)
+>>> hardswish_integers(torch.tensor([-60, 10, 20]), grid, grid).tolist()
+[0, 6, 13]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from slimkit.compression.quant import QParams
+from slimkit.frameworks.torch.int8_emulation import Call, _per_tensor, emulates, grid_integers
+
+_INT16 = (-(1 << 15), (1 << 15) - 1)
+
+
+def _on_grid(q: torch.Tensor, params: QParams, like: torch.Tensor) -> torch.Tensor:
+    """Integers ``q`` (zero point included) as the fake-quant model holds them: ``(q - zero_point) * scale``."""
+    scale, zero = _per_tensor(params, "an activation's output")
+    return ((q - zero).float() * torch.tensor(scale)).to(like.dtype)
+
+
+def _round_away(x: torch.Tensor) -> torch.Tensor:
+    """``std::round``: half away from zero."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def quantize_multiplier(multiplier: float) -> tuple[int, int]:
+    """TFLite's ``QuantizeMultiplier``: ``multiplier = m * 2**(shift - 31)`` with ``m`` in [2**30, 2**31)."""
+    if multiplier == 0:
+        return 0, 0
+    fraction, shift = math.frexp(float(multiplier))
+    fixed = math.floor(fraction * (1 << 31) + 0.5)
+    if fixed == 1 << 31:
+        fixed, shift = fixed // 2, shift + 1
+    return (0, 0) if shift < -31 else (fixed, shift)
+
+
+def _int16_multiplier(fixed: int) -> int:
+    """TFLite's ``DownScaleInt32ToInt16Multiplier``."""
+    return _INT16[1] if fixed >= (1 << 31) - 1 - (1 << 15) else (fixed + (1 << 15)) >> 16
+
+
+def _doubling_high_mul16(a: torch.Tensor, b: torch.Tensor | int, rounding: bool) -> torch.Tensor:
+    """gemmlowp's ``SaturatingRoundingDoublingHighMul`` on int16 (``rounding``), or TFLite's truncating
+    ``SaturatingDoublingHighMul``."""
+    product = a * b
+    if rounding:
+        product = product + torch.where(product >= 0, 1 << 14, 1 - (1 << 14))
+    result = torch.div(product, 1 << 15, rounding_mode="trunc")
+    both_min = (a == _INT16[0]) & (torch.as_tensor(b) == _INT16[0])
+    return torch.where(both_min, _INT16[1], result)
+
+
+def _rounding_shift_right(x: torch.Tensor, exponent: int) -> torch.Tensor:
+    """gemmlowp's ``RoundingDivideByPOT``: ``x / 2**exponent`` rounded half away from zero."""
+    mask = (1 << exponent) - 1
+    threshold = (mask >> 1) + (x < 0).long()
+    return (x >> exponent) + ((x & mask) > threshold).long()
+
+
+def hardswish_integers(q: torch.Tensor, source: QParams, target: QParams) -> torch.Tensor | None:
+    """The int8 HARD_SWISH kernel on integers ``q`` (zero point included); None where its output multiplier exceeds 1
+    (LiteRT refuses such a file)."""
+    in_scale, in_zero = _per_tensor(source, "a hard-swish input")
+    out_scale, out_zero = _per_tensor(target, "a hard-swish output")
+    hires = np.float32(np.float32(1.0 / 128.0) * in_scale)
+    out_fixed, out_shift = quantize_multiplier(np.float32(hires / out_scale))
+    relu_fixed, relu_shift = quantize_multiplier(np.float32(hires / np.float32(3.0 / 32768.0)))
+    if out_shift > 0:
+        return None
+    out_mult, relu_mult = _int16_multiplier(out_fixed), _int16_multiplier(relu_fixed)
+    hires_q = torch.clamp((q.long() - in_zero) * 128, *_INT16)
+    scaled = _doubling_high_mul16(hires_q, out_mult, rounding=True)
+    relu = hires_q
+    if relu_shift > 0:
+        relu = torch.clamp(relu * (1 << (relu_shift - 1)), *_INT16)
+    relu = _doubling_high_mul16(relu, relu_mult, rounding=True)
+    if relu_shift > 0:
+        relu = torch.clamp(relu * 2, *_INT16)
+    elif relu_shift < 0:
+        relu = _rounding_shift_right(relu, -relu_shift)
+    relu = (relu + (1 << 15)) >> 1  # [-1, 1] -> [0, 1] in 16-bit fixed point
+    out = _rounding_shift_right(_doubling_high_mul16(relu, scaled, rounding=False), -out_shift)
+    return torch.clamp(out + out_zero, target.qmin, target.qmax)
+
+
+def _raw(call: Call) -> torch.Tensor:
+    """The call's input as int8 integers (zero point included)."""
+    return grid_integers(call.args[0], call.inputs[0]).long() + _per_tensor(call.inputs[0], "an input")[1]
+
+
+@emulates("hardswish", ops=("HARD_SWISH",))
+def _hardswish_call(call: Call) -> torch.Tensor | None:
+    q = hardswish_integers(_raw(call), call.inputs[0], call.params)
+    return None if q is None else _on_grid(q, call.params, call.out)
+
+
+@emulates("leaky_relu", ops=("LEAKY_RELU",))
+def _leaky_relu_call(call: Call) -> torch.Tensor | None:
+    """XNNPACK's int8 leaky ReLU: ``(q - zero_in) * m`` with ``m = round(256 * ratio)`` for the sign's ratio
+    (``input_scale / output_scale``, times the slope below zero), plus the output zero point, shifted right by 8
+    rounding half up. None for ratios XNNPACK does not take."""
+    in_scale, in_zero = _per_tensor(call.inputs[0], "a leaky ReLU's input")
+    out_scale, out_zero = _per_tensor(call.params, "a leaky ReLU's output")
+    slope = call.kwargs.get("negative_slope", call.args[1] if len(call.args) > 1 else 0.01)
+    positive = np.float32(in_scale / out_scale)
+    negative = np.float32(positive * np.float32(slope))
+    if not 2.0 ** -8 <= positive <= 2.0 ** 7 or not -(2.0 ** 7) <= negative <= 2.0 ** 7 or \
+            abs(negative) < 2.0 ** -8 and negative != 0:
+        return None
+    v = _raw(call) - in_zero
+    multiplier = torch.where(v >= 0, int(np.rint(256 * positive)), int(np.rint(256 * negative)))
+    q = torch.clamp(((out_zero << 8) + 0x80 + v * multiplier) >> 8, call.params.qmin, call.params.qmax)
+    return _on_grid(q, call.params, call.out)
+
+
+def _table(call: Call, function) -> torch.Tensor:
+    """A 256-entry table kernel: ``function`` (float64, rounded to float32) of each dequantized int8 input, rounded
+    half to even to the output grid."""
+    in_scale, in_zero = _per_tensor(call.inputs[0], "an activation's input")
+    out_scale, out_zero = _per_tensor(call.params, "an activation's output")
+    levels = np.arange(-128, 128)
+    dequantized = (in_scale * (levels - in_zero).astype(np.float32)).astype(np.float32)
+    values = function(dequantized.astype(np.float64)).astype(np.float32)
+    table = torch.round(torch.from_numpy(values * np.float32(np.float32(1.0) / out_scale))) + out_zero
+    table = torch.clamp(table, call.params.qmin, call.params.qmax).to(call.out.device)
+    return _on_grid(table[_raw(call) + 128], call.params, call.out)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    exp = np.exp(-x).astype(np.float32)  # float32 steps, as the kernel's 1 / (1 + exp(-x))
+    return (np.float32(1.0) / (np.float32(1.0) + exp)).astype(np.float64)
+
+
+@emulates("sigmoid", ops=("LOGISTIC",))
+def _sigmoid_call(call: Call) -> torch.Tensor | None:
+    return _table(call, _sigmoid)
+
+
+@emulates("tanh", ops=("TANH",))
+def _tanh_call(call: Call) -> torch.Tensor | None:
+    return _table(call, np.tanh)
+
+
+_SOFTMAX_GRID = (1.0 / 256, -128)
+
+
+@emulates("softmax", ops=("SOFTMAX",))
+def _softmax_call(call: Call) -> torch.Tensor | None:
+    """LiteRT's int8 SOFTMAX (output grid 1/256, -128; otherwise the file keeps it in float)."""
+    out_scale, out_zero = _per_tensor(call.params, "a softmax output")
+    in_scale, _ = _per_tensor(call.inputs[0], "a softmax input")
+    if (float(out_scale), out_zero) != _SOFTMAX_GRID:
+        return None
+    dim = call.kwargs.get("dim", call.args[1] if len(call.args) > 1 else -1)
+    q = _raw(call).movedim(dim, -1)
+    distance = q.amax(-1, keepdim=True) - q
+    steps = (np.float32(-in_scale) * np.arange(256, dtype=np.float32)).astype(np.float64)
+    table = torch.from_numpy(np.exp(steps).astype(np.float32)).to(q.device)
+    exp = table[distance]
+    total = torch.zeros_like(exp[..., 0])
+    for j in range(exp.shape[-1]):  # float32 sums in the kernel's order
+        total = total + exp[..., j]
+    inverse = torch.tensor(1.0, dtype=torch.float32) / (total * torch.tensor(np.float32(out_scale)))
+    prob = _round_away(exp * inverse[..., None]) + out_zero
+    q_out = torch.clamp(prob, call.params.qmin, call.params.qmax).movedim(-1, dim)
+    return _on_grid(q_out, call.params, call.out)
+
+
+def multiply_by_quantized_multiplier(x: torch.Tensor, fixed: int, shift: int) -> torch.Tensor:
+    """TFLite's ``MultiplyByQuantizedMultiplier``: ``x * fixed * 2**(shift - 31)`` with gemmlowp's two roundings."""
+    product = x * (1 << max(shift, 0)) * fixed
+    high = torch.div(product + torch.where(product >= 0, 1 << 30, 1 - (1 << 30)), 1 << 31, rounding_mode="trunc")
+    return _rounding_shift_right(high, max(-shift, 0))
+
+
+#: the clamp bounds of the int8 RELU kernels, by PyTorch spelling
+_CLAMPS = {"relu": (0.0, None), "relu6": (0.0, 6.0), "hardtanh": (-1.0, 1.0)}
+
+
+@emulates("relu", "relu6", ops=("RELU", "RELU6", "RELU_N1_TO_1"))
+def _relu_call(call: Call) -> torch.Tensor | None:
+    """LiteRT's int8 RELU / RELU6 / RELU_N1_TO_1: ``q - zero_in`` rescaled by ``input_scale / output_scale`` (a
+    31-bit fixed-point multiplier; exact when the grids agree), plus the output zero point, clamped to the
+    activation's bounds on the output grid."""
+    name = getattr(call.func, "__name__", "").strip("_")
+    lower, upper = _CLAMPS.get(name, (None, None))
+    if name == "hardtanh":  # nn.ReLU6 is hardtanh(0, 6); other bounds are no RELU kernel of the file
+        bounds = tuple(float(call.kwargs.get(key, call.args[i] if len(call.args) > i else default))
+                       for i, (key, default) in enumerate((("min_val", -1.0), ("max_val", 1.0)), start=1))
+        lower, upper = bounds if bounds in ((0.0, 6.0), (-1.0, 1.0)) else (None, None)
+    if lower is None:
+        return None
+    in_scale, in_zero = _per_tensor(call.inputs[0], "a ReLU's input")
+    out_scale, out_zero = _per_tensor(call.params, "a ReLU's output")
+    fixed, shift = quantize_multiplier(np.float32(in_scale / out_scale))
+    q = multiply_by_quantized_multiplier(_raw(call) - in_zero, fixed, shift) + out_zero
+    low = max(call.params.qmin, out_zero + int(_round_away(torch.tensor(lower / float(out_scale)))))
+    high = call.params.qmax if upper is None else \
+        min(call.params.qmax, out_zero + int(_round_away(torch.tensor(upper / float(out_scale)))))
+    return _on_grid(torch.clamp(q, low, high), call.params, call.out)

@@ -1,0 +1,229 @@
+"""Every int8 op the converter writes, op by op: the LiteRT file equals ``emulate_integer()`` exactly (0 steps) on every
+int8 input value, on random draws and on inputs past the calibrated range (saturation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimkit.algorithms.quantization import PostTrainingQuantizer
+from slimkit.converter import TFLiteConverter
+from slimkit.converter.verify import int8_ops, run_tflite
+
+WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
+
+
+class Op(nn.Module):
+    """``fn`` of the (quantized) model input, beside a Linear so that the config selects a layer."""
+
+    def __init__(self, fn, width: int):
+        super().__init__()
+        self.fn = fn
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x):
+        return self.fn(x), self.head(x)
+
+
+def _check(tmp_path, fn, calibration: torch.Tensor, tests: list[torch.Tensor], op: str) -> None:
+    """Quantize ``Op(fn)`` on ``calibration``, convert, and compare file and emulation on ``tests``."""
+    model = Op(fn, calibration.shape[-1]).eval()
+    quantizer = PostTrainingQuantizer(model, WHOLE_GRAPH, algorithm="minmax", dummy_input=calibration[:1])
+    quantizer.compress()
+    quantizer.calibrate([calibration])
+    path = tmp_path / "op.tflite"
+    TFLiteConverter(model, calibration[:1], path, dynamic_batch=True).convert()
+    assert op in int8_ops(path)
+    for x in tests:
+        got = run_tflite(path, [x.numpy()])
+        with torch.no_grad(), quantizer.emulate_integer():
+            expected = model(x)[0].numpy()
+        got = next(g for g in got if g.shape == expected.shape)
+        np.testing.assert_array_equal(got, expected)
+
+
+def _grid_inputs(lo: float, hi: float, width: int, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A calibration batch spanning [lo, hi]; test inputs: every value of the int8 grid that calibration gives (the
+    whole table of a unary kernel), random draws, and values far past the range (saturation)."""
+    calibration = torch.linspace(lo, hi, 8 * width).reshape(8, width)
+    scale = (hi - lo) / 255
+    zero = round(-128 - lo / scale)
+    rows = -(-256 // width)
+    every = ((torch.arange(-128, 128) - zero) * scale).repeat(rows)[:rows * width].reshape(rows, width)
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.rand(16, width, generator=generator) * (hi - lo) + lo
+    outside = torch.tensor([lo * 4, hi * 4, lo - 1, hi + 1] * (width // 4)).reshape(1, width)
+    return calibration, [every, draws, outside]
+
+
+#: (lo, hi) calibration ranges: random-looking, a power-of-two scale (ties in every rescaling), all-positive, tiny
+RANGES = [(-3.1, 5.7), (-8.0, 7.9375), (0.05, 2.3), (-0.02, 0.03), (-11.5, 0.4)]
+UNARY = {"LOGISTIC": torch.sigmoid, "TANH": torch.tanh, "HARD_SWISH": F.hardswish,
+         "LEAKY_RELU": lambda x: F.leaky_relu(x, 0.1), "SOFTMAX": lambda x: torch.softmax(x, -1)}
+
+
+@pytest.mark.parametrize("op", sorted(UNARY))
+def test_unary_kernels_equal_litert_on_every_int8_input(tmp_path, op):
+    for seed, (lo, hi) in enumerate(RANGES):
+        calibration, tests = _grid_inputs(lo, hi, 8, seed)
+        _check(tmp_path, UNARY[op], calibration, tests, op)
+
+
+def test_softmax_rows_with_ties_and_long_rows(tmp_path):
+    """Rows of equal values (every entry the maximum), one large value among small ones, and rows of 64."""
+    calibration = torch.linspace(-6, 6, 512).reshape(8, 64)
+    tests = [torch.zeros(2, 64), torch.full((1, 64), 6.0), torch.eye(64)[:4] * 6 - 3,
+             torch.randn(4, 64, generator=torch.Generator().manual_seed(0)) * 3]
+    _check(tmp_path, lambda x: torch.softmax(x, -1), calibration, tests, "SOFTMAX")
+
+
+def _image(fn):
+    return lambda x: fn(x.reshape(x.shape[0], 4, 6, 6)).flatten(1)
+
+
+POOLS = {
+    "k2": lambda x: F.avg_pool2d(x, 2),
+    "k3_s2_p1_ceil": lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True),
+    "k3_s1_p1_exclude_pad": lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False),
+    "k3_s2_p1_exclude_pad_ceil": lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+    "adaptive_3": lambda x: F.adaptive_avg_pool2d(x, 3),
+    "k4_s1": lambda x: F.avg_pool2d(x, 4, 1),
+}
+
+
+@pytest.mark.parametrize("pool", sorted(POOLS))
+def test_average_pool_equals_litert(tmp_path, pool):
+    """Window sums whose average lies on a half step are common: the kernel rounds them away from zero."""
+    for seed, (lo, hi) in enumerate(RANGES[:3]):
+        calibration, tests = _grid_inputs(lo, hi, 144, seed)
+        _check(tmp_path, _image(POOLS[pool]), calibration, tests, "AVERAGE_POOL_2D")
+
+
+def test_average_pool_1d_equals_litert(tmp_path):
+    calibration, tests = _grid_inputs(-2.0, 3.0, 144, 0)
+    _check(tmp_path, lambda x: F.avg_pool1d(x.reshape(x.shape[0], 4, 36), 3, 2, 1).flatten(1), calibration, tests,
+           "AVERAGE_POOL_2D")
+
+
+class Rescaled(nn.Module):
+    """Inputs on three grids joined (CONCATENATION) or compared (MAXIMUM): the file requantizes each to the
+    output's grid first."""
+
+    def __init__(self, join: str):
+        super().__init__()
+        self.join = join
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x) * 3
+        if self.join == "cat":
+            return torch.cat([a, b, x], -1)
+        return torch.maximum(a, b)
+
+
+@pytest.mark.parametrize("join", ["cat", "maximum"])
+def test_requantized_inputs_equal_litert(tmp_path, join):
+    from tests.converter.test_int8 import quantize_with
+
+    model, x, quantizer = quantize_with(Rescaled(join).eval(), (16,))
+    path = tmp_path / "join.tflite"
+    TFLiteConverter(model, x, path, dynamic_batch=True).convert()
+    assert {"CONCATENATION" if join == "cat" else "MAXIMUM", "QUANTIZE"} <= set(int8_ops(path))
+    tests = torch.randn(64, 16, generator=torch.Generator().manual_seed(1)) * 2
+    with torch.no_grad(), quantizer.emulate_integer():
+        expected = model(tests).numpy()
+    np.testing.assert_array_equal(run_tflite(path, [tests.numpy()])[0], expected)
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: the first token's vector (``x[:, 0]``, a slice of int8 values) requantized into a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.dense = nn.LayerNorm(16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return torch.tanh(self.dense(self.norm(x)[:, 0]))
+
+
+def test_selected_values_keep_their_grid(tmp_path):
+    from tests.converter.test_int8 import quantize_with
+
+    model, x, quantizer = quantize_with(Pooler().eval(), (5, 16))
+    path = tmp_path / "pooler.tflite"
+    TFLiteConverter(model, x, path, dynamic_batch=True).convert()
+    tests = torch.randn(64, 5, 16, generator=torch.Generator().manual_seed(2)) * 2
+    with torch.no_grad(), quantizer.emulate_integer():
+        expected = model(tests).numpy()
+    np.testing.assert_array_equal(run_tflite(path, [tests.numpy()])[0], expected)
+
+
+class SumPool(nn.Module):
+    def forward(self, x):
+        return x.sum(-1, keepdim=True)
+
+
+class WithSum(nn.Module):
+    """An int8 SUM (which the emulation leaves to fake quantization) beside exactly emulated kernels."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.pool = nn.Linear(16, 16), SumPool()
+
+    def forward(self, x):
+        y = torch.sigmoid(self.fc(x))
+        return self.pool(y), y
+
+
+def test_converter_and_verify_name_the_ops_not_emulated_per_layer(tmp_path):
+    from slimkit.converter import verify
+    from tests.converter.test_int8 import quantize_with
+
+    model, x, _ = quantize_with(WithSum().eval(), (16,))
+    path = tmp_path / "sum.tflite"
+    with pytest.warns(UserWarning, match=r"does not compute these int8 ops of .*sum.tflite exactly: pool \(SUM\)\. "):
+        TFLiteConverter(model, x, path).convert()
+    result = verify(model, x, path, draws=4)
+    assert result.approximate_ops == ("SUM",) and result.approximate_layers == ("pool (SUM)",)
+    assert {"FULLY_CONNECTED", "LOGISTIC"} <= set(result.emulated_ops)
+    assert result.max_steps is not None and result.max_steps == round(result.max_steps)  # whole steps of the grid
+    assert "not bit-exact in general: pool (SUM) run as fake quantization" in result.describe()
+    assert f"within {result.max_steps:g} steps of the file" in result.describe()
+
+
+def test_verify_says_exact_when_every_int8_op_is_emulated(tmp_path):
+    from slimkit.converter import verify
+    from tests.converter.test_int8 import quantize_with
+
+    model, x, _ = quantize_with(Op(F.hardswish, 16).eval(), (16,))
+    path = tmp_path / "exact.tflite"
+    TFLiteConverter(model, x, path).convert()
+    result = verify(model, x, path, draws=4)
+    assert result.approximate_ops == () and result.approximate_layers == () and result.max_steps == 0.0
+    assert "HARD_SWISH" in result.emulated_ops
+    assert result.describe() == "max |file - model| = 0 (0 output steps) over 5 inputs; every int8 op of the file " \
+                                "is emulated exactly."
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert", "distilbert"])
+def test_transformer_encoders_are_bit_exact(tmp_path, name):
+    """Whole-graph int8 BERT / DistilBERT (float LayerNorm, attention and GELU between int8 kernels, BERT's pooler
+    slicing the first token and requantizing it into a TANH): every logit of the file equals the emulation's
+    (before SOFTMAX / TANH / slices were emulated: 55 % and 92 % of them)."""
+    from tests.hf_zoo import HF_ARCHS, hf_inputs
+
+    model, x = HF_ARCHS[name]()
+    quantizer = PostTrainingQuantizer(model, WHOLE_GRAPH, algorithm="minmax", dummy_input=x)
+    quantizer.compress()
+    quantizer.calibrate(hf_inputs(name, 4, seed=1))
+    model.eval()
+    path = tmp_path / f"{name}.tflite"
+    TFLiteConverter(model, x, path).convert()
+    for ids in hf_inputs(name, 12, seed=7):
+        with torch.no_grad(), quantizer.emulate_integer():
+            expected = model(ids).numpy()
+        np.testing.assert_array_equal(run_tflite(path, [ids.numpy()])[0], expected)
