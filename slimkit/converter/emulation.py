@@ -3,12 +3,11 @@ which it leaves to fake quantization, named per layer.
 
 Example:
 
->>> import torch
 >>> from slimkit.converter.ir import Graph, Op, Tensor
->>> x, y = Tensor('x', (1, 4), 'int8'), Tensor('y', (1, 4), 'int8')
->>> graph = Graph(ops=[Op('SUM', [x], [y], source='head.pool'), Op('SOFTMAX', [y], [x], source='head')])
+>>> x, y, z = (Tensor(name, (1, 4, 4, 2), 'int8') for name in 'xyz')
+>>> graph = Graph(ops=[Op('RESIZE_BILINEAR', [x], [y], source='up'), Op('LOGISTIC', [y], [z], source='head')])
 >>> approximate_int8_ops(graph)
-['head.pool (SUM)']
+['up (RESIZE_BILINEAR)']
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ class VerifyResult:
         worst: where the largest absolute error is: input, output, element, model and file values.
         emulated_ops: the int8 ops of the file whose integers the emulation computes exactly.
         approximate_ops: the int8 ops of the file the emulation leaves to fake quantization (within about a step
-            each, not exact), e.g. SUM, SQUARED_DIFFERENCE.
+            each, not exact), e.g. RESIZE_BILINEAR.
         approximate_layers: the same ops named per layer, ``'<module path> (<OP>)'``.
         max_steps: the largest ``|file - model|`` in steps of the output's int8 grid (None where no output of the file
             is dequantized from int8).

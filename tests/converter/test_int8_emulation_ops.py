@@ -62,7 +62,8 @@ def _grid_inputs(lo: float, hi: float, width: int, seed: int) -> tuple[torch.Ten
 #: (lo, hi) calibration ranges: random-looking, a power-of-two scale (ties in every rescaling), all-positive, tiny
 RANGES = [(-3.1, 5.7), (-8.0, 7.9375), (0.05, 2.3), (-0.02, 0.03), (-11.5, 0.4)]
 UNARY = {"LOGISTIC": torch.sigmoid, "TANH": torch.tanh, "HARD_SWISH": F.hardswish,
-         "LEAKY_RELU": lambda x: F.leaky_relu(x, 0.1), "SOFTMAX": lambda x: torch.softmax(x, -1)}
+         "LEAKY_RELU": lambda x: F.leaky_relu(x, 0.1), "SOFTMAX": lambda x: torch.softmax(x, -1),
+         "SUM": lambda x: x.sum(-1, keepdim=True) * 0.5 + x.sum(-1, keepdim=True)}
 
 
 @pytest.mark.parametrize("op", sorted(UNARY))
@@ -161,37 +162,68 @@ def test_selected_values_keep_their_grid(tmp_path):
     np.testing.assert_array_equal(run_tflite(path, [tests.numpy()])[0], expected)
 
 
-class SumPool(nn.Module):
-    def forward(self, x):
-        return x.sum(-1, keepdim=True)
-
-
-class WithSum(nn.Module):
-    """An int8 SUM (which the emulation leaves to fake quantization) beside exactly emulated kernels."""
+class Gate(nn.Module):
+    """A conv, a sigmoid module and a conv (the sigmoid's int8 LOGISTIC is what the test takes out of the emulation)."""
 
     def __init__(self):
         super().__init__()
-        self.fc, self.pool = nn.Linear(16, 16), SumPool()
+        self.conv, self.act, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Sigmoid(), nn.Conv2d(4, 4, 1)
 
     def forward(self, x):
-        y = torch.sigmoid(self.fc(x))
-        return self.pool(y), y
+        return self.head(self.act(self.conv(x)))
 
 
-def test_converter_and_verify_name_the_ops_not_emulated_per_layer(tmp_path):
+def test_converter_and_verify_name_the_ops_not_emulated_per_layer(tmp_path, monkeypatch):
+    """With the LOGISTIC kernel taken out of the emulation (as an op the converter writes before the emulation knows
+    it), the converter's warning and verify() name it per layer and say how far the outputs are."""
     from slimkit.converter import verify
+    from slimkit.frameworks.torch import int8_emulation
     from tests.converter.test_int8 import quantize_with
 
-    model, x, _ = quantize_with(WithSum().eval(), (16,))
-    path = tmp_path / "sum.tflite"
-    with pytest.warns(UserWarning, match=r"does not compute these int8 ops of .*sum.tflite exactly: pool \(SUM\)\. "):
+    monkeypatch.setitem(int8_emulation.KERNELS, "sigmoid", (lambda call: None, ("LOGISTIC",)))
+    monkeypatch.setattr(int8_emulation, "EMULATED_OPS", int8_emulation.EMULATED_OPS - {"LOGISTIC"})
+    model, x, _ = quantize_with(Gate().eval(), (3, 8, 8))
+    path = tmp_path / "gate.tflite"
+    with pytest.warns(UserWarning, match=r"does not compute these int8 ops of .*gate.tflite exactly: "
+                                         r"act \(LOGISTIC\)\. "):
         TFLiteConverter(model, x, path).convert()
     result = verify(model, x, path, draws=4)
-    assert result.approximate_ops == ("SUM",) and result.approximate_layers == ("pool (SUM)",)
-    assert {"FULLY_CONNECTED", "LOGISTIC"} <= set(result.emulated_ops)
+    assert result.approximate_ops == ("LOGISTIC",) and result.approximate_layers == ("act (LOGISTIC)",)
+    assert {"CONV_2D", "QUANTIZE"} <= set(result.emulated_ops)
     assert result.max_steps is not None and result.max_steps == round(result.max_steps)  # whole steps of the grid
-    assert "not bit-exact in general: pool (SUM) run as fake quantization" in result.describe()
+    assert "not bit-exact in general: act (LOGISTIC) run as fake quantization" in result.describe()
     assert f"within {result.max_steps:g} steps of the file" in result.describe()
+
+
+class Resize(nn.Module):
+    def __init__(self, **options):
+        super().__init__()
+        self.options = options
+        self.conv, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.head(F.interpolate(self.conv(x), **self.options))
+
+
+@pytest.mark.parametrize("options", [dict(scale_factor=2, mode="bilinear"), dict(size=(11, 5), mode="bilinear"),
+                                     dict(scale_factor=2, mode="bilinear", align_corners=True),
+                                     dict(size=(4, 3), mode="bilinear", align_corners=True),
+                                     dict(scale_factor=2, mode="nearest")], ids=str)
+def test_resize_equals_litert(tmp_path, options):
+    """The int8 RESIZE (on the conv's grid, then requantized into the next conv): upsampling, odd sizes, downsampling,
+    align_corners."""
+    from tests.converter.test_int8 import quantize_with
+
+    torch.manual_seed(0)
+    model, x, quantizer = quantize_with(Resize(**options).eval(), (3, 7, 6))
+    path = tmp_path / "resize.tflite"
+    TFLiteConverter(model, x, path, dynamic_batch=True).convert()
+    assert {"RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"} & set(int8_ops(path))
+    tests = torch.randn(16, 3, 7, 6, generator=torch.Generator().manual_seed(1)) * 3
+    with torch.no_grad(), quantizer.emulate_integer():
+        expected = model(tests).numpy()
+    got = np.moveaxis(run_tflite(path, [np.moveaxis(tests.numpy(), 1, -1)])[0], -1, 1)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_verify_says_exact_when_every_int8_op_is_emulated(tmp_path):
@@ -227,3 +259,36 @@ def test_transformer_encoders_are_bit_exact(tmp_path, name):
         with torch.no_grad(), quantizer.emulate_integer():
             expected = model(ids).numpy()
         np.testing.assert_array_equal(run_tflite(path, [ids.numpy()])[0], expected)
+
+
+class HandNorm(nn.Module):
+    """A LayerNorm written out (mean, subtract, square, rsqrt, scale, shift), a tanh-GELU written out, and a matmul of
+    two activations: the converter writes int8 MEAN / SUB / MUL / ADD / TANH between float RSQRT and BATCH_MATMUL."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.weight, self.bias = nn.Parameter(torch.rand(16) + 0.5), nn.Parameter(torch.randn(16) * 0.1)
+
+    def forward(self, x):
+        y = self.fc(x)
+        centred = y - y.mean(-1, keepdim=True)
+        y = centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + 1e-5) * self.weight + self.bias
+        y = 0.5 * y * (1 + torch.tanh(0.79788456 * (y + 0.044715 * y * y * y)))
+        return self.out(y), torch.matmul(y.transpose(-1, -2), y)
+
+
+def test_layer_norm_and_gelu_written_out_are_exact(tmp_path):
+    from tests.converter.test_int8 import quantize_with
+
+    torch.manual_seed(0)
+    model, x, quantizer = quantize_with(HandNorm().eval(), (4, 16))
+    path = tmp_path / "norm.tflite"
+    TFLiteConverter(model, x, path, dynamic_batch=True).convert()
+    assert {"MEAN", "SUB", "MUL", "ADD", "TANH"} <= set(int8_ops(path))
+    tests = torch.randn(64, 4, 16, generator=torch.Generator().manual_seed(3)) * 2
+    with torch.no_grad(), quantizer.emulate_integer():
+        expected = [t.numpy() for t in model(tests)]
+    got = run_tflite(path, [tests.numpy()])
+    for e in expected:
+        np.testing.assert_array_equal(next(g for g in got if g.shape == e.shape), e)

@@ -16,10 +16,6 @@ from tests.converter.conftest import op_codes
 from tests.int8zoo.harness import WHOLE_GRAPH, measure
 from tests.int8zoo.structures import STRUCTURES
 
-#: structures whose file holds an int8 op the emulation does not compute yet (engineer emul's part of issue 13 item 1):
-#: within one step, not exact
-PENDING = {"upsample_bilinear": "RESIZE_BILINEAR"}
-
 #: int8 ops that must be in a structure's file (each was a float island before: the file then left the structure's
 #: point untested)
 INT8_OPS = {
@@ -32,12 +28,8 @@ INT8_OPS = {
     "padding_modes": {"MIRROR_PAD", "GATHER"},  # reflect, replicate and circular padding
     "pool_variants": {"AVERAGE_POOL_2D", "MAX_POOL_2D"},
     "hardswish_mobile": {"HARD_SWISH"},
+    "upsample_bilinear": {"RESIZE_BILINEAR", "ADD"},
 }
-
-
-def _cases() -> list:
-    return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"int8 {PENDING[name]} not emulated yet"))
-            if name in PENDING else name for name in STRUCTURES]
 
 
 def _check(name: str, mode: str, tmp_path) -> None:
@@ -50,21 +42,15 @@ def test_the_zoo_is_broad():
     assert len(STRUCTURES) >= 20
 
 
-@pytest.mark.parametrize("name", _cases())
+@pytest.mark.parametrize("name", list(STRUCTURES))
 def test_post_training_int8_file_equals_the_emulation(name, tmp_path):
     _check(name, "ptq", tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", _cases())
+@pytest.mark.parametrize("name", list(STRUCTURES))
 def test_qat_int8_file_equals_the_emulation(name, tmp_path):
     _check(name, "qat", tmp_path)
-
-
-@pytest.mark.parametrize("name", sorted(PENDING))
-def test_pending_structures_are_within_one_step(name, tmp_path):
-    result = measure(name, "ptq", tmp_path)
-    assert PENDING[name] in result.ops and result.max_steps == 1 and result.exact < result.outputs
 
 
 class _Relu(nn.Module):
@@ -94,3 +80,35 @@ def test_standalone_relu_requantizes_as_litert_on_every_int8_input(tmp_path, low
         expected = model(torch.from_numpy(feed))[0].numpy()
     assert quantizer.graph_params["/0/relu/0"].scale[0] != grid.scale[0]
     np.testing.assert_array_equal(got, expected)
+
+
+def test_a_concatenation_spanned_by_one_input_takes_that_input_s_grid():
+    """The union of the inputs' ranges is the first input's: the concatenation reuses its parameters (recomputed from
+    the range, the scale could differ in the last bits, and XNNPACK refuses a CONCATENATION whose input and output
+    scales differ at all)."""
+
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(torch.cat([x, torch.relu(x) * 0.5], 1))
+
+    x = torch.randn(16, 4)
+    model = Cat().eval()
+    quantizer = PostTrainingQuantizer(model, WHOLE_GRAPH, algorithm="minmax", dummy_input=x[:1])
+    quantizer.compress()
+    quantizer.calibrate([x])
+    assert quantizer.graph_params["/0/cat/0"] is quantizer.graph_params["input/0"]
+
+
+def test_grids_are_the_same_only_to_the_last_bit():
+    from slimkit.converter.int8_ops import same_params
+    from slimkit.converter.ir import QuantParams
+
+    scale = np.float32(0.009301547892391682)
+    grid = QuantParams(np.array([scale]), np.array([-128]))
+    assert same_params(grid, QuantParams(np.array([scale]), np.array([-128])))
+    assert not same_params(grid, QuantParams(np.array([np.nextafter(scale, np.float32(1))]), np.array([-128])))
+    assert not same_params(grid, QuantParams(np.array([scale]), np.array([-127])))

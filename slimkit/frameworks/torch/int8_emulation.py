@@ -20,9 +20,17 @@ default CPU path) computes:
   ``'output'`` grids on neighbouring layers: an int8 -> int8 QUANTIZE in the file): XNNPACK's requantization with an
   8-bit fixed-point multiplier, which differs from exact rounding by up to half a step at the ends of the range.
 
+- average pooling (not global): LiteRT's int8 AVERAGE_POOL_2D, integer window sums divided by the count rounding half
+  away from zero, then PyTorch's divisor restored in float where it differs (``ceil_mode``, ``count_include_pad``);
+- concatenation (and max / min) of inputs on other grids: each input requantized as above first;
+- bilinear resize: XNNPACK's int8 kernel, 11-bit weights per axis, integer interpolation rounded half up;
+- activations (sigmoid, tanh, hard-swish, leaky ReLU, ReLU / ReLU6, softmax): the kernels of
+  :mod:`slimkit.frameworks.torch.int8_activations`.
+
 An add or multiply followed by a ReLU is one kernel with the activation's output parameters, as in the file.
-Every other quantized op already gives the kernel's integers (reshapes, pooling by max, concatenation
-with shared parameters), or runs as fake quantization.
+:data:`KERNELS` maps each op kind to its kernel. Every other quantized op already gives the kernel's integers
+(reshapes, pooling by max, concatenation with shared parameters), or runs as fake quantization
+(:func:`slimkit.converter.emulation.approximate_int8_ops` names such ops per layer).
 
 Example (int32 sums requantized with multiplier 0.25 to an output of scale 0.5 and zero point 3: 2.5 and 3.5
 round to even, -225 clamps at -128):
@@ -97,8 +105,8 @@ EXACT_OPS = frozenset({"DEQUANTIZE", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "CON
                        "UNPACK", "GATHER", "TILE", "BROADCAST_TO", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM",
                        "REDUCE_MAX", "REDUCE_MIN"})
 """int8 ops that only move or select integers (same parameters in and out): the fake-quant model already gives
-their values. Every other int8 op of a file (SOFTMAX, LOGISTIC, TANH, HARD_SWISH, AVERAGE_POOL_2D, RESIZE_BILINEAR,
-BATCH_MATMUL, ...) runs as fake quantization under the emulation: within about a step of the file, not exact."""
+their values. An int8 op of a file in neither this set nor :data:`EMULATED_OPS` (one added to the converter's int8
+rules later) runs as fake quantization under the emulation: within about a step of the file, not exact."""
 
 
 def _f32(values: Any) -> np.ndarray:
@@ -259,6 +267,24 @@ def _mean_call(call: Call) -> torch.Tensor | None:
 
 
 
+
+@emulates("sum", ops=("SUM",))
+def _sum_call(call: Call) -> torch.Tensor | None:
+    """LiteRT's int8 SUM: the int32 sum of the raw integers ``t`` over the axes, then
+    ``round(float32(t) * ratio + bias)`` in float32 (``ratio = float32(input_scale / output_scale)``, ``bias =
+    -zero_in * ratio * count``), rounded half away from zero, plus the output zero point, clamped."""
+    in_scale, in_zero = _per_tensor(call.inputs[0], "a sum's input")
+    out_scale, out_zero = _per_tensor(call.params, "a sum's output")
+    x = call.args[0]
+    count = x.numel() // max(call.out.numel(), 1)
+    rest = call.args[1:]
+    total = torch.round(call.func(grid_integers(x, call.inputs[0]), *rest, **call.kwargs)) + in_zero * count
+    ratio = np.float32(in_scale / out_scale)
+    bias = np.float32(np.float32(np.float32(-in_zero) * ratio) * np.float32(count))
+    value = total.float() * torch.tensor(ratio) + torch.tensor(bias)
+    q = torch.clamp(torch.sign(value) * torch.floor(value.abs() + 0.5) + out_zero, call.params.qmin, call.params.qmax)
+    return (q - out_zero).float() * torch.tensor(out_scale)
+
 def rescaled(x: torch.Tensor, source: QParams, target: QParams) -> torch.Tensor | None:
     """``x`` on the grid of ``target``, as the file's int8 -> int8 QUANTIZE puts it there (``x`` itself where the grids
     agree); None where XNNPACK does not take that QUANTIZE."""
@@ -349,9 +375,57 @@ def _average_pool_call(call: Call) -> torch.Tensor | None:
     return pooled * factor  # DEQUANTIZE, MUL by the divisor ratio, QUANTIZE: the output's fake quantization rounds
 
 
+@emulates("resize", ops=("RESIZE_BILINEAR",))
+def _resize_call(call: Call) -> torch.Tensor | None:
+    """A bilinear ``F.interpolate`` / ``nn.Upsample`` of a 4-D tensor: :func:`resize_bilinear` on the input's grid,
+    then requantized as the file does where the output's grid differs (a nearest resize only moves integers)."""
+    mode = call.args[3] if len(call.args) > 3 else call.kwargs.get("mode", "nearest")
+    if mode != "bilinear" or call.out.dim() != 4:
+        return None
+    align_corners = call.args[4] if len(call.args) > 4 else call.kwargs.get("align_corners")
+    resized = resize_bilinear(call.args[0], call.inputs[0], tuple(call.out.shape[2:]), bool(align_corners))
+    return rescaled(resized, call.inputs[0], call.params)
+
+
 from slimkit.frameworks.torch import int8_activations  # noqa: E402, F401  (registers the activation kernels)
 
 EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE"}.union(
     *(ops for _, ops in KERNELS.values())))
 """int8 ops of a file whose arithmetic the emulation computes: the kernels above, every op of :data:`KERNELS`, and
 QUANTIZE int8 -> int8 where XNNPACK takes it."""
+
+
+def _bilinear_taps(size_in: int, size_out: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """XNNPACK's source rows (or columns) and 11-bit weights of a bilinear resize along one axis: the float32 source
+    position (``x * (in - 1) / (out - 1)`` with ``align_corners``, else ``(x + 0.5) * in / out - 0.5``, not below
+    0), its floor and the next index (clamped), and ``round(2048 * fraction)``."""
+    steps = np.arange(size_out, dtype=np.float32)
+    if align_corners:
+        scale = np.float32((size_in - 1) / (size_out - 1)) if size_out > 1 else np.float32(0.0)
+        position = (steps * scale).astype(np.float32)
+    else:
+        scale = np.float32(np.float32(size_in) / np.float32(size_out))
+        position = np.maximum(((steps + np.float32(0.5)) * scale - np.float32(0.5)).astype(np.float32), 0)
+    low = np.floor(position).astype(np.int64)
+    weight = np.rint((position - low.astype(np.float32)).astype(np.float32) * np.float32(2048.0)).astype(np.int64)
+    return low, np.minimum(low + 1, size_in - 1), weight
+
+
+def resize_bilinear(x: torch.Tensor, params: QParams, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """A bilinear resize (NCHW, to ``size``) of ``x`` on the grid of ``params`` as the file's int8 RESIZE_BILINEAR:
+    XNNPACK's 11-bit weights, interpolated along the width then the height in integers, rounded half up (22 bits).
+    The result stays on the input's grid."""
+    scale, _ = _per_tensor(params, "a resized tensor")
+    q = grid_integers(x, params).long()
+    top, bottom, vertical = (torch.from_numpy(a).to(x.device) for a in _bilinear_taps(x.shape[-2], size[0],
+                                                                                          align_corners))
+    left, right, horizontal = (torch.from_numpy(a).to(x.device) for a in _bilinear_taps(x.shape[-1], size[1],
+                                                                                          align_corners))
+
+    def row(rows: torch.Tensor) -> torch.Tensor:
+        a, b = q[..., rows, :][..., left], q[..., rows, :][..., right]
+        return (a << 11) + (b - a) * horizontal
+
+    upper, lower = row(top), row(bottom)
+    out = ((upper << 11) + (lower - upper) * vertical[:, None] + (1 << 21)) >> 22
+    return (out.float() * torch.tensor(scale)).to(x.dtype)

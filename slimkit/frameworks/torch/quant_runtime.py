@@ -200,11 +200,7 @@ class GraphRuntime:
         emulating = self.quantizer.integer_arithmetic is not None
         fused_into = self.plan.fused_activations.get(key) if tensor is None and emulating else None
         if (tensor is None and fused_into is None) or not out.is_floating_point():
-            if tensor is None and name in _MOVES and args and isinstance(args[0], torch.Tensor):
-                params = self.params_of(args[0])  # ``x[:, 0]``: the same integers, on the same grid
-                if params is not None:
-                    self.tensors[id(out)] = (out, params)
-            return out
+            return self._unplanned(name, args, out) if tensor is None else out
         first = args[0] if args else None
         sources = list(first) if isinstance(first, (list, tuple)) else [a for a in args if isinstance(
             a, torch.Tensor)]
@@ -225,6 +221,14 @@ class GraphRuntime:
             for piece in out:
                 if isinstance(piece, torch.Tensor):
                     self.tensors[id(piece)] = (piece, params)
+        return out
+
+    def _unplanned(self, name: str, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        """A call the plan holds no tensor for: one that only selects or moves values (``x[:, 0]``, a view) keeps its
+        input's grid."""
+        params = self.params_of(args[0]) if name in _MOVES and args and isinstance(args[0], torch.Tensor) else None
+        if params is not None:
+            self.tensors[id(out)] = (out, params)
         return out
 
     @staticmethod
