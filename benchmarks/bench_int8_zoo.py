@@ -8,6 +8,7 @@ Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_int8_zoo.py`` (about a min
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import tempfile
@@ -39,16 +40,21 @@ def run() -> dict:
             for mode in MODES:
                 start = time.perf_counter()
                 result = measure(name, mode, directory)
-                rows.append({"structure": name, "doc": (structure.factory.__doc__ or "").split("\n")[0],
-                             "mode": mode, "outputs": result.outputs, "exact": result.exact,
-                             "fraction": result.fraction, "max_steps": result.max_steps, "ops": list(result.ops),
-                             "seconds": round(time.perf_counter() - start, 2)})
+                rows.append({"structure": name, "doc": summary(structure.factory), "mode": mode,
+                             "outputs": result.outputs, "exact": result.exact, "fraction": result.fraction,
+                             "max_steps": result.max_steps, "ops": list(result.ops),
+                             "float_ops": list(result.float_ops), "seconds": round(time.perf_counter() - start, 2)})
                 print(f"{name:22s} {mode} {result.exact}/{result.outputs} max {result.max_steps}", flush=True)
     import ai_edge_litert
 
     return {"machine": describe_machine(torch=torch.__version__,
                                         ai_edge_litert=getattr(ai_edge_litert, "__version__", "unknown")),
             "rows": rows, "ops": per_op(rows)}
+
+
+def summary(factory: object) -> str:
+    """The first paragraph of a structure's docstring, on one line."""
+    return " ".join(inspect.cleandoc(factory.__doc__ or "").split("\n\n")[0].split())
 
 
 def per_op(rows: list[dict]) -> dict:
@@ -96,14 +102,20 @@ def markdown(out: dict) -> str:
         "",
         "## Per structure",
         "",
-        "| structure | what it exercises | PTQ exact | PTQ max steps | QAT exact | QAT max steps | int8 ops |",
-        "|---|---|---|---|---|---|---|",
+        "Int8 ops: the file's ops on int8 tensors (QUANTIZE / DEQUANTIZE aside); float ops: the ones left in float",
+        "between a DEQUANTIZE and a QUANTIZE (the same float32 arithmetic on both sides, so they agree too).",
+        "",
+        "| structure | what it exercises | PTQ exact | PTQ max steps | QAT exact | QAT max steps | int8 ops "
+        "| float ops |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, modes in by_name.items():
         ptq, qat = modes["ptq"], modes["qat"]
-        ops = sorted(set(ptq["ops"]) | set(qat["ops"]) - {"QUANTIZE", "DEQUANTIZE"})
+        ops = sorted((set(ptq["ops"]) | set(qat["ops"])) - {"QUANTIZE", "DEQUANTIZE"})
+        floats = sorted(set(ptq["float_ops"]) | set(qat["float_ops"]))
         lines.append(f"| {name} | {ptq['doc']} | {100 * ptq['fraction']:.1f} % | {ptq['max_steps']} | "
-                     f"{100 * qat['fraction']:.1f} % | {qat['max_steps']} | {', '.join(ops)} |")
+                     f"{100 * qat['fraction']:.1f} % | {qat['max_steps']} | {', '.join(ops)} | "
+                     f"{', '.join(floats) or '-'} |")
     lines += [
         "",
         "## Per op",

@@ -23,6 +23,7 @@ from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer
 from slimkit.converter import TFLiteConverter
 from slimkit.converter.options import ConverterOptions
 from slimkit.converter.verify import int8_ops, output_steps, run_tflite
+from tests.converter.conftest import op_codes
 from tests.int8zoo.structures import STRUCTURES, build, digits
 
 WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
@@ -43,6 +44,7 @@ class Result:
         exact: how many are equal.
         max_steps: the largest difference, in steps of the output's scale.
         ops: the file's int8 ops (sorted, each once).
+        float_ops: the file's other ops, computed in float (QUANTIZE and DEQUANTIZE aside).
     """
 
     name: str
@@ -51,6 +53,7 @@ class Result:
     exact: int
     max_steps: int
     ops: tuple[str, ...]
+    float_ops: tuple[str, ...] = ()
 
     @property
     def fraction(self) -> float:
@@ -109,4 +112,6 @@ def measure(name: str, mode: str, directory: str | Path) -> Result:
         outputs += steps.size
         exact += int((got == expected).sum())
         max_steps = max(max_steps, int(steps.max()))
-    return Result(name, mode, outputs, exact, max_steps, tuple(sorted(set(int8_ops(path)))))
+    integer = set(int8_ops(path))
+    return Result(name, mode, outputs, exact, max_steps, tuple(sorted(integer)),
+                  tuple(sorted(set(op_codes(path)) - integer - {"QUANTIZE", "DEQUANTIZE"})))
