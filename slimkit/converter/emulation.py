@@ -5,9 +5,9 @@ Example:
 
 >>> from slimkit.converter.ir import Graph, Op, Tensor
 >>> x, y, z = (Tensor(name, (1, 4, 4, 2), 'int8') for name in 'xyz')
->>> graph = Graph(ops=[Op('RESIZE_BILINEAR', [x], [y], source='up'), Op('LOGISTIC', [y], [z], source='head')])
+>>> graph = Graph(ops=[Op('SQUARED_DIFFERENCE', [x, x], [y], source='up'), Op('LOGISTIC', [y], [z], source='head')])
 >>> approximate_int8_ops(graph)
-['up (RESIZE_BILINEAR)']
+['up (SQUARED_DIFFERENCE)']
 """
 
 from __future__ import annotations
