@@ -37,7 +37,8 @@ from slimkit.errors import ConfigError
 
 # Op kinds (canonical names used by the graph quantizer and the converter).
 SHARING_OPS = frozenset({"cat", "max_pool", "reshape", "flatten", "view", "permute", "transpose", "squeeze",
-                         "unsqueeze", "pad", "split", "chunk", "getitem", "contiguous", "identity", "dropout"})
+                         "unsqueeze", "pad", "split", "chunk", "getitem", "contiguous", "identity", "dropout",
+                         "resize"})
 
 
 @dataclass(frozen=True)

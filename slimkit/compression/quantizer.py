@@ -150,6 +150,15 @@ class GraphSlot:
         self.module, self.config = model, config
 
 
+def _range(params: QParams) -> tuple[float, float]:
+    """The real range ``params`` was made from (its grid's ends where it holds none)."""
+    lo = float(params.min[0]) if params.min is not None else float((params.qmin - params.zero_point[0]) *
+                                                                     params.scale[0])
+    hi = float(params.max[0]) if params.max is not None else float((params.qmax - params.zero_point[0]) *
+                                                                     params.scale[0])
+    return lo, hi
+
+
 class Quantizer(Compressor):
     """Base of every quantizer. Override :meth:`quantize_weight`, :meth:`quantize_input` and / or
     :meth:`quantize_output` (and assign ``self.quant_grad``) to write a new one.
@@ -437,10 +446,10 @@ class Quantizer(Compressor):
         if not self.profile.shares_input_params(kind) or not known or len(known) != len(input_params):
             return None, None
         if kind == "cat" and len(known) > 1:
-            lo = min(float(p.min[0]) if p.min is not None else float((p.qmin - p.zero_point[0]) * p.scale[0])
-                     for p in known)
-            hi = max(float(p.max[0]) if p.max is not None else float((p.qmax - p.zero_point[0]) * p.scale[0])
-                     for p in known)
+            ranges = [_range(p) for p in known]
+            lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+            if (lo, hi) in ranges:  # one input spans the others: its own grid (recomputed, its scale could move a bit)
+                return known[ranges.index((lo, hi))], "inputs"
             return self.range_params(np.array([lo]), np.array([hi]), bits), "inputs"
         if known[0].per_channel:
             return None, None

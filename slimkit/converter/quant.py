@@ -90,21 +90,60 @@ def _consumers(graph: Graph) -> dict[int, list]:
     return users
 
 
-_COMMUTES = {"PAD", "PADV2", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "STRIDED_SLICE", "SLICE"}
+_COMMUTES = {"PAD", "PADV2", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "STRIDED_SLICE", "SLICE",
+             "GATHER", "MIRROR_PAD"}
+#: ops with several outputs that only select values: op code -> position of the data input
+_SPLITS = {"SPLIT": 1, "SPLIT_V": 0, "UNPACK": 0}
+
+
+def _dequantized_outputs(graph: Graph, op, q) -> list:
+    """``op``'s outputs become int8 tensors with ``q``'s parameters, each followed by a DEQUANTIZE to the float tensor
+    its readers read; returns those DEQUANTIZE ops."""
+    from slimkit.converter.ir import Op, Tensor
+
+    dequantize = []
+    for k, out in enumerate(op.outputs):
+        q_out = Tensor(out.name + "_int8", out.shape, q.dtype, perm=out.perm, quant=q.quant)
+        op.outputs[k] = q_out
+        q_out.producer = op
+        graph.quant_table[q_out.name] = q.quant
+        dequantize.append(Op("DEQUANTIZE", [q_out], [out], source=op.source))
+        out.producer = dequantize[-1]
+    return dequantize
+
+
+def _sink_below_split(graph: Graph, op) -> list | None:
+    """DEQUANTIZE -> SPLIT / SPLIT_V / UNPACK becomes the split on int8 values, each piece then dequantized (None when
+    the op does not read a per-tensor DEQUANTIZE)."""
+    position = _SPLITS.get(op.code)
+    data = op.inputs[position] if position is not None and len(op.inputs) > position else None
+    deq = data.producer if data is not None else None
+    if deq is None or deq.code != "DEQUANTIZE" or deq.inputs[0].quant is None or deq.inputs[0].quant.scale.size != 1:
+        return None
+    op.inputs[position] = deq.inputs[0]
+    return [op, *_dequantized_outputs(graph, op, deq.inputs[0])]
 
 
 def sink_dequantize(graph: Graph) -> None:
-    """Move DEQUANTIZE below ops that commute with it (layout ops, zero padding, pooling): int8 in, same params out."""
-    from slimkit.converter.ir import Op, Tensor
+    """Move DEQUANTIZE below ops that commute with it (layout ops, zero padding, pooling, splits): int8 in, same params
+    out."""
+    from slimkit.converter.ir import Tensor
 
     ops = []
     for op in graph.ops:
+        split = _sink_below_split(graph, op)
+        if split is not None:
+            ops += split
+            continue
         deq = op.inputs[0].producer if op.inputs and op.inputs[0] is not None else None
         if op.code not in _COMMUTES or deq is None or deq.code != "DEQUANTIZE" or op.options.get(
                 "FusedActivationFunction", 0):
             ops.append(op)
             continue
-        q, out = deq.inputs[0], op.outputs[0]
+        q = deq.inputs[0]
+        if op.code == "GATHER" and (q.quant is None or q.quant.scale.size != 1):  # per-channel rows would move
+            ops.append(op)
+            continue
         if op.code == "PADV2":  # the pad value moves onto the int8 grid (the lowest float: qmin)
             value = op.inputs[2]
             if value is None or not value.is_const or q.quant is None or q.quant.scale.size != 1:
@@ -119,13 +158,8 @@ def sink_dequantize(graph: Graph) -> None:
             else:
                 op.inputs[2] = Tensor(value.name + "_q", (), q.dtype, data=np.array(qv, q.dtype), quant=q.quant)
                 graph.quant_table[op.inputs[2].name] = q.quant
-        q_out = Tensor(out.name + "_int8", out.shape, q.dtype, perm=out.perm, quant=q.quant)
-        op.inputs[0], op.outputs = q, [q_out]
-        q_out.producer = op
-        new_deq = Op("DEQUANTIZE", [q_out], [out], source=op.source)
-        out.producer = new_deq
-        graph.quant_table[q_out.name] = q.quant
-        ops += [op, new_deq]
+        op.inputs[0] = q
+        ops += [op, *_dequantized_outputs(graph, op, q)]
     graph.ops = ops
 
 

@@ -74,6 +74,9 @@ CASES = {
     "pad_constant": (Fn(lambda s, x: F.pad(x, (1, 2, 0, 1), value=0.5)), img()),
     "pad_zero": (Fn(lambda s, x: F.pad(x, (1, 1, 2, 0))), img()),
     "pad_reflect": (Fn(lambda s, x: F.pad(x, (1, 1, 2, 0), mode="reflect")), img()),
+    "pad_replicate": (Fn(lambda s, x: F.pad(x, (1, 2, 2, 0), mode="replicate")), img()),
+    "pad_circular": (Fn(lambda s, x: F.pad(x, (2, 1, 0, 1), mode="circular")), img()),
+    "pad_replicate_1d": (Fn(lambda s, x: nn.ReplicationPad1d((2, 1))(x)), torch.randn(1, 4, 12)),
     # pooling
     "max_pool": (Fn(lambda s, x: F.max_pool2d(x, 2)), img()),
     "max_pool_pad": (Fn(lambda s, x: F.max_pool2d(x, 3, 2, 1)), img()),

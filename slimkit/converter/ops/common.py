@@ -21,9 +21,18 @@ def sole_producer(ctx, node_arg, t, codes):
     if op is None or op.code not in codes or len(op.outputs) != 1:
         return None
     arg = ctx.node.args[0] if node_arg is None else node_arg
-    if not hasattr(arg, "users") or len(arg.users) != 1:
+    if not hasattr(arg, "users") or len(readers(arg)) != 1:
         return None
     return op
+
+
+_OVERWRITES = frozenset({"aten.copy_.default"})
+
+
+def readers(node) -> list:
+    """The users of fx ``node`` that read its value: an in-place copy into it (``x += y`` as the quantizer writes it,
+    ``copy_(x, result)``) overwrites ``x`` without reading it."""
+    return [user for user in node.users if str(user.target) not in _OVERWRITES or user.args[0] is not node]
 
 
 def fuse_activation(ctx, t, activation: str):

@@ -208,18 +208,39 @@ def index(ctx, node, a):
     return out
 
 
+# pad modes written as one GATHER per padded axis: padded position (from -before) and axis length -> source position
+_GATHERED = {"replicate": lambda i, n: np.clip(i, 0, n - 1), "circular": lambda i, n: np.mod(i, n)}
+
+
+def _pad_by_gather(ctx, x, pads, source):
+    """Replicate / circular padding: along each padded axis, a GATHER of the source positions (int8 stays int8)."""
+    for axis, (before, after) in enumerate(pads):
+        if not before and not after:
+            continue
+        n = x.shape[axis]
+        index = ctx.const(source(np.arange(-int(before), n + int(after)), n).astype(np.int32))
+        shape = list(x.shape)
+        shape[axis] = n + int(before) + int(after)
+        out = ctx.tensor(tuple(shape), x.dtype, perm=x.perm)
+        ctx.emit("GATHER", [x, index], [out], Axis=x.order.index(axis), BatchDims=0)
+        x = out
+    return x
+
+
 def _pad(ctx, x, pad, value=0.0, mode="constant"):
     pads = np.zeros((x.rank, 2), np.int32)
     for i in range(len(pad) // 2):
         pads[x.rank - 1 - i] = (pad[2 * i], pad[2 * i + 1])
     if (pads < 0).any():
         ctx.fail("negative padding (cropping) is not supported")
+    if mode in _GATHERED:
+        return _pad_by_gather(ctx, x, pads, _GATHERED[mode])
     physical = pads[list(x.order)]
     out = ctx.tensor(tuple(ctx.node.meta["val"].shape), x.dtype, perm=x.perm)
     if mode == "reflect":
         ctx.emit("MIRROR_PAD", [x, ctx.const(physical)], [out], Mode=0)
     elif mode != "constant":
-        ctx.fail(f"pad mode {mode!r} is not supported (constant and reflect are)")
+        ctx.fail(f"pad mode {mode!r} is not supported (constant, reflect, replicate and circular are)")
     elif not value:
         ctx.emit("PAD", [x, ctx.const(physical)], [out])
     else:
@@ -232,9 +253,14 @@ def constant_pad_nd(ctx, node, a):
     return _pad(ctx, a["self"], list(a["pad"]), a["value"] or 0.0)
 
 
-@register("aten.pad.default", emits=("PAD", "PADV2", "MIRROR_PAD"))
+@register("aten.pad.default", emits=("PAD", "PADV2", "MIRROR_PAD", "GATHER"))
 def pad(ctx, node, a):
     return _pad(ctx, a["self"], list(a["pad"]), a["value"] or 0.0, a["mode"])
+
+
+@register("aten.replication_pad2d.default", "aten.replication_pad1d.default", emits=("GATHER",))
+def replication_pad(ctx, node, a):
+    return _pad(ctx, a["self"], list(a["padding"]), 0.0, "replicate")
 
 
 @register("aten.reflection_pad2d.default", "aten.reflection_pad1d.default", emits=("MIRROR_PAD",))

@@ -101,8 +101,8 @@ def emulates(*kinds: str, ops: tuple[str, ...]) -> Callable:
     return register
 
 EXACT_OPS = frozenset({"DEQUANTIZE", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "CONCATENATION", "PAD", "PADV2",
-                       "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "EXPAND_DIMS", "PACK", "UNPACK",
-                       "GATHER", "TILE", "BROADCAST_TO", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM",
+                       "MIRROR_PAD", "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "EXPAND_DIMS", "PACK",
+                       "UNPACK", "GATHER", "TILE", "BROADCAST_TO", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM",
                        "REDUCE_MAX", "REDUCE_MIN"})
 """int8 ops that only move or select integers (same parameters in and out): the fake-quant model already gives
 their values. An int8 op of a file in neither this set nor :data:`EMULATED_OPS` (one added to the converter's int8
@@ -375,12 +375,24 @@ def _average_pool_call(call: Call) -> torch.Tensor | None:
     return pooled * factor  # DEQUANTIZE, MUL by the divisor ratio, QUANTIZE: the output's fake quantization rounds
 
 
+@emulates("resize", ops=("RESIZE_BILINEAR",))
+def _resize_call(call: Call) -> torch.Tensor | None:
+    """A bilinear ``F.interpolate`` / ``nn.Upsample`` of a 4-D tensor: :func:`resize_bilinear` on the input's grid,
+    then requantized as the file does where the output's grid differs (a nearest resize only moves integers)."""
+    mode = call.args[3] if len(call.args) > 3 else call.kwargs.get("mode", "nearest")
+    if mode != "bilinear" or call.out.dim() != 4:
+        return None
+    align_corners = call.args[4] if len(call.args) > 4 else call.kwargs.get("align_corners")
+    resized = resize_bilinear(call.args[0], call.inputs[0], tuple(call.out.shape[2:]), bool(align_corners))
+    return rescaled(resized, call.inputs[0], call.params)
+
+
 from slimkit.frameworks.torch import int8_activations  # noqa: E402, F401  (registers the activation kernels)
 
-EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE", "RESIZE_BILINEAR"}.union(
+EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE"}.union(
     *(ops for _, ops in KERNELS.values())))
-"""int8 ops of a file whose arithmetic the emulation computes: the kernels above (bilinear resizes: the runtime calls
-:func:`resize_bilinear`), every op of :data:`KERNELS`, and QUANTIZE int8 -> int8 where XNNPACK takes it."""
+"""int8 ops of a file whose arithmetic the emulation computes: the kernels above, every op of :data:`KERNELS`, and
+QUANTIZE int8 -> int8 where XNNPACK takes it."""
 
 
 def _bilinear_taps(size_in: int, size_out: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -137,6 +137,11 @@ class _Kernel(NamedTuple):
         return {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
 
 
+def _capture_name(field: str, call: int) -> str:
+    """The buffer holding ``field`` of a layer's fixed kernel for ``call`` during a graph capture."""
+    return f"_capture_{field}" if call == 0 else f"_capture_{field}_{call}"
+
+
 class QuantWrapper(CompressionWrapper):
     """Fake quantization (and masks) around one layer. ``bn``: a BatchNorm folded into it."""
 
@@ -224,7 +229,8 @@ class QuantWrapper(CompressionWrapper):
                 weight = self._capture_weight
                 if quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
                     weight = quantizer.ops.fake_quant(weight, quantizer.params[layer.name]["weight"])
-                kernel = _Kernel(weight, *(self._buffers.get(f"_capture_{name}") for name in _Kernel._fields[1:]))
+                kernel = _Kernel(weight, *(self._buffers.get(_capture_name(name, call))
+                                           for name in _Kernel._fields[1:]))
             else:
                 kernel = self.kernel(quantizer, layer, call)
             out = self.call_module(kernel.overrides(), args, kwargs)
@@ -254,12 +260,16 @@ class QuantWrapper(CompressionWrapper):
 
     @contextlib.contextmanager
     def fixed_for_capture(self) -> Iterator[None]:
-        """:meth:`kernel` computed once, eagerly (in eval, no autograd), and used while a graph capture traces it."""
-        kernel = self.kernel(self._ref.quantizer, self._ref.layer)
-        names = [f"_capture_{name}" for name, value in zip(_Kernel._fields, kernel) if value is not None]
-        for name, value in zip(_Kernel._fields, kernel):
-            if value is not None:  # buffers: the capture records them as state, as it does the parameters
-                self.register_buffer(f"_capture_{name}", value.detach(), persistent=False)
+        """:meth:`kernel` computed eagerly (in eval, no autograd), once per call of the layer (each call's int32 bias
+        lies on its own input's grid; the weight is the same), and used while a graph capture traces it."""
+        names = []
+        for call in range(max(self.calls, 1)):
+            kernel = self.kernel(self._ref.quantizer, self._ref.layer, call)
+            for name, value in zip(_Kernel._fields, kernel):
+                if value is not None and (call == 0 or name != "weight"):
+                    # buffers: the capture records them as state, as it does the parameters
+                    names.append(_capture_name(name, call))
+                    self.register_buffer(names[-1], value.detach(), persistent=False)
         try:
             yield
         finally:

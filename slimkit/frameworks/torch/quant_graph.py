@@ -64,7 +64,12 @@ def op_name(node: torch.fx.Node) -> str:
     packet = getattr(target, "_overloadpacket", None)
     if packet is not None:
         name = packet.__name__
-    return name.split(".")[0].strip("_")
+    name = name.split(".")[0].strip("_")
+    return _SYNONYMS.get(name, name)
+
+
+# spellings of one op (``torch.concat`` is captured as ``aten.concat``, seen at run time as ``concat``)
+_SYNONYMS = {"truediv": "div", "concat": "cat", "concatenate": "cat"}
 
 
 def function_name(func: object) -> str:
@@ -74,7 +79,21 @@ def function_name(func: object) -> str:
         name = name[1:]
     if name.startswith("i") and name[1:] in ("add", "mul", "sub"):
         name = name[1:]
-    return {"truediv": "div", "concat": "cat", "concatenate": "cat"}.get(name, name)
+    return _SYNONYMS.get(name, name)
+
+
+def interpolate_name(args: tuple, kwargs: dict) -> str:
+    """The op name of the ATen op an ``F.interpolate`` / ``nn.Upsample`` call is captured as (the function mode sees
+    ``interpolate`` itself): ``'upsample_bilinear2d'`` for a bilinear resize of a 4-D tensor, matching :func:`op_name`.
+
+    Example:
+
+    >>> import torch
+    >>> interpolate_name((torch.zeros(1, 2, 4, 4),), {'scale_factor': 2.0, 'mode': 'bilinear'})
+    'upsample_bilinear2d'
+    """
+    mode = args[3] if len(args) > 3 else kwargs.get("mode", "nearest")
+    return f"upsample_{mode.replace('-', '_')}{args[0].dim() - 2}d"
 
 
 def tensor_keys(captured: CapturedGraph) -> dict[str, str]:

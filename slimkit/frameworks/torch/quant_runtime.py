@@ -25,10 +25,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from slimkit.frameworks.torch import int8_emulation
-from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_name
+from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_name, interpolate_name
+
+_SPLITS = frozenset({"split", "split_with_sizes", "tensor_split", "chunk", "unbind"})
+
 
 #: torch-level calls that only select or move values: an unplanned result keeps its input's grid (the capture names
-#: ``x[:, 0]`` ``select``, the runtime sees ``__getitem__``; nearest ``F.interpolate`` copies values too)
+#: ``x[:, 0]`` ``select``, the runtime sees ``__getitem__``)
 _MOVES = frozenset({"getitem", "select", "narrow", "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute",
                     "transpose", "contiguous", "clone", "expand", "movedim"})
 
@@ -41,8 +44,7 @@ class _Mode(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         functional = self.runtime.out_of_place(func)
-        if functional is None or not args or not isinstance(args[0], torch.Tensor) or \
-                not args[0].is_floating_point() or torch.compiler.is_exporting():
+        if functional is None or not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
             return self.runtime.on_call(func, args, func(*args, **kwargs), kwargs)
         # ``x += y`` / ``x.add_(y)``: computed as ``x + y`` from the inputs as they were, the (fake-quantized or
         # emulated) result then written into ``x``, so that ``x`` holds what the file's ADD outputs
@@ -181,7 +183,7 @@ class GraphRuntime:
         return entry[1] if entry is not None and entry[0] is tensor else None
 
     def on_call(self, func: Any, args: tuple, out: Any, kwargs: dict | None = None) -> Any:
-        if not self.stack or self.quantizer._in_quant or not isinstance(out, torch.Tensor):
+        if not self.stack or self.quantizer._in_quant or not isinstance(out, (torch.Tensor, tuple, list)):
             return out
         path, call = self.stack[-1]
         if path in self.wrapped:
@@ -189,6 +191,10 @@ class GraphRuntime:
         name = self.names.get(func)
         if name is None:
             name = self.names[func] = function_name(func)
+        if name == "interpolate":
+            name = interpolate_name(args, kwargs or {})
+        if not isinstance(out, torch.Tensor):
+            return self._pieces(name, args, out)
         counter = (path, call, name)
         k = self.ops[counter]
         self.ops[counter] = k + 1
@@ -200,7 +206,7 @@ class GraphRuntime:
         emulating = self.quantizer.integer_arithmetic is not None
         fused_into = self.plan.fused_activations.get(key) if tensor is None and emulating else None
         if (tensor is None and fused_into is None) or not out.is_floating_point():
-            return self._unplanned(name, args, kwargs or {}, out) if tensor is None else out
+            return self._unplanned(name, args, out) if tensor is None else out
         first = args[0] if args else None
         sources = list(first) if isinstance(first, (list, tuple)) else [a for a in args if isinstance(
             a, torch.Tensor)]
@@ -213,23 +219,23 @@ class GraphRuntime:
                                 self.quantizer.graph_params.get(key))
         return self._quantize(key, out, tensor.kind, input_params, inputs=tensor.inputs)
 
-    def _unplanned(self, name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> torch.Tensor:
+    def _pieces(self, name: str, args: tuple, out: tuple | list) -> tuple | list:
+        """The tensors of a split / chunk / unbind hold their input's integers (one SPLIT in the file): they carry its
+        parameters, so that the ops reading them (an add, a concatenation, a layer's input) know their grid."""
+        params = self.params_of(args[0]) if name in _SPLITS and args else None
+        if params is not None:
+            for piece in out:
+                if isinstance(piece, torch.Tensor):
+                    self.tensors[id(piece)] = (piece, params)
+        return out
+
+    def _unplanned(self, name: str, args: tuple, out: torch.Tensor) -> torch.Tensor:
         """Under ``emulate_integer``, a call the plan holds no tensor for: one that only selects or moves values
-        (``x[:, 0]``, a view, a nearest resize) keeps its input's grid; a bilinear ``F.interpolate`` of an int8 tensor
-        is the file's int8 RESIZE_BILINEAR on that grid. (Calibration is left as it was.)"""
-        mode = kwargs.get("mode")
-        if self.quantizer.integer_arithmetic is None or not args or not isinstance(args[0], torch.Tensor) or \
-                not (name in _MOVES or name == "interpolate" and mode in ("nearest", "bilinear")):
-            return out
-        params = self.params_of(args[0])
-        if params is None:
-            return out
-        if mode == "bilinear":
-            if out.dim() != 4:
-                return out
-            out = int8_emulation.resize_bilinear(args[0], params, tuple(out.shape[2:]),
-                                                 bool(kwargs.get("align_corners")))
-        self.tensors[id(out)] = (out, params)
+        (``x[:, 0]``, a view) keeps its input's grid. (Calibration is left as it was.)"""
+        moves = self.quantizer.integer_arithmetic is not None and name in _MOVES
+        params = self.params_of(args[0]) if moves and args and isinstance(args[0], torch.Tensor) else None
+        if params is not None:
+            self.tensors[id(out)] = (out, params)
         return out
     def _layer_output(self, out: torch.Tensor, layer_name: str, call: int) -> torch.Tensor:
         layer = self.layers.get(layer_name)
