@@ -424,15 +424,15 @@ def mask_arithmetic(captured: CapturedGraph, live: set[str]) -> set[str]:
     masks: set[str] = set()
     applied: set[str] = set()
     for node in captured.call_nodes():
-        if node.name not in live or not _is_float(node):
+        if node.name not in live:
             continue
         args = node.all_input_nodes
         reads_parameter = any(a.name in captured.state_names and _is_float(a) for a in args)
         if any(a.name in data for a in args) or (reads_parameter and any(a.name in live for a in args)):
-            data.add(node.name)
-            if any(a.name in masks for a in args):
+            data.add(node.name)  # activations, and what carries them (the list a split / chunk returns)
+            if _is_float(node) and any(a.name in masks for a in args):
                 applied.add(node.name)  # applies a mask: its output holds the fill
-        else:
+        elif _is_float(node):
             masks.add(node.name)
     return masks | applied
 
