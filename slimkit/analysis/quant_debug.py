@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from slimkit.errors import ConfigError
+from slimkit.errors import ConfigError, UnsupportedModelError
 from slimkit.utils.files import atomic_path
 from slimkit.utils.optional import require
 
@@ -280,12 +280,18 @@ def quant_debug(model: Any, quantizer: Any, batches: Iterable[Any],
         A :class:`QuantDebugTable`, one row per activation quantization point in graph order.
 
     Raises:
+        UnsupportedModelError: ``model`` is not a PyTorch module.
         ConfigError: the quantizer has not wrapped ``model``, the graph has no activation quantization, or
             the batches are empty / not tensors.
         FileFormatError: ``tflite_path`` is not a valid TFLite file.
     """
+    import torch
+
     from slimkit.converter import TFLiteConverter
 
+    if not isinstance(model, torch.nn.Module):
+        raise UnsupportedModelError(f"quant_debug: Expected a PyTorch model (its TFLite graph is compared). "
+                                    f"Received: {type(model).__name__}")
     if getattr(quantizer, "model", None) is not model or not getattr(quantizer, "wrapped", False):
         raise ConfigError("quant_debug: the quantizer has not wrapped this model. Expected the model passed to the "
                           "quantizer, after quantizer.compress() and calibration.")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimkit import ConfigError, models
+from slimkit import ConfigError, UnsupportedModelError, models
 from slimkit.algorithms.quantization import PostTrainingQuantizer
 from slimkit.analysis.quant_debug import quant_debug, sqnr
 from slimkit.converter import TFLiteConverter
@@ -77,6 +77,8 @@ def test_bad_input_names_what_to_do():
         quant_debug(model, quantizer, [])
     with pytest.raises(ConfigError, match="batch 0 is not a batched tensor"):
         quant_debug(model, quantizer, [[3.0]])
+    with pytest.raises(UnsupportedModelError, match="Expected a PyTorch model"):
+        quant_debug(object(), quantizer, batches)
     with pytest.raises(ConfigError, match="has not wrapped this model"):
         quant_debug(nn.Sequential(nn.Linear(3, 2)), quantizer, batches)
     weights_only = [{"quant_types": ["weight"], "op_types": ["Linear"]}]
