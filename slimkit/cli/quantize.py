@@ -62,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from slimkit.analysis.report import measure, render_report, write_report
-    from slimkit.utils.progress import progress
 
     session = Session(args, KEYS, quantizer_registry(), "quantizer", lr=1e-4, data_keys=("fine_tune", "calibration"),
                       dummy_input_always=True)
@@ -77,10 +76,7 @@ def run(args: argparse.Namespace) -> int:
     before = measure(copy.deepcopy(session.model), example=session.example, metric=before_metric)
     quantizer: Any = session.build()
     model = quantizer.compress()
-    if "calibration" in settings and hasattr(quantizer, "calibrate"):
-        count = int(settings["calibration"].get("batches", 8))
-        batches = [x for (x, _), _ in zip(session.data.train(session.fine_tune["batch_size"]), range(count))]
-        quantizer.calibrate(progress(batches, desc="calibrate", quiet=args.quiet))
+    calibrate(session, quantizer, args.quiet)
     if "fine_tune" in settings:
         optimizer = session.make_optimizer()
         for epoch in range(session.fine_tune["epochs"]):
@@ -104,6 +100,19 @@ def run(args: argparse.Namespace) -> int:
     common.say(f"quantized {len(calibration)} layers with {cls.__name__}", *[f"wrote {p}" for p in written],
                f"wrote {report_path}")
     return 0
+
+
+def calibrate(session: Session, quantizer: Any, quiet: bool | None) -> list[Any]:
+    """Calibrate on the first ``calibration: {batches: N}`` training batches of ``--data`` (when the YAML file asks
+    and the quantizer calibrates); returns those batches (none otherwise)."""
+    from slimkit.utils.progress import progress
+
+    if "calibration" not in session.settings or not hasattr(quantizer, "calibrate"):
+        return []
+    count = int(session.settings["calibration"].get("batches", 8))
+    batches = [x for (x, _), _ in zip(session.data.train(session.fine_tune["batch_size"]), range(count))]
+    quantizer.calibrate(progress(batches, desc="calibrate", quiet=quiet))
+    return batches
 
 
 def _summary(value: Any) -> str:

@@ -185,3 +185,47 @@ def test_inspect_errors(tmp_path, capsys, name, expected):
         (tmp_path / name).write_text("x")
     assert main(["inspect", str(tmp_path / name)]) == 2
     assert expected in capsys.readouterr().err
+
+
+PTQ_YAML = """\
+algorithm: PostTrainingQuantizer
+arguments: {algorithm: minmax}
+input_shape: [1, 1, 8, 8]
+calibration: {batches: 2}
+config_list:
+  - quant_types: [input, weight, output]
+    op_types: [default]
+"""
+
+
+def test_compare_reads_the_int8_file_written_by_quantize(tmp_path, capsys):
+    """`inspect --compare` recalibrates as `quantize` did (seeded), so the file agrees with the fake-quant model at
+    every quantization point (> 60 dB: the same integers but for a few rounding ties of the float kernels) and both
+    have the quantization's own SQNR."""
+    config = tmp_path / "ptq.yaml"
+    config.write_text(PTQ_YAML)
+    model, data = "tests.cli.factories:digits_model", "tests.cli.factories:digits_data"
+    assert main(["quantize", "--config", str(config), "--model", model, "--data", data, "--tflite", "--quiet",
+                 "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    path = tmp_path / "out" / "model.tflite"
+    assert main(["inspect", str(path), "--compare", "--config", str(config), "--model", model, "--data", data,
+                 "--quiet", "--plot", str(tmp_path / "sqnr.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{path}: SQNR per tensor against the float model, 64 samples"
+    rows = [line.split("|")[1:-1] for line in lines[4:-1]]
+    assert [(row[1].strip(), row[2].strip()) for row in rows] == [
+        ("(input)", "input"), ("relu", "relu"), ("relu", "relu"), ("pool", "max_pool2d"), ("relu", "relu"),
+        ("(graph)", "mean"), ("fc", "linear")]
+    for row in rows:
+        assert float(row[6]) > 60, row
+        assert abs(float(row[5]) - float(row[4])) < 0.05, row
+    assert lines[-1] == f"wrote {tmp_path / 'sqnr.png'}"
+    assert (tmp_path / "sqnr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_needs_the_quantize_inputs(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "model.tflite"), "--compare", "--model", "m:f"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "slimkit inspect: error: inspect --compare needs --config, --data: the YAML file, model and data `slimkit "
+        "quantize` was given. Received: no --config, --data")
