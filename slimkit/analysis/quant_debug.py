@@ -41,9 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from slimkit.analysis.plotting import new_axes, save_png
 from slimkit.errors import ConfigError, UnsupportedModelError
-from slimkit.utils.files import atomic_path
-from slimkit.utils.optional import require
 
 _ACTIVATION_QUANT = "fake_quantize_per_tensor_affine"
 _ANY_QUANT = ("fake_quantize_per_tensor_affine", "fake_quantize_per_channel_affine")
@@ -120,23 +119,14 @@ class QuantDebugTable:
 
     def plot(self, path: str | os.PathLike, title: str = "quantization SQNR per tensor") -> None:
         """Save a PNG of SQNR along the graph (matplotlib, Agg backend; atomic): fake-quant and, where read, file."""
-        require("matplotlib", "QuantDebugTable.plot").use("Agg", force=False)
-        from matplotlib.figure import Figure
-
-        figure = Figure(figsize=(max(6.0, 0.45 * len(self.rows)), 4.5))
-        axes = figure.add_subplot()
+        figure, axes = new_axes("QuantDebugTable.plot", (max(6.0, 0.45 * len(self.rows)), 4.5))
         xs = list(range(len(self.rows)))
         axes.plot(xs, [_finite(row.fake_quant_sqnr) for row in self.rows], marker="o", label="fake-quant vs float")
         if any(row.file_sqnr is not None for row in self.rows):
             axes.plot(xs, [_finite(row.file_sqnr) for row in self.rows], marker="x", label="file vs float")
         axes.set_xticks(xs, [row.layer for row in self.rows], rotation=60, fontsize="small")
         axes.set_ylabel("SQNR (dB)")
-        axes.set_title(title)
-        axes.grid(True, alpha=0.3)
-        axes.legend(fontsize="small", loc="best")
-        figure.tight_layout()
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=100)
+        save_png(figure, axes, title, path)
 
 
 def _finite(value: float | None) -> float:

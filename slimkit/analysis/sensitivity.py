@@ -32,9 +32,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from slimkit.analysis.plotting import new_axes, save_png
 from slimkit.errors import ConfigError
-from slimkit.utils.files import atomic_path
-from slimkit.utils.optional import require
 from slimkit.utils.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -114,22 +113,13 @@ class SensitivityTable:
 
     def plot(self, path: str | os.PathLike, title: str = "pruning sensitivity") -> None:
         """Save a PNG of metric versus sparsity, one line per layer (matplotlib, Agg backend; atomic)."""
-        require("matplotlib", "SensitivityTable.plot").use("Agg", force=False)
-        from matplotlib.figure import Figure
-
-        figure = Figure(figsize=(7, 4.5))
-        axes = figure.add_subplot()
+        figure, axes = new_axes("SensitivityTable.plot", (7, 4.5))
         for layer, row in self.results.items():
             xs = [0.0] + sorted(row)
             axes.plot(xs, [self.baseline] + [row[s] for s in sorted(row)], marker="o", label=layer)
         axes.set_xlabel("sparsity of one layer")
         axes.set_ylabel("metric")
-        axes.set_title(title)
-        axes.grid(True, alpha=0.3)
-        axes.legend(fontsize="small", loc="best")
-        figure.tight_layout()
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=100)
+        save_png(figure, axes, title, path)
 
 
 def _candidate_layers(model: Any, op_types: Iterable[str], op_names: Sequence[str] | None) -> list[str]:

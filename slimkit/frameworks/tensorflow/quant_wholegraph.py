@@ -42,6 +42,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from slimkit.compression.graph_tensor import GraphTensor
 from slimkit.errors import UnsupportedModelError
 from slimkit.frameworks.tensorflow.quant_fold import Fold
 from slimkit.frameworks.tensorflow.quant_ops import call_training, fake_quant_deploy
@@ -74,19 +75,6 @@ def graph_kind(layer: Any) -> str | None:
         return None if not plain else ("relu" if layer.max_value is None else
                                        "relu6" if float(layer.max_value) == 6.0 else None)
     return next((kind for cls, kind in GRAPH_KINDS.items() if type(layer) is cls), None)
-
-
-@dataclass
-class GraphTensor:
-    """A tensor of the Keras graph that is integer in the deployed model (the fields the core reads:
-    ``key``, ``kind``, ``inputs`` as ``'layer:<name>'`` / ``'graph:<key>'`` owners, None where unknown)."""
-
-    key: str
-    kind: str
-    node: str
-    module: str = ""
-    call_index: int = 0
-    inputs: list = field(default_factory=list)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from slimkit.compression.graph_tensor import GraphTensor
 from slimkit.frameworks.torch.graph import CapturedGraph, capture_graph
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 
@@ -283,25 +284,6 @@ def plan(model: nn.Module, dummy_input: Any, layer_names: set[str], *, fold_bn: 
     if whole_graph:
         plan_graph_tensors(result, layer_names)
     return result
-
-
-@dataclass
-class GraphTensor:
-    """A tensor of the captured graph that will be integer in the deployed model (whole-graph mode).
-
-    Attributes:
-        key: its :func:`tensor_key` (``'input/<i>'`` for model inputs).
-        kind: canonical op kind (``'add'``, ``'cat'``, ``'max_pool'`` ...).
-        node: the node's name in the capture.
-        inputs: owners of its tensor inputs: ``'layer:<name>'`` or ``'graph:<key>'`` (None if unknown).
-    """
-
-    key: str
-    kind: str
-    node: str
-    module: str = ""
-    call_index: int = 0
-    inputs: list = field(default_factory=list)
 
 
 _SKIP_OPS = {"size", "sym_size", "getitem", "dim", "numel"}
