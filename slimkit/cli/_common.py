@@ -158,6 +158,40 @@ def require_torch_model(model: Any, spec: str) -> None:
                            "`slimkit convert` writes Keras models.")
 
 
+def require_input_shape(args: Any) -> list[int]:
+    """``--input-shape`` parsed; a PyTorch model has no declared input, so the commands need it.
+
+    Raises:
+        SlimkitError: no ``--input-shape`` was given.
+    """
+    if not args.input_shape:
+        raise SlimkitError(f"The PyTorch model {args.model!r} needs an example input. Expected --input-shape, "
+                           "e.g. 1,1,8,8. Received: no --input-shape")
+    return parse_shape(args.input_shape)
+
+
+def keras_example(model: Any, input_shape: str | None) -> Any:
+    """A random example input of a Keras model: of ``--input-shape`` if given, else of the model's
+    ``keras.Input`` shapes with batch 1 (a list of arrays for several inputs)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    if input_shape:
+        return rng.standard_normal(parse_shape(input_shape)).astype(np.float32)
+    arrays = [rng.standard_normal([1 if d is None else d for d in tensor.shape]).astype(np.float32)
+              for tensor in model.inputs]
+    return arrays if len(arrays) > 1 else arrays[0]
+
+
+def keras_speed_up(model: Any, masks_path: str, input_shape: str | None) -> tuple[Any, Any]:
+    """The smaller ``keras.Model`` :class:`slimkit.speedup.ModelSpeedup` builds from ``model`` and the ``.npz``
+    masks in ``masks_path`` (checked on :func:`keras_example`), and its :class:`SpeedupReport`."""
+    from slimkit.speedup import ModelSpeedup
+
+    speedup = ModelSpeedup(model, keras_example(model, input_shape), masks_path)
+    return speedup.speedup_model(), speedup.report
+
+
 def speed_up(model: Any, masks_path: str, example: Any) -> None:
     """Shrink ``model`` in place with :class:`slimkit.speedup.ModelSpeedup` and the masks in ``masks_path``."""
     from slimkit.masks import load_masks
