@@ -141,3 +141,23 @@ def test_pytorch_only_commands_refuse_a_keras_model_by_name(tmp_path, capsys, co
     err = capsys.readouterr().err
     assert f"slimkit {command}: error: The factory {MODEL!r} returned a keras model" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_speedup_of_a_keras_pruner_export(tmp_path):
+    """The files a Keras L1FilterPruner's export_model writes (weights with masks baked in, mask.npz) into
+    `slimkit speedup`: the smaller model gives the pruned model's outputs."""
+    import keras
+
+    from slimkit.algorithms.pruning import L1FilterPruner
+
+    pruner = L1FilterPruner(keras_cnn(), [{'sparsity': 0.5, 'op_types': ['Conv2D']}])
+    pruned = pruner.compress()
+    expected = np.asarray(pruned(X))
+    weights, masks = tmp_path / "pruned.weights.h5", tmp_path / "mask.npz"
+    pruner.export_model(model_path=str(weights), mask_path=str(masks))
+    out = tmp_path / "out"
+    assert main(["speedup", "--model", MODEL, "--weights", str(weights), "--masks", str(masks),
+                 "--out", str(out)]) == 0
+    small = keras.models.load_model(out / "model_speedup.keras")
+    assert small.get_layer('conv').filters == 2
+    np.testing.assert_allclose(np.asarray(small(X)), expected, rtol=1e-6, atol=1e-6)
