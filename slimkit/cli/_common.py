@@ -155,7 +155,7 @@ def require_torch_model(model: Any, spec: str) -> None:
     if framework != "torch":
         raise SlimkitError(f"The factory {spec!r} returned a {framework} model; this command takes PyTorch models. "
                            "Expected a torch.nn.Module, or the Python API for Keras models (docs/keras.md); "
-                           "`slimkit convert` writes Keras models.")
+                           "`slimkit speedup` and `slimkit convert` take Keras models.")
 
 
 def require_input_shape(args: Any) -> list[int]:

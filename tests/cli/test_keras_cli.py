@@ -140,6 +140,7 @@ def test_pytorch_only_commands_refuse_a_keras_model_by_name(tmp_path, capsys, co
     assert main([command, "--model", MODEL, "--config", str(config), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"slimkit {command}: error: The factory {MODEL!r} returned a keras model" in err
+    assert "`slimkit speedup` and `slimkit convert` take Keras models" in err
     assert not (tmp_path / "out").exists()
 
 
