@@ -172,12 +172,23 @@ def require_input_shape(args: Any) -> list[int]:
 
 def keras_example(model: Any, input_shape: str | None) -> Any:
     """A random example input of a Keras model: of ``--input-shape`` if given, else of the model's
-    ``keras.Input`` shapes with batch 1 (a list of arrays for several inputs)."""
+    ``keras.Input`` shapes with batch 1 (a list of arrays for several inputs).
+
+    Raises:
+        SlimkitError: ``input_shape`` does not fit the model's (single) input.
+    """
     import numpy as np
 
     rng = np.random.default_rng(0)
     if input_shape:
-        return rng.standard_normal(parse_shape(input_shape)).astype(np.float32)
+        shape = parse_shape(input_shape)
+        declared = [tuple(tensor.shape) for tensor in model.inputs]
+        if len(declared) != 1 or len(shape) != len(declared[0]) or any(
+                d is not None and d != s for d, s in zip(declared[0][1:], shape[1:])):
+            raise SlimkitError(f"--input-shape does not fit the Keras model's inputs {declared}. Expected one input's "
+                               f"shape, or no --input-shape (the model's keras.Input gives it). Received: "
+                               f"--input-shape {input_shape!r}")
+        return rng.standard_normal(shape).astype(np.float32)
     arrays = [rng.standard_normal([1 if d is None else d for d in tensor.shape]).astype(np.float32)
               for tensor in model.inputs]
     return arrays if len(arrays) > 1 else arrays[0]

@@ -50,7 +50,7 @@ def _keras(model: Any, args: argparse.Namespace) -> None:
     if args.masks:
         model, _ = common.keras_speed_up(model, args.masks, args.input_shape)
     elif args.input_shape:
-        common.parse_shape(args.input_shape)  # checked; the model's keras.Input gives the shape
+        common.keras_example(model, args.input_shape)  # checked; the model's keras.Input gives the shape
     export_tflite(model, args.out)
 
 

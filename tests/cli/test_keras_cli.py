@@ -107,7 +107,8 @@ def test_convert_with_keras_masks_writes_the_smaller_model(tmp_path):
 
 @pytest.mark.parametrize('extra, message', [
     (["--onnx"], "slimkit writes ONNX for PyTorch models only"),
-    (["--input-shape", "1,9,9,1"], "dummy_input does not fit the inputs"),
+    (["--input-shape", "1,9,9,1"], "--input-shape does not fit the Keras model's inputs [(None, 8, 8, 1)]"),
+    (["--input-shape", "1,8,8"], "Received: --input-shape '1,8,8'"),
 ])
 def test_keras_speedup_bad_arguments_write_nothing(tmp_path, capsys, extra, message):
     out = tmp_path / "out"
@@ -162,3 +163,10 @@ def test_speedup_of_a_keras_pruner_export(tmp_path):
     small = keras.models.load_model(out / "model_speedup.keras")
     assert small.get_layer('conv').filters == 2
     np.testing.assert_allclose(np.asarray(small(X)), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_convert_refuses_an_input_shape_the_keras_model_does_not_take(tmp_path, capsys):
+    out = tmp_path / "m.tflite"
+    assert main(["convert", "--model", MODEL, "--input-shape", "1,1,8,8", "--out", str(out)]) != 0
+    assert "Received: --input-shape '1,1,8,8'" in capsys.readouterr().err
+    assert not out.exists()
