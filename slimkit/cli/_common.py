@@ -155,7 +155,52 @@ def require_torch_model(model: Any, spec: str) -> None:
     if framework != "torch":
         raise SlimkitError(f"The factory {spec!r} returned a {framework} model; this command takes PyTorch models. "
                            "Expected a torch.nn.Module, or the Python API for Keras models (docs/keras.md); "
-                           "`slimkit convert` writes Keras models.")
+                           "`slimkit speedup` and `slimkit convert` take Keras models.")
+
+
+def require_input_shape(args: Any) -> list[int]:
+    """``--input-shape`` parsed; a PyTorch model has no declared input, so the commands need it.
+
+    Raises:
+        SlimkitError: no ``--input-shape`` was given.
+    """
+    if not args.input_shape:
+        raise SlimkitError(f"The PyTorch model {args.model!r} needs an example input. Expected --input-shape, "
+                           "e.g. 1,1,8,8. Received: no --input-shape")
+    return parse_shape(args.input_shape)
+
+
+def keras_example(model: Any, input_shape: str | None) -> Any:
+    """A random example input of a Keras model: of ``--input-shape`` if given, else of the model's
+    ``keras.Input`` shapes with batch 1 (a list of arrays for several inputs).
+
+    Raises:
+        SlimkitError: ``input_shape`` does not fit the model's (single) input.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    if input_shape:
+        shape = parse_shape(input_shape)
+        declared = [tuple(tensor.shape) for tensor in model.inputs]
+        if len(declared) != 1 or len(shape) != len(declared[0]) or any(
+                d is not None and d != s for d, s in zip(declared[0][1:], shape[1:])):
+            raise SlimkitError(f"--input-shape does not fit the Keras model's inputs {declared}. Expected one input's "
+                               f"shape, or no --input-shape (the model's keras.Input gives it). Received: "
+                               f"--input-shape {input_shape!r}")
+        return rng.standard_normal(shape).astype(np.float32)
+    arrays = [rng.standard_normal([1 if d is None else d for d in tensor.shape]).astype(np.float32)
+              for tensor in model.inputs]
+    return arrays if len(arrays) > 1 else arrays[0]
+
+
+def keras_speed_up(model: Any, masks_path: str, input_shape: str | None) -> tuple[Any, Any]:
+    """The smaller ``keras.Model`` :class:`slimkit.speedup.ModelSpeedup` builds from ``model`` and the ``.npz``
+    masks in ``masks_path`` (checked on :func:`keras_example`), and its :class:`SpeedupReport`."""
+    from slimkit.speedup import ModelSpeedup
+
+    speedup = ModelSpeedup(model, keras_example(model, input_shape), masks_path)
+    return speedup.speedup_model(), speedup.report
 
 
 def speed_up(model: Any, masks_path: str, example: Any) -> None:

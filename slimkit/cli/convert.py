@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 from slimkit.cli import _common as common
-from slimkit.errors import SlimkitError
 
 HELP = "convert a PyTorch or Keras model to a .tflite file"
 EXAMPLE = """\
@@ -19,7 +18,8 @@ example:
   slimkit inspect out/model.tflite
 
 a factory returning a keras.Model is written by TensorFlow's converter (float32; --input-shape is then
-optional: the model's keras.Input gives it)
+optional: the model's keras.Input gives it); with --masks (the .npz a Keras pruner exports) the smaller
+model Keras ModelSpeedup builds is written
 """
 
 
@@ -37,11 +37,8 @@ def _torch(model: Any, args: argparse.Namespace) -> None:
 
     from slimkit.converter import TFLiteConverter
 
-    if not args.input_shape:
-        raise SlimkitError(f"Converting the PyTorch model {args.model!r} needs an example input. Expected "
-                           "--input-shape, e.g. 1,1,8,8. Received: no --input-shape")
+    example = torch.randn(*common.require_input_shape(args))
     model.eval()
-    example = torch.randn(*common.parse_shape(args.input_shape))
     if args.masks:
         common.speed_up(model, args.masks, example)
     TFLiteConverter(model, example, args.out).convert()
@@ -51,11 +48,9 @@ def _keras(model: Any, args: argparse.Namespace) -> None:
     from slimkit.frameworks.tensorflow import export_tflite
 
     if args.masks:
-        raise SlimkitError(f"--masks on the Keras model {args.model!r}: this slimkit has no Keras ModelSpeedup yet. "
-                           "Expected no --masks: convert the weights `slimkit`'s Keras export wrote (masks baked in). "
-                           f"Received: --masks {args.masks!r}")
-    if args.input_shape:
-        common.parse_shape(args.input_shape)  # checked; the model's keras.Input gives the shape
+        model, _ = common.keras_speed_up(model, args.masks, args.input_shape)
+    elif args.input_shape:
+        common.keras_example(model, args.input_shape)  # checked; the model's keras.Input gives the shape
     export_tflite(model, args.out)
 
 
