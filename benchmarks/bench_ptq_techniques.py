@@ -71,11 +71,15 @@ NNCF_SETTINGS = (PT8, PC8)
 NNCF_ROWS = {"NNCF default (fast bias correction)": {},
              "NNCF, per-tensor activations (fast bias correction)": {"per_tensor_activations": True},
              "NNCF, per-tensor activations, no bias correction": {"per_tensor_activations": True,
-                                                                  "disable_bias_correction": True}}
+                                                                  "disable_bias_correction": True},
+             "NNCF, BatchNorm folded first, per-tensor activations (fast bias correction)": {
+                 "per_tensor_activations": True, "fold_bn": True}}
 """NNCF rows, measured under the W8A8 ``NNCF_SETTINGS`` (weights from ``nncf_weights``): with 4-bit weights
 ``nncf.quantize`` raises (its CPU hardware config takes 8-bit weights only; NNCF's 4 bits are ``compress_weights``,
 weight-only, for MatMul / Linear). NNCF's default CPU scheme quantizes the inputs of depthwise convolutions per
-channel; ``per_tensor_activations`` forces every activation per-tensor, as slimkit's profiles do.
+channel; ``per_tensor_activations`` forces every activation per-tensor, as slimkit's profiles do; ``fold_bn`` folds
+BatchNorm into the convolutions first (``fold_batchnorm``), so NNCF quantizes the folded weights, as LiteRT and
+slimkit do.
 ``fast_bias_correction=False`` (full bias correction) raises "not supported" on NNCF 3.4's PyTorch backend."""
 
 
@@ -144,10 +148,12 @@ PEER_NOTES = [
     "backend quantizes the conv weights as stored, before BatchNorm (the stem conv's weights reach 3.7, folded "
     "17.6; NNCF's range there follows the 3.7), so its per-tensor weights keep BatchNorm's per-channel scale "
     "outside the quantized weight, which LiteRT's per-tensor int8 kernels cannot do. That, not a technique, is why "
-    "its per-tensor rows are far above slimkit's naive row. Its full bias correction (`fast_bias_correction=False`) "
-    "raises 'not supported' on the PyTorch backend; SmoothQuant applies only with `model_type=TRANSFORMER`, not to "
-    "this CNN; with 4-bit weights `nncf.quantize` raises (its CPU hardware config takes 8-bit weights only), so "
-    "the W4A8 table has no NNCF row.",
+    "its default per-tensor rows are far above slimkit's naive row: on the model with BatchNorm folded first (the "
+    "'BatchNorm folded first' rows, the weights slimkit and LiteRT quantize) NNCF is below slimkit's naive row in "
+    "per-tensor W8A8 and below bias_correction / AdaRound in per-channel W8A8. Its full bias correction "
+    "(`fast_bias_correction=False`) raises 'not supported' on the PyTorch backend; SmoothQuant applies only with "
+    "`model_type=TRANSFORMER`, not to this CNN; with 4-bit weights `nncf.quantize` raises (its CPU hardware "
+    "config takes 8-bit weights only), so the W4A8 table has no NNCF row.",
     "- MCT (model-compression-toolkit 2.6.1) cannot run beside torch 2.13 here: it resolves (downgrading networkx "
     "3.6.1 to 3.5, matplotlib 3.11.2 to 3.9.4 and pydantic 2.14.4 to 2.11.10; tried in a throwaway directory under "
     "/tmp, not .venv), but its PyTorch path imports edge-mdt-cl, which requires torchvision, and PyPI's torchvision "
@@ -166,6 +172,26 @@ def nncf_weights(setting: str):
     return QuantizationParameters(num_bits=bits, per_channel=profile != "tflite_per_tensor")
 
 
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every BatchNorm2d folded into the Conv2d defined just before it (EfficientNet-Lite's
+    order: each BatchNorm follows its conv) and replaced by Identity. (An FX-fused GraphModule would go to NNCF's FX
+    backend, which needs torchao.)"""
+    from slimkit.compression.bn_fold import bn_factor, fold_weight, folded_bias
+
+    clone, conv = copy.deepcopy(model), None
+    for name, module in list(clone.named_modules()):
+        if isinstance(module, torch.nn.Conv2d):
+            conv = module
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            factor = bn_factor(module.weight, module.running_var, module.eps, torch.sqrt)
+            bias = folded_bias(conv.bias, module.running_mean, module.bias, factor)
+            conv.weight = torch.nn.Parameter(fold_weight(conv.weight, factor, lambda f: f.view(-1, 1, 1, 1)).detach())
+            conv.bias = torch.nn.Parameter(bias.detach())
+            parent, _, child = name.rpartition(".")
+            setattr(clone.get_submodule(parent) if parent else clone, child, torch.nn.Identity())
+    return clone
+
+
 def run_nncf(model: torch.nn.Module, setting: str, options: dict, calibration: list, evaluation: list,
              reference: torch.Tensor) -> dict:
     """One NNCF row: ``nncf.quantize`` on a copy of ``model`` with ``calibration`` (all its batches), measured
@@ -178,7 +204,8 @@ def run_nncf(model: torch.nn.Module, setting: str, options: dict, calibration: l
                                               activations_quantization_params=activations,
                                               disable_bias_correction=options.get("disable_bias_correction", False))
     start, cpu = time.perf_counter(), time.process_time()
-    quantized = nncf.quantize(copy.deepcopy(model), nncf.Dataset(calibration), subset_size=len(calibration),
+    clone = fold_batchnorm(model) if options.get("fold_bn") else copy.deepcopy(model)
+    quantized = nncf.quantize(clone, nncf.Dataset(calibration), subset_size=len(calibration),
                               advanced_parameters=advanced)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     output = predict(quantized, evaluation)
@@ -275,12 +302,15 @@ def main() -> None:
     only = sys.argv[1:]
     out = ROOT / "benchmarks" / "results" / "ptq_techniques.json"
     out.parent.mkdir(exist_ok=True)
-    if only == ["--peers"]:
+    if only[:1] == ["--peers"]:
         results = json.loads(out.read_text())
-        results["peers_when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        results["peers_load"] = os.getloadavg()[0]
+        if not only[1:]:  # a whole run: its time and load (rows rerun by name keep the first run's)
+            results["peers_when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            results["peers_load"] = os.getloadavg()[0]
         for setting in NNCF_SETTINGS:
             for name, options in NNCF_ROWS.items():
+                if only[1:] and name not in only[1:]:
+                    continue
                 row = run_nncf(model, setting, options, calibration, evaluation, reference)
                 results.setdefault("peers", {}).setdefault(setting, {})[name] = row
                 print(setting, name, row, flush=True)
