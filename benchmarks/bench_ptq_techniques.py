@@ -18,6 +18,14 @@ the original is reported on its own line.)
 
 ``--equalized-float`` measures, and adds to the existing results, how far ``Equalize(relu6='bound')`` moves the
 float model: exact on the calibration images it bounded the ReLU6 inputs on, not beyond them.
+
+``--peers`` measures NNCF's ``nncf.quantize`` (PyTorch backend, CPU) on the same model, calibration and evaluation
+images, and adds its rows to the existing results (``NNCF_ROWS``): NNCF's default scheme (``preset=PERFORMANCE``)
+is symmetric int8 weights, per channel, and symmetric int8 activations on the inputs of the ops its CPU hardware
+config quantizes, per tensor except the inputs of depthwise convolutions (per channel); the per-tensor W8A8 rows
+set ``per_channel=False`` for weights.
+SmoothQuant (``smooth_quant_alphas``) applies only with ``model_type=TRANSFORMER`` (MatMul / Linear inputs), not to
+this convolutional network.
 """
 
 from __future__ import annotations
@@ -59,6 +67,20 @@ ORDER = [(PT8, "naive"), (PT8, "equalize"), (PT8, "bias_correction"), (PT8, "equ
          (PC8, "all (equalize + adaround + bias_correction)")]
 """The rows in the order they are measured (the key figures first: a run cut short still has them)."""
 ADAROUND = {"iterations": 150, "batch_size": 4, "crop": 32}
+NNCF_SETTINGS = (PT8, PC8)
+NNCF_ROWS = {"NNCF default (fast bias correction)": {},
+             "NNCF, per-tensor activations (fast bias correction)": {"per_tensor_activations": True},
+             "NNCF, per-tensor activations, no bias correction": {"per_tensor_activations": True,
+                                                                  "disable_bias_correction": True},
+             "NNCF, BatchNorm folded first, per-tensor activations (fast bias correction)": {
+                 "per_tensor_activations": True, "fold_bn": True}}
+"""NNCF rows, measured under the W8A8 ``NNCF_SETTINGS`` (weights from ``nncf_weights``): with 4-bit weights
+``nncf.quantize`` raises (its CPU hardware config takes 8-bit weights only; NNCF's 4 bits are ``compress_weights``,
+weight-only, for MatMul / Linear). NNCF's default CPU scheme quantizes the inputs of depthwise convolutions per
+channel; ``per_tensor_activations`` forces every activation per-tensor, as slimkit's profiles do; ``fold_bn`` folds
+BatchNorm into the convolutions first (``fold_batchnorm``), so NNCF quantizes the folded weights, as LiteRT and
+slimkit do.
+``fast_bias_correction=False`` (full bias correction) raises "not supported" on NNCF 3.4's PyTorch backend."""
 
 
 def sqnr(reference: torch.Tensor, output: torch.Tensor) -> float:
@@ -116,6 +138,82 @@ def run_row(model: torch.nn.Module, profile: str, bits: int, names: list[str], c
     return row
 
 
+PEER_NOTES = [
+    "- NNCF 3.4.0 (`--peers`; `nncf.quantize` on the same model, the same 32 calibration images as 2 batches, the "
+    "same evaluation images): symmetric int8 weights (per channel by default; per tensor in the per-tensor W8A8 "
+    "table) and symmetric int8 activations at the inputs of the ops its CPU config quantizes, per tensor except "
+    "the inputs of depthwise convolutions, which its default quantizes per channel (the 'per-tensor activations' "
+    "rows force those per tensor too). Not slimkit's scheme: slimkit emulates LiteRT, folding BatchNorm into the "
+    "conv weights before quantizing them and quantizing every op's output with asymmetric ranges; NNCF's PyTorch "
+    "backend quantizes the conv weights as stored, before BatchNorm (the stem conv's weights reach 3.7, folded "
+    "17.6; NNCF's range there follows the 3.7), so its per-tensor weights keep BatchNorm's per-channel scale "
+    "outside the quantized weight, which LiteRT's per-tensor int8 kernels cannot do. That, not a technique, is why "
+    "its default per-tensor rows are far above slimkit's naive row: on the model with BatchNorm folded first (the "
+    "'BatchNorm folded first' rows, the weights slimkit and LiteRT quantize) NNCF is below slimkit's naive row in "
+    "per-tensor W8A8 and below bias_correction / AdaRound in per-channel W8A8. Its full bias correction "
+    "(`fast_bias_correction=False`) raises 'not supported' on the PyTorch backend; SmoothQuant applies only with "
+    "`model_type=TRANSFORMER`, not to this CNN; with 4-bit weights `nncf.quantize` raises (its CPU hardware "
+    "config takes 8-bit weights only), so the W4A8 table has no NNCF row.",
+    "- MCT (model-compression-toolkit 2.6.1) cannot run beside torch 2.13 here: it resolves (downgrading networkx "
+    "3.6.1 to 3.5, matplotlib 3.11.2 to 3.9.4 and pydantic 2.14.4 to 2.11.10; tried in a throwaway directory under "
+    "/tmp, not .venv), but its PyTorch path imports edge-mdt-cl, which requires torchvision, and PyPI's torchvision "
+    "for torch 2.13 (0.28.0) is the CUDA build: its `_C.so` needs `libc10_cuda.so`, absent from torch 2.13.0+cpu, "
+    "so `import torchvision` fails ('operator torchvision::nms does not exist'); the CPU build is only on "
+    "download.pytorch.org, out of reach here. AIMET was not tried."]
+"""The peers' paragraph of the reading (``markdown``)."""
+
+
+def nncf_weights(setting: str):
+    """NNCF's weight quantization parameters for one of ``NNCF_SETTINGS``: per-tensor or per-channel, with the
+    setting's bits (symmetric, NNCF's default mode for weights)."""
+    from nncf.quantization.advanced_parameters import QuantizationParameters
+
+    profile, bits = SETTINGS[setting]
+    return QuantizationParameters(num_bits=bits, per_channel=profile != "tflite_per_tensor")
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every BatchNorm2d folded into the Conv2d defined just before it (EfficientNet-Lite's
+    order: each BatchNorm follows its conv) and replaced by Identity. (An FX-fused GraphModule would go to NNCF's FX
+    backend, which needs torchao.)"""
+    from slimkit.compression.bn_fold import bn_factor, fold_weight, folded_bias
+
+    clone, conv = copy.deepcopy(model), None
+    for name, module in list(clone.named_modules()):
+        if isinstance(module, torch.nn.Conv2d):
+            conv = module
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            factor = bn_factor(module.weight, module.running_var, module.eps, torch.sqrt)
+            bias = folded_bias(conv.bias, module.running_mean, module.bias, factor)
+            conv.weight = torch.nn.Parameter(fold_weight(conv.weight, factor, lambda f: f.view(-1, 1, 1, 1)).detach())
+            conv.bias = torch.nn.Parameter(bias.detach())
+            parent, _, child = name.rpartition(".")
+            setattr(clone.get_submodule(parent) if parent else clone, child, torch.nn.Identity())
+    return clone
+
+
+def run_nncf(model: torch.nn.Module, setting: str, options: dict, calibration: list, evaluation: list,
+             reference: torch.Tensor) -> dict:
+    """One NNCF row: ``nncf.quantize`` on a copy of ``model`` with ``calibration`` (all its batches), measured
+    like :func:`run_row`."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    activations = QuantizationParameters(per_channel=False) if options.get("per_tensor_activations") else None
+    advanced = AdvancedQuantizationParameters(weights_quantization_params=nncf_weights(setting),
+                                              activations_quantization_params=activations,
+                                              disable_bias_correction=options.get("disable_bias_correction", False))
+    start, cpu = time.perf_counter(), time.process_time()
+    clone = fold_batchnorm(model) if options.get("fold_bn") else copy.deepcopy(model)
+    quantized = nncf.quantize(clone, nncf.Dataset(calibration), subset_size=len(calibration),
+                              advanced_parameters=advanced)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    output = predict(quantized, evaluation)
+    return {"agreement": float((output.argmax(1) == reference.argmax(1)).float().mean() * 100),
+            "sqnr_db": sqnr(reference, output), "technique_s": {"nncf.quantize": seconds},
+            "technique_cpu_s": {"nncf.quantize": cpu}, "nncf": nncf.__version__}
+
+
 def markdown(results: dict) -> str:
     machine = results["machine"]
     lines = ["# PTQ techniques on EfficientNet-Lite0 (real ImageNet weights)", "",
@@ -144,6 +242,7 @@ def markdown(results: dict) -> str:
             continue
         lines += [f"## {setting}", "", "| techniques | agreement % | SQNR dB | technique seconds: wall (CPU) |",
                   "|---|---|---|---|"]
+        rows.update(results.get("peers", {}).get(setting, {}))
         for name, row in rows.items():
             seconds = ", ".join(f"{k} {v:.1f} ({row['technique_cpu_s'][k]:.1f})" for k, v in row["technique_s"].items())
             lines.append(f"| {name} | {row['agreement']:.1f} | {row['sqnr_db']:.2f} | {seconds or '-'} |")
@@ -160,7 +259,10 @@ def markdown(results: dict) -> str:
               "are the better rows there.",
               "- W4A8 with 150 AdaRound steps per layer (the paper: 10,000) stays far from the float model on this "
               "network; more steps cost CPU time this shared machine did not have.",
-              "- Peers (NNCF `nncf.quantize`, MCT, AIMET) were not measured in this run.", ""]
+              *([*PEER_NOTES, f"- The NNCF rows were measured from {results['peers_when']} at load average "
+                f"{results['peers_load']:.1f}; their seconds are the whole `nncf.quantize` call (calibration "
+                "included)."] if "peers" in results else
+                ["- Peers (NNCF `nncf.quantize`, MCT, AIMET) were not measured in this run."]), ""]
     return "\n".join(lines)
 
 
@@ -200,6 +302,20 @@ def main() -> None:
     only = sys.argv[1:]
     out = ROOT / "benchmarks" / "results" / "ptq_techniques.json"
     out.parent.mkdir(exist_ok=True)
+    if only[:1] == ["--peers"]:
+        results = json.loads(out.read_text())
+        if not only[1:]:  # a whole run: its time and load (rows rerun by name keep the first run's)
+            results["peers_when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            results["peers_load"] = os.getloadavg()[0]
+        for setting in NNCF_SETTINGS:
+            for name, options in NNCF_ROWS.items():
+                if only[1:] and name not in only[1:]:
+                    continue
+                row = run_nncf(model, setting, options, calibration, evaluation, reference)
+                results.setdefault("peers", {}).setdefault(setting, {})[name] = row
+                print(setting, name, row, flush=True)
+                out.write_text(json.dumps(results, indent=1))
+        return
     if only == ["--equalized-float"]:
         results = json.loads(out.read_text())
         results["equalized_float"] = equalized_float(model, calibration, evaluation, reference)
