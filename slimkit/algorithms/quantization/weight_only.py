@@ -27,7 +27,7 @@ from schema import And, Or
 from slimkit.algorithms.linear_calibration import LinearCalibration
 from slimkit.compression import Compressor, Layer
 from slimkit.compression.config import POSITIVE_INT, ConfigKey
-from slimkit.errors import ConfigError
+from slimkit.errors import CompositionError, ConfigError
 
 _BITS = And(int, lambda v: not isinstance(v, bool) and 2 <= v <= 8)
 
@@ -124,8 +124,17 @@ class WeightOnlyQuantizer(LinearCalibration, Compressor):
         if needs_batches:
             self.require_batches()
         self.check_weights(self.layers)
-        from slimkit.frameworks.torch.adapter import set_submodule
+        from slimkit.frameworks.torch.adapter import set_submodule, wrapper_at
         from slimkit.frameworks.torch.weight_only import WeightOnlyWrapper
+
+        for layer in self.layers:  # before anything is wrapped: a wrapper would be replaced and its masks dropped
+            wrapper = wrapper_at(self.model, layer.name)
+            if wrapper is not None:
+                raise CompositionError(
+                    f"Layer {layer.name!r} is already wrapped ({type(wrapper).__name__}); WeightOnlyQuantizer would "
+                    "replace that wrapper and drop what it applies (a pruner's masks). Expected plain layers: bake "
+                    "the masks in first (pruner.export_model(...) and load the weights into a plain model, or "
+                    f"unwrap_model() the other compressor), or exclude {layer.name!r}. The model is unchanged.")
 
         done: list[Layer] = []
         try:

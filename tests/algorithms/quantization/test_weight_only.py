@@ -278,3 +278,21 @@ def test_a_layer_storing_its_weight_as_in_out_is_quantized_along_its_inputs(tmp_
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_pruned_layer_is_refused_not_silently_unmasked():
+    from slimkit.algorithms.pruning import LevelPruner
+    from slimkit.errors import CompositionError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    pruner = LevelPruner(model, [{"sparsity": 0.5, "op_types": ["Linear"], "op_names": ["0"]}])
+    pruner.compress()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    wrapper = model[0]
+    quantizer = WeightOnlyQuantizer(model, [{"op_types": ["Linear"], "quant_bits": 4, "group_size": -1}],
+                                    algorithm="rtn")
+    with pytest.raises(CompositionError, match="Layer '0' is already wrapped"):
+        quantizer.compress()
+    assert model[0] is wrapper and isinstance(model[2], nn.Linear)  # nothing wrapped, the pruner's wrapper kept
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
