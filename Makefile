@@ -54,10 +54,13 @@ TFMOT_EXTRA := tf-keras tensorflow-model-optimization dm-tree
 
 $(TFMOT_STAMP): pyproject.toml constraints.txt benchmarks/constraints-tfmot.txt
 	$(PYTHON) -m venv $(TFMOT_VENV)
+	# torch (the pinned CPU wheel: slimkit's speedup and pruning modules import it) and LiteRT (export_tflite checks
+	# its files in LiteRT) come first, from the project's pins
+	$(TFMOT_PY) -m pip install --quiet -c constraints.txt "torch==2.13.0" ai-edge-litert
 	$(TFMOT_PY) -m pip install --quiet -c constraints.txt $(TFMOT_BASE)
 	# see benchmarks/constraints-tfmot.txt for why these go in without their declared dependencies
 	$(TFMOT_PY) -m pip install --quiet --no-deps -c benchmarks/constraints-tfmot.txt $(TFMOT_EXTRA)
-	# slimkit itself without its dependencies: they would pull torch, which the Keras side does not use
+	# slimkit itself without its dependencies (the ones it needs here are installed above)
 	$(TFMOT_PY) -m pip install --quiet --no-deps -e .
 	touch $(TFMOT_STAMP)
 

@@ -12,8 +12,7 @@ Runs in ``.venv-tfmot`` (built by ``make bench-tfmot``):
     .venv-tfmot/bin/python benchmarks/bench_stacked_tfmot.py
 
 slimkit's pruners and ModelSpeedup import torch, and export_tflite's check of a sparse int8 file imports
-ai-edge-litert in a child process; ``.venv-tfmot`` installs neither (RESULTS_stacked.md, "Beside tfmot", gives the
-command the recorded figures were taken with).
+ai-edge-litert in a child process: ``make bench-tfmot`` installs both there (the pinned CPU torch).
 
 Writes benchmarks/results/stacked_tfmot.json and prints it.
 """
