@@ -250,15 +250,17 @@ class _Walk:
         return full.reshape(_static_shape(output, repr(name)))
 
 
-def _functional(model: Any, name: str) -> Any:
-    """The functional graph of ``model`` (a Sequential keeps one inside), or a clear error."""
+def _functional(model: Any, name: str, purpose: str = "dependency_aware=True reads",
+                remedy: str = "rebuild it that way, or use dependency_aware=False") -> Any:
+    """The functional graph of ``model`` (a Sequential keeps one inside), or an error saying that ``purpose`` (what
+    needs the graph) cannot run, with ``remedy``."""
     functional = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
     if functional is None or not hasattr(functional, "_nodes_by_depth"):
         raise UnsupportedModelError(
-            f"dependency_aware=True reads the layer graph of a Keras functional or Sequential model; model {name!r} "
+            f"{purpose} the layer graph of a Keras functional or Sequential model; model {name!r} "
             f"({type(model).__name__}) has none (a subclassed model, or a Sequential without keras.Input). "
             f"Expected a model built with the functional API (keras.Model(inputs, outputs)) or a Sequential "
-            f"starting with keras.Input(shape). To proceed, rebuild it that way, or use dependency_aware=False.")
+            f"starting with keras.Input(shape). To proceed, {remedy}.")
     return functional
 
 

@@ -124,15 +124,9 @@ class KerasModelSpeedup:
 
 
 def _check_model(model: Any) -> None:
-    functional = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
-    if functional is None or not hasattr(functional, "_nodes_by_depth"):
-        raise UnsupportedModelError(
-            f"Keras speedup clones the layer graph of a functional or Sequential model; model {model.name!r} "
-            f"({type(model).__name__}) has none (a subclassed model, or a Sequential without keras.Input). Expected "
-            f"a model built with the functional API (keras.Model(inputs, outputs)) or a Sequential starting with "
-            f"keras.Input(shape). To proceed, rebuild it that way (the same layers, called on keras.Input tensors) "
-            f"and load its weights, or build the smaller subclassed model yourself from the kept channels of the "
-            f"masks.")
+    _functional(model, model.name, "Keras speedup clones",
+                "rebuild it that way (the same layers, called on keras.Input tensors) and load its weights, or build "
+                "the smaller subclassed model yourself from the kept channels of the masks")
     for name, layer in named_layers(model):
         if isinstance(layer, keras.Model):
             raise UnsupportedModelError(
