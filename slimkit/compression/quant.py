@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -313,7 +312,3 @@ def bias_params(input_params: QParams, weight_params: QParams, bits: int = 32) -
     qmin, qmax = qrange(bits, True)
     return QParams(bits, scale, np.zeros(scale.shape, dtype=np.int64), qmin, qmax, 0 if weight_params.per_channel
                    else None)
-
-
-def quant_levels(bits: int) -> int:
-    return int(math.pow(2, bits))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 # The ops whose fused activation LiteRT honours, and which ones (measured in LiteRT: a fused TANH is ignored
 # by every kernel and rejected at load by FULLY_CONNECTED; CONCATENATION ignores any fused activation).
@@ -46,7 +44,3 @@ def fuse_activation(ctx, t, activation: str):
 
 def norm_dim(dim: int, rank: int) -> int:
     return dim + rank if dim < 0 else dim
-
-
-def scalar_const(ctx, value, dtype="float32"):
-    return ctx.const(np.asarray(value, dtype=dtype))

@@ -146,10 +146,6 @@ class Fusion:
         """The module whose output is the fused kernel's output (on the first call)."""
         return self.ends[0].module if self.ends else None
 
-    @property
-    def tail_call(self) -> int:
-        return self.ends[0].call if self.ends else 0
-
 
 @dataclass
 class GraphPlan:
