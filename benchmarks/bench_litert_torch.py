@@ -33,6 +33,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))  # the int8 zoo lives in tests/
 
 from machine_info import describe_machine  # noqa: E402
 
@@ -147,24 +148,47 @@ def sqnr(reference: np.ndarray, got: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(reference ** 2) / noise)) if noise > 0 else float("inf")
 
 
-def bench(name: str, size: int, calibration_batches: int) -> dict:
-    float_model = settled(name, size)
+def image_case(name: str, size: int, calibration_batches: int) -> tuple:
+    """An image model of MODELS: settled weights, a batch-1 example, calibration batches of 4 and 4 test images, all
+    random (seeded)."""
     gen = torch.Generator().manual_seed(1)
     example = torch.randn(1, 3, size, size, generator=gen)
     calibration = [torch.randn(4, 3, size, size, generator=gen) for _ in range(calibration_batches)]
     tests = [torch.randn(1, 3, size, size, generator=gen) for _ in range(4)]
+    return settled(name, size), example, calibration, tests
+
+
+def zoo_case(name: str, calibration_batches: int) -> tuple:
+    """A structure of the int8 exactness zoo (tests/int8zoo) on the bundled digits: its seeded weights with settled
+    BatchNorm, the first test digit as the example, training digits in batches of 4 to calibrate, 4 test digits."""
+    from tests.int8zoo.structures import STRUCTURES, build, digits
+
+    model, test = build(name, batch=4)
+    train, _ = digits(STRUCTURES[name].data)
+    calibration = [train[64 + 4 * i:68 + 4 * i] for i in range(calibration_batches)]
+    return model, test[:1], calibration, list(test.split(1))
+
+
+def bench(float_model: torch.nn.Module, example: torch.Tensor, calibration: list, tests: list) -> dict:
+    """Both tools' int8 and float files of ``float_model``, timed round robin. A tool that cannot convert the model
+    gets its error recorded in place of figures."""
     with torch.no_grad():
         reference = np.concatenate([float_model(x).numpy() for x in tests])
     folder = tempfile.mkdtemp()
-    paths = {key: os.path.join(folder, f"{name}_{key}.tflite") for key in
-             ("slimkit_int8", "litert_torch_int8", "slimkit_float", "litert_torch_float")}
-    seconds = {
-        "slimkit_float": slimkit_float(float_model, example, paths["slimkit_float"]),
-        "litert_torch_float": litert_torch_float(float_model, example, paths["litert_torch_float"]),
-        "litert_torch_int8": litert_torch_int8(copy.deepcopy(float_model), example, calibration,
-                                               paths["litert_torch_int8"]),
-        "slimkit_int8": slimkit_int8(copy.deepcopy(float_model), example, calibration, paths["slimkit_int8"]),
+    writers = {
+        "slimkit_float": lambda path: slimkit_float(float_model, example, path),
+        "litert_torch_float": lambda path: litert_torch_float(float_model, example, path),
+        "litert_torch_int8": lambda path: litert_torch_int8(copy.deepcopy(float_model), example, calibration, path),
+        "slimkit_int8": lambda path: slimkit_int8(copy.deepcopy(float_model), example, calibration, path),
     }
+    paths, seconds, errors = {}, {}, {}
+    for key, write in writers.items():
+        path = os.path.join(folder, f"{key}.tflite")
+        try:
+            seconds[key] = write(path)
+            paths[key] = path
+        except Exception as error:  # a peer that cannot convert a structure is a result, not a crash
+            errors[key] = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
     runners = {key: Runner(path) for key, path in paths.items()}
     image = tests[0].numpy()
     for runner in runners.values():
@@ -174,30 +198,34 @@ def bench(name: str, size: int, calibration_batches: int) -> dict:
     for _ in range(RUNS):  # round robin: load changes on the shared machine hit every file alike
         for key, runner in runners.items():
             times[key].append(runner.timed(image))
-    result = {"input": [1, 3, size, size], "calibration_images": 4 * calibration_batches, "files": {}}
+    result = {"input": list(example.shape), "calibration_images": sum(len(b) for b in calibration), "files": {},
+              "errors": errors}
     for key, path in paths.items():
         outputs = np.concatenate([runners[key](x.numpy()) for x in tests])
         partitions, undelegated = delegate_partitions(model_path=path, num_threads=THREADS)
         result["files"][key] = {
-            "median_ms": round(1000 * statistics.median(times[key]), 2),
-            "min_ms": round(1000 * min(times[key]), 2),
+            "median_ms": round(1000 * statistics.median(times[key]), 3),
+            "min_ms": round(1000 * min(times[key]), 3),
             "quantize_s": round(seconds[key]["quantize_s"], 2),
             "convert_s": round(seconds[key]["convert_s"], 2),
             "size_kb": round(os.path.getsize(path) / 1024, 1),
             "xnnpack_partitions": partitions, "undelegated_ops": undelegated,
-            "sqnr_db_vs_float_model": round(sqnr(reference, outputs), 1),
+            "sqnr_db_vs_float_model": round(sqnr(reference.reshape(outputs.shape), outputs), 1),
         }
     files = result["files"]
     for tool in ("slimkit", "litert_torch"):
-        result[f"{tool}_int8_over_float"] = round(files[f"{tool}_int8"]["median_ms"] /
-                                                  files[f"{tool}_float"]["median_ms"], 2)
-    result["int8_slimkit_over_litert_torch"] = round(files["slimkit_int8"]["median_ms"] /
-                                                     files["litert_torch_int8"]["median_ms"], 2)
+        if f"{tool}_int8" in files and f"{tool}_float" in files:
+            result[f"{tool}_int8_over_float"] = round(files[f"{tool}_int8"]["median_ms"] /
+                                                      files[f"{tool}_float"]["median_ms"], 2)
+    if "slimkit_int8" in files and "litert_torch_int8" in files:
+        result["int8_slimkit_over_litert_torch"] = round(files["slimkit_int8"]["median_ms"] /
+                                                         files["litert_torch_int8"]["median_ms"], 2)
     for key in ("int8", "float"):  # litert-torch's seconds over slimkit's: file writing, and everything
-        slim, peer = files[f"slimkit_{key}"], files[f"litert_torch_{key}"]
-        result[f"{key}_convert_speedup"] = round(peer["convert_s"] / slim["convert_s"], 1)
-        result[f"{key}_total_speedup"] = round((peer["convert_s"] + peer["quantize_s"]) /
-                                               (slim["convert_s"] + slim["quantize_s"]), 1)
+        if f"slimkit_{key}" in files and f"litert_torch_{key}" in files:
+            slim, peer = files[f"slimkit_{key}"], files[f"litert_torch_{key}"]
+            result[f"{key}_convert_speedup"] = round(peer["convert_s"] / slim["convert_s"], 1)
+            result[f"{key}_total_speedup"] = round((peer["convert_s"] + peer["quantize_s"]) /
+                                                   (slim["convert_s"] + slim["quantize_s"]), 1)
     return result
 
 
@@ -208,17 +236,22 @@ def table(results: dict) -> str:
     for name, result in results["models"].items():
         for key, f in result["files"].items():
             tool, kind = key.rsplit("_", 1)
-            ratio = result[f"{tool}_int8_over_float"] if kind == "int8" else ""
+            ratio = result.get(f"{tool}_int8_over_float", "") if kind == "int8" else ""
             undelegated = f" ({', '.join(f['undelegated_ops'])})" if f["undelegated_ops"] else ""
             rows.append(f"| {name} | {tool} {kind} | {f['median_ms']} | {f['min_ms']} | {ratio} | "
                         f"{f['xnnpack_partitions']}{undelegated} | {f['quantize_s']} | {f['convert_s']} | "
                         f"{f['size_kb']} | {f['sqnr_db_vs_float_model']} |")
+        for key, error in result.get("errors", {}).items():
+            tool, kind = key.rsplit("_", 1)
+            rows.append(f"| {name} | {tool} {kind} | cannot convert: {error} |" + " |" * 8)
     return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--zoo", nargs="*", default=None, metavar="STRUCTURE",
+                        help="also the int8 zoo's structures (tests/int8zoo; all of them when none is named)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--calibration-batches", type=int, default=4)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "litert_torch.json"))
@@ -235,8 +268,14 @@ def main() -> None:
     results = {"machine": describe_machine(torch=torch.__version__, litert_torch=metadata.version("litert-torch"),
                                            ai_edge_litert=metadata.version("ai-edge-litert")),
                "threads": THREADS, "runs": RUNS, "models": {}}
-    for name in args.models:
-        results["models"][name] = bench(name, args.size, args.calibration_batches)
+    cases = {name: (lambda name=name: image_case(name, args.size, args.calibration_batches)) for name in args.models}
+    if args.zoo is not None:
+        from tests.int8zoo.structures import STRUCTURES
+
+        cases.update({f"zoo/{name}": (lambda name=name: zoo_case(name, args.calibration_batches))
+                      for name in (args.zoo or STRUCTURES)})
+    for name, case in cases.items():
+        results["models"][name] = bench(*case())
         print(name, json.dumps(results["models"][name]), flush=True)
     results["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     tmp = args.out + ".tmp"
