@@ -84,16 +84,17 @@ class WeightCodes:
 
 
 def layer_codes(model, path: str) -> WeightCodes | None:
-    """The :class:`WeightCodes` of the weight-only wrapper at module ``path`` of ``model`` (None when that module
-    is not one)."""
+    """The :class:`WeightCodes` of the weight-only wrapper at module ``path`` of ``model``, or whose wrapped layer is
+    there (a layer with its own forward, such as GPT-2's ``Conv1D``, is traced as ``<wrapper>.module``); None when
+    neither."""
     from slimkit.frameworks.torch.weight_only import WeightOnlyWrapper
 
-    try:
-        wrapper = model.get_submodule(path)
-    except AttributeError:
+    head, _, last = path.rpartition(".")
+    found = [m for m in (_submodule(model, path), _submodule(model, head) if last == "module" else None)
+             if isinstance(m, WeightOnlyWrapper)]
+    if not found:
         return None
-    if not isinstance(wrapper, WeightOnlyWrapper):
-        return None
+    wrapper = found[0]
 
     def array(t):
         return t.detach().cpu().numpy()
@@ -102,6 +103,13 @@ def layer_codes(model, path: str) -> WeightCodes | None:
                        array(wrapper.weight_zero_point).round().astype(np.int64), wrapper.grid.bits,
                        wrapper.grid.symmetric, array(wrapper.quantized_weight()).astype(np.float32),
                        None if wrapper.input_scale is None else array(wrapper.input_scale).astype(np.float32))
+
+
+def _submodule(model, path: str):
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def pack_int4(values: np.ndarray) -> np.ndarray:
