@@ -12,7 +12,8 @@ Per file: size (and against the float file), whether the file's dequantized weig
 (slimkit files, read back with ``file_weights``), the largest difference of the file's sentence embeddings from the
 PyTorch model it came from (parity), the mean cosine of its embeddings to the float model's and nearest-neighbour
 agreement (``bench_minilm.scores``), and LiteRT latency (2 threads, median of 20 invokes of one 32-token sentence,
-XNNPACK as LiteRT applies it by default) with the ops XNNPACK left to LiteRT's own kernels.
+XNNPACK as LiteRT applies it by default; the files take turns, one invoke each per round, so that the shared
+machine's load falls on all of them alike) with the ops XNNPACK left to LiteRT's own kernels.
 
 Sentences: ``tests/realmodels/minilm.py: corpus``, 32 tokens; 128 evaluated, one per invoke (the files are converted
 for one sentence: MiniLM's Hugging Face embeddings bake the batch size in, so ``dynamic_batch`` refuses them).
@@ -44,6 +45,7 @@ def aeq_quantize(float_path: str, folder: str) -> None:
     line per recipe (seconds or the error)."""
     from ai_edge_quantizer import quantizer, recipe
 
+    float_path = _unique_tensor_names(float_path, folder)
     for name in AEQ_RECIPES:
         start = time.perf_counter()
         try:
@@ -53,6 +55,33 @@ def aeq_quantize(float_path: str, folder: str) -> None:
             print(json.dumps({"recipe": name, "seconds": round(time.perf_counter() - start, 1)}), flush=True)
         except Exception as error:  # a peer's failure is a figure
             print(json.dumps({"recipe": name, "error": f"{type(error).__name__}: {error}"[:400]}), flush=True)
+
+
+def _unique_tensor_names(path: str, folder: str) -> str:
+    """A copy of the file whose repeated tensor names get a suffix (ai-edge-quantizer requires unique names; slimkit's
+    float MiniLM file repeats a few, e.g. ``layer_norm_1``), with LiteRT's own flatbuffer classes."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.ModelT.InitFromPackedBuf(f.read(), 0)
+    renamed = 0
+    for graph in model.subgraphs:
+        seen: Counter = Counter()
+        for tensor in graph.tensors:
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+            seen[name] += 1
+            if seen[name] > 1:
+                tensor.name = f"{name}__{seen[name] - 1}"
+                renamed += 1
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    out = os.path.join(folder, "float_unique_names.tflite")
+    with open(out, "wb") as f:
+        f.write(builder.Output())
+    print(json.dumps({"renamed_tensors": renamed}), flush=True)
+    return out
 
 
 def main() -> None:
@@ -84,7 +113,9 @@ def main() -> None:
     sentences = [row[None] for ids in evaluation for row in ids]  # the files take one sentence: (1, 32)
     work = Path(tempfile.mkdtemp())
 
-    def run_file(path):
+    interpreters: dict = {}  # row -> (interpreter, input index), kept for the latency rounds
+
+    def run_file(path, row):
         it = interpreter(model_path=str(path), num_threads=2)
         (inp,), (out,) = it.get_input_details(), it.get_output_details()
         outputs = []
@@ -92,14 +123,9 @@ def main() -> None:
             it.set_tensor(inp["index"], ids.numpy())
             it.invoke()
             outputs.append(it.get_tensor(out["index"]))
-        times = []
-        for _ in range(LATENCY_RUNS):
-            start = time.perf_counter()
-            it.invoke()
-            times.append(time.perf_counter() - start)
+        interpreters[row] = (it, inp["index"])
         partitions, left = delegate_partitions(model_path=str(path), num_threads=2)
-        return np.concatenate(outputs), {"latency_ms": round(1000 * float(np.median(times)), 2),
-                                         "xnnpack_partitions": partitions, "not_delegated": dict(Counter(left))}
+        return np.concatenate(outputs), {"xnnpack_partitions": partitions, "not_delegated": dict(Counter(left))}
 
     def convert(model, path) -> float:
         start = time.perf_counter()
@@ -112,7 +138,7 @@ def main() -> None:
     rows: dict = {}
     seconds = convert(float_model, float_path)
     float_size = os.path.getsize(float_path)
-    got, timing = run_file(float_path)
+    got, timing = run_file(float_path, "float (slimkit)")
     rows["float (slimkit)"] = {"bytes": float_size, "convert_s": seconds, **scores(got, reference),
                                "max_abs_vs_source": float(np.abs(got - reference).max()), **timing}
     print("float", rows["float (slimkit)"], flush=True)
@@ -129,7 +155,7 @@ def main() -> None:
                                                                              entry["zero_point"]).numpy())
                     for name, entry in q.quantized_weights().items())
         source = embed(model, evaluation)
-        got, timing = run_file(path)
+        got, timing = run_file(path, f"slimkit {label}")
         size = os.path.getsize(path)
         rows[f"slimkit {label}"] = {"bytes": size, "vs_float": round(size / float_size, 4), "convert_s": seconds,
                                     "layers": len(weights), "weights_equal_pytorch_grid": exact,
@@ -141,6 +167,10 @@ def main() -> None:
         done = subprocess.run([args.aeq_python, __file__, "--aeq", str(float_path), str(work)], capture_output=True,
                               text=True, timeout=3600)
         reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        renamed = [r for r in reports if "renamed_tensors" in r]
+        reports = [r for r in reports if "recipe" in r]
+        if renamed:
+            rows["float (slimkit)"]["aeq_renamed_tensors"] = renamed[0]["renamed_tensors"]
         if not reports:
             rows["ai-edge-quantizer"] = {"error": (done.stderr or done.stdout)[-600:]}
         for report in reports:
@@ -149,7 +179,7 @@ def main() -> None:
             if "error" in report:
                 rows[name] = report
                 continue
-            got, timing = run_file(path)
+            got, timing = run_file(path, name)
             size = os.path.getsize(path)
             rows[name] = {"bytes": size, "vs_float": round(size / float_size, 4), "quantize_s": report["seconds"],
                           "max_abs_vs_source": float(np.abs(got - reference).max()), **scores(got, reference),
@@ -157,6 +187,20 @@ def main() -> None:
             print(name, rows[name], flush=True)
     else:
         rows["ai-edge-quantizer"] = {"error": "not run: no --aeq-python given"}
+
+    # latency: every file in turn, LATENCY_RUNS rounds, so that the shared machine's load falls on all alike
+    times: dict = {row: [] for row in interpreters}
+    for it, index in interpreters.values():
+        it.set_tensor(index, sentences[0].numpy())
+        it.invoke()
+    for _ in range(LATENCY_RUNS):
+        for row, (it, _) in interpreters.items():
+            start = time.perf_counter()
+            it.invoke()
+            times[row].append(time.perf_counter() - start)
+    for row, values in times.items():
+        rows[row]["latency_ms"] = round(1000 * float(np.median(values)), 2)
+        print(row, "latency", rows[row]["latency_ms"], "ms", flush=True)
 
     import ai_edge_litert
 

@@ -10,6 +10,7 @@ from torch import nn
 from slimkit.algorithms.quantization import WeightOnlyQuantizer
 from slimkit.converter import TFLiteConverter
 from slimkit.converter.ir import Graph, Op, Tensor
+from slimkit.converter.verify import run_tflite
 from slimkit.converter.weight_only import WeightCodes, encode_weight_only, file_weights, pack_int4, unpack_int4
 from slimkit.errors import UnsupportedOpError
 from tests.converter.conftest import convert_and_verify, op_codes, read_model
@@ -132,3 +133,24 @@ def test_a_weight_changed_after_lowering_is_refused_naming_the_layer():
     weight.data_scale = None
     assert encode_weight_only(graph) == 1
     assert [op.code for op in graph.ops] == ["DEQUANTIZE", "FULLY_CONNECTED"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_hugging_face_models_are_written_from_their_codes(tmp_path, arch):
+    from tests.hf_zoo import HF_ARCHS, hf_inputs
+
+    model, x = HF_ARCHS[arch]()
+    model, q = _quantized(model, 4, 16)
+    path = tmp_path / "m.tflite"
+    TFLiteConverter(model, x, path).convert()
+    weights = file_weights(path)
+    layers = q.quantized_weights()
+    assert sorted(weights) == sorted(f"{name}.weight_codes" for name in layers)
+    for name in layers:
+        wrapper = model.get_submodule(name)
+        np.testing.assert_array_equal(weights[f"{name}.weight_codes"].reshape(tuple(wrapper.weight_codes.shape)),
+                                      _grid(wrapper))
+    for ids in [x, *hf_inputs(arch, 2, seed=1)]:
+        with torch.no_grad():
+            np.testing.assert_allclose(run_tflite(path, [ids.numpy()])[0], model(ids).numpy(), rtol=1e-4, atol=1e-5)
