@@ -18,7 +18,12 @@ machine's load falls on all of them alike) with the ops XNNPACK left to LiteRT's
 Sentences: ``tests/realmodels/minilm.py: corpus``, 32 tokens; 128 evaluated, one per invoke (the files are converted
 for one sentence: MiniLM's Hugging Face embeddings bake the batch size in, so ``dynamic_batch`` refuses them).
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_tflite_weight_only.py [--aeq-python /tmp/aeq/bin/python]``
+litert-torch (``--litert-torch-python .venv-litert-torch/bin/python``): ``litert_torch.convert`` of the float model,
+float and with its int4 blockwise dynamic recipe at block 32 and 128 (its only int4 schemes), also run by this script
+in that environment.
+
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_tflite_weight_only.py [--aeq-python /tmp/aeq/bin/python]
+[--litert-torch-python .venv-litert-torch/bin/python]``
 (writes ``benchmarks/results/tflite_weight_only.json``).
 """
 
@@ -37,6 +42,7 @@ from pathlib import Path
 AEQ_RECIPES = ("dynamic_wi4_afp32", "dynamic_wi4b32_afp32", "weight_only_wi4_afp32", "weight_only_wi8_afp32",
                "dynamic_wi8_afp32")
 SLIMKIT = {"int4 g32": (4, 32), "int4 g128": (4, 128), "int4 per-channel": (4, -1), "int8 per-channel": (8, -1)}
+LITERT_TORCH = {"float": None, "int4 b32": "BLOCKWISE_32", "int4 b128": "BLOCKWISE_128"}
 EVALUATE, LATENCY_RUNS = 128, 20
 
 
@@ -55,6 +61,34 @@ def aeq_quantize(float_path: str, folder: str) -> None:
             print(json.dumps({"recipe": name, "seconds": round(time.perf_counter() - start, 1)}), flush=True)
         except Exception as error:  # a peer's failure is a figure
             print(json.dumps({"recipe": name, "error": f"{type(error).__name__}: {error}"[:400]}), flush=True)
+
+
+def litert_torch_convert(model_dir: str, folder: str) -> None:
+    """In litert-torch's environment: MiniLM converted by ``litert_torch.convert``, float and with its int4 blockwise
+    dynamic recipe (``full_dynamic_recipe(INT4, BLOCKWISE_*)``, its only int4 scheme), written to ``folder``; prints
+    a JSON line per file."""
+    import litert_torch
+    from litert_torch.generative.quantize import quant_attrs, quant_recipes
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_minilm import batches
+
+    import tests.realmodels.minilm as minilm
+
+    minilm.model_dir = lambda: model_dir  # that environment lacks the weights package: the folder is given
+    model = minilm.load_encoder()
+    example = (batches(minilm.corpus()[:1])[0][:1],)
+    for label, granularity in LITERT_TORCH.items():
+        start = time.perf_counter()
+        try:
+            config = None if granularity is None else quant_recipes.full_dynamic_recipe(
+                weight_dtype=quant_attrs.Dtype.INT4, granularity=getattr(quant_attrs.Granularity, granularity))
+            edge = litert_torch.convert(model, example, quant_config=config)
+            edge.export(os.path.join(folder, f"litert_torch {label}.tflite"))
+            print(json.dumps({"file": label, "seconds": round(time.perf_counter() - start, 1)}), flush=True)
+        except Exception as error:  # a peer's failure is a figure
+            print(json.dumps({"file": label, "error": f"{type(error).__name__}: {error}"[:400]}), flush=True)
 
 
 def _unique_tensor_names(path: str, folder: str) -> str:
@@ -88,9 +122,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--aeq", nargs=2, metavar=("FLOAT_FILE", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--aeq-python", help="python of a virtual environment with ai-edge-quantizer installed")
+    parser.add_argument("--litert-torch", nargs=2, metavar=("MODEL_DIR", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--litert-torch-python",
+                        help="python of .venv-litert-torch (make .venv-litert-torch/.installed)")
     args = parser.parse_args()
     if args.aeq:
         aeq_quantize(*args.aeq)
+        return
+    if args.litert_torch:
+        litert_torch_convert(*args.litert_torch)
         return
 
     import numpy as np
@@ -187,6 +227,29 @@ def main() -> None:
             print(name, rows[name], flush=True)
     else:
         rows["ai-edge-quantizer"] = {"error": "not run: no --aeq-python given"}
+
+    if args.litert_torch_python:
+        from tests.realmodels.minilm import model_dir
+
+        done = subprocess.run([args.litert_torch_python, __file__, "--litert-torch", model_dir(), str(work)],
+                              capture_output=True, text=True, timeout=3600)
+        reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        if not reports:
+            rows["litert-torch"] = {"error": (done.stderr or done.stdout)[-600:]}
+        for report in reports:
+            name = f"litert-torch {report['file']}"
+            if "error" in report:
+                rows[name] = report
+                continue
+            path = work / f"litert_torch {report['file']}.tflite"
+            got, timing = run_file(path, name)
+            size = os.path.getsize(path)
+            rows[name] = {"bytes": size, "vs_float": round(size / float_size, 4), "convert_s": report["seconds"],
+                          "max_abs_vs_source": float(np.abs(got - reference).max()), **scores(got, reference),
+                          **timing}
+            print(name, rows[name], flush=True)
+    else:
+        rows["litert-torch"] = {"error": "not run: no --litert-torch-python given"}
 
     # latency: every file in turn, LATENCY_RUNS rounds, so that the shared machine's load falls on all alike
     times: dict = {row: [] for row in interpreters}

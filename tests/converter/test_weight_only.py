@@ -154,3 +154,17 @@ def test_hugging_face_models_are_written_from_their_codes(tmp_path, arch):
     for ids in [x, *hf_inputs(arch, 2, seed=1)]:
         with torch.no_grad():
             np.testing.assert_allclose(run_tflite(path, [ids.numpy()])[0], model(ids).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_hybrid_quantizes_only_the_other_layers(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    q = WeightOnlyQuantizer(model, [{"op_names": ["0"], "quant_bits": 4, "group_size": 8}])
+    model = q.compress().eval()
+    path = tmp_path / "m.tflite"
+    TFLiteConverter(model, torch.randn(2, 16), path, hybrid=True).convert()
+    assert op_codes(path) == ["DEQUANTIZE", "RESHAPE", "FULLY_CONNECTED", "FULLY_CONNECTED"]
+    _, graph = read_model(path)
+    weight_types = [graph.Tensors(int(graph.Operators(i).InputsAsNumpy()[1])).Type() for i in (2, 3)]
+    assert weight_types == [tflite.TensorType.FLOAT32, tflite.TensorType.INT8]   # codes, then hybrid int8
+    np.testing.assert_array_equal(file_weights(path)["0.weight_codes"].reshape(8, 16), _grid(model[0]))
