@@ -159,8 +159,8 @@ def main() -> None:
         it = interpreter(model_path=str(path), num_threads=2)
         (inp,), (out,) = it.get_input_details(), it.get_output_details()
         outputs = []
-        for ids in sentences:
-            it.set_tensor(inp["index"], ids.numpy())
+        for ids in sentences:  # int64 ids; litert-torch's file takes int32
+            it.set_tensor(inp["index"], ids.numpy().astype(inp["dtype"]))
             it.invoke()
             outputs.append(it.get_tensor(out["index"]))
         interpreters[row] = (it, inp["index"])
@@ -254,7 +254,7 @@ def main() -> None:
     # latency: every file in turn, LATENCY_RUNS rounds, so that the shared machine's load falls on all alike
     times: dict = {row: [] for row in interpreters}
     for it, index in interpreters.values():
-        it.set_tensor(index, sentences[0].numpy())
+        it.set_tensor(index, sentences[0].numpy().astype(it.get_input_details()[0]["dtype"]))
         it.invoke()
     for _ in range(LATENCY_RUNS):
         for row, (it, _) in interpreters.items():
