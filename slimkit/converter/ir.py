@@ -60,6 +60,7 @@ class Tensor:
     data_scale: tuple[np.ndarray, int] | None = None  # pending per-channel factor (BN fold), applied on write
     shape_signature: tuple[int, ...] | None = None  # physical shape with -1 on dynamic axes (dynamic_batch)
     sparsity: Any = None  # a sparse constant's SparsityParameters (slimkit.converter.sparse.Sparsity)
+    weight_codes: Any = None  # a weight-only layer's codes (slimkit.converter.weight_only.WeightCodes)
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)

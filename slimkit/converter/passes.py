@@ -9,6 +9,7 @@ import numpy as np
 
 from slimkit.converter.ir import Graph, QuantParams, Tensor
 from slimkit.converter.state import reset_state
+from slimkit.converter.weight_only import encode_weight_only
 from slimkit.converter.writer import _root
 
 
@@ -140,9 +141,10 @@ def run_passes(graph: Graph, options) -> Graph:
 
     Every level removes dead ops. Level 1 (and up) turns quantized chains (DEQUANTIZE -> op -> QUANTIZE)
     into int8 kernels; level 2 then collapses RESHAPE chains and folds a RESHAPE that only drops
-    reduced axes into its MEAN / SUM / REDUCE_MAX (``keep_dims=False``). With ``sparse_weights``, weights are
-    stored sparsely behind DENSIFY ops where that is smaller (:mod:`slimkit.converter.sparse`). Last, every state
-    tensor is reset to zeros before its reader (:func:`~slimkit.converter.state.reset_state`).
+    reduced axes into its MEAN / SUM / REDUCE_MAX (``keep_dims=False``). Weight-only quantized Linear layers read
+    their weights from the DEQUANTIZE of their codes (:mod:`slimkit.converter.weight_only`). With ``sparse_weights``,
+    weights are stored sparsely behind DENSIFY ops where that is smaller (:mod:`slimkit.converter.sparse`). Last,
+    every state tensor is reset to zeros before its reader (:func:`~slimkit.converter.state.reset_state`).
     """
     remove_dead_ops(graph)
     if options.optimize >= 1 and graph.quant_table:
@@ -159,6 +161,7 @@ def run_passes(graph: Graph, options) -> Graph:
 
         quantize_io(graph, options)
     remove_dead_ops(graph)
+    encode_weight_only(graph)
     if options.hybrid:
         from slimkit.converter.quant import apply_hybrid
 

@@ -52,4 +52,9 @@ def op_version(op) -> int:
         return (3 if o.get("AsymmetricQuantizeInputs") else 2) if _is_hybrid(op) else 1
     if code == "BATCH_MATMUL":
         return 4 if _is_hybrid(op) else 1
+    if code == "DEQUANTIZE" and op.inputs[0].dtype == "int4":
+        return 6
+    if code == "DEQUANTIZE" and op.inputs[0].dtype == "int8" and op.inputs[0].quant is not None and \
+            op.inputs[0].quant.scale.size > 1:
+        return 5  # per-channel
     return 1

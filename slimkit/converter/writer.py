@@ -41,7 +41,8 @@ OPTIONS = {
     "CONV_3D_TRANSPOSE": "Conv3DOptions", "REDUCE_PROD": "ReducerOptions", "SIGN": "SignOptions",
 }
 
-TENSOR_TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6, "int16": 7, "int8": 9}
+TENSOR_TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6, "int16": 7, "int8": 9,
+                "int4": 17}  # int4 payloads are packed two per byte (slimkit.converter.weight_only.pack_int4)
 _OPS = tflite.BuiltinOperator
 _OPTION_TYPES = tflite.BuiltinOptions
 

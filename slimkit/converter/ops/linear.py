@@ -10,6 +10,7 @@ from slimkit.converter.ir import Tensor
 from slimkit.converter.ops.elementwise import binary
 from slimkit.converter.ops.quantize import attach_weight_params
 from slimkit.converter.registry import register
+from slimkit.converter.weight_only import layer_codes
 
 
 def _const(v):
@@ -20,12 +21,15 @@ def _const(v):
     return None
 
 
-def fully_connected(ctx, x: Tensor, weight: np.ndarray, bias, out_shape):
+def fully_connected(ctx, x: Tensor, weight: np.ndarray, bias, out_shape, codes=None):
+    """FULLY_CONNECTED of ``x`` with a constant ``(out, in)`` weight; ``codes``: the weight-only layer's
+    :class:`~slimkit.converter.weight_only.WeightCodes` the weight is written from (a graph pass)."""
     x = layout.logical_bytes(ctx, x) if x.rank <= 2 else ctx.layout(x, layout.identity(x.rank))
     out = ctx.tensor(out_shape)
     bias = np.zeros(weight.shape[0], np.float32) if bias is None else bias
-    ctx.emit("FULLY_CONNECTED", [x, ctx.const(weight, name=ctx.node.name + "_weight"),
-                                 ctx.const(bias, name=ctx.node.name + "_bias")], [out],
+    weight = ctx.const(weight, name=ctx.node.name + "_weight")
+    weight.weight_codes = codes
+    ctx.emit("FULLY_CONNECTED", [x, weight, ctx.const(bias, name=ctx.node.name + "_bias")], [out],
              FusedActivationFunction=0, KeepNumDims=len(out_shape) > 2)
     return out
 
@@ -71,10 +75,11 @@ def linear(ctx, node, a):
     if weight is None:
         ctx.fail("expected a constant weight")
     x = a["input"]
-    rewritten = _channels_last_flatten(ctx, node, x, weight)
+    codes = layer_codes(ctx.captured.model, ctx.source)
+    rewritten = _channels_last_flatten(ctx, node, x, weight) if codes is None else None  # keeps the codes' blocks
     if rewritten is not None:
         x, weight = rewritten
-    out = fully_connected(ctx, x, weight, _const(a["bias"]), tuple(node.meta["val"].shape))
+    out = fully_connected(ctx, x, weight, _const(a["bias"]), tuple(node.meta["val"].shape), codes)
     attach_weight_params(ctx, a["weight"], out)  # per output row: unchanged by the column reorder
     return out
 
@@ -85,7 +90,7 @@ def addmm(ctx, node, a):
     if w is None or a["beta"] != 1 or a["alpha"] != 1 or not isinstance(a["mat1"], Tensor):
         ctx.fail("only addmm(bias, x, constant_weight) is supported")
     return fully_connected(ctx, a["mat1"], np.ascontiguousarray(w.T), _const(a["self"]).reshape(-1),
-                           tuple(node.meta["val"].shape))
+                           tuple(node.meta["val"].shape), layer_codes(ctx.captured.model, ctx.source))
 
 
 def batch_matmul(ctx, x, y, out_shape, adj_y=False):

@@ -27,6 +27,8 @@ def fold_affine(ctx, x: Tensor, scale: np.ndarray, shift: np.ndarray, arg=None):
         return False
     w_index, b_index = (1, 3) if op.code == "TRANSPOSE_CONV" else (1, 2)
     weight, bias = op.inputs[w_index], op.inputs[b_index]
+    if weight.weight_codes is not None:  # a weight-only layer keeps its codes: the affine stays a MUL and an ADD
+        return False
     axis = _FOLD_AXIS[op.code]
     new_weight = ctx.const(weight.data, name=weight.name)
     new_weight.data_scale, new_weight.quant_hint = weight.data_scale, weight.quant_hint
