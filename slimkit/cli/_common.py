@@ -154,8 +154,9 @@ def require_torch_model(model: Any, spec: str) -> None:
     framework = framework_of(model)
     if framework != "torch":
         raise SlimkitError(f"The factory {spec!r} returned a {framework} model; this command takes PyTorch models. "
-                           "Expected a torch.nn.Module, or the Python API for Keras models (docs/keras.md); "
-                           "`slimkit speedup` and `slimkit convert` take Keras models.")
+                           "Expected a torch.nn.Module, or the Python API for Keras models "
+                           "(slimkit.analysis.quant_debug, docs/keras.md); `slimkit prune`, `quantize`, `speedup` "
+                           "and `convert` take Keras models.")
 
 
 def require_input_shape(args: Any) -> list[int]:

@@ -52,4 +52,11 @@ def keras_cnn():
 
     keras.utils.set_random_seed(0)
     return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation='relu', name='conv'),
-                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, name='fc')])
+                             keras.layers.GlobalAveragePooling2D(name='gap'), keras.layers.Dense(10, name='fc')])
+
+
+def keras_digits_data():
+    """``(x_train, y_train, x_test, y_test)`` of the bundled digits as arrays, images ``(N, 8, 8, 1)``."""
+    from slimkit.frameworks.tensorflow.models import load_digits_arrays
+
+    return load_digits_arrays()
