@@ -404,7 +404,8 @@ def add_model_arguments(parser: Any, config_help: str) -> None:
     """``--config`` (described by ``config_help``), ``--model`` and ``--weights`` of the YAML-driven commands."""
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--model", required=True, help="model factory as package.module:function")
-    parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+    parser.add_argument("--weights", help="weights to load into the model first: a PyTorch state dict (.pth), a "
+                        "Keras .weights.h5 / .keras file")
 
 
 def add_output_arguments(parser: Any) -> None:

@@ -366,3 +366,12 @@ def test_keras_bad_config_names_the_layer_and_writes_nothing(tmp_path, capsys, c
 def test_keras_fine_tune_needs_data(tmp_path, capsys):
     assert main(["prune", "--config", _yaml(tmp_path, AGP), "--model", MODEL, "--out", str(tmp_path / "o")]) == 2
     assert "needs data. Expected --data" in capsys.readouterr().err
+
+
+def test_keras_config_generate_lists_each_layer(tmp_path):
+    out = tmp_path / "layers.yaml"
+    config = "algorithm: L1FilterPruner\nconfig_list:\n  - sparsity: 0.5\n    op_types: [Conv2D, Dense]\n"
+    assert main(["config", "generate", "--config", _yaml(tmp_path, config), "--model", MODEL, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "  # conv: Conv2D, weight (3, 3, 1, 4)\n  - op_names: [conv]\n    sparsity: 0.5\n" in text
+    assert "  # fc: Dense, weight (4, 10)\n  - op_names: [fc]\n    sparsity: 0.5\n" in text
