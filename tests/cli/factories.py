@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import torch
 
-from slimkit.algorithms.pruning import FilterPruner
+from slimkit.algorithms.pruning import FilterPruner, LevelPruner
 from slimkit.models import DigitsCNN, load_digits_tensors
 
 
@@ -44,6 +44,19 @@ class LastChannelsPruner(FilterPruner):
 
     def channel_importance(self, layer):
         return -np.arange(self.weight_of(layer).shape[layer.out_axis], dtype=np.float64)
+
+
+class TrainFirstLevelPruner(LevelPruner):
+    """A user's pruner that requires a ``trainer`` and a ``criterion`` (NNI style): ``compress()`` trains one epoch
+    with them, then computes the level masks."""
+
+    def __init__(self, model, config_list, optimizer=None, *, trainer, criterion):
+        super().__init__(model, config_list, optimizer)
+        self.trainer, self.criterion = trainer, criterion
+
+    def compress(self):
+        self.trainer(self.model, self.optimizer, self.criterion, 0)
+        return super().compress()
 
 
 def keras_cnn():

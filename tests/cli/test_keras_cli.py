@@ -375,3 +375,33 @@ def test_keras_config_generate_lists_each_layer(tmp_path):
     text = out.read_text()
     assert "  # conv: Conv2D, weight (3, 3, 1, 4)\n  - op_names: [conv]\n    sparsity: 0.5\n" in text
     assert "  # fc: Dense, weight (4, 10)\n  - op_names: [fc]\n    sparsity: 0.5\n" in text
+
+
+def test_keras_trainer_given_to_a_pruner_that_requires_one(tmp_path):
+    """The trainer the CLI passes to a Keras pruner is one epoch of fit with the pruner's loss: the same masks and
+    weights as that fit written by hand."""
+    import keras
+
+    import slimkit
+    from slimkit.algorithms.pruning import LevelPruner
+    from slimkit.frameworks.tensorflow.models import load_digits_arrays
+
+    config = ("algorithm: tests.cli.factories:TrainFirstLevelPruner\nconfig_list:\n  - sparsity: 0.5\n"
+              "    op_types: [Dense]\n")
+    out = tmp_path / "out"
+    assert main(["prune", "--config", _yaml(tmp_path, config), "--model", MODEL, "--data", KERAS_DATA,
+                 "--out", str(out)]) == 0
+    x_train, y_train, _, _ = load_digits_arrays()
+    model = keras_cnn()
+    keras.utils.set_random_seed(0)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, batch_size=64, epochs=1, shuffle=False, verbose=0)
+    pruner = LevelPruner(model, [{'sparsity': 0.5, 'op_types': ['Dense']}])
+    pruner.compress()
+    np.testing.assert_array_equal(slimkit.load_masks(out / "mask.npz")["fc"]["weight"],
+                                  np.asarray(pruner.get_masks()["fc"]["weight"]))
+    cli = keras_cnn()
+    cli.load_weights(out / "model.weights.h5")
+    np.testing.assert_array_equal(cli.get_layer('conv').kernel.numpy(), model.get_layer('conv').kernel.numpy())
+    assert not np.array_equal(cli.get_layer('conv').kernel.numpy(), keras_cnn().get_layer('conv').kernel.numpy())
