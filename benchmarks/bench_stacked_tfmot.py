@@ -191,6 +191,11 @@ def tfmot_convert(model: tf_keras.Model, x_train: np.ndarray, sparse: bool) -> b
     return converter.convert()
 
 
+def kernel_zeros(model: tf_keras.Model) -> dict[str, float]:
+    """Fraction of zeros in each conv / depthwise / dense kernel of ``model``, by variable name."""
+    return {w.name: float((w.numpy() == 0).mean()) for w in model.weights if w.name.endswith("kernel:0")}
+
+
 def tfmot_magnitude(spec: Spec, data: tuple) -> dict:
     """prune_low_magnitude 50 % -> fine-tune -> strip -> pruning-preserving QAT -> int8 TFLite."""
     x_train, y_train, x_test, y_test = data
@@ -203,6 +208,7 @@ def tfmot_magnitude(spec: Spec, data: tuple) -> dict:
     pruned.fit(x_train, y_train, epochs=spec.finetune, batch_size=64, verbose=0,
                callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    row["zero_fraction_before_qat_per_kernel"] = kernel_zeros(stripped)
     row["pruned_float_accuracy"] = accuracy(stripped, x_test, y_test)
     row["params"] = stripped.count_params()
     annotated = tfmot.quantization.keras.quantize_annotate_model(stripped)
@@ -210,8 +216,9 @@ def tfmot_magnitude(spec: Spec, data: tuple) -> dict:
         annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
     tf_keras_compile(qat).fit(x_train, y_train, epochs=spec.qat_epochs, batch_size=64, verbose=0)
     row["qat_accuracy"] = accuracy(qat, x_test, y_test)
-    kernels = [w.numpy() for w in qat.weights if w.name.endswith(("kernel:0", "depthwise_kernel:0"))]
+    kernels = [w.numpy() for w in qat.weights if w.name.endswith("kernel:0")]
     row["zero_fraction_after_qat"] = float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels))
+    row["zero_fraction_after_qat_per_kernel"] = kernel_zeros(qat)
     row.update(tflite_eval(tfmot_convert(qat, x_train, sparse=False), x_test, y_test))
     row["sparse_bytes"] = len(tfmot_convert(qat, x_train, sparse=True))
     return row
