@@ -1,6 +1,6 @@
 """Compression reports: per-layer sparsity, parameter count, file size and latency, before and after.
 
-:func:`measure` takes the numbers for one PyTorch model; :func:`render_report` turns a before /
+:func:`measure` takes the numbers for one PyTorch or Keras model; :func:`render_report` turns a before /
 after pair and the masks into Markdown; :func:`write_report` writes it atomically.
 
 Example:
@@ -28,7 +28,7 @@ import os
 import statistics
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +42,10 @@ class ModelStats:
     Attributes:
         parameters: number of parameters.
         nonzero: number of parameters that are not zero.
-        file_bytes: size of the saved state dict (``torch.save``).
+        file_bytes: size of the saved weights: the state dict (``torch.save``), a Keras model's ``.weights.h5``.
         compressed_bytes: that file zlib-compressed (zeros compress; this is what pruning saves on disk).
-        latency_ms: median latency of a batch-1 forward in milliseconds (one thread), or None if not measured.
+        latency_ms: median latency of a batch-1 forward in milliseconds (one torch thread; Keras: eager calls with
+            TensorFlow's thread settings), or None if not measured.
         metric: an evaluation metric (accuracy), or None.
     """
 
@@ -54,6 +55,17 @@ class ModelStats:
     compressed_bytes: int
     latency_ms: float | None = None
     metric: float | None = None
+
+
+def _median_ms(call: Callable[[], Any], runs: int, warmup: int) -> float:
+    """Median wall-clock time of ``call()`` in milliseconds over ``runs`` timed calls after ``warmup`` untimed."""
+    times = []
+    for index in range(warmup + runs):
+        start = time.perf_counter()
+        call()
+        if index >= warmup:
+            times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
 
 
 def latency_ms(model: Any, example: Any, runs: int = 10, warmup: int = 3, threads: int | None = 1) -> float:
@@ -75,23 +87,16 @@ def latency_ms(model: Any, example: Any, runs: int = 10, warmup: int = 3, thread
     if threads is not None:
         torch.set_num_threads(threads)
     model.eval()
-    times = []
     try:
         with torch.no_grad():
-            for index in range(warmup + runs):
-                start = time.perf_counter()
-                model(example)
-                if index >= warmup:
-                    times.append((time.perf_counter() - start) * 1000.0)
+            return _median_ms(lambda: model(example), runs, warmup)
     finally:
         model.train(was_training)
         torch.set_num_threads(previous_threads)
-    return statistics.median(times)
 
 
-def measure(model: Any, input_shape: Sequence[int] | None = None, example: Any = None, metric: float | None = None,
-            runs: int = 10) -> ModelStats:
-    """Parameters, non-zeros, file sizes and (with ``input_shape`` or ``example``) batch-1 latency of ``model``."""
+def _torch_stats(model: Any, input_shape: Sequence[int] | None, example: Any, metric: float | None,
+                 runs: int) -> ModelStats:
     import torch
 
     params = list(model.parameters())
@@ -109,6 +114,48 @@ def measure(model: Any, input_shape: Sequence[int] | None = None, example: Any =
         latency_ms=latency_ms(model, example, runs=runs) if example is not None else None,
         metric=metric,
     )
+
+
+def _keras_stats(model: Any, input_shape: Sequence[int] | None, example: Any, metric: float | None,
+                 runs: int) -> ModelStats:
+    """Every weight of the model (``count_params``: trainable and not), its ``.weights.h5`` file, eager
+    ``model(example, training=False)`` latency."""
+    import tempfile
+
+    import numpy as np
+
+    from slimkit.frameworks.tensorflow.export import save_model
+
+    values = [np.asarray(weight.numpy()) for weight in model.weights]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.weights.h5")
+        save_model(model, path)  # what `slimkit prune` writes: no optimizer state, masks baked in
+        with open(path, "rb") as handle:
+            data = handle.read()
+    if example is None and input_shape is not None:
+        example = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    return ModelStats(
+        parameters=sum(value.size for value in values),
+        nonzero=sum(int(np.count_nonzero(value)) for value in values),
+        file_bytes=len(data),
+        compressed_bytes=len(zlib.compress(data, 6)),
+        latency_ms=(_median_ms(lambda: model(example, training=False), runs, 3) if example is not None else None),
+        metric=metric,
+    )
+
+
+# framework (slimkit.compression.adapter.framework_of) -> its models' numbers
+_STATS: dict[str, Callable[..., ModelStats]] = {"torch": _torch_stats, "keras": _keras_stats}
+
+
+def measure(model: Any, input_shape: Sequence[int] | None = None, example: Any = None, metric: float | None = None,
+            runs: int = 10) -> ModelStats:
+    """Parameters, non-zeros, file sizes and (with ``input_shape`` or ``example``) batch-1 latency of ``model``,
+    a PyTorch module (parameters, ``torch.save`` of the state dict) or a Keras model (every weight, the
+    ``.weights.h5`` file, eager calls)."""
+    from slimkit.compression.adapter import framework_of
+
+    return _STATS[framework_of(model)](model, input_shape, example, metric, runs)
 
 
 def layer_sparsity(masks: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[tuple[int, ...], float]]:

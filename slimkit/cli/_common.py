@@ -154,8 +154,9 @@ def require_torch_model(model: Any, spec: str) -> None:
     framework = framework_of(model)
     if framework != "torch":
         raise SlimkitError(f"The factory {spec!r} returned a {framework} model; this command takes PyTorch models. "
-                           "Expected a torch.nn.Module, or the Python API for Keras models (docs/keras.md); "
-                           "`slimkit speedup` and `slimkit convert` take Keras models.")
+                           "Expected a torch.nn.Module, or the Python API for Keras models "
+                           "(slimkit.analysis.quant_debug, docs/keras.md); `slimkit prune`, `quantize`, `speedup` "
+                           "and `convert` take Keras models.")
 
 
 def require_input_shape(args: Any) -> list[int]:
@@ -403,7 +404,8 @@ def add_model_arguments(parser: Any, config_help: str) -> None:
     """``--config`` (described by ``config_help``), ``--model`` and ``--weights`` of the YAML-driven commands."""
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--model", required=True, help="model factory as package.module:function")
-    parser.add_argument("--weights", help="state dict (.pth) to load into the model first")
+    parser.add_argument("--weights", help="weights to load into the model first: a PyTorch state dict (.pth), a "
+                        "Keras .weights.h5 / .keras file")
 
 
 def add_output_arguments(parser: Any) -> None:

@@ -53,6 +53,7 @@ def compare(args: argparse.Namespace) -> int:
                           f"`slimkit quantize` was given. Received: no {', '.join(missing)}")
     session = Session(args, quantize.KEYS, quantize.quantizer_registry(), "quantizer", lr=1e-4,
                       data_keys=("calibration",), dummy_input_always=True)
+    common.require_torch_model(session.model, args.model)
     if "fine_tune" in session.settings or "calibration" not in session.settings:
         raise session.doc.error(("algorithm",), "inspect --compare reruns post-training calibration only. Expected "
                                 "a YAML file with calibration: and no fine_tune:")

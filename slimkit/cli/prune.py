@@ -26,7 +26,10 @@ prune.yaml:
   fine_tune: {epochs: 2, lr: 0.001, batch_size: 64, optimizer: adam}   # optional, needs --data
   input_shape: [1, 1, 8, 8]        # optional: latency in report.md (else taken from --data)
 
-writes out/model.pth (masks baked in; loads into the original class), out/mask.pth, out/report.md
+writes out/model.pth (masks baked in; loads into the original class), out/mask.pth, out/report.md.
+A factory returning a keras.Model (op_types: [Conv2D], ...; fine-tuned with model.fit) writes
+out/model.weights.h5 (masks baked in; model.load_weights on the factory's model), out/mask.npz and
+out/report.md
 """
 
 KEYS = {
@@ -46,40 +49,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import copy
-
-    import torch
-
     from slimkit.analysis.report import layer_sparsity, measure, render_report, write_report
     from slimkit.errors import ConfigError
 
     session = Session(args, KEYS, common.pruner_registry(), "pruner")
-    out = args.out
-    os.makedirs(out, exist_ok=True)
-    before_metric = common.accuracy(session.model, session.data) if session.data else None
-    before = measure(copy.deepcopy(session.model), example=session.example, metric=before_metric)
+    out, files = args.out, session.runtime.files
+    before_metric = session.accuracy(session.model)
+    before = measure(session.runtime.detached(session.model), example=session.example, metric=before_metric)
     pruner = session.build()
     try:
         model = pruner.compress()
     except ConfigError as error:
         raise common.located(session.doc, error) from None
+    os.makedirs(out, exist_ok=True)  # after the config_list is validated: a bad one leaves no folder
     notes = [f"algorithm: {session.cls.__name__}", f"config: {os.path.abspath(args.config)}",
              f"model: {args.model}" + (f" (weights {args.weights})" if args.weights else "")]
     if "fine_tune" in session.settings:
-        optimizer = session.make_optimizer()
-        criterion = torch.nn.functional.cross_entropy
-        for epoch in range(session.fine_tune["epochs"]):
-            pruner.update_epoch(epoch)
-            session.train_epoch(model, optimizer, criterion, epoch, pruner)
+        session.fit(model, [pruner])
         notes.append("fine-tuned: " + ", ".join(f"{k}={v}" for k, v in session.fine_tune.items()))
-    model_path, mask_path = os.path.join(out, "model.pth"), os.path.join(out, "mask.pth")
+    model_path, mask_path = os.path.join(out, files.weights), os.path.join(out, files.masks)
     pruner.export_model(model_path=model_path, mask_path=mask_path)
     masks = pruner.get_masks()
     fresh = common.load_model(args.model, model_path)
-    after_metric = common.accuracy(fresh, session.data) if session.data else None
+    after_metric = session.accuracy(fresh)
     after = measure(fresh, example=session.example, metric=after_metric)
     if session.example is None:
         notes.append("latency not measured: give input_shape in the YAML or --data")
+    notes += [session.runtime.latency_note] if session.runtime.latency_note else []
     notes.append("masked weights are zeros in a dense model: run `slimkit speedup` to shrink channels")
     layers = layer_sparsity(masks)
     report_path = os.path.join(out, "report.md")
@@ -92,4 +88,3 @@ def run(args: argparse.Namespace) -> int:
         common.say(f"accuracy {before_metric:.4f} -> {after_metric:.4f}")
     common.say(f"wrote {model_path}", f"wrote {mask_path}", f"wrote {report_path}")
     return 0
-

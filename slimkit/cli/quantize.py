@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import os
+from collections.abc import Callable
 from typing import Any
 
 from slimkit.cli import _common as common
 from slimkit.cli._session import Session
+from slimkit.compression.adapter import framework_of
 from slimkit.errors import SlimkitError
 
 HELP = "quantize a model with a quantizer and config_list from a YAML file"
@@ -29,7 +30,10 @@ qat.yaml:
   input_shape: [1, 1, 8, 8]
 
 writes out/model.pth (float weights), out/calibration.pth (scales, zero points, bits per layer),
-out/report.md and, with --tflite, out/model.tflite
+out/report.md and, with --tflite, out/model.tflite. A factory returning a keras.Model (op_types:
+[Conv2D, Dense] or [default]; QAT with model.fit) writes out/model.weights.h5 (out/model.keras with
+--masks: the smaller model), out/calibration.json, out/report.md and, with --tflite, the int8 file
+export_tflite writes from the quantizer's parameters
 """
 
 KEYS = {
@@ -59,40 +63,35 @@ def quantizer_registry() -> dict[str, type]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from slimkit.analysis.report import measure, render_report, write_report
 
     session = Session(args, KEYS, quantizer_registry(), "quantizer", lr=1e-4, data_keys=("fine_tune", "calibration"),
                       dummy_input_always=True)
-    settings, cls = session.settings, session.cls
+    settings, cls, files = session.settings, session.cls, session.runtime.files
     if args.masks:
         if session.example is None:
             raise SlimkitError("--masks needs an example input to trace the model. Expected input_shape in the "
                                "YAML file or --data. Received: neither")
-        common.speed_up(session.model, args.masks, session.example)
-    os.makedirs(args.out, exist_ok=True)
-    before_metric = common.accuracy(session.model, session.data) if session.data else None
-    before = measure(copy.deepcopy(session.model), example=session.example, metric=before_metric)
+        session.model = session.runtime.speed_up(session.model, args.masks, session.example)
+    before_metric = session.accuracy(session.model)
+    before = measure(session.runtime.detached(session.model), example=session.example, metric=before_metric)
     quantizer: Any = session.build()
+    os.makedirs(args.out, exist_ok=True)  # after the config_list is validated: a bad one leaves no folder
     model = quantizer.compress()
-    calibrate(session, quantizer, args.quiet)
+    batches = calibrate(session, quantizer, args.quiet)
     if "fine_tune" in settings:
-        optimizer = session.make_optimizer()
-        for epoch in range(session.fine_tune["epochs"]):
-            quantizer.update_epoch(epoch)
-            session.train_epoch(model, optimizer, torch.nn.functional.cross_entropy, epoch, quantizer)
-    model_path, calibration_path = os.path.join(args.out, "model.pth"), os.path.join(args.out, "calibration.pth")
+        session.fit(model, [quantizer])
+    model_path = os.path.join(args.out, files.reshaped if args.masks else files.weights)
+    calibration_path = os.path.join(args.out, files.calibration)
     calibration = quantizer.export_model(model_path=model_path, calibration_path=calibration_path) or {}
-    after_metric = common.accuracy(model, session.data) if session.data else None
+    after_metric = session.accuracy(model)
     after = measure(model, example=session.example, metric=after_metric)
     written = [model_path, calibration_path]
     notes = [f"algorithm: {cls.__name__}", "after: the model with fake quantization (float kernels)"]
+    notes += [session.runtime.latency_note] if session.runtime.latency_note else []
     if args.tflite:
-        from slimkit.converter import TFLiteConverter
-
         written.append(os.path.join(args.out, "model.tflite"))
-        TFLiteConverter(model.eval(), session.example, written[-1]).convert()
+        TFLITE_WRITERS[framework_of(model)](model, quantizer, session, batches, written[-1])
         notes.append(f"model.tflite: {os.path.getsize(written[-1]):,} bytes")
     report_path = os.path.join(args.out, "report.md")
     write_report(report_path, render_report(args.model, before, after, notes=notes,
@@ -100,6 +99,25 @@ def run(args: argparse.Namespace) -> int:
     common.say(f"quantized {len(calibration)} layers with {cls.__name__}", *[f"wrote {p}" for p in written],
                f"wrote {report_path}")
     return 0
+
+
+def _torch_tflite(model: Any, quantizer: Any, session: Session, batches: list[Any], path: str) -> None:
+    from slimkit.converter import TFLiteConverter
+
+    TFLiteConverter(model.eval(), session.example, path).convert()
+
+
+def _keras_tflite(model: Any, quantizer: Any, session: Session, batches: list[Any], path: str) -> None:
+    """int8 with the quantizer's parameters; tensors it leaves out are calibrated on the calibration batches (or the
+    example input)."""
+    from slimkit.frameworks.tensorflow import export_tflite
+
+    export_tflite(model, path, quantizer=quantizer, representative_data=batches or [session.example])
+
+
+# framework (slimkit.compression.adapter.framework_of) -> how `--tflite` writes its quantized models
+TFLITE_WRITERS: dict[str, Callable[[Any, Any, Session, list[Any], str], None]] = {"torch": _torch_tflite,
+                                                                                 "keras": _keras_tflite}
 
 
 def calibrate(session: Session, quantizer: Any, quiet: bool | None) -> list[Any]:

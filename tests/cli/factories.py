@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import torch
 
-from slimkit.algorithms.pruning import FilterPruner
+from slimkit.algorithms.pruning import FilterPruner, LevelPruner
 from slimkit.models import DigitsCNN, load_digits_tensors
 
 
@@ -46,10 +46,30 @@ class LastChannelsPruner(FilterPruner):
         return -np.arange(self.weight_of(layer).shape[layer.out_axis], dtype=np.float64)
 
 
+class TrainFirstLevelPruner(LevelPruner):
+    """A user's pruner that requires a ``trainer`` and a ``criterion`` (NNI style): ``compress()`` trains one epoch
+    with them, then computes the level masks."""
+
+    def __init__(self, model, config_list, optimizer=None, *, trainer, criterion):
+        super().__init__(model, config_list, optimizer)
+        self.trainer, self.criterion = trainer, criterion
+
+    def compress(self):
+        self.trainer(self.model, self.optimizer, self.criterion, 0)
+        return super().compress()
+
+
 def keras_cnn():
     """A small Keras CNN (seed 0) for the CLI's Keras paths."""
     import keras
 
     keras.utils.set_random_seed(0)
     return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation='relu', name='conv'),
-                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, name='fc')])
+                             keras.layers.GlobalAveragePooling2D(name='gap'), keras.layers.Dense(10, name='fc')])
+
+
+def keras_digits_data():
+    """``(x_train, y_train, x_test, y_test)`` of the bundled digits as arrays, images ``(N, 8, 8, 1)``."""
+    from slimkit.frameworks.tensorflow.models import load_digits_arrays
+
+    return load_digits_arrays()
