@@ -247,6 +247,19 @@ def table(title: str, rows: dict, digits: int) -> list[str]:
     return lines + [""]
 
 
+def adaround_layer_times(settings: dict) -> list[str]:
+    """One line per measured AdaRound row: the layers it rounded and their seconds (median, largest, total)."""
+    lines = []
+    for setting, rows in settings.items():
+        for name, row in rows.items():
+            seconds = sorted(row.get("adaround_layer_s", {}).items(), key=lambda item: item[1])
+            if seconds:
+                slowest, total = seconds[-1], sum(value for _, value in seconds)
+                lines.append(f"- {setting}, {name}: {len(seconds)} layers, median {seconds[len(seconds) // 2][1]:.2f} "
+                             f"s, largest {slowest[1]:.2f} s (`{slowest[0]}`), total {total:.1f} s (wall)")
+    return ["AdaRound seconds per layer:", "", *lines, ""] if lines else []
+
+
 def markdown(results: dict) -> str:
     machine = results["machine"]
     lines = ["## EfficientNet-Lite0 (real ImageNet weights)", "",
@@ -275,8 +288,9 @@ def markdown(results: dict) -> str:
             continue
         rows.update(results.get("peers", {}).get(setting, {}))
         lines += table(f"EfficientNet-Lite0, {setting}", rows, digits=1)
-    lines += ["AdaRound: " + json.dumps(ADAROUND) + " per layer (the paper uses 10,000 iterations); seconds per "
-              "layer are in results/ptq_techniques.json (`adaround_layer_s`).", "",
+    lines += ["AdaRound: " + json.dumps(ADAROUND) + " per layer (the paper uses 10,000 iterations); seconds of "
+              "every layer are in results/ptq_techniques.json (`adaround_layer_s`).", "",
+              *adaround_layer_times(results["settings"]),
               "### Reading", "",
               "- Equalization is for per-tensor weights; on EfficientNet-Lite it is limited by ReLU6 (a channel whose "
               "values reach the clip cannot be scaled) and by the residual sums after every project conv (5 such "
