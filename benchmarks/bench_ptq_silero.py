@@ -1,8 +1,9 @@
-"""PTQ techniques on silero-vad (real weights, real synthetic speech) -> benchmarks/results/ptq_silero.json and the
+"""PTQ techniques on silero-vad (real weights, espeak-ng speech) -> benchmarks/results/ptq_silero.json and the
 silero-vad section of RESULTS_ptq.md.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_ptq_silero.py`` (``--peers`` adds NNCF's rows to the existing
-results). Needs the ``silero-vad`` package (test extra) and Debian's ``espeak-ng``.
+results, ``--ranges`` naive rows with ``'l2'`` / ``'kl'`` activation ranges). Needs the ``silero-vad`` package (test
+extra) and Debian's ``espeak-ng``.
 
 silero-vad (``slimkit.models.silero_vad``: the package's 16 kHz weights, equal to its TorchScript model), whole-graph
 PTQ (``op_types: ['default']``: the STFT conv, four encoder Conv1d and the decoder conv; minmax ranges) in the
@@ -55,6 +56,8 @@ warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
 WINDOW, BATCH, NOISE = 64 * CHUNK, 8, 1e-3
 THRESHOLD = 0.5
+RANGE_ALGORITHMS = ("l2", "kl")
+PT8, PC8 = list(SETTINGS)[:2]
 NNCF_ROWS = {"NNCF default (fast bias correction)": {}, "NNCF, no bias correction": {"disable_bias_correction": True}}
 
 
@@ -112,6 +115,10 @@ def markdown(results: dict) -> str:
         if not rows:
             continue
         lines += table(f"silero-vad, {setting}", rows, digits=2)
+    for setting, rows in results.get("ranges", {}).items():
+        lines += [f"{setting}, naive with activation ranges searched on histograms instead of min-max (`--ranges`): "
+                  + "; ".join(f"`algorithm='{name}'` {row['agreement']:.2f} % / {row['sqnr_db']:.2f} dB"
+                              for name, row in rows.items()) + ".", ""]
     lines += [f"AdaRound: {json.dumps(ADAROUND)} per layer.", "", *adaround_layer_times(results["settings"]),
               "Reading:", "",
               "- The loss is in the activations of the STFT magnitude and the encoder, not in the weights (int8 "
@@ -138,6 +145,18 @@ def main() -> None:
     reference = predict(model, evaluation)
     out = ROOT / "benchmarks" / "results" / "ptq_silero.json"
     only = sys.argv[1:]
+    if only == ["--ranges"]:  # naive rows with the histogram-searched activation ranges instead of min-max
+        results = json.loads(out.read_text())
+        for setting in (PT8, PC8):
+            for algorithm in RANGE_ALGORITHMS:
+                profile, bits = SETTINGS[setting]
+                row = run_row(model, profile, bits, [], calibration, evaluation, reference, score=decisions,
+                              algorithm=algorithm)
+                results.setdefault("ranges", {}).setdefault(setting, {})[algorithm] = row
+                print(setting, algorithm, row, flush=True)
+                out.write_text(json.dumps(results, indent=1))
+        replace_section("silero-vad", markdown(results))
+        return
     if only[:1] == ["--peers"]:
         import nncf
 

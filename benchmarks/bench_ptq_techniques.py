@@ -119,14 +119,15 @@ def predict(model: torch.nn.Module, batches: list[torch.Tensor]) -> torch.Tensor
 
 
 def run_row(model: torch.nn.Module, profile: str, bits: int, names: list[str], calibration: list, evaluation: list,
-            reference: torch.Tensor, score=top1) -> dict:
-    """One slimkit row: whole-graph PTQ of a copy of ``model`` with the techniques ``names``, figures by ``score``."""
+            reference: torch.Tensor, score=top1, algorithm: str = "minmax") -> dict:
+    """One slimkit row: whole-graph PTQ of a copy of ``model`` with the techniques ``names`` and ``algorithm``'s
+    activation ranges, figures by ``score``."""
     clone, cpu = copy.deepcopy(model), {}
     config = [{"quant_types": ["weight", "output"], "quant_bits": {"weight": bits, "output": 8},
                "op_types": ["default"]}]
     start = time.perf_counter()
-    ptq = PostTrainingQuantizer(clone, config, dummy_input=calibration[0][:1], profile=profile, progress=False,
-                                techniques=[technique(name, cpu) for name in names])
+    ptq = PostTrainingQuantizer(clone, config, algorithm, dummy_input=calibration[0][:1], profile=profile,
+                                progress=False, techniques=[technique(name, cpu) for name in names])
     ptq.compress()
     ptq.calibrate(calibration)
     total = time.perf_counter() - start
