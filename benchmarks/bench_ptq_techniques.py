@@ -17,6 +17,9 @@ on its side of the clip.
 (Replacing ReLU6 by ReLU, ``relu6='relu'``, changes the float model too much here: that model's own agreement with
 the original is reported on its own line.)
 
+Arguments naming rows (``adaround``, or one setting's: ``"per-channel W8A8: adaround"``) measure only those and add
+them to the existing results.
+
 ``--equalized-float`` measures, and adds to the existing results, how far ``Equalize(relu6='bound')`` moves the
 float model: exact on the calibration images it bounded the ReLU6 inputs on, not beyond them.
 
@@ -363,8 +366,11 @@ def main() -> None:
         out.write_text(json.dumps(results, indent=1))
         replace_section("efficientnet-lite0", markdown(results))
         return
+    if only:  # rows rerun by name ("setting: row" or a row in every setting) join the existing results
+        previous = json.loads(out.read_text())
+        results = {**previous, "settings": previous["settings"]}
     for setting, name in ORDER:
-        if only and name not in only:
+        if only and name not in only and f"{setting}: {name}" not in only:
             continue
         profile, bits = SETTINGS[setting]
         row = run_row(model, profile, bits, ROWS[name], calibration, evaluation, reference)
