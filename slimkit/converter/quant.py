@@ -163,6 +163,29 @@ def sink_dequantize(graph: Graph) -> None:
     graph.ops = ops
 
 
+def hoist_quantize(graph: Graph) -> None:
+    """RESHAPE -> QUANTIZE (per tensor, the reshape read by nothing else) becomes QUANTIZE -> RESHAPE, so that a kernel
+    whose output is re-viewed before its QUANTIZE (conv1d's CONV_2D) meets the QUANTIZE it becomes int8 with."""
+    from slimkit.converter.ir import Tensor
+
+    users = _consumers(graph)
+    outputs = {id(t) for t in graph.outputs}
+    index = {id(op): k for k, op in enumerate(graph.ops)}
+    for op in list(graph.ops):
+        reshape = op.inputs[0].producer if op.code == "QUANTIZE" and op.inputs[0] is not None else None
+        if reshape is None or reshape.code != "RESHAPE" or op.outputs[0].quant is None \
+                or op.outputs[0].quant.scale.size != 1 or len(users.get(id(reshape.outputs[0]), [])) != 1 \
+                or id(reshape.outputs[0]) in outputs:
+            continue
+        x, out = reshape.inputs[0], op.outputs[0]
+        middle = Tensor(out.name + "_pre", x.shape, out.dtype, perm=x.perm, quant=out.quant)
+        graph.quant_table[middle.name] = out.quant
+        op.inputs[0], op.outputs[0], middle.producer = x, middle, op
+        reshape.inputs[0], reshape.outputs[0], out.producer = middle, out, reshape
+        graph.ops[index[id(reshape)]], graph.ops[index[id(op)]] = op, reshape
+        index[id(op)], index[id(reshape)] = index[id(reshape)], index[id(op)]
+
+
 def infer_weight_grid(w: np.ndarray, axis: int, tol: float = 1e-3) -> QuantParams | None:
     """Per-channel symmetric parameters of weights that already sit on an int8 grid (fake-quantized with
     scale = max|w_c| / 127, possibly through folded BN arithmetic); None when they do not."""
@@ -186,6 +209,7 @@ def int8_kernels(graph: Graph) -> int:
     all read from the tensors' entries in the quantization table.
     """
     sink_dequantize(graph)
+    hoist_quantize(graph)
     users = _consumers(graph)
     outputs = {id(t) for t in graph.outputs}
     dropped: set[int] = set()

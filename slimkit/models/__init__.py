@@ -14,6 +14,7 @@ from slimkit.models.digits import DigitsCNN, digits_accuracy, load_digits_tensor
 from slimkit.models.efficientnet_lite import efficientnet_lite0
 from slimkit.models.mobilenet import mobilenet_v2
 from slimkit.models.resnet import resnet18, resnet50
+from slimkit.models.silero_vad import SileroVAD, load_silero_vad
 
-__all__ = ["DigitsCNN", "digits_accuracy", "efficientnet_lite0", "load_digits_tensors", "mobilenet_v2", "resnet18",
-           "resnet50"]
+__all__ = ["DigitsCNN", "SileroVAD", "digits_accuracy", "efficientnet_lite0", "load_digits_tensors", "load_silero_vad",
+           "mobilenet_v2", "resnet18", "resnet50"]

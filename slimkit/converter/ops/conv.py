@@ -127,6 +127,7 @@ def conv1d(ctx, node, a):
     padding = a["padding"] if isinstance(a["padding"], str) else (0, _pair(a["padding"], 1)[0])
     y4 = conv2d_nhwc(ctx, x4, weight, bias, (1, _pair(a["stride"], 1)[0]), padding,
                      (1, _pair(a["dilation"], 1)[0]), int(a["groups"]), (out[0], out[1], 1, out[2]))
+    attach_weight_params(ctx, a["weight"], y4)
     y = ctx.tensor(out, perm=(0, 2, 1))
     ctx.emit("RESHAPE", [y4, ctx.const(np.array([out[0], out[2], out[1]], np.int32))], [y],
              NewShape=[out[0], out[2], out[1]]).see_through = True

@@ -77,3 +77,20 @@ def test_without_batches_every_layer_skipped_by_name() -> None:
     assert equalize.applied == ["0", "3"]  # the other technique still ran
     assert adaround.applied == [] and sorted(adaround.skipped) == ["0", "3"]
     assert "calibration batches" in adaround.skipped["0"]
+
+
+def test_a_kernel_wider_than_the_crop_sees_a_window_as_wide_as_the_kernel() -> None:
+    """silero-vad's STFT conv has 256 taps: a 32-sample window could not run it (PyTorch refused the step)."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv1d(1, 6, 40, stride=8)).eval()
+    float_weight = model[0].weight.detach().clone()
+    config = [{"quant_types": ["weight"], "quant_bits": 4, "op_types": ["Conv1d"]}]
+    ptq = PostTrainingQuantizer(model, config, techniques=[AdaRound(iterations=100, batch_size=8, crop=32)],
+                                progress=False)
+    ptq.calibrate([torch.randn(8, 1, 100)])
+    report = ptq.technique_reports[0]
+    assert report.applied == ["0"] and report.details["mse"]["0"] <= report.details["mse_nearest"]["0"]
+    scale = torch.tensor(ptq.params["0"]["weight"].scale, dtype=torch.float32).view(-1, 1, 1)
+    quantized = next(layer for layer in ptq.layers if layer.name == "0").wrapper.quantized_weight()
+    assert bool(((quantized == torch.floor(float_weight / scale) * scale)
+                 | (quantized == torch.ceil(float_weight / scale) * scale)).all())

@@ -78,8 +78,8 @@ class AdaRound(Technique):
         warmup: fraction of the steps before the regulariser starts.
         beta: the regulariser's exponent, annealed from the first to the second value.
         crop: a conv input larger than this (each spatial side) is seen by each step through a random
-            ``crop x crop`` window (target and rounded output on the same window), which keeps a step's cost
-            independent of the image size; None uses whole inputs.
+            ``crop x crop`` window (target and rounded output on the same window; wider where the kernel reaches
+            further), which keeps a step's cost independent of the image size; None uses whole inputs.
 
     Example:
 
@@ -143,15 +143,20 @@ class AdaRound(Technique):
         def run(w: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
             return wrapper.call_module({"weight": w, "bias": None}, (inputs,), {})
 
+        module = layer.module
+        # a window never narrower than the kernel's (dilated) reach: a 256-tap STFT conv sees 256 samples at least
+        spans = [(k - 1) * d + 1 for k, d in zip(getattr(module, "kernel_size", ()), getattr(module, "dilation", ()))]
+
         def sample(step_generator: torch.Generator) -> torch.Tensor:
             rows = torch.randint(0, x.shape[0], (min(self.batch_size, x.shape[0]),), generator=step_generator)
             batch = x[rows]
             if self.crop is None or isinstance(layer.module, torch.nn.Linear) or batch.dim() < 3:
                 return batch
-            for dim in range(2, batch.dim()):
-                if batch.shape[dim] > self.crop:
-                    start = int(torch.randint(0, batch.shape[dim] - self.crop + 1, (1,), generator=step_generator))
-                    batch = batch.narrow(dim, start, self.crop)
+            for dim, span in zip(range(2, batch.dim()), spans):
+                window = max(self.crop, span)
+                if batch.shape[dim] > window:
+                    start = int(torch.randint(0, batch.shape[dim] - window + 1, (1,), generator=step_generator))
+                    batch = batch.narrow(dim, start, window)
             return batch
 
         def rounded(h: torch.Tensor) -> torch.Tensor:
