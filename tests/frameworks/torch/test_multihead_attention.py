@@ -140,3 +140,28 @@ def test_pruner_then_qat_keeps_the_in_projection_zeros():
     quantizer.unwrap_model()
     pruner.unwrap_model()
     assert type(model.attn) is nn.MultiheadAttention
+
+
+def test_tflite_file_computes_with_the_quantized_in_projection(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from slimkit.algorithms.quantization import PostTrainingQuantizer
+    from slimkit.converter import TFLiteConverter
+
+    model = block().eval()
+    float_model = copy.deepcopy(model)
+    quantizer = PostTrainingQuantizer(model, [{"quant_types": ["weight"], "op_types": ["MultiheadAttention"]}],
+                                      dummy_input=INPUTS[0][:1])
+    quantizer.compress()
+    quantizer.calibrate(INPUTS)
+    TFLiteConverter(model, INPUTS[0][:1], str(tmp_path / "attn.tflite")).convert()
+    interpreter = Interpreter(str(tmp_path / "attn.tflite"))
+    interpreter.allocate_tensors()
+    [inp], [out] = interpreter.get_input_details(), interpreter.get_output_details()
+    for x in INPUTS:
+        interpreter.set_tensor(inp["index"], x[:1].numpy())
+        interpreter.invoke()
+        result = torch.from_numpy(interpreter.get_tensor(out["index"]))
+        with torch.no_grad():
+            torch.testing.assert_close(result, model(x[:1]), rtol=1e-5, atol=1e-6)
+            assert (result - float_model(x[:1])).abs().max() > 1e-4  # the float weights would give another output
