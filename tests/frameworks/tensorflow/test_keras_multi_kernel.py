@@ -259,3 +259,19 @@ def test_dependency_aware_couples_the_depthwise_entry_with_its_input_and_speedup
     np.testing.assert_allclose(np.asarray(small(X)), expected, rtol=1e-5, atol=1e-6)
     assert small.get_layer("conv").filters == 2 and small.get_layer("sep").filters == 3
     assert small.get_layer("sep").depthwise_kernel.shape == (3, 3, 2, 1)
+
+
+def test_activation_pruners_refuse_the_depthwise_entry_by_name():
+    from slimkit.algorithms.pruning import ActivationAPoZRankFilterPruner
+    from slimkit.errors import ConfigError
+
+    model = separable_cnn()
+    with pytest.raises(ConfigError, match=r"selects 'sep/depthwise'.*'exclude': True, 'op_names': \['sep/depthwise'\]"):
+        ActivationAPoZRankFilterPruner(model, [{"sparsity": 0.5, "op_types": ["default"]}])
+    pruner = ActivationAPoZRankFilterPruner(model, [{"sparsity": 0.5, "op_types": ["default"]},
+                                                    {"exclude": True, "op_names": ["sep/depthwise"]}])
+    pruner.compress()
+    model(X)
+    pruner.step()
+    assert sorted(pruner.get_masks()) == ["conv", "fc", "sep"]
+    assert pruner.get_masks()["sep"]["bias"].numpy().sum() == 3
