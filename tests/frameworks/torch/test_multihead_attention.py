@@ -165,3 +165,14 @@ def test_tflite_file_computes_with_the_quantized_in_projection(tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(result, model(x[:1]), rtol=1e-5, atol=1e-6)
             assert (result - float_model(x[:1])).abs().max() > 1e-4  # the float weights would give another output
+
+
+def test_two_of_four_pattern_on_the_in_projection():
+    model = block()
+    weight = model.attn.in_proj_weight.detach().clone()
+    pruner = LevelPruner(model, [{"sparsity": 0.5, "sparsity_pattern": "2:4", "op_types": ["MultiheadAttention"]}])
+    pruner.compress()
+    mask = pruner.get_masks()["attn"]["weight"].reshape(3 * EMBED, EMBED // 4, 4)
+    groups = weight.abs().reshape(3 * EMBED, EMBED // 4, 4)
+    expected = torch.zeros_like(groups).scatter_(-1, groups.topk(2, dim=-1).indices, 1.0)
+    assert torch.equal(mask, expected)
