@@ -42,7 +42,7 @@ def kind_of(compressor: Any) -> str:
 
 
 def _names(layers: Sequence[Any]) -> str:
-    return " + ".join(type(layer.owner).__name__ for layer in layers)
+    return " + ".join({id(layer.owner): type(layer.owner).__name__ for layer in layers}.values())
 
 
 def stacking_targets(layers: Sequence[Any], wrapper_of: Callable[[Any], Any]) -> dict[str, Any]:
@@ -66,7 +66,8 @@ def stacking_targets(layers: Sequence[Any], wrapper_of: Callable[[Any], Any]) ->
         if wrapper is None:
             continue
         attached = list(getattr(wrapper, "attached", ()))
-        kinds = [kind_of(other.owner) for other in attached]
+        owners = list({id(other.owner): other.owner for other in attached}.values())  # a layer's entries share it
+        kinds = [kind_of(owner) for owner in owners]
         if kind == QUANTIZER and kinds == [PRUNER]:
             targets[layer.name] = wrapper
             continue
@@ -99,7 +100,8 @@ def check_unwrap(compressor: Any, layers: Sequence[Any]) -> None:
     """Raise :class:`CompositionError` if another compressor is stacked on one of ``layers`` (unwrap it first)."""
     for layer in layers:
         attached = list(getattr(layer.wrapper, "attached", ()))
-        above = attached[attached.index(layer) + 1:] if layer in attached else []
+        above = [other for other in attached[attached.index(layer) + 1:] if other.owner is not compressor] \
+            if layer in attached else []
         if above:
             raise CompositionError(
                 f"{type(compressor).__name__}.unwrap_model(): {_names(above)} is stacked on layer {layer.name!r}. "

@@ -57,12 +57,15 @@ class Layer:
         module: the framework's layer object.
         config: the parsed config dict that selected this layer.
         owner: the compressor that selected it.
+        kernel: which weight of ``module`` this entry compresses when the layer holds several (``LayerRef.kernel``:
+            a Keras SeparableConv2D's ``'depthwise_kernel'``), or None for its own weight and bias.
     """
 
     def __init__(self, ref: LayerRef, config: LayerConfig, adapter: FrameworkAdapter):
         self.name = ref.name
         self.type = ref.type
         self.module = ref.module
+        self.kernel = ref.kernel
         self.config = config
         self.wrapper: Any = None  # set by the adapter while the layer is wrapped
         self.owner: Any = None    # set by the compressor (slimkit.compression.composition reads it)
@@ -83,7 +86,9 @@ class Layer:
         """Axis of the weight that indexes output channels (0 for torch Conv2d, -1 for Keras Conv2D), or
         axes read as one (``(-2, -1)``: a Keras DepthwiseConv2D with depth_multiplier > 1; see
         :mod:`slimkit.compression.channels`)."""
-        return self._adapter.out_axis(self.module)
+        if self.kernel is None:  # adapters written before multi-kernel layers take the module only
+            return self._adapter.out_axis(self.module)
+        return self._adapter.out_axis(self.module, self.kernel)
 
     def weight_array(self) -> np.ndarray:
         """The masked weight as a numpy array in the framework's native layout."""

@@ -171,12 +171,18 @@ class LayerRef:
     """A layer found by a framework adapter: qualified name, class name, native object, and ``types``: every
     name ``op_types`` matches it by (its class, the layer classes it derives from, an alias such as ``'Linear'``
     for a Linear-like layer of another library; see :func:`class_names`). Left empty, ``types`` is ``(type,)``.
+
+    ``kernel`` names the weight of ``module`` this entry compresses when a layer holds several that are compressed
+    apart (a Keras ``SeparableConv2D``'s ``'depthwise_kernel'``: the entry ``'sep1/depthwise'`` beside ``'sep1'``);
+    None for the layer's own weight and bias. Such an entry is a weight, not a layer with its own activations: a
+    quantizer quantizes its ``'weight'`` only (the layer's input and output belong to the layer's own entry).
     """
 
     name: str
     type: str
     module: Any
     types: tuple[str, ...] = ()
+    kernel: str | None = None
 
     def __post_init__(self) -> None:
         if not self.types:

@@ -125,6 +125,8 @@ class LayerQuant:
             types = ()
         elif self.action == "rewrite":
             types = tuple(t for t in types if t is not QuantType.QUANT_WEIGHT)
+        if layer.kernel is not None:  # an extra kernel's entry is a weight: the layer's activations are its own entry's
+            types = tuple(t for t in types if t is QuantType.QUANT_WEIGHT)
         self.types = types
         bits = config.quant_bits
         self.bits = {t: (bits if isinstance(bits, int) else bits.get(t.value, 8)) for t in QuantType}

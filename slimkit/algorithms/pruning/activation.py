@@ -101,6 +101,16 @@ class ActivationRankFilterPruner(FilterPruner):
         self._limit: int | None = None
         self.masks_ready = False
 
+    def validate_layer(self, layer: Layer) -> None:
+        super().validate_layer(layer)
+        if layer.kernel is not None:
+            raise ConfigError(
+                f"{type(self).__name__}: config_list[{layer.config.index}] selects {layer.name!r}, the "
+                f"{layer.kernel!r} of a layer, whose output channels the layer never shows (its own output is "
+                f"another kernel's), so they have no activations to rank. Expected layers with outputs of their own: "
+                f"exclude it ({{'exclude': True, 'op_names': [{layer.name!r}]}}) or prune it with a weight-ranked "
+                f"pruner (L1FilterPruner, FPGMPruner).")
+
     def rank(self, stats: ChannelStatistics) -> np.ndarray:
         """Channel importance from the recorded statistics (lowest pruned first)."""
         raise NotImplementedError(f"{type(self).__name__} must implement rank(stats).")

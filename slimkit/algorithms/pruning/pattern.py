@@ -71,7 +71,7 @@ def check_pattern(algorithm: str, layer: Layer) -> None:
     if not isinstance(layer.out_axis, int):
         raise ConfigError(f"{where}: layer {layer.name!r} ({layer.type}) has no single output axis for an N:M "
                           f"pattern. Expected a Linear or convolution layer; exclude it.")
-    shape = tuple(layer.module.weight.shape)
+    shape = tuple(layer.weight.shape)  # the entry's weight (a MultiheadAttention: in_proj_weight)
     reduction = int(np.prod(shape)) // shape[layer.out_axis]
     if reduction % m:
         raise ConfigError(f"{where}: layer {layer.name!r} has {reduction} weights per output channel, not a "

@@ -42,8 +42,11 @@ class KerasAdapter:
     name = "keras"
 
     def discover(self, model: Any) -> list[LayerRef]:
-        return [LayerRef(name, type(layer).__name__, layer, class_names(type(layer), keras.layers.Layer))
-                for name, layer in named_layers(model)]
+        """Every layer, and after a layer holding several kernels an entry per extra kernel (a SeparableConv2D
+        ``'sep1'`` is followed by ``'sep1/depthwise'``, of type ``'DepthwiseConv2D'``: see :mod:`.layout`)."""
+        return [LayerRef(entry, kind, layer, class_names(type(layer), keras.layers.Layer) if kernel is None
+                         else (kind,), kernel)
+                for name, layer in named_layers(model) for entry, kernel, kind in layout.entries(name, layer)]
 
     @functools.cache  # noqa: B019 - the adapter is a process-wide singleton
     def known_types(self) -> set[str]:
@@ -60,8 +63,8 @@ class KerasAdapter:
                 f"model: call the model on an example batch (or give it a keras.Input) before compressing.")
         return layout.variable(module, layout.weight_attrs(module)[0]) is not None
 
-    def out_axis(self, module: Any) -> ChannelAxis:
-        return layout.out_axis(module)
+    def out_axis(self, module: Any, kernel: str | None = None) -> ChannelAxis:
+        return layout.out_axis(module, kernel)
 
     def activation_axis(self, module: Any) -> int:
         """Channel axis of the layer's output: -1 (channels_last), or 1 for ``data_format='channels_first'``."""
@@ -84,14 +87,14 @@ class KerasAdapter:
         return self._param(layer, 1, masked)
 
     def _param(self, layer: Any, index: int, masked: bool) -> tf.Tensor | None:
-        var = layout.variable(layer.module, layout.weight_attrs(layer.module)[index])
+        var = layout.variable(layer.module, layout.weight_attrs(layer.module, layer.kernel)[index])
         if var is None:
             return None
         value = tf.convert_to_tensor(var.value)
         wrapper = wrapper_of(layer.module)
         mask = None
         if masked and wrapper is not None:
-            mask = wrapper.weight_mask if index == 0 else wrapper.bias_mask
+            mask = wrapper.mask_of(layer.kernel) if index == 0 else wrapper.bias_mask
         return value * tf.cast(mask, value.dtype) if mask is not None else value
 
     def to_numpy(self, tensor: Any) -> np.ndarray:
@@ -106,21 +109,25 @@ class KerasAdapter:
 
     def wrap(self, model: Any, layers: list[Any]) -> None:
         stacking_targets(layers, lambda layer: wrapper_of(layer.module))  # a pruner stacks on nothing
-        for layer in layers:
-            layer.wrapper = install(layer.module, layer.name)
+        for layer in layers:  # one wrapper per Keras layer, holding the masks of all its entries
+            layer.wrapper = wrapper_of(layer.module) or install(layer.module,
+                                                                layout.layer_name(layer.name, layer.kernel))
             layer.wrapper.attached.append(layer)
             layer.wrapper.models.add(model)
         retrace(model)
 
     def unwrap(self, model: Any, layers: list[Any]) -> None:
+        for module in modules_of(layers):
+            uninstall(module)
         for layer in layers:
-            uninstall(layer.module)
             layer.wrapper = None
         retrace(model)
 
     def set_masks(self, layer: Any, weight_mask: np.ndarray, bias_mask: np.ndarray | None) -> None:
         wrapper = layer.wrapper
-        wrapper.weight_mask.assign(np.asarray(weight_mask, dtype=np.float32))
+        wrapper.mask_of(layer.kernel).assign(np.asarray(weight_mask, dtype=np.float32))
+        if layer.kernel is not None:
+            wrapper.mask_set(layer.kernel)
         if bias_mask is not None and wrapper.bias_mask is not None:
             wrapper.bias_mask.assign(np.asarray(bias_mask, dtype=np.float32))
             if not wrapper.bias_mask_set:
@@ -129,12 +136,12 @@ class KerasAdapter:
 
     def get_masks(self, layer: Any) -> tuple[tf.Tensor, tf.Tensor | None]:
         wrapper = layer.wrapper
-        bias = tf.identity(wrapper.bias_mask.value) if wrapper.bias_mask_set else None
-        return tf.identity(wrapper.weight_mask.value), bias
+        bias = tf.identity(wrapper.bias_mask.value) if wrapper.bias_mask_set and layer.kernel is None else None
+        return tf.identity(wrapper.mask_of(layer.kernel).value), bias
 
     def installed_weight_mask(self, layer: Any) -> Any:
-        """The wrapper's weight mask variable (ones until a mask is set)."""
-        return layer.wrapper.weight_mask
+        """The wrapper's weight mask variable of ``layer``'s entry (ones until a mask is set)."""
+        return layer.wrapper.mask_of(layer.kernel)
 
     def add_output_hook(self, layer: Any, fn: Callable[[np.ndarray], None]) -> HookHandle:
         """Call ``fn(output as numpy)`` after every forward of ``layer``, eager or inside ``fit``."""
@@ -163,6 +170,11 @@ class KerasAdapter:
         raise UnsupportedOpError("ONNX export of Keras models is not supported. Expected onnx_path=None; export "
                                  "with slimkit.frameworks.tensorflow.export_tflite(model, path) instead. "
                                  f"Received: onnx_path={path!r}")
+
+
+def modules_of(layers: list[Any]) -> list[Any]:
+    """The Keras layers behind ``layers`` (compressor entries), each once: a layer's entries share its wrapper."""
+    return list({id(layer.module): layer.module for layer in layers}.values())
 
 
 ADAPTER = KerasAdapter()

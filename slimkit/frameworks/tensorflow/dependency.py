@@ -193,9 +193,13 @@ class _Walk:
         else:
             out_vars = self.vars(layer, "out", cout)
         if isinstance(layer, L.DepthwiseConv1D | L.DepthwiseConv2D | L.SeparableConv1D | L.SeparableConv2D):
+            depthwise_out = out_vars
+            if isinstance(layer, L.SeparableConv1D | L.SeparableConv2D):  # its depthwise entry: the middle channels
+                multiplier = layer.depth_multiplier
+                depthwise_out = in_vars if multiplier == 1 else self.vars(layer, "mid", cin * multiplier)
+                self.outputs[layout.entries(self.names[id(layer)], layer)[1][0]] = depthwise_out
             if layer.depth_multiplier > 1:  # depthwise part: cin groups of `multiplier` channels
-                depthwise_out = out_vars if isinstance(layer, L.DepthwiseConv1D | L.DepthwiseConv2D) else None
-                self.grouped.append((cin, [in_vars] + ([depthwise_out] if depthwise_out is not None else [])))
+                self.grouped.append((cin, [in_vars, depthwise_out]))
         elif getattr(layer, "groups", 1) > 1:
             self.grouped.append((layer.groups, [in_vars, out_vars]))
         self.outputs[self.names[id(layer)]] = out_vars
@@ -292,7 +296,8 @@ def channel_dependencies(model: Any) -> tuple[list[ChannelGroup], ChannelFollowe
     functional = _functional(model, model.name)
     walk.run(model, [np.full((1,) * (len(t.shape) - 1), FREE) for t in functional.inputs])
     layers = list(named_layers(model))
-    order = {name: i for i, (name, _) in enumerate(layers)}
+    order = {entry: i for i, entry in enumerate(entry for name, layer in layers
+                                                for entry, _, _ in layout.entries(name, layer))}
     groups = sorted(_groups(walk, order), key=lambda g: order[g.members[0]])
     sources = {name: np.array(walk.uf.roots(out_vars)) for name, out_vars in walk.outputs.items()}
     produced = np.concatenate(list(sources.values())) if sources else np.zeros(0, dtype=np.int64)

@@ -60,9 +60,9 @@ import tensorflow as tf
 from slimkit.compression import bn_fold
 from slimkit.compression.composition import stacking_targets
 from slimkit.compression.quant import QuantType
-from slimkit.errors import CompressionStateError, UnsupportedOpError
-from slimkit.frameworks.tensorflow import quant_fold
-from slimkit.frameworks.tensorflow.adapter import ADAPTER
+from slimkit.errors import CompressionStateError, ConfigError, UnsupportedOpError
+from slimkit.frameworks.tensorflow import layout, quant_fold
+from slimkit.frameworks.tensorflow.adapter import ADAPTER, modules_of
 from slimkit.frameworks.tensorflow.quant_graph import AFFINE, PYTHON, TRACED, GraphQuant
 from slimkit.frameworks.tensorflow.quant_ops import OPS, call_training, fake_quant_deploy
 from slimkit.frameworks.tensorflow.quant_wholegraph import GraphQuantizer, GraphWrapper, KerasPlan, plan_graph
@@ -71,14 +71,17 @@ from slimkit.utils.files import atomic_path
 
 
 class QuantWrapper(MaskWrapper):
-    """Masks and fake quantization around one Keras layer (see the module docstring). ``fold``: the
-    BatchNormalization folded into the layer (and where its output is quantized), or None."""
+    """Masks and fake quantization around one Keras layer (see the module docstring). ``entries``: the quantizer's
+    entries of the layer by kernel (None: the layer's own, which quantizes its input, weight and output; an extra
+    kernel such as ``'depthwise_kernel'``: that weight only). ``fold``: the BatchNormalization folded into the
+    layer's own weight (and where its output is quantized), or None."""
 
-    def __init__(self, layer: keras.layers.Layer, layer_name: str, quantizer: Any, slim_layer: Any, graph: GraphQuant,
-                 fold: quant_fold.Fold | None = None):
+    def __init__(self, layer: keras.layers.Layer, layer_name: str, quantizer: Any, entries: dict[str | None, Any],
+                 graph: GraphQuant, fold: quant_fold.Fold | None = None):
         super().__init__(layer, layer_name)
         object.__setattr__(self, "_quantizer", quantizer)   # held without Keras tracking them
-        object.__setattr__(self, "_slim_layer", slim_layer)
+        object.__setattr__(self, "_entries", entries)
+        object.__setattr__(self, "_slim_layer", entries.get(None))
         object.__setattr__(self, "_graph", graph)
         object.__setattr__(self, "_fold", fold)
         object.__setattr__(self, "_bn", None if fold is None else fold.bn)
@@ -99,25 +102,29 @@ class QuantWrapper(MaskWrapper):
         out.set_shape(x.shape)
         return out
 
-    def _request(self, qtype: QuantType, x: Any, core: Callable[[Any], Any]) -> Any:
-        """``qtype``'s quantization of ``x``: the Python core eagerly; in a traced function the graph-native
-        formula, the traced core method, or the core through ``tf.py_function`` (``quant_graph.route``)."""
-        route = self._graph.routes[self._slim_layer.name][qtype]
+    def _request(self, qtype: QuantType, x: Any, core: Callable[[Any], Any], layer: Any = None) -> Any:
+        """``qtype``'s quantization of ``x`` for the entry ``layer`` (default: the layer's own): the Python core
+        eagerly; in a traced function the graph-native formula, the traced core method, or the core through
+        ``tf.py_function`` (``quant_graph.route``)."""
+        layer = layer or self._slim_layer
+        route = self._graph.routes[layer.name][qtype]
         if route == TRACED or (route == AFFINE and tf.executing_eagerly()):
             object.__setattr__(self.target, "training", self._training_now)
             return core(x)
         if route == PYTHON:
             return self._run(core, x)
         if qtype is QuantType.QUANT_WEIGHT:
-            return self._graph.weight(self._slim_layer, x)
-        return self._graph.activation(self._slim_layer, x, qtype.value, self._training_now)
+            return self._graph.weight(layer, x)
+        return self._graph.activation(layer, x, qtype.value, self._training_now)
 
-    def quantize_kernel(self, kernel: Any) -> Any:
-        """The kernel the layer computes with, from the masked ``kernel``: fake-quantized; with a folded
-        BatchNorm ``q(W f) / f`` (the BatchNorm that follows multiplies by ``f`` again)."""
-        quantizer, layer, bn = self._quantizer, self._slim_layer, self._bn
+    def quantize_kernel(self, kernel: Any, entry: Any = None) -> Any:
+        """The kernel the layer computes with, from the masked ``kernel`` of ``entry`` (default: the layer's own
+        weight): fake-quantized; with a folded BatchNorm ``q(W f) / f`` (the BatchNorm that follows multiplies by
+        ``f`` again; an extra kernel is never folded)."""
+        quantizer, layer = self._quantizer, entry or self._slim_layer
+        bn = self._bn if layer.kernel is None else None
         if bn is None:
-            return self._request(QuantType.QUANT_WEIGHT, kernel, lambda w: quantizer.forward_weight(layer, w))
+            return self._request(QuantType.QUANT_WEIGHT, kernel, lambda w: quantizer.forward_weight(layer, w), layer)
         factor, view = quant_fold.factor(bn), quant_fold.channel_view(self.target, kernel)
         folded = bn_fold.fold_weight(kernel, factor, view)
         quantized = self._request(QuantType.QUANT_WEIGHT, folded, lambda w: quantizer.forward_weight(layer, w))
@@ -126,11 +133,19 @@ class QuantWrapper(MaskWrapper):
     def masked_values(self) -> list[tuple[keras.Variable, Any]]:
         if self.deploy:  # masks and fake-quantized weights are written into the variables
             return []
-        mapping = super().masked_values()
-        if mapping and self._quantizer.quantizes(self._slim_layer, QuantType.QUANT_WEIGHT):
-            var, value = mapping[0]
-            mapping[0] = (var, self.quantize_kernel(value))
-        return mapping
+        return self.quantized_values()
+
+    def quantized_values(self) -> list[tuple[keras.Variable, Any]]:
+        """The masks' values with every weight this quantizer quantizes fake-quantized (masked first)."""
+        values = {id(var): (var, value) for var, value in super().masked_values()}
+        for kernel, layer in self._entries.items():
+            if not self._quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+                continue
+            var = self._weight_var if kernel is None else self._kernel_vars[kernel]
+            mask = self.mask_of(kernel)
+            var, value = values.get(id(var), (var, var * tf.cast(mask, var.dtype)))
+            values[id(var)] = (var, self.quantize_kernel(value, layer))
+        return list(values.values())
 
     def _deploy_quant(self, x: Any, key: str) -> Any:
         return fake_quant_deploy(x, self._quantizer.params[self._slim_layer.name].get(key),
@@ -142,6 +157,8 @@ class QuantWrapper(MaskWrapper):
     def call(self, *args: Any, **kwargs: Any) -> Any:
         quantizer, layer = self._quantizer, self._slim_layer
         object.__setattr__(self, "_training_now", call_training(kwargs))
+        if layer is None:  # only extra kernels of this layer are quantized
+            return super().call(*args, **kwargs)
         if args and quantizer.quantizes(layer, QuantType.QUANT_INPUT):
             first = self._activation(QuantType.QUANT_INPUT, args[0],
                                      lambda t: quantizer.forward_input(layer, (t,), 0)[0])
@@ -160,9 +177,18 @@ class QuantWrapper(MaskWrapper):
             return outputs
         return self._activation(QuantType.QUANT_OUTPUT, outputs, lambda t: quantizer.forward_output(layer, t, 0))
 
-    def quantized_weight(self) -> np.ndarray:
-        """The weight this layer computes with (masked, BN-folded, fake-quantized), as numpy."""
-        quantizer, layer = self._quantizer, self._slim_layer
+    def quantized_weight(self, kernel: str | None = None) -> np.ndarray:
+        """The weight this layer computes with (masked, BN-folded, fake-quantized), as numpy; ``kernel``: that extra
+        kernel's (``'depthwise_kernel'``).
+
+        Raises:
+            ConfigError: this quantizer has no entry for ``kernel`` on the layer.
+        """
+        quantizer, layer = self._quantizer, self._entries.get(kernel)
+        if layer is None:
+            raise ConfigError(f"Layer {self.layer_name!r}: {type(quantizer).__name__} quantizes the kernels "
+                              f"{[k or 'its own weight (kernel=None)' for k in self._entries]} of it. Expected one of "
+                              f"them. Received: kernel={kernel!r}")
         return np.asarray(quantizer.forward_weight(layer, BACKEND.effective_weight(layer)))
 
 
@@ -193,8 +219,14 @@ class KerasQuantBackend:
         (:func:`~slimkit.frameworks.tensorflow.quant_wholegraph.plan_graph`; functional and sequential models)."""
         result = KerasPlan(quant_fold.plan_folds(quantizer.layers, quantizer) if quantizer.fold_bn else {})
         if quantizer.whole_graph:
-            plan_graph(model, result, {id(layer.module): layer.name for layer in quantizer.layers},
-                       quantizer.profile.shares_input_params)
+            own = {id(layer.module): layer.name for layer in quantizer.layers if layer.kernel is None}
+            for layer in quantizer.layers:
+                if id(layer.module) not in own:
+                    raise ConfigError(
+                        f"{type(quantizer).__name__}: whole-graph quantization selects the kernel entry {layer.name!r} "
+                        f"without its layer {layout.layer_name(layer.name, layer.kernel)!r}, whose input and output "
+                        f"the whole graph quantizes. Expected both selected, or both excluded.")
+            plan_graph(model, result, own, quantizer.profile.shares_input_params)
         return result
 
     def wrap(self, model: Any, layers: list[Any], quantizer: Any) -> None:
@@ -209,22 +241,30 @@ class KerasQuantBackend:
                 f"has wrapped them. Expected them unwrapped: call unwrap_model() on that compressor first.")
         graph = quantizer._keras_graph = GraphQuant(quantizer, layers)
         quantizer._keras_wholegraph = GraphQuantizer(quantizer, plan) if plan.graph else None
-        for layer in layers:
-            fold = folds.get(layer.name)
-            layer.wrapper = install(layer.module, layer.name, lambda module, name, _layer=layer, _fold=fold:
-                                    QuantWrapper(module, name, quantizer, _layer, graph, _fold))
-            if layer.name in below:
-                layer.wrapper.stack_on(below[layer.name])
-            layer.wrapper.attached.append(layer)
-            layer.wrapper.models.add(model)
-            if not graph.graph_safe(layer):
-                layer.module.supports_jit = False  # tf.py_function does not compile with XLA
-            object.__setattr__(layer.module, "quantized_weight", layer.wrapper.quantized_weight)
+        for module in modules_of(layers):  # one wrapper per Keras layer, quantizing each of its selected entries
+            entries = {layer.kernel: layer for layer in layers if layer.module is module}
+            own = entries.get(None)
+            fold = folds.get(own.name) if own is not None else None
+            first = next(iter(entries.values()))
+            wrapper = install(module, layout.layer_name(first.name, first.kernel),
+                              lambda target, name, _entries=entries, _fold=fold:
+                              QuantWrapper(target, name, quantizer, _entries, graph, _fold))
+            stacked = next((below[layer.name] for layer in entries.values() if layer.name in below), None)
+            if stacked is not None:
+                wrapper.stack_on(stacked)
+            for layer in entries.values():
+                layer.wrapper = wrapper
+                wrapper.attached.append(layer)
+            wrapper.models.add(model)
+            safe = all(graph.graph_safe(layer) for layer in entries.values())
+            if not safe:
+                module.supports_jit = False  # tf.py_function does not compile with XLA
+            object.__setattr__(module, "quantized_weight", wrapper.quantized_weight)
             if fold is not None and fold.tail is not None:
                 tail = install(fold.tail, fold.tail.name,
-                               lambda module, name, _head=layer.wrapper: OutputTail(module, name, _head))
+                               lambda target, name, _head=wrapper: OutputTail(target, name, _head))
                 tail.models.add(model)
-                if not graph.graph_safe(layer):
+                if not safe:
                     fold.tail.supports_jit = False
         if quantizer._keras_wholegraph is not None:
             self._wrap_graph(model, quantizer)
@@ -254,10 +294,11 @@ class KerasQuantBackend:
                     uninstall(layer)
             vars(model).pop("training", None)
             quantizer._keras_wholegraph = None
-        for layer in layers:
-            uninstall(layer.module)
+        for module in modules_of(layers):
+            uninstall(module)
             for attr in ("training", "quantized_weight"):
-                vars(layer.module).pop(attr, None)
+                vars(module).pop(attr, None)
+        for layer in layers:
             layer.wrapper = None
         quantizer._keras_graph.release(layers)
         retrace(model)
@@ -272,12 +313,14 @@ class KerasQuantBackend:
     def effective_weight(self, layer: Any) -> tf.Tensor:
         """The weight the quantizer sees: masked, BN-folded when a BatchNorm is folded in."""
         weight = ADAPTER.weight(layer)
-        bn = layer.wrapper._bn
+        bn = layer.wrapper._bn if layer.kernel is None else None
         if bn is None:
             return weight
         return bn_fold.fold_weight(weight, quant_fold.factor(bn), quant_fold.channel_view(layer.module, weight))
 
     def layer_extras(self, layer: Any, quantizer: Any) -> dict[str, Any]:
+        if layer.kernel is not None:  # an extra kernel: a weight, no activation of its own
+            return {}
         activation = getattr(getattr(layer.module, "activation", None), "__name__", None)
         fold = layer.wrapper._fold
         tail = None if fold is None else fold.tail
@@ -349,11 +392,8 @@ class KerasQuantBackend:
         saved: list[tuple[Any, np.ndarray]] = []
         wrappers = []
         try:
-            for layer in quantizer.layers:
-                wrapper = layer.wrapper
-                for var, value in MaskWrapper.masked_values(wrapper):
-                    if var is wrapper._weight_var and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
-                        value = wrapper.quantize_kernel(value)
+            for wrapper in {id(layer.wrapper): layer.wrapper for layer in quantizer.layers}.values():
+                for var, value in wrapper.quantized_values():
                     saved.append((var, var.numpy()))
                     var.assign(value)
                 object.__setattr__(wrapper, "deploy", True)

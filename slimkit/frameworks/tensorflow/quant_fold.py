@@ -96,8 +96,8 @@ def plan_folds(layers: list[Any], quantizer: Any) -> dict[str, Fold]:
     selected = {id(layer.module) for layer in layers}
     folds = {}
     for layer in layers:
-        if not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
-            continue
+        if layer.kernel is not None or not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
+            continue  # an extra kernel (a separable conv's depthwise one) is not next to the BatchNorm
         bn = foldable_bn(layer.module)
         if bn is None or id(bn) in selected:
             continue

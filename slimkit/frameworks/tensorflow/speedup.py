@@ -38,15 +38,23 @@ from slimkit.frameworks.tensorflow.wrapper import wrapper_of
 from slimkit.speedup.report import LayerChange, SpeedupReport
 
 
-def parameter_shapes(model: Any) -> dict[str, dict[str, tuple[int, ...] | None]]:
-    """``{name: {'weight': shape, 'bias': shape or None}}`` of every layer with a prunable weight."""
-    shapes = {}
+def _entry_variables(model: Any) -> dict[str, tuple[keras.Variable, keras.Variable | None]]:
+    """``{entry: (weight variable, bias variable or None)}`` of every prunable entry (a layer's own, and its extra
+    kernels': ``'sep1/depthwise'``)."""
+    found = {}
     for name, layer in named_layers(model):
-        weight_attr, bias_attr = layout.weight_attrs(layer)
-        weight, bias = layout.variable(layer, weight_attr), layout.variable(layer, bias_attr)
-        if weight is not None:
-            shapes[name] = {"weight": tuple(weight.shape), "bias": None if bias is None else tuple(bias.shape)}
-    return shapes
+        for entry, kernel, _ in layout.entries(name, layer):
+            weight_attr, bias_attr = layout.weight_attrs(layer, kernel)
+            weight = layout.variable(layer, weight_attr)
+            if weight is not None:
+                found[entry] = (weight, layout.variable(layer, bias_attr))
+    return found
+
+
+def parameter_shapes(model: Any) -> dict[str, dict[str, tuple[int, ...] | None]]:
+    """``{name: {'weight': shape, 'bias': shape or None}}`` of every entry with a prunable weight."""
+    return {name: {"weight": tuple(weight.shape), "bias": None if bias is None else tuple(bias.shape)}
+            for name, (weight, bias) in _entry_variables(model).items()}
 
 
 class KerasModelSpeedup:
@@ -113,11 +121,9 @@ class KerasModelSpeedup:
         """A copy of the model with the masks multiplied into its weights."""
         reference = keras.models.clone_model(self.model)
         reference.set_weights(self.model.get_weights())
-        layers = dict(named_layers(reference))
+        variables = _entry_variables(reference)
         for name, entry in self.masks.items():
-            layer = layers[name]
-            for attr, mask in zip(layout.weight_attrs(layer), (entry["weight"], entry["bias"])):
-                var = layout.variable(layer, attr)
+            for var, mask in zip(variables[name], (entry["weight"], entry["bias"])):
                 if mask is not None:
                     var.assign(var.numpy() * np.asarray(keras.ops.convert_to_numpy(mask), dtype=var.dtype))
         return reference

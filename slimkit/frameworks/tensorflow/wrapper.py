@@ -37,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from slimkit.frameworks.tensorflow.layout import variable, weight_attrs
+from slimkit.frameworks.tensorflow.layout import extra_kernels, variable, weight_attrs
 
 # layer -> its MaskWrapper. Kept outside the layer: Keras' saving walks a layer's attributes and
 # would otherwise write the wrapper's masks into the model's files.
@@ -51,8 +51,10 @@ class MaskWrapper(keras.layers.Layer):
         layer: the Keras layer being compressed (already built).
         layer_name: its qualified name in the model.
 
-    ``weight_mask`` (and ``bias_mask`` when the layer has a bias) start as ones.
-    :meth:`masked_values` is the one place that decides what the layer reads in place of its
+    ``weight_mask`` (and ``bias_mask`` when the layer has a bias) start as ones; so does one mask per extra kernel
+    of the layer (``kernel_masks``, e.g. a SeparableConv2D's ``'depthwise_kernel'``, see
+    :func:`~slimkit.frameworks.tensorflow.layout.extra_kernels`), applied once set. :meth:`mask_of` finds the mask
+    of an entry. :meth:`masked_values` is the one place that decides what the layer reads in place of its
     variables (a fake-quantizing wrapper extends it). ``attached`` lists the
     :class:`~slimkit.compression.Layer` objects of the compressors working through this wrapper, bottom first
     (a pruner, then a quantizer stacked on it: :mod:`slimkit.compression.composition`).
@@ -72,6 +74,12 @@ class MaskWrapper(keras.layers.Layer):
                                           trainable=False, name="bias_mask", dtype="float32")
                           if self._bias_var is not None else None)
         self.bias_mask_set = False  # get_masks reports None for a bias mask never set, like PyTorch
+        object.__setattr__(self, "_kernel_vars", {kernel.attr: variable(layer, kernel.attr)
+                                                  for kernel in extra_kernels(layer)})
+        self.kernel_masks = {attr: self.add_weight(shape=tuple(var.shape), initializer="ones", trainable=False,
+                                                   name=f"{attr}_mask", dtype="float32")
+                             for attr, var in self._kernel_vars.items()}
+        object.__setattr__(self, "kernel_masks_set", set())  # kernels whose mask the forward multiplies in
         self._target = weakref.ref(layer)
         self.models: weakref.WeakSet = weakref.WeakSet()  # models whose compiled functions include this layer
         self.hooks: dict[int, Callable[[np.ndarray], None]] = {}
@@ -105,7 +113,20 @@ class MaskWrapper(keras.layers.Layer):
         for name in ("weight_mask", "bias_mask"):
             if getattr(source, name) is not None:
                 getattr(target, name).assign(getattr(source, name))
+        for attr, mask in source.kernel_masks.items():
+            target.kernel_masks[attr].assign(mask)
         target.bias_mask_set = source.bias_mask_set
+        object.__setattr__(target, "kernel_masks_set", set(source.kernel_masks_set))
+
+    def mask_of(self, kernel: str | None) -> keras.Variable | None:
+        """The weight mask of the entry compressing ``kernel`` (None: the layer's own weight)."""
+        return self.weight_mask if kernel is None else self.kernel_masks[kernel]
+
+    def mask_set(self, kernel: str) -> None:
+        """From now on the forward multiplies ``kernel``'s mask in (traced functions are rebuilt to do so)."""
+        if kernel not in self.kernel_masks_set:
+            self.kernel_masks_set.add(kernel)
+            self.refresh_models()
 
     @property
     def target(self) -> keras.layers.Layer:
@@ -118,6 +139,9 @@ class MaskWrapper(keras.layers.Layer):
         mapping = [(self._weight_var, self._weight_var * tf.cast(self.weight_mask, self._weight_var.dtype))]
         if self.bias_mask_set:  # no multiply by ones in the graph for layers whose bias is never masked
             mapping.append((self._bias_var, self._bias_var * tf.cast(self.bias_mask, self._bias_var.dtype)))
+        for attr in sorted(self.kernel_masks_set):
+            var = self._kernel_vars[attr]
+            mapping.append((var, var * tf.cast(self.kernel_masks[attr], var.dtype)))
         return mapping
 
     def call(self, *args: Any, **kwargs: Any) -> Any:

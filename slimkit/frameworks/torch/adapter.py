@@ -59,7 +59,7 @@ def _refuse_tied_masks(model: nn.Module, layers: list[Any]) -> None:
     for layer in layers:
         for kind in ("weight", "bias"):
             mask = getattr(layer.wrapper, f"{kind}_mask", None)
-            value = getattr(layer.module, kind, None)
+            value = layer.wrapper.param(kind)
             if mask is None or not isinstance(value, torch.Tensor) or bool((mask == 1).all()):
                 continue
             for path, module, attr in users.get(id(value), ()):
@@ -109,7 +109,8 @@ class TorchAdapter:
             parent, _, attr = name.rpartition(".")
             if attr == "module" and isinstance(model.get_submodule(parent), CompressionWrapper):
                 name = parent  # a layer wrapped by another compressor keeps its own name
-            refs.append(LayerRef(name, type(module).__name__, module, layout.layer_types(module)))
+            refs.append(LayerRef(name, type(module).__name__, module, layout.layer_types(module),
+                                 layout.kernel_of(module)))
         return refs
 
     @functools.cache  # noqa: B019 - the adapter is a process-wide singleton
@@ -120,9 +121,9 @@ class TorchAdapter:
         return layout.ROLES.get(role, ())
 
     def has_weight(self, module: nn.Module) -> bool:
-        return isinstance(getattr(module, "weight", None), torch.Tensor)
+        return isinstance(getattr(module, layout.kernel_of(module) or "weight", None), torch.Tensor)
 
-    def out_axis(self, module: nn.Module) -> int:
+    def out_axis(self, module: nn.Module, kernel: str | None = None) -> int:
         return layout.out_axis(module)
 
     def activation_axis(self, module: nn.Module) -> int:
@@ -150,7 +151,8 @@ class TorchAdapter:
         return self._param(layer, "bias", masked)
 
     def _param(self, layer: Any, kind: str, masked: bool) -> torch.Tensor | None:
-        value = getattr(layer.module, kind, None)
+        name = layout.param_name(kind, layer.kernel)
+        value = getattr(layer.module, name, None) if name else None
         if not isinstance(value, torch.Tensor):
             return None
         value = value.detach()
@@ -173,7 +175,7 @@ class TorchAdapter:
         stacking_targets(layers, lambda layer: wrapper_at(model, layer.name))  # a pruner stacks on nothing
         refuse_read_by_parent(layers)
         for layer in layers:
-            wrapper = CompressionWrapper(layer.module, layer.name)
+            wrapper = CompressionWrapper(layer.module, layer.name, layer.kernel)
             wrapper.attached.append(layer)
             set_submodule(model, layer.name, wrapper)
             layer.wrapper = wrapper
@@ -184,7 +186,7 @@ class TorchAdapter:
             layer.wrapper = None
 
     def set_masks(self, layer: Any, weight_mask: np.ndarray, bias_mask: np.ndarray | None) -> None:
-        like = layer.module.weight
+        like = self._param(layer, "weight", masked=False)
         layer.wrapper.weight_mask = torch.as_tensor(weight_mask, dtype=like.dtype, device=like.device)
         if bias_mask is not None:
             layer.wrapper.bias_mask = torch.as_tensor(bias_mask, dtype=like.dtype, device=like.device)
@@ -192,7 +194,7 @@ class TorchAdapter:
     def get_masks(self, layer: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         wrapper = layer.wrapper
         weight_mask = wrapper.weight_mask if wrapper.weight_mask is not None else torch.ones_like(
-            layer.module.weight)
+            self._param(layer, "weight", masked=False))
         return weight_mask.detach().clone(), (
             wrapper.bias_mask.detach().clone() if wrapper.bias_mask is not None else None)
 
@@ -220,9 +222,9 @@ class TorchAdapter:
             module = wrapper.module
             with torch.no_grad():
                 for kind in ("weight", "bias"):
-                    mask = getattr(wrapper, f"{kind}_mask")
-                    if mask is not None and getattr(module, kind, None) is not None:
-                        getattr(module, kind).mul_(mask)
+                    mask, value = getattr(wrapper, f"{kind}_mask"), wrapper.param(kind)
+                    if mask is not None and value is not None:
+                        value.mul_(mask)
             set_submodule(clone, layer.name, module)
         return clone
 

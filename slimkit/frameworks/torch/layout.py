@@ -58,6 +58,14 @@ READ_BY_PARENT: frozenset[str] = frozenset({
 so they answer only to their own class name and cannot be wrapped."""
 
 
+KERNELS: dict[str, str] = {
+    "torch.nn.modules.activation.MultiheadAttention": "in_proj_weight",  # q, k, v stacked: (3 * embed, embed)
+}
+"""Layers compressed through a weight that is not called ``weight``, by ``'<module>.<qualified class name>'``: the
+parameter's name. The layer's entry is then that weight alone (``LayerRef.kernel``; no bias mask, and a quantizer
+fake-quantizes only that weight). Its output features are axis 0."""
+
+
 def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -74,6 +82,25 @@ def linear_like(module: nn.Module) -> LinearLike | None:
         if entry is not None:
             return entry
     return None
+
+
+def kernel_of(module: nn.Module) -> str | None:
+    """The :data:`KERNELS` parameter ``module`` is compressed through, or None (its ``weight``); None as well when
+    that parameter is absent (a ``MultiheadAttention`` with separate q / k / v projections has no
+    ``in_proj_weight``)."""
+    for cls in type(module).__mro__:
+        name = KERNELS.get(_qualified(cls))
+        if name is not None:
+            return name if getattr(module, name, None) is not None else None
+    return None
+
+
+def param_name(kind: str, kernel: str | None) -> str | None:
+    """The attribute holding a layer's ``'weight'`` / ``'bias'``: ``kernel`` for the weight of a :data:`KERNELS`
+    layer, which has no bias of its own (None)."""
+    if kernel is None:
+        return kind
+    return kernel if kind == "weight" else None
 
 
 def layer_types(module: nn.Module) -> tuple[str, ...]:

@@ -146,7 +146,7 @@ class QuantWrapper(CompressionWrapper):
     """Fake quantization (and masks) around one layer. ``bn``: a BatchNorm folded into it."""
 
     def __init__(self, module: nn.Module, layer_name: str, quantizer: Any, layer: Any, calls: int = 1):
-        super().__init__(module, layer_name)
+        super().__init__(module, layer_name, layer.kernel)
         self._ref = Ref(quantizer=quantizer, layer=layer, bn=None)
         self.calls = calls
         self.quantize_output_here = True
@@ -173,7 +173,7 @@ class QuantWrapper(CompressionWrapper):
         into, out = self.channel_scales()
         if into is None and out is None:
             return overrides
-        weight, bias = overrides.get("weight", self.module.weight), overrides.get("bias", self.module.bias)
+        weight, bias = overrides.get("weight", self.param("weight")), overrides.get("bias", self.param("bias"))
         if into is not None:
             weight = weight / into
         if out is not None:
@@ -243,8 +243,8 @@ class QuantWrapper(CompressionWrapper):
         bias on the int32 grid (in eval) and, when the folded BatchNorm still follows in the model (eval, not a
         deploy copy), the per-channel ``scale`` / ``shift`` that hand it the pre-BN values."""
         overrides = self.effective_parameters()
-        weight = overrides.get("weight", self.module.weight)
-        bias = overrides.get("bias", self.module.bias)
+        weight = overrides.get("weight", self.param("weight"))
+        bias = overrides.get("bias", self.param("bias"))
         bn = self._ref.bn
         if bn is None:
             weight = quantizer.forward_weight(layer, weight)
@@ -440,7 +440,7 @@ class TorchQuantBackend:
     def effective_weight(self, layer: Any) -> torch.Tensor:
         """The weight the quantizer sees: masked, BN-folded when a BN is folded in."""
         wrapper = layer.wrapper
-        weight = wrapper.effective_parameters().get("weight", layer.module.weight).detach()
+        weight = wrapper.effective_parameters().get("weight", wrapper.param("weight")).detach()
         bn = wrapper._ref.bn
         if bn is not None:
             weight = weight * channel_view(bn_factor(bn).detach(), weight.dim(), 0)
@@ -449,7 +449,7 @@ class TorchQuantBackend:
     def effective_bias(self, layer: Any) -> Any:
         """The bias the int8 kernel adds (BN-folded when a BN is folded in), a float64 numpy array; None without one."""
         wrapper = layer.wrapper
-        bias = wrapper.effective_parameters().get("bias", layer.module.bias)
+        bias = wrapper.effective_parameters().get("bias", wrapper.param("bias"))
         bn = wrapper._ref.bn
         if bn is not None:
             bias = folded_parameters(layer.module.weight, bias, bn)[1]

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from slimkit.frameworks.torch.layout import param_name
+
 
 def _conv_call(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, args: tuple) -> Any:
     return module._conv_forward(args[0], weight, bias)
@@ -76,18 +78,30 @@ class CompressionWrapper(nn.Module):
         module: the layer being compressed (kept as the child ``module``).
         layer_name: its qualified name in the model.
 
+    ``kernel``: the parameter standing for ``weight`` when the layer is compressed through another one
+    (``'in_proj_weight'`` of ``nn.MultiheadAttention``: :data:`slimkit.frameworks.torch.layout.KERNELS`); the layer's
+    bias is then left as is. :meth:`param` reads a parameter by its role (``'weight'`` / ``'bias'``).
+
     Buffers ``weight_mask`` and ``bias_mask`` are None until a pruner sets them. ``attached`` lists the
     :class:`~slimkit.compression.Layer` objects of the compressors working through this wrapper, bottom first
     (a pruner, then a quantizer stacked on it: :mod:`slimkit.compression.composition`).
     """
 
-    def __init__(self, module: nn.Module, layer_name: str):
+    def __init__(self, module: nn.Module, layer_name: str, kernel: str | None = None):
         super().__init__()
         self.module = module
         self.layer_name = layer_name
+        self._names = Ref(weight=param_name("weight", kernel), bias=param_name("bias", kernel))
         self.register_buffer("weight_mask", None)
         self.register_buffer("bias_mask", None)
         self._stack = _Stack()
+
+    def param(self, kind: str) -> torch.Tensor | None:
+        """The wrapped layer's ``'weight'`` or ``'bias'`` (by role: ``in_proj_weight`` for a MultiheadAttention), or
+        None."""
+        name = getattr(self._names, kind)
+        value = getattr(self.module, name, None) if name else None
+        return value if isinstance(value, torch.Tensor) else None
 
     @property
     def attached(self) -> list[Any]:
@@ -130,7 +144,7 @@ class CompressionWrapper(nn.Module):
         # A mask is None until a pruner sets one, so a checkpoint may hold a mask this wrapper has not got yet (a
         # filter pruner's bias mask) or lack one it has: the saved masks are taken as they are (a missing one is
         # None again under strict loading), so a rebuilt, compressed model loads its checkpoint.
-        like = self.module.weight if isinstance(getattr(self.module, "weight", None), torch.Tensor) else None
+        like = self.param("weight")
         for name in ("weight_mask", "bias_mask"):
             saved = state_dict.get(prefix + name)
             if isinstance(saved, torch.Tensor):
@@ -146,20 +160,23 @@ class CompressionWrapper(nn.Module):
         """Parameters that differ from the module's own in this forward (masked weight / bias)."""
         overrides = {}
         if self.weight_mask is not None:
-            overrides["weight"] = self.module.weight * self.weight_mask
-        if self.bias_mask is not None and self.module.bias is not None:
-            overrides["bias"] = self.module.bias * self.bias_mask
+            overrides["weight"] = self.param("weight") * self.weight_mask
+        bias = self.param("bias")
+        if self.bias_mask is not None and bias is not None:
+            overrides["bias"] = bias * self.bias_mask
         return overrides
 
     def call_module(self, overrides: dict[str, torch.Tensor], args: tuple, kwargs: dict) -> Any:
-        """Run the wrapped module with ``overrides`` in place of its parameters."""
+        """Run the wrapped module with ``overrides`` (by role: ``'weight'`` / ``'bias'``) in place of its
+        parameters."""
         if not overrides:
             return self.module(*args, **kwargs)
         direct = _DIRECT_CALLS.get(type(self.module))
         if direct is not None and not kwargs and len(args) == 1:
             return direct(self.module, overrides.get("weight", self.module.weight),
                           overrides.get("bias", self.module.bias), args)
-        return torch.func.functional_call(self.module, overrides, args, kwargs, strict=False)
+        named = {getattr(self._names, kind): value for kind, value in overrides.items() if getattr(self._names, kind)}
+        return torch.func.functional_call(self.module, named, args, kwargs, strict=False)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.call_module(self.effective_parameters(), args, kwargs)

@@ -68,9 +68,10 @@ def depthwise_cnn(second: str) -> keras.Model:
 
 # Output error of the int8 file, in steps of the output scale. With a Conv2D the file computes exactly
 # what the fake-quant model does. A SeparableConv2D becomes DEPTHWISE_CONV_2D + CONV_2D in TFLite: the
-# depthwise half's kernel and its output tensor, which the Keras layer keeps inside, are quantized by
-# the converter (calibrated), so the file may differ from the model by up to two steps there.
-MAX_STEPS = {"conv": 0, "separable": 2}
+# tensor between the halves, which the Keras layer keeps inside, is quantized by the converter
+# (calibrated), and so is the depthwise kernel unless its entry 'second/depthwise' is quantized too
+# ('separable-both'), so the file may differ from the model by up to two steps there.
+MAX_STEPS = {"conv": 0, "separable": 2, "separable-both": 2}
 
 
 @pytest.mark.parametrize("second", list(MAX_STEPS))
@@ -78,10 +79,11 @@ def test_int8_export_with_depthwise_multiplier_runs_in_litert(tmp_path, second):
     from ai_edge_litert.interpreter import Interpreter
 
     keras.utils.set_random_seed(0)
-    model = depthwise_cnn(second)
+    model = depthwise_cnn(second.split("-")[0])
     x = RNG.uniform(0, 1, size=(64, 8, 8, 2)).astype(np.float32)
+    names = ["second", "second/depthwise"] if second == "separable-both" else ["second"]
     config = [{"quant_types": ["input", "weight", "output"], "op_names": ["dw"]},
-              {"quant_types": ["weight", "output"], "op_names": ["second", "fc"]},
+              {"quant_types": ["weight", "output"], "op_names": [*names, "fc"]},
               {"quant_types": ["output"], "op_names": ["gap"]}]
     ptq = PostTrainingQuantizer(model, config, progress=False)
     ptq.calibrate([x[:32], x[32:48]])
@@ -93,6 +95,6 @@ def test_int8_export_with_depthwise_multiplier_runs_in_litert(tmp_path, second):
     assert {"DEPTHWISE_CONV_2D", "CONV_2D"} <= {op["op_name"] for op in interpreter._get_ops_details()}
     scales = [np.asarray(t["quantization_parameters"]["scales"]) for t in interpreter.get_tensor_details()]
     assert ptq.params["dw"]["weight"].scale.shape == (4,)
-    for name in ("dw", "second"):  # per output channel (c * multiplier + m for dw), the quantizer's scales
+    for name in ("dw", *names):  # per output channel (c * multiplier + m for dw), the quantizer's scales
         expected = ptq.params[name]["weight"].scale
         assert any(s.shape == expected.shape and np.allclose(s, expected, rtol=1e-6) for s in scales), name

@@ -134,15 +134,17 @@ def plain_case(make_torch, make_keras, channels, kind):
     return build_pair
 
 
-def separable_pair():
+def separable_pair(compared: str = "pointwise"):
     """Keras SeparableConv2D(4, 2, depth_multiplier=2) on 4 channels = PyTorch depthwise (4 -> 8) + 1x1 (8 -> 4).
-    The compressed weight is the pointwise kernel (PyTorch module '1')."""
+    The compared weight is the pointwise kernel (entry 'sep', PyTorch module '1') or the depthwise kernel (entry
+    'sep/depthwise', PyTorch module '0')."""
     depthwise, pointwise = torch.nn.Conv2d(4, 8, 2, groups=4, bias=False), torch.nn.Conv2d(8, 4, 1)
     dw, pw = _seed(depthwise, 2), _seed(pointwise, 3)
     layer = keras.layers.SeparableConv2D(4, 2, depth_multiplier=2, name="sep")
     keras_model = keras.Sequential([keras.Input((4, 4, 4)), layer])
     layer.set_weights([depthwise_to_keras(dw, 2), pw.transpose(TO_KERAS["conv"]), pointwise.bias.detach().numpy()])
-    return torch.nn.Sequential(depthwise, pointwise), "1", keras_model, "sep"
+    torch_name, keras_name = {"pointwise": ("1", "sep"), "depthwise": ("0", "sep/depthwise")}[compared]
+    return torch.nn.Sequential(depthwise, pointwise), torch_name, keras_model, keras_name
 
 
 LAYOUT_CASES = {
@@ -155,12 +157,13 @@ LAYOUT_CASES = {
                                   lambda: keras.layers.DepthwiseConv2D(2, depth_multiplier=2), 4, "depthwise"),
     "conv": plain_case(lambda: torch.nn.Conv2d(2, 4, 2), lambda: keras.layers.Conv2D(4, 2), 2, "conv"),
     "separable": separable_pair,
+    "separable-depthwise": lambda: separable_pair("depthwise"),
 }
 
 
 def keras_to_torch_layout(keras_mask: np.ndarray, kind: str) -> np.ndarray:
     """The Keras mask in the PyTorch weight's layout."""
-    if kind.startswith("depthwise"):
+    if kind.startswith("depthwise") or kind.endswith("depthwise"):
         kh, kw, c, m = keras_mask.shape
         return keras_mask.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw)
     return to_torch("deconv" if kind == "deconv" else "conv", keras_mask)
@@ -171,18 +174,23 @@ def keras_to_torch_layout(keras_mask: np.ndarray, kind: str) -> np.ndarray:
                          ids=lambda c: c.__name__)
 def test_layouts_agree_with_torch(kind, pruner_class):
     torch_model, torch_name, keras_model, keras_name = LAYOUT_CASES[kind]()
-    torch_pruner = pruner_class(torch_model, [{"sparsity": 0.5, "op_names": [torch_name]}])
+    torch_names = ["0", "1"] if kind.startswith("separable") else [torch_name]  # the two halves of a separable
+    torch_pruner = pruner_class(torch_model, [{"sparsity": 0.5, "op_names": torch_names}])
     keras_pruner = pruner_class(keras_model, [{"sparsity": 0.5, "op_types": ["default"]}])
     torch_pruner.compress()
     keras_pruner.compress()
-    assert list(keras_pruner.get_masks()) == [keras_name]
+    # 'default' selects both kernels of a separable conv, each an entry of its own
+    assert list(keras_pruner.get_masks()) == (["sep", "sep/depthwise"] if kind.startswith("separable") else
+                                              [keras_name])
     torch_mask = torch_pruner.get_masks()[torch_name]["weight"].numpy()
     keras_mask = np.asarray(keras_pruner.get_masks()[keras_name]["weight"])
     np.testing.assert_array_equal(keras_to_torch_layout(keras_mask, kind), torch_mask)
     assert keras_mask.mean() == pytest.approx(0.5)
-    if pruner_class is not LevelPruner:  # whole output channels go, with their bias
-        np.testing.assert_array_equal(np.asarray(keras_pruner.get_masks()[keras_name]["bias"]),
-                                      torch_pruner.get_masks()[torch_name]["bias"].numpy())
+    torch_bias = torch_pruner.get_masks()[torch_name]["bias"]
+    if pruner_class is not LevelPruner and torch_bias is not None:  # whole output channels go, with their bias
+        np.testing.assert_array_equal(np.asarray(keras_pruner.get_masks()[keras_name]["bias"]), torch_bias.numpy())
+    if kind.endswith("depthwise"):  # a depthwise kernel has no bias of its own
+        assert torch_bias is None and keras_pruner.get_masks()[keras_name]["bias"] is None
     x = np.random.default_rng(4).normal(size=(2, 4, 4, keras_model.inputs[0].shape[-1])).astype(np.float32)
     with torch.no_grad():
         expected = torch_model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
