@@ -225,7 +225,7 @@ class ModelSpeedup:
         replacements = {}
         for name in targets:
             module = self.model.get_submodule(name)
-            rule = module_rule(module)
+            rule = plan.rules.get(name) or module_rule(module)
             if rule is None:
                 raise UnsupportedOpError(
                     f"Speedup cannot rebuild layer {name!r} of type {type(module).__name__}. Expected one of "
