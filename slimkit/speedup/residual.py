@@ -77,6 +77,17 @@ class WideLayerNorm(nn.LayerNorm):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, full_size={self.full_size}"
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        base = type(self).__mro__[1]  # a wide_class(base) is built at speedup: pickled by its base
+        if type(self) is WideLayerNorm:
+            return super().__reduce_ex__(protocol)
+        return _new_wide, (base,), self.__getstate__()
+
+
+def _new_wide(base: type) -> nn.Module:
+    cls = wide_class(base)
+    return cls.__new__(cls)
+
 
 _WIDE_CLASSES: dict[type, type] = {nn.LayerNorm: WideLayerNorm}
 
