@@ -10,6 +10,7 @@ from torch import nn
 
 from slimkit import MaskError
 from slimkit.algorithms.pruning import L1FilterPruner
+from slimkit.converter import TFLiteConverter, verify
 from slimkit.speedup import ModelSpeedup
 
 WIDTH, PATCHES = 8, 4
@@ -135,3 +136,23 @@ def test_a_free_parameter_mask_of_the_wrong_shape_is_refused():
     model, x = build()
     with pytest.raises(MaskError, match="embeddings.cls_token"):
         ModelSpeedup(model, x, {"embeddings.cls_token": {"weight": torch.ones(1, 1, 4), "bias": None}})
+
+
+def test_resume_and_tflite_file_keep_the_free_parameter_masks(tmp_path):
+    """A rebuilt pruner loading the state gets the same masks and outputs; the wrapped model converts with the masks
+    applied (its capture first tries a path on which the mask's hook fails: nothing of that call may stay)."""
+    model, x, pruner = pruned()
+    fresh, _ = build()
+    resumed = L1FilterPruner(fresh, CONFIG, dependency_aware=True, dummy_input=x)
+    resumed.compress()
+    resumed.load_state_dict(pruner.state_dict())
+    masks = pruner.get_masks()
+    assert all(torch.equal(masks[name]["weight"], resumed.get_masks()[name]["weight"]) for name in FREE)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+    path = str(tmp_path / "model.tflite")
+    TFLiteConverter(model, x, path).convert()
+    assert verify(model, x, path).max_abs_error < 1e-5
+    pruner.unwrap_model()
+    with torch.no_grad():
+        assert torch.allclose(masked_reference(model, masks, x), resumed.model(x), rtol=1e-6, atol=1e-7)

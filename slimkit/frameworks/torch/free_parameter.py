@@ -96,8 +96,10 @@ class ParameterMask(nn.Module):
     def _apply(self, module: nn.Module, args: Any) -> None:
         parameter = self._parameter
         if self.weight_mask is not None and parameter.held is None:
-            parameter.held = module._parameters[parameter.attribute]
-            module._parameters[parameter.attribute] = parameter.held * self.weight_mask
+            value = module._parameters[parameter.attribute]
+            masked = value * self.weight_mask  # first: a pre-hook that raises leaves nothing to restore
+            parameter.held = value
+            module._parameters[parameter.attribute] = masked
 
     def _restore(self, module: nn.Module, args: Any, output: Any) -> None:
         parameter = self._parameter
