@@ -24,7 +24,7 @@ from slimkit.compression.channels import channel_view
 from slimkit.errors import UnsupportedOpError
 from slimkit.frameworks.torch.graph import CapturedGraph
 from slimkit.speedup.parameters import free_parameter, shrink_free_parameters
-from slimkit.speedup.registry import ensure_loaded, op_name, op_rule
+from slimkit.speedup.registry import ensure_loaded, module_rule, op_name, op_rule
 from slimkit.speedup.state import TensorState, UnionFind, compact, constant_state, keep_state
 from slimkit.utils.threads import single_thread
 
@@ -262,6 +262,7 @@ def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, tor
     for (path, _), variables in context.variables.items():
         if isinstance(context.modules.get(path), keep_modules):
             context.uf.keep(variables)
+    _keep_uncoupled(context)
     _balance(context)
     snapshot = context.uf.kept_all()
     keep = {key: context.uf.kept(variables, snapshot) for key, variables in context.variables.items()}
@@ -279,11 +280,19 @@ def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, tor
                 torch.cat(context.outputs) if context.outputs else torch.zeros(0, dtype=torch.long))
 
 
+def _keep_uncoupled(context: _Context) -> None:
+    """Keep the free-parameter channels coupled with nothing else (read by a rule with variables of its own, such as
+    a per-head table): no channel of the graph decides their fate, so they stay."""
+    uf = context.uf
+    sizes = np.bincount(uf.find_all(np.arange(uf.count)), minlength=uf.count)
+    for key in context.free:
+        variables = context.variables[key]
+        uf.keep(variables[torch.from_numpy(sizes[uf.roots(variables)] == 1)])
+
+
 def _free_rules(context: _Context) -> dict[str, Callable[..., nn.Module]]:
     """The surgery rules of the modules holding free parameters that no module rule rebuilds (an RMSNorm's rule,
     bound by its analysis rule, comes first)."""
-    from slimkit.speedup.registry import module_rule
-
     rules = {}
     for path in {path for path, _ in context.free}:
         if module_rule(context.modules[path]) is None:

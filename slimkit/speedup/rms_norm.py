@@ -124,12 +124,10 @@ def shrink_rms_norm(module: nn.Module, weight: torch.Tensor | None, bias: torch.
     """The kept channels as a :class:`WideRMSNorm` (a copy with the masked weight when all are kept)."""
     size = module.weight.shape[0]
     idx = _index(keep.get("weight"), size)
-    weight = module.weight.detach() if weight is None else weight
     if len(idx) == size:
         clone = _clone(module)
         clone.weight = _param(weight, module.weight)
         return clone
-    full = getattr(module, "full_size", size)
-    clone = WideRMSNorm(_param(weight[idx], module.weight), full, rms_norm_eps(module))
-    return clone.train(module.training)
+    wide = WideRMSNorm(_param(weight[idx], module.weight), getattr(module, "full_size", size), rms_norm_eps(module))
+    return wide.train(module.training)
 
