@@ -1,7 +1,8 @@
 """Structural pruning of Hugging Face ``transformers`` models at ratio 0.5: slimkit beside torch-pruning.
 
-Run: ``python benchmarks/bench_hf_pruning.py [model ...]`` (about twenty minutes on two loaded cores; naming
-models reruns those and keeps the other results of the JSON file). Every (model, tool) pair runs in its own
+Run: ``python benchmarks/bench_hf_pruning.py [model ...] [--tools tool,...]`` (about twenty minutes on two loaded
+cores; naming models reruns those, ``--tools`` only those tools on them, and the other results of the JSON file are
+kept). Every (model, tool) pair runs in its own
 process (clean first-call costs; a tool that hangs is stopped after ``TIMEOUT`` seconds and
 recorded as such). Writes ``benchmarks/results/hf_pruning.json`` and ``benchmarks/RESULTS_hf.md``.
 
@@ -157,7 +158,7 @@ def _child(tool: str, name: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(models: list[str]) -> None:
+def main(models: list[str], tools: tuple[str, ...] = TOOLS) -> None:
     import torch
     import torch_pruning
     import transformers
@@ -165,10 +166,10 @@ def main(models: list[str]) -> None:
     machine = describe_machine(torch=torch.__version__, transformers=transformers.__version__,
                                torch_pruning=torch_pruning.__version__)
     previous = json.loads(RESULTS.read_text()) if models and RESULTS.exists() else {"runs": []}
-    runs = [r for r in previous["runs"] if r["model"] not in models] if models else []
+    runs = [r for r in previous["runs"] if r["model"] not in models or r["tool"] not in tools] if models else []
     results = {"machine": machine, "earlier_machine": previous.get("machine"), "runs": runs}
     for name in models or MODELS:
-        for tool in TOOLS:
+        for tool in tools:
             results["runs"].append(_child(tool, name))
             print(json.dumps(results["runs"][-1]), flush=True)
     results["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -196,9 +197,9 @@ def markdown(results: dict) -> str:
              "bert_medium (BERT, 4 layers x 384, 6 heads, 128 tokens). "
              "slimkit: dependency-aware L1 filter pruner at 0.5 on Conv2d / Linear + ModelSpeedup (whole "
              "attention heads, MLP channels, filters with their BatchNorm, and the hidden size through the "
-             "embeddings and LayerNorm layers; output equal to the masked model). torch-pruning: "
-             "MetaPruner, L1, ratio 0.5, heads declared, output head ignored; `full` also prunes the hidden size "
-             "through embeddings and norms, `heads+mlp` keeps it.", "",
+             "embeddings, LayerNorm / RMSNorm layers and free parameters; output equal to the masked model). "
+             "torch-pruning: MetaPruner, L1, ratio 0.5, heads declared, output head ignored; `full` also prunes "
+             "the hidden size through embeddings and norms, `heads+mlp` keeps it.", "",
              "### Parameters after pruning", "",
              "| model | before | slimkit | torch-pruning heads+mlp | torch-pruning full |", "|---|---|---|---|---|"]
     for name in MODELS:
@@ -228,22 +229,24 @@ def markdown(results: dict) -> str:
         dense = by.get((name, "slimkit"), missing).get("dense_ms", "")
         lines.append(f"| {name} | {dense} | " + " | ".join(cells) + " |")
     lines += ["", "Reading: slimkit prunes the hidden size as one channel group (the linear layers writing the "
-              "residual stream, its embeddings' columns and every LayerNorm's weight and bias masked together) and "
-              "keeps the masked model's LayerNorm statistics exactly (a LayerNorm over the kept channels that "
-              "still divides by the full width), so on BERT it removes what torch-pruning's default removes and "
-              "the sped-up output equals the masked model's. Where the stream also carries a parameter no mask "
-              "covers (ViT's `cls_token` and position table, ConvNeXt's per-channel layer scale) or an RMSNorm "
-              "written as separate ops (Llama), the hidden size stays: on ViT slimkit removes what torch-pruning "
-              "removes in its heads+mlp scope; on ConvNeXt it keeps more (the layer scale keeps the stream, which "
-              "torch-pruning prunes even in that scope). The latency columns were measured at a load average of "
-              "15-22 on 2 cores: read them as noise except ResNet-50 / bert_medium. torch-pruning's MetaPruner "
-              "did not return on Hugging Face's Llama (transformers 5) within the limit. Timings come from a "
-              "shared, heavily loaded 2-core machine."]
+              "residual stream, its embeddings' columns, every LayerNorm's and RMSNorm's weight and the free "
+              "parameters the stream carries masked together) and keeps the masked model's norm statistics exactly "
+              "(a LayerNorm or RMSNorm over the kept channels that still divides by the full width), so it removes "
+              "what torch-pruning's default removes on BERT, ViT and ConvNeXt and the sped-up output equals the "
+              "masked model's. Free parameters are ViT's `cls_token` and position table (masked as "
+              "`'<module>.<attribute>'` entries) and ConvNeXt's per-channel layer scale; Llama's RMSNorm, written "
+              "as separate ops, is recognised by what it computes. The latency columns were measured at a load "
+              "average of 13-22 on 2 cores: read them as noise except ResNet-50 / bert_medium. torch-pruning's "
+              "MetaPruner did not return on Hugging Face's Llama (transformers 5) within the limit (not rerun). "
+              "Timings come from a shared, heavily loaded 2-core machine."]
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] in TOOLS:
         print(json.dumps(case(sys.argv[1], sys.argv[2])))
+    elif "--tools" in sys.argv:
+        at = sys.argv.index("--tools")
+        main(sys.argv[1:at] + sys.argv[at + 2:], tuple(sys.argv[at + 1].split(",")))
     else:
         main(sys.argv[1:])

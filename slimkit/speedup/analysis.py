@@ -11,6 +11,8 @@ Nothing here touches the model: :func:`analyse` returns a :class:`Plan`.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,16 +20,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.compression.channels import channel_view
 from slimkit.errors import UnsupportedOpError
 from slimkit.frameworks.torch.graph import CapturedGraph
-from slimkit.speedup.registry import ensure_loaded, op_name, op_rule
-from slimkit.speedup.state import TensorState, UnionFind, constant_state, keep_state
+from slimkit.speedup.parameters import free_parameter, shrink_free_parameters
+from slimkit.speedup.registry import ensure_loaded, module_rule, op_name, op_rule
+from slimkit.speedup.state import TensorState, UnionFind, compact, constant_state, keep_state
 from slimkit.utils.threads import single_thread
 
 
 @dataclass
 class Plan:
-    """What speedup will do: per module and role (``in``/``out``/``ch``), a keep-vector; bias folds."""
+    """What speedup will do: per module and role (``in``/``out``/``ch``, or a free parameter's attribute), a
+    keep-vector; bias folds; ``rules``: surgery rules bound by the analysis for modules it recognised by what they
+    compute (free parameters, an RMSNorm written as separate ops), used before the module-type registry;
+    ``parameters``: ``{(module, attribute): channel axis}`` of the free parameters
+    (:mod:`slimkit.speedup.parameters`); ``outputs``: the channel variables of the model's outputs."""
 
     modules: dict[str, nn.Module]
     keep: dict[tuple[str, str], np.ndarray]
@@ -35,6 +43,9 @@ class Plan:
     union_find: UnionFind | None = None
     variables: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     attributes: dict[str, dict[str, int]] = field(default_factory=dict)
+    rules: dict[str, Callable[..., nn.Module]] = field(default_factory=dict)
+    parameters: dict[tuple[str, str], int] = field(default_factory=dict)
+    outputs: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def changed(self) -> list[str]:
         """Modules that lose at least one channel."""
@@ -56,13 +67,34 @@ class _Context:
         self.summaries: dict[str, tuple[Any, Any]] = {}
         self.heads: dict[str, list[tuple[torch.Tensor, int]]] = {}
         self.splits: list[tuple[str, str, torch.Tensor]] = []  # (module, attribute, parts x channels)
+        self.free: dict[tuple[str, str], torch.Tensor] = {}  # free parameters met: (module, attribute) -> masked value
+        self.rules: dict[str, Callable[..., nn.Module]] = {}
+        self.outputs: list[torch.Tensor] = []  # the variables of the model's outputs
+        self.recognised: dict[tuple[str, str], Any] = {}  # (module, check) -> what a rule's structural check found
+        self._parameter_nodes = set(captured.program.graph_signature.inputs_to_parameters)
+
+    def parameter_state(self, node: torch.fx.Node) -> TensorState:
+        """A parameter, buffer or constant: a free parameter (:mod:`slimkit.speedup.parameters`) gets one channel
+        variable per index of its last axis and its masked values; anything else is a constant tied to positions."""
+        name = self.captured.state_names[node.name]
+        found = free_parameter(self.captured.model, name) if node.name in self._parameter_nodes else None
+        if found is None:
+            return constant_state(self.captured.tensor(node))
+        path, attribute, module = found
+        masked = self.weights_by_path.get(name) or (self.weights_by_path.get(path) if attribute == "weight" else None)
+        value = (masked[0] if masked else getattr(module, attribute)).detach().cpu()
+        self.modules[path] = module
+        self.free[(path, attribute)] = value
+        variables = self.vars(path, attribute, value.shape[-1])
+        return TensorState(channel_view(variables, value.dim(), -1), compact(value.to(torch.float64)),
+                           tuple(value.shape))
 
     # --- helpers the rules use -------------------------------------------------------------
     def state(self, arg: Any) -> Any:
         if not isinstance(arg, torch.fx.Node):
             return None
         if arg.name not in self.states and arg.name in self.captured.state_names:
-            self.states[arg.name] = constant_state(self.captured.tensor(arg))  # parameters: on first use
+            self.states[arg.name] = self.parameter_state(arg)  # parameters: on first use
         return self.states.get(arg.name)
 
     def shape(self, node: torch.fx.Node) -> Any:
@@ -203,6 +235,7 @@ class _Context:
         for s in state if isinstance(state, list) else [state]:
             if isinstance(s, TensorState):
                 self.uf.keep(s.ids)
+                self.outputs.append(s.ids.reshape(-1))
 
 
 def _as_list(state: Any) -> list[Any]:
@@ -229,6 +262,7 @@ def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, tor
     for (path, _), variables in context.variables.items():
         if isinstance(context.modules.get(path), keep_modules):
             context.uf.keep(variables)
+    _keep_uncoupled(context)
     _balance(context)
     snapshot = context.uf.kept_all()
     keep = {key: context.uf.kept(variables, snapshot) for key, variables in context.variables.items()}
@@ -242,7 +276,29 @@ def _analyse(captured: CapturedGraph, weights: dict[str, tuple[torch.Tensor, tor
         if kept != parts.shape[1]:
             attributes.setdefault(path, {})[name] = kept
     return Plan(context.modules, keep, {p: f for p, f in folds.items() if f}, context.uf, context.variables,
-                attributes)
+                attributes, _free_rules(context), {key: value.dim() - 1 for key, value in context.free.items()},
+                torch.cat(context.outputs) if context.outputs else torch.zeros(0, dtype=torch.long))
+
+
+def _keep_uncoupled(context: _Context) -> None:
+    """Keep the free-parameter channels coupled with nothing else (read by a rule with variables of its own, such as
+    a per-head table): no channel of the graph decides their fate, so they stay."""
+    uf = context.uf
+    sizes = np.bincount(uf.find_all(np.arange(uf.count)), minlength=uf.count)
+    for key in context.free:
+        variables = context.variables[key]
+        uf.keep(variables[torch.from_numpy(sizes[uf.roots(variables)] == 1)])
+
+
+def _free_rules(context: _Context) -> dict[str, Callable[..., nn.Module]]:
+    """The surgery rules of the modules holding free parameters that no module rule rebuilds (an RMSNorm's rule,
+    bound by its analysis rule, comes first)."""
+    rules = {}
+    for path in {path for path, _ in context.free}:
+        if module_rule(context.modules[path]) is None:
+            values = {attribute: value for (owner, attribute), value in context.free.items() if owner == path}
+            rules[path] = functools.partial(shrink_free_parameters, values=values)
+    return {**rules, **context.rules}
 
 
 def _balance(context: _Context) -> None:

@@ -79,33 +79,43 @@ def channel_dependencies(model: Any, dummy_input: Any) -> tuple[list[ChannelGrou
 
 def _followers(plan: Any, order: dict[str, int]) -> ChannelFollowers:
     """Output-channel sets of every producing layer (conv / linear), and the layers with per-channel weights coupled
-    with some of them: affine BatchNorm, LayerNorm over the last axis, embeddings (their columns). Sets coupled with
-    a model input (always kept) are labelled -1: nothing follows them."""
+    with some of them: affine BatchNorm, LayerNorm over the last axis, embeddings (their columns), and free
+    parameters (:mod:`slimkit.speedup.parameters`: an RMSNorm's ``weight`` under the module's name, any other as
+    ``'<module>.<attribute>'`` along its last axis). Sets coupled with a model input or reaching a model output
+    (always kept) are labelled -1: nothing follows them."""
     from torch import nn
+
+    held = plan.union_find.roots(plan.outputs)
 
     def labels(variables: Any) -> np.ndarray:
         roots = plan.union_find.roots(variables)
         return np.where(roots == KEEP, -1, roots)
 
-    def follows(module: nn.Module, role: str) -> bool:
+    def follower(path: str, role: str) -> str | None:
+        module = plan.modules[path]
+        if (path, role) in plan.parameters:
+            return path if role == "weight" else f"{path}.{role}"
         if isinstance(module, nn.Embedding):
-            return role == "out"
+            return path if role == "out" else None
         if isinstance(module, nn.modules.batchnorm._NormBase):
-            return role == "ch" and module.affine
-        return role == "ch" and isinstance(module, nn.LayerNorm) and module.weight is not None
+            return path if role == "ch" and module.affine else None
+        return path if role == "ch" and isinstance(module, nn.LayerNorm) and module.weight is not None else None
 
     sources = {path: labels(variables) for (path, role), variables in plan.variables.items()
                if role == "out" and not isinstance(plan.modules[path], nn.Embedding)}
     produced = np.concatenate(list(sources.values())) if sources else np.zeros(0, dtype=np.int64)
     followers, axes = {}, {}
     for (path, role), variables in sorted(plan.variables.items(), key=lambda item: order.get(item[0][0], -1)):
-        module = plan.modules[path]
-        if follows(module, role):
+        name = follower(path, role)
+        if name is not None:
             own = labels(variables)
+            own = np.where(np.isin(own, held), -1, own)
             if np.isin(own[own >= 0], produced).any():
-                followers[path] = own
-                if isinstance(module, nn.Embedding):
-                    axes[path] = 1
+                followers[name] = own
+                if isinstance(plan.modules[path], nn.Embedding):
+                    axes[name] = 1
+                elif name != path:
+                    axes[name] = plan.parameters[(path, role)]
     return ChannelFollowers(sources, followers, axes)
 
 

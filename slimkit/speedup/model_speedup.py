@@ -32,6 +32,7 @@ from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.speedup.analysis import Plan, analyse
 from slimkit.speedup.capture import capture, forget
 from slimkit.speedup.module_ops import is_transposed_linear
+from slimkit.speedup.parameters import free_parameter_names
 from slimkit.speedup.registry import MODULE_RULES, ensure_loaded, module_rule
 from slimkit.speedup.report import LayerChange, SpeedupReport
 from slimkit.speedup.residual import RESIDUAL_MODULES, residual_changes
@@ -40,14 +41,25 @@ from slimkit.utils.threads import single_thread
 
 
 def _parameter_shapes(model: nn.Module) -> dict[str, dict[str, tuple[int, ...] | None]]:
-    """``{name: {'weight': shape, 'bias': shape or None}}`` of every module with a weight tensor."""
+    """``{name: {'weight': shape, 'bias': shape or None}}`` of every module with a weight tensor, and of every free
+    parameter (``'<module>.<attribute>'``, its mask under ``'weight'``: :mod:`slimkit.speedup.parameters`)."""
     shapes = {}
     for name, module in model.named_modules():
         weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
         if isinstance(weight, torch.Tensor):
             shapes[name] = {"weight": tuple(weight.shape),
                             "bias": tuple(bias.shape) if isinstance(bias, torch.Tensor) else None}
+    shapes.update({name: {"weight": shape, "bias": None} for name, shape in free_parameter_names(model).items()})
     return shapes
+
+
+def _masked_tensor(model: nn.Module, name: str) -> tuple[nn.Module, str, str]:
+    """``(module, attribute, qualified parameter name)`` of the tensor a mask entry's 'weight' covers: the module's
+    weight, or a free parameter named ``'<module>.<attribute>'``."""
+    if name in dict(model.named_modules()):
+        return model.get_submodule(name), "weight", f"{name}.weight" if name else "weight"
+    path, _, attribute = name.rpartition(".")
+    return model.get_submodule(path), attribute, name
 
 
 class ModelSpeedup:
@@ -62,7 +74,9 @@ class ModelSpeedup:
             Or a plain functional / Sequential ``keras.Model``.
         dummy_input: an example input (tensor or tuple of tensors) used to capture the graph.
         masks_or_mask_path: ``{layer_name: {'weight': mask, 'bias': mask or None}}`` (as
-            ``Pruner.get_masks()`` returns) or the path of a mask file (``export_model(mask_path=...)``).
+            ``Pruner.get_masks()`` returns) or the path of a mask file (``export_model(mask_path=...)``). A free
+            parameter (an ``nn.Parameter`` attribute such as ViT's ``cls_token``) is named
+            ``'<module>.<attribute>'``, its mask under ``'weight'`` (:mod:`slimkit.speedup.parameters`).
         tolerance: largest relative difference to the masked model accepted when checking the result.
         verify: compare the result with the masked model on ``dummy_input``; on a mismatch the model
             is restored and a :class:`slimkit.SlimkitError` is raised.
@@ -111,10 +125,10 @@ class ModelSpeedup:
     def _masked_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         weights = {}
         for name, entry in self.masks.items():  # checked against the model's shapes at construction
-            module = self.model.get_submodule(name)
-            weight = module.weight.detach()
+            module, attribute, _ = _masked_tensor(self.model, name)
+            weight = getattr(module, attribute).detach()
             mask = torch.as_tensor(entry["weight"], dtype=weight.dtype, device=weight.device)
-            bias = getattr(module, "bias", None)
+            bias = getattr(module, "bias", None) if attribute == "weight" else None
             bias = bias.detach() if isinstance(bias, torch.Tensor) else None
             if bias is not None and entry["bias"] is not None:
                 bias = bias * torch.as_tensor(entry["bias"], dtype=bias.dtype, device=bias.device)
@@ -124,7 +138,7 @@ class ModelSpeedup:
     def _reference(self, weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[Any, int]:
         overrides = {}
         for name, (weight, bias) in weights.items():
-            overrides[f"{name}.weight"] = weight
+            overrides[_masked_tensor(self.model, name)[2]] = weight
             if bias is not None:
                 overrides[f"{name}.bias"] = bias
 
@@ -220,12 +234,13 @@ class ModelSpeedup:
         for (path, role), keep in plan.keep.items():
             keep_by_module.setdefault(path, {})[role] = keep
         names = [name for name, _ in self.model.named_modules()]
-        targets = [n for n in names if n in weights or n in plan.folds
+        owners = {path for path, _ in plan.parameters if path in plan.rules}  # free parameters: masked values baked
+        targets = [n for n in names if n in weights or n in plan.folds or n in owners
                    or any(not k.all() for k in keep_by_module.get(n, {}).values())]
         replacements = {}
         for name in targets:
             module = self.model.get_submodule(name)
-            rule = module_rule(module)
+            rule = plan.rules.get(name) or module_rule(module)
             if rule is None:
                 raise UnsupportedOpError(
                     f"Speedup cannot rebuild layer {name!r} of type {type(module).__name__}. Expected one of "

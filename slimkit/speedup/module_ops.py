@@ -26,11 +26,13 @@ NAN = float("nan")
 
 
 def const_vector(state: TensorState, dim: int, size: int) -> torch.Tensor:
-    """Per-channel constants along ``dim`` (NaN where the channel depends on the input)."""
+    """Per-channel constants along ``dim`` (NaN where the channel depends on the input, or takes different values at
+    different positions: a class token's row beside the patches)."""
     const = state.const
     dim = dim % len(state.shape)
     if any(const.shape[d] > 1 for d in range(const.dim()) if d != dim):
-        return torch.full((size,), NAN, dtype=torch.float64)
+        rows = const.movedim(dim, -1).reshape(-1, const.shape[dim])
+        return torch.where((rows == rows[0]).all(0), rows[0], NAN).expand(size).clone()
     vector = const.reshape(-1)
     return vector.expand(size).clone() if vector.numel() == 1 else vector.clone()
 

@@ -59,6 +59,8 @@ def merge_ids(ctx: Any, states: list[TensorState]) -> torch.Tensor:
         a, b = torch.broadcast_tensors(result, state.ids)
         ctx.uf.union_arrays(a, b)
         result = torch.where(a == FREE, b, a)
+    if len(states) > 1:  # one variable per set: a class token's row and the patches' rows, once added, are one row
+        result = torch.from_numpy(ctx.uf.roots(result.contiguous()))
     return compact(result)
 
 

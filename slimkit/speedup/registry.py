@@ -84,7 +84,7 @@ def op_name(node: Any) -> str:
 
 def _load_rules() -> None:
     # The rule modules register themselves on import.
-    from slimkit.speedup import attention, module_ops, ops, residual, surgery  # noqa: F401
+    from slimkit.speedup import attention, module_ops, ops, residual, rms_norm, surgery  # noqa: F401
 
 
 _load_rules_done = False

@@ -77,6 +77,31 @@ class WideLayerNorm(nn.LayerNorm):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, full_size={self.full_size}"
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        base = type(self).__mro__[1]  # a wide_class(base) is built at speedup: pickled by its base
+        if type(self) is WideLayerNorm:
+            return super().__reduce_ex__(protocol)
+        return _new_wide, (base,), self.__getstate__()
+
+
+def _new_wide(base: type) -> nn.Module:
+    cls = wide_class(base)
+    return cls.__new__(cls)
+
+
+_WIDE_CLASSES: dict[type, type] = {nn.LayerNorm: WideLayerNorm}
+
+
+def wide_class(cls: type) -> type:
+    """The class of a LayerNorm of class ``cls`` over fewer channels than it had: :class:`WideLayerNorm`, or for a
+    subclass (Hugging Face's ``ConvNextLayerNorm``, which permutes channels-first input around
+    ``super().forward``) a class deriving from both, whose inherited forward then normalises as the wider one."""
+    if issubclass(cls, WideLayerNorm):
+        return cls
+    if cls not in _WIDE_CLASSES:
+        _WIDE_CLASSES[cls] = type(f"Wide{cls.__name__}", (cls, WideLayerNorm), {"__module__": __name__})
+    return _WIDE_CLASSES[cls]
+
 
 @register_op("aten::layer_norm")
 def layer_norm_rule(ctx: Any, node: torch.fx.Node) -> TensorState:
@@ -139,16 +164,15 @@ def _module_path(ctx: Any, param_node: Any, kind: type) -> str | None:
 @register_module(nn.LayerNorm)
 def shrink_layer_norm(module: nn.LayerNorm, weight: torch.Tensor | None, bias: torch.Tensor | None,
                       keep: dict[str, Any], folds: dict[int, float]) -> nn.Module:
-    """The kept channels as a :class:`WideLayerNorm` (a plain copy with the masked weights when all are kept)."""
+    """The kept channels as a :func:`wide_class` copy of ``module`` (a plain copy with the masked weights when all
+    are kept)."""
     size = module.normalized_shape[0]
     full = getattr(module, "full_size", size)
     idx = _index(keep.get("ch"), size)
-    if len(idx) == full:
-        clone = _clone(module)
-    else:
-        clone = WideLayerNorm(len(idx), full, eps=module.eps, elementwise_affine=module.elementwise_affine,
-                              bias=module.bias is not None)
-        clone.train(module.training)
+    clone = _clone(module)
+    if len(idx) != full:
+        clone.__class__ = wide_class(type(module))
+        clone.normalized_shape, clone.full_size = (len(idx),), full
     if module.weight is not None:
         clone.weight = _param(weight[idx], module.weight)
     if module.bias is not None:

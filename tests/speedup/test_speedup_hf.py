@@ -3,9 +3,10 @@ Conv2d / Linear layer, then speedup; output equal to the masked model, fewer par
 are the ones measured on the zoo (tests/hf_zoo.py): a change in what speedup removes shows here. The zoo's
 BatchNorm statistics are measured, so a pruned filter would leave its BatchNorm as a nonzero constant: the pruner
 masks each BatchNorm with the filters it follows, and the CNNs lose their pruned channels in full. The linear layers
-writing a transformer's residual stream are one channel group; its embeddings and LayerNorm layers are masked with
-it, so BERT, DistilBERT and Swin lose half their hidden size too (ViT / DeiT add a free ``cls_token`` and position
-table to the stream, which no mask covers: their hidden size stays)."""
+writing a transformer's residual stream are one channel group; its embeddings, LayerNorm and RMSNorm layers are masked
+with it, so BERT, DistilBERT, Swin, Llama and Qwen2 lose half their hidden size too (T5's and Whisper's stream is the
+model's output: kept). Free parameters on the stream go with their channels: ViT's and DeiT's class / distillation
+tokens and position table (masked with the stream), ConvNeXt's per-channel layer scale."""
 
 from __future__ import annotations
 
@@ -18,16 +19,24 @@ from tests.hf_zoo import HF_ARCHS
 
 # name -> (parameters after speedup, attention heads left in the first attention module or None)
 EXPECTED = {
-    "bert": 7426, "distilbert": 7394, "gpt2": 21344, "llama": 15712, "qwen2": 15776, "t5_encoder": 11584,
-    "vit": 15882, "deit": 15946, "swin": 4157, "convnext": 11130, "resnet": 6226, "mobilenet_v2": 47818,
+    "bert": 7426, "distilbert": 7394, "gpt2": 21344, "llama": 7856, "qwen2": 7920, "t5_encoder": 11584,
+    "vit": 8026, "deit": 8058, "swin": 4157, "convnext": 5106, "resnet": 6226, "mobilenet_v2": 47818,
     "mobilevit": 37398, "efficientnet": 37264, "whisper_encoder": 13952,
 }
 
 
 def _masked_reference(model: torch.nn.Module, masks: dict, x: torch.Tensor) -> torch.Tensor:
     """The masked model's output, each mask applied where its layer uses the weight (tied weights apart)."""
-    overrides = {f"{name}.{kind}": getattr(model.get_submodule(name), kind) * torch.as_tensor(entry[kind])
-                 for name, entry in masks.items() for kind in ("weight", "bias") if entry.get(kind) is not None}
+    modules = dict(model.named_modules())
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    overrides = {}
+    for name, entry in masks.items():
+        if name not in modules:  # a free parameter ('<module>.<attribute>')
+            overrides[name] = parameters[name] * torch.as_tensor(entry["weight"])
+            continue
+        for kind in ("weight", "bias"):
+            if entry.get(kind) is not None:
+                overrides[f"{name}.{kind}"] = getattr(modules[name], kind) * torch.as_tensor(entry[kind])
     with torch.no_grad():
         return torch.func.functional_call(model, overrides, (x,), tie_weights=False)
 

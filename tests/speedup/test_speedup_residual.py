@@ -3,6 +3,8 @@ embeddings and LayerNorm layers), and the sped-up model equals the masked one.""
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -126,3 +128,31 @@ def test_a_model_reading_the_hidden_size_keeps_it():
     assert report.params_after == 2074 and model.norm1.normalized_shape == (16,) and model.fc1.out_features == 16
     with torch.no_grad():
         assert torch.allclose(model(x), masked, rtol=1e-5, atol=1e-6)
+
+
+class ChannelsFirstNorm(torch.nn.LayerNorm):
+    """A LayerNorm subclass that permutes around ``super().forward`` (Hugging Face's ``ConvNextLayerNorm``)."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_a_narrowed_layer_norm_subclass_keeps_its_forward_and_pickles():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 1), ChannelsFirstNorm(6), torch.nn.Conv2d(6, 2, 1)).eval()
+    x = torch.randn(1, 3, 4, 6)  # a width of 6: the wrong axis would normalise without an error
+    keep = torch.tensor([1.0, 0, 1, 1, 0, 1])
+    masks = {"0": {"weight": keep.view(6, 1, 1, 1).expand(6, 3, 1, 1).clone(), "bias": keep},
+             "1": {"weight": keep.clone(), "bias": keep.clone()}}
+    with torch.no_grad():
+        overrides = {"0.weight": model[0].weight * masks["0"]["weight"], "0.bias": model[0].bias * keep,
+                     "1.weight": model[1].weight * keep, "1.bias": model[1].bias * keep}
+        expected = torch.func.functional_call(model, overrides, (x,))
+    ModelSpeedup(model, x, masks).speedup_model()
+    norm = model[1]
+    assert isinstance(norm, ChannelsFirstNorm) and isinstance(norm, WideLayerNorm)
+    assert (norm.normalized_shape, norm.full_size, type(norm).__name__) == ((4,), 6, "WideChannelsFirstNorm")
+    copy = pickle.loads(pickle.dumps(model))
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
+        assert torch.equal(copy(x), model(x))

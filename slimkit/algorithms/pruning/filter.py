@@ -138,6 +138,9 @@ class FilterPruner(Pruner):
         pruned = [layer for layer in self.layers if layer.name not in self._held]
         selected = {layer.name for layer in self.layers}
         refs = {ref.name: ref for ref in self.adapter.discover(self.model)}
+        free = [name for name in self._followers.followers if name not in refs]  # '<module>.<attribute>' (PyTorch)
+        if free:
+            refs.update({ref.name: ref for ref in self.adapter.parameter_refs(self.model, free, self._followers.axes)})
         self.follower_sources: dict[str, str] = {}  # follower -> the first pruned layer it follows
         for layer in pruned:
             for name in self._followers.of({layer.name}):

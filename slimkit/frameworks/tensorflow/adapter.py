@@ -48,6 +48,10 @@ class KerasAdapter:
                          else (kind,), kernel)
                 for name, layer in named_layers(model) for entry, kernel, kind in layout.entries(name, layer)]
 
+    def parameter_refs(self, model: Any, names: list[str], axes: dict[str, int]) -> list[LayerRef]:
+        """No free parameters: every Keras weight a follower masks belongs to a layer."""
+        return []
+
     @functools.cache  # noqa: B019 - the adapter is a process-wide singleton
     def known_types(self) -> set[str]:
         return {name for name, obj in vars(keras.layers).items()

@@ -26,6 +26,7 @@ from slimkit.compression.composition import stacking_targets
 from slimkit.compression.config import LayerRef
 from slimkit.errors import ConfigError
 from slimkit.frameworks.torch import layout
+from slimkit.frameworks.torch.free_parameter import FreeParameter, ParameterMask, parameter_refs, unhook_copy
 from slimkit.frameworks.torch.wrapper import CompressionWrapper
 from slimkit.utils.files import atomic_path
 
@@ -65,7 +66,8 @@ def _refuse_tied_masks(model: nn.Module, layers: list[Any]) -> None:
             for path, module, attr in users.get(id(value), ()):
                 other = by_module.get(id(module))
                 other_mask = getattr(other.wrapper, f"{attr}_mask", None) if other is not None else None
-                if module is layer.module or (other_mask is not None and torch.equal(other_mask, mask)):
+                if module is getattr(layer.module, "owner", layer.module) or (
+                        other_mask is not None and torch.equal(other_mask, mask)):
                     continue
                 raise ConfigError(
                     f"Layer {layer.name!r} shares its {kind} tensor with {path!r} ({type(module).__name__}.{attr}; "
@@ -124,7 +126,7 @@ class TorchAdapter:
         return isinstance(getattr(module, layout.kernel_of(module) or "weight", None), torch.Tensor)
 
     def out_axis(self, module: nn.Module, kernel: str | None = None) -> int:
-        return layout.out_axis(module)
+        return module.axis if isinstance(module, FreeParameter) else layout.out_axis(module)
 
     def activation_axis(self, module: nn.Module) -> int:
         """Channel axis of the layer's output (NCHW / NC...): 1."""
@@ -171,7 +173,14 @@ class TorchAdapter:
         """A checkpoint leaf back as numpy, dtype kept (the inverse of :meth:`state_tensor`)."""
         return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
+    def parameter_refs(self, model: nn.Module, names: list[str], axes: dict[str, int]) -> list[LayerRef]:
+        """Refs of the free parameters among ``names`` (``'<module>.<attribute>'``: a pruner masks them as followers;
+        :mod:`slimkit.frameworks.torch.free_parameter`), their channels along ``axes[name]``."""
+        return [LayerRef(name, "Parameter", ref) for name, ref in parameter_refs(model, names, axes).items()]
+
     def wrap(self, model: nn.Module, layers: list[Any]) -> None:
+        free = [layer for layer in layers if isinstance(layer.module, FreeParameter)]
+        layers = [layer for layer in layers if layer not in free]
         stacking_targets(layers, lambda layer: wrapper_at(model, layer.name))  # a pruner stacks on nothing
         refuse_read_by_parent(layers)
         for layer in layers:
@@ -179,10 +188,16 @@ class TorchAdapter:
             wrapper.attached.append(layer)
             set_submodule(model, layer.name, wrapper)
             layer.wrapper = wrapper
+        for layer in free:
+            layer.wrapper = ParameterMask(layer.module)
+            layer.wrapper.attached.append(layer)
 
     def unwrap(self, model: nn.Module, layers: list[Any]) -> None:
         for layer in layers:
-            set_submodule(model, layer.name, layer.module)
+            if isinstance(layer.module, FreeParameter):
+                layer.wrapper.remove()
+            else:
+                set_submodule(model, layer.name, layer.module)
             layer.wrapper = None
 
     def set_masks(self, layer: Any, weight_mask: np.ndarray, bias_mask: np.ndarray | None) -> None:
@@ -218,6 +233,13 @@ class TorchAdapter:
         _refuse_tied_masks(model, layers)
         clone = copy.deepcopy(model)
         for layer in layers:
+            if isinstance(layer.module, FreeParameter):
+                owner = clone.get_submodule(layer.name.rpartition(".")[0])
+                unhook_copy(owner, layer.wrapper)
+                if layer.wrapper.weight_mask is not None:
+                    with torch.no_grad():
+                        owner._parameters[layer.module.attribute].mul_(layer.wrapper.weight_mask)
+                continue
             wrapper = clone.get_submodule(layer.name)
             module = wrapper.module
             with torch.no_grad():
