@@ -207,8 +207,8 @@ def relax_fused_clamps(graph: Graph) -> int:
 def refuse_int16_float_ops(graph: Graph) -> None:
     """Raises :class:`~slimkit.errors.UnsupportedOpError` naming (module path, op) each op left in float between int16
     tensors (it reads a DEQUANTIZE of an int16 tensor and feeds a QUANTIZE to int16): LiteRT has no 16x8 kernel
-    for it (:data:`INT16_OPS`), so the file would not be the int16x8 model the profile asks for. Nothing is written
-    then."""
+    for it (:data:`INT16_OPS`), or none for that form of it (a float constant operand), so the file would not be the
+    int16x8 model the profile asks for. Nothing is written then."""
     users = _users(graph)
     found: list[str] = []
     for op in graph.ops:
@@ -223,5 +223,6 @@ def refuse_int16_float_ops(graph: Graph) -> None:
             found.append(entry)
     if found:
         raise UnsupportedOpError(f"The int16x8 file cannot hold these ops as LiteRT 16x8 kernels: {', '.join(found)}. "
-                                 f"LiteRT runs int16 activations in {sorted(INT16_OPS)}. Keep those layers float "
+                                 "They would run in float between int16 tensors: LiteRT has int16 kernels for "
+                                 f"{sorted(INT16_OPS)}, taking int16 operands only. Keep those layers float "
                                  "(exclude them from the config_list) or quantize with the 'tflite' profile.")

@@ -13,7 +13,7 @@ from torch import nn
 
 from slimkit import models
 from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer
-from slimkit.converter import TFLiteConverter
+from slimkit.converter import TFLiteConverter, verify
 from slimkit.errors import ConfigError, UnsupportedOpError
 from slimkit.utils.litert import interpreter
 from tests.converter.test_int8 import tensor_types
@@ -97,6 +97,9 @@ def test_digits_cnn_ptq_is_bit_exact(tmp_path):
     assert ptq.params["conv1"]["output"].bits == 16 and ptq.params["conv1"]["weight"].bits == 8
     torch.manual_seed(1)
     assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 1, 8, 8) * 1.5 for _ in range(4)])
+    result = verify(model, x, path)  # LiteRT's default path (XNNPACK leaves the int16 ops to the builtin kernels)
+    assert result.max_abs_error == 0.0 and result.max_steps == 0.0 and result.approximate_ops == ()
+    assert result.emulated_ops == ("CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED", "MAX_POOL_2D", "MEAN", "QUANTIZE")
 
 
 def test_residual_model_ptq_is_bit_exact(tmp_path):
@@ -127,6 +130,30 @@ def test_qat_digits_cnn_is_bit_exact(tmp_path):
     assert_16x8_file(path)
     torch.manual_seed(3)
     assert_bit_exact(model, qat, path, [torch.randn(1, 1, 8, 8) for _ in range(3)])
+
+
+class Heads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 32)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return torch.sigmoid(y), torch.tanh(y), torch.softmax(y, -1)
+
+
+def test_fixed_output_activations_are_written_on_int16_and_named_as_not_emulated(tmp_path):
+    model = Heads().eval()
+    x, ptq = convert_16x8(model, (16,), tmp_path, algorithm="minmax")
+    ptq.calibrate([torch.randn(64, 16)])
+    converter = TFLiteConverter(model, x, tmp_path / "heads16.tflite")
+    with pytest.warns(UserWarning, match=r"does not compute these int8 ops"):
+        converter.convert()
+    assert [op.code for op in converter.graph.ops if op.outputs[0].dtype == "int16"] == [
+        "QUANTIZE", "FULLY_CONNECTED", "LOGISTIC", "TANH", "SOFTMAX"]
+    assert all(float(op.outputs[0].quant.scale[0]) == 2.0 ** -15 for op in converter.graph.ops
+               if op.code in ("LOGISTIC", "TANH", "SOFTMAX"))
+    assert converter.approximate_int8_ops() == ["<root> (LOGISTIC)", "<root> (TANH)", "<root> (SOFTMAX)"]
 
 
 def test_op_without_a_16x8_kernel_is_named_before_writing(tmp_path):
