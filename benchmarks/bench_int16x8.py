@@ -46,7 +46,7 @@ from slimkit.utils.litert import interpreter  # noqa: E402
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
 PROFILES = {"int8 (tflite)": "tflite", "int16x8 (tflite_int16x8)": "tflite_int16x8"}
-CONFIG = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
+CONFIG = [{"quant_types": ["weight", "output"], "op_types": ["default"]}]
 OUT = ROOT / "benchmarks" / "results"
 
 
