@@ -224,5 +224,6 @@ def refuse_int16_float_ops(graph: Graph) -> None:
     if found:
         raise UnsupportedOpError(f"The int16x8 file cannot hold these ops as LiteRT 16x8 kernels: {', '.join(found)}. "
                                  "They would run in float between int16 tensors: LiteRT has int16 kernels for "
-                                 f"{sorted(INT16_OPS)}, taking int16 operands only. Keep those layers float "
-                                 "(exclude them from the config_list) or quantize with the 'tflite' profile.")
+                                 f"{sorted(INT16_OPS)}, taking int16 operands only. Replace those ops by ones "
+                                 "in that list (e.g. hardswish by relu6), or quantize with the 'tflite' profile, "
+                                 "whose int8 files keep such ops as float islands.")
