@@ -252,7 +252,8 @@ class Quantizer(Compressor):
 
         The fake-quant model already lands on the same integers except at rounding ties (a few outputs in a
         million); a deep network passes each such step on. Evaluate under this block to get exactly what the
-        converted int8 ``.tflite`` file computes. ``arithmetic``: ``'xnnpack'``, LiteRT's default CPU path.
+        converted int8 ``.tflite`` file computes. ``arithmetic``: ``'xnnpack'``, LiteRT's default CPU path (for int16
+        activations, profile ``'tflite_int16x8'``: LiteRT's builtin 16x8 kernels, which that path runs them on).
         PyTorch only; the wrapped layers need input, weight and output parameters (calibrate first).
 
         Example:

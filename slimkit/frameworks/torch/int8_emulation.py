@@ -28,6 +28,8 @@ default CPU path) computes:
   :mod:`slimkit.frameworks.torch.int8_activations`.
 
 An add or multiply followed by a ReLU is one kernel with the activation's output parameters, as in the file.
+On int16 activations (profile ``'tflite_int16x8'``) the same hooks compute LiteRT's builtin 16x8 kernels instead
+(:mod:`slimkit.frameworks.torch.int16_emulation`, registered in :data:`INT16_KERNELS`).
 :data:`KERNELS` maps each op kind to its kernel. Every other quantized op already gives the kernel's integers
 (reshapes, pooling by max, concatenation with shared parameters), or runs as fake quantization
 (:func:`slimkit.converter.emulation.approximate_int8_ops` names such ops per layer).
