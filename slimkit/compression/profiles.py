@@ -21,6 +21,12 @@ Example:
 (True, False)
 >>> get_profile('tflite_per_tensor').weight.per_channel  # one weight scale per tensor (TFLite's older kernels)
 False
+>>> int16x8 = get_profile('tflite_int16x8')  # LiteRT's 16x8 kernels: int16 activations, zero point 0
+>>> int16x8.activation_bits, int16x8.activation.symmetric, int16x8.bias_bits
+(16, True, 64)
+>>> p = int16x8.fixed_output('logistic', 16)
+>>> float(p.scale[0]), int(p.zero_point[0])
+(3.0517578125e-05, 0)
 >>> get_profile('tensorrt')
 Traceback (most recent call last):
 ...
@@ -53,6 +59,8 @@ class QuantProfile:
         fixed: op kind -> ``(scale_times_2**bits, zero_point_offset_from_qmin, signed)``; see
             :meth:`fixed_output`.
         shared: op kinds whose output reuses the input's parameters.
+        activation_bits: the activations' bit width the target's kernels take, whatever ``quant_bits`` says for
+            weights (None: the config_list's ``quant_bits`` decides, 8 by default).
         min_activation_scale: the least activation scale (float32's machine epsilon, as PyTorch's observers):
             a nearly dead range otherwise gives scales like 1e-14, whose ratios to their neighbours' scales int8
             kernels cannot represent (LiteRT's ADD aborts on them).
@@ -65,6 +73,7 @@ class QuantProfile:
     fixed: Mapping[str, tuple[float, int]] = field(default_factory=dict)
     shared: frozenset = SHARING_OPS
     min_activation_scale: float = 2.0 ** -23
+    activation_bits: int | None = None
 
     def fixed_output(self, op_kind: str, bits: int) -> QParams | None:
         """Output parameters the target fixes for ``op_kind`` (softmax, logistic, tanh), else None.
@@ -115,6 +124,12 @@ register_profile(QuantProfile(
 register_profile(QuantProfile(
     "tflite_per_tensor", weight=Scheme(symmetric=True, per_channel=False, signed=True, narrow=True),
     activation=Scheme(symmetric=False, signed=True), fixed=_TFLITE_FIXED))
+# LiteRT's 16x8 kernels: int16 activations with zero point 0 (symmetric; the full range, as the kernels clamp to
+# [-32768, 32767]), int8 per-channel weights, int64 biases; logistic / tanh / softmax outputs on (1/32768, 0).
+_INT16_FIXED = {"softmax": (2.0, 1), "sigmoid": (2.0, 1), "logistic": (2.0, 1), "tanh": (2.0, 1)}
+register_profile(QuantProfile(
+    "tflite_int16x8", weight=Scheme(symmetric=True, per_channel=True, signed=True, narrow=True),
+    activation=Scheme(symmetric=True, signed=True), bias_bits=64, fixed=_INT16_FIXED, activation_bits=16))
 register_profile(QuantProfile(
     "onnx", weight=Scheme(symmetric=True, per_channel=True, signed=True, narrow=True),
     activation=Scheme(symmetric=False, signed=False)))

@@ -116,7 +116,7 @@ def traceable(method: Any) -> Any:
 class LayerQuant:
     """Quantization state of one layer: what is quantized, with how many bits, its observers."""
 
-    def __init__(self, layer: Layer, algorithm: str = "Quantizer"):
+    def __init__(self, layer: Layer, algorithm: str = "Quantizer", activation_bits: int | None = None):
         config = layer.config
         self.layer = layer
         self.action = config.quantize_op_action or "quantize"
@@ -135,6 +135,14 @@ class LayerQuant:
                 raise ConfigError(f"{algorithm}: config_list[{config.index}]['quant_bits'] names {name!r}, which is "
                                   f"not in quant_types. Expected keys among {list(config.quant_types)}. "
                                   f"Received: quant_bits={bits!r}")
+        if activation_bits is not None:  # the profile's kernels fix the activations' width
+            for t in (QuantType.QUANT_INPUT, QuantType.QUANT_OUTPUT):
+                if isinstance(bits, Mapping) and bits.get(t.value, activation_bits) != activation_bits:
+                    raise ConfigError(f"{algorithm}: config_list[{config.index}]['quant_bits'] gives {t.value!r} "
+                                      f"{bits[t.value]} bits, but the profile's kernels take {activation_bits}-bit "
+                                      f"activations. Expected quant_bits[{t.value!r}] == {activation_bits} or left "
+                                      f"out. Received: quant_bits={bits!r}")
+                self.bits[t] = activation_bits
         self.observers: dict[str, Observer] = {}
         self.calls = 1  # calls of the layer per forward pass (from the captured graph)
 
@@ -172,7 +180,8 @@ class Quantizer(Compressor):
             also come positionally, in NNI's order: ``QAT_Quantizer(model, config_list, optimizer, dummy_input)``.
         dummy_input: an example input; lets the quantizer see the graph (BN folding, conv+BN+ReLU
             fusion, per-call ranges, whole-graph quantization with ``op_types: ['default']``).
-        profile: target profile name (``'tflite'``, ``'onnx'``, ``'symmetric'``, ``'pow2'``) or object.
+        profile: target profile name (``'tflite'``, ``'tflite_per_tensor'``, ``'tflite_int16x8'``, ``'onnx'``,
+            ``'symmetric'``, ``'pow2'``) or object.
 
     Raises:
         ConfigError: a bad config_list (index, key, value and what is allowed in the message).
@@ -196,7 +205,8 @@ class Quantizer(Compressor):
             raise SlimkitError(f"{type(self).__name__}: the {self.adapter.name} adapter has no quant_backend yet. "
                                "Expected a framework with quantization support (PyTorch, Keras).")
         self.ops = self.backend.ops
-        self.states = {layer.name: LayerQuant(layer, type(self).__name__) for layer in self.layers}
+        self.states = {layer.name: LayerQuant(layer, type(self).__name__, self.profile.activation_bits)
+                       for layer in self.layers}
         self.params: dict[str, dict[str, QParams]] = {layer.name: {} for layer in self.layers}
         self._fixed_keys: dict[str, set[str]] = {}  # layer -> tensors pinned by set_fixed_params
         self.observing = True   # observers record ranges on forward
@@ -244,7 +254,8 @@ class Quantizer(Compressor):
 
         The fake-quant model already lands on the same integers except at rounding ties (a few outputs in a
         million); a deep network passes each such step on. Evaluate under this block to get exactly what the
-        converted int8 ``.tflite`` file computes. ``arithmetic``: ``'xnnpack'``, LiteRT's default CPU path.
+        converted int8 ``.tflite`` file computes. ``arithmetic``: ``'xnnpack'``, LiteRT's default CPU path (for int16
+        activations, profile ``'tflite_int16x8'``: LiteRT's builtin 16x8 kernels, which that path runs them on).
         PyTorch only; the wrapped layers need input, weight and output parameters (calibrate first).
 
         Example:
@@ -401,6 +412,8 @@ class Quantizer(Compressor):
 
     def activation_bits(self, layer: Any, key: str) -> int:
         if isinstance(layer, GraphSlot):
+            if self.profile.activation_bits is not None:
+                return self.profile.activation_bits
             bits = layer.config.quant_bits
             return bits if isinstance(bits, int) else bits.get("output", 8)
         qtype = QuantType.QUANT_INPUT if key.startswith("input") else QuantType.QUANT_OUTPUT

@@ -14,19 +14,21 @@ from __future__ import annotations
 
 from slimkit.converter.ir import Graph
 
-_INTEGER = ("int8", "uint8")
-
 
 def approximate_int8_ops(graph: Graph) -> list[str]:
-    """``'<module path> (<OP>)'`` for each op of ``graph`` that reads or writes int8 activations and whose integers the
-    emulation does not compute (it runs as fake quantization there: within about a step of the file, not exact)."""
+    """``'<module path> (<OP>)'`` for each op of ``graph`` that reads or writes int8 (or int16) activations and whose
+    integers the emulation does not compute (it runs as fake quantization there: within about a step of the file, not
+    exact)."""
     from slimkit.frameworks.torch.int8_emulation import EMULATED_OPS, EXACT_OPS
+    from slimkit.frameworks.torch.int16_emulation import EMULATED_INT16_OPS
 
-    covered = EMULATED_OPS | EXACT_OPS
+    covered = {"int8": EMULATED_OPS | EXACT_OPS, "uint8": EMULATED_OPS | EXACT_OPS,
+               "int16": EMULATED_INT16_OPS | EXACT_OPS}
     found: list[str] = []
     for op in graph.ops:
         tensors = [t for t in op.inputs[:1] if t is not None] + [t for t in op.outputs if t is not None]
-        if op.code in covered or not any(t.dtype in _INTEGER for t in tensors):
+        types = {t.dtype for t in tensors} & set(covered)
+        if not types or all(op.code in covered[dtype] for dtype in types):
             continue
         entry = f"{op.source or '<root>'} ({op.code})"
         if entry not in found:

@@ -7,11 +7,15 @@ int8 tensors, following TFLite's int8 kernel rules:
 - ops that rescale freely (MEAN, SUM, HARD_SWISH, RELU, RELU6, LEAKY_RELU) take the QUANTIZE's
   output parameters;
 - ops whose int8 kernel needs fixed output parameters (SOFTMAX, LOGISTIC: (1/256, -128); TANH:
-  (1/128, 0)) are rewritten only when the quantizer used those parameters (the ``tflite`` profile does);
+  (1/128, 0); all three (1/32768, 0) on int16) are rewritten only when the quantizer used those parameters (the
+  ``tflite`` profiles do);
 - data movement and comparisons (CONCATENATION, PAD, RESHAPE, pooling, RESIZE_*, MAXIMUM, ...) work on raw
   int8 values: a one-input op keeps its input's parameters and is followed by a requantizing QUANTIZE
   where the output's differ; a multi-input op (CONCATENATION, MAXIMUM) requantizes the inputs instead;
 - a QUANTIZE from int8 to the same parameters is an identity and disappears.
+
+The same rules write int16 activations (the ``'tflite_int16x8'`` profile) where LiteRT has a 16x8 kernel
+(:data:`INT16_OPS`); an op it has none for would stay a float island, and :func:`refuse_int16_float_ops` names it.
 
 A chain the user kept float (``quantize_op_action: 'disable'`` / ``'rewrite'``) has no QUANTIZE after
 it and keeps its DEQUANTIZE / QUANTIZE boundary.
@@ -27,17 +31,28 @@ from __future__ import annotations
 import numpy as np
 
 from slimkit.converter.ir import Graph, Op, QuantParams, Tensor
+from slimkit.converter.quant import INTEGER_RANGES
+from slimkit.errors import UnsupportedOpError
 
 #: int8 kernels that requantize from the input's to the output's parameters
 RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE"}
-#: int8 kernels with fixed output parameters (scale, zero_point)
-FIXED_OUTPUT = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
+#: integer kernels with fixed output parameters: op -> {activation type: (scale, zero_point)}
+FIXED_OUTPUT = {"SOFTMAX": {"int8": (1.0 / 256, -128), "int16": (1.0 / 32768, 0)},
+                "LOGISTIC": {"int8": (1.0 / 256, -128), "int16": (1.0 / 32768, 0)},
+                "TANH": {"int8": (1.0 / 128, 0), "int16": (1.0 / 32768, 0)}}
 #: int8 kernels that need the output parameters equal to the input's (data movement)
 SAME_PARAMS = {"CONCATENATION", "PAD", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D",
                "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "PACK", "UNPACK", "GATHER", "TILE",
                "BROADCAST_TO", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM", "REDUCE_MAX",
                "REDUCE_MIN"}
-_INT8 = ("int8", "uint8")
+#: ops LiteRT's builtin kernels run on int16 activations (int8 weights where they have weights)
+INT16_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "MEAN", "SUM",
+                       "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "RESHAPE", "PAD", "PADV2", "SOFTMAX",
+                       "LOGISTIC", "TANH", "QUANTIZE", "DEQUANTIZE", "RELU", "RELU6", "LEAKY_RELU", "TRANSPOSE",
+                       "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "PACK", "UNPACK", "GATHER",
+                       "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM", "REDUCE_MAX",
+                       "REDUCE_MIN"})
+_INT8 = ("int8", "uint8", "int16")
 
 
 def same_params(a: QuantParams | None, b: QuantParams | None) -> bool:
@@ -69,7 +84,7 @@ def _on_grid(t: Tensor, q_out: Tensor) -> Tensor:
     """The float constant ``t`` rounded onto ``q_out``'s (per-tensor) grid: exact for MAXIMUM / MINIMUM /
     CONCATENATION, since rounding to the grid is monotonic and the output is rounded to it anyway."""
     scale, zero = float(q_out.quant.scale[0]), int(q_out.quant.zero_point[0])
-    lo, hi = (-128, 127) if q_out.dtype == "int8" else (0, 255)
+    lo, hi = INTEGER_RANGES[q_out.dtype]
     data = np.clip(np.round(t.values() / scale) + zero, lo, hi).astype(q_out.dtype)
     return Tensor(t.name + "_q", t.shape, q_out.dtype, data=data, perm=t.perm, quant=q_out.quant)
 
@@ -96,9 +111,12 @@ def int8_activation_ops(graph: Graph) -> int:
             ops.append(op)
             continue
         q_out = after[0].outputs[0]
+        if q_out.dtype == "int16" and code not in INT16_OPS:  # stays float: refuse_int16_float_ops names it
+            ops.append(op)
+            continue
         if code in FIXED_OUTPUT:
-            scale, zero = FIXED_OUTPUT[code]
-            if q_out.dtype != "int8" or not same_params(q_out.quant, QuantParams(np.array([scale]), np.array([zero]))):
+            fixed = FIXED_OUTPUT[code].get(q_out.dtype)
+            if fixed is None or not same_params(q_out.quant, QuantParams(np.array([fixed[0]]), np.array([fixed[1]]))):
                 ops.append(op)
                 continue
         new_ops: list[Op] = []
@@ -158,7 +176,7 @@ def drop_identity_quantize(graph: Graph) -> int:
 
 #: fused activations with bounds: (code, lower, upper)
 _BOUNDED = {3: (0.0, 6.0), 2: (-1.0, 1.0)}
-_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
+_RANGES = INTEGER_RANGES
 
 
 def relax_fused_clamps(graph: Graph) -> int:
@@ -184,3 +202,28 @@ def relax_fused_clamps(graph: Graph) -> int:
             continue
         changed += 1
     return changed
+
+
+def refuse_int16_float_ops(graph: Graph) -> None:
+    """Raises :class:`~slimkit.errors.UnsupportedOpError` naming (module path, op) each op left in float between int16
+    tensors (it reads a DEQUANTIZE of an int16 tensor and feeds a QUANTIZE to int16): LiteRT has no 16x8 kernel
+    for it (:data:`INT16_OPS`), or none for that form of it (a float constant operand), so the file would not be the
+    int16x8 model the profile asks for. Nothing is written then."""
+    users = _users(graph)
+    found: list[str] = []
+    for op in graph.ops:
+        if op.code in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        reads = any(t is not None and t.producer is not None and t.producer.code == "DEQUANTIZE"
+                    and t.producer.inputs[0].dtype == "int16" for t in op.inputs)
+        feeds = any(user.code == "QUANTIZE" and user.outputs[0].dtype == "int16"
+                    for out in op.outputs for user in users.get(id(out), []))
+        entry = f"{op.source or '<root>'} ({op.code})"
+        if reads and feeds and entry not in found:
+            found.append(entry)
+    if found:
+        raise UnsupportedOpError(f"The int16x8 file cannot hold these ops as LiteRT 16x8 kernels: {', '.join(found)}. "
+                                 "They would run in float between int16 tensors: LiteRT has int16 kernels for "
+                                 f"{sorted(INT16_OPS)}, taking int16 operands only. Replace those ops by ones "
+                                 "in that list (e.g. hardswish by relu6), or quantize with the 'tflite' profile, "
+                                 "whose int8 files keep such ops as float islands.")

@@ -21,6 +21,8 @@ import numpy as np
 
 from slimkit.converter.ir import Graph, QuantParams
 
+#: integer activation types and their ranges
+INTEGER_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 HYBRID_WEIGHT_AXIS = {"FULLY_CONNECTED": 0, "CONV_2D": 0, "DEPTHWISE_CONV_2D": 3}
 #: input positions of the sequence LSTMs' gate weights (input and recurrent, per direction)
 LSTM_WEIGHTS = {"UNIDIRECTIONAL_SEQUENCE_LSTM": range(1, 9),
@@ -149,7 +151,7 @@ def sink_dequantize(graph: Graph) -> None:
             if value is None or not value.is_const or q.quant is None or q.quant.scale.size != 1:
                 ops.append(op)
                 continue
-            lo, hi = (-128, 127) if q.dtype == "int8" else (0, 255)
+            lo, hi = INTEGER_RANGES[q.dtype]
             v = float(value.values().reshape(-1)[0])
             qv = np.clip(np.round(v / float(q.quant.scale[0])) + int(q.quant.zero_point[0]) if np.isfinite(v)
                          and abs(v) < 1e30 else (lo if v < 0 else hi), lo, hi)
@@ -204,9 +206,9 @@ def infer_weight_grid(w: np.ndarray, axis: int, tol: float = 1e-3) -> QuantParam
 def int8_kernels(graph: Graph) -> int:
     """DEQUANTIZE -> CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED -> QUANTIZE becomes one int8 kernel.
 
-    Weights come from the op's recorded fake-quant parameters (``quant_hint``), the bias becomes int32
-    with scale ``input_scale * weight_scale``; the input and output parameters are the QUANTIZE ones,
-    all read from the tensors' entries in the quantization table.
+    Weights come from the op's recorded fake-quant parameters (``quant_hint``), the bias becomes int32 (int64 with
+    int16 activations: LiteRT's 16x8 kernels) with scale ``input_scale * weight_scale``; the input and output
+    parameters are the QUANTIZE ones, all read from the tensors' entries in the quantization table.
     """
     sink_dequantize(graph)
     hoist_quantize(graph)
@@ -228,7 +230,7 @@ def int8_kernels(graph: Graph) -> int:
                 or id(op.outputs[0]) in outputs:
             continue
         q_in, q_out = deq.inputs[0], after[0].outputs[0]
-        if q_in.dtype != "int8" or q_out.dtype != "int8":
+        if q_in.dtype not in BIAS_TYPES or q_out.dtype != q_in.dtype:
             continue
         values = w.values()  # applies a pending BatchNorm factor, to the grid as well
         hint = w.quant_hint
@@ -237,8 +239,9 @@ def int8_kernels(graph: Graph) -> int:
         scale = np.broadcast_to(hint.scale, (w.data.shape[hint.quantized_dimension],)).astype(np.float32)
         w.data = np.clip(np.round(values / scale.reshape(shape)), -127, 127).astype(np.int8)
         w.dtype, w.quant = "int8", QuantParams(scale, np.zeros(scale.size, np.int64), hint.quantized_dimension)
-        b.data, bias_scale = _int32_bias(b.values(), float(q_in.quant.scale[0]), scale, op)
-        b.dtype, b.quant = "int32", QuantParams(bias_scale, np.zeros(scale.size, np.int64), 0)
+        b.dtype = BIAS_TYPES[q_in.dtype]
+        b.data, bias_scale = _integer_bias(b.values(), float(q_in.quant.scale[0]), scale, op, b.dtype)
+        b.quant = QuantParams(bias_scale, np.zeros(scale.size, np.int64), 0)
         graph.quant_table[w.name], graph.quant_table[b.name] = w.quant, b.quant
         op.inputs[0] = q_in
         op.outputs[0] = q_out
@@ -249,30 +252,39 @@ def int8_kernels(graph: Graph) -> int:
         rewritten += 1
     graph.ops = [op for op in graph.ops if id(op) not in dropped]
     rewritten += _int8_elementwise(graph)
-    from slimkit.converter.int8_ops import drop_identity_quantize, int8_activation_ops, relax_fused_clamps
+    from slimkit.converter.int8_ops import (
+        drop_identity_quantize,
+        int8_activation_ops,
+        refuse_int16_float_ops,
+        relax_fused_clamps,
+    )
 
     rewritten += int8_activation_ops(graph)
     requantize(graph)
     drop_identity_quantize(graph)
     relax_fused_clamps(graph)
+    refuse_int16_float_ops(graph)
     return rewritten
 
 
-_INT32 = np.iinfo(np.int32)
+#: activation type of a conv / linear kernel -> its bias type (LiteRT's 16x8 kernels take an int64 bias)
+BIAS_TYPES = {"int8": "int32", "int16": "int64"}
 
 
-def _int32_bias(bias: np.ndarray, input_scale: float, weight_scale: np.ndarray, op) -> tuple[np.ndarray, np.ndarray]:
-    """The int32 bias (``round(bias / (input_scale * weight_scale))``) and its scale. Values past the int32
-    range are clipped, with a warning naming the layer (its input scale is so small, e.g. a dead layer,
-    that the int8 kernel cannot add that bias)."""
+def _integer_bias(bias: np.ndarray, input_scale: float, weight_scale: np.ndarray, op,
+                  dtype: str = "int32") -> tuple[np.ndarray, np.ndarray]:
+    """The integer bias (``round(bias / (input_scale * weight_scale))``, of ``dtype``) and its scale. Values past
+    the type's range are clipped, with a warning naming the layer (its input scale is so small, e.g. a dead layer,
+    that the integer kernel cannot add that bias)."""
     scale = (input_scale * weight_scale).astype(np.float32)
     q = np.round(bias.astype(np.float64) / scale)
-    if np.abs(q).max(initial=0) > _INT32.max:
-        warnings.warn(f"{op.code} at {op.source or '<root>'}: bias / (input scale x weight scale) exceeds the int32 "
-                      f"range (input scale {input_scale:.3g}) and is clipped, so the int8 output differs from the "
+    limit = float(np.iinfo(dtype).max)
+    if np.abs(q).max(initial=0) > limit:
+        warnings.warn(f"{op.code} at {op.source or '<root>'}: bias / (input scale x weight scale) exceeds the {dtype} "
+                      f"range (input scale {input_scale:.3g}) and is clipped, so the integer output differs from the "
                       "fake-quant model there. Calibrate on data that gives this layer's input a real range.",
                       RuntimeWarning, stacklevel=2)
-    return np.clip(q, -_INT32.max, _INT32.max).astype(np.int32), scale
+    return np.clip(q, -limit, limit).astype(dtype), scale
 
 
 def _int8_elementwise(graph: Graph) -> int:
@@ -286,12 +298,14 @@ def _int8_elementwise(graph: Graph) -> int:
         if op.code not in ("ADD", "SUB", "MUL"):
             continue
         producers = [t.producer for t in op.inputs]
-        if any(p is None or p.code != "DEQUANTIZE" or p.inputs[0].dtype != "int8" for p in producers):
+        if any(p is None or p.code != "DEQUANTIZE" or p.inputs[0].dtype not in BIAS_TYPES for p in producers):
             continue
         after = users.get(id(op.outputs[0]), [])
-        if len(after) != 1 or after[0].code != "QUANTIZE" or after[0].outputs[0].dtype != "int8" or \
-                id(op.outputs[0]) in outputs:
+        if len(after) != 1 or after[0].code != "QUANTIZE" or id(op.outputs[0]) in outputs or \
+                any(p.inputs[0].dtype != after[0].outputs[0].dtype for p in producers):
             continue
+        if after[0].outputs[0].dtype == "int16" and op.code != "MUL":
+            op.options["PotScaleInt16"] = False  # LiteRT's general int16 ADD / SUB (any scales), not the 2**k one
         op.inputs = [p.inputs[0] for p in producers]
         op.outputs = [after[0].outputs[0]]
         op.outputs[0].producer = op
@@ -307,7 +321,7 @@ def requantize(graph: Graph) -> None:
         if op.code != "QUANTIZE":
             continue
         deq = op.inputs[0].producer
-        if deq is None or deq.code != "DEQUANTIZE" or deq.inputs[0].dtype not in ("int8", "uint8"):
+        if deq is None or deq.code != "DEQUANTIZE" or deq.inputs[0].dtype not in ("int8", "uint8", "int16"):
             continue
         op.inputs[0] = deq.inputs[0]  # the DEQUANTIZE may still feed float ops; else dead-op removal drops it
 

@@ -121,8 +121,8 @@ def run_tflite(tflite_path, inputs, num_threads: int = 1):
     return _Runner(tflite_path, num_threads)(inputs)
 
 
-def int8_ops(tflite_path) -> list[str]:
-    """The builtin names of the file's ops that read or write int8 activations, in order."""
+def int8_ops(tflite_path, dtype: str = "INT8") -> list[str]:
+    """The builtin names of the file's ops that read or write int8 activations (``dtype='INT16'``: int16), in order."""
     import tflite
 
     with open(tflite_path, "rb") as f:
@@ -134,14 +134,14 @@ def int8_ops(tflite_path) -> list[str]:
         op = graph.Operators(i)
         tensors = [op.Inputs(j) for j in range(min(op.InputsLength(), 1))] + \
             [op.Outputs(j) for j in range(op.OutputsLength())]
-        if any(k >= 0 and graph.Tensors(k).Type() == tflite.TensorType.INT8 for k in tensors):
+        if any(k >= 0 and graph.Tensors(k).Type() == getattr(tflite.TensorType, dtype) for k in tensors):
             found.append(names[model.OperatorCodes(op.OpcodeIndex()).BuiltinCode()])
     return found
 
 
 def output_steps(tflite_path) -> list[float | None]:
-    """The int8 grid step of each output of the file: the scale of the int8 tensor a DEQUANTIZE output reads, or of
-    an int8 output itself; None for outputs computed in float."""
+    """The integer grid step of each output of the file: the scale of the int8 (uint8, int16) tensor a DEQUANTIZE
+    output reads, or of an integer output itself; None for outputs computed in float."""
     import tflite
 
     with open(tflite_path, "rb") as f:
@@ -159,7 +159,7 @@ def output_steps(tflite_path) -> list[float | None]:
                 tflite.BuiltinOperator.DEQUANTIZE:
             k = op.Inputs(0)
         quant = graph.Tensors(k).Quantization()
-        integer = graph.Tensors(k).Type() in (tflite.TensorType.INT8, tflite.TensorType.UINT8)
+        integer = graph.Tensors(k).Type() in (tflite.TensorType.INT8, tflite.TensorType.UINT8, tflite.TensorType.INT16)
         steps.append(float(quant.Scale(0)) if integer and quant is not None and quant.ScaleLength() == 1 else None)
     return steps
 
@@ -256,9 +256,12 @@ def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterO
         model.train(was_training)
     emulated = approximate = layers = ()
     if quantizer is not None:
-        ops = set(int8_ops(tflite_path))
-        emulated = tuple(sorted(ops & (int8_emulation.EMULATED_OPS | int8_emulation.EXACT_OPS)))
-        approximate = tuple(sorted(ops - set(emulated)))
+        from slimkit.frameworks.torch.int16_emulation import EMULATED_INT16_OPS
+
+        ops8, ops16 = set(int8_ops(tflite_path)), set(int8_ops(tflite_path, "INT16"))
+        emulated = tuple(sorted(ops8 & (int8_emulation.EMULATED_OPS | int8_emulation.EXACT_OPS) |
+                                ops16 & (EMULATED_INT16_OPS | int8_emulation.EXACT_OPS)))
+        approximate = tuple(sorted((ops8 | ops16) - set(emulated)))
         if approximate:  # named per layer from the converter's own graph of the model
             from slimkit.converter.convert import TFLiteConverter
 

@@ -4,8 +4,9 @@ Every ``fake_quantize_*`` node carries the calibrated scale and zero point, so t
 the source of quantization parameters: they go into the converter's one table
 (``Lowering.quant_table``, a :class:`slimkit.converter.quant.QuantTable`), keyed by tensor name.
 
-- On activations: QUANTIZE (to int8 / uint8 with those parameters) + DEQUANTIZE, which reproduces
-  PyTorch's fake quantization (up to round-half-even vs. half-away-from-zero on exact ties).
+- On activations: QUANTIZE (to int8 / uint8, or int16 under the ``'tflite_int16x8'`` profile, with those
+  parameters) + DEQUANTIZE, which reproduces PyTorch's fake quantization (up to round-half-even vs.
+  half-away-from-zero on exact ties).
 - On weights (constants): folded by PyTorch like any constant; the parameters are kept in
   ``Lowering.weight_quant`` (by the folded tensor) for int8 kernels.
 
@@ -23,7 +24,7 @@ from slimkit.converter.registry import register
 
 FAKE_QUANT = {"aten.fake_quantize_per_tensor_affine.default", "aten.fake_quantize_per_tensor_affine.tensor_qparams",
               "aten.fake_quantize_per_channel_affine.default"}
-_TYPES = {(-128, 127): "int8", (0, 255): "uint8"}
+_TYPES = {(-128, 127): "int8", (0, 255): "uint8", (-32768, 32767): "int16"}
 
 
 def _values(v):
@@ -48,7 +49,7 @@ def fake_quantize_per_tensor(ctx, node, a):
     dtype = _TYPES.get((int(a["quant_min"]), int(a["quant_max"])))
     if dtype is None:
         ctx.fail(f"activation range [{a['quant_min']}, {a['quant_max']}] has no TFLite type; expected int8 "
-                 "[-128, 127] or uint8 [0, 255] for activations")
+                 "[-128, 127], uint8 [0, 255] or int16 [-32768, 32767] for activations")
     q = ctx.tensor(x.shape, dtype, perm=x.perm, name=node.name + "_q")
     q.quant = QuantParams(_values(a["scale"]).astype(np.float32), _values(a["zero_point"]).astype(np.int64), 0)
     ctx.quant_table[q.name] = q.quant

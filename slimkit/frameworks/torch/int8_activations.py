@@ -24,12 +24,15 @@ Example (a hard-swish whose input and output share the scale 0.05, zero point 0:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from slimkit.compression.quant import QParams
+from slimkit.frameworks.torch.fixed_point import (
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    rounding_shift_right,
+)
 from slimkit.frameworks.torch.int8_emulation import Call, _per_tensor, emulates, grid_integers
 
 _INT16 = (-(1 << 15), (1 << 15) - 1)
@@ -46,17 +49,6 @@ def _round_away(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 
-def quantize_multiplier(multiplier: float) -> tuple[int, int]:
-    """TFLite's ``QuantizeMultiplier``: ``multiplier = m * 2**(shift - 31)`` with ``m`` in [2**30, 2**31)."""
-    if multiplier == 0:
-        return 0, 0
-    fraction, shift = math.frexp(float(multiplier))
-    fixed = math.floor(fraction * (1 << 31) + 0.5)
-    if fixed == 1 << 31:
-        fixed, shift = fixed // 2, shift + 1
-    return (0, 0) if shift < -31 else (fixed, shift)
-
-
 def _int16_multiplier(fixed: int) -> int:
     """TFLite's ``DownScaleInt32ToInt16Multiplier``."""
     return _INT16[1] if fixed >= (1 << 31) - 1 - (1 << 15) else (fixed + (1 << 15)) >> 16
@@ -71,13 +63,6 @@ def _doubling_high_mul16(a: torch.Tensor, b: torch.Tensor | int, rounding: bool)
     result = torch.div(product, 1 << 15, rounding_mode="trunc")
     both_min = (a == _INT16[0]) & (torch.as_tensor(b) == _INT16[0])
     return torch.where(both_min, _INT16[1], result)
-
-
-def _rounding_shift_right(x: torch.Tensor, exponent: int) -> torch.Tensor:
-    """gemmlowp's ``RoundingDivideByPOT``: ``x / 2**exponent`` rounded half away from zero."""
-    mask = (1 << exponent) - 1
-    threshold = (mask >> 1) + (x < 0).long()
-    return (x >> exponent) + ((x & mask) > threshold).long()
 
 
 def hardswish_integers(q: torch.Tensor, source: QParams, target: QParams) -> torch.Tensor | None:
@@ -100,9 +85,9 @@ def hardswish_integers(q: torch.Tensor, source: QParams, target: QParams) -> tor
     if relu_shift > 0:
         relu = torch.clamp(relu * 2, *_INT16)
     elif relu_shift < 0:
-        relu = _rounding_shift_right(relu, -relu_shift)
+        relu = rounding_shift_right(relu, -relu_shift)
     relu = (relu + (1 << 15)) >> 1  # [-1, 1] -> [0, 1] in 16-bit fixed point
-    out = _rounding_shift_right(_doubling_high_mul16(relu, scaled, rounding=False), -out_shift)
+    out = rounding_shift_right(_doubling_high_mul16(relu, scaled, rounding=False), -out_shift)
     return torch.clamp(out + out_zero, target.qmin, target.qmax)
 
 
@@ -187,13 +172,6 @@ def _softmax_call(call: Call) -> torch.Tensor | None:
     prob = _round_away(exp * inverse[..., None]) + out_zero
     q_out = torch.clamp(prob, call.params.qmin, call.params.qmax).movedim(-1, dim)
     return _on_grid(q_out, call.params, call.out)
-
-
-def multiply_by_quantized_multiplier(x: torch.Tensor, fixed: int, shift: int) -> torch.Tensor:
-    """TFLite's ``MultiplyByQuantizedMultiplier``: ``x * fixed * 2**(shift - 31)`` with gemmlowp's two roundings."""
-    product = x * (1 << max(shift, 0)) * fixed
-    high = torch.div(product + torch.where(product >= 0, 1 << 30, 1 - (1 << 30)), 1 << 31, rounding_mode="trunc")
-    return _rounding_shift_right(high, max(-shift, 0))
 
 
 #: the clamp bounds of the int8 RELU kernels, by PyTorch spelling

@@ -28,6 +28,8 @@ default CPU path) computes:
   :mod:`slimkit.frameworks.torch.int8_activations`.
 
 An add or multiply followed by a ReLU is one kernel with the activation's output parameters, as in the file.
+On int16 activations (profile ``'tflite_int16x8'``) the same hooks compute LiteRT's builtin 16x8 kernels instead
+(:mod:`slimkit.frameworks.torch.int16_emulation`, registered in :data:`INT16_KERNELS`).
 :data:`KERNELS` maps each op kind to its kernel. Every other quantized op already gives the kernel's integers
 (reshapes, pooling by max, concatenation with shared parameters), or runs as fake quantization
 (:func:`slimkit.converter.emulation.approximate_int8_ops` names such ops per layer).
@@ -91,14 +93,31 @@ KERNELS: dict[str, tuple[Callable[[Call], torch.Tensor | None], tuple[str, ...]]
 """Op kind (:data:`slimkit.frameworks.torch.quant_graph.OP_KINDS`) -> (the int8 kernel's result for a :class:`Call`, or
 None where the file does not run that kernel; the builtin ops of the file it emulates)."""
 
+INT16_KERNELS: dict[str, tuple[Callable[[Call], torch.Tensor | None], tuple[str, ...]]] = {}
+"""The same for int16 activations (LiteRT's 16x8 kernels, :mod:`slimkit.frameworks.torch.int16_emulation`)."""
 
-def emulates(*kinds: str, ops: tuple[str, ...]) -> Callable:
-    """Registers a function as the int8 kernel of the graph ops of ``kinds`` (the file's ``ops``)."""
+
+def emulates(*kinds: str, ops: tuple[str, ...], bits: int = 8) -> Callable:
+    """Registers a function as the integer kernel of the graph ops of ``kinds`` (the file's ``ops``) on ``bits``-bit
+    activations (8: :data:`KERNELS`, 16: :data:`INT16_KERNELS`)."""
+    table = INT16_KERNELS if bits == 16 else KERNELS
+
     def register(fn: Callable[[Call], torch.Tensor | None]) -> Callable[[Call], torch.Tensor | None]:
         for kind in kinds:
-            KERNELS[kind] = (fn, ops)
+            table[kind] = (fn, ops)
         return fn
     return register
+
+
+def is_int16(params: QParams) -> bool:
+    """Whether ``params`` is a 16-bit activation grid (the file holds int16 there: LiteRT's 16x8 kernels)."""
+    return params.qmax > 255
+
+
+def kernel_of(kind: str, params: QParams) -> Callable[[Call], torch.Tensor | None] | None:
+    """The registered kernel of ``kind`` for an output on the grid ``params`` (int16 grids: :data:`INT16_KERNELS`)."""
+    entry = (INT16_KERNELS if is_int16(params) else KERNELS).get(kind)
+    return None if entry is None else entry[0]
 
 EXACT_OPS = frozenset({"DEQUANTIZE", "RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "CONCATENATION", "PAD", "PADV2",
                        "MIRROR_PAD", "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "SQUEEZE", "EXPAND_DIMS", "PACK",
@@ -145,6 +164,11 @@ def convert(x: torch.Tensor, source: QParams, target: QParams | None) -> torch.T
     outside [2**-8, 2**7]: LiteRT's own kernel, left to fake quantization)."""
     if target is None:
         return None
+    if is_int16(target):  # LiteRT's own int16 QUANTIZE
+        from slimkit.frameworks.torch.int16_emulation import requantize_tensor
+
+        same = _per_tensor(source, "a requantized tensor") == _per_tensor(target, "a requantized tensor")
+        return None if same else requantize_tensor(x, source, target)
     in_scale, in_zero = _per_tensor(source, "a requantized tensor")
     out_scale, out_zero = _per_tensor(target, "a requantized tensor")
     ratio = np.float32(in_scale / out_scale)
@@ -157,9 +181,10 @@ def convert(x: torch.Tensor, source: QParams, target: QParams | None) -> torch.T
 
 
 def kernel(run: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, params: dict[str, QParams],
-           channel_dim: int) -> torch.Tensor:
+           channel_dim: int, linear: bool = False) -> torch.Tensor:
     """A conv / linear int8 kernel: ``run(x, weight)`` (the layer's own op, called on float64 integers) summed exactly,
-    plus the int32 bias, requantized per output channel (``channel_dim`` of the result).
+    plus the int32 bias, requantized per output channel (``channel_dim`` of the result). On int16 activations, LiteRT's
+    16x8 kernel (:func:`slimkit.frameworks.torch.int16_emulation.kernel`; ``linear``: a FULLY_CONNECTED).
 
     ``params``: ``'input'``, ``'weight'`` and ``'output'`` parameters; ``weight`` and ``bias`` as the fake-quant
     model computes with them (on the weight grid; on the int32 grid of ``input_scale * weight_scale``).
@@ -174,8 +199,13 @@ def kernel(run: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     w_int = torch.round(weight.detach().double() / w_grid)
     acc = run(grid_integers(x, params["input"]), w_int)
     product = (in_scale * w_scale).astype(np.float32)  # the bias scale of the file, float32 as TFLite stores it
-    if bias is not None:
-        bias_int = torch.round(bias.detach().double() / torch.from_numpy(product.astype(np.float64)).to(device))
+    bias_int = None if bias is None else \
+        torch.round(bias.detach().double() / torch.from_numpy(product.astype(np.float64)).to(device))
+    if is_int16(params["output"]):
+        from slimkit.frameworks.torch import int16_emulation
+
+        return int16_emulation.kernel(acc, bias_int, params, channel_dim, wide=not linear)
+    if bias_int is not None:
         acc = acc + channel_view(bias_int, acc.dim(), channel_dim)
     out_scale, _ = _per_tensor(params["output"], "a layer's output")
     multiplier = torch.from_numpy((product / out_scale).astype(np.float32)).to(device)
@@ -367,7 +397,7 @@ def _average_pool_call(call: Call) -> torch.Tensor | None:
     count = real if same else torch.full_like(real, float(kernel[0] * kernel[1]))
     raw = sums + count * zero
     q = torch.clamp(torch.sign(raw) * torch.div(raw.abs() + torch.div(count, 2, rounding_mode="floor"), count,
-                                               rounding_mode="floor"), -128, 127) - zero
+                                               rounding_mode="floor"), pin.qmin, pin.qmax) - zero
     pooled = (q.float() * torch.tensor(scale)).reshape(call.out.shape)
     factor = (count / divisor).float().reshape(call.out.shape[2:])
     if same or bool((factor == 1).all()):
@@ -387,7 +417,8 @@ def _resize_call(call: Call) -> torch.Tensor | None:
     return rescaled(resized, call.inputs[0], call.params)
 
 
-from slimkit.frameworks.torch import int8_activations  # noqa: E402, F401  (registers the activation kernels)
+# registers the activation kernels and LiteRT's 16x8 kernels
+from slimkit.frameworks.torch import int8_activations, int16_emulation  # noqa: E402, F401
 
 EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE"}.union(
     *(ops for _, ops in KERNELS.values())))

@@ -299,7 +299,8 @@ class QuantWrapper(CompressionWrapper):
             return self.call_module(overrides, (x,), {})
 
         channel_dim = -1 if isinstance(module, nn.Linear) else 1
-        out = int8_emulation.kernel(run, args[0], kernel.weight, kernel.bias, params, channel_dim).to(args[0].dtype)
+        out = int8_emulation.kernel(run, args[0], kernel.weight, kernel.bias, params, channel_dim,
+                                    isinstance(module, nn.Linear)).to(args[0].dtype)  # linear: FULLY_CONNECTED
         if kernel.scale is not None:  # pre-BN values: the BatchNorm that follows maps them back onto the grid
             out = (out - channel_view(kernel.bias, out.dim(), 1)) * channel_view(kernel.scale, out.dim(), 1) + \
                 channel_view(kernel.shift, out.dim(), 1)

@@ -246,12 +246,12 @@ class GraphRuntime:
     @staticmethod
     def _integer(func: Any, args: tuple, kwargs: dict, out: torch.Tensor, kind: str, input_params: list,
                  params: Any) -> torch.Tensor:
-        """Under ``emulate_integer``: the int8 kernel's result (:data:`int8_emulation.KERNELS`) where the file runs
+        """Under ``emulate_integer``: the integer kernel's result (:func:`int8_emulation.kernel_of`) where the file runs
         one for this call; other ops keep their fake-quant value."""
-        entry = int8_emulation.KERNELS.get(kind)
-        if entry is None or params is None or not input_params or any(p is None for p in input_params):
+        fn = int8_emulation.kernel_of(kind, params) if params is not None else None
+        if fn is None or not input_params or any(p is None for p in input_params):
             return out
-        result = entry[0](int8_emulation.Call(kind, func, args, kwargs, out, input_params, params))
+        result = fn(int8_emulation.Call(kind, func, args, kwargs, out, input_params, params))
         return out if result is None else result.to(out.dtype)
 
     def _quantize(self, key: str, out: torch.Tensor, kind: str, input_params: list, inputs: list) -> torch.Tensor:

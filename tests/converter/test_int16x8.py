@@ -1,0 +1,176 @@
+"""Profile ``'tflite_int16x8'``: int16 activations, int8 weights, int64 biases, run by LiteRT's builtin 16x8 kernels;
+``emulate_integer()`` gives the file's integers bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tflite
+import torch
+import torch.nn.functional as F
+from ai_edge_litert.interpreter import OpResolverType
+from torch import nn
+
+from slimkit import models
+from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer
+from slimkit.converter import TFLiteConverter, verify
+from slimkit.errors import ConfigError, UnsupportedOpError
+from slimkit.utils.litert import interpreter
+from tests.converter.test_int8 import tensor_types
+
+WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
+PROFILE = "tflite_int16x8"
+
+
+class Residual(nn.Module):
+    """Conv, residual add, depthwise conv + ReLU6, concat, 1x1 conv, subtract, multiply, average pool, mean, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.c3, self.fc = nn.Conv2d(16, 8, 1), nn.Linear(8, 5)
+
+    def forward(self, x):
+        a = torch.relu(self.c1(x))
+        b = self.c2(a) + a
+        c = F.relu6(self.dw(b))
+        d = (self.c3(torch.cat([b, c], 1)) - b) * a
+        return d, self.fc(torch.mean(F.avg_pool2d(d, 2), (2, 3)))
+
+
+def run_builtin(path, x: torch.Tensor) -> list[np.ndarray]:
+    """The file's outputs on LiteRT's builtin kernels (no XNNPACK: it takes no int16), in PyTorch's layout."""
+    runner = interpreter(model_path=str(path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    runner.set_tensor(runner.get_input_details()[0]["index"], x.permute(0, 2, 3, 1).numpy())
+    runner.invoke()
+    outs = [runner.get_tensor(d["index"]) for d in runner.get_output_details()]
+    return [np.moveaxis(o, -1, 1) if o.ndim == 4 else o for o in outs]
+
+
+def convert_16x8(model: nn.Module, shape, tmp_path, quantizer_class=PostTrainingQuantizer, **kwargs):
+    torch.manual_seed(0)
+    x = torch.randn(1, *shape)
+    quantizer = quantizer_class(model, WHOLE_GRAPH, dummy_input=x, profile=PROFILE, **kwargs)
+    quantizer.compress()
+    return x, quantizer
+
+
+def assert_16x8_file(path) -> list[str]:
+    """Every op's activations are int16, weights int8 per channel, biases int64 (float only at the two ends)."""
+    codes = []
+    for code, ins, outs in tensor_types(path):
+        codes.append(code)
+        acts = ins[:1] if code in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN") else ins
+        if code == "QUANTIZE":
+            acts = [t for t in acts if t.Type() != tflite.TensorType.FLOAT32]
+        if code == "DEQUANTIZE":
+            outs = []
+        assert all(t.Type() == tflite.TensorType.INT16 for t in acts + outs), code
+        assert all(t.Quantization().ZeroPointAsNumpy().tolist() == [0] for t in acts + outs), code
+        if code in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            assert ins[1].Type() == tflite.TensorType.INT8 and ins[1].Quantization().ScaleLength() > 1
+            assert ins[2].Type() == tflite.TensorType.INT64
+    return codes
+
+
+def assert_bit_exact(model, quantizer, path, inputs) -> None:
+    for x in inputs:
+        with torch.no_grad(), quantizer.emulate_integer():
+            expected = model(x)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = run_builtin(path, x)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(g.reshape(e.shape), e.numpy())
+
+
+def test_digits_cnn_ptq_is_bit_exact(tmp_path):
+    model = models.DigitsCNN().eval()
+    x, ptq = convert_16x8(model, (1, 8, 8), tmp_path, algorithm="minmax")
+    ptq.calibrate([torch.randn(4, 1, 8, 8) for _ in range(2)])
+    path = tmp_path / "digits16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert assert_16x8_file(path) == ["QUANTIZE", "CONV_2D", "CONV_2D", "MAX_POOL_2D", "CONV_2D", "MEAN",
+                                      "FULLY_CONNECTED", "DEQUANTIZE"]
+    assert ptq.params["conv1"]["output"].bits == 16 and ptq.params["conv1"]["weight"].bits == 8
+    torch.manual_seed(1)
+    assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 1, 8, 8) * 1.5 for _ in range(4)])
+    result = verify(model, x, path)  # LiteRT's default path (XNNPACK leaves the int16 ops to the builtin kernels)
+    assert result.max_abs_error == 0.0 and result.max_steps == 0.0 and result.approximate_ops == ()
+    assert result.emulated_ops == ("CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED", "MAX_POOL_2D", "MEAN", "QUANTIZE")
+
+
+def test_residual_model_ptq_is_bit_exact(tmp_path):
+    model = Residual().eval()
+    x, ptq = convert_16x8(model, (3, 12, 12), tmp_path, algorithm="minmax")
+    ptq.calibrate([torch.randn(4, 3, 12, 12) for _ in range(2)])
+    path = tmp_path / "residual16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    codes = assert_16x8_file(path)
+    assert {"ADD", "SUB", "MUL", "DEPTHWISE_CONV_2D", "CONCATENATION", "AVERAGE_POOL_2D", "MEAN"} <= set(codes)
+    torch.manual_seed(2)
+    assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 3, 12, 12) * s for s in (0.5, 1.0, 2.0)])
+
+
+def test_qat_digits_cnn_is_bit_exact(tmp_path):
+    model = models.DigitsCNN()
+    x, qat = convert_16x8(model, (1, 8, 8), tmp_path, quantizer_class=QATQuantizer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(model(torch.randn(16, 1, 8, 8)), torch.randint(0, 10, (16,))).backward()
+        optimizer.step()
+        qat.step()
+    model.eval()
+    path = tmp_path / "qat16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert_16x8_file(path)
+    torch.manual_seed(3)
+    assert_bit_exact(model, qat, path, [torch.randn(1, 1, 8, 8) for _ in range(3)])
+
+
+class Heads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 32)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return torch.sigmoid(y), torch.tanh(y), torch.softmax(y, -1)
+
+
+def test_fixed_output_activations_are_written_on_int16_and_named_as_not_emulated(tmp_path):
+    model = Heads().eval()
+    x, ptq = convert_16x8(model, (16,), tmp_path, algorithm="minmax")
+    ptq.calibrate([torch.randn(64, 16)])
+    converter = TFLiteConverter(model, x, tmp_path / "heads16.tflite")
+    with pytest.warns(UserWarning, match=r"does not compute these int8 ops"):
+        converter.convert()
+    assert [op.code for op in converter.graph.ops if op.outputs[0].dtype == "int16"] == [
+        "QUANTIZE", "FULLY_CONNECTED", "LOGISTIC", "TANH", "SOFTMAX"]
+    assert all(float(op.outputs[0].quant.scale[0]) == 2.0 ** -15 for op in converter.graph.ops
+               if op.code in ("LOGISTIC", "TANH", "SOFTMAX"))
+    assert converter.approximate_int8_ops() == ["<root> (LOGISTIC)", "<root> (TANH)", "<root> (SOFTMAX)"]
+
+
+def test_op_without_a_16x8_kernel_is_named_before_writing(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Hardswish(), nn.Conv2d(4, 2, 3)).eval()
+    x, ptq = convert_16x8(model, (1, 8, 8), tmp_path, algorithm="minmax")
+    ptq.calibrate([torch.randn(4, 1, 8, 8)])
+    path = tmp_path / "hardswish16.tflite"
+    with pytest.raises(UnsupportedOpError, match=r"16x8 kernels: 1 \(HARD_SWISH\)\. "):
+        TFLiteConverter(model, x, path).convert()
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_profile_fixes_activation_bits():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3))
+    config = [{"quant_types": ["weight", "output"], "quant_bits": {"weight": 8, "output": 8}, "op_types": ["Conv2d"]}]
+    with pytest.raises(ConfigError, match=r"gives 'output' 8 bits, but the profile's kernels take 16-bit"):
+        PostTrainingQuantizer(model, config, profile=PROFILE)
+    ptq = PostTrainingQuantizer(model, [{"quant_types": ["weight", "output"], "quant_bits": 8,
+                                         "op_types": ["Conv2d"]}], profile=PROFILE)
+    assert ptq.states["0"].bits[ptq.states["0"].types[1]] == 16
