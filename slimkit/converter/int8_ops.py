@@ -4,7 +4,7 @@ After lowering, every fake-quantized tensor is QUANTIZE -> DEQUANTIZE, so an op 
 tensors reads ``DEQUANTIZE(a) -> op -> QUANTIZE``. The passes here turn such chains into the op on
 int8 tensors, following TFLite's int8 kernel rules:
 
-- ops that rescale freely (MEAN, SUM, HARD_SWISH, RELU, RELU6, LEAKY_RELU) take the QUANTIZE's
+- ops that rescale freely (MEAN, SUM, HARD_SWISH, GELU, RELU, RELU6, LEAKY_RELU) take the QUANTIZE's
   output parameters;
 - ops whose int8 kernel needs fixed output parameters (SOFTMAX, LOGISTIC: (1/256, -128); TANH:
   (1/128, 0)) are rewritten only when the quantizer used those parameters (the ``tflite`` profile does);
@@ -29,7 +29,7 @@ import numpy as np
 from slimkit.converter.ir import Graph, Op, QuantParams, Tensor
 
 #: int8 kernels that requantize from the input's to the output's parameters
-RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE"}
+RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE", "GELU"}
 #: int8 kernels with fixed output parameters (scale, zero_point)
 FIXED_OUTPUT = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
 #: int8 kernels that need the output parameters equal to the input's (data movement)

@@ -63,6 +63,7 @@ def _grid_inputs(lo: float, hi: float, width: int, seed: int) -> tuple[torch.Ten
 RANGES = [(-3.1, 5.7), (-8.0, 7.9375), (0.05, 2.3), (-0.02, 0.03), (-11.5, 0.4)]
 UNARY = {"LOGISTIC": torch.sigmoid, "TANH": torch.tanh, "HARD_SWISH": F.hardswish,
          "LEAKY_RELU": lambda x: F.leaky_relu(x, 0.1), "SOFTMAX": lambda x: torch.softmax(x, -1),
+         "GELU": F.gelu, "GELU_TANH": lambda x: F.gelu(x, approximate="tanh"),
          "SUM": lambda x: x.sum(-1, keepdim=True) * 0.5 + x.sum(-1, keepdim=True)}
 
 
@@ -70,7 +71,7 @@ UNARY = {"LOGISTIC": torch.sigmoid, "TANH": torch.tanh, "HARD_SWISH": F.hardswis
 def test_unary_kernels_equal_litert_on_every_int8_input(tmp_path, op):
     for seed, (lo, hi) in enumerate(RANGES):
         calibration, tests = _grid_inputs(lo, hi, 8, seed)
-        _check(tmp_path, UNARY[op], calibration, tests, op)
+        _check(tmp_path, UNARY[op], calibration, tests, op.removesuffix("_TANH"))
 
 
 def test_softmax_rows_with_ties_and_long_rows(tmp_path):
