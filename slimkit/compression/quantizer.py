@@ -416,7 +416,9 @@ class Quantizer(Compressor):
             # a move (reshape, expand ...) keeps its input's grid on every call, whatever its key: model code may run
             # other moves under torch.export than eagerly (Hugging Face repeats GQA keys in the capture only), which
             # shifts the keys of the moves after them
-            params = params if params is not None and len(input_params) == 1 else self.graph_params[key]
+            if params is not None and len(input_params) == 1:
+                self.graph_params[key] = params  # what the readers of this tensor are told its grid is
+            params = self.graph_params[key]
             return self.ops.fake_quant(x, params) if self.should_fake_quant(slot) else x
         info = {"kind": kind, "fixed": self.profile.fixed_output(kind, 8) is not None, "shared_from": shared_from,
                 **meta}

@@ -29,7 +29,8 @@ import numpy as np
 from slimkit.converter.ir import Graph, Op, QuantParams, Tensor
 
 #: int8 kernels that requantize from the input's to the output's parameters
-RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE", "GELU"}
+RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE", "GELU",
+             "BATCH_MATMUL"}
 #: int8 kernels with fixed output parameters (scale, zero_point)
 FIXED_OUTPUT = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
 #: int8 kernels that need the output parameters equal to the input's (data movement)
@@ -88,6 +89,9 @@ def int8_activation_ops(graph: Graph) -> int:
             ops.append(op)
             continue
         acts = [i for i, t in enumerate(op.inputs) if t is not None and not t.is_const]
+        if code == "BATCH_MATMUL" and len(acts) != len(op.inputs):  # a float constant operand: the op stays float
+            ops.append(op)
+            continue
         producers = [op.inputs[i].producer for i in acts]
         after = users.get(id(op.outputs[0]), [])
         if not acts or any(p is None or p.code != "DEQUANTIZE" or p.inputs[0].dtype not in _INT8

@@ -51,5 +51,5 @@ def op_version(op) -> int:
     if code == "BIDIRECTIONAL_SEQUENCE_LSTM":
         return (3 if o.get("AsymmetricQuantizeInputs") else 2) if _is_hybrid(op) else 1
     if code == "BATCH_MATMUL":
-        return 4 if _is_hybrid(op) else 1
+        return 4 if _is_hybrid(op) else 2 if op.inputs[0].dtype == "int8" else 1
     return 1

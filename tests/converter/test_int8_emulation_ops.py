@@ -140,6 +140,35 @@ def test_requantized_inputs_equal_litert(tmp_path, join):
     np.testing.assert_array_equal(run_tflite(path, [tests.numpy()])[0], expected)
 
 
+class Attention(nn.Module):
+    """Attention written out on 3-D tensors (batch x heads folded): ``q @ k.transpose``, a softmax, ``attn @ v``, and a
+    ``torch.bmm`` of two activations on other grids: four int8 BATCH_MATMULs of two activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x) * 2
+        attn = torch.softmax(q @ k.transpose(-2, -1) * 0.35, -1)
+        return torch.bmm(attn @ v, torch.bmm(q.transpose(1, 2), k))
+
+
+def test_batch_matmul_of_activations_equals_litert(tmp_path):
+    """LiteRT's own int8 BATCH_MATMUL (XNNPACK leaves it out): integer sums, TFLite's fixed-point multiplier."""
+    from tests.converter.test_int8 import quantize_with
+
+    model, x, quantizer = quantize_with(Attention().eval(), (6, 8))
+    path = tmp_path / "attention.tflite"
+    TFLiteConverter(model, x, path, dynamic_batch=True).convert()
+    assert int8_ops(path).count("BATCH_MATMUL") == 4
+    for seed in range(3):
+        tests = torch.randn(16, 6, 8, generator=torch.Generator().manual_seed(seed)) * (1 + seed)
+        with torch.no_grad(), quantizer.emulate_integer():
+            expected = model(tests).numpy()
+        np.testing.assert_array_equal(run_tflite(path, [tests.numpy()])[0], expected)
+
+
 class Pooler(nn.Module):
     """BERT's pooler: the first token's vector (``x[:, 0]``, a slice of int8 values) requantized into a Linear."""
 
