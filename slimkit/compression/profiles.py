@@ -44,7 +44,7 @@ from slimkit.errors import ConfigError
 # Op kinds (canonical names used by the graph quantizer and the converter).
 SHARING_OPS = frozenset({"cat", "max_pool", "reshape", "flatten", "view", "permute", "transpose", "squeeze",
                          "unsqueeze", "pad", "split", "chunk", "getitem", "contiguous", "identity", "dropout",
-                         "resize"})
+                         "resize", "expand"})
 
 
 @dataclass(frozen=True)

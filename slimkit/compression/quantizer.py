@@ -425,11 +425,16 @@ class Quantizer(Compressor):
         rules: fixed parameters (softmax, logistic, tanh), the input's parameters for ops that only move
         values (max-pool, reshape), the union of the inputs' ranges for concatenation, else observed."""
         slot = self.graph_slot
-        if self.frozen and key in self.graph_params:
-            params = self.graph_params[key]
-            return self.ops.fake_quant(x, params) if self.should_fake_quant(slot) else x
         bits = self.activation_bits(slot, key)
         params, shared_from = self._rule_params(kind, bits, input_params, meta.get("inputs") or [None])
+        if self.frozen and key in self.graph_params:
+            # a move (reshape, expand ...) keeps its input's grid on every call, whatever its key: model code may run
+            # other moves under torch.export than eagerly (Hugging Face repeats GQA keys in the capture only), which
+            # shifts the keys of the moves after them
+            if params is not None and len(input_params) == 1:
+                self.graph_params[key] = params  # what the readers of this tensor are told its grid is
+            params = self.graph_params[key]
+            return self.ops.fake_quant(x, params) if self.should_fake_quant(slot) else x
         info = {"kind": kind, "fixed": self.profile.fixed_output(kind, 8) is not None, "shared_from": shared_from,
                 **meta}
         if params is None:

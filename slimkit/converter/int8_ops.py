@@ -4,7 +4,7 @@ After lowering, every fake-quantized tensor is QUANTIZE -> DEQUANTIZE, so an op 
 tensors reads ``DEQUANTIZE(a) -> op -> QUANTIZE``. The passes here turn such chains into the op on
 int8 tensors, following TFLite's int8 kernel rules:
 
-- ops that rescale freely (MEAN, SUM, HARD_SWISH, RELU, RELU6, LEAKY_RELU) take the QUANTIZE's
+- ops that rescale freely (MEAN, SUM, HARD_SWISH, GELU, RELU, RELU6, LEAKY_RELU) take the QUANTIZE's
   output parameters;
 - ops whose int8 kernel needs fixed output parameters (SOFTMAX, LOGISTIC: (1/256, -128); TANH:
   (1/128, 0); all three (1/32768, 0) on int16) are rewritten only when the quantizer used those parameters (the
@@ -35,7 +35,8 @@ from slimkit.converter.quant import INTEGER_RANGES
 from slimkit.errors import UnsupportedOpError
 
 #: int8 kernels that requantize from the input's to the output's parameters
-RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE"}
+RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE", "GELU",
+             "BATCH_MATMUL"}
 #: integer kernels with fixed output parameters: op -> {activation type: (scale, zero_point)}
 FIXED_OUTPUT = {"SOFTMAX": {"int8": (1.0 / 256, -128), "int16": (1.0 / 32768, 0)},
                 "LOGISTIC": {"int8": (1.0 / 256, -128), "int16": (1.0 / 32768, 0)},
@@ -103,6 +104,9 @@ def int8_activation_ops(graph: Graph) -> int:
             ops.append(op)
             continue
         acts = [i for i, t in enumerate(op.inputs) if t is not None and not t.is_const]
+        if code == "BATCH_MATMUL" and len(acts) != len(op.inputs):  # a float constant operand: the op stays float
+            ops.append(op)
+            continue
         producers = [op.inputs[i].producer for i in acts]
         after = users.get(id(op.outputs[0]), [])
         if not acts or any(p is None or p.code != "DEQUANTIZE" or p.inputs[0].dtype not in _INT8

@@ -51,7 +51,7 @@ def op_version(op) -> int:
     if code == "BIDIRECTIONAL_SEQUENCE_LSTM":
         return (3 if o.get("AsymmetricQuantizeInputs") else 2) if _is_hybrid(op) else 1
     if code == "BATCH_MATMUL":
-        return 4 if _is_hybrid(op) else 1
+        return 4 if _is_hybrid(op) else 2 if op.inputs[0].dtype == "int8" else 1
     if code == "DEQUANTIZE" and op.inputs[0].dtype == "int4":
         return 6
     if code == "DEQUANTIZE" and op.inputs[0].dtype == "int8" and op.inputs[0].quant is not None and \

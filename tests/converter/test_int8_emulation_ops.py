@@ -63,6 +63,7 @@ def _grid_inputs(lo: float, hi: float, width: int, seed: int) -> tuple[torch.Ten
 RANGES = [(-3.1, 5.7), (-8.0, 7.9375), (0.05, 2.3), (-0.02, 0.03), (-11.5, 0.4)]
 UNARY = {"LOGISTIC": torch.sigmoid, "TANH": torch.tanh, "HARD_SWISH": F.hardswish,
          "LEAKY_RELU": lambda x: F.leaky_relu(x, 0.1), "SOFTMAX": lambda x: torch.softmax(x, -1),
+         "GELU": F.gelu, "GELU_TANH": lambda x: F.gelu(x, approximate="tanh"),
          "SUM": lambda x: x.sum(-1, keepdim=True) * 0.5 + x.sum(-1, keepdim=True)}
 
 
@@ -70,7 +71,7 @@ UNARY = {"LOGISTIC": torch.sigmoid, "TANH": torch.tanh, "HARD_SWISH": F.hardswis
 def test_unary_kernels_equal_litert_on_every_int8_input(tmp_path, op):
     for seed, (lo, hi) in enumerate(RANGES):
         calibration, tests = _grid_inputs(lo, hi, 8, seed)
-        _check(tmp_path, UNARY[op], calibration, tests, op)
+        _check(tmp_path, UNARY[op], calibration, tests, op.removesuffix("_TANH"))
 
 
 def test_softmax_rows_with_ties_and_long_rows(tmp_path):
@@ -137,6 +138,35 @@ def test_requantized_inputs_equal_litert(tmp_path, join):
     with torch.no_grad(), quantizer.emulate_integer():
         expected = model(tests).numpy()
     np.testing.assert_array_equal(run_tflite(path, [tests.numpy()])[0], expected)
+
+
+class Attention(nn.Module):
+    """Attention written out on 3-D tensors (batch x heads folded): ``q @ k.transpose``, a softmax, ``attn @ v``, and a
+    ``torch.bmm`` of two activations on other grids: four int8 BATCH_MATMULs of two activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x) * 2
+        attn = torch.softmax(q @ k.transpose(-2, -1) * 0.35, -1)
+        return torch.bmm(attn @ v, torch.bmm(q.transpose(1, 2), k))
+
+
+def test_batch_matmul_of_activations_equals_litert(tmp_path):
+    """LiteRT's own int8 BATCH_MATMUL (XNNPACK leaves it out): integer sums, TFLite's fixed-point multiplier."""
+    from tests.converter.test_int8 import quantize_with
+
+    model, x, quantizer = quantize_with(Attention().eval(), (6, 8))
+    path = tmp_path / "attention.tflite"
+    TFLiteConverter(model, x, path, dynamic_batch=True).convert()
+    assert int8_ops(path).count("BATCH_MATMUL") == 4
+    for seed in range(3):
+        tests = torch.randn(16, 6, 8, generator=torch.Generator().manual_seed(seed)) * (1 + seed)
+        with torch.no_grad(), quantizer.emulate_integer():
+            expected = model(tests).numpy()
+        np.testing.assert_array_equal(run_tflite(path, [tests.numpy()])[0], expected)
 
 
 class Pooler(nn.Module):

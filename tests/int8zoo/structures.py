@@ -499,6 +499,37 @@ class TransformerEncoder(nn.Module):
         return self.fc(x.mean(1))
 
 
+class GroupedQueryAttention(nn.Module):
+    """Grouped-query causal attention as Hugging Face's Llama / Qwen2 write it: ``F.scaled_dot_product_attention``
+    with ``enable_gqa`` when run eagerly, keys and values repeated per head (``[:, :, None]``, ``expand``,
+    ``reshape``) under ``torch.export``. The capture then holds moves the eager forward never calls."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, kv_heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.q = nn.Linear(8, dim)
+        self.k = nn.Linear(8, kv_heads * self.head_dim)
+        self.v = nn.Linear(8, kv_heads * self.head_dim)
+        self.o = nn.Linear(dim, dim)
+        self.fc = nn.Linear(dim, CLASSES)
+
+    def _repeat(self, x: Tensor) -> Tensor:
+        b, _, t, d = x.shape
+        return x[:, :, None].expand(b, self.kv_heads, self.heads // self.kv_heads, t, d).reshape(b, self.heads, t, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if torch.compiler.is_exporting():
+            out = F.scaled_dot_product_attention(q, self._repeat(k), self._repeat(v), is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        out = self.o(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+        return self.fc(out.mean(1))
+
+
 class LSTMClassifier(nn.Module):
     """``nn.LSTM`` (batch_first) over the digit's rows, the last step into a Linear."""
 
@@ -574,6 +605,7 @@ STRUCTURES: dict[str, Structure] = {
     "conv1d": Structure(Conv1dStack, "rows"),
     "padding_modes": Structure(PaddingModes),
     "transformer": Structure(TransformerEncoder, "rows"),
+    "gqa_attention": Structure(GroupedQueryAttention, "rows"),
     "lstm": Structure(LSTMClassifier, "rows"),
     "gru": Structure(GRUClassifier, "rows"),
     "mlp_forms": Structure(MLPForms),

@@ -30,7 +30,9 @@ WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["defa
 # The ONNX QDQ files, all 15 architectures (measured): 0 steps except Llama 7, Qwen2 4, Whisper 3, MobileNetV2 2,
 # MobileViT 1. Quantize + export took 11-145 s a model at load 8-13 on 2 cores (MobileViT, a 20k-node capture, the most).
 MAX_STEPS = 7
-
+# The decoders whose capture runs other moves than their eager forward (GQA keys repeated under torch.export only):
+# exact against the emulation since moves keep their input's grid whatever their key (7 and 5 steps before)
+EMULATED_CELLS = ("llama", "qwen2")
 
 
 def lively(model: torch.nn.Module) -> torch.nn.Module:
@@ -118,7 +120,10 @@ def test_int8_tflite_runs_near_the_quantized_model(name, tmp_path):
         assert np.abs(got - expected).max() <= MAX_STEPS * step * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(HF_ARCHS))
+# The decoders whose capture runs other moves than their eager forward (GQA keys repeated under torch.export only):
+# exact against the emulation since moves keep their input's grid whatever their key (7 and 5 steps before)
+EMULATED_CELLS = ("llama", "qwen2")
+
 def test_onnx_qdq_matches_the_quantized_model(name, tmp_path):
     model, example, ptq = quantized(name)
     inputs = hf_inputs(name, 3, seed=1)

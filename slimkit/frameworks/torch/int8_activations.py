@@ -8,6 +8,8 @@ Which kernel runs was read off LiteRT itself (its XNNPACK delegate against its b
   differs);
 - HARD_SWISH: the builtin kernel's 16-bit fixed-point arithmetic (XNNPACK gives the same integers);
 - LEAKY_RELU: XNNPACK's, an 8-bit fixed-point multiplier per sign (the builtin kernel rounds differently);
+- GELU (exact and tanh): the builtin kernel's 256-entry table, the function in float32 on each dequantized input,
+  rounded half away from zero;
 - SOFTMAX: the builtin kernel, a float32 table of ``exp(-input_scale * d)`` for each distance ``d`` to the row's
   maximum, summed along the row in order, each entry times ``1 / (sum * output_scale)`` rounded half away from zero.
 
@@ -121,15 +123,16 @@ def _leaky_relu_call(call: Call) -> torch.Tensor | None:
     return _on_grid(q, call.params, call.out)
 
 
-def _table(call: Call, function) -> torch.Tensor:
+def _table(call: Call, function, half_even: bool = True) -> torch.Tensor:
     """A 256-entry table kernel: ``function`` (float64, rounded to float32) of each dequantized int8 input, rounded
-    half to even to the output grid."""
+    to the output grid half to even (XNNPACK's tables), else half away from zero (LiteRT's ``LUTPopulate``)."""
     in_scale, in_zero = _per_tensor(call.inputs[0], "an activation's input")
     out_scale, out_zero = _per_tensor(call.params, "an activation's output")
     levels = np.arange(-128, 128)
     dequantized = (in_scale * (levels - in_zero).astype(np.float32)).astype(np.float32)
     values = function(dequantized.astype(np.float64)).astype(np.float32)
-    table = torch.round(torch.from_numpy(values * np.float32(np.float32(1.0) / out_scale))) + out_zero
+    rescaled = torch.from_numpy(values * np.float32(np.float32(1.0) / out_scale))
+    table = (torch.round(rescaled) if half_even else _round_away(rescaled)) + out_zero
     table = torch.clamp(table, call.params.qmin, call.params.qmax).to(call.out.device)
     return _on_grid(table[_raw(call) + 128], call.params, call.out)
 
@@ -147,6 +150,29 @@ def _sigmoid_call(call: Call) -> torch.Tensor | None:
 @emulates("tanh", ops=("TANH",))
 def _tanh_call(call: Call) -> torch.Tensor | None:
     return _table(call, np.tanh)
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """LiteRT's ``GeluTransform`` in float32: ``0.5 * x * erfc(x * -sqrt(1/2))``."""
+    x = x.astype(np.float32)
+    erfc = np.array([math.erfc(v) for v in (x * np.float32(-math.sqrt(0.5))).astype(np.float64)], np.float32)
+    return (np.float32(0.5) * x * erfc).astype(np.float64)
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """LiteRT's ``GeluTransformApproximate`` in float32: ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3)))``."""
+    x = x.astype(np.float32)
+    inner = np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)
+    tanh = np.tanh(inner.astype(np.float64)).astype(np.float32)
+    return (np.float32(0.5) * x * (np.float32(1.0) + tanh)).astype(np.float64)
+
+
+@emulates("gelu", ops=("GELU",))
+def _gelu_call(call: Call) -> torch.Tensor | None:
+    """LiteRT's int8 GELU (XNNPACK takes no int8 GELU): a 256-entry table of the float32 function, exact or tanh
+    approximation, rounded half away from zero."""
+    approximate = call.kwargs.get("approximate", call.args[1] if len(call.args) > 1 else "none")
+    return _table(call, _gelu_tanh if approximate == "tanh" else _gelu, half_even=False)
 
 
 _SOFTMAX_GRID = (1.0 / 256, -128)

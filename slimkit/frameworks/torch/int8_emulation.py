@@ -290,6 +290,25 @@ def _multiply_call(call: Call) -> torch.Tensor | None:
     return multiply(call.args[0], call.args[1], *call.inputs, call.params) if _binary(call) else None
 
 
+@emulates("matmul", ops=("BATCH_MATMUL",))
+def _matmul_call(call: Call) -> torch.Tensor | None:
+    """LiteRT's int8 BATCH_MATMUL of two activations (its own kernel: XNNPACK leaves it out of its partitions): the
+    exact integer products summed, times ``a_scale * b_scale / output_scale`` (in double) as TFLite's 31-bit
+    fixed-point multiplier (``MultiplyByQuantizedMultiplier``), plus the output zero point, clamped."""
+    if not _binary(call):
+        return None
+    from slimkit.frameworks.torch.int8_activations import multiply_by_quantized_multiplier, quantize_multiplier
+
+    (a, b), (pa, pb) = call.args, call.inputs
+    a_scale, _ = _per_tensor(pa, "a matrix product's input")
+    b_scale, _ = _per_tensor(pb, "a matrix product's input")
+    o_scale, o_zero = _per_tensor(call.params, "a matrix product's output")
+    acc = torch.round(call.func(grid_integers(a, pa), grid_integers(b, pb))).long()
+    fixed, shift = quantize_multiplier(float(a_scale) * float(b_scale) / float(o_scale))
+    q = torch.clamp(multiply_by_quantized_multiplier(acc, fixed, shift) + o_zero, call.params.qmin, call.params.qmax)
+    return ((q - o_zero).float() * torch.tensor(o_scale)).to(a.dtype)
+
+
 @emulates("mean", ops=("MEAN",))
 def _mean_call(call: Call) -> torch.Tensor | None:
     rest = call.args[1:]

@@ -230,9 +230,10 @@ class GraphRuntime:
         return out
 
     def _unplanned(self, name: str, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        """Under ``emulate_integer``, a call the plan holds no tensor for: one that only selects or moves values
-        (``x[:, 0]``, a view) keeps its input's grid. (Calibration is left as it was.)"""
-        moves = self.quantizer.integer_arithmetic is not None and name in _MOVES
+        """A call the plan holds no tensor for: one that only selects or moves values (``x[:, 0]``, a view) keeps its
+        input's grid, in calibration, export and ``emulate_integer`` alike (an op reading it, a concatenation, then
+        takes the same parameters in each)."""
+        moves = name in _MOVES
         params = self.params_of(args[0]) if moves and args and isinstance(args[0], torch.Tensor) else None
         if params is not None:
             self.tensors[id(out)] = (out, params)
