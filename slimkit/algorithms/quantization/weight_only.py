@@ -160,23 +160,27 @@ class WeightOnlyQuantizer(LinearCalibration, Compressor):
                              "symmetric": layer.wrapper.grid.symmetric} for layer in self.layers}
 
     def export_model(self, model_path: str | os.PathLike, onnx_path: str | os.PathLike | None = None,
-                     dummy_input: Any = None) -> None:
+                     dummy_input: Any = None, onnx_format: str = "DequantizeLinear") -> None:
         """Write the weights as the grid values (``model_path``: a state dict that loads into the original model
-        class) and, given ``onnx_path`` and ``dummy_input`` (a tensor or a tuple of inputs), an ONNX file with
-        each quantized weight as blocked DequantizeLinear of its codes (opset 21; see
-        :mod:`slimkit.frameworks.torch.weight_only_onnx`). Files are written to temporary names and renamed.
+        class) and, given ``onnx_path`` and ``dummy_input`` (a tensor or a tuple of inputs), an ONNX file storing
+        each quantized weight's codes (opset 21; see :mod:`slimkit.frameworks.torch.weight_only_onnx`):
+        ``onnx_format='DequantizeLinear'`` (default) as blocked DequantizeLinear, ``'MatMulNBits'`` as
+        onnxruntime's com.microsoft MatMulNBits (2, 4 or 8 bits, groups divisible by a power of two >= 16).
+        Files are written to temporary names and renamed.
         """
         self._require_wrapped("export_model")
+        from slimkit.frameworks.torch.weight_only_onnx import check_format, export_weight_only_onnx, plain_copy
+
+        check_format(onnx_format)
         if onnx_path is not None and dummy_input is None:
             raise ConfigError("WeightOnlyQuantizer.export_model: onnx_path needs an example input. Expected "
                               "dummy_input=<a tensor or a tuple of the model's inputs>. Received: dummy_input=None")
         import torch
 
-        from slimkit.frameworks.torch.weight_only_onnx import export_weight_only_onnx, plain_copy
         from slimkit.utils.files import atomic_path
 
         wrappers = {layer.name: layer.wrapper for layer in self.layers}
         if onnx_path is not None:
-            export_weight_only_onnx(self.model, wrappers, os.fspath(onnx_path), dummy_input)
+            export_weight_only_onnx(self.model, wrappers, os.fspath(onnx_path), dummy_input, onnx_format)
         with atomic_path(os.fspath(model_path)) as tmp:
             torch.save(plain_copy(self.model, wrappers).state_dict(), tmp)

@@ -1,10 +1,15 @@
-"""ONNX export of a weight-only quantized model: each quantized Linear's weight as a blocked
-``DequantizeLinear`` (opset 21) of int4 / uint4 codes (int8 / uint8 above 4 bits) with one scale (and zero point)
-per group of input features, so the file stores the codes, not float weights.
+"""ONNX export of a weight-only quantized model, the file storing the codes, not float weights, in one of two
+formats (:data:`FORMATS`):
 
-The model is exported with plain Linear layers whose weights are the grid values; each such weight initializer
-is then replaced by the DequantizeLinear of its codes (and, after AWQ, a Div by ``input_scale`` per input
-feature), under the same name, so every consumer of the weight reads the same values.
+- ``'DequantizeLinear'`` (the default): each quantized Linear's weight as a blocked ``DequantizeLinear`` (opset 21)
+  of int4 / uint4 codes (int8 / uint8 above 4 bits) with one scale (and zero point) per group of input features.
+  The weight initializer is replaced by the DequantizeLinear of its codes (and, after AWQ, a Div by
+  ``input_scale`` per input feature), under the same name, so every consumer of the weight reads the same values.
+- ``'MatMulNBits'``: each product by the weight replaced by onnxruntime's ``com.microsoft`` MatMulNBits of the
+  packed codes (2, 4 or 8 bits; see :mod:`slimkit.frameworks.torch.weight_only_nbits`).
+
+The model is first exported with plain Linear layers whose weights are the grid values (without the exporter's
+graph optimizer, which would fold a weight's Transpose into a new, unnamed initializer).
 
 Example:
 
@@ -31,8 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.errors import UnsupportedOpError
+from slimkit.errors import ConfigError, UnsupportedOpError
 from slimkit.frameworks.torch.adapter import set_submodule
+from slimkit.frameworks.torch.weight_only_nbits import DOMAIN, rewrite_matmul_nbits
 from slimkit.utils.files import atomic_path
 
 OPSET = 21
@@ -90,32 +96,51 @@ def _dequantize_nodes(name: str, wrapper: Any) -> tuple[list[Any], list[Any]]:
     return initializers, nodes
 
 
-def export_weight_only_onnx(model: nn.Module, wrappers: dict[str, Any], path: str, dummy_input: Any) -> None:
-    """Write ``model`` to ``path``, each layer of ``wrappers`` (name -> WeightOnlyWrapper) as blocked
-    DequantizeLinear of its codes. ``dummy_input``: a tensor or a tuple of positional inputs."""
-    import onnx
+def rewrite_dequantize_linear(graph: Any, name: str, wrapper: Any) -> None:
+    """Replace layer ``name``'s weight initializer in ``graph`` by the blocked DequantizeLinear of its codes."""
+    target = f"{name}.weight"
+    graph.initializer.remove(next(init for init in graph.initializer if init.name == target))
+    initializers, nodes = _dequantize_nodes(name, wrapper)
+    graph.initializer.extend(initializers)
+    first_use = next((index for index, node in enumerate(graph.node) if target in node.input), len(graph.node))
+    for offset, node in enumerate(nodes):
+        graph.node.insert(first_use + offset, node)
 
+
+FORMATS = {"DequantizeLinear": rewrite_dequantize_linear, "MatMulNBits": rewrite_matmul_nbits}
+"""ONNX formats of a weight-only layer: name -> ``rewrite(graph, layer_name, wrapper)``."""
+
+
+def check_format(onnx_format: str) -> None:
+    if onnx_format not in FORMATS:
+        raise ConfigError(f"WeightOnlyQuantizer.export_model: Expected onnx_format to be one of {sorted(FORMATS)}. "
+                          f"Received: onnx_format={onnx_format!r}")
+
+
+def export_weight_only_onnx(model: nn.Module, wrappers: dict[str, Any], path: str, dummy_input: Any,
+                            onnx_format: str = "DequantizeLinear") -> None:
+    """Write ``model`` to ``path``, each layer of ``wrappers`` (name -> WeightOnlyWrapper) in ``onnx_format`` (a
+    key of :data:`FORMATS`). ``dummy_input``: a tensor or a tuple of positional inputs."""
+    import onnx
+    from onnx import helper
+
+    check_format(onnx_format)
     plain = plain_copy(model, wrappers).eval()
     args = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
     with contextlib.redirect_stdout(io.StringIO()):
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        proto = torch.onnx.export(plain, args, dynamo=True, opset_version=OPSET, verbose=False).model_proto
+        proto = torch.onnx.export(plain, args, dynamo=True, opset_version=OPSET, verbose=False,
+                                  optimize=False).model_proto
     graph = proto.graph
-    by_name = {init.name: init for init in graph.initializer}
-    head: list[Any] = []
+    names = {init.name for init in graph.initializer}
     for name, wrapper in wrappers.items():
-        target = f"{name}.weight"
-        if target not in by_name:
+        if f"{name}.weight" not in names:
             raise UnsupportedOpError(f"ONNX export: the weight of layer {name!r} is not a graph initializer named "
-                                     f"{target!r} (the exporter folded or renamed it), so its codes cannot be "
-                                     f"written. Export this layer in float: exclude it from the quantizer.")
-        graph.initializer.remove(by_name[target])
-        initializers, nodes = _dequantize_nodes(name, wrapper)
-        graph.initializer.extend(initializers)
-        head.extend(nodes)
-    rest = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(head + rest)
+                                     f"{name + '.weight'!r} (the exporter folded or renamed it), so its codes cannot "
+                                     f"be written. Export this layer in float: exclude it from the quantizer.")
+        FORMATS[onnx_format](graph, name, wrapper)
+    if any(node.domain == DOMAIN for node in graph.node):
+        proto.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     onnx.checker.check_model(proto)
     with atomic_path(path) as tmp:
         onnx.save(proto, tmp)

@@ -109,6 +109,30 @@ def test_awq_keeps_the_float_layer_and_never_loses_to_rtn():
     assert torch.equal(codes, grid.codes(float_weight * factors, model[0].weight_scale, model[0].weight_zero_point))
 
 
+@pytest.mark.parametrize("bits,group_size,symmetric", [(4, 16, True), (3, -1, False), (4, 8, False), (2, 16, True)])
+def test_clipping_never_increases_the_output_error_of_any_row(bits, group_size, symmetric):
+    from slimkit.algorithms.quantization.awq import CLIP_RATIOS, clip_search
+    from slimkit.frameworks.torch.weight_grid import GroupGrid
+
+    g = torch.Generator().manual_seed(bits)
+    weight = torch.randn(24, 32, generator=g) ** 3  # heavy tails: a few large weights per group
+    features = torch.randn(256, 32, generator=g) @ torch.randn(32, 32, generator=g)
+    hessian = (features.T @ features).double() / 256
+    grid = GroupGrid(bits=bits, group_size=group_size, symmetric=symmetric)
+    scale, zero = grid.params(weight)
+    clipped, clipped_zero = clip_search(weight, hessian, grid)
+    assert torch.equal(clipped_zero, zero)
+    ratios = clipped / scale
+    assert all(any(abs(r - c) < 1e-6 for c in (1.0, *CLIP_RATIOS)) for r in ratios.flatten().tolist())
+
+    def row_errors(s):
+        delta = (weight - grid.dequantize(grid.codes(weight, s, zero), s, zero)).double()
+        return ((delta @ hessian) * delta).sum(-1)
+
+    assert bool((row_errors(clipped) <= row_errors(scale)).all())
+    assert float(row_errors(clipped).sum()) < 0.97 * float(row_errors(scale).sum())
+
+
 def test_layers_are_quantized_in_order_on_the_already_quantized_model():
     batches = _correlated_batches()
     model = _model()
