@@ -28,7 +28,8 @@ WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["defa
 # signal-preserving init; the same 7 in the TFLite and the ONNX file, so the quantized model's eager forward and its
 # captured graph disagree there: an open defect of issue 13; int8 SOFTMAX / LayerNorm are not emulated either).
 # The ONNX QDQ files, all 15 architectures (measured): 0 steps except Llama 7, Qwen2 4, Whisper 3, MobileNetV2 2,
-# MobileViT 1. Quantize + export took 11-145 s a model at load 8-13 on 2 cores (MobileViT, a 20k-node capture, the most).
+# MobileViT 1. Quantize + export took 11-145 s a model at load 8-13 on 2 cores (MobileViT, a 20k-node capture,
+# the most).
 MAX_STEPS = 7
 # The decoders whose capture runs other moves than their eager forward (GQA keys repeated under torch.export only):
 # exact against the emulation since moves keep their input's grid whatever their key (7 and 5 steps before)

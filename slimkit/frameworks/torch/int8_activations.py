@@ -26,6 +26,8 @@ Example (a hard-swish whose input and output share the scale 0.05, zero point 0:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
