@@ -112,10 +112,16 @@ class TFLiteConverter:
                               "first to silence this.", UserWarning, stacklevel=4)
 
             quantizer = quantizer_of(self.model)
-            fixed = BACKEND.fixed_for_capture(self.model, quantizer) if quantizer is not None else \
+            traced = self.model
+            if quantizer is not None and quantizer.profile.bias_bits > 32:
+                # int64 biases (16x8) lie on a grid finer than float32 resolves: trace the model with BatchNorm
+                # folded by the quantizer, so the file's bias is the one the quantizer (and emulate_integer) holds,
+                # not a refold of it through float32 BatchNorm arithmetic
+                traced = BACKEND.deploy_copy(quantizer)
+            fixed = BACKEND.fixed_for_capture(traced, quantizer) if quantizer is not None else \
                 contextlib.nullcontext()
             with torch.no_grad(), fixed:
-                captured = capture_graph(self.model, self.dummy_input)
+                captured = capture_graph(traced, self.dummy_input)
                 check_outputs_match(graph_outputs(captured.program), eager_outputs(self.model, self.dummy_input),
                                     type(self.model).__name__)
             self.captured = captured

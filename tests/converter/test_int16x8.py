@@ -114,6 +114,23 @@ def test_residual_model_ptq_is_bit_exact(tmp_path):
     assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 3, 12, 12) * s for s in (0.5, 1.0, 2.0)])
 
 
+def test_batchnorm_folded_biases_are_the_quantizers(tmp_path):
+    """A conv + BatchNorm whose int64 bias grid (input scale x weight scale, ~1e-7) is finer than float32 resolves
+    the bias: the file holds the bias the quantizer folded, not a float32 refold of it (which moved 27 of these 64
+    biases by up to 3 steps, and outputs by a step)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(320, 64, 1), nn.BatchNorm2d(64))
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1), model[1].running_var.uniform_(0.5, 2), model[1].weight.uniform_(0.5, 2)
+    model.eval()
+    x, ptq = convert_16x8(model, (320, 7, 7), tmp_path, algorithm="minmax")
+    ptq.calibrate([torch.randn(4, 320, 7, 7)])
+    path = tmp_path / "conv_bn16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    torch.manual_seed(4)
+    assert_bit_exact(model, ptq, path, [torch.randn(1, 320, 7, 7) for _ in range(3)])
+
+
 def test_qat_digits_cnn_is_bit_exact(tmp_path):
     model = models.DigitsCNN()
     x, qat = convert_16x8(model, (1, 8, 8), tmp_path, quantizer_class=QATQuantizer)
