@@ -59,6 +59,7 @@ class Layer:
         owner: the compressor that selected it.
         kernel: which weight of ``module`` this entry compresses when the layer holds several (``LayerRef.kernel``:
             a Keras SeparableConv2D's ``'depthwise_kernel'``), or None for its own weight and bias.
+        kernel_output: whether that kernel computes a tensor of its own inside the layer (``LayerRef.kernel_output``).
     """
 
     def __init__(self, ref: LayerRef, config: LayerConfig, adapter: FrameworkAdapter):
@@ -66,6 +67,7 @@ class Layer:
         self.type = ref.type
         self.module = ref.module
         self.kernel = ref.kernel
+        self.kernel_output = ref.kernel_output
         self.config = config
         self.wrapper: Any = None  # set by the adapter while the layer is wrapped
         self.owner: Any = None    # set by the compressor (slimkit.compression.composition reads it)

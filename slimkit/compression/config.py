@@ -174,8 +174,9 @@ class LayerRef:
 
     ``kernel`` names the weight of ``module`` this entry compresses when a layer holds several that are compressed
     apart (a Keras ``SeparableConv2D``'s ``'depthwise_kernel'``: the entry ``'sep1/depthwise'`` beside ``'sep1'``);
-    None for the layer's own weight and bias. Such an entry is a weight, not a layer with its own activations: a
-    quantizer quantizes its ``'weight'`` only (the layer's input and output belong to the layer's own entry).
+    None for the layer's own weight and bias. Such an entry is a weight, not a layer with its own input: a quantizer
+    quantizes its ``'weight'``, and its ``'output'`` only where ``kernel_output`` says the kernel produces a tensor
+    of its own inside the layer (a separable conv's depthwise half, a tensor of the int8 file).
     """
 
     name: str
@@ -183,6 +184,7 @@ class LayerRef:
     module: Any
     types: tuple[str, ...] = ()
     kernel: str | None = None
+    kernel_output: bool = False
 
     def __post_init__(self) -> None:
         if not self.types:

@@ -125,8 +125,9 @@ class LayerQuant:
             types = ()
         elif self.action == "rewrite":
             types = tuple(t for t in types if t is not QuantType.QUANT_WEIGHT)
-        if layer.kernel is not None:  # an extra kernel's entry is a weight: the layer's activations are its own entry's
-            types = tuple(t for t in types if t is QuantType.QUANT_WEIGHT)
+        if layer.kernel is not None:  # an extra kernel's entry: the layer's input (and output) are its own entry's
+            kept = {QuantType.QUANT_WEIGHT, *([QuantType.QUANT_OUTPUT] if layer.kernel_output else [])}
+            types = tuple(t for t in types if t in kept)
         self.types = types
         bits = config.quant_bits
         self.bits = {t: (bits if isinstance(bits, int) else bits.get(t.value, 8)) for t in QuantType}

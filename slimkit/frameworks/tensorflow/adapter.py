@@ -45,7 +45,7 @@ class KerasAdapter:
         """Every layer, and after a layer holding several kernels an entry per extra kernel (a SeparableConv2D
         ``'sep1'`` is followed by ``'sep1/depthwise'``, of type ``'DepthwiseConv2D'``: see :mod:`.layout`)."""
         return [LayerRef(entry, kind, layer, class_names(type(layer), keras.layers.Layer) if kernel is None
-                         else (kind,), kernel)
+                         else (kind,), kernel, layout.kernel_output(layer, kernel))
                 for name, layer in named_layers(model) for entry, kernel, kind in layout.entries(name, layer)]
 
     def parameter_refs(self, model: Any, names: list[str], axes: dict[str, int]) -> list[LayerRef]:

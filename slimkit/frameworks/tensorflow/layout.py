@@ -52,11 +52,13 @@ _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 @dataclass(frozen=True)
 class Kernel:
     """A weight of a layer compressed as an entry of its own, named ``'<layer><SEPARATOR><suffix>'``: the variable
-    ``attr``, laid out (and matched by ``op_types``) as a layer of class ``type``."""
+    ``attr``, laid out (and matched by ``op_types``) as a layer of class ``type``; ``output``: it computes a tensor
+    of its own inside the layer (quantizable as the entry's ``'output'``)."""
 
     suffix: str
     attr: str
     type: str
+    output: bool = True
 
 
 EXTRA_KERNELS: dict[type, tuple[Kernel, ...]] = {
@@ -83,6 +85,11 @@ def entries(name: str, layer: Any) -> list[tuple[str, str | None, str]]:
     own first (kernel None), then one per :func:`extra_kernels`."""
     return [(name, None, type(layer).__name__)] + [(f"{name}{SEPARATOR}{kernel.suffix}", kernel.attr, kernel.type)
                                                     for kernel in extra_kernels(layer)]
+
+
+def kernel_output(layer: Any, kernel: str | None) -> bool:
+    """Whether the extra ``kernel`` of ``layer`` computes a tensor of its own inside the layer (False for None)."""
+    return any(entry.output for entry in extra_kernels(layer) if entry.attr == kernel)
 
 
 def layer_name(entry: str, kernel: str | None) -> str:

@@ -66,6 +66,7 @@ from slimkit.frameworks.tensorflow.adapter import ADAPTER, modules_of
 from slimkit.frameworks.tensorflow.quant_graph import AFFINE, PYTHON, TRACED, GraphQuant
 from slimkit.frameworks.tensorflow.quant_ops import OPS, call_training, fake_quant_deploy
 from slimkit.frameworks.tensorflow.quant_wholegraph import GraphQuantizer, GraphWrapper, KerasPlan, plan_graph
+from slimkit.frameworks.tensorflow.separable import separable_call
 from slimkit.frameworks.tensorflow.wrapper import MaskWrapper, install, retrace, uninstall, wrapper_of
 from slimkit.utils.files import atomic_path
 
@@ -73,8 +74,9 @@ from slimkit.utils.files import atomic_path
 class QuantWrapper(MaskWrapper):
     """Masks and fake quantization around one Keras layer (see the module docstring). ``entries``: the quantizer's
     entries of the layer by kernel (None: the layer's own, which quantizes its input, weight and output; an extra
-    kernel such as ``'depthwise_kernel'``: that weight only). ``fold``: the BatchNormalization folded into the
-    layer's own weight (and where its output is quantized), or None."""
+    kernel such as ``'depthwise_kernel'``: that weight, and the tensor it computes inside the layer as its output).
+    ``fold``: the BatchNormalization folded into the layer's own weight (and where its output is quantized), or
+    None."""
 
     def __init__(self, layer: keras.layers.Layer, layer_name: str, quantizer: Any, entries: dict[str | None, Any],
                  graph: GraphQuant, fold: quant_fold.Fold | None = None):
@@ -147,12 +149,26 @@ class QuantWrapper(MaskWrapper):
             values[id(var)] = (var, self.quantize_kernel(value, layer))
         return list(values.values())
 
-    def _deploy_quant(self, x: Any, key: str) -> Any:
-        return fake_quant_deploy(x, self._quantizer.params[self._slim_layer.name].get(key),
-                                 f"Layer {self.layer_name!r}", key)
+    def _deploy_quant(self, x: Any, key: str, layer: Any = None) -> Any:
+        layer = layer or self._slim_layer
+        return fake_quant_deploy(x, self._quantizer.params[layer.name].get(key), f"Layer {layer.name!r}", key)
 
-    def _activation(self, qtype: QuantType, x: Any, core: Callable[[Any], Any]) -> Any:
-        return self._deploy_quant(x, qtype.value) if self.deploy else self._request(qtype, x, core)
+    def _activation(self, qtype: QuantType, x: Any, core: Callable[[Any], Any], layer: Any = None) -> Any:
+        """``qtype``'s quantization of ``x`` for the entry ``layer`` (default: the layer's own)."""
+        if self.deploy:
+            return self._deploy_quant(x, qtype.value, layer)
+        return self._request(qtype, x, core, layer)
+
+    def layer_call(self, layer: keras.layers.Layer, args: tuple, kwargs: dict) -> Any:
+        """The layer's call; a separable conv whose depthwise entry quantizes its ``'output'`` is computed as its two
+        halves with that tensor fake-quantized between them (:mod:`slimkit.frameworks.tensorflow.separable`)."""
+        middle = next((entry for entry in self._entries.values() if entry.kernel_output
+                       and self._quantizer.quantizes(entry, QuantType.QUANT_OUTPUT)), None)
+        if middle is None:
+            return super().layer_call(layer, args, kwargs)
+        quantizer = self._quantizer
+        return separable_call(layer, args[0], lambda t: self._activation(
+            QuantType.QUANT_OUTPUT, t, lambda v: quantizer.forward_output(middle, v, 0), middle))
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
         quantizer, layer = self._quantizer, self._slim_layer

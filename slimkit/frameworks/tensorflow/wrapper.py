@@ -149,7 +149,7 @@ class MaskWrapper(keras.layers.Layer):
         mapping = self.masked_values()
         mapped = {id(var) for var, _ in mapping}
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            outputs = type(layer).call(layer, *args, **kwargs)
+            outputs = self.layer_call(layer, args, kwargs)
         for var in layer.variables:  # state updates made in the call (BatchNormalization moving stats)
             if id(var) not in mapped:
                 value = scope.get_current_value(var)
@@ -158,6 +158,10 @@ class MaskWrapper(keras.layers.Layer):
         if self.hooks:
             self._emit(outputs)
         return outputs
+
+    def layer_call(self, layer: keras.layers.Layer, args: tuple, kwargs: dict) -> Any:
+        """The layer's own computation (its class ``call``), with the variables mapped by :meth:`masked_values`."""
+        return type(layer).call(layer, *args, **kwargs)
 
     def _emit(self, outputs: Any) -> None:
         if tf.executing_eagerly():

@@ -124,10 +124,11 @@ def test_naive_quantizer_puts_each_kernel_on_its_own_int_grid():
     assert set(quantizer.calibration()["sep/depthwise"]) >= {"weight_scale", "weight_axis"}
 
 
-def test_kernel_entry_quantizes_its_weight_only():
+def test_kernel_entry_quantizes_its_weight_and_the_tensor_between_the_halves():
     model = separable_cnn()
     quantizer = QATQuantizer(model, [{"quant_types": ["input", "weight", "output"], "op_names": ["sep/depthwise"]}])
-    assert [t.value for t in quantizer.states["sep/depthwise"].types] == ["weight"]
+    assert [t.value for t in quantizer.states["sep/depthwise"].types] == ["weight", "output"]  # no input of its own
+    quantizer = NaiveQuantizer(model, [{"quant_types": ["weight"], "op_names": ["sep/depthwise"]}])
     depthwise, pointwise = kernels(model)
     quantizer.compress()
     quantized = model.get_layer("sep").quantized_weight("depthwise_kernel")
@@ -163,7 +164,7 @@ def test_composition_keeps_both_kernels_zeros_through_qat_and_int8_export(tmp_pa
         deployed = np.asarray(model(X, training=False))
     flatbuffer = export_tflite(model, tmp_path / "sep.tflite", quantizer=quantizer)
     steps = np.abs(run_tflite(flatbuffer, X) - deployed) / quantizer.params["fc"]["output"].scale[0]
-    assert steps.max() <= 1
+    assert steps.max() <= 1e-4  # exact: the tensor between the halves is quantized in the model too
 
     interpreter = Interpreter(model_content=flatbuffer)
     ops = {op["index"]: op["op_name"] for op in interpreter._get_ops_details()}
@@ -174,6 +175,12 @@ def test_composition_keeps_both_kernels_zeros_through_qat_and_int8_export(tmp_pa
             weights.setdefault(ops[op["index"]], []).append(
                 (interpreter.get_tensor(op["inputs"][1]), detail["quantization_parameters"]["scales"]))
     (depthwise_q, depthwise_scale), = weights["DEPTHWISE_CONV_2D"]
+    # the tensor between the halves has the depthwise entry's output parameters
+    [depthwise_op] = [op for op in interpreter._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D"]
+    middle = interpreter._get_tensor_details(depthwise_op["outputs"][0], 0)["quantization_parameters"]
+    output = quantizer.params["sep/depthwise"]["output"]
+    np.testing.assert_allclose(middle["scales"], output.scale, rtol=1e-6)
+    assert np.array_equal(middle["zero_points"], output.zero_point)
     pointwise_q, pointwise_scale = next(w for w in weights["CONV_2D"] if w[0].shape[1:3] == (1, 1))
     assert depthwise_q.dtype == np.int8 and pointwise_q.dtype == np.int8
     # the int8 depthwise kernel (1, kh, kw, c * m) and pointwise kernel (out, 1, 1, in * m) keep every masked zero

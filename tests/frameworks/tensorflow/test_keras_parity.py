@@ -189,7 +189,7 @@ def test_layouts_agree_with_torch(kind, pruner_class):
     torch_bias = torch_pruner.get_masks()[torch_name]["bias"]
     if pruner_class is not LevelPruner and torch_bias is not None:  # whole output channels go, with their bias
         np.testing.assert_array_equal(np.asarray(keras_pruner.get_masks()[keras_name]["bias"]), torch_bias.numpy())
-    if kind.endswith("depthwise"):  # a depthwise kernel has no bias of its own
+    if kind == "separable-depthwise":  # a separable conv's depthwise kernel has no bias of its own
         assert torch_bias is None and keras_pruner.get_masks()[keras_name]["bias"] is None
     x = np.random.default_rng(4).normal(size=(2, 4, 4, keras_model.inputs[0].shape[-1])).astype(np.float32)
     with torch.no_grad():
