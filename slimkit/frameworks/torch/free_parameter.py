@@ -88,6 +88,10 @@ class ParameterMask(nn.Module):
         self._hooks = (owner.register_forward_pre_hook(self._apply),
                        owner.register_forward_hook(self._restore, always_call=True))
 
+    def param(self, kind: str) -> torch.Tensor | None:
+        """The free parameter for ``'weight'``, None for ``'bias'`` (a wrapper's ``param``)."""
+        return self._parameter.weight if kind == "weight" else None
+
     @property
     def hook_ids(self) -> tuple[int, int]:
         """The ids of the owner's pre-hook and hook (a deep copy of the model carries them under the same ids)."""
