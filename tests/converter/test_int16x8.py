@@ -19,6 +19,7 @@ from slimkit.utils.litert import interpreter
 from tests.converter.test_int8 import tensor_types
 
 WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
+GRAPH_INPUTS = [{"quant_types": ["weight", "output"], "op_types": ["default"]}]  # inputs: the grids of the graph
 PROFILE = "tflite_int16x8"
 
 
@@ -49,10 +50,11 @@ def run_builtin(path, x: torch.Tensor) -> list[np.ndarray]:
     return [np.moveaxis(o, -1, 1) if o.ndim == 4 else o for o in outs]
 
 
-def convert_16x8(model: nn.Module, shape, tmp_path, quantizer_class=PostTrainingQuantizer, **kwargs):
+def convert_16x8(model: nn.Module, shape, tmp_path, quantizer_class=PostTrainingQuantizer, config=WHOLE_GRAPH,
+                 **kwargs):
     torch.manual_seed(0)
     x = torch.randn(1, *shape)
-    quantizer = quantizer_class(model, WHOLE_GRAPH, dummy_input=x, profile=PROFILE, **kwargs)
+    quantizer = quantizer_class(model, config, dummy_input=x, profile=PROFILE, **kwargs)
     quantizer.compress()
     return x, quantizer
 
@@ -129,6 +131,30 @@ def test_batchnorm_folded_biases_are_the_quantizers(tmp_path):
     TFLiteConverter(model, x, path).convert()
     torch.manual_seed(4)
     assert_bit_exact(model, ptq, path, [torch.randn(1, 320, 7, 7) for _ in range(3)])
+
+
+class ConvBnResidual(nn.Module):
+    """Conv + BatchNorm (no activation) then a residual add: EfficientNet's block ending."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + x
+
+
+def test_add_after_folded_batchnorm_stays_int16(tmp_path):
+    """The int64-bias capture traces the BatchNorm-folded copy: the residual add after the folded BatchNorm is
+    quantized there too (it lost its path, so the add and the conv after it were float)."""
+    model = nn.Sequential(ConvBnResidual(), nn.Conv2d(8, 4, 1)).eval()
+    x, ptq = convert_16x8(model, (8, 6, 6), tmp_path, config=GRAPH_INPUTS, algorithm="minmax")
+    ptq.calibrate([torch.randn(4, 8, 6, 6)])
+    path = tmp_path / "conv_bn_add16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert assert_16x8_file(path) == ["QUANTIZE", "CONV_2D", "ADD", "CONV_2D", "DEQUANTIZE"]
+    torch.manual_seed(5)
+    assert_bit_exact(model, ptq, path, [torch.randn(1, 8, 6, 6) for _ in range(3)])
 
 
 def test_qat_digits_cnn_is_bit_exact(tmp_path):
