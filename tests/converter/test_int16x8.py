@@ -157,6 +157,32 @@ def test_add_after_folded_batchnorm_stays_int16(tmp_path):
     assert_bit_exact(model, ptq, path, [torch.randn(1, 8, 6, 6) for _ in range(3)])
 
 
+def test_bias_past_float32_integers_right_after_calibration(tmp_path):
+    """A first conv (its input grid known from the graph) whose int64 bias exceeds 2**24 steps, converted right after
+    calibration: its bias is rounded onto the calibrated input grid as the emulation's is (the capture used to take
+    the unrounded bias, some steps off once past float32's 24 bits)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU()).eval()
+    x, calibration = torch.randn(1, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    with torch.no_grad():  # 2**25 to 2**27 steps of the int64 grid: a float32 there resolves 2 to 8 steps
+        steps = calibration.abs().max() / 32767 * model[0].weight.abs().amax((1, 2, 3)) / 127
+        model[0].bias.copy_(steps * torch.linspace(2 ** 25, 2 ** 27, 64))
+    ptq = PostTrainingQuantizer(model, GRAPH_INPUTS, dummy_input=x, profile=PROFILE, algorithm="minmax")
+    ptq.compress()
+    ptq.calibrate([calibration])
+    path = tmp_path / "big_bias16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    weight_scale = ptq.params["0"]["weight"].scale.astype(np.float32)
+    scale = np.float32(ptq.params["0"]["input_from_graph"].scale[0]) * weight_scale  # float32, as the file's
+    with torch.no_grad():  # the integers emulate_integer() adds: its bias over the file's float32 bias scale
+        expected = np.round(model[0].kernel(ptq, ptq.layers[0]).bias.double().numpy() / scale.astype(np.float64))
+    runner = interpreter(model_path=str(path))
+    (bias,) = [runner.get_tensor(d["index"]) for d in runner.get_tensor_details() if d["dtype"] == np.int64]
+    assert expected.min() > 2 ** 25 and bias.tolist() == expected.astype(np.int64).tolist()
+    torch.manual_seed(6)
+    assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 3, 8, 8) for _ in range(3)])
+
+
 def test_qat_digits_cnn_is_bit_exact(tmp_path):
     model = models.DigitsCNN()
     x, qat = convert_16x8(model, (1, 8, 8), tmp_path, quantizer_class=QATQuantizer)
