@@ -19,6 +19,7 @@ from slimkit.utils.litert import interpreter
 from tests.converter.test_int8 import tensor_types
 
 WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
+GRAPH_INPUTS = [{"quant_types": ["weight", "output"], "op_types": ["default"]}]  # inputs: the grids of the graph
 PROFILE = "tflite_int16x8"
 
 
@@ -49,10 +50,11 @@ def run_builtin(path, x: torch.Tensor) -> list[np.ndarray]:
     return [np.moveaxis(o, -1, 1) if o.ndim == 4 else o for o in outs]
 
 
-def convert_16x8(model: nn.Module, shape, tmp_path, quantizer_class=PostTrainingQuantizer, **kwargs):
+def convert_16x8(model: nn.Module, shape, tmp_path, quantizer_class=PostTrainingQuantizer, config=WHOLE_GRAPH,
+                 **kwargs):
     torch.manual_seed(0)
     x = torch.randn(1, *shape)
-    quantizer = quantizer_class(model, WHOLE_GRAPH, dummy_input=x, profile=PROFILE, **kwargs)
+    quantizer = quantizer_class(model, config, dummy_input=x, profile=PROFILE, **kwargs)
     quantizer.compress()
     return x, quantizer
 
@@ -129,6 +131,56 @@ def test_batchnorm_folded_biases_are_the_quantizers(tmp_path):
     TFLiteConverter(model, x, path).convert()
     torch.manual_seed(4)
     assert_bit_exact(model, ptq, path, [torch.randn(1, 320, 7, 7) for _ in range(3)])
+
+
+class ConvBnResidual(nn.Module):
+    """Conv + BatchNorm (no activation) then a residual add: EfficientNet's block ending."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + x
+
+
+def test_add_after_folded_batchnorm_stays_int16(tmp_path):
+    """The int64-bias capture traces the BatchNorm-folded copy: the residual add after the folded BatchNorm is
+    quantized there too (it lost its path, so the add and the conv after it were float)."""
+    model = nn.Sequential(ConvBnResidual(), nn.Conv2d(8, 4, 1)).eval()
+    x, ptq = convert_16x8(model, (8, 6, 6), tmp_path, config=GRAPH_INPUTS, algorithm="minmax")
+    ptq.calibrate([torch.randn(4, 8, 6, 6)])
+    path = tmp_path / "conv_bn_add16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert assert_16x8_file(path) == ["QUANTIZE", "CONV_2D", "ADD", "CONV_2D", "DEQUANTIZE"]
+    torch.manual_seed(5)
+    assert_bit_exact(model, ptq, path, [torch.randn(1, 8, 6, 6) for _ in range(3)])
+
+
+def test_bias_past_float32_integers_right_after_calibration(tmp_path):
+    """A first conv (its input grid known from the graph) whose int64 bias exceeds 2**24 steps, converted right after
+    calibration: its bias is rounded onto the calibrated input grid as the emulation's is (the capture used to take
+    the unrounded bias, some steps off once past float32's 24 bits)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU()).eval()
+    x, calibration = torch.randn(1, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    with torch.no_grad():  # 2**25 to 2**27 steps of the int64 grid: a float32 there resolves 2 to 8 steps
+        steps = calibration.abs().max() / 32767 * model[0].weight.abs().amax((1, 2, 3)) / 127
+        model[0].bias.copy_(steps * torch.linspace(2 ** 25, 2 ** 27, 64))
+    ptq = PostTrainingQuantizer(model, GRAPH_INPUTS, dummy_input=x, profile=PROFILE, algorithm="minmax")
+    ptq.compress()
+    ptq.calibrate([calibration])
+    path = tmp_path / "big_bias16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    weight_scale = ptq.params["0"]["weight"].scale.astype(np.float32)
+    scale = np.float32(ptq.params["0"]["input_from_graph"].scale[0]) * weight_scale  # float32, as the file's
+    with torch.no_grad():  # the integers emulate_integer() adds: its bias over the file's float32 bias scale
+        expected = np.round(model[0].kernel(ptq, ptq.layers[0]).bias.double().numpy() / scale.astype(np.float64))
+    runner = interpreter(model_path=str(path))
+    (bias,) = [runner.get_tensor(d["index"]) for d in runner.get_tensor_details() if d["dtype"] == np.int64]
+    assert expected.min() > 2 ** 25 and bias.tolist() == expected.astype(np.int64).tolist()
+    torch.manual_seed(6)
+    assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 3, 8, 8) for _ in range(3)])
 
 
 def test_qat_digits_cnn_is_bit_exact(tmp_path):

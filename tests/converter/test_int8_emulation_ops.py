@@ -322,3 +322,18 @@ def test_layer_norm_and_gelu_written_out_are_exact(tmp_path):
     got = run_tflite(path, [tests.numpy()])
     for e in expected:
         np.testing.assert_array_equal(next(g for g in got if g.shape == e.shape), e)
+
+
+def test_emulated_ops_are_complete_whatever_the_import_order():
+    """``int8_activations`` imported before ``int8_emulation`` (which it imports while registering its kernels):
+    EMULATED_OPS still names the activation kernels' ops."""
+    import subprocess
+    import sys
+
+    from slimkit.frameworks.torch import int8_emulation
+
+    code = ("import slimkit.frameworks.torch.int8_activations\n"
+            "from slimkit.frameworks.torch.int8_emulation import EMULATED_OPS\n"
+            "print(' '.join(sorted(EMULATED_OPS)))")
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "LOGISTIC" in first and first == sorted(int8_emulation.EMULATED_OPS)

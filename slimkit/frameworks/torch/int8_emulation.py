@@ -47,7 +47,7 @@ round to even, -225 clamps at -128):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -439,10 +439,35 @@ def _resize_call(call: Call) -> torch.Tensor | None:
 # registers the activation kernels and LiteRT's 16x8 kernels
 from slimkit.frameworks.torch import int8_activations, int16_emulation  # noqa: E402, F401
 
-EMULATED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE"}.union(
-    *(ops for _, ops in KERNELS.values())))
+
+class _RegisteredOps(Set):
+    """A set of file ops read from a kernel registry when used, so that a kernel module imported after this one
+    (``int8_activations`` imported first imports this module before registering its kernels) still counts."""
+
+    def __init__(self, fixed: frozenset[str], registry: dict):
+        self._fixed, self._registry = fixed, registry
+
+    @classmethod
+    def _from_iterable(cls, iterable: Any) -> frozenset[str]:  # | & - give plain frozensets
+        return frozenset(iterable)
+
+    def _ops(self) -> frozenset[str]:
+        return self._fixed.union(*(ops for _, ops in self._registry.values()))
+
+    def __contains__(self, op: object) -> bool:
+        return op in self._ops()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ops())
+
+    def __len__(self) -> int:
+        return len(self._ops())
+
+
+EMULATED_OPS = _RegisteredOps(frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE"}), KERNELS)
 """int8 ops of a file whose arithmetic the emulation computes: the kernels above, every op of :data:`KERNELS`, and
-QUANTIZE int8 -> int8 where XNNPACK takes it."""
+QUANTIZE int8 -> int8 where XNNPACK takes it (read from the registry when used: complete whatever the import
+order)."""
 
 
 def _bilinear_taps(size_in: int, size_out: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -542,6 +542,10 @@ class TorchQuantBackend:
                 wrapper.deploy = True
                 if fusion.tail == fusion.bn:  # the output hook sat on the BN: keep it, as Identity
                     identity = nn.Identity()
+                    # with the whole-graph runtime's path hooks, pre and post both: a post hook alone would pop the
+                    # enclosing module's path, and the ops after it there (a residual add) would go unquantized
+                    for hook in model.get_submodule(fusion.bn)._forward_pre_hooks.values():
+                        identity.register_forward_pre_hook(hook)
                     for hook in model.get_submodule(fusion.bn)._forward_hooks.values():
                         identity.register_forward_hook(hook)
                     set_submodule(clone, fusion.bn, identity)
