@@ -104,13 +104,17 @@ def main() -> None:
         for name in files:
             rows[name][f"{label} ms"] = round(1000 * statistics.median(times[name]), 3)
             print(f"{label:9s} {name:30s} {rows[name]}", flush=True)
+        write(rows)  # after each shape: a run stopped early keeps what it measured
+
+
+def write(rows: dict) -> None:
     import onnxruntime
 
     result = {"machine": describe_machine(torch=torch.__version__, onnxruntime=onnxruntime.__version__),
               "threads": 1, "repeats": REPEATS, "rows": rows}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "weight_only_onnx.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result["machine"]))
+    print(json.dumps(result["machine"]), flush=True)
 
 
 if __name__ == "__main__":
