@@ -15,6 +15,13 @@ Example (``m = 0.3`` is ``1288490189 * 2**-32``; 1000 * 0.3 = 300; -5 * 0.3 = -1
 [300, -2]
 >>> multiply_by_quantized_multiplier_wide(torch.tensor([1000, -5]), 1288490189, -1).tolist()
 [300, -2]
+
+A tie (-6 * 0.25, ``m = 2**30``) rounds away from zero in the 32-bit form, up in the form that rounds once:
+
+>>> multiply_by_quantized_multiplier(torch.tensor([-6]), 1 << 30, -1).tolist()
+[-2]
+>>> multiply_by_quantized_multiplier_once(torch.tensor([-6]), 1 << 30, -1).tolist()
+[-1]
 """
 
 from __future__ import annotations
@@ -62,6 +69,15 @@ def multiply_by_quantized_multiplier(x: torch.Tensor, multiplier: Any, shift: An
     high = torch.div(product + nudge, 1 << 31, rounding_mode="trunc")
     high = torch.where((shifted == _INT32_MIN) & (multiplier == _INT32_MIN), (1 << 31) - 1, high)
     return rounding_shift_right(high, torch.clamp(-shift, min=0))
+
+
+def multiply_by_quantized_multiplier_once(x: torch.Tensor, multiplier: Any, shift: Any) -> torch.Tensor:
+    """``x * multiplier * 2**(shift - 31)`` on the int64 product, rounded once (half up): how LiteRT's general int16
+    ADD scales its inputs (``shift`` at most 0), read off its outputs (the double-rounding form differs on about one
+    output in 100,000; its SUB matches the double-rounding form)."""
+    multiplier, shift = _pair(multiplier, shift, x)
+    total = 31 - shift
+    return (x.long() * multiplier + (1 << (total - 1))) >> total
 
 
 def multiply_by_quantized_multiplier_wide(x: torch.Tensor, multiplier: Any, shift: Any) -> torch.Tensor:

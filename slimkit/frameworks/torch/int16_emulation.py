@@ -9,7 +9,8 @@ XNNPACK takes no int16 tensors, so LiteRT runs these files on its builtin kernel
   ``double(input_scale) * double(weight_scale) / double(output_scale)``;
 - FULLY_CONNECTED: the same sum and multiplier, the 32-bit form;
 - ADD / SUB (the general int16 kernel, ``pot_scale_int16`` off): each input shifted left by 15 and scaled by
-  ``input_scale / (2 * max input scale)``, summed, scaled by ``2 * max input scale / (2**15 * output_scale)``;
+  ``input_scale / (2 * max input scale)`` (ADD: rounding once, half up; SUB: the 32-bit form), summed, scaled by
+  ``2 * max input scale / (2**15 * output_scale)`` in the 32-bit form;
 - MUL: the product of the integers, the 32-bit form with ``a_scale * b_scale / output_scale``;
 - MEAN: the integer sum, the 32-bit form with ``input_scale / output_scale`` divided by the count inside the
   multiplier (TFLite's ``shift = floor(log2(count))`` trick);
@@ -39,6 +40,7 @@ from slimkit.compression.quant import QParams
 from slimkit.frameworks.torch import int8_emulation  # first: it loads its own kernels before EMULATED_OPS
 from slimkit.frameworks.torch.fixed_point import (
     multiply_by_quantized_multiplier,
+    multiply_by_quantized_multiplier_once,
     multiply_by_quantized_multiplier_wide,
     quantize_multiplier,
 )
@@ -93,14 +95,16 @@ def requantize_tensor(x: torch.Tensor, source: QParams, target: QParams) -> torc
 
 def add(a: torch.Tensor, b: torch.Tensor, pa: QParams, pb: QParams, out: QParams, subtract: bool = False) -> \
         torch.Tensor:
-    """``a + b`` (``a - b``) as LiteRT's general int16 ADD / SUB (left shift 15)."""
+    """``a + b`` (``a - b``) as LiteRT's general int16 ADD / SUB (left shift 15; the two kernels scale their inputs
+    with different roundings)."""
     sa, sb, so = _scale64(pa, "an add's input"), _scale64(pb, "an add's input"), _scale64(out, "an add's output")
     twice_max = 2.0 * max(sa, sb)
     ma, ea = quantize_multiplier(sa / twice_max)  # below 1: TFLite's QuantizeMultiplierSmallerThanOneExp
     mb, eb = quantize_multiplier(sb / twice_max)
     mo, eo = quantize_multiplier(twice_max / ((1 << 15) * so))
-    qa = multiply_by_quantized_multiplier(grid_integers(a, pa).long() << 15, ma, ea)
-    qb = multiply_by_quantized_multiplier(grid_integers(b, pb).long() << 15, mb, eb)
+    scale_input = multiply_by_quantized_multiplier if subtract else multiply_by_quantized_multiplier_once
+    qa = scale_input(grid_integers(a, pa).long() << 15, ma, ea)
+    qb = scale_input(grid_integers(b, pb).long() << 15, mb, eb)
     total = qa - qb if subtract else qa + qb
     return _on_grid(multiply_by_quantized_multiplier(total, mo, eo), out, a)
 
