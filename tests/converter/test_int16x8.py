@@ -277,3 +277,16 @@ def test_general_int16_add_matches_litert_on_a_million_pairs(tmp_path, op):
         expected = model(*feeds)
     index = 0 if got[0].shape == a.shape else 1
     np.testing.assert_array_equal(got[index], expected[0].numpy())
+
+
+def test_global_adaptive_pool_is_the_int16_mean(tmp_path):
+    """``adaptive_avg_pool2d(x, 1)`` is written as an int16 MEAN and emulated as one (it took the int8 MEAN's
+    arithmetic: EfficientNet-Lite0's head pool differed on 12 of 1,280 channels, one step each)."""
+    model = nn.Sequential(nn.Conv2d(3, 256, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 4))
+    x, ptq = convert_16x8(model.eval(), (3, 9, 9), tmp_path, algorithm="minmax")
+    ptq.calibrate([torch.randn(8, 3, 9, 9)])
+    path = tmp_path / "pool16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert "MEAN" in assert_16x8_file(path)
+    torch.manual_seed(4)
+    assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 3, 9, 9) * s for s in (0.5, 1.0, 1.5, 2.0)])

@@ -12,8 +12,8 @@ XNNPACK takes no int16 tensors, so LiteRT runs these files on its builtin kernel
   ``input_scale / (2 * max input scale)`` (ADD: rounding once, half up; SUB: the 32-bit form), summed, scaled by
   ``2 * max input scale / (2**15 * output_scale)`` in the 32-bit form;
 - MUL: the product of the integers, the 32-bit form with ``a_scale * b_scale / output_scale``;
-- MEAN: the integer sum, the 32-bit form with ``input_scale / output_scale`` divided by the count inside the
-  multiplier (TFLite's ``shift = floor(log2(count))`` trick);
+- MEAN (a global adaptive average pool too): the integer sum, the 32-bit form with ``input_scale / output_scale``
+  divided by the count inside the multiplier (TFLite's ``shift = floor(log2(count))`` trick);
 - QUANTIZE int16 -> int16: the 32-bit form with ``input_scale / output_scale``;
 - AVERAGE_POOL_2D, CONCATENATION, MAXIMUM, MINIMUM: the int8 kernels' integer steps, inputs requantized as above
   (:func:`slimkit.frameworks.torch.int8_emulation.rescaled` dispatches); MAX_POOL_2D, RESHAPE, PAD only move
@@ -152,8 +152,13 @@ def _mean_call(call: Call) -> torch.Tensor | None:
     return mean(call.args[0], lambda x: call.func(x, *rest, **call.kwargs), call.out, call.inputs[0], call.params)
 
 
+@emulates("avg_pool", ops=("AVERAGE_POOL_2D",), bits=16)
+def _average_pool_call(call: Call) -> torch.Tensor | None:
+    """A global adaptive pool is the file's int16 MEAN; the others the int8 kernel's integer steps on int16."""
+    return _mean_call(call) if int8_emulation.is_global_pool(call) else int8_emulation._average_pool_call(call)
+
+
 # the int8 kernels' integer steps on int16 (the input's range; rescaled() requantizes as LiteRT's int16 QUANTIZE)
-emulates("avg_pool", ops=("AVERAGE_POOL_2D",), bits=16)(int8_emulation._average_pool_call)
 emulates("cat", "maximum", "minimum", ops=("CONCATENATION", "PACK", "MAXIMUM", "MINIMUM"), bits=16)(
     int8_emulation._rescaled_inputs_call)
 

@@ -387,13 +387,18 @@ def _pool_geometry(call: Call) -> tuple | None:
     return kernel, stride, padding, bool(values["ceil_mode"]), bool(values["count_include_pad"])
 
 
+def is_global_pool(call: Call) -> bool:
+    """An adaptive average pool to one element per channel: the converter writes it as a MEAN."""
+    return getattr(call.func, "__name__", "").startswith("adaptive") and all(s == 1 for s in call.out.shape[2:])
+
+
 @emulates("avg_pool", ops=("AVERAGE_POOL_2D",))
 def _average_pool_call(call: Call) -> torch.Tensor | None:
     """Average pooling as the file computes it: a global one is a MEAN; the others an int8 AVERAGE_POOL_2D on the
     input's grid (the integer sum of each window, padding holding the zero point, divided by the window's count
     rounding half away from zero), then either PyTorch's divisor restored by a float MUL (``ceil_mode`` overhang,
     ``count_include_pad=False``) and quantized, or requantized to the output grid."""
-    if getattr(call.func, "__name__", "").startswith("adaptive") and all(s == 1 for s in call.out.shape[2:]):
+    if is_global_pool(call):
         return _mean_call(call)
     geometry = _pool_geometry(call)
     if geometry is None:
