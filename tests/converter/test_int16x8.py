@@ -290,3 +290,16 @@ def test_global_adaptive_pool_is_the_int16_mean(tmp_path):
     assert "MEAN" in assert_16x8_file(path)
     torch.manual_seed(4)
     assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 3, 9, 9) * s for s in (0.5, 1.0, 1.5, 2.0)])
+
+
+def test_fully_connected_rounds_once(tmp_path):
+    """LiteRT's 16x8 FULLY_CONNECTED scales its int64 sums rounding once (half up): the double-rounding form differed
+    on EfficientNet-Lite0's classifier (2 of 1,000 logits) and on this layer's outputs."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(512, 2000)).eval()
+    x, ptq = convert_16x8(model, (8, 8, 8), tmp_path, algorithm="minmax")
+    ptq.calibrate([torch.randn(16, 8, 8, 8)])
+    path = tmp_path / "fc16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert [code for code, _, _ in tensor_types(path)] == ["QUANTIZE", "RESHAPE", "FULLY_CONNECTED", "DEQUANTIZE"]
+    torch.manual_seed(5)
+    assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 8, 8, 8) * s for s in (0.5, 1.0, 1.5)])

@@ -73,8 +73,8 @@ def multiply_by_quantized_multiplier(x: torch.Tensor, multiplier: Any, shift: An
 
 def multiply_by_quantized_multiplier_once(x: torch.Tensor, multiplier: Any, shift: Any) -> torch.Tensor:
     """``x * multiplier * 2**(shift - 31)`` on the int64 product, rounded once (half up): how LiteRT's general int16
-    ADD scales its inputs (``shift`` at most 0), read off its outputs (the double-rounding form differs on about one
-    output in 100,000; its SUB matches the double-rounding form)."""
+    ADD scales its inputs and its 16x8 FULLY_CONNECTED its sums, read off their outputs (the double-rounding form
+    differs on about one ADD output in 100,000; its int16 SUB matches the double-rounding form)."""
     multiplier, shift = _pair(multiplier, shift, x)
     total = 31 - shift
     return (x.long() * multiplier + (1 << (total - 1))) >> total

@@ -7,7 +7,7 @@ XNNPACK takes no int16 tensors, so LiteRT runs these files on its builtin kernel
 
 - CONV_2D, DEPTHWISE_CONV_2D: int64 sum plus the int64 bias, the 64-bit form per output channel with the multiplier
   ``double(input_scale) * double(weight_scale) / double(output_scale)``;
-- FULLY_CONNECTED: the same sum and multiplier, the 32-bit form;
+- FULLY_CONNECTED: the same sum and multiplier, scaled rounding once (half up) on the int64 product;
 - ADD / SUB (the general int16 kernel, ``pot_scale_int16`` off): each input shifted left by 15 and scaled by
   ``input_scale / (2 * max input scale)`` (ADD: rounding once, half up; SUB: the 32-bit form), summed, scaled by
   ``2 * max input scale / (2**15 * output_scale)`` in the 32-bit form;
@@ -68,7 +68,7 @@ def _scale64(params: QParams, what: str) -> float:
 def kernel(acc: torch.Tensor, bias_int: torch.Tensor | None, params: dict[str, QParams], channel_dim: int,
            wide: bool) -> torch.Tensor:
     """A 16x8 conv / linear kernel's output from the exact integer sums ``acc`` (float64) and the int64 bias:
-    requantized per output channel (``channel_dim``) by the 64-bit form (``wide``: convolutions) or the 32-bit one
+    requantized per output channel (``channel_dim``) by the 64-bit form (``wide``: convolutions) or rounding once
     (fully connected), clamped to int16."""
     w_scale = _f32(params["weight"].scale).astype(np.float64)
     real = _scale64(params["input"], "a layer's input") * w_scale / _scale64(params["output"], "a layer's output")
@@ -81,7 +81,7 @@ def kernel(acc: torch.Tensor, bias_int: torch.Tensor | None, params: dict[str, Q
         shift_t = channel_view(torch.from_numpy(shift), acc.dim(), channel_dim)
     else:
         multiplier_t, shift_t = torch.tensor(int(multiplier[0])), torch.tensor(int(shift[0]))
-    apply = multiply_by_quantized_multiplier_wide if wide else multiply_by_quantized_multiplier
+    apply = multiply_by_quantized_multiplier_wide if wide else multiply_by_quantized_multiplier_once
     return _on_grid(apply(total, multiplier_t.to(acc.device), shift_t.to(acc.device)), params["output"], acc.float())
 
 
