@@ -1,9 +1,10 @@
 """TFLite's fixed-point requantization (``QuantizeMultiplier``, ``MultiplyByQuantizedMultiplier``) on integer tensors.
 
 LiteRT's builtin kernels scale integer sums by a real multiplier ``m`` given as a 31-bit integer and a power of two.
-The installed LiteRT is built without ``TFLITE_SINGLE_ROUNDING`` (read off its 16x8 kernels: their outputs match
-only the double-rounding forms), so the 32-bit form rounds twice (gemmlowp's rounding doubling high multiply, then
-a rounding right shift) and the 64-bit form rounds the multiplier to 16 bits first.
+The installed LiteRT is built without ``TFLITE_SINGLE_ROUNDING`` (read off its 16x8 kernels), so the 32-bit form
+rounds twice (gemmlowp's rounding doubling high multiply, then a rounding right shift) and the 64-bit form rounds
+the multiplier to 16 bits first; its 16x8 FULLY_CONNECTED and the inputs of its general int16 ADD are scaled
+rounding once (:func:`multiply_by_quantized_multiplier_once`).
 
 Example (``m = 0.3`` is ``1288490189 * 2**-32``; 1000 * 0.3 = 300; -5 * 0.3 = -1.5 rounds away from zero in the
 32-bit form, and to -2 as well in the 64-bit one, which rounds half up from a multiplier a little above 0.3):
