@@ -134,18 +134,12 @@ def _ptq_int8(model, shape, seed: int = 0):
     """``model`` settled (BN statistics), quantized whole-graph by PostTrainingQuantizer; returns (model, x,
     quantizer)."""
     import torch
+    from settle import settle_batchnorm
 
     from slimkit.algorithms.quantization import PostTrainingQuantizer
 
     torch.manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(4, *shape))
-    model.eval()
+    settle_batchnorm(model, [torch.randn(4, *shape) for _ in range(2)])
     x = torch.randn(1, *shape)
     config = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
     ptq = PostTrainingQuantizer(model, config, algorithm="minmax", dummy_input=x)

@@ -36,6 +36,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))  # the int8 zoo lives in tests/
 
 from machine_info import describe_machine  # noqa: E402
+from settle import settle_batchnorm  # noqa: E402
 
 from slimkit import models  # noqa: E402
 from slimkit.algorithms.quantization import PostTrainingQuantizer  # noqa: E402
@@ -52,15 +53,7 @@ THREADS, RUNS, WARMUP = 2, 20, 3
 def settled(name: str, size: int) -> torch.nn.Module:
     """The model with random weights (seed 0) and BatchNorm running statistics from random images."""
     torch.manual_seed(0)
-    model = MODELS[name]()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(8, 3, size, size))
-    return model.eval()
+    return settle_batchnorm(MODELS[name](), [torch.randn(8, 3, size, size) for _ in range(2)])
 
 
 def slimkit_int8(model, example, calibration, path) -> dict[str, float]:

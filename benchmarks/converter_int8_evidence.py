@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import torch
+from settle import settle_batchnorm
 
 SIZE = 224
 SHAPE = (3, SIZE, SIZE)
@@ -43,19 +44,6 @@ def _ptq(model, calibration, x):
     return model.eval(), ptq
 
 
-def _settle_batchnorm(model, batches) -> None:
-    """Re-estimate every BatchNorm's running statistics as the plain average over ``batches``."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches
-    model.train()
-    with torch.no_grad():
-        for batch in batches:
-            model(batch)
-    model.eval()
-
-
 def _quantized_mobilenet(bn: str, float_copy: bool = False, seed: int = 0):
     """MobileNetV2 (initialised with ``seed``) PTQ-quantized whole-graph; ``bn``: 'default' keeps the initial BatchNorm
     statistics, 'calibration' re-estimates them on the calibration batches first. Returns (model, x), or
@@ -69,7 +57,7 @@ def _quantized_mobilenet(bn: str, float_copy: bool = False, seed: int = 0):
     calibration = [torch.randn(4, *SHAPE) for _ in range(2)]
     x = torch.randn(1, *SHAPE)
     if bn == "calibration":
-        _settle_batchnorm(model, calibration)
+        settle_batchnorm(model, calibration)
     model.eval()
     reference = copy.deepcopy(model) if float_copy else None
     _ptq(model, calibration, x)
@@ -294,7 +282,7 @@ def _trained_mobilenet(x_train, y_train) -> tuple[torch.nn.Module, dict]:
             optimizer.step()
             losses.append(loss.item())
     seconds = time.perf_counter() - start
-    _settle_batchnorm(model, [_digits224(x_train[i:i + BATCH]) for i in range(0, 8 * BATCH, BATCH)])
+    settle_batchnorm(model, [_digits224(x_train[i:i + BATCH]) for i in range(0, 8 * BATCH, BATCH)])
     training = {"epochs": EPOCHS, "batch": BATCH, "optimizer": "Adam lr 1e-3", "steps": len(losses),
                 "train_images": len(y_train), "seconds": seconds, "threads": torch.get_num_threads(),
                 "load_avg_at_end": os.getloadavg(), "first_loss": losses[0], "last_epoch_mean_loss":
