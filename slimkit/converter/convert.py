@@ -168,16 +168,34 @@ class TFLiteConverter:
 
         return approximate_int8_ops(self.build() if self.graph is None else self.graph)
 
+    def float_islands(self) -> list[str]:
+        """The layers of an int8 (or int16) file that run in float32 between a DEQUANTIZE and a QUANTIZE with ops
+        whose bits LiteRT's float kernels need not share with PyTorch's (reductions, RSQRT, SOFTMAX, recurrent
+        cells ...), as ``'<module path> (<module class>, float: <PyTorch functions>)'``: there
+        :meth:`~slimkit.compression.Quantizer.emulate_integer` computes PyTorch's float ops, so the file's integers
+        are measured, not guaranteed, equal (:mod:`slimkit.converter.float_islands`). Empty for a float file."""
+        from slimkit.converter.float_islands import float_islands
+
+        return float_islands(self.build() if self.graph is None else self.graph, self.model)
+
     def convert(self) -> None:
         """Write the ``.tflite`` file (every unsupported op is reported before anything is written; the file is
         validated in LiteRT before it takes its name unless ``validate=False``). A warning names the int8 ops the
-        integer emulation does not compute exactly (:meth:`approximate_int8_ops`)."""
+        integer emulation does not compute exactly (:meth:`approximate_int8_ops`) and the layers the file runs in
+        float (:meth:`float_islands`)."""
         model = serialize(self.build() if self.graph is None else self.graph)
         approximate = self.approximate_int8_ops()
         if approximate:
             warnings.warn(f"TFLiteConverter: emulate_integer() does not compute these int8 ops of "
                           f"{self.tflite_path} exactly: {', '.join(approximate)}. It runs them as fake quantization "
                           "(about a step from the file each); verify() measures how far the outputs are.",
+                          UserWarning, stacklevel=2)
+        islands = self.float_islands()
+        if islands:
+            warnings.warn(f"TFLiteConverter: {self.tflite_path} runs these layers in float32 between DEQUANTIZE and "
+                          f"QUANTIZE: {'; '.join(islands)}. emulate_integer() computes PyTorch's float ops there, not "
+                          "LiteRT's kernels (summation order, rsqrt / exp approximations), so its integers are not "
+                          "guaranteed equal to the file's; verify() measures how many output steps apart they are.",
                           UserWarning, stacklevel=2)
         with atomic_path(self.tflite_path) as tmp:
             with open(tmp, "wb") as f:

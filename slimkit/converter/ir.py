@@ -113,6 +113,7 @@ class Op:
     outputs: list[Tensor]
     options: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # module path of the PyTorch node, for messages
+    origin: str = ""  # the PyTorch function it was lowered from ('layer_norm', 'mul'; '' for ops passes add)
     version: int = 1
     # a RESHAPE that only re-views its input's channels-last bytes (conv1d): fusion may look through it
     see_through: bool = False

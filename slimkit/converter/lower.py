@@ -44,6 +44,16 @@ def target_name(node: torch.fx.Node) -> str:
     return str(target)
 
 
+def function_name(node: torch.fx.Node | None) -> str:
+    """The PyTorch function a node calls, without namespace, overload and in-place mark (``'layer_norm'`` for
+    ``aten.layer_norm.default``, ``'add'`` for ``aten.add_.Tensor``); '' for no node."""
+    if node is None:
+        return ""
+    name = str(getattr(node.target, "__name__", node.target))
+    name = name.split(".")[1] if name.startswith("aten.") else name.split(".")[0]
+    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
+
+
 _SCHEMAS: dict[Any, list[tuple[str, Any]]] = {}
 
 
@@ -105,7 +115,7 @@ class Lowering:
                       array.shape, str(array.dtype), data=array)
 
     def emit(self, code: str, inputs, outputs, **options) -> Op:
-        op = Op(code, list(inputs), list(outputs), options, self.source)
+        op = Op(code, list(inputs), list(outputs), options, self.source, origin=function_name(self.node))
         for t in op.outputs:
             t.producer = op
         self.graph.ops.append(op)

@@ -30,6 +30,10 @@ class VerifyResult:
         approximate_layers: the same ops named per layer, ``'<module path> (<OP>)'``.
         max_steps: the largest ``|file - model|`` in steps of the output's int8 grid (None where no output of the file
             is dequantized from int8).
+        float_layers: the layers the int8 file runs in float32 between DEQUANTIZE and QUANTIZE with ops whose bits
+            LiteRT's float kernels need not share with PyTorch's (LayerNorm, RMSNorm, attention's softmax, LSTM ...),
+            ``'<module path> (<module class>, float: <PyTorch functions>)'``: the emulation computes PyTorch's float
+            ops there, so the outputs are measured (``max_steps``), not guaranteed, equal.
     """
 
     max_abs_error: float
@@ -42,6 +46,7 @@ class VerifyResult:
     approximate_ops: tuple[str, ...] = ()
     approximate_layers: tuple[str, ...] = ()
     max_steps: float | None = None
+    float_layers: tuple[str, ...] = ()
 
     def ok(self, rtol: float = 1e-5) -> bool:
         return self.max_rel_error <= rtol
@@ -52,12 +57,18 @@ class VerifyResult:
         text = f"max |file - model| = {self.max_abs_error:g}{steps} over {self.inputs} inputs"
         if not self.emulated_integer:
             return text + "."
-        if not self.approximate_layers:
+        if not self.approximate_layers and not self.float_layers:
             return text + "; every int8 op of the file is emulated exactly."
+        why = []
+        if self.approximate_layers:
+            why.append(f"{', '.join(self.approximate_layers)} run as fake quantization under the emulation")
+        if self.float_layers:
+            why.append(f"{'; '.join(self.float_layers)} run in float32 in the file, computed with PyTorch's float "
+                       "ops, not LiteRT's kernels, under the emulation")
         measured = "within the steps measured here" if self.max_steps is None else \
             f"within {self.max_steps:g} steps of the file on these inputs"
-        return (text + f"; not bit-exact in general: {', '.join(self.approximate_layers)} run as fake quantization "
-                f"under the emulation, so its outputs are {measured}, not guaranteed equal.")
+        return text + f"; not bit-exact in general: {', and '.join(why)}, so its outputs are {measured}, not " \
+            "guaranteed equal."
 
 
 def _flatten(obj):
@@ -121,21 +132,45 @@ def run_tflite(tflite_path, inputs, num_threads: int = 1):
     return _Runner(tflite_path, num_threads)(inputs)
 
 
-def int8_ops(tflite_path, dtype: str = "INT8") -> list[str]:
-    """The builtin names of the file's ops that read or write int8 activations (``dtype='INT16'``: int16), in order."""
+def _opened(tflite_path):
+    """The file's main subgraph and each of its ops' builtin names, by op index."""
     import tflite
 
     with open(tflite_path, "rb") as f:
         model = tflite.Model.GetRootAs(f.read(), 0)
-    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    codes = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
     graph = model.Subgraphs(0)
+    return graph, [codes[model.OperatorCodes(graph.Operators(i).OpcodeIndex()).BuiltinCode()]
+                   for i in range(graph.OperatorsLength())]
+
+
+def int8_ops(tflite_path, dtype: str = "INT8") -> list[str]:
+    """The builtin names of the file's ops that read or write int8 activations (``dtype='INT16'``: int16), in order."""
+    import tflite
+
+    graph, names = _opened(tflite_path)
     found = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         tensors = [op.Inputs(j) for j in range(min(op.InputsLength(), 1))] + \
             [op.Outputs(j) for j in range(op.OutputsLength())]
         if any(k >= 0 and graph.Tensors(k).Type() == getattr(tflite.TensorType, dtype) for k in tensors):
-            found.append(names[model.OperatorCodes(op.OpcodeIndex()).BuiltinCode()])
+            found.append(names[i])
+    return found
+
+
+def float_ops(tflite_path) -> list[str]:
+    """The builtin names of the file's ops that compute a float32 result other than DEQUANTIZE, in order (a float
+    file's every op; in an int8 file, its float islands and the moves inside them)."""
+    import tflite
+
+    graph, names = _opened(tflite_path)
+    found = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        if names[i] != "DEQUANTIZE" and any(graph.Tensors(op.Outputs(j)).Type() == tflite.TensorType.FLOAT32
+                                            for j in range(op.OutputsLength()) if op.Outputs(j) >= 0):
+            found.append(names[i])
     return found
 
 
@@ -254,7 +289,7 @@ def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterO
                              f"{float(g[at])!r}")
     finally:
         model.train(was_training)
-    emulated = approximate = layers = ()
+    emulated = approximate = layers = islands = ()
     if quantizer is not None:
         from slimkit.frameworks.torch.int16_emulation import EMULATED_INT16_OPS
 
@@ -262,9 +297,10 @@ def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterO
         emulated = tuple(sorted(ops8 & (int8_emulation.EMULATED_OPS | int8_emulation.EXACT_OPS) |
                                 ops16 & (EMULATED_INT16_OPS | int8_emulation.EXACT_OPS)))
         approximate = tuple(sorted((ops8 | ops16) - set(emulated)))
-        if approximate:  # named per layer from the converter's own graph of the model
+        if approximate or float_ops(tflite_path):  # named per layer from the converter's own graph of the model
             from slimkit.converter.convert import TFLiteConverter
 
-            layers = tuple(TFLiteConverter(model, example, tflite_path, options).approximate_int8_ops())
+            converter = TFLiteConverter(model, example, tflite_path, options)
+            layers, islands = tuple(converter.approximate_int8_ops()), tuple(converter.float_islands())
     return VerifyResult(abs_err, rel_err, outputs, quantizer is not None, len(cases), worst, emulated, approximate,
-                        layers, max_steps)
+                        layers, max_steps, islands)
