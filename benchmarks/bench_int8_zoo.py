@@ -103,7 +103,9 @@ def markdown(out: dict) -> str:
         "## Per structure",
         "",
         "Int8 ops: the file's ops on int8 tensors (QUANTIZE / DEQUANTIZE aside); float ops: the ones left in float",
-        "between a DEQUANTIZE and a QUANTIZE (the same float32 arithmetic on both sides, so they agree too).",
+        "between a DEQUANTIZE and a QUANTIZE. They agree here, but only correctly rounded ops are guaranteed to:",
+        "LiteRT's MEAN, RSQRT, SOFTMAX, LOGISTIC and recurrent kernels differ from PyTorch's in float32 bits",
+        "(RESULTS_float_islands.md), so `verify()` names such layers (`float_layers`).",
         "",
         "| structure | what it exercises | PTQ exact | PTQ max steps | QAT exact | QAT max steps | int8 ops "
         "| float ops |",

@@ -7,7 +7,7 @@ LiteRT's float kernels. Both are float32, but only an op whose result is one cor
 the same operands (``add``, ``sub``, ``mul``, ``neg``, a division by a tensor) gives the same bits on both sides. A
 reduction (MEAN, a matrix product, a recurrent cell) sums in another order, and RSQRT, SOFTMAX, LOGISTIC, TANH or EXP
 are XNNPACK's polynomial approximations, not PyTorch's: measured on LiteRT 2.3 (``benchmarks/bench_float_islands.py``,
-``benchmarks/RESULTS_int8_zoo.md``), their float32 results differ in the last bits on a share of elements, so the
+``benchmarks/RESULTS_float_islands.md``), their float32 results differ in the last bits on a share of elements, so the
 rounding to the next int8 grid can differ by a step, rarely but without any guarantee. Those islands are named
 ``'<module path> (<module class>, float: <PyTorch functions>)'``; islands made only of correctly rounded ops and moves
 are exact and not named.
