@@ -62,6 +62,15 @@ class LSTMHead(nn.Module):
         return self.fc(self.rnn(x)[0])
 
 
+class GRUHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = nn.GRU(8, 16, batch_first=True), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0].mean(1))
+
+
 def _converted(model, shape, tmp_path):
     """``model`` PTQ-quantized whole-graph and converted; returns (model, example, path, the converter's warnings)."""
     torch.manual_seed(0)
@@ -84,6 +93,7 @@ CASES = {
         "layer.mlp.act_fn (SiLUActivation, float: silu)",
         "norm (LlamaRMSNorm, float: rsqrt)")),
     "lstm": (LSTMHead, (5, 8), ("rnn (LSTM, float: lstm)",)),
+    "gru": (GRUHead, (5, 8), ("rnn (GRU, float: gru)", "<root> (GRUHead, float: mean)")),
 }
 
 
