@@ -4,9 +4,9 @@ An int8 (or int16) file keeps some layers in float: LayerNorm, Hugging Face's RM
 ``scaled_dot_product_attention``, LSTM / GRU cells, SiLU, float convolutions. Under
 :meth:`~slimkit.compression.Quantizer.emulate_integer` those layers compute PyTorch's float ops, and the file
 LiteRT's float kernels. Both are float32, but only an op whose result is one correctly rounded IEEE-754 operation of
-the same operands (``add``, ``sub``, ``mul``, ``neg``, a division by a tensor) gives the same bits on both sides. A
+the same operands (``add``, ``sub``, ``mul``, ``neg``) gives the same bits on both sides. A
 reduction (MEAN, a matrix product, a recurrent cell) sums in another order, and RSQRT, SOFTMAX, LOGISTIC, TANH or EXP
-are XNNPACK's polynomial approximations, not PyTorch's: measured on LiteRT 2.3 (``benchmarks/bench_float_islands.py``,
+are XNNPACK's own approximations, not PyTorch's: measured on LiteRT 2.3 (``benchmarks/bench_float_islands.py``,
 ``benchmarks/RESULTS_float_islands.md``), their float32 results differ in the last bits on a share of elements, so the
 rounding to the next int8 grid can differ by a step, rarely but without any guarantee. Those islands are named
 ``'<module path> (<module class>, float: <PyTorch functions>)'``; islands made only of correctly rounded ops and moves
@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from slimkit.converter.ir import Graph, Op
@@ -32,11 +33,13 @@ from slimkit.converter.ir import Graph, Op
 INTEGER_TYPES = frozenset({"int8", "uint8", "int16"})
 """Activation types of a quantized file (LiteRT's int8 and 16x8 kernels)."""
 
-CORRECTLY_ROUNDED = {"ADD": {"add"}, "SUB": {"sub", "rsub"}, "MUL": {"mul"}, "DIV": {"div", "reciprocal"},
-                     "NEG": {"neg"}, "ABS": {"abs"}, "MAXIMUM": {"maximum", "clamp", "clamp_min"},
-                     "MINIMUM": {"minimum", "clamp", "clamp_max"}, "RELU": {"relu"}, "SQRT": {"sqrt"}}
+CORRECTLY_ROUNDED = {"ADD": {"add"}, "SUB": {"sub", "rsub"}, "MUL": {"mul"}, "NEG": {"neg"}, "ABS": {"abs"},
+                     "MAXIMUM": {"maximum", "clamp", "clamp_min"}, "MINIMUM": {"minimum", "clamp", "clamp_max"},
+                     "RELU": {"relu"}}
 """File op -> the PyTorch functions it gives the same float32 bits as: one correctly rounded operation of the same
-operands on both sides (a division by a constant is written as a MUL by its reciprocal: not the same bits)."""
+operands on both sides, on every instruction set XNNPACK targets. A division by a constant is written as a MUL by its
+reciprocal (not the same bits); DIV and SQRT are left out, as some of XNNPACK's ARM kernels refine a reciprocal
+estimate instead of dividing."""
 
 
 def _moves() -> frozenset[str]:
@@ -51,9 +54,16 @@ def is_quantized(graph: Graph) -> bool:
                for op in graph.ops for t in (*op.inputs, *op.outputs))
 
 
+def _halving(op: Op) -> bool:
+    """A division by a power of two written as a MUL by its (exact) reciprocal: the same bits as the division."""
+    constants = [t.data for t in op.inputs if t is not None and t.is_const and t.data_scale is None]
+    return op.code == "MUL" and op.origin == "div" and len(constants) == 1 and \
+        bool(np.all(np.abs(np.frexp(constants[0].astype(np.float32))[0]) == 0.5))
+
+
 def _exact(op: Op) -> bool:
-    fused = op.options.get("FusedActivationFunction", 0) in (0, 1, 3)  # none, RELU, RELU6: exact clamps
-    return op.code in _moves() or (fused and op.origin in CORRECTLY_ROUNDED.get(op.code, ()))
+    fused = op.options.get("FusedActivationFunction", 0) in (0, 1, 2, 3)  # none, RELU, RELU_N1_TO_1, RELU6: clamps
+    return op.code in _moves() or (fused and (op.origin in CORRECTLY_ROUNDED.get(op.code, ()) or _halving(op)))
 
 
 def _kind(model: torch.nn.Module | None, path: str) -> str:

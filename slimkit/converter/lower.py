@@ -45,13 +45,14 @@ def target_name(node: torch.fx.Node) -> str:
 
 
 def function_name(node: torch.fx.Node | None) -> str:
-    """The PyTorch function a node calls, without namespace, overload and in-place mark (``'layer_norm'`` for
-    ``aten.layer_norm.default``, ``'add'`` for ``aten.add_.Tensor``); '' for no node."""
+    """The PyTorch function a node calls, without namespace, overload, private or in-place mark (``'layer_norm'`` for
+    ``aten.layer_norm.default``, ``'add'`` for ``aten.add_.Tensor``, ``'softmax'`` for ``aten._softmax``); '' for no
+    node."""
     if node is None:
         return ""
     name = str(getattr(node.target, "__name__", node.target))
     name = name.split(".")[1] if name.startswith("aten.") else name.split(".")[0]
-    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
+    return name if name.endswith("__") else name.strip("_")
 
 
 _SCHEMAS: dict[Any, list[tuple[str, Any]]] = {}

@@ -146,3 +146,13 @@ def test_only_ops_that_round_as_pytorch_does_are_left_unnamed():
                    ("TANH", "gate", "tanh"), ("MUL", "mix", "mul"))
     assert float_islands(named) == ["scale (float: div)", "pool (float: mean)", "gate (float: sigmoid, tanh)"]
     assert float_islands(_graph(("MEAN", "pool", "mean"), integer=False)) == []
+
+
+@pytest.mark.parametrize("divisor, named", [(2.0, []), (-0.25, []), (3.0, ["<root> (float: div)"])])
+def test_a_division_by_a_constant_is_exact_only_by_a_power_of_two(divisor, named):
+    """``x / c`` is written as ``x * (1 / c)``: the same bits as PyTorch's division when ``1 / c`` is exact."""
+    graph = _graph()
+    x, y = graph.ops[-1].outputs[0], Tensor("y", (1, 4))
+    reciprocal = Tensor("c", (), data=np.array(1 / divisor, np.float32))
+    graph.ops.append(Op("MUL", [x, reciprocal], [y], {"FusedActivationFunction": 0}, origin="div"))
+    assert float_islands(graph) == named
