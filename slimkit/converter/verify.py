@@ -34,6 +34,16 @@ class VerifyResult:
             LiteRT's float kernels need not share with PyTorch's (LayerNorm, RMSNorm, attention's softmax, LSTM ...),
             ``'<module path> (<module class>, float: <PyTorch functions>)'``: the emulation computes PyTorch's float
             ops there, so the outputs are measured (``max_steps``), not guaranteed, equal.
+
+    Example:
+
+    >>> from slimkit.converter import VerifyResult
+    >>> result = VerifyResult(0.0, 0.0, 1, emulated_integer=True, inputs=4, max_steps=0.0,
+    ...                       float_layers=('norm (LayerNorm, float: layer_norm)',))
+    >>> print(result.describe())  # doctest: +NORMALIZE_WHITESPACE
+    max |file - model| = 0 (0 output steps) over 4 inputs; not bit-exact in general: norm (LayerNorm, float:
+    layer_norm) run in float32 in the file, computed with PyTorch's float ops, not LiteRT's kernels, under the
+    emulation, so its outputs are within 0 steps of the file on these inputs, not guaranteed equal.
     """
 
     max_abs_error: float
