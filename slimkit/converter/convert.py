@@ -15,7 +15,7 @@ from slimkit.converter.batch import example_batch, mark_dynamic_batch, with_rows
 from slimkit.converter.eager_check import check_outputs_match, eager_outputs, graph_outputs
 from slimkit.converter.lower import Lowering
 from slimkit.converter.options import ConverterOptions
-from slimkit.converter.passes import run_passes, share_constants
+from slimkit.converter.passes import run_passes, share_constants, unique_names
 from slimkit.converter.validate import validate_file
 from slimkit.converter.writer import serialize
 from slimkit.errors import ConfigError, UnsupportedModelError
@@ -139,11 +139,15 @@ class TFLiteConverter:
 
     def build(self):
         """Capture and lower to the IR (no file written); returns the IR graph. Equal constants are shared last
-        (:func:`~slimkit.converter.passes.share_constants`), once the graph's tensors are final."""
-        if not self.options.dynamic_batch:
-            self.graph = self.lower()
-            share_constants(self.graph)
-            return self.graph
+        (:func:`~slimkit.converter.passes.share_constants`), once the graph's tensors are final, and every tensor
+        gets a name of its own (:func:`~slimkit.converter.passes.unique_names`)."""
+        self.graph = self.lower() if not self.options.dynamic_batch else self._lower_dynamic_batch()
+        share_constants(self.graph)
+        unique_names(self.graph)
+        return self.graph
+
+    def _lower_dynamic_batch(self):
+        """The graph with the batch written as -1 (:mod:`slimkit.converter.batch`)."""
         batch = example_batch(self.dummy_input)
         rows = max(batch, 2)
         static = dataclasses.replace(self.options, dynamic_batch=False)
@@ -152,9 +156,7 @@ class TFLiteConverter:
             converter = self if n == batch else TFLiteConverter(self.model, with_rows(self.dummy_input, n),
                                                                 self.tflite_path, static)
             return converter.lower()
-        self.graph = mark_dynamic_batch(at(rows), at(rows + 1), batch, rows)
-        share_constants(self.graph)
-        return self.graph
+        return mark_dynamic_batch(at(rows), at(rows + 1), batch, rows)
 
     def to_bytes(self) -> bytes:
         """The ``.tflite`` file's bytes (without writing a file)."""

@@ -88,16 +88,24 @@ class Lowering:
         self.values: dict[str, Any] = {}
         self.node: torch.fx.Node | None = None
         self.source = ""
-        self._names: dict[str, int] = {}
+        self._names: dict[str, int] = {}  # base -> next suffix to try
+        self._used: set[str] = set()
         self._transposes: dict[tuple[int, tuple[int, ...]], Tensor] = {}
         self.quant_table = QuantTable()  # activation tensor name -> QuantParams
         self.weight_quant: dict[int, Any] = {}  # id(folded torch tensor) -> QuantParams
 
     # ---- naming and tensor creation -------------------------------------------------------
     def unique(self, base: str) -> str:
+        """``base``, or ``base_<n>`` with the first ``n`` no tensor holds yet (fx names its nodes ``add``,
+        ``add_1``, ...: a second tensor from node ``add`` must not take node ``add_1``'s name)."""
         n = self._names.get(base, 0)
+        name = base if n == 0 else f"{base}_{n}"
+        while name in self._used:
+            n += 1
+            name = f"{base}_{n}"
         self._names[base] = n + 1
-        return base if n == 0 else f"{base}_{n}"
+        self._used.add(name)
+        return name
 
     def tensor(self, shape, dtype="float32", perm=None, name=None) -> Tensor:
         return Tensor(self.unique(name or (self.node.name if self.node is not None else "t")), shape, dtype,

@@ -10,7 +10,7 @@ import numpy as np
 from slimkit.converter.ir import Graph, QuantParams, Tensor
 from slimkit.converter.state import reset_state
 from slimkit.converter.weight_only import encode_weight_only
-from slimkit.converter.writer import _root
+from slimkit.converter.writer import _root, tensor_table
 
 
 def remove_dead_ops(graph: Graph) -> int:
@@ -134,6 +134,36 @@ def share_constants(graph: Graph) -> int:
     for op, i in uses:
         op.inputs[i] = twins.get(id(op.inputs[i]), op.inputs[i])
     return len(twins)
+
+
+def unique_names(graph: Graph) -> int:
+    """Give every tensor of the file a name of its own: a later tensor named like an earlier one becomes
+    ``<name>_<n>`` with the first ``n`` no tensor holds (ai-edge-quantizer and other tools key tensors by name and
+    refuse a file that repeats one). Model inputs come first in the file, so they keep their names (the signature's
+    input names). Returns how many tensors were renamed.
+
+    Example:
+
+    >>> from slimkit.converter.ir import Graph, Op, Tensor
+    >>> x, y, z = Tensor('x', (2,)), Tensor('y', (2,)), Tensor('y', (2,))
+    >>> graph = Graph([Op('RELU', [x], [y]), Op('RELU', [y], [z])], [x], [z])
+    >>> unique_names(graph), [t.name for t in (x, y, z)]
+    (1, ['x', 'y', 'y_1'])
+    """
+    tensors = tensor_table(graph)[0]
+    taken = {t.name for t in tensors}
+    seen: set[str] = set()
+    renamed = 0
+    for t in tensors:
+        if t.name in seen:
+            n = 1
+            while f"{t.name}_{n}" in taken:
+                n += 1
+            t.name = f"{t.name}_{n}"
+            taken.add(t.name)
+            renamed += 1
+        seen.add(t.name)
+    return renamed
 
 
 def run_passes(graph: Graph, options) -> Graph:

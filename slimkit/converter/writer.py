@@ -39,6 +39,7 @@ OPTIONS = {
     "LOGICAL_OR": "LogicalOrOptions", "LOGICAL_NOT": "LogicalNotOptions", "BITWISE_XOR": "BitwiseXorOptions",
     "GATHER_ND": "GatherNdOptions", "SCATTER_ND": "ScatterNdOptions", "CONV_3D": "Conv3DOptions",
     "CONV_3D_TRANSPOSE": "Conv3DOptions", "REDUCE_PROD": "ReducerOptions", "SIGN": "SignOptions",
+    "SHAPE": "ShapeOptions",
 }
 
 TENSOR_TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6, "int16": 7, "int8": 9,

@@ -15,7 +15,15 @@ def convert_and_verify(model, inputs, tmp_path, rtol=1e-5, name="m.tflite", **op
     conv.convert()
     result = verify(model, inputs, path, **options)
     assert result.max_rel_error <= rtol, (result, [op.code for op in conv.graph.ops])
+    assert repeated_names(path) == [], path
     return path, conv
+
+
+def repeated_names(path) -> list[str]:
+    """The tensor names a written file holds more than once (ai-edge-quantizer refuses such a file)."""
+    _, sg = read_model(path)
+    names = [sg.Tensors(i).Name().decode() for i in range(sg.TensorsLength())]
+    return sorted({name for name in names if names.count(name) > 1})
 
 
 def op_codes(path) -> list[str]:
