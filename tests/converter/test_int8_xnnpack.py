@@ -183,3 +183,22 @@ def test_float_max_pooling_after_a_relu_pads_with_zeros(tmp_path):
     assert "PADV2" not in op_codes(path)
     assert verify(model, x, path).max_rel_error <= 1e-5
     assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+#: zoo structures (tests/int8zoo) whose int8 file XNNPACK now runs whole, and what split them before: SPLIT_V of
+#: ``chunk`` / ``torch.split`` (now SPLIT when even, STRIDED_SLICE pieces when not)
+ZOO_ONE_PARTITION = ["sigmoid_gate", "concat_split"]
+
+
+@pytest.mark.parametrize("name", ZOO_ONE_PARTITION)
+def test_zoo_structure_runs_as_one_partition(tmp_path, name):
+    """The int8 file (whole-graph PTQ, as the zoo's exactness test writes it) and the float file: one partition."""
+    from tests.int8zoo.harness import quantize
+    from tests.int8zoo.structures import build
+
+    float_model, example = build(name)
+    model, _, _ = quantize(name, "ptq")
+    for label, net in (("float", float_model), ("int8", model)):
+        path = tmp_path / f"{label}.tflite"
+        TFLiteConverter(net, example, path).convert()
+        assert delegate_partitions(model_path=str(path), num_threads=2) == (1, []), label

@@ -20,8 +20,8 @@ from tests.int8zoo.structures import STRUCTURES
 #: point untested)
 INT8_OPS = {
     "inplace_methods": {"ADD", "MUL", "SUB"},  # x.add_(y) with its result dropped
-    "concat_split": {"SPLIT_V", "CONCATENATION"},
-    "sigmoid_gate": {"SPLIT_V", "LOGISTIC", "MUL"},
+    "concat_split": {"SPLIT", "STRIDED_SLICE", "CONCATENATION"},  # torch.chunk (even), torch.split (uneven)
+    "sigmoid_gate": {"SPLIT", "LOGISTIC", "MUL"},
     "upsample_nearest": {"RESIZE_NEAREST_NEIGHBOR", "CONCATENATION"},  # F.interpolate and nn.Upsample
     "shared_module": {"CONV_2D"},
     "transformer": {"UNPACK", "SOFTMAX", "GELU", "BATCH_MATMUL"},
