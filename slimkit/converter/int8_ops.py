@@ -162,9 +162,16 @@ def int8_activation_ops(graph: Graph) -> int:
 def drop_identity_quantize(graph: Graph) -> int:
     """A QUANTIZE from an int8 tensor to the same parameters and type is removed (its readers read the input)."""
     replace: dict[int, Tensor] = {}
+
+    def replaced(t: Tensor | None) -> Tensor | None:
+        if t is None or t.base is None or id(t.base) not in replace:
+            return replace.get(id(t), t)
+        src = replace[id(t.base)]  # a relabelled view of the removed output: the same view of its input
+        return Tensor(src.name, t.shape, src.dtype, perm=t.perm, quant=src.quant, base=src)
+
     kept = []
     for op in graph.ops:
-        op.inputs = [replace.get(id(t), t) if t is not None else None for t in op.inputs]
+        op.inputs = [replaced(t) for t in op.inputs]
         if op.code == "QUANTIZE":
             src, out = op.inputs[0], op.outputs[0]
             if src.dtype == out.dtype and src.dtype in _INT8 and same_params(src.quant, out.quant) and \
@@ -172,7 +179,7 @@ def drop_identity_quantize(graph: Graph) -> int:
                 replace[id(out)] = src
                 continue
         kept.append(op)
-    graph.outputs = [replace.get(id(t), t) for t in graph.outputs]
+    graph.outputs = [replaced(t) for t in graph.outputs]
     removed = len(graph.ops) - len(kept)
     graph.ops = kept
     return removed
