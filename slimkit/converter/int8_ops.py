@@ -4,8 +4,10 @@ After lowering, every fake-quantized tensor is QUANTIZE -> DEQUANTIZE, so an op 
 tensors reads ``DEQUANTIZE(a) -> op -> QUANTIZE``. The passes here turn such chains into the op on
 int8 tensors, following TFLite's int8 kernel rules:
 
-- ops that rescale freely (MEAN, SUM, HARD_SWISH, GELU, RELU, RELU6, LEAKY_RELU) take the QUANTIZE's
-  output parameters;
+- ops that rescale freely (MEAN, SUM, GELU, RELU, RELU6, LEAKY_RELU) take the QUANTIZE's output parameters;
+- HARD_SWISH stays float between its DEQUANTIZE and QUANTIZE: XNNPACK takes float HARD_SWISH (and the DEQUANTIZE /
+  QUANTIZE around it) but no int8 one, which split the delegated graph once more per use (a MobileNetV3 block ran
+  2.8x slower); the emulation computes the same float32 steps;
 - ops whose int8 kernel needs fixed output parameters (SOFTMAX, LOGISTIC: (1/256, -128); TANH:
   (1/128, 0); all three (1/32768, 0) on int16) are rewritten only when the quantizer used those parameters (the
   ``tflite`` profiles do);
@@ -35,7 +37,7 @@ from slimkit.converter.quant import INTEGER_RANGES
 from slimkit.errors import UnsupportedOpError
 
 #: int8 kernels that requantize from the input's to the output's parameters
-RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE", "GELU",
+RESCALING = {"MEAN", "SUM", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE", "GELU",
              "BATCH_MATMUL"}
 #: integer kernels with fixed output parameters: op -> {activation type: (scale, zero_point)}
 FIXED_OUTPUT = {"SOFTMAX": {"int8": (1.0 / 256, -128), "int16": (1.0 / 32768, 0)},

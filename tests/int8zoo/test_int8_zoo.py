@@ -28,18 +28,21 @@ INT8_OPS = {
     "gqa_attention": {"BROADCAST_TO", "TRANSPOSE"},  # the GQA repeat of keys and values on their own grid
     "padding_modes": {"MIRROR_PAD", "GATHER"},  # reflect, replicate and circular padding
     "pool_variants": {"AVERAGE_POOL_2D", "MAX_POOL_2D"},
-    "hardswish_mobile": {"HARD_SWISH"},
     "upsample_bilinear": {"RESIZE_BILINEAR", "ADD"},
 }
 
 #: ops that must not be in a structure's file: fused into the op before them on every call (XNNPACK-friendly)
 FUSED_OPS = {"shared_module": {"RELU"}}
 
+#: ops that must run in float between int8 tensors (XNNPACK takes them in float only), emulated exactly all the same
+FLOAT_OPS = {"hardswish_mobile": {"HARD_SWISH"}}
+
 
 def _check(name: str, mode: str, tmp_path) -> None:
     result = measure(name, mode, tmp_path)
     assert INT8_OPS.get(name, set()) <= set(result.ops), result.ops
     assert not FUSED_OPS.get(name, set()) & set(result.ops), result.ops
+    assert FLOAT_OPS.get(name, set()) <= set(result.float_ops), result.float_ops
     assert (result.exact, result.max_steps) == (result.outputs, 0), result
 
 
