@@ -234,3 +234,17 @@ def test_batched_transposes_are_split_only_where_xnnpack_runs_them_faster(tmp_pa
     TFLiteConverter(shuffle, x, path).convert()
     assert op_codes(path).count("TRANSPOSE") == (3 if split else 1)
     assert verify(shuffle, x, path).max_abs_error == 0.0
+
+
+def test_transformer_leaves_to_litert_only_ops_xnnpack_has_no_exact_int8_kernel_for(tmp_path):
+    """The zoo's transformer block: ``q, k, v = qkv.unbind(0)`` is a SPLIT (XNNPACK took no UNPACK); the two int8
+    BATCH_MATMULs of activations, the int8 SOFTMAX and the int8 GELU stay LiteRT's builtin kernels, which the emulation
+    reproduces exactly (XNNPACK takes them only in float, computed with its own approximations)."""
+    from tests.int8zoo.harness import quantize
+
+    model, _, example = quantize("transformer", "ptq")
+    path = tmp_path / "transformer.tflite"
+    TFLiteConverter(model, example, path).convert()
+    assert "UNPACK" not in op_codes(path)
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (4, ["BATCH_MATMUL", "SOFTMAX", "BATCH_MATMUL",
+                                                                            "GELU"])

@@ -24,7 +24,7 @@ INT8_OPS = {
     "sigmoid_gate": {"SPLIT", "LOGISTIC", "MUL"},
     "upsample_nearest": {"RESIZE_NEAREST_NEIGHBOR", "CONCATENATION"},  # F.interpolate and nn.Upsample
     "shared_module": {"CONV_2D"},
-    "transformer": {"UNPACK", "SOFTMAX", "GELU", "BATCH_MATMUL"},
+    "transformer": {"SPLIT", "SOFTMAX", "GELU", "BATCH_MATMUL"},  # q, k, v = qkv.unbind(0): a SPLIT
     "gqa_attention": {"BROADCAST_TO", "TRANSPOSE"},  # the GQA repeat of keys and values on their own grid
     "padding_modes": {"MIRROR_PAD", "GATHER"},  # reflect, replicate and circular padding
     "pool_variants": {"AVERAGE_POOL_2D", "MAX_POOL_2D"},

@@ -129,16 +129,15 @@ def chunk(ctx, node, a):
     return _split(ctx, node, a["self"], [int(v.shape[a["dim"]]) for v in node.meta["val"]], a["dim"])
 
 
-@register("aten.unbind.int", emits=("UNPACK", "STRIDED_SLICE"))
+@register("aten.unbind.int", emits=("SPLIT", "STRIDED_SLICE", "RESHAPE"))
 def unbind(ctx, node, a):
+    """The pieces of a split into size-1 slices, each reshaped without ``dim`` (XNNPACK takes no UNPACK: a
+    ``q, k, v = qkv.unbind(0)`` split the delegated graph)."""
     x, dim = a["self"], norm_dim(a["dim"], a["self"].rank)
-    if x.dtype == "int64":  # UNPACK has no int64 kernel
+    if x.dtype == "int64":  # SPLIT has no int64 kernel
         return tuple(strided_slice(ctx, x, dim, i, i + 1, 1, shrink=True) for i in range(x.shape[dim]))
-    perm = _drop_axis(x.order, dim)
     shape = tuple(s for i, s in enumerate(x.shape) if i != dim)
-    outs = [ctx.tensor(shape, x.dtype, perm=perm) for _ in range(x.shape[dim])]
-    ctx.emit("UNPACK", [x], outs, Num=len(outs), Axis=x.order.index(dim))
-    return tuple(outs)
+    return tuple(reshape_to(ctx, piece, shape) for piece in _split(ctx, node, x, [1] * x.shape[dim], dim))
 
 
 def _drop_axis(order, dim):
