@@ -4,8 +4,10 @@ After lowering, every fake-quantized tensor is QUANTIZE -> DEQUANTIZE, so an op 
 tensors reads ``DEQUANTIZE(a) -> op -> QUANTIZE``. The passes here turn such chains into the op on
 int8 tensors, following TFLite's int8 kernel rules:
 
-- ops that rescale freely (MEAN, SUM, HARD_SWISH, GELU, RELU, RELU6, LEAKY_RELU) take the QUANTIZE's
-  output parameters;
+- ops that rescale freely (MEAN, SUM, GELU, RELU, RELU6, LEAKY_RELU) take the QUANTIZE's output parameters;
+- HARD_SWISH stays float between its DEQUANTIZE and QUANTIZE: XNNPACK takes float HARD_SWISH (and the DEQUANTIZE /
+  QUANTIZE around it) but no int8 one, which split the delegated graph once more per use (a MobileNetV3 block ran
+  2.8x slower); the emulation computes the same float32 steps;
 - ops whose int8 kernel needs fixed output parameters (SOFTMAX, LOGISTIC: (1/256, -128); TANH:
   (1/128, 0); all three (1/32768, 0) on int16) are rewritten only when the quantizer used those parameters (the
   ``tflite`` profiles do);
@@ -35,7 +37,7 @@ from slimkit.converter.quant import INTEGER_RANGES
 from slimkit.errors import UnsupportedOpError
 
 #: int8 kernels that requantize from the input's to the output's parameters
-RESCALING = {"MEAN", "SUM", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE", "GELU",
+RESCALING = {"MEAN", "SUM", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "SQUARED_DIFFERENCE", "GELU",
              "BATCH_MATMUL"}
 #: integer kernels with fixed output parameters: op -> {activation type: (scale, zero_point)}
 FIXED_OUTPUT = {"SOFTMAX": {"int8": (1.0 / 256, -128), "int16": (1.0 / 32768, 0)},
@@ -162,9 +164,16 @@ def int8_activation_ops(graph: Graph) -> int:
 def drop_identity_quantize(graph: Graph) -> int:
     """A QUANTIZE from an int8 tensor to the same parameters and type is removed (its readers read the input)."""
     replace: dict[int, Tensor] = {}
+
+    def replaced(t: Tensor | None) -> Tensor | None:
+        if t is None or t.base is None or id(t.base) not in replace:
+            return replace.get(id(t), t)
+        src = replace[id(t.base)]  # a relabelled view of the removed output: the same view of its input
+        return Tensor(src.name, t.shape, src.dtype, perm=t.perm, quant=src.quant, base=src)
+
     kept = []
     for op in graph.ops:
-        op.inputs = [replace.get(id(t), t) if t is not None else None for t in op.inputs]
+        op.inputs = [replaced(t) for t in op.inputs]
         if op.code == "QUANTIZE":
             src, out = op.inputs[0], op.outputs[0]
             if src.dtype == out.dtype and src.dtype in _INT8 and same_params(src.quant, out.quant) and \
@@ -172,7 +181,7 @@ def drop_identity_quantize(graph: Graph) -> int:
                 replace[id(out)] = src
                 continue
         kept.append(op)
-    graph.outputs = [replace.get(id(t), t) for t in graph.outputs]
+    graph.outputs = [replaced(t) for t in graph.outputs]
     removed = len(graph.ops) - len(kept)
     graph.ops = kept
     return removed

@@ -9,6 +9,7 @@ import numpy as np
 
 from slimkit.converter.ir import Graph, QuantParams, Tensor
 from slimkit.converter.state import reset_state
+from slimkit.converter.transposes import split_batched_transposes
 from slimkit.converter.weight_only import encode_weight_only
 from slimkit.converter.writer import _root, tensor_table
 
@@ -171,10 +172,12 @@ def run_passes(graph: Graph, options) -> Graph:
 
     Every level removes dead ops. Level 1 (and up) turns quantized chains (DEQUANTIZE -> op -> QUANTIZE)
     into int8 kernels; level 2 then collapses RESHAPE chains and folds a RESHAPE that only drops
-    reduced axes into its MEAN / SUM / REDUCE_MAX (``keep_dims=False``). Weight-only quantized Linear layers read
-    their weights from the DEQUANTIZE of their codes (:mod:`slimkit.converter.weight_only`). With ``sparse_weights``,
-    weights are stored sparsely behind DENSIFY ops where that is smaller (:mod:`slimkit.converter.sparse`). Last,
-    every state tensor is reset to zeros before its reader (:func:`~slimkit.converter.state.reset_state`).
+    reduced axes into its MEAN / SUM / REDUCE_MAX (``keep_dims=False``) and writes a batched transpose of thin
+    matrices (a channel shuffle) as three TRANSPOSEs XNNPACK runs faster (:mod:`slimkit.converter.transposes`).
+    Weight-only quantized Linear layers read their weights from the DEQUANTIZE of their codes
+    (:mod:`slimkit.converter.weight_only`). With ``sparse_weights``, weights are stored sparsely behind DENSIFY ops
+    where that is smaller (:mod:`slimkit.converter.sparse`). Last, every state tensor is reset to zeros before its
+    reader (:func:`~slimkit.converter.state.reset_state`).
     """
     remove_dead_ops(graph)
     if options.optimize >= 1 and graph.quant_table:
@@ -186,6 +189,7 @@ def run_passes(graph: Graph, options) -> Graph:
         collapse_reshapes(graph)
         remove_dead_ops(graph)
         fold_reshape_into_reduce(graph)
+        split_batched_transposes(graph)
     if options.quantize_io or options.quantized_input_stats:
         from slimkit.converter.quant import quantize_io
 

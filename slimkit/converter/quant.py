@@ -316,14 +316,20 @@ def _int8_elementwise(graph: Graph) -> int:
 
 
 def requantize(graph: Graph) -> None:
-    """DEQUANTIZE -> QUANTIZE becomes one int8 -> int8 QUANTIZE (requantization)."""
+    """DEQUANTIZE -> QUANTIZE becomes one int8 -> int8 QUANTIZE (requantization), also where the QUANTIZE reads a
+    relabelled view (``permute`` / ``transpose``) of the DEQUANTIZE's output: it then reads the same view of the int8
+    tensor (a channel shuffle's ``view(n, g, c // g, h, w).transpose(1, 2)``)."""
+    from slimkit.converter.ir import Tensor
+
     for op in graph.ops:
         if op.code != "QUANTIZE":
             continue
-        deq = op.inputs[0].producer
+        x = op.inputs[0]
+        deq = (x.base or x).producer
         if deq is None or deq.code != "DEQUANTIZE" or deq.inputs[0].dtype not in ("int8", "uint8", "int16"):
             continue
-        op.inputs[0] = deq.inputs[0]  # the DEQUANTIZE may still feed float ops; else dead-op removal drops it
+        q = deq.inputs[0]  # the DEQUANTIZE may still feed float ops; else dead-op removal drops it
+        op.inputs[0] = q if x.base is None else Tensor(q.name, x.shape, q.dtype, perm=x.perm, quant=q.quant, base=q)
 
 
 def _io_type(options, mean=None) -> str:

@@ -13,7 +13,7 @@ from slimkit import models
 from slimkit.converter import TFLiteConverter
 from slimkit.models.resnet import BasicBlock, ResNet
 from slimkit.utils.litert import delegate_partitions
-from tests.converter.conftest import read_model
+from tests.converter.conftest import op_codes, read_model
 from tests.converter.test_int8 import assert_all_int8, assert_bit_exact, quantize_with, settle_bn
 
 SHAPE = (3, 16, 16)
@@ -183,3 +183,68 @@ def test_float_max_pooling_after_a_relu_pads_with_zeros(tmp_path):
     assert "PADV2" not in op_codes(path)
     assert verify(model, x, path).max_rel_error <= 1e-5
     assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+#: zoo structures (tests/int8zoo) whose int8 file XNNPACK now runs whole, and what split them before: SPLIT_V of
+#: ``chunk`` / ``torch.split`` (now SPLIT when even, STRIDED_SLICE pieces when not), int8 HARD_SWISH (now float
+#: between DEQUANTIZE and QUANTIZE, as XNNPACK takes it)
+ZOO_ONE_PARTITION = ["sigmoid_gate", "concat_split", "hardswish_mobile"]
+
+
+@pytest.mark.parametrize("name", ZOO_ONE_PARTITION)
+def test_zoo_structure_runs_as_one_partition(tmp_path, name):
+    """The int8 file (whole-graph PTQ, as the zoo's exactness test writes it) and the float file: one partition."""
+    from tests.int8zoo.harness import quantize
+    from tests.int8zoo.structures import build
+
+    float_model, example = build(name)
+    model, _, _ = quantize(name, "ptq")
+    for label, net in (("float", float_model), ("int8", model)):
+        path = tmp_path / f"{label}.tflite"
+        TFLiteConverter(net, example, path).convert()
+        assert delegate_partitions(model_path=str(path), num_threads=2) == (1, []), label
+
+
+def test_channel_shuffle_is_three_plain_transposes_and_no_requantization(tmp_path):
+    """ShuffleNet's ``view(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)``: the int8 file keeps the shuffle
+    on the input's grid (no DEQUANTIZE / QUANTIZE pair at the transposed view) and writes its batched transpose as
+    NHWC -> channels first, shuffle, back (module slimkit.converter.transposes), XNNPACK's fast form."""
+    from tests.int8zoo.harness import quantize
+
+    model, _, example = quantize("channel_shuffle", "ptq")
+    path = tmp_path / "shuffle.tflite"
+    TFLiteConverter(model, example, path).convert()
+    codes = op_codes(path)
+    assert (codes.count("QUANTIZE"), codes.count("DEQUANTIZE"), codes.count("TRANSPOSE")) == (1, 1, 3), codes
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+@pytest.mark.parametrize("pixels, groups, channels, split", [(16, 3, 4, True), (8, 2, 32, True), (2, 16, 16, False)])
+def test_batched_transposes_are_split_only_where_xnnpack_runs_them_faster(tmp_path, pixels, groups, channels, split):
+    """The float file of a channel shuffle equals PyTorch; its transpose is split where the batch of pixels is large
+    against the thinner side (BATCH_OVER_SIDE), kept whole where one transpose ran faster."""
+    from slimkit.converter import verify
+
+    def shuffle(x):
+        n, c, h, w = x.shape
+        return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w) * 2
+
+    x = torch.randn(1, groups * channels, pixels, pixels)
+    path = tmp_path / "shuffle.tflite"
+    TFLiteConverter(shuffle, x, path).convert()
+    assert op_codes(path).count("TRANSPOSE") == (3 if split else 1)
+    assert verify(shuffle, x, path).max_abs_error == 0.0
+
+
+def test_transformer_leaves_to_litert_only_ops_xnnpack_has_no_exact_int8_kernel_for(tmp_path):
+    """The zoo's transformer block: ``q, k, v = qkv.unbind(0)`` is a SPLIT (XNNPACK took no UNPACK); the two int8
+    BATCH_MATMULs of activations, the int8 SOFTMAX and the int8 GELU stay LiteRT's builtin kernels, which the emulation
+    reproduces exactly (XNNPACK takes them only in float, computed with its own approximations)."""
+    from tests.int8zoo.harness import quantize
+
+    model, _, example = quantize("transformer", "ptq")
+    path = tmp_path / "transformer.tflite"
+    TFLiteConverter(model, example, path).convert()
+    assert "UNPACK" not in op_codes(path)
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (4, ["BATCH_MATMUL", "SOFTMAX", "BATCH_MATMUL",
+                                                                            "GELU"])

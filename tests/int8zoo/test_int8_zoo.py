@@ -20,26 +20,29 @@ from tests.int8zoo.structures import STRUCTURES
 #: point untested)
 INT8_OPS = {
     "inplace_methods": {"ADD", "MUL", "SUB"},  # x.add_(y) with its result dropped
-    "concat_split": {"SPLIT_V", "CONCATENATION"},
-    "sigmoid_gate": {"SPLIT_V", "LOGISTIC", "MUL"},
+    "concat_split": {"SPLIT", "STRIDED_SLICE", "CONCATENATION"},  # torch.chunk (even), torch.split (uneven)
+    "sigmoid_gate": {"SPLIT", "LOGISTIC", "MUL"},
     "upsample_nearest": {"RESIZE_NEAREST_NEIGHBOR", "CONCATENATION"},  # F.interpolate and nn.Upsample
     "shared_module": {"CONV_2D"},
-    "transformer": {"UNPACK", "SOFTMAX", "GELU", "BATCH_MATMUL"},
+    "transformer": {"SPLIT", "SOFTMAX", "GELU", "BATCH_MATMUL"},  # q, k, v = qkv.unbind(0): a SPLIT
     "gqa_attention": {"BROADCAST_TO", "TRANSPOSE"},  # the GQA repeat of keys and values on their own grid
     "padding_modes": {"MIRROR_PAD", "GATHER"},  # reflect, replicate and circular padding
     "pool_variants": {"AVERAGE_POOL_2D", "MAX_POOL_2D"},
-    "hardswish_mobile": {"HARD_SWISH"},
     "upsample_bilinear": {"RESIZE_BILINEAR", "ADD"},
 }
 
 #: ops that must not be in a structure's file: fused into the op before them on every call (XNNPACK-friendly)
 FUSED_OPS = {"shared_module": {"RELU"}}
 
+#: ops that must run in float between int8 tensors (XNNPACK takes them in float only), emulated exactly all the same
+FLOAT_OPS = {"hardswish_mobile": {"HARD_SWISH"}}
+
 
 def _check(name: str, mode: str, tmp_path) -> None:
     result = measure(name, mode, tmp_path)
     assert INT8_OPS.get(name, set()) <= set(result.ops), result.ops
     assert not FUSED_OPS.get(name, set()) & set(result.ops), result.ops
+    assert FLOAT_OPS.get(name, set()) <= set(result.float_ops), result.float_ops
     assert (result.exact, result.max_steps) == (result.outputs, 0), result
 
 

@@ -73,7 +73,7 @@ for _alias, _code in _ALIASES.items():
     register(f"aten.{_alias}.Tensor", f"aten.{_alias}.Scalar", emits=(_code,))(_compare_alias)
 
 
-@register("aten.glu.default", emits=("SPLIT_V", "LOGISTIC", "MUL"))
+@register("aten.glu.default", emits=("SPLIT", "STRIDED_SLICE", "LOGISTIC", "MUL"))
 def glu(ctx, node, a):
     x = a["self"]
     dim = norm_dim(a["dim"], x.rank)

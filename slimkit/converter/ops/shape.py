@@ -92,19 +92,26 @@ def cat(ctx, node, a):
     return out
 
 
+#: SPLIT outputs XNNPACK's delegate takes (its even split): more pieces, or uneven ones, are sliced one by one
+XNNPACK_SPLITS = range(2, 5)
+
+
 def _split(ctx, node, x, sizes, dim):
+    """``x`` cut along ``dim`` into pieces of ``sizes``: one SPLIT when they are 2-4 equal pieces, else one
+    STRIDED_SLICE (stride 1) per piece. XNNPACK runs both, at int8 too; it takes no SPLIT_V, whose every use would
+    split the graph into one more delegate partition."""
     dim = norm_dim(dim, x.rank)
-    outs = []
-    for s in sizes:
-        shape = list(x.shape)
-        shape[dim] = s
-        outs.append(ctx.tensor(tuple(shape), x.dtype, perm=x.perm))
-    ctx.emit("SPLIT_V", [x, ctx.const(np.array(sizes, np.int32)), ctx.const(np.array(x.order.index(dim), np.int32))],
-             outs, NumSplits=len(sizes))
+    if len(set(sizes)) != 1 or len(sizes) not in XNNPACK_SPLITS:
+        starts = np.cumsum([0, *sizes[:-1]])
+        return tuple(strided_slice(ctx, x, dim, int(start), int(start) + s, 1) for start, s in zip(starts, sizes))
+    shape = list(x.shape)
+    shape[dim] = sizes[0]
+    outs = [ctx.tensor(tuple(shape), x.dtype, perm=x.perm) for _ in sizes]
+    ctx.emit("SPLIT", [ctx.const(np.array(x.order.index(dim), np.int32)), x], outs, NumSplits=len(sizes))
     return tuple(outs)
 
 
-@register("aten.split.Tensor", emits=("SPLIT_V",))
+@register("aten.split.Tensor", emits=("SPLIT", "STRIDED_SLICE"))
 def split(ctx, node, a):
     x, size, dim = a["self"], int(a["split_size"]), norm_dim(a["dim"], a["self"].rank)
     total = x.shape[dim]
@@ -112,26 +119,25 @@ def split(ctx, node, a):
     return _split(ctx, node, x, sizes, dim)
 
 
-@register("aten.split_with_sizes.default", emits=("SPLIT_V",))
+@register("aten.split_with_sizes.default", emits=("SPLIT", "STRIDED_SLICE"))
 def split_with_sizes(ctx, node, a):
     return _split(ctx, node, a["self"], [int(s) for s in a["split_sizes"]], a["dim"])
 
 
-@register("aten.chunk.default", emits=("SPLIT_V",))
+@register("aten.chunk.default", emits=("SPLIT", "STRIDED_SLICE"))
 def chunk(ctx, node, a):
     return _split(ctx, node, a["self"], [int(v.shape[a["dim"]]) for v in node.meta["val"]], a["dim"])
 
 
-@register("aten.unbind.int", emits=("UNPACK", "STRIDED_SLICE"))
+@register("aten.unbind.int", emits=("SPLIT", "STRIDED_SLICE", "RESHAPE"))
 def unbind(ctx, node, a):
+    """The pieces of a split into size-1 slices, each reshaped without ``dim`` (XNNPACK takes no UNPACK: a
+    ``q, k, v = qkv.unbind(0)`` split the delegated graph)."""
     x, dim = a["self"], norm_dim(a["dim"], a["self"].rank)
-    if x.dtype == "int64":  # UNPACK has no int64 kernel
+    if x.dtype == "int64":  # SPLIT has no int64 kernel
         return tuple(strided_slice(ctx, x, dim, i, i + 1, 1, shrink=True) for i in range(x.shape[dim]))
-    perm = _drop_axis(x.order, dim)
     shape = tuple(s for i, s in enumerate(x.shape) if i != dim)
-    outs = [ctx.tensor(shape, x.dtype, perm=perm) for _ in range(x.shape[dim])]
-    ctx.emit("UNPACK", [x], outs, Num=len(outs), Axis=x.order.index(dim))
-    return tuple(outs)
+    return tuple(reshape_to(ctx, piece, shape) for piece in _split(ctx, node, x, [1] * x.shape[dim], dim))
 
 
 def _drop_axis(order, dim):

@@ -6,22 +6,21 @@ Which kernel runs was read off LiteRT itself (its XNNPACK delegate against its b
 - LOGISTIC, TANH: XNNPACK's 256-entry table, the function computed in float32 on each dequantized input and rounded
   (half to even) to the output grid (LiteRT's builtin table rounds ties away from zero: one entry in thousands
   differs);
-- HARD_SWISH: the builtin kernel's 16-bit fixed-point arithmetic (XNNPACK gives the same integers);
+- HARD_SWISH: written as a float HARD_SWISH between DEQUANTIZE and QUANTIZE, which XNNPACK runs (it takes no int8
+  HARD_SWISH, and each one split the delegated graph): ``x * min(max(x + 3, 0), 6) / 6`` in float32 on each
+  dequantized input, rounded half to even to the output grid;
 - LEAKY_RELU: XNNPACK's, an 8-bit fixed-point multiplier per sign (the builtin kernel rounds differently);
 - GELU (exact and tanh): the builtin kernel's 256-entry table, the function in float32 on each dequantized input,
   rounded half away from zero;
 - SOFTMAX: the builtin kernel, a float32 table of ``exp(-input_scale * d)`` for each distance ``d`` to the row's
   maximum, summed along the row in order, each entry times ``1 / (sum * output_scale)`` rounded half away from zero.
 
-Example (a hard-swish whose input and output share the scale 0.05, zero point 0: the kernel's integers for
--3.0, 0.5 and 1.0):
+Example (a hard-swish of -3.0, 0.5 and 1.0 in float32 steps):
 
->>> import torch
->>> from slimkit.compression.quant import fixed_params
->>> from slimkit.frameworks.torch.int8_activations import hardswish_integers
->>> grid = fixed_params(0.05, 0, 8)
->>> hardswish_integers(torch.tensor([-60, 10, 20]), grid, grid).tolist()
-[0, 6, 13]
+>>> import numpy as np
+>>> from slimkit.frameworks.torch.int8_activations import hardswish_f32
+>>> hardswish_f32(np.array([-3.0, 0.5, 1.0])).round(4).tolist()
+[-0.0, 0.2917, 0.6667]
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from slimkit.compression.quant import QParams
 from slimkit.frameworks.torch.fixed_point import (
     multiply_by_quantized_multiplier,
     quantize_multiplier,
-    rounding_shift_right,
 )
 from slimkit.frameworks.torch.int8_emulation import Call, _per_tensor, emulates, grid_integers
 
@@ -53,57 +51,11 @@ def _round_away(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 
-def _int16_multiplier(fixed: int) -> int:
-    """TFLite's ``DownScaleInt32ToInt16Multiplier``."""
-    return _INT16[1] if fixed >= (1 << 31) - 1 - (1 << 15) else (fixed + (1 << 15)) >> 16
-
-
-def _doubling_high_mul16(a: torch.Tensor, b: torch.Tensor | int, rounding: bool) -> torch.Tensor:
-    """gemmlowp's ``SaturatingRoundingDoublingHighMul`` on int16 (``rounding``), or TFLite's truncating
-    ``SaturatingDoublingHighMul``."""
-    product = a * b
-    if rounding:
-        product = product + torch.where(product >= 0, 1 << 14, 1 - (1 << 14))
-    result = torch.div(product, 1 << 15, rounding_mode="trunc")
-    both_min = (a == _INT16[0]) & (torch.as_tensor(b) == _INT16[0])
-    return torch.where(both_min, _INT16[1], result)
-
-
-def hardswish_integers(q: torch.Tensor, source: QParams, target: QParams) -> torch.Tensor | None:
-    """The int8 HARD_SWISH kernel on integers ``q`` (zero point included); None where its output multiplier exceeds 1
-    (LiteRT refuses such a file)."""
-    in_scale, in_zero = _per_tensor(source, "a hard-swish input")
-    out_scale, out_zero = _per_tensor(target, "a hard-swish output")
-    hires = np.float32(np.float32(1.0 / 128.0) * in_scale)
-    out_fixed, out_shift = quantize_multiplier(np.float32(hires / out_scale))
-    relu_fixed, relu_shift = quantize_multiplier(np.float32(hires / np.float32(3.0 / 32768.0)))
-    if out_shift > 0:
-        return None
-    out_mult, relu_mult = _int16_multiplier(out_fixed), _int16_multiplier(relu_fixed)
-    hires_q = torch.clamp((q.long() - in_zero) * 128, *_INT16)
-    scaled = _doubling_high_mul16(hires_q, out_mult, rounding=True)
-    relu = hires_q
-    if relu_shift > 0:
-        relu = torch.clamp(relu * (1 << (relu_shift - 1)), *_INT16)
-    relu = _doubling_high_mul16(relu, relu_mult, rounding=True)
-    if relu_shift > 0:
-        relu = torch.clamp(relu * 2, *_INT16)
-    elif relu_shift < 0:
-        relu = rounding_shift_right(relu, -relu_shift)
-    relu = (relu + (1 << 15)) >> 1  # [-1, 1] -> [0, 1] in 16-bit fixed point
-    out = rounding_shift_right(_doubling_high_mul16(relu, scaled, rounding=False), -out_shift)
-    return torch.clamp(out + out_zero, target.qmin, target.qmax)
-
-
 def _raw(call: Call) -> torch.Tensor:
     """The call's input as int8 integers (zero point included)."""
     return grid_integers(call.args[0], call.inputs[0]).long() + _per_tensor(call.inputs[0], "an input")[1]
 
 
-@emulates("hardswish", ops=("HARD_SWISH",))
-def _hardswish_call(call: Call) -> torch.Tensor | None:
-    q = hardswish_integers(_raw(call), call.inputs[0], call.params)
-    return None if q is None else _on_grid(q, call.params, call.out)
 
 
 @emulates("leaky_relu", ops=("LEAKY_RELU",))
@@ -137,6 +89,19 @@ def _table(call: Call, function, half_even: bool = True) -> torch.Tensor:
     table = (torch.round(rescaled) if half_even else _round_away(rescaled)) + out_zero
     table = torch.clamp(table, call.params.qmin, call.params.qmax).to(call.out.device)
     return _on_grid(table[_raw(call) + 128], call.params, call.out)
+
+
+def hardswish_f32(x: np.ndarray) -> np.ndarray:
+    """XNNPACK's float HARD_SWISH in float32 steps: ``x * min(max(x + 3, 0), 6) / 6``."""
+    x = x.astype(np.float32)
+    return (x * np.clip(x + np.float32(3), np.float32(0), np.float32(6)) / np.float32(6)).astype(np.float64)
+
+
+@emulates("hardswish", ops=("HARD_SWISH",))
+def _hardswish_call(call: Call) -> torch.Tensor | None:
+    """The file's float HARD_SWISH between DEQUANTIZE and QUANTIZE: a table of the float32 function, rounded half to
+    even (XNNPACK's QUANTIZE)."""
+    return _table(call, hardswish_f32)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
