@@ -64,7 +64,7 @@ def assert_16x8_file(path) -> list[str]:
     codes = []
     for code, ins, outs in tensor_types(path):
         codes.append(code)
-        acts = ins[:1] if code in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN") else ins
+        acts = ins[:1] if code in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN", "RESHAPE") else ins
         if code == "QUANTIZE":
             acts = [t for t in acts if t.Type() != tflite.TensorType.FLOAT32]
         if code == "DEQUANTIZE":
