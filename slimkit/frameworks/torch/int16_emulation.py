@@ -15,6 +15,7 @@ XNNPACK takes no int16 tensors, so LiteRT runs these files on its builtin kernel
 - MEAN (a global adaptive average pool too): the integer sum, the 32-bit form with ``input_scale / output_scale``
   divided by the count inside the multiplier (TFLite's ``shift = floor(log2(count))`` trick);
 - QUANTIZE int16 -> int16: the 32-bit form with ``input_scale / output_scale``;
+- LOGISTIC, TANH, SOFTMAX: table kernels (:mod:`slimkit.frameworks.torch.int16_activations`);
 - AVERAGE_POOL_2D, CONCATENATION, MAXIMUM, MINIMUM: the int8 kernels' integer steps, inputs requantized as above
   (:func:`slimkit.frameworks.torch.int8_emulation.rescaled` dispatches); MAX_POOL_2D, RESHAPE, PAD only move
   integers.
@@ -157,6 +158,9 @@ def _average_pool_call(call: Call) -> torch.Tensor | None:
     """A global adaptive pool is the file's int16 MEAN; the others the int8 kernel's integer steps on int16."""
     return _mean_call(call) if int8_emulation.is_global_pool(call) else int8_emulation._average_pool_call(call)
 
+
+# LiteRT's int16 LOGISTIC / TANH / SOFTMAX register themselves (before EMULATED_INT16_OPS reads the registry)
+from slimkit.frameworks.torch import int16_activations  # noqa: E402, F401
 
 # the int8 kernels' integer steps on int16 (the input's range; rescaled() requantizes as LiteRT's int16 QUANTIZE)
 emulates("cat", "maximum", "minimum", ops=("CONCATENATION", "PACK", "MAXIMUM", "MINIMUM"), bits=16)(
