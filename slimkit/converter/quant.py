@@ -287,9 +287,36 @@ def _integer_bias(bias: np.ndarray, input_scale: float, weight_scale: np.ndarray
     return np.clip(q, -limit, limit).astype(dtype), scale
 
 
+def scalar_operand(t, dtype: str = "int8"):
+    """A float constant holding one value ``c`` (a scalar factor, ``x * 0.5``, ``x / 2``) as an exact int8 constant of
+    the same shape: ``sign(c)`` on the grid of scale ``|c|`` (scale 1 for 0), zero point 0; None for other tensors.
+    An int8 MUL by it computes ``q * sign(c)`` times ``float32(a_scale * |c|) / output_scale``, which is what
+    :func:`slimkit.frameworks.torch.int8_emulation.multiply` emulates for a scalar factor."""
+    from slimkit.converter.ir import Tensor
+
+    if t is None or not t.is_const or t.dtype != "float32" or dtype != "int8":
+        return None
+    values = np.asarray(t.values(), np.float32).reshape(-1)
+    if values.size == 0 or not np.isfinite(values).all() or (values != values[0]).any():
+        return None
+    c = np.float32(values[0])
+    params = QuantParams(np.array([abs(c) if c != 0 else 1.0], np.float32), np.zeros(1, np.int64), 0)
+    data = np.full(t.data.shape, np.sign(c), np.int8)
+    return Tensor(t.name + "_int8", t.shape, "int8", data=data, perm=t.perm, quant=params)
+
+
+def _int8_source(t, constant_type: str | None):
+    """The integer tensor an elementwise op reads for its input ``t``: a DEQUANTIZE's input, or (``constant_type``
+    given: a MUL) a one-valued float constant as :func:`scalar_operand`; None otherwise."""
+    if t is not None and t.producer is not None and t.producer.code == "DEQUANTIZE":
+        return t.producer.inputs[0]
+    return scalar_operand(t, constant_type) if constant_type is not None else None
+
+
 def _int8_elementwise(graph: Graph) -> int:
     """DEQUANTIZE(a), DEQUANTIZE(b) -> ADD / SUB / MUL -> QUANTIZE becomes one int8 op (each input keeps
-    its own parameters; TFLite rescales)."""
+    its own parameters; TFLite rescales). A MUL by a float constant of one value (``x * 0.5``, ``x / 2``) takes it as
+    an int8 constant (:func:`scalar_operand`)."""
     users = _consumers(graph)
     outputs = {id(t) for t in graph.outputs}
     dropped: set[int] = set()
@@ -297,18 +324,22 @@ def _int8_elementwise(graph: Graph) -> int:
     for op in graph.ops:
         if op.code not in ("ADD", "SUB", "MUL"):
             continue
-        producers = [t.producer for t in op.inputs]
-        if any(p is None or p.code != "DEQUANTIZE" or p.inputs[0].dtype not in BIAS_TYPES for p in producers):
-            continue
         after = users.get(id(op.outputs[0]), [])
-        if len(after) != 1 or after[0].code != "QUANTIZE" or id(op.outputs[0]) in outputs or \
-                any(p.inputs[0].dtype != after[0].outputs[0].dtype for p in producers):
+        if len(after) != 1 or after[0].code != "QUANTIZE" or id(op.outputs[0]) in outputs:
             continue
-        if after[0].outputs[0].dtype == "int16" and op.code != "MUL":
+        q_out = after[0].outputs[0]
+        sources = [_int8_source(t, q_out.dtype if op.code == "MUL" else None) for t in op.inputs]
+        if any(t is None or t.dtype not in BIAS_TYPES or t.dtype != q_out.dtype for t in sources) or \
+                all(t.is_const for t in sources):
+            continue
+        if q_out.dtype == "int16" and op.code != "MUL":
             op.options["PotScaleInt16"] = False  # LiteRT's general int16 ADD / SUB (any scales), not the 2**k one
-        op.inputs = [p.inputs[0] for p in producers]
-        op.outputs = [after[0].outputs[0]]
-        op.outputs[0].producer = op
+        for t in sources:
+            if t.is_const:
+                graph.quant_table[t.name] = t.quant
+        op.inputs = sources
+        op.outputs = [q_out]
+        q_out.producer = op
         dropped.add(id(after[0]))
         count += 1
     graph.ops = [op for op in graph.ops if id(op) not in dropped]

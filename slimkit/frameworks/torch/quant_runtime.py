@@ -250,7 +250,9 @@ class GraphRuntime:
         """Under ``emulate_integer``: the integer kernel's result (:func:`int8_emulation.kernel_of`) where the file runs
         one for this call; other ops keep their fake-quant value."""
         fn = int8_emulation.kernel_of(kind, params) if params is not None else None
-        if fn is None or not input_params or any(p is None for p in input_params):
+        constants = kind in int8_emulation.CONSTANT_OPERANDS
+        if fn is None or not input_params or (any(p is None for p in input_params) and not constants) or \
+                all(p is None for p in input_params):
             return out
         result = fn(int8_emulation.Call(kind, func, args, kwargs, out, input_params, params))
         return out if result is None else result.to(out.dtype)
