@@ -114,7 +114,8 @@ class Op:
     options: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # module path of the PyTorch node, for messages
     version: int = 1
-    # a RESHAPE that only re-views its input's channels-last bytes (conv1d): fusion may look through it
+    # a RESHAPE that only re-views its input's channels-last bytes (conv1d), a SLICE cropping a TRANSPOSE_CONV:
+    # fusion may look through it
     see_through: bool = False
 
 

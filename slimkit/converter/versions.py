@@ -37,6 +37,8 @@ def op_version(op) -> int:
             return 9 if o.get("AsymmetricQuantizeInputs") else 3
         return 5 if o.get("KeepNumDims") else 1
     if code == "TRANSPOSE_CONV":
+        if o.get("FusedActivationFunction", 0):
+            return 4
         return 3 if len(op.inputs) > 3 and op.inputs[3] is not None else 1
     if code in ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM"):
         return 4 if _max_rank(op) > 4 else 1

@@ -211,3 +211,48 @@ def test_a_constant_factor_is_an_int8_mul(tmp_path):
     assert codes == ["QUANTIZE", "FULLY_CONNECTED", "MUL", "MUL", "ADD", "MUL", "SUB", "MUL", "ADD",
                      "DEQUANTIZE"], codes
     assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+class FunctionalWeights(nn.Module):
+    """``F.conv2d`` / ``F.linear`` on the module's own parameters, each followed by a functional ReLU, and a ReLU of a
+    ReLU's output (``torch.relu(nn.ReLU()(x))``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.3), nn.Parameter(torch.randn(8) * 0.1)
+        self.conv, self.relu = nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        self.fc_weight, self.fc_bias = nn.Parameter(torch.randn(6, 8) * 0.3), nn.Parameter(torch.randn(6) * 0.1)
+
+    def forward(self, x):
+        x = F.relu(F.conv2d(x, self.weight, self.bias, padding=1))
+        x = torch.relu(self.relu(self.conv(x))).mean((2, 3))
+        return F.relu(F.linear(x, self.fc_weight, self.fc_bias))
+
+
+def test_functional_layers_on_parameters_are_int8_kernels(tmp_path):
+    """Their weights are quantized per output channel as a layer's (int8 CONV_2D / FULLY_CONNECTED, int32 bias) and
+    the ReLUs end fused: no float CONV_2D / FULLY_CONNECTED, no standalone RELU."""
+    path, codes = convert(FunctionalWeights, tmp_path)
+    assert codes == ["QUANTIZE", "CONV_2D", "CONV_2D", "MEAN", "FULLY_CONNECTED", "DEQUANTIZE"], codes
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+class Decoder(nn.Module):
+    """``nn.ConvTranspose2d`` with PyTorch's padding (cropped by a SLICE) and ``output_padding``, then a ReLU."""
+
+    def __init__(self, kernel, stride, padding, output_padding):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 6, kernel, stride, padding, output_padding)
+        self.head = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.up(torch.relu(self.conv(x)))))
+
+
+@pytest.mark.parametrize("geometry, crop", [((2, 2, 0, 0), []), ((3, 2, 1, 1), ["SLICE"]), ((4, 2, 1, 0), [])])
+def test_transposed_convolution_is_an_int8_kernel(tmp_path, geometry, crop):
+    """Per-channel int8 weights, int32 bias, the ReLU fused (before the crop): one XNNPACK partition."""
+    path, codes = convert(lambda: Decoder(*geometry), tmp_path, shape=(3, 8, 8))
+    assert codes == ["QUANTIZE", "CONV_2D", "TRANSPOSE_CONV", *crop, "CONV_2D", "DEQUANTIZE"], codes
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])

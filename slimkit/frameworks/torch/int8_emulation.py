@@ -61,10 +61,17 @@ from slimkit.errors import SlimkitError
 ARITHMETICS = ("xnnpack",)
 """Integer arithmetics :meth:`~slimkit.compression.Quantizer.emulate_integer` can reproduce."""
 
-INTEGER_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
-"""Layers the TFLite converter writes as int8 kernels (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED). Others (3-D and
-transposed convolutions) run in float between a DEQUANTIZE and a QUANTIZE in the file, as the fake-quant model
-computes them, so the emulation leaves them to it."""
+INTEGER_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)
+"""Layers the TFLite converter writes as int8 kernels (CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, FULLY_CONNECTED).
+Others (3-D convolutions) run in float between a DEQUANTIZE and a QUANTIZE in the file, as the fake-quant model computes
+them, so the emulation leaves them to it."""
+
+
+def integer_layer(module: torch.nn.Module) -> bool:
+    """Whether the file runs ``module`` as one int8 kernel: an :data:`INTEGER_LAYERS` layer, a transposed convolution
+    only ungrouped (the converter writes a grouped one as float TRANSPOSE_CONVs per group)."""
+    return isinstance(module, INTEGER_LAYERS) and (not isinstance(module, torch.nn.ConvTranspose2d)
+                                                   or module.groups == 1)
 
 
 @dataclass(frozen=True)
@@ -89,9 +96,9 @@ class Call:
     params: QParams
 
 
-CONSTANT_OPERANDS = frozenset({"mul", "div", "batch_norm"})
+CONSTANT_OPERANDS = frozenset({"mul", "div", "batch_norm", "linear", "conv1d", "conv2d"})
 """Op kinds whose kernel takes constant operands (tensors without a grid, ``None`` in :attr:`Call.inputs`): a scalar
-factor, a BatchNorm's statistics and affine parameters."""
+factor, a BatchNorm's statistics and affine parameters, a functional layer's bias."""
 
 KERNELS: dict[str, tuple[Callable[[Call], torch.Tensor | None], tuple[str, ...]]] = {}
 """Op kind (:data:`slimkit.frameworks.torch.quant_graph.OP_KINDS`) -> (the int8 kernel's result for a :class:`Call`, or
@@ -341,6 +348,21 @@ def _divide_call(call: Call) -> torch.Tensor | None:
     return _scalar_product(call, reciprocal=True)
 
 
+@emulates("linear", "conv1d", "conv2d", ops=("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"))
+def _functional_layer_call(call: Call) -> torch.Tensor | None:
+    """``F.linear`` / ``F.conv1d`` / ``F.conv2d`` on a weight on its int8 grid (one of the model's parameters,
+    quantized by the whole-graph runtime) as the file's int8 kernel: :func:`kernel`, the bias made int32 there."""
+    if len(call.args) < 2 or len(call.inputs) < 2 or call.inputs[0] is None or call.inputs[1] is None:
+        return None
+    x, weight = call.args[0], call.args[1]
+    rest, kwargs = list(call.args[2:]), dict(call.kwargs)
+    bias = rest.pop(0) if rest else kwargs.pop("bias", None)
+    linear = call.kind == "linear"
+    params = {"input": call.inputs[0], "weight": call.inputs[1], "output": call.params}
+    return kernel(lambda v, w: call.func(v, w, None, *rest, **kwargs), x, weight, bias, params,
+                  channel_dim=call.out.dim() - 1 if linear else 1, linear=linear)
+
+
 @emulates("batch_norm", ops=("DEPTHWISE_CONV_2D",))
 def _batch_norm_call(call: Call) -> torch.Tensor | None:
     """A standalone eval-mode BatchNorm of a 4-D tensor (one that folds into no conv) as the file's int8 1x1
@@ -559,7 +581,8 @@ class _RegisteredOps(Set):
         return len(self._ops())
 
 
-EMULATED_OPS = _RegisteredOps(frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE"}), KERNELS)
+EMULATED_OPS = _RegisteredOps(frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV",
+                                         "QUANTIZE"}), KERNELS)
 """int8 ops of a file whose arithmetic the emulation computes: the kernels above, every op of :data:`KERNELS`, and
 QUANTIZE int8 -> int8 where XNNPACK takes it (read from the registry when used: complete whatever the import
 order)."""
