@@ -380,6 +380,20 @@ class Quantizer(Compressor):
         table["weight"] = params
         return params
 
+    def graph_weight_params(self, weight: Any) -> QParams | None:
+        """Whole-graph mode: the parameters of a weight a functional conv / linear reads from the model's own
+        parameters (``F.linear(x, self.weight)``), under the profile's weight scheme with the output channels on axis
+        0, as a layer's weight gets them; None where the whole-graph config quantizes no weights."""
+        config = self.graph_config
+        if not self.whole_graph or "weight" not in config.quant_types:
+            return None
+        bits = config.quant_bits if isinstance(config.quant_bits, int) else config.quant_bits.get("weight", 8)
+        scheme = self.profile.weight
+        axis = 0 if scheme.per_channel else None
+        lo, hi = self.ops.min_max(weight, axis)
+        check_finite(lo, hi, where=f"a weight read by a functional layer ({type(self).__name__} quantizes it)")
+        return affine_params(lo, hi, bits, scheme, axis)
+
     def activation_params(self, layer: Layer, key: str) -> QParams | None:
         """Parameters of an activation from its observer (None before it has seen data)."""
         observer = self.states[layer.name].observers.get(key)

@@ -161,8 +161,26 @@ def int8_activation_ops(graph: Graph) -> int:
     return count
 
 
+def _identity(op: Op) -> bool:
+    """An int8 op that gives its input unchanged: a QUANTIZE to the same grid, or a RELU / RELU6 from and to one grid
+    whose lowest value is 0 (a ReLU of a ReLU's output, ``torch.relu(nn.ReLU()(x))``) and, for RELU6, highest at most
+    6: neither bound can bind."""
+    if op.code not in ("QUANTIZE", "RELU", "RELU6") or not op.inputs or op.inputs[0] is None:
+        return False
+    src, out = op.inputs[0], op.outputs[0]
+    if src.dtype != out.dtype or src.dtype not in _INT8 or not same_params(src.quant, out.quant) or \
+            src.perm != out.perm:
+        return False
+    if op.code == "QUANTIZE":
+        return True
+    lo, hi = INTEGER_RANGES[src.dtype]
+    zero, scale = int(src.quant.zero_point[0]), float(src.quant.scale[0])
+    return zero == lo and (op.code == "RELU" or (hi - zero) * scale <= 6.0)
+
+
 def drop_identity_quantize(graph: Graph) -> int:
-    """A QUANTIZE from an int8 tensor to the same parameters and type is removed (its readers read the input)."""
+    """A QUANTIZE from an int8 tensor to the same parameters and type, and a RELU / RELU6 that cannot change its
+    input (:func:`_identity`), are removed (their readers read the input)."""
     replace: dict[int, Tensor] = {}
 
     def replaced(t: Tensor | None) -> Tensor | None:
@@ -174,12 +192,9 @@ def drop_identity_quantize(graph: Graph) -> int:
     kept = []
     for op in graph.ops:
         op.inputs = [replaced(t) for t in op.inputs]
-        if op.code == "QUANTIZE":
-            src, out = op.inputs[0], op.outputs[0]
-            if src.dtype == out.dtype and src.dtype in _INT8 and same_params(src.quant, out.quant) and \
-                    src.perm == out.perm:
-                replace[id(out)] = src
-                continue
+        if _identity(op):
+            replace[id(op.outputs[0])] = op.inputs[0]
+            continue
         kept.append(op)
     graph.outputs = [replaced(t) for t in graph.outputs]
     removed = len(graph.ops) - len(kept)

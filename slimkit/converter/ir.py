@@ -115,7 +115,8 @@ class Op:
     source: str = ""  # module path of the PyTorch node, for messages
     origin: str = ""  # the PyTorch function it was lowered from ('layer_norm', 'mul'; '' for ops passes add)
     version: int = 1
-    # a RESHAPE that only re-views its input's channels-last bytes (conv1d): fusion may look through it
+    # a RESHAPE that only re-views its input's channels-last bytes (conv1d), a SLICE cropping a TRANSPOSE_CONV:
+    # fusion may look through it
     see_through: bool = False
 
 

@@ -24,6 +24,9 @@ from slimkit.converter.ir import Graph, QuantParams
 #: integer activation types and their ranges
 INTEGER_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 HYBRID_WEIGHT_AXIS = {"FULLY_CONNECTED": 0, "CONV_2D": 0, "DEPTHWISE_CONV_2D": 3}
+#: int8 kernels with weights: op code -> positions of (input, weight, bias) and the weight's output-channel axis
+KERNEL_INPUTS = {"FULLY_CONNECTED": (0, 1, 2, 0), "CONV_2D": (0, 1, 2, 0), "DEPTHWISE_CONV_2D": (0, 1, 2, 3),
+                 "TRANSPOSE_CONV": (2, 1, 3, 0)}
 #: input positions of the sequence LSTMs' gate weights (input and recurrent, per direction)
 LSTM_WEIGHTS = {"UNIDIRECTIONAL_SEQUENCE_LSTM": range(1, 9),
                 "BIDIRECTIONAL_SEQUENCE_LSTM": [*range(1, 9), *range(18, 26)]}
@@ -166,8 +169,9 @@ def sink_dequantize(graph: Graph) -> None:
 
 
 def hoist_quantize(graph: Graph) -> None:
-    """RESHAPE -> QUANTIZE (per tensor, the reshape read by nothing else) becomes QUANTIZE -> RESHAPE, so that a kernel
-    whose output is re-viewed before its QUANTIZE (conv1d's CONV_2D) meets the QUANTIZE it becomes int8 with."""
+    """RESHAPE / SLICE -> QUANTIZE (per tensor, the reshape read by nothing else) becomes QUANTIZE -> RESHAPE / SLICE,
+    so that a kernel whose output is re-viewed or cropped before its QUANTIZE (conv1d's CONV_2D, a padded
+    TRANSPOSE_CONV) meets the QUANTIZE it becomes int8 with."""
     from slimkit.converter.ir import Tensor
 
     users = _consumers(graph)
@@ -175,7 +179,7 @@ def hoist_quantize(graph: Graph) -> None:
     index = {id(op): k for k, op in enumerate(graph.ops)}
     for op in list(graph.ops):
         reshape = op.inputs[0].producer if op.code == "QUANTIZE" and op.inputs[0] is not None else None
-        if reshape is None or reshape.code != "RESHAPE" or op.outputs[0].quant is None \
+        if reshape is None or reshape.code not in ("RESHAPE", "SLICE") or op.outputs[0].quant is None \
                 or op.outputs[0].quant.scale.size != 1 or len(users.get(id(reshape.outputs[0]), [])) != 1 \
                 or id(reshape.outputs[0]) in outputs:
             continue
@@ -204,7 +208,8 @@ def infer_weight_grid(w: np.ndarray, axis: int, tol: float = 1e-3) -> QuantParam
 
 
 def int8_kernels(graph: Graph) -> int:
-    """DEQUANTIZE -> CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED -> QUANTIZE becomes one int8 kernel.
+    """DEQUANTIZE -> CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV -> QUANTIZE becomes one int8 kernel
+    (TRANSPOSE_CONV on int8 activations only).
 
     Weights come from the op's recorded fake-quant parameters (``quant_hint``), the bias becomes int32 (int64 with
     int16 activations: LiteRT's 16x8 kernels) with scale ``input_scale * weight_scale``; the input and output
@@ -217,11 +222,14 @@ def int8_kernels(graph: Graph) -> int:
     dropped: set[int] = set()
     rewritten = 0
     for op in graph.ops:
-        if op.code not in HYBRID_WEIGHT_AXIS or op.inputs[1] is None or not op.inputs[1].is_const:
+        if op.code not in KERNEL_INPUTS:
             continue
-        x, w, b = op.inputs[0], op.inputs[1], op.inputs[2]
+        at_x, at_w, at_b, axis = KERNEL_INPUTS[op.code]
+        x, w, b = op.inputs[at_x], op.inputs[at_w], op.inputs[at_b]
+        if w is None or not w.is_const or b is None:
+            continue
         if w.quant_hint is None:
-            w.quant_hint = infer_weight_grid(w.values(), HYBRID_WEIGHT_AXIS[op.code])
+            w.quant_hint = infer_weight_grid(w.values(), axis)
             if w.quant_hint is None:
                 continue
         deq = x.producer
@@ -230,7 +238,8 @@ def int8_kernels(graph: Graph) -> int:
                 or id(op.outputs[0]) in outputs:
             continue
         q_in, q_out = deq.inputs[0], after[0].outputs[0]
-        if q_in.dtype not in BIAS_TYPES or q_out.dtype != q_in.dtype:
+        if q_in.dtype not in BIAS_TYPES or q_out.dtype != q_in.dtype or (op.code == "TRANSPOSE_CONV"
+                                                                          and q_in.dtype != "int8"):
             continue
         values = w.values()  # applies a pending BatchNorm factor, to the grid as well
         hint = w.quant_hint
@@ -243,7 +252,7 @@ def int8_kernels(graph: Graph) -> int:
         b.data, bias_scale = _integer_bias(b.values(), float(q_in.quant.scale[0]), scale, op, b.dtype)
         b.quant = QuantParams(bias_scale, np.zeros(scale.size, np.int64), 0)
         graph.quant_table[w.name], graph.quant_table[b.name] = w.quant, b.quant
-        op.inputs[0] = q_in
+        op.inputs[at_x] = q_in
         op.outputs[0] = q_out
         q_out.producer = op
         dropped.add(id(after[0]))
@@ -287,9 +296,36 @@ def _integer_bias(bias: np.ndarray, input_scale: float, weight_scale: np.ndarray
     return np.clip(q, -limit, limit).astype(dtype), scale
 
 
+def scalar_operand(t, dtype: str = "int8"):
+    """A float constant holding one value ``c`` (a scalar factor, ``x * 0.5``, ``x / 2``) as an exact int8 constant of
+    the same shape: ``sign(c)`` on the grid of scale ``|c|`` (scale 1 for 0), zero point 0; None for other tensors.
+    An int8 MUL by it computes ``q * sign(c)`` times ``float32(a_scale * |c|) / output_scale``, which is what
+    :func:`slimkit.frameworks.torch.int8_emulation.multiply` emulates for a scalar factor."""
+    from slimkit.converter.ir import Tensor
+
+    if t is None or not t.is_const or t.dtype != "float32" or dtype != "int8":
+        return None
+    values = np.asarray(t.values(), np.float32).reshape(-1)
+    if values.size == 0 or not np.isfinite(values).all() or (values != values[0]).any():
+        return None
+    c = np.float32(values[0])
+    params = QuantParams(np.array([abs(c) if c != 0 else 1.0], np.float32), np.zeros(1, np.int64), 0)
+    data = np.full(t.data.shape, np.sign(c), np.int8)
+    return Tensor(t.name + "_int8", t.shape, "int8", data=data, perm=t.perm, quant=params)
+
+
+def _int8_source(t, constant_type: str | None):
+    """The integer tensor an elementwise op reads for its input ``t``: a DEQUANTIZE's input, or (``constant_type``
+    given: a MUL) a one-valued float constant as :func:`scalar_operand`; None otherwise."""
+    if t is not None and t.producer is not None and t.producer.code == "DEQUANTIZE":
+        return t.producer.inputs[0]
+    return scalar_operand(t, constant_type) if constant_type is not None else None
+
+
 def _int8_elementwise(graph: Graph) -> int:
     """DEQUANTIZE(a), DEQUANTIZE(b) -> ADD / SUB / MUL -> QUANTIZE becomes one int8 op (each input keeps
-    its own parameters; TFLite rescales)."""
+    its own parameters; TFLite rescales). A MUL by a float constant of one value (``x * 0.5``, ``x / 2``) takes it as
+    an int8 constant (:func:`scalar_operand`)."""
     users = _consumers(graph)
     outputs = {id(t) for t in graph.outputs}
     dropped: set[int] = set()
@@ -297,18 +333,22 @@ def _int8_elementwise(graph: Graph) -> int:
     for op in graph.ops:
         if op.code not in ("ADD", "SUB", "MUL"):
             continue
-        producers = [t.producer for t in op.inputs]
-        if any(p is None or p.code != "DEQUANTIZE" or p.inputs[0].dtype not in BIAS_TYPES for p in producers):
-            continue
         after = users.get(id(op.outputs[0]), [])
-        if len(after) != 1 or after[0].code != "QUANTIZE" or id(op.outputs[0]) in outputs or \
-                any(p.inputs[0].dtype != after[0].outputs[0].dtype for p in producers):
+        if len(after) != 1 or after[0].code != "QUANTIZE" or id(op.outputs[0]) in outputs:
             continue
-        if after[0].outputs[0].dtype == "int16" and op.code != "MUL":
+        q_out = after[0].outputs[0]
+        sources = [_int8_source(t, q_out.dtype if op.code == "MUL" else None) for t in op.inputs]
+        if any(t is None or t.dtype not in BIAS_TYPES or t.dtype != q_out.dtype for t in sources) or \
+                all(t.is_const for t in sources):
+            continue
+        if q_out.dtype == "int16" and op.code != "MUL":
             op.options["PotScaleInt16"] = False  # LiteRT's general int16 ADD / SUB (any scales), not the 2**k one
-        op.inputs = [p.inputs[0] for p in producers]
-        op.outputs = [after[0].outputs[0]]
-        op.outputs[0].producer = op
+        for t in sources:
+            if t.is_const:
+                graph.quant_table[t.name] = t.quant
+        op.inputs = sources
+        op.outputs = [q_out]
+        q_out.producer = op
         dropped.add(id(after[0]))
         count += 1
     graph.ops = [op for op in graph.ops if id(op) not in dropped]

@@ -1,6 +1,7 @@
 """Int8 files XNNPACK runs whole: activations fused into the op that produces them (module or functional, in modules
-called several times too), BatchNorm folded on every call of a shared conv, shared weights stored once, max pooling
-padded with PAD; one delegate partition, and still bit-exact with ``emulate_integer()``."""
+called several times too), BatchNorm folded on every call of a shared conv or, folding into none, an int8 depthwise
+conv, constant factors int8 MULs, shared weights stored once, max pooling padded with PAD; one delegate partition, and
+still bit-exact with ``emulate_integer()``."""
 
 from __future__ import annotations
 
@@ -126,15 +127,13 @@ class PreActivation(nn.Module):
         return self.bn3(x + self.conv2(F.relu(self.bn2(y))))
 
 
-#: a BatchNorm that folds into no conv: float between int8 tensors, its ReLU fused into the float ADD
-FLOAT_BN = ["DEQUANTIZE", "MUL", "ADD", "QUANTIZE"]
-
-
-def test_standalone_batchnorm_fuses_its_relu(tmp_path):
-    """bn1 (after a conv whose output the residual also reads) and bn3 fold into nothing: they stay float (MUL, ADD),
-    with the ReLU fused into the ADD (no int8 RELU, which XNNPACK refuses); bn2 folds into conv1."""
-    path, codes = convert(PreActivation, tmp_path, allow_float=("MUL", "ADD"))
-    assert codes == ["QUANTIZE", "CONV_2D", *FLOAT_BN, "CONV_2D", "CONV_2D", "ADD", *FLOAT_BN, "DEQUANTIZE"], codes
+def test_standalone_batchnorm_is_an_int8_depthwise_conv_with_its_relu_fused(tmp_path):
+    """bn1 (after a conv whose output the residual also reads) and bn3 fold into nothing: each is an int8 1x1
+    DEPTHWISE_CONV_2D (per-channel weights, int32 bias) with the ReLU fused, no DEQUANTIZE / MUL / ADD / QUANTIZE
+    island; bn2 folds into conv1."""
+    path, codes = convert(PreActivation, tmp_path)
+    assert codes == ["QUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D", "CONV_2D", "ADD", "DEPTHWISE_CONV_2D",
+                     "DEQUANTIZE"], codes
     assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
 
 
@@ -152,11 +151,18 @@ class SharedPreActivation(nn.Module):
         return self.block(self.block(self.stem(x)))
 
 
-def test_shared_standalone_batchnorm_fuses_its_relu_on_every_call(tmp_path):
-    path, codes = convert(SharedPreActivation, tmp_path, allow_float=("MUL", "ADD"))
-    block = [*FLOAT_BN, "CONV_2D", "ADD"]
+def test_shared_standalone_batchnorm_is_int8_on_every_call(tmp_path):
+    """Per call its own input and output grids, the same int8 depthwise weights; exact past the calibrated range
+    (inputs of 4x the calibration's spread)."""
+    path, codes = convert(SharedPreActivation, tmp_path)
+    torch.manual_seed(2)
+    model, x, quantizer = quantize_with(settle_bn(SharedPreActivation(), SHAPE), SHAPE)
+    wide = tmp_path / "wide.tflite"
+    TFLiteConverter(model, x, wide).convert()
+    assert_bit_exact(model, quantizer, wide, [torch.randn(1, *SHAPE) * 4 for _ in range(6)])
+    assert sorted(weight_readers(path).values()) == [1, 2, 2]  # the stem; the conv's, the BatchNorm's: both calls
+    block = ["DEPTHWISE_CONV_2D", "CONV_2D", "ADD"]
     assert codes == ["QUANTIZE", "CONV_2D", *block, *block, "DEQUANTIZE"], codes
-    assert sorted(weight_readers(path).values()) == [1, 2]  # the stem; the conv's weight read by both calls
     assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
 
 
@@ -248,3 +254,70 @@ def test_transformer_leaves_to_litert_only_ops_xnnpack_has_no_exact_int8_kernel_
     assert "UNPACK" not in op_codes(path)
     assert delegate_partitions(model_path=str(path), num_threads=2) == (4, ["BATCH_MATMUL", "SOFTMAX", "BATCH_MATMUL",
                                                                             "GELU"])
+
+
+class ConstantScales(nn.Module):
+    """Scalar factors in every spelling: ``x * c``, ``x / c``, ``c * x`` and a one-element buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 32)
+        self.register_buffer("k", torch.tensor(0.37))
+
+    def forward(self, x):
+        h = self.fc(x)
+        return h * 0.3 + h / 3 - 1.7 * h + h * self.k
+
+
+def test_a_constant_factor_is_an_int8_mul(tmp_path):
+    """Each factor ``c`` is an int8 constant ``sign(c)`` on the grid ``|c|``: int8 MUL, no float island (it was
+    DEQUANTIZE, MUL, QUANTIZE); the emulation computes the MUL's requantization."""
+    path, codes = convert(ConstantScales, tmp_path, shape=(16,))
+    assert codes == ["QUANTIZE", "FULLY_CONNECTED", "MUL", "MUL", "ADD", "MUL", "SUB", "MUL", "ADD",
+                     "DEQUANTIZE"], codes
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+class FunctionalWeights(nn.Module):
+    """``F.conv2d`` / ``F.linear`` on the module's own parameters, each followed by a functional ReLU, and a ReLU of a
+    ReLU's output (``torch.relu(nn.ReLU()(x))``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.3), nn.Parameter(torch.randn(8) * 0.1)
+        self.conv, self.relu = nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        self.fc_weight, self.fc_bias = nn.Parameter(torch.randn(6, 8) * 0.3), nn.Parameter(torch.randn(6) * 0.1)
+
+    def forward(self, x):
+        x = F.relu(F.conv2d(x, self.weight, self.bias, padding=1))
+        x = torch.relu(self.relu(self.conv(x))).mean((2, 3))
+        return F.relu(F.linear(x, self.fc_weight, self.fc_bias))
+
+
+def test_functional_layers_on_parameters_are_int8_kernels(tmp_path):
+    """Their weights are quantized per output channel as a layer's (int8 CONV_2D / FULLY_CONNECTED, int32 bias) and
+    the ReLUs end fused: no float CONV_2D / FULLY_CONNECTED, no standalone RELU."""
+    path, codes = convert(FunctionalWeights, tmp_path)
+    assert codes == ["QUANTIZE", "CONV_2D", "CONV_2D", "MEAN", "FULLY_CONNECTED", "DEQUANTIZE"], codes
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+class Decoder(nn.Module):
+    """``nn.ConvTranspose2d`` with PyTorch's padding (cropped by a SLICE) and ``output_padding``, then a ReLU."""
+
+    def __init__(self, kernel, stride, padding, output_padding):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 6, kernel, stride, padding, output_padding)
+        self.head = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.up(torch.relu(self.conv(x)))))
+
+
+@pytest.mark.parametrize("geometry, crop", [((2, 2, 0, 0), []), ((3, 2, 1, 1), ["SLICE"]), ((4, 2, 1, 0), [])])
+def test_transposed_convolution_is_an_int8_kernel(tmp_path, geometry, crop):
+    """Per-channel int8 weights, int32 bias, the ReLU fused (before the crop): one XNNPACK partition."""
+    path, codes = convert(lambda: Decoder(*geometry), tmp_path, shape=(3, 8, 8))
+    assert codes == ["QUANTIZE", "CONV_2D", "TRANSPOSE_CONV", *crop, "CONV_2D", "DEQUANTIZE"], codes
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])

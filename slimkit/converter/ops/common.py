@@ -6,7 +6,7 @@ ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 # The ops whose fused activation LiteRT honours, and which ones (measured in LiteRT: a fused TANH is ignored
 # by every kernel and rejected at load by FULLY_CONNECTED; CONCATENATION ignores any fused activation).
 FUSABLE = dict.fromkeys(("ADD", "SUB", "MUL", "DIV", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED",
-                         "AVERAGE_POOL_2D", "MAX_POOL_2D"), frozenset(ACTIVATIONS) - {"NONE"})
+                         "AVERAGE_POOL_2D", "MAX_POOL_2D", "TRANSPOSE_CONV"), frozenset(ACTIVATIONS) - {"NONE"})
 
 
 def sole_producer(ctx, node_arg, t, codes):

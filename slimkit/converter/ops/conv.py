@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from slimkit.converter.ir import Tensor
+from slimkit.converter.ir import QuantParams, Tensor
 from slimkit.converter.ops.quantize import attach_weight_params
 from slimkit.converter.registry import register
 
@@ -145,7 +145,8 @@ def conv_transpose2d(ctx, node, a):
     stride, pads, opad = _pair(a["stride"]), _pair(a["padding"]), _pair(a["output_padding"])
     out_shape = tuple(node.meta["val"].shape)
     if groups == 1:
-        return _transpose_conv(ctx, node, x, weight, bias, stride, pads, opad, out_shape)
+        return _transpose_conv(ctx, node, x, weight, bias, stride, pads, opad, out_shape,
+                               ctx.weight_quant.get(id(a["weight"])))
     # one TRANSPOSE_CONV per group on its slice of the channels, concatenated
     n, cin, h, w = x.shape
     parts = [ctx.tensor((n, cin // groups, h, w), perm=NHWC, name=f"{node.name}_g{g}") for g in range(groups)]
@@ -159,8 +160,10 @@ def conv_transpose2d(ctx, node, a):
     return out
 
 
-def _transpose_conv(ctx, node, x, weight, bias, stride, pads, opad, out_shape):
-    """One ungrouped TRANSPOSE_CONV of NHWC ``x`` (plus a SLICE for PyTorch's padding)."""
+def _transpose_conv(ctx, node, x, weight, bias, stride, pads, opad, out_shape, params=None):
+    """One ungrouped TRANSPOSE_CONV of NHWC ``x`` (plus a SLICE for PyTorch's padding); ``params``: the weight's
+    recorded fake-quant parameters (per output channel: axis 1 of PyTorch's ``(in, out, kh, kw)``), kept for the int8
+    kernel."""
     n, cin, h, w = x.shape
     cout, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
     same = all(o == i * s and p == (k - s) // 2 and k >= s
@@ -170,6 +173,8 @@ def _transpose_conv(ctx, node, x, weight, bias, stride, pads, opad, out_shape):
         ctx.fail("output_padding larger than padding is not supported")
     y = ctx.tensor(full, perm=NHWC)
     wt = ctx.const(weight.transpose(1, 2, 3, 0), name=node.name + "_weight")
+    if params is not None and (params.scale.size == 1 or params.quantized_dimension == 1):
+        wt.quant_hint = QuantParams(params.scale, params.zero_point, 0)
     b = ctx.const(np.zeros(cout, np.float32) if bias is None else bias, name=node.name + "_bias")
     oshape = ctx.const(np.array([n, full[2], full[3], cout], np.int32))
     ctx.emit("TRANSPOSE_CONV", [oshape, wt, x, b], [y], Padding=0 if same else 1, StrideH=stride[0],
@@ -179,5 +184,6 @@ def _transpose_conv(ctx, node, x, weight, bias, stride, pads, opad, out_shape):
     out = ctx.tensor(out_shape, perm=NHWC)
     begin = np.array([0, pads[0], pads[1], 0], np.int32)
     size = np.array([n, out_shape[2], out_shape[3], cout], np.int32)
-    ctx.emit("SLICE", [y, ctx.const(begin), ctx.const(size)], [out])
+    # an activation after the crop fuses into the TRANSPOSE_CONV (elementwise: the same values either side of it)
+    ctx.emit("SLICE", [y, ctx.const(begin), ctx.const(size)], [out]).see_through = True
     return out

@@ -38,20 +38,49 @@ def fold_affine(ctx, x: Tensor, scale: np.ndarray, shift: np.ndarray, arg=None):
     return True
 
 
-@register("aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default", emits=("MUL", "ADD"))
+def batch_norm_affine(weight, bias, mean, var, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, shift)`` (float32, per channel) of an eval-mode BatchNorm, ``x * scale + shift``, as the file holds
+    them (``weight`` / ``bias`` None: ones / zeros). The integer emulation of a standalone BatchNorm reads the same.
+
+    Example:
+
+    >>> scale, shift = batch_norm_affine(None, None, np.array([1.0]), np.array([4.0]), 0.0)
+    >>> scale.tolist(), shift.tolist()
+    ([0.5], [-0.5])
+    """
+    mean, var = np.asarray(mean, np.float32), np.asarray(var, np.float32)
+    weight = np.ones_like(mean) if weight is None else np.asarray(weight, np.float32)
+    bias = np.zeros_like(mean) if bias is None else np.asarray(bias, np.float32)
+    inv = (1.0 / np.sqrt(var.astype(np.float64) + float(eps)))
+    return (weight * inv).astype(np.float32), (bias - mean * weight * inv).astype(np.float32)
+
+
+def _depthwise(ctx, node, x: Tensor, scale: np.ndarray, shift: np.ndarray) -> Tensor | None:
+    """A standalone BatchNorm of a 4-D tensor read from integers (a DEQUANTIZE) as a 1x1 DEPTHWISE_CONV_2D (weights
+    ``scale``, bias ``shift``), which the int8 passes make an int8 kernel (per-channel weights on +-127, int32 bias),
+    fused with its ReLU; None where it stays MUL / ADD (float input, other ranks, a channel with scale 0)."""
+    from slimkit.converter.ops.conv import conv2d_nhwc
+
+    if x.rank != 4 or x.producer is None or x.producer.code != "DEQUANTIZE" or not scale.all():
+        return None
+    return conv2d_nhwc(ctx, x, scale.reshape(-1, 1, 1, 1), shift, (1, 1), (0, 0), (1, 1), x.shape[1],
+                       tuple(node.meta["val"].shape if isinstance(node.meta.get("val"), torch.Tensor)
+                             else node.meta["val"][0].shape))
+
+
+@register("aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default",
+          emits=("MUL", "ADD", "DEPTHWISE_CONV_2D"))
 def batch_norm(ctx, node, a):
     x = a["input"]
     if a.get("training"):
         ctx.fail("batch norm in training mode; call model.eval() first")
-    mean, var = _np(a["running_mean"]), _np(a["running_var"])
+    scale, shift = batch_norm_affine(_np(a["weight"]), _np(a["bias"]), _np(a["running_mean"]),
+                                     _np(a["running_var"]), a["eps"])
     channels = x.shape[1]
-    weight = _np(a["weight"]) if a["weight"] is not None else np.ones(channels, np.float32)
-    bias = _np(a["bias"]) if a["bias"] is not None else np.zeros(channels, np.float32)
-    inv = (1.0 / np.sqrt(var.astype(np.float64) + float(a["eps"])))
-    scale = (weight * inv).astype(np.float32)
-    shift = (bias - mean * weight * inv).astype(np.float32)
     if fold_affine(ctx, x, scale, shift):
         result = x
+    elif (depthwise := _depthwise(ctx, node, x, scale, shift)) is not None:
+        result = depthwise
     else:
         shape = (channels,) + (1,) * (x.rank - 2)
         y = binary(ctx, "MUL", x, scale.reshape(shape), FusedActivationFunction=0)

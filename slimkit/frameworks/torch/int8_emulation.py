@@ -61,10 +61,17 @@ from slimkit.errors import SlimkitError
 ARITHMETICS = ("xnnpack",)
 """Integer arithmetics :meth:`~slimkit.compression.Quantizer.emulate_integer` can reproduce."""
 
-INTEGER_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
-"""Layers the TFLite converter writes as int8 kernels (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED). Others (3-D and
-transposed convolutions) run in float between a DEQUANTIZE and a QUANTIZE in the file, as the fake-quant model
-computes them, so the emulation leaves them to it."""
+INTEGER_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)
+"""Layers the TFLite converter writes as int8 kernels (CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, FULLY_CONNECTED).
+Others (3-D convolutions) run in float between a DEQUANTIZE and a QUANTIZE in the file, as the fake-quant model computes
+them, so the emulation leaves them to it."""
+
+
+def integer_layer(module: torch.nn.Module) -> bool:
+    """Whether the file runs ``module`` as one int8 kernel: an :data:`INTEGER_LAYERS` layer, a transposed convolution
+    only ungrouped (the converter writes a grouped one as float TRANSPOSE_CONVs per group)."""
+    return isinstance(module, INTEGER_LAYERS) and (not isinstance(module, torch.nn.ConvTranspose2d)
+                                                   or module.groups == 1)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,10 @@ class Call:
     inputs: list
     params: QParams
 
+
+CONSTANT_OPERANDS = frozenset({"mul", "div", "batch_norm", "linear", "conv1d", "conv2d"})
+"""Op kinds whose kernel takes constant operands (tensors without a grid, ``None`` in :attr:`Call.inputs`): a scalar
+factor, a BatchNorm's statistics and affine parameters, a functional layer's bias."""
 
 KERNELS: dict[str, tuple[Callable[[Call], torch.Tensor | None], tuple[str, ...]]] = {}
 """Op kind (:data:`slimkit.frameworks.torch.quant_graph.OP_KINDS`) -> (the int8 kernel's result for a :class:`Call`, or
@@ -274,8 +285,47 @@ def mean(x: torch.Tensor, reduce: Any, result: torch.Tensor, pin: QParams, out: 
     return requantize(acc, torch.tensor(multiplier), out).to(x.dtype)
 
 
+def multiply_scalar(a: torch.Tensor, factor: float, pa: QParams, out: QParams) -> torch.Tensor:
+    """``a * factor`` for a constant ``factor`` as the file's int8 MULTIPLY by an int8 constant holding ``sign(factor)``
+    on the grid of scale ``|factor|`` (:func:`slimkit.converter.quant.scalar_operand`): the exact product
+    ``q * sign(factor)`` times ``float32(float32(a_scale * |factor|) / output_scale)``."""
+    c = np.float32(factor)
+    a_scale, _ = _per_tensor(pa, "a product's input")
+    o_scale, _ = _per_tensor(out, "a product's output")
+    c_scale = np.float32(abs(c)) if c != 0 else np.float32(1.0)
+    acc = grid_integers(a, pa) * float(np.sign(c))
+    return requantize(acc, torch.tensor(np.float32(a_scale * c_scale) / o_scale), out).to(a.dtype)
+
+
 def _binary(call: Call) -> bool:
     return len(call.args) == 2 and all(isinstance(a, torch.Tensor) for a in call.args) and not call.kwargs
+
+
+def _factor(value: Any) -> float | None:
+    """A multiplication's constant operand as the file holds it (one value, float32), else None: a number, or a
+    tensor of one value that carries no grid (a buffer or parameter, a constant of the file)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(np.float32(value))
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() >= 1:
+        flat = value.detach().reshape(-1).float()
+        return float(flat[0]) if bool((flat == flat[0]).all()) and bool(torch.isfinite(flat[0])) else None
+    return None
+
+
+def _scalar_product(call: Call, reciprocal: bool = False) -> torch.Tensor | None:
+    """``x * c`` / ``c * x`` (``x / c`` with ``reciprocal``: the file multiplies by ``float32(1 / c)``) for a constant
+    ``c`` (:func:`_factor`) and an ``x`` on a grid."""
+    if len(call.args) != 2 or call.kwargs or not isinstance(call.args[0], torch.Tensor):
+        return None
+    first = 0 if call.inputs[0] is not None else 1
+    if reciprocal and first != 0:
+        return None
+    x, factor, params = call.args[first], _factor(call.args[1 - first]), call.inputs[0 if first == 0 else -1]
+    if factor is None or params is None or not isinstance(x, torch.Tensor) or x.shape != call.out.shape:
+        return None
+    if reciprocal:
+        factor = float(np.float32(1.0) / np.float32(factor)) if factor != 0 else None
+    return None if factor is None else multiply_scalar(x, factor, params, call.params)
 
 
 @emulates("add", "sub", ops=("ADD", "SUB"))
@@ -287,7 +337,69 @@ def _add_call(call: Call) -> torch.Tensor | None:
 
 @emulates("mul", ops=("MUL",))
 def _multiply_call(call: Call) -> torch.Tensor | None:
-    return multiply(call.args[0], call.args[1], *call.inputs, call.params) if _binary(call) else None
+    if _binary(call) and all(p is not None for p in call.inputs):
+        return multiply(call.args[0], call.args[1], *call.inputs, call.params)
+    return _scalar_product(call)
+
+
+@emulates("div", ops=("MUL",))
+def _divide_call(call: Call) -> torch.Tensor | None:
+    """``x / c`` by a constant: the file's int8 MUL by ``float32(1 / c)``; a division by a tensor stays float."""
+    return _scalar_product(call, reciprocal=True)
+
+
+@emulates("linear", "conv1d", "conv2d", ops=("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"))
+def _functional_layer_call(call: Call) -> torch.Tensor | None:
+    """``F.linear`` / ``F.conv1d`` / ``F.conv2d`` on a weight on its int8 grid (one of the model's parameters,
+    quantized by the whole-graph runtime) as the file's int8 kernel: :func:`kernel`, the bias made int32 there."""
+    if len(call.args) < 2 or len(call.inputs) < 2 or call.inputs[0] is None or call.inputs[1] is None:
+        return None
+    x, weight = call.args[0], call.args[1]
+    rest, kwargs = list(call.args[2:]), dict(call.kwargs)
+    bias = rest.pop(0) if rest else kwargs.pop("bias", None)
+    linear = call.kind == "linear"
+    params = {"input": call.inputs[0], "weight": call.inputs[1], "output": call.params}
+    return kernel(lambda v, w: call.func(v, w, None, *rest, **kwargs), x, weight, bias, params,
+                  channel_dim=call.out.dim() - 1 if linear else 1, linear=linear)
+
+
+@emulates("batch_norm", ops=("DEPTHWISE_CONV_2D",))
+def _batch_norm_call(call: Call) -> torch.Tensor | None:
+    """A standalone eval-mode BatchNorm of a 4-D tensor (one that folds into no conv) as the file's int8 1x1
+    DEPTHWISE_CONV_2D: weights ``x * scale + shift``'s ``scale`` per channel on the grid ``|scale| / 127`` (so +-127),
+    the int32 bias ``round(shift / float32(input_scale * weight_scale))``, requantized as every conv (with the ReLU
+    that follows it fused: ``call.params`` is then the ReLU's grid). The arithmetic of
+    :func:`slimkit.converter.ops.norm.batch_norm_affine` and :func:`slimkit.converter.quant.infer_weight_grid`,
+    which write the file."""
+    import inspect
+
+    from slimkit.converter.ops.norm import batch_norm_affine
+    from slimkit.converter.quant import infer_weight_grid
+
+    try:
+        bound = inspect.signature(torch.nn.functional.batch_norm).bind(*call.args, **call.kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    a = bound.arguments
+    x, params = a["input"], call.inputs[0]
+    if a["training"] or x.dim() != 4 or params is None:
+        return None
+
+    def plain(t: torch.Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.detach().cpu().float().numpy()
+
+    scale, shift = batch_norm_affine(plain(a["weight"]), plain(a["bias"]), plain(a["running_mean"]),
+                                     plain(a["running_var"]), a["eps"])
+    grid = infer_weight_grid(scale.reshape(-1, 1, 1, 1), 0) if scale.all() else None
+    if grid is None:  # the file keeps it float (MUL, ADD)
+        return None
+    channels = scale.size
+    weight = torch.from_numpy(np.round(scale / grid.scale) * grid.scale).float().reshape(channels, 1, 1, 1)
+    w_params = QParams(8, grid.scale, np.zeros(channels, np.int64), -127, 127, axis=0)
+    return kernel(lambda v, w: torch.nn.functional.conv2d(v, w, groups=channels), x, weight.to(x.device),
+                  torch.from_numpy(shift).to(x.device), {"input": params, "weight": w_params, "output": call.params},
+                  channel_dim=1)
 
 
 @emulates("matmul", ops=("BATCH_MATMUL",))
@@ -469,7 +581,8 @@ class _RegisteredOps(Set):
         return len(self._ops())
 
 
-EMULATED_OPS = _RegisteredOps(frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE"}), KERNELS)
+EMULATED_OPS = _RegisteredOps(frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV",
+                                         "QUANTIZE"}), KERNELS)
 """int8 ops of a file whose arithmetic the emulation computes: the kernels above, every op of :data:`KERNELS`, and
 QUANTIZE int8 -> int8 where XNNPACK takes it (read from the registry when used: complete whatever the import
 order)."""

@@ -217,7 +217,7 @@ class QuantWrapper(CompressionWrapper):
             if converted is not None:
                 args = (converted, *args[1:])
         if quantizer.integer_arithmetic is not None and quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) and \
-                isinstance(self.module, int8_emulation.INTEGER_LAYERS):
+                int8_emulation.integer_layer(self.module):
             return self._forward_integer(quantizer, layer, args, call)
         if not quantizer.quantizes(layer, QuantType.QUANT_WEIGHT) and bn is None:
             out = self.call_module(self.effective_parameters(), args, kwargs)

@@ -315,7 +315,9 @@ def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
         if node.name in owners:
             continue
         user = _single_user(node)
-        if op_name(node) in _FUSES_ACTIVATION and user is not None and activation_kind(user) is not None:
+        fuses = op_name(node) in _FUSES_ACTIVATION or (op_name(node) in _WEIGHTED and len(node.args) > 1 and isinstance(
+            node.args[1], torch.fx.Node) and node.args[1].name in captured.state_names)  # F.linear(x, self.weight)
+        if fuses and user is not None and activation_kind(user) is not None:
             internal.add(node.name)
             result.fused_activations[keys[node.name]] = keys[user.name]
     for index, node in enumerate(captured.user_inputs()):

@@ -30,6 +30,9 @@ from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_n
 _SPLITS = frozenset({"split", "split_with_sizes", "tensor_split", "chunk", "unbind"})
 
 
+#: functional layers whose weight, one of the model's parameters, is quantized as a layer's
+_FUNCTIONAL_LAYERS = frozenset({"linear", "conv1d", "conv2d"})
+
 #: torch-level calls that only select or move values: an unplanned result keeps its input's grid (the capture names
 #: ``x[:, 0]`` ``select``, the runtime sees ``__getitem__``)
 _MOVES = frozenset({"getitem", "select", "narrow", "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute",
@@ -43,6 +46,7 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        args = self.runtime.functional_weight(func, args)
         functional = self.runtime.out_of_place(func)
         if functional is None or not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
             return self.runtime.on_call(func, args, func(*args, **kwargs), kwargs)
@@ -72,6 +76,7 @@ class GraphRuntime:
         self.functional: dict[Any, Any] = {}  # torch function -> its out-of-place twin (None: not in place)
         self.silenced = 0  # depth in ``stack`` of the module the mode was switched off for (0: none)
         self.layers: dict[str, Any] = {}  # layer name -> the quantizer's layer, for fused functional ends
+        self.weight_params: dict[str, Any] = {}  # key of a functional layer's call -> its weight's parameters
 
     def __deepcopy__(self, memo: dict) -> GraphRuntime:
         return self  # copies of the model (export) share the runtime: hooks are keyed by path
@@ -173,6 +178,34 @@ class GraphRuntime:
         self.functional[func] = twin
         return twin
 
+    def functional_weight(self, func: Any, args: tuple) -> tuple:
+        """``args`` of ``F.linear`` / ``F.conv1d`` / ``F.conv2d`` on one of the model's parameters (outside a wrapped
+        layer) with that weight on its int8 grid (:meth:`~slimkit.compression.Quantizer.graph_weight_params`, from the
+        current weight on every eager call), as the file's int8 kernel holds it; other calls' ``args`` unchanged."""
+        if len(args) < 2 or not isinstance(args[1], nn.Parameter) or not self.stack or self.quantizer._in_quant or \
+                self.stack[-1][0] in self.wrapped:
+            return args
+        name = self.names.get(func)
+        if name is None:
+            name = self.names[func] = function_name(func)
+        if name not in _FUNCTIONAL_LAYERS:
+            return args
+        path, call = self.stack[-1]
+        key = f"{path}/{call}/{name}/{self.ops[(path, call, name)]}"  # this call's key (on_call counts it)
+        if torch.compiler.is_exporting():  # fake weights: the parameters of the eager run just before the capture
+            params = self.weight_params.get(key)
+        else:
+            params = self.weight_params[key] = self.quantizer.graph_weight_params(args[1])
+        if params is None:
+            return args
+        self.quantizer._in_quant += 1
+        try:
+            weight = self.quantizer.ops.fake_quant(args[1], params)
+        finally:
+            self.quantizer._in_quant -= 1
+        self.tensors[id(weight)] = (weight, params)
+        return (args[0], weight, *args[2:])
+
     def alias(self, copy: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
         """``copy`` of ``tensor``, known to carry the same quantization parameters."""
         self.tensors[id(copy)] = (copy, self.params_of(tensor))
@@ -250,7 +283,9 @@ class GraphRuntime:
         """Under ``emulate_integer``: the integer kernel's result (:func:`int8_emulation.kernel_of`) where the file runs
         one for this call; other ops keep their fake-quant value."""
         fn = int8_emulation.kernel_of(kind, params) if params is not None else None
-        if fn is None or not input_params or any(p is None for p in input_params):
+        constants = kind in int8_emulation.CONSTANT_OPERANDS
+        if fn is None or not input_params or (any(p is None for p in input_params) and not constants) or \
+                all(p is None for p in input_params):
             return out
         result = fn(int8_emulation.Call(kind, func, args, kwargs, out, input_params, params))
         return out if result is None else result.to(out.dtype)
