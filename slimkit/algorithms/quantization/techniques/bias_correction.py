@@ -87,6 +87,16 @@ def channel_means(y: torch.Tensor, dim: int) -> torch.Tensor:
     return y.movedim(dim, 0).reshape(y.shape[dim], -1).double().mean(1)
 
 
+def mean_output(layer: Any, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The mean per output channel of the layer's op with ``weight`` (no bias) over ``x``, computed on the mean
+    sample: the op is linear and its padding is the same in every sample, so ``mean_n op(x_n) == op(mean_n x_n)``,
+    one sample's cost instead of the batch's."""
+    module = layer.module
+    mean = x.reshape(-1, x.shape[-1]) if isinstance(module, nn.Linear) else x
+    out = layer.wrapper.call_module({"weight": weight, "bias": None}, (mean.mean(0, keepdim=True),), {})
+    return channel_means(out, channel_dim(module))
+
+
 def _bias_target(quantizer: Any, layer: Any) -> tuple[torch.Tensor | None, str | None]:
     """The tensor the correction is subtracted from, or the reason there is none."""
     bn = layer.wrapper._ref.bn
@@ -181,8 +191,7 @@ class BiasCorrection(Technique):
 
         def record(layer: Any, x: torch.Tensor) -> None:  # the float model's mean output, channel by channel
             if layer.name in targets:
-                out = layer.wrapper.call_module({"weight": floats[layer.name], "bias": None}, (x,), {})
-                reference[layer.name] = channel_means(out, channel_dim(layer.module))
+                reference[layer.name] = mean_output(layer, floats[layer.name], x)
 
         if self.reference == "float":
             with float_model(quantizer):
@@ -193,12 +202,9 @@ class BiasCorrection(Technique):
             if target is None:
                 return
             if self.reference == "float":
-                out = layer.wrapper.call_module({"weight": quantized_weight(quantizer, layer), "bias": None}, (x,), {})
-                shift = channel_means(out, channel_dim(layer.module)) - reference[layer.name]
+                shift = mean_output(layer, quantized_weight(quantizer, layer), x) - reference[layer.name]
             else:
-                error = layer.wrapper.call_module({"weight": weight_error(quantizer, layer, floats[layer.name]),
-                                                   "bias": None}, (x,), {})
-                shift = channel_means(error, channel_dim(layer.module))
+                shift = mean_output(layer, weight_error(quantizer, layer, floats[layer.name]), x)
             target.sub_(shift.to(target.dtype))
             shifts[layer.name] = float(shift.abs().max())
 
