@@ -32,11 +32,9 @@ True
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -78,11 +76,6 @@ class GPTQRounding(Technique):
         samples: input positions (rows of a Linear input, windows of a conv input) per layer at most, drawn at random
             (seeded) when there are more.
         block: columns per block of the sweep.
-        search_scale: per-channel symmetric weights only: first shrink each output channel's scale to the one of
-            ``scales`` (fractions of the profile's ``max|w_c| / qmax``) whose nearest rounding has the smallest
-            output error under the Hessian (clipping a few large weights for a finer grid: worth it at 4 bits),
-            then round on that grid; the layer's weight parameters are pinned to the new scales.
-        scales: the candidate fractions of ``search_scale``.
 
     Example:
 
@@ -94,13 +87,11 @@ class GPTQRounding(Technique):
     stage: ClassVar[str] = "quantized"
     needs_batches: ClassVar[bool] = True
 
-    def __init__(self, dampening: float = 0.01, samples: int = 16384, block: int = 128, search_scale: bool = False,
-                 scales: tuple[float, ...] = tuple(np.linspace(0.5, 1.0, 11).tolist())):
-        if dampening <= 0 or samples < 1 or block < 1 or not scales or not all(0 < f <= 1 for f in scales):
-            raise ConfigError(f"GPTQRounding: Expected dampening > 0, samples >= 1, block >= 1 and scales in (0, 1]. "
-                              f"Received: dampening={dampening}, samples={samples}, block={block}, scales={scales}")
+    def __init__(self, dampening: float = 0.01, samples: int = 16384, block: int = 128):
+        if dampening <= 0 or samples < 1 or block < 1:
+            raise ConfigError(f"GPTQRounding: Expected dampening > 0, samples >= 1 and block >= 1. Received: "
+                              f"dampening={dampening}, samples={samples}, block={block}")
         self.dampening, self.samples, self.block = dampening, samples, block
-        self.search_scale, self.scales = search_scale, tuple(scales)
 
     def apply(self, quantizer: Any, batches: list[Any] | None) -> TechniqueReport:
         start = time.perf_counter()
@@ -170,24 +161,6 @@ class GPTQRounding(Technique):
         def on_grid(values: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
             return (torch.clamp(torch.round(values / s) + z, params.qmin, params.qmax) - z) * s
 
-        def output_errors(approximation: torch.Tensor) -> torch.Tensor:  # per output channel
-            delta = rows.double() - approximation
-            return ((delta @ hessian) * delta).sum(-1)
-
-        if self.search_scale and params.per_channel and not bool(zero.any()):
-            best, chosen = None, scale
-            for fraction in self.scales:
-                candidate = torch.as_tensor((params.scale * fraction).astype(params.scale.dtype),
-                                            dtype=torch.float64).reshape(scale.shape)
-                errors = output_errors(on_grid(rows.double(), candidate, zero))
-                better = errors if best is None else torch.minimum(best, errors)
-                chosen = candidate if best is None else torch.where((errors < best)[..., None], candidate, chosen)
-                best = better
-            scale = chosen
-            values = scale.reshape(-1).numpy().astype(params.scale.dtype)
-            params = dataclasses.replace(params, scale=values, min=-values * params.qmax, max=values * params.qmax,
-                                         _native={})  # not the profile grid's cached tensors
-
         def quantize(block: torch.Tensor, offset: int, index: int) -> torch.Tensor:
             return on_grid(block[..., offset], scale[..., 0] if scale.dim() else scale,
                            zero[..., 0] if zero.dim() else zero)
@@ -199,7 +172,11 @@ class GPTQRounding(Technique):
         original = rows.double()
         nearest_rows = on_grid(original, scale, zero)
 
-        nearest_error, learned_error = float(output_errors(nearest_rows).sum()), float(output_errors(work).sum())
+        def output_error(approximation: torch.Tensor) -> float:
+            delta = original - approximation
+            return float(((delta @ hessian) * delta).sum())
+
+        nearest_error, learned_error = output_error(nearest_rows), output_error(work)
         if learned_error > nearest_error:
             work, learned_error = nearest_rows, nearest_error
         learned = work.reshape(weight.shape).to(weight.dtype)
