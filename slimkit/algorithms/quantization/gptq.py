@@ -32,12 +32,14 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening: float) -> tuple[tor
     """The upper Cholesky factor of the dampened inverse Hessian, and the mask of dead input features.
 
     Features that never saw a nonzero input (zero diagonal) get a unit diagonal, so they do not make the
-    Hessian singular; ``dampening`` times the mean diagonal is added to the diagonal.
+    Hessian singular; ``dampening`` times the mean diagonal is added to the diagonal. ``hessian`` may carry leading
+    batch dimensions (one Hessian per group of a grouped convolution): each is treated on its own.
     """
     hessian = hessian.clone()
-    dead = hessian.diagonal() == 0
-    hessian[dead, dead] = 1.0
-    hessian.diagonal().add_(dampening * hessian.diagonal().mean())
+    diagonal = hessian.diagonal(dim1=-2, dim2=-1)
+    dead = diagonal == 0
+    diagonal[dead] = 1.0
+    diagonal.add_(dampening * diagonal.mean(-1, keepdim=True))
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
     return torch.linalg.cholesky(inverse, upper=True), dead
 
@@ -90,23 +92,25 @@ def sweep_columns(work: torch.Tensor, factor: torch.Tensor, step: int,
     thread hand-offs than they gain): columns of ``work`` left to right in blocks of ``step``; ``visit(block,
     offset, index)`` returns the new values of the block's column ``offset`` (column ``index`` of ``work``), and
     their error, divided by the inverse-Hessian factor's diagonal, is spread over the columns not visited yet
-    (within the block at once, beyond it in one product per block). ``work`` ends holding the new values."""
-    columns = work.shape[1]
+    (within the block at once, beyond it in one product per block). ``work`` ends holding the new values.
+    ``work`` ``(..., rows, columns)`` and ``factor`` ``(..., columns, columns)`` may carry the same leading batch
+    dimensions (independent sweeps, one per group)."""
+    columns = work.shape[-1]
     with single_thread():
         for start in range(0, columns, step):
             end = min(start + step, columns)
-            block = work[:, start:end].clone()
+            block = work[..., start:end].clone()
             errors = torch.zeros_like(block)
-            block_factor = factor[start:end, start:end]
+            block_factor = factor[..., start:end, start:end]
             for offset in range(end - start):
-                values = block[:, offset].clone()
+                values = block[..., offset].clone()
                 new = visit(block, offset, start + offset)
-                error = (values - new) / block_factor[offset, offset]
-                block[:, offset:] -= error[:, None] * block_factor[offset, offset:][None, :]
-                block[:, offset] = new
-                errors[:, offset] = error
-            work[:, start:end] = block
-            work[:, end:] -= errors @ factor[start:end, end:]
+                error = (values - new) / block_factor[..., offset, offset, None]
+                block[..., offset:] -= error[..., None] * block_factor[..., offset, offset:][..., None, :]
+                block[..., offset] = new
+                errors[..., offset] = error
+            work[..., start:end] = block
+            work[..., end:] -= errors @ factor[..., start:end, end:]
 
 
 def output_error(weight: torch.Tensor, approximation: torch.Tensor, hessian: torch.Tensor) -> float:

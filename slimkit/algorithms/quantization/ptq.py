@@ -83,6 +83,9 @@ class PostTrainingQuantizer(Quantizer):
                               "dummy_input=<an example input>. Received: dummy_input=None")
         self.technique_reports: list[TechniqueReport] = []
         self.channel_scales: dict[str, dict[str, Any]] = {}  # explicit multipliers around a Linear ('smooth')
+        # float weights a technique replaced by their rounded values ('adaround'), for the float reference that
+        # later techniques ('bias_correction') measure against
+        self.float_weights: dict[str, Any] = {}
         self.progress = progress
         self.max_clip_fraction = max_clip_fraction
         self.calibrated = False
@@ -131,7 +134,7 @@ class PostTrainingQuantizer(Quantizer):
         """
         was_wrapped, before = self.wrapped, self.state_dict()
         weights = self.backend.snapshot(self) if self.techniques else None
-        reports = len(self.technique_reports)
+        reports, float_weights = len(self.technique_reports), dict(self.float_weights)
         try:
             self._calibrate(batches, num_batches, bn_sigmas)
         except BaseException as error:
@@ -140,6 +143,7 @@ class PostTrainingQuantizer(Quantizer):
             if weights is not None:
                 self.backend.restore(weights)
             del self.technique_reports[reports:]
+            self.float_weights = float_weights
             self.load_state_dict(before)
             if isinstance(error, Exception) and not isinstance(error, SlimkitError):
                 raise SlimkitError(f"PostTrainingQuantizer.calibrate: batch {self._batch_index} could not run through "

@@ -3,10 +3,13 @@ shrinks to the sampling noise of the BatchNorm's Gaussian without data."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from slimkit.algorithms.quantization import PostTrainingQuantizer
+from slimkit.algorithms.quantization.techniques import AdaRound, BiasCorrection
+from slimkit.errors import ConfigError
 
 
 def _quantized(weight: torch.Tensor, scales: list[float]) -> torch.Tensor:
@@ -14,14 +17,14 @@ def _quantized(weight: torch.Tensor, scales: list[float]) -> torch.Tensor:
     return torch.clamp(torch.round(weight / scale), -127, 127) * scale
 
 
-def test_empirical_mean_error_zero_per_channel() -> None:
+def test_empirical_weights_reference_mean_error_zero_per_channel() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.ReLU(),
                           nn.Conv2d(4, 5, 3)).eval()
     batches = [torch.rand(6, 3, 7, 7) + 0.5 for _ in range(3)]
     config = [{"quant_types": ["weight"], "quant_bits": 4, "op_types": ["Conv2d"]}]
     biases = {name: model.get_submodule(name).bias.detach().clone() for name in ("0", "2", "4")}
-    ptq = PostTrainingQuantizer(model, config, techniques=["bias_correction"], progress=False)
+    ptq = PostTrainingQuantizer(model, config, techniques=[BiasCorrection(reference="weights")], progress=False)
     ptq.calibrate(batches)
     report = ptq.technique_reports[0]
     assert report.applied == ["0", "2", "4"] and report.details["mode"] == "empirical"
@@ -42,6 +45,54 @@ def test_empirical_mean_error_zero_per_channel() -> None:
             float_out = conv(x)
             per_channel = error.transpose(0, 1).reshape(error.shape[1], -1).mean(1)
             assert per_channel.abs().max() <= 1e-5 * float_out.abs().max(), name
+
+
+def _pre_activation_means(model: nn.Module, batches: list[torch.Tensor], names: tuple[str, ...]) -> dict:
+    """Each named layer's output, averaged per channel over the batches (float64)."""
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    handles = [model.get_submodule(name).register_forward_hook(lambda m, a, out, name=name: outputs[name].append(out))
+               for name in names]
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    for handle in handles:
+        handle.remove()
+    return {name: torch.cat(xs).transpose(0, 1).reshape(xs[0].shape[1], -1).double().mean(1)
+            for name, xs in outputs.items()}
+
+
+@pytest.mark.parametrize("techniques", [["bias_correction"],
+                                        [AdaRound(iterations=40, batch_size=8), "bias_correction"]])
+def test_empirical_float_reference_mean_output_equals_float_model(techniques) -> None:
+    """Default reference='float': every layer's mean output per channel in the quantized model (quantized inputs and
+    outputs, earlier layers corrected) equals the float model's, after AdaRound too (its float weights are the
+    reference, not the rounded ones it wrote)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.ReLU(),
+                          nn.Conv2d(4, 5, 3)).eval()
+    batches = [torch.rand(6, 3, 7, 7) + 0.5 for _ in range(3)]
+    names = ("0", "2", "4")
+    float_means = _pre_activation_means(model, batches, names)
+    config = [{"quant_types": ["weight", "input"], "quant_bits": {"weight": 4, "input": 8}, "op_types": ["Conv2d"]}]
+    ptq = PostTrainingQuantizer(model, config, techniques=techniques, progress=False)
+    ptq.calibrate(batches)
+    report = ptq.technique_reports[-1]
+    assert report.applied == list(names) and report.details["reference"] == "float"
+    if len(techniques) == 2:
+        assert set(ptq.float_weights) == set(ptq.technique_reports[0].applied) != set()
+    quantized_means = _pre_activation_means(model, batches, names)
+    calibration = ptq.calibration()
+    for name in names:
+        # up to half a step of the int32 bias grid (input scale x weight scale: large with 4-bit weights)
+        step = torch.tensor(calibration[name]["weight_scale"], dtype=torch.float64) * calibration[name]["input_scale"]
+        error = (quantized_means[name] - float_means[name]).abs()
+        assert bool((error <= step / 2 + 1e-6 * float_means[name].abs().max()).all()), (name, error, step)
+    assert min(report.details["max_shift"].values()) > 1e-4 * max(m.abs().max() for m in float_means.values())
+
+
+def test_bad_reference_named() -> None:
+    with pytest.raises(ConfigError, match="reference='mean'"):
+        BiasCorrection(reference="mean")
 
 
 def test_empirical_with_folded_batchnorm_corrects_beta() -> None:

@@ -21,6 +21,7 @@ Example:
 from slimkit.algorithms.quantization.techniques.adaround import AdaRound
 from slimkit.algorithms.quantization.techniques.bias_correction import BiasCorrection
 from slimkit.algorithms.quantization.techniques.equalize import Equalize
+from slimkit.algorithms.quantization.techniques.gptq_rounding import GPTQRounding
 from slimkit.algorithms.quantization.techniques.registry import (
     STAGES,
     TECHNIQUES,
@@ -31,5 +32,5 @@ from slimkit.algorithms.quantization.techniques.registry import (
 )
 from slimkit.algorithms.quantization.techniques.smooth import Smooth
 
-__all__ = ["STAGES", "TECHNIQUES", "AdaRound", "BiasCorrection", "Equalize", "Smooth", "Technique", "TechniqueReport",
-           "register_technique", "resolve_techniques"]
+__all__ = ["STAGES", "TECHNIQUES", "AdaRound", "BiasCorrection", "Equalize", "GPTQRounding", "Smooth", "Technique",
+           "TechniqueReport", "register_technique", "resolve_techniques"]

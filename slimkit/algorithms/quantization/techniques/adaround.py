@@ -188,6 +188,7 @@ class AdaRound(Technique):
                 learned, learned_mse = nearest, nearest_mse
             bn = wrapper._ref.bn
             stored = learned if bn is None else learned / channel_view(bn_factor(bn), weight.dim(), 0)
+            quantizer.float_weights.setdefault(layer.name, layer.module.weight.detach().clone())
             layer.module.weight.copy_(stored)
         quantizer.set_fixed_params(layer.name, "weight", params)
         return nearest_mse, learned_mse

@@ -5,10 +5,15 @@ per output channel, ``e_c``, is a bias the float model did not have. The techniq
 layer's bias (from the BatchNorm's ``beta`` where a BatchNorm is folded into the layer: the folded bias is then
 ``b_folded - e_c``).
 
-- Empirical (calibration batches given): ``e_c`` is the mean of ``conv(x, W~ - W)`` over the batches, with ``x`` the
-  layer's input in the quantized model, every earlier layer already corrected (one forward,
-  :func:`~slimkit.algorithms.quantization.techniques.sequential.sequential_pass`). Afterwards the mean quantization
-  error of each channel on the calibration data is zero, to float precision (and the int32 bias grid).
+- Empirical (calibration batches given), against the float model (``reference='float'``, the default, as AIMET's
+  empirical bias correction): ``e_c`` is the mean of ``conv(x~, W~)`` minus the mean of ``conv(x, W)`` over the
+  batches, with ``x~`` the layer's input in the quantized model, every earlier layer already corrected (one forward,
+  :func:`~slimkit.algorithms.quantization.techniques.sequential.sequential_pass`), and ``x`` its input in the float
+  model (one more forward without fake quantization, the float weights AdaRound replaced put back). This removes
+  the mean shift of every source at once: the layer's rounded weights, its quantized input, and what the layers
+  before it left. Afterwards each channel's mean output on the calibration data is the float model's, to float
+  precision (and the int32 bias grid). ``reference='weights'`` removes the weights' share alone, the mean of
+  ``conv(x~, W~ - W)`` (no float forward; Nagel et al.'s formulation).
 - From BatchNorm statistics (``calibrate(None)``): the layer's input is the output of a BatchNorm (+ ReLU / ReLU6)
   in channel ``c``, Gaussian with mean ``beta_c`` and deviation ``|gamma_c|``; its expectation after the activation
   is the clipped Gaussian's mean (``E[relu(z)] = sigma phi(mu / sigma) + mu Phi(mu / sigma)``) and ``e`` is
@@ -47,14 +52,30 @@ from torch import nn
 
 from slimkit.algorithms.quantization.techniques.chains import find_pairs, float_modules
 from slimkit.algorithms.quantization.techniques.registry import Technique, TechniqueReport, register_technique
-from slimkit.algorithms.quantization.techniques.sequential import sequential_pass
+from slimkit.algorithms.quantization.techniques.sequential import float_model, sequential_pass
 from slimkit.compression.quant import QuantType
+from slimkit.errors import ConfigError
+
+REFERENCES = ("float", "weights")
+"""What empirical bias correction measures the quantized layer against (:class:`BiasCorrection`)."""
 
 
-def weight_error(quantizer: Any, layer: Any) -> torch.Tensor:
-    """``W~ - W``: the layer's quantized kernel weight minus its float one (masked, BatchNorm folded)."""
-    kernel = layer.wrapper.kernel(quantizer, layer)
-    return kernel.weight.detach() - quantizer.backend.effective_weight(layer)
+def weight_error(quantizer: Any, layer: Any, float_weight: torch.Tensor) -> torch.Tensor:
+    """``W~ - W``: the layer's quantized kernel weight minus its float one ``float_weight`` (masked, BatchNorm folded:
+    :func:`float_weights`)."""
+    return quantized_weight(quantizer, layer) - float_weight
+
+
+def quantized_weight(quantizer: Any, layer: Any) -> torch.Tensor:
+    """``W~``: the weight the layer's kernel computes with (masked, BatchNorm folded, fake-quantized)."""
+    return layer.wrapper.kernel(quantizer, layer).weight.detach()
+
+
+def float_weights(quantizer: Any, names: Any) -> dict[str, torch.Tensor]:
+    """The float weight (masked, BatchNorm folded) of each layer named, the ones AdaRound rounded included."""
+    with float_model(quantizer):
+        return {layer.name: quantizer.backend.effective_weight(layer) for layer in quantizer.layers
+                if layer.name in names}
 
 
 def channel_dim(module: nn.Module) -> int:
@@ -64,6 +85,16 @@ def channel_dim(module: nn.Module) -> int:
 def channel_means(y: torch.Tensor, dim: int) -> torch.Tensor:
     """Mean of ``y`` over every dimension but ``dim``, in float64."""
     return y.movedim(dim, 0).reshape(y.shape[dim], -1).double().mean(1)
+
+
+def mean_output(layer: Any, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The mean per output channel of the layer's op with ``weight`` (no bias) over ``x``, computed on the mean
+    sample: the op is linear and its padding is the same in every sample, so ``mean_n op(x_n) == op(mean_n x_n)``,
+    one sample's cost instead of the batch's."""
+    module = layer.module
+    mean = x.reshape(-1, x.shape[-1]) if isinstance(module, nn.Linear) else x
+    out = layer.wrapper.call_module({"weight": weight, "bias": None}, (mean.mean(0, keepdim=True),), {})
+    return channel_means(out, channel_dim(module))
 
 
 def _bias_target(quantizer: Any, layer: Any) -> tuple[torch.Tensor | None, str | None]:
@@ -109,14 +140,25 @@ def _expected_error(dw: torch.Tensor, module: nn.Module, mean: torch.Tensor) -> 
 class BiasCorrection(Technique):
     """Empirical bias correction on the calibration batches, or from BatchNorm statistics without batches.
 
+    Args:
+        reference: with batches, what each layer's mean output is corrected to: ``'float'``, the float model's (every
+            source of shift); ``'weights'``, the quantized layer's with float weights on the same quantized input
+            (the weights' rounding alone).
+
     Example:
 
     >>> from slimkit.algorithms.quantization.techniques import BiasCorrection
-    >>> BiasCorrection.stage
-    'quantized'
+    >>> BiasCorrection.stage, BiasCorrection().reference, BiasCorrection(reference='weights').reference
+    ('quantized', 'float', 'weights')
     """
 
     stage: ClassVar[str] = "quantized"
+
+    def __init__(self, reference: str = "float"):
+        if reference not in REFERENCES:
+            raise ConfigError(f"BiasCorrection: Expected reference to be one of {list(REFERENCES)}. Received: "
+                              f"reference={reference!r}")
+        self.reference = reference
 
     def apply(self, quantizer: Any, batches: list[Any] | None) -> TechniqueReport:
         start = time.perf_counter()
@@ -133,6 +175,7 @@ class BiasCorrection(Technique):
         if batches:
             self._empirical(quantizer, batches, targets, shifts)
             report.details["mode"] = "empirical"
+            report.details["reference"] = self.reference
         else:
             self._from_bn(quantizer, targets, shifts, report.skipped)
             report.details["mode"] = "bn_statistics"
@@ -143,12 +186,25 @@ class BiasCorrection(Technique):
 
     def _empirical(self, quantizer: Any, batches: list[Any], targets: dict[str, torch.Tensor],
                    shifts: dict[str, float]) -> None:
+        floats = float_weights(quantizer, targets)
+        reference: dict[str, torch.Tensor] = {}
+
+        def record(layer: Any, x: torch.Tensor) -> None:  # the float model's mean output, channel by channel
+            if layer.name in targets:
+                reference[layer.name] = mean_output(layer, floats[layer.name], x)
+
+        if self.reference == "float":
+            with float_model(quantizer):
+                sequential_pass(quantizer, batches, record)
+
         def visit(layer: Any, x: torch.Tensor) -> None:
             target = targets.get(layer.name)
             if target is None:
                 return
-            error = layer.wrapper.call_module({"weight": weight_error(quantizer, layer), "bias": None}, (x,), {})
-            shift = channel_means(error, channel_dim(layer.module))
+            if self.reference == "float":
+                shift = mean_output(layer, quantized_weight(quantizer, layer), x) - reference[layer.name]
+            else:
+                shift = mean_output(layer, weight_error(quantizer, layer, floats[layer.name]), x)
             target.sub_(shift.to(target.dtype))
             shifts[layer.name] = float(shift.abs().max())
 
@@ -164,6 +220,7 @@ class BiasCorrection(Technique):
         modules = float_modules(quantizer)
         feeding = {pair.second: pair for pair in find_pairs(modules, quantizer.graph_plan.captured)[0] if pair.bn}
         by_name = {layer.name: layer for layer in quantizer.layers}
+        floats = float_weights(quantizer, targets)
         with torch.no_grad():
             for name, target in targets.items():
                 pair, layer = feeding.get(name), by_name[name]
@@ -177,7 +234,7 @@ class BiasCorrection(Technique):
                     continue
                 activation = modules[pair.activation] if pair.activation else None
                 mean = _gaussian_mean(bn.bias.double(), bn.weight.double().abs().clamp_min(1e-12), activation)
-                error = None if mean is None else _expected_error(weight_error(quantizer, layer).double(),
+                error = None if mean is None else _expected_error(weight_error(quantizer, layer, floats[name]).double(),
                                                                    layer.module, mean)
                 if error is None:
                     skipped[name] = f"the expectation through {type(activation).__name__} / {layer.type} " \

@@ -25,7 +25,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -59,9 +60,34 @@ def kernel_input(quantizer: Any, layer: Any, args: tuple) -> torch.Tensor:
     return quantizer.forward_input(layer, args, 0)[0]
 
 
+@contextlib.contextmanager
+def float_model(quantizer: Any) -> Iterator[None]:
+    """The wrapped model computing the float model for the block: no fake quantization (weights, inputs, outputs,
+    whole-graph tensors, the int32 bias grid), and the float weights a technique replaced by their rounded values
+    (``quantizer.float_weights``, written by AdaRound) put back."""
+    replaced = getattr(quantizer, "float_weights", {})
+    rounded = {}
+    by_name = {layer.name: layer for layer in quantizer.layers}
+    # instance attributes shadow the methods for the block (the int32 bias grid goes with 'quantizes')
+    quantizer.should_fake_quant = lambda layer: False
+    quantizer.quantizes = lambda layer, qtype: False
+    try:
+        with torch.no_grad():
+            for name, weight in replaced.items():
+                rounded[name] = by_name[name].module.weight.detach().clone()
+                by_name[name].module.weight.copy_(weight)
+        yield
+    finally:
+        del quantizer.should_fake_quant, quantizer.quantizes
+        with torch.no_grad():
+            for name, weight in rounded.items():
+                by_name[name].module.weight.copy_(weight)
+
+
 def sequential_pass(quantizer: Any, batches: list[Any], visit: Callable[[Any, torch.Tensor], None]) -> None:
     """Run the (wrapped, calibrated) model once on ``batches`` concatenated; call ``visit(layer, x)`` for each quantized
-    layer (called once per forward) before it runs, with the input its kernel receives."""
+    layer (called once per forward) before it runs, with the input its kernel receives (inside :func:`float_model`:
+    the float model's input of that layer)."""
     model, handles = quantizer.model, []
     for layer in quantizer.layers:
         if layer.wrapper is None or quantizer.states[layer.name].calls != 1:
@@ -81,4 +107,4 @@ def sequential_pass(quantizer: Any, batches: list[Any], visit: Callable[[Any, to
             handle.remove()
 
 
-__all__ = ["concat_batches", "kernel_input", "sequential_pass"]
+__all__ = ["concat_batches", "float_model", "kernel_input", "sequential_pass"]
