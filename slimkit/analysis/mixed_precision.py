@@ -6,6 +6,8 @@ error against the float output on the batches). :func:`solve_bits` then picks on
 the summed sensitivity with the weights' total size within the budget, exactly: a dynamic program over the
 layers (a knapsack over sizes divided by their greatest common divisor). The result is a ``config_list`` the
 user can edit and hand to a quantizer; ``32`` among the candidates means a float island (``exclude``).
+With ``group_size`` the candidates are weight-only groups (as :class:`WeightOnlyQuantizer`'s symmetric RTN grid,
+e.g. int4 in groups of 128 beside int8 per channel) and the plan is a ``WeightOnlyQuantizer`` config_list.
 
 Example:
 
@@ -114,6 +116,39 @@ def _weight_bytes(numel: int, bits: int) -> int:
     return math.ceil(numel * bits / 8)
 
 
+def _group_sizes(group_size: int | Mapping[int, int] | None, widths: Sequence[int]) -> dict[int, int] | None:
+    """``{bits: group_size}`` for every non-float width (a width missing from a mapping: -1, per channel)."""
+    if group_size is None:
+        return None
+    per_width = dict(group_size) if isinstance(group_size, Mapping) else {b: group_size for b in widths}
+    sizes = {b: int(per_width.get(b, -1)) for b in widths if b != FLOAT_BITS}
+    if any(b > 8 for b in sizes) or any(g != -1 and g < 1 for g in sizes.values()):
+        raise ConfigError(f"mixed_precision: with group_size, Expected candidate widths in 2..8 (or 32) and group "
+                          f"sizes that are positive or -1 (WeightOnlyQuantizer's grid). Received: "
+                          f"candidates={list(widths)!r}, group_size={group_size!r}")
+    return sizes
+
+
+def _check_groups(layers: Sequence[tuple[str, Any]], sizes: Mapping[int, int]) -> None:
+    for name, module in layers:
+        shape = tuple(module.weight.shape)
+        bad = [g for g in sizes.values() if len(shape) == 2 and g != -1 and shape[1] % g]
+        if len(shape) != 2 or bad:
+            raise ConfigError(f"mixed_precision: layer {name!r} (weight {shape}) cannot take group_size="
+                              f"{bad[0] if bad else next(iter(sizes.values()))}: groups need a 2-D (out, in) "
+                              "weight whose input features they divide. Expected Linear layers only (op_types="
+                              "('Linear',)) and a group size dividing every layer's input features, or -1.")
+
+
+def _grouped_weight(weight: Any, bits: int, group_size: int) -> Any:
+    """``weight`` (out, in) on :class:`WeightOnlyQuantizer`'s symmetric RTN grid, dequantized."""
+    from slimkit.frameworks.torch.weight_grid import GroupGrid
+
+    grid = GroupGrid(bits=bits, group_size=group_size, symmetric=True)
+    scale, zero = grid.params(weight.detach())
+    return grid.dequantize(grid.codes(weight.detach(), scale, zero), scale, zero).to(weight.dtype)
+
+
 def _quantized_weight(weight: Any, bits: int) -> Any:
     """Per-channel symmetric fake quantization of ``weight`` (axis 0, narrow range), as the ``tflite`` profile."""
     import torch
@@ -134,7 +169,8 @@ def _inputs(batches: Iterable[Any]) -> list[Any]:
 
 
 def mixed_precision(model: Any, batches: Iterable[Any], budget_bytes: int, candidates: Sequence[int] = (4, 8, 16),
-                    op_types: Sequence[str] = ("Conv2d", "Linear")) -> MixedPrecisionPlan:
+                    op_types: Sequence[str] = ("Conv2d", "Linear"),
+                    group_size: int | Mapping[int, int] | None = None) -> MixedPrecisionPlan:
     """Per-layer weight widths under ``budget_bytes`` of weights, least total output error (PyTorch).
 
     Args:
@@ -143,12 +179,18 @@ def mixed_precision(model: Any, batches: Iterable[Any], budget_bytes: int, candi
         budget_bytes: the most bytes the selected layers' weights may take together.
         candidates: widths in bits (2..16; ``32`` allows float islands).
         op_types: the layer types to assign widths to.
+        group_size: ``None`` (default): per-channel widths for ``PostTrainingQuantizer``. An int, or ``{bits: int}``
+            (a width not named: -1): weight-only groups of that many input features (-1: per output channel) on
+            ``WeightOnlyQuantizer``'s symmetric RTN grid; Linear layers, widths 2..8 (or 32), and the plan's
+            ``config_list`` is for ``WeightOnlyQuantizer`` (``{4: 128}``: int4 in groups of 128 beside int8 per
+            channel). Bytes count the codes only (``ceil(numel * bits / 8)``), not the scales.
 
     Returns:
         A :class:`MixedPrecisionPlan`; sensitivity is the mean squared output error with that layer alone quantized.
 
     Raises:
-        ConfigError: a width outside 2..16 (other than 32), no matching layer, empty batches, or a budget too small.
+        ConfigError: a width outside 2..16 (other than 32; 2..8 with ``group_size``), no matching layer, a layer
+            the groups do not fit (named), empty batches, or a budget too small.
     """
     import torch
 
@@ -161,6 +203,9 @@ def mixed_precision(model: Any, batches: Iterable[Any], budget_bytes: int, candi
               if type(module).__name__ in types and isinstance(getattr(module, "weight", None), torch.Tensor)]
     if not layers:
         raise ConfigError(f"mixed_precision: no layer of the model matches op_types={list(op_types)!r}.")
+    groups = _group_sizes(group_size, widths)
+    if groups is not None:
+        _check_groups(layers, groups)
     inputs = _inputs(batches)
     work = copy.deepcopy(model).eval()
     modules = dict(work.named_modules())
@@ -176,25 +221,36 @@ def mixed_precision(model: Any, batches: Iterable[Any], budget_bytes: int, candi
                 if bits == FLOAT_BITS:
                     table[name][bits] = (size, 0.0)
                     continue
-                weight.copy_(_quantized_weight(original, bits))
+                weight.copy_(_quantized_weight(original, bits) if groups is None
+                             else _grouped_weight(original, bits, groups[bits]))
                 error = sum(float(torch.mean((work(x) - ref) ** 2)) for x, ref in zip(inputs, reference))
                 table[name][bits] = (size, error / len(inputs))
             weight.copy_(original)
     bits = solve_bits(table, budget_bytes)
-    return MixedPrecisionPlan(bits, config_for(bits), sum(table[n][b][0] for n, b in bits.items()), int(budget_bytes),
-                              table)
+    size = sum(table[n][b][0] for n, b in bits.items())
+    return MixedPrecisionPlan(bits, config_for(bits, groups), size, int(budget_bytes), table)
 
 
-def config_for(bits: Mapping[str, int]) -> list[dict[str, Any]]:
+def config_for(bits: Mapping[str, int], group_size: Mapping[int, int] | None = None) -> list[dict[str, Any]]:
     """``{layer: bits}`` as a weight ``config_list``: one dict per width, float layers excluded.
+
+    Without ``group_size`` the dicts are for ``PostTrainingQuantizer``; with ``{bits: group_size}`` (a width not
+    named: -1) they are for ``WeightOnlyQuantizer``.
 
     >>> config_for({'conv1': 8, 'fc': 4, 'conv2': 8, 'head': 32})
     [{'quant_types': ['weight'], 'quant_bits': {'weight': 4}, 'op_names': ['fc']}, \
 {'quant_types': ['weight'], 'quant_bits': {'weight': 8}, 'op_names': ['conv1', 'conv2']}, \
 {'exclude': True, 'op_names': ['head']}]
+    >>> config_for({'fc1': 8, 'fc2': 4}, group_size={4: 128})
+    [{'quant_bits': 4, 'group_size': 128, 'op_names': ['fc2']}, {'quant_bits': 8, 'group_size': -1, \
+'op_names': ['fc1']}]
     """
-    config: list[dict[str, Any]] = [{"quant_types": ["weight"], "quant_bits": {"weight": width},
-                                     "op_names": [name for name, b in bits.items() if b == width]}
+    def entry(width: int) -> dict[str, Any]:
+        if group_size is None:
+            return {"quant_types": ["weight"], "quant_bits": {"weight": width}}
+        return {"quant_bits": width, "group_size": int(group_size.get(width, -1))}
+
+    config: list[dict[str, Any]] = [{**entry(width), "op_names": [name for name, b in bits.items() if b == width]}
                                     for width in sorted(set(bits.values()) - {FLOAT_BITS})]
     floats = [name for name, b in bits.items() if b == FLOAT_BITS]
     return config + ([{"exclude": True, "op_names": floats}] if floats else [])

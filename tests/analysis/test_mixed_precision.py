@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from slimkit import ConfigError
-from slimkit.algorithms.quantization import PostTrainingQuantizer
+from slimkit.algorithms.quantization import PostTrainingQuantizer, WeightOnlyQuantizer
 from slimkit.analysis.mixed_precision import mixed_precision, solve_bits
 
 
@@ -87,3 +87,35 @@ def test_bad_arguments_are_named():
         mixed_precision(model, [torch.randn(2, 2)], 100, op_types=("Conv2d",))
     with pytest.raises(ConfigError, match="batches is empty"):
         mixed_precision(model, [], 100)
+
+
+def test_grouped_candidates_are_weight_only_quantizer_grids_and_the_plan_is_its_config_list():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(32, 8)
+    plan = mixed_precision(model, [x], budget_bytes=64 + 64, candidates=(4, 8), op_types=("Linear",),
+                           group_size={4: 4})
+    with torch.no_grad():
+        reference = model(x)
+        for name, bits, group in (("0", 4, 4), ("2", 4, 4), ("0", 8, -1), ("2", 8, -1)):
+            # the sensitivity is the output MSE of the model whose one layer WeightOnlyQuantizer (RTN) quantized
+            single = copy.deepcopy(model)
+            WeightOnlyQuantizer(single, [{"op_names": [name], "quant_bits": bits, "group_size": group}]).compress()
+            expected = float(torch.mean((single(x) - reference) ** 2))
+            assert plan.table[name][bits][1] == pytest.approx(expected, rel=1e-6), (name, bits)
+    assert plan.bits == solve_bits(plan.table, 128) and plan.predicted_bytes <= 128
+    quantizer = WeightOnlyQuantizer(copy.deepcopy(model), plan.config_list)
+    quantizer.compress()
+    assert {name: (w["bits"], w["group_size"]) for name, w in quantizer.quantized_weights().items()} == {
+        name: (bits, 4 if bits == 4 else -1) for name, bits in plan.bits.items()}
+
+
+def test_groups_that_do_not_fit_a_layer_are_named():
+    linear = nn.Sequential(nn.Linear(6, 4))
+    with pytest.raises(ConfigError, match=r"layer '0' \(weight \(4, 6\)\) cannot take group_size=4"):
+        mixed_precision(linear, [torch.randn(2, 6)], 100, candidates=(4, 8), group_size=4)
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3))
+    with pytest.raises(ConfigError, match=r"layer '0' \(weight \(2, 1, 3, 3\)\) cannot take group_size=-1"):
+        mixed_precision(conv, [torch.randn(1, 1, 5, 5)], 100, candidates=(4, 8), group_size=-1)
+    with pytest.raises(ConfigError, match=r"widths in 2..8 \(or 32\).*candidates=\[4, 16\]"):
+        mixed_precision(linear, [torch.randn(2, 6)], 100, candidates=(4, 16), group_size=-1)
