@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import UnsupportedOpError
+from slimkit.frameworks.torch import fake_kernels
 from slimkit.frameworks.torch.fake_inputs import fake_tensors, static_fake_mode
 from slimkit.utils.gc_pause import gc_paused
 
@@ -123,6 +124,7 @@ def capture_graph(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    fake_kernels.register()  # fake-quant ops traced by shape, not run on real zeros
     training = {module: module.training for module in model.modules()}
     model.eval()
     try:
