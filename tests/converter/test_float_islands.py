@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -120,8 +122,11 @@ def test_a_pure_int8_cnn_names_no_float_island(tmp_path):
     model, x = quantize(model, (3, 8, 8))
     path = tmp_path / "cnn.tflite"
     converter = TFLiteConverter(model, x, path)
-    converter.convert()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converter.convert()
     assert converter.float_islands() == []
+    assert not [w for w in caught if "float32 between DEQUANTIZE" in str(w.message)]
     result = verify(model, x, path)
     assert result.float_layers == () and result.approximate_layers == () and result.max_steps == 0.0
     assert result.describe().endswith("; every int8 op of the file is emulated exactly.")
