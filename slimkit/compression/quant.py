@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -304,6 +304,23 @@ def bias_scale_floor(bias: np.ndarray, weight_scale: np.ndarray, bits: int = 32)
     ratio = np.abs(np.asarray(bias, np.float64).reshape(-1)) / (np.asarray(weight_scale, np.float64).reshape(-1)
                                                                  * 2.0 ** (bits - 2))
     return float(ratio.max()) if ratio.size else 0.0
+
+
+def floor_weight_scales(weight: QParams, bias: np.ndarray, input_scale: float, bits: int = 32) -> QParams:
+    """Per-channel weight parameters whose every channel's bias, on the grid ``input_scale * weight_scale``, takes at
+    most half of the ``bits``-bit range: a channel whose weights are nearly zero (a BatchNorm with a vanishing
+    ``gamma`` folded in) and whose bias is not gets a larger weight scale (its weights round to zero, as they
+    nearly are) instead of a floor on the whole layer's input scale (:func:`bias_scale_floor`), which would make
+    the input grid of every channel coarse and the requantization scale of the others too large for XNNPACK.
+
+    >>> grid = QParams(8, np.array([1e-2, 1e-11]), np.zeros(2, np.int64), -127, 127, 0)
+    >>> floor_weight_scales(grid, np.array([0.5, 0.5]), 0.02).scale.tolist() == [1e-2, 0.5 / (0.02 * 2 ** 30)]
+    True
+    """
+    need = np.abs(np.asarray(bias, np.float64).reshape(-1)) / (input_scale * 2.0 ** (bits - 2))
+    if not weight.per_channel or need.size != weight.scale.size or (need <= weight.scale).all():
+        return weight
+    return replace(weight, scale=np.maximum(weight.scale, need), _native={})
 
 
 def bias_params(input_params: QParams, weight_params: QParams, bits: int = 32) -> QParams:

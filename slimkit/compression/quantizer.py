@@ -63,6 +63,7 @@ from slimkit.compression.quant import (
     affine_params,
     bias_params,
     bias_scale_floor,
+    floor_weight_scales,
 )
 from slimkit.compression.state import qparams_from_state, qparams_state
 from slimkit.errors import CompressionStateError, ConfigError, SlimkitError, UnsupportedOpError
@@ -377,6 +378,9 @@ class Quantizer(Compressor):
         lo, hi = self.ops.min_max(weight, axis)
         check_finite(lo, hi, where=f"the weight of layer {layer.name!r} ({type(self).__name__} quantizes it)")
         params = affine_params(lo, hi, bits, scheme, axis)
+        bias, input_scale = self._bias(layer), self._observed_input_scale(layer)
+        if bias is not None and input_scale is not None:
+            params = floor_weight_scales(params, bias, input_scale, self.profile.bias_bits)
         table["weight"] = params
         return params
 
@@ -417,13 +421,27 @@ class Quantizer(Compressor):
         ``bias_bits`` range on the grid ``input_scale * weight_scale``, leaving the other half to the sum of products
         (0 without weight parameters or a bias yet). A nearly dead input range (a tiny scale) would otherwise push the
         int32 bias, or the accumulator, past its range and silently change the layer."""
-        bits = getattr(self.profile, "bias_bits", None)
-        weight = self.params[layer.name].get("weight")
+        weight, bias = self.params[layer.name].get("weight"), self._bias(layer)
+        return 0.0 if weight is None or bias is None else bias_scale_floor(bias, weight.scale, self.profile.bias_bits)
+
+    def _bias(self, layer: Layer) -> Any:
+        """The layer's (BN-folded) bias where the profile stores biases as integers and the layer's weight is
+        quantized; else None."""
         effective_bias = getattr(self.backend, "effective_bias", None)
-        if not bits or weight is None or effective_bias is None or not self.quantizes(layer, QuantType.QUANT_WEIGHT):
-            return 0.0
-        bias = effective_bias(layer)
-        return 0.0 if bias is None else bias_scale_floor(bias, weight.scale, bits)
+        if not getattr(self.profile, "bias_bits", None) or effective_bias is None or \
+                not self.quantizes(layer, QuantType.QUANT_WEIGHT):
+            return None
+        return effective_bias(layer)
+
+    def _observed_input_scale(self, layer: Layer) -> float | None:
+        """The scale of the layer's own input grid as its observer's range gives it, before any floor (None where the
+        layer's input is not quantized or not observed yet): per-channel weight scales are floored against it
+        (:func:`~slimkit.compression.quant.floor_weight_scales`)."""
+        observer = self.states[layer.name].observers.get("input")
+        if observer is None or not observer.ready or not self.quantizes(layer, QuantType.QUANT_INPUT):
+            return None
+        lo, hi = _finite_range(observer, f"layer {layer.name!r} (input)", "exclude it")
+        return float(self.range_params(lo, hi, self.states[layer.name].bits[QuantType.QUANT_INPUT]).scale[0])
 
     def activation_bits(self, layer: Any, key: str) -> int:
         if isinstance(layer, GraphSlot):

@@ -13,6 +13,7 @@ import torch
 
 from slimkit.converter.batch import example_batch, mark_dynamic_batch, with_rows
 from slimkit.converter.eager_check import check_outputs_match, eager_outputs, graph_outputs
+from slimkit.converter.limits import check_xnnpack_limits
 from slimkit.converter.lower import Lowering
 from slimkit.converter.options import ConverterOptions
 from slimkit.converter.passes import run_passes, share_constants, unique_names
@@ -185,7 +186,10 @@ class TFLiteConverter:
         validated in LiteRT before it takes its name unless ``validate=False``). A warning names the int8 ops the
         integer emulation does not compute exactly (:meth:`approximate_int8_ops`) and the layers the file runs in
         float (:meth:`float_islands`)."""
-        model = serialize(self.build() if self.graph is None else self.graph)
+        graph = self.build() if self.graph is None else self.graph
+        if self.options.validate:
+            check_xnnpack_limits(graph)
+        model = serialize(graph)
         approximate = self.approximate_int8_ops()
         if approximate:
             warnings.warn(f"TFLiteConverter: emulate_integer() does not compute these int8 ops of "

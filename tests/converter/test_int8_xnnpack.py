@@ -321,3 +321,57 @@ def test_transposed_convolution_is_an_int8_kernel(tmp_path, geometry, crop):
     path, codes = convert(lambda: Decoder(*geometry), tmp_path, shape=(3, 8, 8))
     assert codes == ["QUANTIZE", "CONV_2D", "TRANSPOSE_CONV", *crop, "CONV_2D", "DEQUANTIZE"], codes
     assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])
+
+
+class DeadChannel(nn.Module):
+    """A conv whose BatchNorm zeroes one channel (``gamma`` 1e-14, as trained EfficientNet-Lite0's stem does to
+    channels it gave up) while that channel's shift stays 0.5: folded, that channel's weights are ~1e-15 and its
+    bias 0.5."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU6()
+        self.head = nn.Conv2d(4, 2, 1)
+        with torch.no_grad():
+            self.bn.weight.copy_(torch.tensor([1.0, 0.8, 1e-14, 1.2]))
+            self.bn.bias.copy_(torch.tensor([0.1, -0.2, 0.5, 0.3]))
+
+    def forward(self, x):
+        return self.head(self.relu(self.bn(self.conv(x))))
+
+
+INPUTS_TOO = [{"quant_types": ["input", "weight", "output"], "quant_bits": 8, "op_types": ["default"]}]
+
+
+def test_dead_channel_with_input_quantization_gives_a_file_xnnpack_prepares(tmp_path):
+    """With ``'input'`` in quant_types, the bias of a dead channel used to floor the whole layer's input scale (to
+    fit the int32 bias): trained EfficientNet-Lite0's stem input got scale 47.9 for a range of [-4.5, 4.5], and
+    XNNPACK refused the file (requantization scale 282 >= 256, 'Node number 94 failed to prepare'). The dead
+    channel's weight scale is floored instead: the input grid is the observed one, XNNPACK runs the file in one
+    partition and it equals ``emulate_integer()``."""
+    torch.manual_seed(0)
+    model, x, quantizer = quantize_with(DeadChannel().eval(), SHAPE, INPUTS_TOO)
+    params = quantizer.params["conv"]
+    observed = quantizer.states["conv"].observers["input"].range()
+    assert float(params["input"].scale[0]) == pytest.approx((observed[1] - observed[0]) / 255, rel=1e-6)
+    bias = quantizer.backend.effective_bias(quantizer.layer("conv"))
+    assert abs(bias[2]) / (params["input"].scale[0] * params["weight"].scale[2]) <= 2 ** 30 * (1 + 1e-6)
+    path = tmp_path / "dead.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert delegate_partitions(model_path=str(path)) == (1, [])
+    assert_bit_exact(model, quantizer, path, [x, torch.randn(1, *SHAPE), torch.randn(1, *SHAPE) * 3])
+
+
+def test_a_layer_xnnpack_cannot_prepare_is_refused_by_name(tmp_path, monkeypatch):
+    """The same model with the whole input scale floored (the old rule): XNNPACK would fail in allocate_tensors, so
+    the converter names the layer, its channel and its requantization scale, and writes nothing."""
+    import slimkit.compression.quantizer as quantizer_module
+    from slimkit.errors import UnsupportedOpError
+
+    monkeypatch.setattr(quantizer_module, "floor_weight_scales", lambda weight, *_: weight)
+    torch.manual_seed(0)
+    model, x, _ = quantize_with(DeadChannel().eval(), SHAPE, INPUTS_TOO)
+    path = tmp_path / "never.tflite"
+    with pytest.raises(UnsupportedOpError, match=r"CONV_2D at conv: output channel #\d has requantization scale"):
+        TFLiteConverter(model, x, path).convert()
+    assert not path.exists()
