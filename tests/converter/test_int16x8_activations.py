@@ -124,3 +124,15 @@ def test_power_of_two_input_scale_is_named_as_not_emulated(tmp_path):
     result = verify(model, torch.randn(1, 8), converter_path)
     assert result.approximate_ops == ("LOGISTIC", "TANH") and "SOFTMAX" in result.emulated_ops
     assert result.approximate_layers == ("<root> (LOGISTIC)", "<root> (TANH)")
+
+
+def test_emulated_ops_are_complete_whatever_module_is_imported_first():
+    """Importing the activation kernels' module first used to leave them out of ``EMULATED_INT16_OPS``."""
+    import subprocess
+    import sys
+
+    code = ("import slimkit.frameworks.torch.int16_activations\n"
+            "from slimkit.frameworks.torch.int16_emulation import EMULATED_INT16_OPS\n"
+            "print(sorted({'LOGISTIC', 'TANH', 'SOFTMAX', 'ADD'} & set(EMULATED_INT16_OPS)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[-2] == "['ADD', 'LOGISTIC', 'SOFTMAX', 'TANH']"
