@@ -18,10 +18,8 @@ from slimkit.converter.ir import Graph
 def approximate_int8_ops(graph: Graph) -> list[str]:
     """``'<module path> (<OP>)'`` for each op of ``graph`` that reads or writes int8 (or int16) activations and whose
     integers the emulation does not compute (it runs as fake quantization there: within about a step of the file, not
-    exact), including int16 LOGISTIC / TANH whose input scale makes LiteRT pick a kernel the emulation does not model
-    (:func:`slimkit.frameworks.torch.int16_activations.runs_other_kernel`)."""
+    exact)."""
     from slimkit.frameworks.torch.int8_emulation import EMULATED_OPS, EXACT_OPS
-    from slimkit.frameworks.torch.int16_activations import runs_other_kernel
     from slimkit.frameworks.torch.int16_emulation import EMULATED_INT16_OPS
 
     covered = {"int8": EMULATED_OPS | EXACT_OPS, "uint8": EMULATED_OPS | EXACT_OPS,
@@ -30,9 +28,7 @@ def approximate_int8_ops(graph: Graph) -> list[str]:
     for op in graph.ops:
         tensors = [t for t in op.inputs[:1] if t is not None] + [t for t in op.outputs if t is not None]
         types = {t.dtype for t in tensors} & set(covered)
-        other = "int16" in types and op.inputs[0].quant is not None and \
-            runs_other_kernel(op.code, float(op.inputs[0].quant.scale[0]))
-        if not other and (not types or all(op.code in covered[dtype] for dtype in types)):
+        if not types or all(op.code in covered[dtype] for dtype in types):
             continue
         entry = f"{op.source or '<root>'} ({op.code})"
         if entry not in found:

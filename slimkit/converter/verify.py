@@ -154,13 +154,9 @@ def _opened(tflite_path):
                    for i in range(graph.OperatorsLength())]
 
 
-def int8_ops(tflite_path, dtype: str = "INT8", other_kernels: bool = False) -> list[str]:
-    """The builtin names of the file's ops that read or write int8 activations (``dtype='INT16'``: int16), in order
-    (``other_kernels``: only the int16 LOGISTIC / TANH whose input scale selects a LiteRT kernel the emulation does
-    not model, :func:`slimkit.frameworks.torch.int16_activations.runs_other_kernel`)."""
+def int8_ops(tflite_path, dtype: str = "INT8") -> list[str]:
+    """The builtin names of the file's ops that read or write int8 activations (``dtype='INT16'``: int16), in order."""
     import tflite
-
-    from slimkit.frameworks.torch.int16_activations import runs_other_kernel
 
     graph, names = _opened(tflite_path)
     found = []
@@ -168,14 +164,8 @@ def int8_ops(tflite_path, dtype: str = "INT8", other_kernels: bool = False) -> l
         op = graph.Operators(i)
         tensors = [op.Inputs(j) for j in range(min(op.InputsLength(), 1))] + \
             [op.Outputs(j) for j in range(op.OutputsLength())]
-        name = names[i]
-        if other_kernels:
-            quant = graph.Tensors(op.Inputs(0)).Quantization() if op.InputsLength() else None
-            if quant is None or quant.ScaleLength() == 0 or \
-                    not runs_other_kernel(name, float(quant.Scale(0))):
-                continue
         if any(k >= 0 and graph.Tensors(k).Type() == getattr(tflite.TensorType, dtype) for k in tensors):
-            found.append(name)
+            found.append(names[i])
     return found
 
 
@@ -314,9 +304,8 @@ def verify(model: torch.nn.Module, dummy_input, tflite_path, options: ConverterO
         from slimkit.frameworks.torch.int16_emulation import EMULATED_INT16_OPS
 
         ops8, ops16 = set(int8_ops(tflite_path)), set(int8_ops(tflite_path, "INT16"))
-        others = set(int8_ops(tflite_path, "INT16", other_kernels=True))
         emulated = tuple(sorted(ops8 & (int8_emulation.EMULATED_OPS | int8_emulation.EXACT_OPS) |
-                                ops16 & (EMULATED_INT16_OPS | int8_emulation.EXACT_OPS) - others))
+                                ops16 & (EMULATED_INT16_OPS | int8_emulation.EXACT_OPS)))
         approximate = tuple(sorted((ops8 | ops16) - set(emulated)))
         if approximate or float_ops(tflite_path):  # named per layer from the converter's own graph of the model
             from slimkit.converter.convert import TFLiteConverter

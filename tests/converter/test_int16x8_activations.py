@@ -55,9 +55,11 @@ def assert_outputs_equal(model, quantizer, path, feed) -> None:
         assert any(g.shape == tuple(e.shape) and np.array_equal(g, e.numpy()) for g in got)
 
 
-@pytest.mark.parametrize("radius", [0.9, 4.0, 20.0])
+@pytest.mark.parametrize("radius", [0.9, 4.0, 20.0, 2.0 ** -12 * 65535 / 2, 2.0 ** -11 * 65535 / 2])
 def test_logistic_tanh_softmax_equal_litert_on_every_int16_input(tmp_path, radius):
-    """All 65,536 integers of the input grid (its scale set by ``radius``), as rows of 256 for the softmax."""
+    """All 65,536 integers of the input grid (its scale set by ``radius``), as rows of 256 for the softmax. The input
+    scales ``2**-12`` (logistic and tanh) and ``2**-11`` (tanh) make LiteRT run gemmlowp's fixed-point functions
+    instead of its tables."""
     model = Activations(256).eval()
     path = tmp_path / "activations16.tflite"
     quantizer = quantized(model, torch.linspace(-radius, radius, 65536).reshape(256, 256), path)
@@ -113,14 +115,13 @@ def test_gated_model_file_equals_emulation_and_verify_names_nothing_approximate(
     assert {"LOGISTIC", "TANH", "SOFTMAX"} <= set(result.emulated_ops)
 
 
-def test_power_of_two_input_scale_is_named_as_not_emulated(tmp_path):
-    """At an input scale of ``2**-12`` LiteRT runs its gemmlowp logistic / tanh instead of the table kernels: the
-    converter names both ops (the softmax has one kernel whatever the scale)."""
-    model = Activations(8).eval()
-    converter_path = tmp_path / "pot16.tflite"
-    with pytest.warns(UserWarning, match=r"does not compute these int8 ops"):
-        quantized(model, torch.full((4, 8), 2.0 ** -12 * 65535 / 2) * torch.tensor([1.0, -1.0]).repeat(4, 4),
-                  converter_path)
-    result = verify(model, torch.randn(1, 8), converter_path)
-    assert result.approximate_ops == ("LOGISTIC", "TANH") and "SOFTMAX" in result.emulated_ops
-    assert result.approximate_layers == ("<root> (LOGISTIC)", "<root> (TANH)")
+def test_emulated_ops_are_complete_whatever_module_is_imported_first():
+    """Importing the activation kernels' module first used to leave them out of ``EMULATED_INT16_OPS``."""
+    import subprocess
+    import sys
+
+    code = ("import slimkit.frameworks.torch.int16_activations\n"
+            "from slimkit.frameworks.torch.int16_emulation import EMULATED_INT16_OPS\n"
+            "print(sorted({'LOGISTIC', 'TANH', 'SOFTMAX', 'ADD'} & set(EMULATED_INT16_OPS)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[-2] == "['ADD', 'LOGISTIC', 'SOFTMAX', 'TANH']"

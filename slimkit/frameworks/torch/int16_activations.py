@@ -8,7 +8,7 @@ XNNPACK takes no int16, so LiteRT runs these on its builtin kernels. Read off Li
   256-entry table of ``sigmoid(i / 24)`` in 0.16 fixed point, linearly interpolated on the absolute value (9
   fractional bits for the logistic; 8 for tanh, ``tanh(x) = 2 sigmoid(2x) - 1``), the sign restored with a bias of
   half a step, shifted back to 15 fractional bits. An input scale within 0.1 % of ``2**-12`` (tanh: also
-  ``2**-11``) selects another kernel (gemmlowp's fixed point), not emulated: the call runs as fake quantization;
+  ``2**-11``) selects gemmlowp's fixed-point functions instead (:mod:`slimkit.frameworks.torch.gemmlowp16`);
 - SOFTMAX: each row's distances to its maximum scaled by the 32-bit fixed-point form of ``s / (10 / 65535)``
   (``[-65535, 0]`` is ``[-10, 0]``), looked up in a 513-entry table of ``exp`` on ``[-10, 0]`` with 7 bits of
   linear interpolation, summed in int32, the sum normalised by its leading zeros and its reciprocal looked up in a
@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from slimkit.compression.quant import QParams
+from slimkit.frameworks.torch import gemmlowp16
 from slimkit.frameworks.torch.fixed_point import multiply_by_quantized_multiplier, quantize_multiplier
 from slimkit.frameworks.torch.int8_emulation import Call, _per_tensor, emulates, grid_integers
 
-__all__ = ["logistic_integers", "runs_other_kernel", "softmax_integers", "tanh_integers"]
+__all__ = ["logistic_integers", "softmax_integers", "tanh_integers"]
 
 _INT16_MIN, _INT16_MAX = -(1 << 15), (1 << 15) - 1
 
@@ -70,22 +71,8 @@ def _log2_is_integer(scale: float, exponents: tuple[int, ...]) -> bool:
     return abs(float(log2) - rounded) < 1e-3 and int(rounded) in exponents
 
 
-_POWER_OF_TWO_SCALES = {"LOGISTIC": (-12,), "TANH": (-12, -11)}
-"""Input scales (``2**k``, k listed) at which LiteRT runs its int16 LOGISTIC / TANH with gemmlowp's fixed point."""
-
-
-def runs_other_kernel(op: str, input_scale: float) -> bool:
-    """Whether LiteRT runs the int16 ``op`` on an input of ``input_scale`` with a kernel this module does not emulate
-    (LOGISTIC / TANH at a power-of-two scale)."""
-    return op in _POWER_OF_TWO_SCALES and _log2_is_integer(input_scale, _POWER_OF_TWO_SCALES[op])
-
-
-def _table_input(q: torch.Tensor, params: QParams, op: str) -> torch.Tensor | None:
-    """The input integers ``q`` rescaled to steps of ``1 / (3 * 4096)``; None where the scale is a power of two that
-    selects LiteRT's other kernel."""
-    scale = float(_per_tensor(params, "an activation's input")[0])
-    if runs_other_kernel(op, scale):
-        return None
+def _table_input(q: torch.Tensor, scale: float) -> torch.Tensor:
+    """The input integers ``q`` (input step ``scale``) rescaled to steps of ``1 / (3 * 4096)``."""
     multiplier, shift = scale * 4096.0 * 3.0, 0
     while multiplier <= 32767.0 / 2.0 and shift <= 30:
         shift, multiplier = shift + 1, multiplier * 2.0
@@ -103,21 +90,23 @@ def _interpolate(x: torch.Tensor, bits: int, saturated: int) -> torch.Tensor:
     return torch.where(index >= 255, saturated, value)
 
 
-def logistic_integers(q: torch.Tensor, params: QParams) -> torch.Tensor | None:
+def logistic_integers(q: torch.Tensor, params: QParams) -> torch.Tensor:
     """LiteRT's int16 LOGISTIC of the integers ``q`` on the input grid ``params`` (output steps of ``2**-15``)."""
-    x = _table_input(q, params, "LOGISTIC")
-    if x is None:
-        return None
+    scale = float(_per_tensor(params, "a logistic's input")[0])
+    if _log2_is_integer(scale, (-12,)):
+        return gemmlowp16.logistic(q)
+    x = _table_input(q, scale)
     value = _interpolate(x, 9, 0x7FFF << 10)
     value = torch.where(x >= 0, value + (1 << 9), (1 << 25) - value + (1 << 9) - 1)
     return value >> 10
 
 
-def tanh_integers(q: torch.Tensor, params: QParams) -> torch.Tensor | None:
+def tanh_integers(q: torch.Tensor, params: QParams) -> torch.Tensor:
     """LiteRT's int16 TANH of the integers ``q`` on the input grid ``params`` (output steps of ``2**-15``)."""
-    x = _table_input(q, params, "TANH")
-    if x is None:
-        return None
+    scale = float(_per_tensor(params, "a tanh's input")[0])
+    if _log2_is_integer(scale, (-12, -11)):  # 2**-11: the input doubled (saturating) onto 2**-12
+        return gemmlowp16.tanh(q if _log2_is_integer(scale, (-12,)) else torch.clamp(q.long() * 2, -32768, 32767))
+    x = _table_input(q, scale)
     value = _interpolate(x, 8, 0xFFFF << 8)
     value = torch.where(x >= 0, value - (1 << 23) + (1 << 7), -value + (1 << 23) + (1 << 7) - 1)
     return value >> 8
@@ -167,8 +156,8 @@ def softmax_integers(q: torch.Tensor, params: QParams, dim: int = -1) -> torch.T
     return torch.clamp(out, 0, _INT16_MAX).movedim(-1, dim)
 
 
-def _on_output(q: torch.Tensor | None, call: Call) -> torch.Tensor | None:
-    return None if q is None else (q.float() * float(_per_tensor(call.params, "an output")[0])).to(call.out.dtype)
+def _on_output(q: torch.Tensor, call: Call) -> torch.Tensor:
+    return (q.float() * float(_per_tensor(call.params, "an output")[0])).to(call.out.dtype)
 
 
 def _fixed_output(call: Call) -> bool:

@@ -45,7 +45,15 @@ from slimkit.frameworks.torch.fixed_point import (
     multiply_by_quantized_multiplier_wide,
     quantize_multiplier,
 )
-from slimkit.frameworks.torch.int8_emulation import INT16_KERNELS, Call, _f32, _per_tensor, emulates, grid_integers
+from slimkit.frameworks.torch.int8_emulation import (
+    INT16_KERNELS,
+    Call,
+    _f32,
+    _per_tensor,
+    _RegisteredOps,
+    emulates,
+    grid_integers,
+)
 
 __all__ = ["EMULATED_INT16_OPS", "add", "kernel", "mean", "multiply", "requantize_tensor"]
 
@@ -159,13 +167,14 @@ def _average_pool_call(call: Call) -> torch.Tensor | None:
     return _mean_call(call) if int8_emulation.is_global_pool(call) else int8_emulation._average_pool_call(call)
 
 
-# LiteRT's int16 LOGISTIC / TANH / SOFTMAX register themselves (before EMULATED_INT16_OPS reads the registry)
+# LiteRT's int16 LOGISTIC / TANH / SOFTMAX register themselves
 from slimkit.frameworks.torch import int16_activations  # noqa: E402, F401
 
 # the int8 kernels' integer steps on int16 (the input's range; rescaled() requantizes as LiteRT's int16 QUANTIZE)
 emulates("cat", "maximum", "minimum", ops=("CONCATENATION", "PACK", "MAXIMUM", "MINIMUM"), bits=16)(
     int8_emulation._rescaled_inputs_call)
 
-EMULATED_INT16_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE"}.union(
-    *(ops for _, ops in INT16_KERNELS.values())))
-"""int16 ops of a file whose arithmetic the emulation computes (LiteRT's 16x8 kernels)."""
+EMULATED_INT16_OPS = _RegisteredOps(frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "QUANTIZE"}),
+                                    INT16_KERNELS)
+"""int16 ops of a file whose arithmetic the emulation computes (LiteRT's 16x8 kernels; read from the registry when
+used: complete whatever the import order)."""

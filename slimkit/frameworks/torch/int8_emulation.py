@@ -553,10 +553,6 @@ def _resize_call(call: Call) -> torch.Tensor | None:
     return rescaled(resized, call.inputs[0], call.params)
 
 
-# registers the activation kernels and LiteRT's 16x8 kernels
-from slimkit.frameworks.torch import int8_activations, int16_emulation  # noqa: E402, F401
-
-
 class _RegisteredOps(Set):
     """A set of file ops read from a kernel registry when used, so that a kernel module imported after this one
     (``int8_activations`` imported first imports this module before registering its kernels) still counts."""
@@ -580,6 +576,9 @@ class _RegisteredOps(Set):
     def __len__(self) -> int:
         return len(self._ops())
 
+
+# registers the activation kernels and LiteRT's 16x8 kernels
+from slimkit.frameworks.torch import int8_activations, int16_emulation  # noqa: E402, F401
 
 EMULATED_OPS = _RegisteredOps(frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV",
                                          "QUANTIZE"}), KERNELS)
