@@ -274,8 +274,15 @@ def reflection_pad(ctx, node, a):
     return _pad(ctx, a["self"], list(a["padding"]), 0.0, "reflect")
 
 
-@register("aten.expand.default", "aten.expand_as.default", emits=("BROADCAST_TO",))
+#: most inputs of a CONCATENATION XNNPACK's delegate takes
+XNNPACK_CONCAT_INPUTS = 5
+
+
+@register("aten.expand.default", "aten.expand_as.default", emits=("CONCATENATION", "BROADCAST_TO"))
 def expand(ctx, node, a):
+    """BROADCAST_TO; one axis widened to at most XNNPACK_CONCAT_INPUTS copies (a grouped-query attention's repeat of
+    keys and values) is a CONCATENATION of the input with itself instead, which XNNPACK runs (it takes no
+    BROADCAST_TO)."""
     x = a["self"]
     shape = tuple(node.meta["val"].shape)
     if len(shape) != x.rank:
@@ -283,6 +290,10 @@ def expand(ctx, node, a):
     if shape == x.shape:
         return x
     out = ctx.tensor(shape, x.dtype, perm=x.perm)
+    wide = [d for d in range(x.rank) if shape[d] != x.shape[d]]
+    if len(wide) == 1 and shape[wide[0]] <= XNNPACK_CONCAT_INPUTS:
+        ctx.emit("CONCATENATION", [x] * shape[wide[0]], [out], Axis=x.order.index(wide[0]), FusedActivationFunction=0)
+        return out
     physical = [shape[i] for i in x.order]
     ctx.emit("BROADCAST_TO", [x, ctx.const(np.array(physical, np.int32))], [out])
     return out
