@@ -193,8 +193,10 @@ def test_float_max_pooling_after_a_relu_pads_with_zeros(tmp_path):
 
 #: zoo structures (tests/int8zoo) whose int8 file XNNPACK now runs whole, and what split them before: SPLIT_V of
 #: ``chunk`` / ``torch.split`` (now SPLIT when even, STRIDED_SLICE pieces when not), int8 HARD_SWISH (now float
-#: between DEQUANTIZE and QUANTIZE, as XNNPACK takes it)
-ZOO_ONE_PARTITION = ["sigmoid_gate", "concat_split", "hardswish_mobile"]
+#: between DEQUANTIZE and QUANTIZE, as XNNPACK takes it), the BROADCAST_TO of a grouped-query repeat (now a
+#: CONCATENATION), the SELECT_V2 of a causal mask (now the ADD of 0 / the lowest float), an unrolled GRU's shrinking
+#: STRIDED_SLICEs and PACK (now stride-1 slices and RESHAPEs, CONCATENATIONs)
+ZOO_ONE_PARTITION = ["sigmoid_gate", "concat_split", "hardswish_mobile", "gqa_attention", "gru"]
 
 
 @pytest.mark.parametrize("name", ZOO_ONE_PARTITION)

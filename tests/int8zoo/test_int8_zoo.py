@@ -25,7 +25,7 @@ INT8_OPS = {
     "upsample_nearest": {"RESIZE_NEAREST_NEIGHBOR", "CONCATENATION"},  # F.interpolate and nn.Upsample
     "shared_module": {"CONV_2D"},
     "transformer": {"SPLIT", "SOFTMAX", "GELU", "BATCH_MATMUL"},  # q, k, v = qkv.unbind(0): a SPLIT
-    "gqa_attention": {"BROADCAST_TO", "TRANSPOSE"},  # the GQA repeat of keys and values on their own grid
+    "gqa_attention": {"CONCATENATION", "TRANSPOSE"},  # the GQA repeat of keys and values, on their grid
     "padding_modes": {"MIRROR_PAD", "GATHER"},  # reflect, replicate and circular padding
     "pool_variants": {"AVERAGE_POOL_2D", "MAX_POOL_2D"},
     "upsample_bilinear": {"RESIZE_BILINEAR", "ADD"},

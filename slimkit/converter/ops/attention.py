@@ -1,8 +1,9 @@
 """Scaled dot-product attention: BATCH_MATMUL, SOFTMAX and the mask as PyTorch applies it.
 
 A float mask is added to the scores; a boolean mask (and ``is_causal``) keeps the scores where it is True and
-sets the others to the lowest float, so they get zero weight; rows the mask empties entirely are zero, as
-PyTorch returns them. ``enable_gqa`` repeats each key / value head for its group of query heads.
+sets the others to the lowest float, so they get zero weight (a constant one by adding 0 or the lowest float, an
+ADD XNNPACK runs, where SELECT_V2 split its graph); rows the mask empties entirely are zero, as PyTorch returns
+them. ``enable_gqa`` repeats each key / value head for its group of query heads.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def sdpa(ctx, node, a):
     s = batch_matmul(ctx, q, k, tuple(q.shape[:-1]) + (source,), adj_y=True)
     s = binary(ctx, "MUL", s, float(scale), FusedActivationFunction=0)
     keep = _boolean_mask(ctx, a, length, source)
-    if keep is not None:
+    if isinstance(keep, np.ndarray):  # a constant mask (is_causal): adding 0 or the lowest float gives the same
+        s = binary(ctx, "ADD", s, torch.from_numpy(np.where(keep, 0.0, _LOWEST).astype(np.float32)),  # scores as a
+                   FusedActivationFunction=0)  # SELECT_V2, and XNNPACK takes the ADD (no SELECT_V2)
+    elif keep is not None:
         s = _select(ctx, keep, s, _LOWEST)
     elif a["attn_mask"] is not None:
         s = binary(ctx, "ADD", s, a["attn_mask"], FusedActivationFunction=0)

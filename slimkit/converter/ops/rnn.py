@@ -15,7 +15,7 @@ import torch
 from slimkit.converter import layout
 from slimkit.converter.ops.elementwise import binary, unary
 from slimkit.converter.ops.linear import fully_connected
-from slimkit.converter.ops.shape import strided_slice
+from slimkit.converter.ops.shape import XNNPACK_CONCAT_INPUTS, cat_tensors, reshape_to, strided_slice
 from slimkit.converter.registry import register
 
 
@@ -109,9 +109,15 @@ def _run_direction(ctx, kind, xs_proj, params, h, c, reverse, batch, hidden):
 
 
 def _pack(ctx, tensors, axis, shape):
-    out = ctx.tensor(shape)
-    ctx.emit("PACK", tensors, [out], ValuesCount=len(tensors), Axis=axis)
-    return out
+    """``torch.stack(tensors, axis)``: CONCATENATIONs along ``axis`` (of at most XNNPACK_CONCAT_INPUTS inputs, in two
+    levels) and a RESHAPE, which XNNPACK runs (it takes no PACK); PACK past two levels."""
+    if len(tensors) > XNNPACK_CONCAT_INPUTS ** 2 or axis >= tensors[0].rank:
+        out = ctx.tensor(shape)
+        ctx.emit("PACK", tensors, [out], ValuesCount=len(tensors), Axis=axis)
+        return out
+    parts = [cat_tensors(ctx, tensors[i:i + XNNPACK_CONCAT_INPUTS], axis)
+             for i in range(0, len(tensors), XNNPACK_CONCAT_INPUTS)]
+    return reshape_to(ctx, cat_tensors(ctx, parts, axis), shape)
 
 
 def _unrolled(ctx, node, kind, a, hx):
@@ -248,7 +254,7 @@ def _reshape(ctx, x, shape):
 
 @register("aten.lstm.input", emits=("UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "REVERSE_V2",
                                     "FULLY_CONNECTED", "STRIDED_SLICE", "SPLIT", "LOGISTIC", "TANH", "MUL", "ADD",
-                                    "PACK"))
+                                    "CONCATENATION", "RESHAPE", "PACK"))
 def lstm(ctx, node, a):
     hx = a["hx"]
     cell_used = any(u.args[1] == 2 and len(u.users) for u in node.users)
@@ -258,6 +264,6 @@ def lstm(ctx, node, a):
 
 
 @register("aten.gru.input", emits=("FULLY_CONNECTED", "STRIDED_SLICE", "SPLIT", "LOGISTIC", "TANH", "MUL", "ADD",
-                                   "SUB", "PACK"))
+                                   "SUB", "CONCATENATION", "RESHAPE", "PACK"))
 def gru(ctx, node, a):
     return _unrolled(ctx, node, "gru", a, a["hx"])

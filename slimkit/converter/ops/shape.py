@@ -79,17 +79,23 @@ def _tensor_in(ctx, v, order):
     return ctx.layout(v, order)
 
 
+def cat_tensors(ctx, tensors: list, axis: int) -> Tensor:
+    """One CONCATENATION of same-order activations along logical ``axis`` (the tensor itself when there is one)."""
+    if len(tensors) == 1:
+        return tensors[0]
+    shape = list(tensors[0].shape)
+    shape[axis] = sum(t.shape[axis] for t in tensors)
+    out = ctx.tensor(tuple(shape), tensors[0].dtype, perm=tensors[0].perm)
+    ctx.emit("CONCATENATION", list(tensors), [out], Axis=tensors[0].order.index(axis), FusedActivationFunction=0)
+    return out
+
+
 @register("aten.cat.default", "aten.concat.default", emits=("CONCATENATION",))
 def cat(ctx, node, a):
     values = [v for v in a["tensors"] if not (isinstance(v, torch.Tensor) and v.numel() == 0)]
     rank = len(node.meta["val"].shape)
     order = _common_order(values, rank)
-    inputs = [_tensor_in(ctx, v, order) for v in values]
-    if len(inputs) == 1:
-        return inputs[0]
-    out = ctx.tensor(tuple(node.meta["val"].shape), inputs[0].dtype, perm=order)
-    ctx.emit("CONCATENATION", inputs, [out], Axis=order.index(norm_dim(a["dim"], rank)), FusedActivationFunction=0)
-    return out
+    return cat_tensors(ctx, [_tensor_in(ctx, v, order) for v in values], norm_dim(a["dim"], rank))
 
 
 #: SPLIT outputs XNNPACK's delegate takes (its even split): more pieces, or uneven ones, are sliced one by one
@@ -153,6 +159,9 @@ def strided_slice(ctx, x, dim, start, end, step, shrink=False):
     end = max(end + n, 0) if end < 0 else min(end, n)
     if not shrink and start == 0 and end == n and step == 1:
         return x
+    if shrink and step == 1 and x.dtype != "int64":  # XNNPACK takes no shrinking STRIDED_SLICE: slice, drop the axis
+        return reshape_to(ctx, strided_slice(ctx, x, dim, start, start + 1, 1),
+                          tuple(s for i, s in enumerate(x.shape) if i != dim))
     phys = x.physical_shape
     p = x.order.index(dim)
     begin = np.zeros(x.rank, np.int32)
@@ -179,7 +188,7 @@ def slice_(ctx, node, a):
     return strided_slice(ctx, x, norm_dim(a["dim"], x.rank), a["start"], a["end"], int(a["step"]))
 
 
-@register("aten.select.int", emits=("STRIDED_SLICE",))
+@register("aten.select.int", emits=("STRIDED_SLICE", "RESHAPE"))
 def select(ctx, node, a):
     x = a["self"]
     dim = norm_dim(a["dim"], x.rank)
@@ -274,14 +283,24 @@ def reflection_pad(ctx, node, a):
     return _pad(ctx, a["self"], list(a["padding"]), 0.0, "reflect")
 
 
-@register("aten.expand.default", "aten.expand_as.default", emits=("BROADCAST_TO",))
+#: most inputs of a CONCATENATION XNNPACK's delegate takes
+XNNPACK_CONCAT_INPUTS = 5
+
+
+@register("aten.expand.default", "aten.expand_as.default", emits=("CONCATENATION", "BROADCAST_TO"))
 def expand(ctx, node, a):
+    """BROADCAST_TO; one axis widened to at most XNNPACK_CONCAT_INPUTS copies (a grouped-query attention's repeat of
+    keys and values) is a CONCATENATION of the input with itself instead, which XNNPACK runs (it takes no
+    BROADCAST_TO)."""
     x = a["self"]
     shape = tuple(node.meta["val"].shape)
     if len(shape) != x.rank:
         x = reshape_to(ctx, x, (1,) * (len(shape) - x.rank) + tuple(x.shape))
     if shape == x.shape:
         return x
+    wide = [d for d in range(x.rank) if shape[d] != x.shape[d]]
+    if len(wide) == 1 and shape[wide[0]] <= XNNPACK_CONCAT_INPUTS:
+        return cat_tensors(ctx, [x] * shape[wide[0]], wide[0])
     out = ctx.tensor(shape, x.dtype, perm=x.perm)
     physical = [shape[i] for i in x.order]
     ctx.emit("BROADCAST_TO", [x, ctx.const(np.array(physical, np.int32))], [out])
