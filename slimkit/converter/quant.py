@@ -356,11 +356,14 @@ def _int8_elementwise(graph: Graph) -> int:
 
 
 def requantize(graph: Graph) -> None:
-    """DEQUANTIZE -> QUANTIZE becomes one int8 -> int8 QUANTIZE (requantization)."""
+    """DEQUANTIZE -> QUANTIZE becomes one int8 -> int8 QUANTIZE (requantization). Producers are found by tensor name
+    (the file's identity of a tensor: two fake quantizations in a row on a view can leave the QUANTIZE reading a twin
+    object of the DEQUANTIZE's output, with no producer set)."""
+    producers = {t.name: op for op in graph.ops for t in op.outputs}
     for op in graph.ops:
         if op.code != "QUANTIZE":
             continue
-        deq = op.inputs[0].producer
+        deq = producers.get(op.inputs[0].name)
         if deq is None or deq.code != "DEQUANTIZE" or deq.inputs[0].dtype not in ("int8", "uint8", "int16"):
             continue
         op.inputs[0] = deq.inputs[0]  # the DEQUANTIZE may still feed float ops; else dead-op removal drops it

@@ -60,6 +60,28 @@ class Result:
         return self.exact / self.outputs
 
 
+def float_boundaries(path: str | Path) -> list[str]:
+    """The file's QUANTIZE ops from float that read no model input and DEQUANTIZE ops that write no model output (each
+    as ``'OP #index'``): the two ends of a float island between int8 ops. Empty when the file leaves int8 only at its
+    edges."""
+    import tflite
+
+    from tests.converter.conftest import read_model
+
+    _, graph = read_model(path)
+    inputs = {graph.Inputs(i) for i in range(graph.InputsLength())}
+    outputs = {graph.Outputs(i) for i in range(graph.OutputsLength())}
+    found = []
+    for index, code in enumerate(op_codes(path)):
+        op = graph.Operators(index)
+        if code == "QUANTIZE" and graph.Tensors(op.Inputs(0)).Type() == tflite.TensorType.FLOAT32 and \
+                op.Inputs(0) not in inputs:
+            found.append(f"QUANTIZE #{index}")
+        if code == "DEQUANTIZE" and op.Outputs(0) not in outputs:
+            found.append(f"DEQUANTIZE #{index}")
+    return found
+
+
 def quantize(name: str, mode: str) -> tuple[torch.nn.Module, PostTrainingQuantizer | QATQuantizer, torch.Tensor]:
     """Structure ``name`` whole-graph quantized: ``'ptq'`` calibrated (minmax) on training digits, ``'qat'`` trained
     ``QAT_STEPS`` Adam steps on them; returns the model (eval mode), its quantizer and an example batch."""
