@@ -134,6 +134,24 @@ def measure(name: str, mode: str, directory: str | Path) -> Result:
         outputs += steps.size
         exact += int((got == expected).sum())
         max_steps = max(max_steps, int(steps.max()))
-    integer = set(int8_ops(path))
-    return Result(name, mode, outputs, exact, max_steps, tuple(sorted(integer)),
-                  tuple(sorted(set(op_codes(path)) - integer - {"QUANTIZE", "DEQUANTIZE"})))
+    return Result(name, mode, outputs, exact, max_steps, tuple(sorted(set(int8_ops(path)))), float_ops(path))
+
+
+def float_ops(path: str | Path) -> tuple[str, ...]:
+    """The file's ops (sorted, each once) that read and write no integer tensor, QUANTIZE and DEQUANTIZE aside: those
+    computed in float (an op whose code also runs on int8 elsewhere in the file counts here too)."""
+    import tflite
+
+    from tests.converter.conftest import read_model
+
+    model, graph = read_model(path)
+    integer = {tflite.TensorType.INT8, tflite.TensorType.UINT8, tflite.TensorType.INT16}
+    found = set()
+    for index, code in enumerate(op_codes(path)):
+        op = graph.Operators(index)
+        tensors = [op.Inputs(j) for j in range(op.InputsLength())] + [op.Outputs(j) for j in range(op.OutputsLength())]
+        if code not in ("QUANTIZE", "DEQUANTIZE") and not any(
+                k >= 0 and graph.Tensors(k).Type() in integer and model.Buffers(graph.Tensors(k).Buffer()).DataLength()
+                == 0 for k in tensors):  # an integer activation (a constant holds data)
+            found.add(code)
+    return tuple(sorted(found))

@@ -44,7 +44,7 @@ FLOAT_ISLANDS = {
     "hardswish_mobile": {"ADD", "MUL"},
     "lstm": {"BROADCAST_TO", "STRIDED_SLICE", "UNIDIRECTIONAL_SEQUENCE_LSTM"},
     "gru": {"ADD", "LOGISTIC", "MEAN", "MUL", "PACK", "SPLIT", "STRIDED_SLICE", "SUB", "TANH"},
-    "transformer": {"MUL", "RSQRT", "SUB"},
+    "transformer": {"ADD", "MEAN", "MUL", "RSQRT", "SUB"},
     "gqa_attention": {"BATCH_MATMUL", "MUL", "SELECT_V2", "SOFTMAX"},
 }
 
