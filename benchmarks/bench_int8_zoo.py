@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine_info import describe_machine  # noqa: E402
 
 from slimkit.frameworks.torch.int8_emulation import EMULATED_OPS, EXACT_OPS  # noqa: E402
-from tests.int8zoo.harness import MODES, measure  # noqa: E402
+from slimkit.utils.litert import delegate_partitions  # noqa: E402
+from tests.int8zoo.harness import MODES, float_boundaries, measure  # noqa: E402
 from tests.int8zoo.structures import STRUCTURES  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -40,16 +41,30 @@ def run() -> dict:
             for mode in MODES:
                 start = time.perf_counter()
                 result = measure(name, mode, directory)
+                path = Path(directory) / f"{name}_{mode}.tflite"
+                partitions, undelegated = delegate_partitions(model_path=str(path), num_threads=2)
                 rows.append({"structure": name, "doc": summary(structure.factory), "mode": mode,
                              "outputs": result.outputs, "exact": result.exact, "fraction": result.fraction,
                              "max_steps": result.max_steps, "ops": list(result.ops),
-                             "float_ops": list(result.float_ops), "seconds": round(time.perf_counter() - start, 2)})
+                             "float_ops": list(result.float_ops), "edges_only": not float_boundaries(path),
+                             "partitions": partitions, "undelegated": sorted(set(undelegated)),
+                             "seconds": round(time.perf_counter() - start, 2)})
                 print(f"{name:22s} {mode} {result.exact}/{result.outputs} max {result.max_steps}", flush=True)
     import ai_edge_litert
 
     return {"machine": describe_machine(torch=torch.__version__,
                                         ai_edge_litert=getattr(ai_edge_litert, "__version__", "unknown")),
             "rows": rows, "ops": per_op(rows)}
+
+
+#: why a structure's file keeps float ops (LiteRT / XNNPACK have no int8 kernel for them)
+WHY_FLOAT = {
+    "lstm": "no int8 LSTM kernel (sequence LSTM in float)",
+    "gru": "no int8 GRU kernel (the cell unrolled in float)",
+    "transformer": "LayerNorm's statistics (no int8 RSQRT / variance)",
+    "gqa_attention": "F.scaled_dot_product_attention's masked scores (float SELECT_V2 / SOFTMAX)",
+    "hardswish_mobile": "F.hardsigmoid (ADD 3, RELU6, MUL 1/6: no int8 HARD_SIGMOID)",
+}
 
 
 def summary(factory: object) -> str:
@@ -102,22 +117,29 @@ def markdown(out: dict) -> str:
         "",
         "## Per structure",
         "",
-        "Int8 ops: the file's ops on int8 tensors (QUANTIZE / DEQUANTIZE aside); float ops: the ones left in float",
-        "between a DEQUANTIZE and a QUANTIZE. They agree here, but only correctly rounded ops are guaranteed to:",
-        "LiteRT's MEAN, RSQRT, SOFTMAX, LOGISTIC and recurrent kernels differ from PyTorch's in float32 bits",
-        "(RESULTS_float_islands.md), so `verify()` names such layers (`float_layers`).",
+        "Int8 ops: the file's ops on int8 tensors (QUANTIZE / DEQUANTIZE aside); float ops: the ops that touch no",
+        "integer activation, left in float between a DEQUANTIZE and a QUANTIZE (each is deliberate: why in the last",
+        "column). They agree here, but only correctly rounded ops are guaranteed to: LiteRT's MEAN, RSQRT, SOFTMAX,",
+        "LOGISTIC and recurrent kernels differ from PyTorch's in float32 bits (RESULTS_float_islands.md), so `verify()`",
+        "names such layers (`float_layers`). Edges only: the file quantizes only its inputs and dequantizes only its",
+        "outputs (both modes). Partitions: XNNPACK delegate partitions (PTQ / QAT), with the ops XNNPACK leaves to",
+        "LiteRT's own kernels.",
         "",
         "| structure | what it exercises | PTQ exact | PTQ max steps | QAT exact | QAT max steps | int8 ops "
-        "| float ops |",
-        "|---|---|---|---|---|---|---|---|",
+        "| float ops | edges only | partitions | why float |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, modes in by_name.items():
         ptq, qat = modes["ptq"], modes["qat"]
         ops = sorted((set(ptq["ops"]) | set(qat["ops"])) - {"QUANTIZE", "DEQUANTIZE"})
         floats = sorted(set(ptq["float_ops"]) | set(qat["float_ops"]))
+        edges = "yes" if ptq["edges_only"] and qat["edges_only"] else "no"
+        refused = sorted(set(ptq["undelegated"]) | set(qat["undelegated"]))
+        parts = f"{ptq['partitions']} / {qat['partitions']}" + (f" ({', '.join(refused)})" if refused else "")
+        why = WHY_FLOAT.get(name, "-") if floats else "-"
         lines.append(f"| {name} | {ptq['doc']} | {100 * ptq['fraction']:.1f} % | {ptq['max_steps']} | "
                      f"{100 * qat['fraction']:.1f} % | {qat['max_steps']} | {', '.join(ops)} | "
-                     f"{', '.join(floats) or '-'} |")
+                     f"{', '.join(floats) or '-'} | {edges} | {parts} | {why} |")
     lines += [
         "",
         "## Per op",

@@ -171,6 +171,14 @@ def _range(params: QParams) -> tuple[float, float]:
     return lo, hi
 
 
+def _clamp_cannot_bind(kind: str, params: QParams) -> bool:
+    """Whether a ReLU / ReLU6 of a tensor on grid ``params`` changes nothing: the grid's lowest value is 0 (a ReLU's
+    output) and, for ReLU6, its highest at most 6."""
+    if kind not in ("relu", "relu6") or params.per_channel or int(params.zero_point[0]) != params.qmin:
+        return False
+    return kind == "relu" or (params.qmax - params.qmin) * float(params.scale[0]) <= 6.0
+
+
 class Quantizer(Compressor):
     """Base of every quantizer. Override :meth:`quantize_weight`, :meth:`quantize_input` and / or
     :meth:`quantize_output` (and assign ``self.quant_grad``) to write a new one.
@@ -496,6 +504,8 @@ class Quantizer(Compressor):
         if fixed is not None:
             return fixed, None
         known = [p for p in input_params if p is not None]
+        if len(input_params) == 1 and known and _clamp_cannot_bind(kind, known[0]):
+            return known[0], input_names[0]  # relu(relu(x)): the same values, kept on their grid (no op in the file)
         if not self.profile.shares_input_params(kind) or not known or len(known) != len(input_params):
             return None, None
         if kind == "cat" and len(known) > 1:

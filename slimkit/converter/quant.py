@@ -358,14 +358,17 @@ def _int8_elementwise(graph: Graph) -> int:
 def requantize(graph: Graph) -> None:
     """DEQUANTIZE -> QUANTIZE becomes one int8 -> int8 QUANTIZE (requantization), also where the QUANTIZE reads a
     relabelled view (``permute`` / ``transpose``) of the DEQUANTIZE's output: it then reads the same view of the int8
-    tensor (a channel shuffle's ``view(n, g, c // g, h, w).transpose(1, 2)``)."""
+    tensor (a channel shuffle's ``view(n, g, c // g, h, w).transpose(1, 2)``). Producers are found by tensor name
+    (the file's identity of a tensor: two fake quantizations in a row on a view can leave the QUANTIZE reading a twin
+    object of the DEQUANTIZE's output, with no producer set)."""
     from slimkit.converter.ir import Tensor
 
+    producers = {t.name: op for op in graph.ops for t in op.outputs}
     for op in graph.ops:
         if op.code != "QUANTIZE":
             continue
         x = op.inputs[0]
-        deq = (x.base or x).producer
+        deq = producers.get((x.base or x).name)
         if deq is None or deq.code != "DEQUANTIZE" or deq.inputs[0].dtype not in ("int8", "uint8", "int16"):
             continue
         q = deq.inputs[0]  # the DEQUANTIZE may still feed float ops; else dead-op removal drops it

@@ -60,6 +60,28 @@ class Result:
         return self.exact / self.outputs
 
 
+def float_boundaries(path: str | Path) -> list[str]:
+    """The file's QUANTIZE ops from float that read no model input and DEQUANTIZE ops that write no model output (each
+    as ``'OP #index'``): the two ends of a float island between int8 ops. Empty when the file leaves int8 only at its
+    edges."""
+    import tflite
+
+    from tests.converter.conftest import read_model
+
+    _, graph = read_model(path)
+    inputs = {graph.Inputs(i) for i in range(graph.InputsLength())}
+    outputs = {graph.Outputs(i) for i in range(graph.OutputsLength())}
+    found = []
+    for index, code in enumerate(op_codes(path)):
+        op = graph.Operators(index)
+        if code == "QUANTIZE" and graph.Tensors(op.Inputs(0)).Type() == tflite.TensorType.FLOAT32 and \
+                op.Inputs(0) not in inputs:
+            found.append(f"QUANTIZE #{index}")
+        if code == "DEQUANTIZE" and op.Outputs(0) not in outputs:
+            found.append(f"DEQUANTIZE #{index}")
+    return found
+
+
 def quantize(name: str, mode: str) -> tuple[torch.nn.Module, PostTrainingQuantizer | QATQuantizer, torch.Tensor]:
     """Structure ``name`` whole-graph quantized: ``'ptq'`` calibrated (minmax) on training digits, ``'qat'`` trained
     ``QAT_STEPS`` Adam steps on them; returns the model (eval mode), its quantizer and an example batch."""
@@ -112,6 +134,24 @@ def measure(name: str, mode: str, directory: str | Path) -> Result:
         outputs += steps.size
         exact += int((got == expected).sum())
         max_steps = max(max_steps, int(steps.max()))
-    integer = set(int8_ops(path))
-    return Result(name, mode, outputs, exact, max_steps, tuple(sorted(integer)),
-                  tuple(sorted(set(op_codes(path)) - integer - {"QUANTIZE", "DEQUANTIZE"})))
+    return Result(name, mode, outputs, exact, max_steps, tuple(sorted(set(int8_ops(path)))), float_ops(path))
+
+
+def float_ops(path: str | Path) -> tuple[str, ...]:
+    """The file's ops (sorted, each once) that read and write no integer tensor, QUANTIZE and DEQUANTIZE aside: those
+    computed in float (an op whose code also runs on int8 elsewhere in the file counts here too)."""
+    import tflite
+
+    from tests.converter.conftest import read_model
+
+    model, graph = read_model(path)
+    integer = {tflite.TensorType.INT8, tflite.TensorType.UINT8, tflite.TensorType.INT16}
+    found = set()
+    for index, code in enumerate(op_codes(path)):
+        op = graph.Operators(index)
+        tensors = [op.Inputs(j) for j in range(op.InputsLength())] + [op.Outputs(j) for j in range(op.OutputsLength())]
+        if code not in ("QUANTIZE", "DEQUANTIZE") and not any(
+                k >= 0 and graph.Tensors(k).Type() in integer and model.Buffers(graph.Tensors(k).Buffer()).DataLength()
+                == 0 for k in tensors):  # an integer activation (a constant holds data)
+            found.add(code)
+    return tuple(sorted(found))

@@ -12,8 +12,9 @@ from torch.nn import functional as F
 from slimkit.algorithms.quantization import PostTrainingQuantizer
 from slimkit.converter import TFLiteConverter
 from slimkit.converter.verify import run_tflite
+from slimkit.utils.litert import delegate_partitions
 from tests.converter.conftest import op_codes
-from tests.int8zoo.harness import WHOLE_GRAPH, measure
+from tests.int8zoo.harness import WHOLE_GRAPH, float_boundaries, measure
 from tests.int8zoo.structures import STRUCTURES
 
 #: int8 ops that must be in a structure's file (each was a float island before: the file then left the structure's
@@ -32,7 +33,28 @@ INT8_OPS = {
 }
 
 #: ops that must not be in a structure's file: fused into the op before them on every call (XNNPACK-friendly)
-FUSED_OPS = {"shared_module": {"RELU"}}
+FUSED_OPS = {"shared_module": {"RELU"}, "functional_layers": {"RELU"}, "mlp_forms": {"RELU"}}
+
+#: structures whose file keeps float ops between int8 ones, and the most it may keep: the recurrent cells (LiteRT has no
+#: int8 LSTM / GRU kernel), LayerNorm's statistics (no int8 RSQRT), attention through ``F.scaled_dot_product_attention``
+#: (float SOFTMAX / BATCH_MATMUL on its masked scores), ``F.hardsigmoid`` (no int8 kernel: ADD 3, RELU6, MUL 1/6 in
+#: float). Every other structure's file quantizes only its inputs and dequantizes only its outputs.
+FLOAT_ISLANDS = {
+    "hardswish_mobile": {"ADD", "MUL"},
+    "lstm": {"BROADCAST_TO", "STRIDED_SLICE", "UNIDIRECTIONAL_SEQUENCE_LSTM"},
+    "gru": {"ADD", "LOGISTIC", "MEAN", "MUL", "PACK", "SPLIT", "STRIDED_SLICE", "SUB", "TANH"},
+    "transformer": {"ADD", "MEAN", "MUL", "RSQRT", "SUB"},
+    "gqa_attention": {"BATCH_MATMUL", "MUL", "SELECT_V2", "SOFTMAX"},
+}
+
+#: int8 ops XNNPACK leaves to LiteRT's own kernels in a structure's file (each splits its partitions); every other
+#: structure runs as one XNNPACK partition
+UNDELEGATED = {
+    "sigmoid_gate": {"SPLIT_V"}, "concat_split": {"SPLIT_V"}, "upsample_nearest": {"RESIZE_NEAREST_NEIGHBOR"},
+    "pool_variants": {"AVERAGE_POOL_2D"}, "hardswish_mobile": {"HARD_SWISH"}, "padding_modes": {"MIRROR_PAD", "GATHER"},
+    "transformer": {"UNPACK", "BATCH_MATMUL", "SOFTMAX", "GELU"}, "gqa_attention": {"BROADCAST_TO", "SELECT_V2"},
+    "lstm": {"BROADCAST_TO", "UNIDIRECTIONAL_SEQUENCE_LSTM", "STRIDED_SLICE"}, "gru": {"STRIDED_SLICE", "PACK"},
+}
 
 #: ops that must run in float between int8 tensors (XNNPACK takes them in float only), emulated exactly all the same
 FLOAT_OPS = {"hardswish_mobile": {"HARD_SWISH"}}
@@ -44,6 +66,13 @@ def _check(name: str, mode: str, tmp_path) -> None:
     assert not FUSED_OPS.get(name, set()) & set(result.ops), result.ops
     assert FLOAT_OPS.get(name, set()) <= set(result.float_ops), result.float_ops
     assert (result.exact, result.max_steps) == (result.outputs, 0), result
+    path = tmp_path / f"{name}_{mode}.tflite"
+    assert set(result.float_ops) <= FLOAT_ISLANDS.get(name, set()), result.float_ops
+    if name not in FLOAT_ISLANDS:
+        assert float_boundaries(path) == [], op_codes(path)
+    partitions, undelegated = delegate_partitions(model_path=str(path))
+    assert set(undelegated) <= UNDELEGATED.get(name, set()), undelegated
+    assert partitions == 1 or name in UNDELEGATED, partitions
 
 
 def test_the_zoo_is_broad():

@@ -159,6 +159,7 @@ class GraphPlan:
     owners: dict[str, str] = field(default_factory=dict)  # node name -> 'layer:<name>' / 'graph:<key>'
     fused_activations: dict[str, str] = field(default_factory=dict)  # add / mul key -> key of the ReLU fused into it
     tail_keys: dict[str, tuple[str, int]] = field(default_factory=dict)  # functional tail key -> (layer, its call)
+    functional_layers: set[str] = field(default_factory=set)  # keys of F.linear / F.conv* calls on constant weights
 
 
 def _single_user(node: torch.fx.Node) -> torch.fx.Node | None:
@@ -285,6 +286,13 @@ def plan(model: nn.Module, dummy_input: Any, layer_names: set[str], *, fold_bn: 
 _SKIP_OPS = {"size", "sym_size", "getitem", "dim", "numel"}
 
 
+def _functional_layer(node: torch.fx.Node, live: set[str]) -> bool:
+    """``F.linear`` / ``F.conv1d`` / ``F.conv2d`` outside any layer whose weight is a constant of the deployed model
+    (a parameter, or one seen through ``.t()`` / a view): the file runs it as an int8 kernel."""
+    return op_name(node) in ("linear", "conv1d", "conv2d") and len(node.args) > 1 and isinstance(
+        node.args[1], torch.fx.Node) and node.args[1].name not in live
+
+
 def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
     """Fill ``result.graph`` with every float tensor outside the wrapped layers and fused kernels."""
     captured = result.captured
@@ -310,13 +318,16 @@ def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
             if captured.module_path(node) == fusion.bn and fusion.tail != fusion.bn:
                 internal.add(node.name)
                 owners[node.name] = f"layer:{name}"
-    # add / mul / a standalone BatchNorm followed only by a ReLU: the target fuses the activation, quantize after it
+    # add / mul / a standalone BatchNorm / a functional layer followed only by a ReLU: the target fuses the
+    # activation, quantize after it
+    live = input_dependent(captured)
     for node in captured.call_nodes():
         if node.name in owners:
             continue
         user = _single_user(node)
-        fuses = op_name(node) in _FUSES_ACTIVATION or (op_name(node) in _WEIGHTED and len(node.args) > 1 and isinstance(
-            node.args[1], torch.fx.Node) and node.args[1].name in captured.state_names)  # F.linear(x, self.weight)
+        if _functional_layer(node, live):  # F.linear(x, self.weight): the weight quantized as a layer's
+            result.functional_layers.add(keys[node.name])
+        fuses = op_name(node) in _FUSES_ACTIVATION or keys[node.name] in result.functional_layers
         if fuses and user is not None and activation_kind(user) is not None:
             internal.add(node.name)
             result.fused_activations[keys[node.name]] = keys[user.name]
@@ -324,7 +335,6 @@ def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
         key = f"input/{index}"
         owners[node.name] = f"graph:{key}"
         result.graph[key] = GraphTensor(key, "input", node.name, "", 0)
-    live = input_dependent(captured)
     masks = mask_arithmetic(captured, live)
     for node in captured.call_nodes():
         if node.name in owners or node.name in internal or node.name not in live or node.name in masks:
@@ -343,7 +353,9 @@ def plan_graph_tensors(result: GraphPlan, layer_names: set[str]) -> None:
         args = node.args[0] if tensor.kind == "cat" and node.args and isinstance(node.args[0], (list, tuple)) \
             else node.args
         producers = [a for a in args if isinstance(a, torch.fx.Node) and a.name not in captured.state_names]
-        tensor.inputs = [_owner(a, owners, internal) for a in producers]
+        # the ReLU ending a fused kernel (add + ReLU, F.relu(F.linear(...))) reads no quantized tensor of its own
+        fused = tensor.kind in ("relu", "relu6") and any(a.name in internal for a in producers)
+        tensor.inputs = [None if fused else _owner(a, owners, internal) for a in producers]
     result.owners = owners
 
 

@@ -30,9 +30,6 @@ from slimkit.frameworks.torch.quant_graph import OP_KINDS, GraphPlan, function_n
 _SPLITS = frozenset({"split", "split_with_sizes", "tensor_split", "chunk", "unbind"})
 
 
-#: functional layers whose weight, one of the model's parameters, is quantized as a layer's
-_FUNCTIONAL_LAYERS = frozenset({"linear", "conv1d", "conv2d"})
-
 #: torch-level calls that only select or move values: an unplanned result keeps its input's grid (the capture names
 #: ``x[:, 0]`` ``select``, the runtime sees ``__getitem__``)
 _MOVES = frozenset({"getitem", "select", "narrow", "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute",
@@ -179,19 +176,20 @@ class GraphRuntime:
         return twin
 
     def functional_weight(self, func: Any, args: tuple) -> tuple:
-        """``args`` of ``F.linear`` / ``F.conv1d`` / ``F.conv2d`` on one of the model's parameters (outside a wrapped
-        layer) with that weight on its int8 grid (:meth:`~slimkit.compression.Quantizer.graph_weight_params`, from the
-        current weight on every eager call), as the file's int8 kernel holds it; other calls' ``args`` unchanged."""
-        if len(args) < 2 or not isinstance(args[1], nn.Parameter) or not self.stack or self.quantizer._in_quant or \
-                self.stack[-1][0] in self.wrapped:
+        """``args`` of ``F.linear`` / ``F.conv1d`` / ``F.conv2d`` on a constant weight (one of the model's parameters,
+        or a view of one: the plan's ``functional_layers``) with that weight on its int8 grid
+        (:meth:`~slimkit.compression.Quantizer.graph_weight_params`, from the current weight on every eager call), as
+        the file's int8 kernel holds it; other calls' ``args`` unchanged."""
+        if len(args) < 2 or not isinstance(args[1], torch.Tensor) or not self.stack or self.quantizer._in_quant or \
+                self.stack[-1][0] in self.wrapped or not self.plan.functional_layers:
             return args
         name = self.names.get(func)
         if name is None:
             name = self.names[func] = function_name(func)
-        if name not in _FUNCTIONAL_LAYERS:
-            return args
         path, call = self.stack[-1]
         key = f"{path}/{call}/{name}/{self.ops[(path, call, name)]}"  # this call's key (on_call counts it)
+        if key not in self.plan.functional_layers:
+            return args
         if torch.compiler.is_exporting():  # fake weights: the parameters of the eager run just before the capture
             params = self.weight_params.get(key)
         else:
