@@ -351,8 +351,7 @@ def reading_rounding(settings: dict) -> list[str]:
         "3-layer conv model with 4-bit weights on main: largest shift 0.0 and 0.0; with the fix 0.030 and 0.0069). "
         "AdaRound and `gptq` now keep the float weights they replace (`quantizer.float_weights`) and bias "
         "correction measures against them. (2) `equalize` (relu6='bound') moves the float model itself on "
-        "held-out images (see `--equalized-float` above), a loss every row with equalize carries, 'all' included; "
-        "on this network equalization helps per-tensor W8A8 alone but not beside bias correction or rounding.",
+        "held-out images (see `--equalized-float` above), a loss every row with equalize carries, 'all' included.",
         "- Bias correction now corrects each layer's mean output to the float model's (the float model's mean "
         "output from one extra forward without fake quantization, against the quantized model's on its own "
         "inputs, layer by layer: AIMET's empirical bias correction), removing the shift of the quantized inputs "
