@@ -288,6 +288,9 @@ def markdown(results: dict) -> str:
              f"{results['when']}; load average {results['load']:.1f} at the start, {results.get('load_after', 0):.1f} "
              "after the last row (the machine is shared by 8 sessions: wall seconds are inflated several times; "
              "process CPU seconds are in parentheses).", "",
+             *[f"Rows re-measured from {rerun['when']} (load average {rerun['load']:.1f} at the start): "
+               + ", ".join(f"'{row}'" for row in rerun["rows"]) + "; the other rows are the first run's." + "\n"
+               for rerun in results.get("reruns", [])],
              f"Data: {CALIBRATION} calibration and {EVALUATION} evaluation images (224x224 crops and flips of "
              "the 24 sample images bundled with scikit-learn (2) and scikit-image (22), `ptq_images.py`). "
              "Whole-graph PTQ (op_types ['default']), minmax ranges. Agreement: top-1 of the "
@@ -351,8 +354,7 @@ def reading_rounding(settings: dict) -> list[str]:
         "3-layer conv model with 4-bit weights on main: largest shift 0.0 and 0.0; with the fix 0.030 and 0.0069). "
         "AdaRound and `gptq` now keep the float weights they replace (`quantizer.float_weights`) and bias "
         "correction measures against them. (2) `equalize` (relu6='bound') moves the float model itself on "
-        "held-out images (see `--equalized-float` above), a loss every row with equalize carries, 'all' included; "
-        "on this network equalization helps per-tensor W8A8 alone but not beside bias correction or rounding.",
+        "held-out images (see `--equalized-float` above), a loss every row with equalize carries, 'all' included.",
         "- Bias correction now corrects each layer's mean output to the float model's (the float model's mean "
         "output from one extra forward without fake quantization, against the quantized model's on its own "
         "inputs, layer by layer: AIMET's empirical bias correction), removing the shift of the quantized inputs "
@@ -432,7 +434,8 @@ def main() -> None:
         return
     if only:  # rows rerun by name ("setting: row" or a row in every setting) join the existing results
         previous = json.loads(out.read_text())
-        results = {**previous, "settings": previous["settings"]}
+        rerun = {"when": results["when"], "load": results["load"], "rows": only}
+        results = {**previous, "settings": previous["settings"], "reruns": [*previous.get("reruns", []), rerun]}
     for setting, name in ORDER:
         if only and name not in only and f"{setting}: {name}" not in only:
             continue

@@ -9,7 +9,7 @@ layer's bias (from the BatchNorm's ``beta`` where a BatchNorm is folded into the
   empirical bias correction): ``e_c`` is the mean of ``conv(x~, W~)`` minus the mean of ``conv(x, W)`` over the
   batches, with ``x~`` the layer's input in the quantized model, every earlier layer already corrected (one forward,
   :func:`~slimkit.algorithms.quantization.techniques.sequential.sequential_pass`), and ``x`` its input in the float
-  model (one more forward without fake quantization, the float weights AdaRound replaced put back). This removes
+  model (one more forward without fake quantization, the float weights AdaRound / gptq replaced put back). This removes
   the mean shift of every source at once: the layer's rounded weights, its quantized input, and what the layers
   before it left. Afterwards each channel's mean output on the calibration data is the float model's, to float
   precision (and the int32 bias grid). ``reference='weights'`` removes the weights' share alone, the mean of
@@ -72,7 +72,7 @@ def quantized_weight(quantizer: Any, layer: Any) -> torch.Tensor:
 
 
 def float_weights(quantizer: Any, names: Any) -> dict[str, torch.Tensor]:
-    """The float weight (masked, BatchNorm folded) of each layer named, the ones AdaRound rounded included."""
+    """The float weight (masked, BatchNorm folded) of each layer named, the ones AdaRound / gptq rounded included."""
     with float_model(quantizer):
         return {layer.name: quantizer.backend.effective_weight(layer) for layer in quantizer.layers
                 if layer.name in names}

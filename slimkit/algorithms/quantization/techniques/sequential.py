@@ -64,7 +64,7 @@ def kernel_input(quantizer: Any, layer: Any, args: tuple) -> torch.Tensor:
 def float_model(quantizer: Any) -> Iterator[None]:
     """The wrapped model computing the float model for the block: no fake quantization (weights, inputs, outputs,
     whole-graph tensors, the int32 bias grid), and the float weights a technique replaced by their rounded values
-    (``quantizer.float_weights``, written by AdaRound) put back."""
+    (``quantizer.float_weights``, written by AdaRound and gptq) put back."""
     replaced = getattr(quantizer, "float_weights", {})
     rounded = {}
     by_name = {layer.name: layer for layer in quantizer.layers}
