@@ -177,7 +177,7 @@ PEER_NOTES = [
     "/tmp, not .venv), but its PyTorch path imports edge-mdt-cl, which requires torchvision, and PyPI's torchvision "
     "for torch 2.13 (0.28.0) is the CUDA build: its `_C.so` needs `libc10_cuda.so`, absent from torch 2.13.0+cpu, "
     "so `import torchvision` fails ('operator torchvision::nms does not exist'); the CPU build is only on "
-    "download.pytorch.org, out of reach here. AIMET was not tried."]
+    "download.pytorch.org, out of reach here. AIMET: see 'EfficientNet-Lite0 beside AIMET' below."]
 """The peers' paragraph of the reading (``markdown``)."""
 
 
