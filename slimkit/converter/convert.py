@@ -119,15 +119,18 @@ class TFLiteConverter:
                 # folded by the quantizer, so the file's bias is the one the quantizer (and emulate_integer) holds,
                 # not a refold of it through float32 BatchNorm arithmetic
                 traced = BACKEND.deploy_copy(quantizer)
-            frozen = quantizer.fixed_parameters() if quantizer is not None else contextlib.nullcontext()
-            with frozen:
+            with contextlib.ExitStack() as stack:
+                if quantizer is not None:  # frozen once (its weight parameters refreshed once) for both runs
+                    stack.enter_context(quantizer.fixed_parameters())
+                    stack.enter_context(BACKEND.kept_kernels(self.model, quantizer))
                 # the eager run first: a whole-graph quantizer records there the grid each layer's input lies on
-                # (calibration may have moved it since), which the captured kernels' integer biases are rounded to
+                # (calibration may have moved it since), which the captured kernels' integer biases are rounded to;
+                # each layer keeps the kernel it computed there for the capture
                 eager = eager_outputs(self.model, self.dummy_input)
-            fixed = BACKEND.fixed_for_capture(traced, quantizer) if quantizer is not None else \
-                contextlib.nullcontext()
-            with torch.no_grad(), fixed:
-                captured = capture_graph(traced, self.dummy_input)
+                if quantizer is not None:
+                    stack.enter_context(BACKEND.fixed_for_capture(traced, quantizer))
+                with torch.no_grad():
+                    captured = capture_graph(traced, self.dummy_input)
                 check_outputs_match(graph_outputs(captured.program), eager, type(self.model).__name__)
             self.captured = captured
         return self.captured

@@ -152,6 +152,7 @@ class QuantWrapper(CompressionWrapper):
         self.quantize_output_here = True
         self.deploy = False  # BN replaced by Identity in an export copy: add the folded bias here
         self._count = 0
+        self._kept: dict[int, _Kernel] | None = None  # call -> kernel, while TorchQuantBackend.kept_kernels runs
 
     def _call_index(self) -> int:
         if self.calls <= 1:
@@ -233,6 +234,8 @@ class QuantWrapper(CompressionWrapper):
                                            for name in _Kernel._fields[1:]))
             else:
                 kernel = self.kernel(quantizer, layer, call)
+                if self._kept is not None:
+                    self._kept[call] = kernel
             out = self.call_module(kernel.overrides(), args, kwargs)
             if kernel.scale is not None:
                 out = out * channel_view(kernel.scale, out.dim(), 1) + channel_view(kernel.shift, out.dim(), 1)
@@ -261,10 +264,13 @@ class QuantWrapper(CompressionWrapper):
     @contextlib.contextmanager
     def fixed_for_capture(self) -> Iterator[None]:
         """:meth:`kernel` computed eagerly (in eval, no autograd), once per call of the layer (each call's int32 bias
-        lies on its own input's grid; the weight is the same), and used while a graph capture traces it."""
+        lies on its own input's grid; the weight is the same), and used while a graph capture traces it. A kernel the
+        layer kept from an eager forward (:meth:`TorchQuantBackend.kept_kernels`) is taken as it is."""
         names = []
         for call in range(max(self.calls, 1)):
-            kernel = self.kernel(self._ref.quantizer, self._ref.layer, call)
+            kernel = self._kept.get(call) if self._kept is not None else None
+            if kernel is None:
+                kernel = self.kernel(self._ref.quantizer, self._ref.layer, call)
             for name, value in zip(_Kernel._fields, kernel):
                 if value is not None and (call == 0 or name != "weight"):
                     # buffers: the capture records them as state, as it does the parameters
@@ -552,6 +558,21 @@ class TorchQuantBackend:
                 else:
                     set_submodule(clone, fusion.bn, nn.Identity())
         return clone.eval()
+
+    @contextlib.contextmanager
+    def kept_kernels(self, model: nn.Module, quantizer: Any) -> Iterator[None]:
+        """While the block runs: each of ``quantizer``'s layers in ``model`` keeps the kernel (folded, fake-quantized
+        weight, int32 bias) its eager forwards compute, per call, and :meth:`fixed_for_capture` inside the block takes
+        those instead of computing them again. Only for a block in which the quantizer's parameters stay fixed
+        (:meth:`~slimkit.compression.Quantizer.fixed_parameters`) and the model stays in eval mode."""
+        wrappers = [m for m in model.modules() if isinstance(m, QuantWrapper) and m._ref.quantizer is quantizer]
+        for wrapper in wrappers:
+            wrapper._kept = {}
+        try:
+            yield
+        finally:
+            for wrapper in wrappers:
+                wrapper._kept = None
 
     @contextlib.contextmanager
     def fixed_for_capture(self, model: nn.Module, quantizer: Any) -> Iterator[None]:
