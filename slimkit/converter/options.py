@@ -63,7 +63,8 @@ class ConverterOptions:
             Off by default: a file without DENSIFY runs on every TFLite runtime.
         validate: before the file takes its name, LiteRT loads it and runs it once on zeros in a separate process
             (:mod:`slimkit.converter.validate`), so a file the interpreter rejects or would crash on is never
-            written (a ``SlimkitError`` names the path and the reason). False skips the check.
+            written (a ``SlimkitError`` names the path and the reason); an int8 layer XNNPACK would refuse to prepare
+            (:mod:`slimkit.converter.limits`) is named before the file is written. False skips both checks.
     """
 
     nchw_transpose: bool = True
