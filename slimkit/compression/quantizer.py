@@ -448,7 +448,9 @@ class Quantizer(Compressor):
         observer = self.states[layer.name].observers.get("input")
         if observer is None or not observer.ready or not self.quantizes(layer, QuantType.QUANT_INPUT):
             return None
-        lo, hi = _finite_range(observer, f"layer {layer.name!r} (input)", "exclude it")
+        lo, hi = observer.range()
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            return None  # activation_params names the layer
         return float(self.range_params(lo, hi, self.states[layer.name].bits[QuantType.QUANT_INPUT]).scale[0])
 
     def activation_bits(self, layer: Any, key: str) -> int:
