@@ -229,7 +229,11 @@ class QuantWrapper(CompressionWrapper):
                 # fixed for the capture: one weight fake-quant node instead of the whole folding arithmetic
                 weight = self._capture_weight
                 if quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
-                    weight = quantizer.ops.fake_quant(weight, quantizer.params[layer.name]["weight"])
+                    # per-channel scale and zero point from buffers: no constant (and its copy nodes) made per trace
+                    with quantizer.ops.natives_given(quantizer.params[layer.name]["weight"],
+                                                     self._buffers.get("_capture_weight_scale"),
+                                                     self._buffers.get("_capture_weight_zero_point")):
+                        weight = quantizer.ops.fake_quant(weight, quantizer.params[layer.name]["weight"])
                 kernel = _Kernel(weight, *(self._buffers.get(_capture_name(name, call))
                                            for name in _Kernel._fields[1:]))
             else:
@@ -276,6 +280,12 @@ class QuantWrapper(CompressionWrapper):
                     # buffers: the capture records them as state, as it does the parameters
                     names.append(_capture_name(name, call))
                     self.register_buffer(names[-1], value.detach(), persistent=False)
+        weight_params = self._ref.quantizer.params[self._ref.layer.name].get("weight")
+        if weight_params is not None and weight_params.per_channel and \
+                self._ref.quantizer.quantizes(self._ref.layer, QuantType.QUANT_WEIGHT):
+            for name, value in zip(("scale", "zero_point"), OPS.native(weight_params, self._capture_weight)):
+                names.append(f"_capture_weight_{name}")
+                self.register_buffer(names[-1], value, persistent=False)
         try:
             yield
         finally:
