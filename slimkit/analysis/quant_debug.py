@@ -205,7 +205,7 @@ def _float_kernels(model: Any, quantizer: Any) -> dict[str, Any]:
     """``{'<layer>._capture_<field>': float value}`` for each wrapped layer: its kernel with quantization off."""
     import torch
 
-    from slimkit.frameworks.torch.quant_backend import QuantWrapper, _Kernel
+    from slimkit.frameworks.torch.quant_backend import QuantWrapper, _Kernel, capture_value
 
     out = {}
     quantizer.should_fake_quant = lambda layer: False  # instance attributes shadow the methods for this block
@@ -215,7 +215,7 @@ def _float_kernels(model: Any, quantizer: Any) -> dict[str, Any]:
             for path, wrapper in model.named_modules():
                 if isinstance(wrapper, QuantWrapper) and wrapper._ref.quantizer is quantizer:
                     kernel = wrapper.kernel(quantizer, wrapper._ref.layer)
-                    out.update({f"{path}._capture_{name}": value.detach()
+                    out.update({f"{path}._capture_{name}": capture_value(wrapper.module, name, value).detach()
                                 for name, value in zip(_Kernel._fields, kernel) if value is not None})
     finally:
         del quantizer.should_fake_quant, quantizer.quantizes

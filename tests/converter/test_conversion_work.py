@@ -1,7 +1,8 @@
 """The converter does each piece of an int8 conversion's work once: every quantized layer's kernel (folded,
 fake-quantized weight and int32 bias) is computed once per call of the layer, in the eager check, and the capture
-takes it from there; the weight parameters are refreshed once. The file is the same as when the capture computes
-the kernels again."""
+takes it from there; the weight parameters are refreshed once; per-channel weight grids enter the capture as buffers,
+not as constants made (and copied) in the trace. The file is the same as when the capture computes the kernels
+again."""
 
 from __future__ import annotations
 
@@ -58,3 +59,17 @@ def test_kept_kernels_give_the_same_file(monkeypatch):
     kept = TFLiteConverter(model, x, "unused.tflite").to_bytes()
     monkeypatch.setattr(BACKEND, "kept_kernels", lambda model, quantizer: contextlib.nullcontext())
     assert TFLiteConverter(model, x, "unused.tflite").to_bytes() == kept
+
+
+def test_per_channel_weight_grids_are_captured_as_buffers():
+    model, x, _ = _quantized()
+    converter = TFLiteConverter(model, x, "unused.tflite")
+    captured = converter.capture()
+    targets = [str(node.target) for node in captured.call_nodes()]
+    assert targets.count("aten.fake_quantize_per_channel_affine.default") == 3  # stem, head on each of its calls
+    assert "aten.lift_fresh_copy.default" not in targets and "aten.to.device" not in targets
+    grids = sorted(name for name in captured.state_names.values() if "_capture_weight_" in name)
+    assert grids == ["head._capture_weight_scale", "head._capture_weight_zero_point",
+                     "stem.0._capture_weight_scale", "stem.0._capture_weight_zero_point"]
+    assert all(not name.startswith("_capture") for w in model.modules() if isinstance(w, QuantWrapper)
+               for name in w._buffers)  # removed after the capture

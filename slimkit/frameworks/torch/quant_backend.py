@@ -137,6 +137,18 @@ class _Kernel(NamedTuple):
         return {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
 
 
+def _on_channels(values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``values`` shaped to broadcast along axis 1 of ``out`` (as they are when a capture holds them viewed
+    so already)."""
+    return values if values.dim() == out.dim() else channel_view(values, out.dim(), 1)
+
+
+def capture_value(module: nn.Module, field: str, value: torch.Tensor) -> torch.Tensor:
+    """A :class:`_Kernel` field of ``module``'s as a graph capture holds it: ``scale`` and ``shift`` viewed along the
+    output's channels already (no reshape nodes in the graph), the others as they are."""
+    return channel_view(value, module.weight.dim(), 1) if field in ("scale", "shift") else value
+
+
 def _capture_name(field: str, call: int) -> str:
     """The buffer holding ``field`` of a layer's fixed kernel for ``call`` during a graph capture."""
     return f"_capture_{field}" if call == 0 else f"_capture_{field}_{call}"
@@ -229,7 +241,11 @@ class QuantWrapper(CompressionWrapper):
                 # fixed for the capture: one weight fake-quant node instead of the whole folding arithmetic
                 weight = self._capture_weight
                 if quantizer.quantizes(layer, QuantType.QUANT_WEIGHT):
-                    weight = quantizer.ops.fake_quant(weight, quantizer.params[layer.name]["weight"])
+                    # per-channel scale and zero point from buffers: no constant (and its copy nodes) made per trace
+                    with quantizer.ops.natives_given(quantizer.params[layer.name]["weight"],
+                                                     self._buffers.get("_capture_weight_scale"),
+                                                     self._buffers.get("_capture_weight_zero_point")):
+                        weight = quantizer.ops.fake_quant(weight, quantizer.params[layer.name]["weight"])
                 kernel = _Kernel(weight, *(self._buffers.get(_capture_name(name, call))
                                            for name in _Kernel._fields[1:]))
             else:
@@ -238,7 +254,7 @@ class QuantWrapper(CompressionWrapper):
                     self._kept[call] = kernel
             out = self.call_module(kernel.overrides(), args, kwargs)
             if kernel.scale is not None:
-                out = out * channel_view(kernel.scale, out.dim(), 1) + channel_view(kernel.shift, out.dim(), 1)
+                out = out * _on_channels(kernel.scale, out) + _on_channels(kernel.shift, out)
         return quantizer.forward_output(layer, out, call) if self.quantize_output_here else out
 
     def kernel(self, quantizer: Any, layer: Any, call: int = 0) -> _Kernel:
@@ -275,7 +291,13 @@ class QuantWrapper(CompressionWrapper):
                 if value is not None and (call == 0 or name != "weight"):
                     # buffers: the capture records them as state, as it does the parameters
                     names.append(_capture_name(name, call))
-                    self.register_buffer(names[-1], value.detach(), persistent=False)
+                    self.register_buffer(names[-1], capture_value(self.module, name, value).detach(), persistent=False)
+        weight_params = self._ref.quantizer.params[self._ref.layer.name].get("weight")
+        if weight_params is not None and weight_params.per_channel and \
+                self._ref.quantizer.quantizes(self._ref.layer, QuantType.QUANT_WEIGHT):
+            for name, value in zip(("scale", "zero_point"), OPS.native(weight_params, self._capture_weight)):
+                names.append(f"_capture_weight_{name}")
+                self.register_buffer(names[-1], value, persistent=False)
         try:
             yield
         finally:

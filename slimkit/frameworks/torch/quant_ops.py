@@ -114,6 +114,25 @@ class TorchQuantOps:
                 params._native[key] = cached
         return cached
 
+    @contextlib.contextmanager
+    def natives_given(self, params: QParams, scale: torch.Tensor | None, zero_point: torch.Tensor | None
+                      ) -> Iterator[None]:
+        """:meth:`native` gives ``scale`` and ``zero_point`` (tensors a graph capture already holds, such as a module's
+        buffers) for ``params`` during the block, instead of making constants of them; nothing changes when ``scale``
+        is None."""
+        if scale is None:
+            yield
+            return
+        saved = params._native.get(scale.device)
+        params._native[scale.device] = (scale, zero_point)
+        try:
+            yield
+        finally:
+            if saved is None:
+                del params._native[scale.device]
+            else:
+                params._native[scale.device] = saved
+
     def broadcastable(self, params: QParams, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point as tensors that broadcast against ``like`` (per-channel along ``axis``)."""
         scale, zero_point = self.native(params, like)
