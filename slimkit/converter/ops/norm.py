@@ -59,11 +59,13 @@ def _depthwise(ctx, x: Tensor, scale: np.ndarray, shift: np.ndarray) -> Tensor |
     """A standalone BatchNorm read from integers (a DEQUANTIZE) as a 1x1 DEPTHWISE_CONV_2D (weights ``scale``, bias
     ``shift``), which the int8 passes make an int8 kernel (per-channel weights on +-127, int32 bias) fused with its
     ReLU: a 4-D tensor directly, ``(N, C, L)`` / ``(N, C)`` (BatchNorm1d) re-viewed as ``(N, 1, L, C)`` between RESHAPEs
-    that fusion sees through. None where it stays MUL / ADD (float input, other ranks, a channel with scale 0)."""
+    that fusion sees through. None where it stays MUL / ADD (float or int16 input, other ranks, a channel with scale
+    0)."""
     from slimkit.converter.ops.conv import NHWC, conv2d_nhwc
 
-    if x.rank not in (2, 3, 4) or x.producer is None or x.producer.code != "DEQUANTIZE" or not scale.all():
-        return None
+    if x.rank not in (2, 3, 4) or x.producer is None or x.producer.code != "DEQUANTIZE" or \
+            x.producer.inputs[0].dtype != "int8" or not scale.all():
+        return None  # int16 activations: no 16x8 form emulated for it yet
     weight = scale.reshape(-1, 1, 1, 1)
     if x.rank == 4:
         return conv2d_nhwc(ctx, x, weight, shift, (1, 1), (0, 0), (1, 1), x.shape[1], tuple(x.shape))
