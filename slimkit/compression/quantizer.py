@@ -395,10 +395,11 @@ class Quantizer(Compressor):
     def graph_weight_params(self, weight: Any) -> QParams | None:
         """Whole-graph mode: the parameters of a weight a functional conv / linear reads from the model's own
         parameters (``F.linear(x, self.weight)``), under the profile's weight scheme with the output channels on axis
-        0, as a layer's weight gets them; None where the whole-graph config quantizes no weights."""
+        0, as a layer's weight gets them; None where the whole-graph config quantizes no weights, and under int16
+        activations."""
         config = self.graph_config
-        if not self.whole_graph or "weight" not in config.quant_types:
-            return None
+        if not self.whole_graph or "weight" not in config.quant_types or self.profile.activation_bits == 16:
+            return None  # int16 activations: no 16x8 form emulated for it yet (the converter names the float op)
         bits = config.quant_bits if isinstance(config.quant_bits, int) else config.quant_bits.get("weight", 8)
         scheme = self.profile.weight
         axis = 0 if scheme.per_channel else None

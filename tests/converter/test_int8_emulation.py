@@ -135,23 +135,24 @@ def test_verify_uses_the_emulation_for_models_it_can_emulate(tmp_path):
 
 
 def test_float_islands_of_the_file_keep_their_fake_quant_value(tmp_path, monkeypatch):
-    """A transposed convolution has no int8 kernel in the file (it runs in float between DEQUANTIZE and QUANTIZE):
-    the emulation computes only the two convolutions' kernels and leaves it to the fake-quant model."""
+    """ELU has no int8 kernel in the file (it runs in float between DEQUANTIZE and QUANTIZE): the emulation computes
+    only the two convolutions' kernels and leaves it to the fake-quant model. (A transposed convolution was this
+    island until it became an int8 TRANSPOSE_CONV.)"""
+    from slimkit.converter.verify import int8_ops
     from slimkit.frameworks.torch import int8_emulation
     from tests.converter.conftest import op_codes
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 4, 2, stride=2),
-                          nn.Conv2d(4, 4, 1)).eval()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ELU(), nn.Conv2d(8, 4, 1)).eval()
     model, x, quantizer = quantize_with(model, (3, 8, 8))
     path = tmp_path / "island.tflite"
     TFLiteConverter(model, x, path).convert()
-    assert "TRANSPOSE_CONV" in op_codes(path) and op_codes(path).count("CONV_2D") == 2
+    assert "ELU" in op_codes(path) and "ELU" not in int8_ops(path) and op_codes(path).count("CONV_2D") == 2
     emulated = []
     kernel = int8_emulation.kernel
     monkeypatch.setattr(int8_emulation, "kernel", lambda *a: emulated.append(a[2].shape) or kernel(*a))
     assert_bit_exact(model, quantizer, path, [x])
-    assert emulated == [(8, 3, 3, 3), (4, 4, 1, 1)]
+    assert emulated == [(8, 3, 3, 3), (4, 8, 1, 1)]
 
 
 def test_emulation_errors_name_the_problem():

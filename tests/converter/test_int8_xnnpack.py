@@ -377,3 +377,34 @@ def test_a_layer_xnnpack_cannot_prepare_is_refused_by_name(tmp_path, monkeypatch
     with pytest.raises(UnsupportedOpError, match=r"CONV_2D at conv: output channel #\d has requantization scale"):
         TFLiteConverter(model, x, path).convert()
     assert not path.exists()
+
+
+class PreActivation1d(nn.Module):
+    """BatchNorm1d that folds into no conv: on ``(N, C, L)`` after a Conv1d the residual also reads, and on ``(N, C)``
+    features; the outputs are the BatchNorms' own (ReLU fused into one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv1d(4, 8, 3, padding=1), nn.BatchNorm1d(8)
+        self.fc, self.bn2 = nn.Linear(8, 6), nn.BatchNorm1d(6)
+
+    def forward(self, x):
+        y = self.conv(x)
+        h = self.fc((y + F.relu(self.bn(y))).mean(-1))
+        return torch.cat([self.bn2(h + h), h], 1)
+
+
+def test_batchnorm1d_is_an_int8_depthwise_conv(tmp_path):
+    """Both re-viewed as 4-D between RESHAPEs: int8 DEPTHWISE_CONV_2D, bit-exact, one partition."""
+    torch.manual_seed(0)
+    model = PreActivation1d()
+    for bn in (model.bn, model.bn2):
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0), bn.weight.data.uniform_(0.5, 2.0)
+    model, x, quantizer = quantize_with(model.eval(), (4, 12))
+    path = tmp_path / "bn1d.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert_bit_exact(model, quantizer, path, [torch.randn(1, 4, 12) * scale for scale in (0.5, 1, 2, 4)])
+    codes = [code for code in op_codes(path) if code not in ("RESHAPE", "TRANSPOSE")]
+    assert codes == ["QUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MEAN", "FULLY_CONNECTED", "ADD",
+                     "DEPTHWISE_CONV_2D", "QUANTIZE", "CONCATENATION", "DEQUANTIZE"], codes  # QUANTIZE: int8 -> int8
+    assert delegate_partitions(model_path=str(path), num_threads=2) == (1, [])

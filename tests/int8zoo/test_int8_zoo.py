@@ -42,7 +42,7 @@ FUSED_OPS = {"shared_module": {"RELU"}, "functional_layers": {"RELU"}, "mlp_form
 FLOAT_ISLANDS = {
     "hardswish_mobile": {"ADD", "MUL"},
     "lstm": {"BROADCAST_TO", "STRIDED_SLICE", "UNIDIRECTIONAL_SEQUENCE_LSTM"},
-    "gru": {"ADD", "LOGISTIC", "MEAN", "MUL", "PACK", "SPLIT", "STRIDED_SLICE", "SUB", "TANH"},
+    "gru": {"ADD", "FULLY_CONNECTED", "LOGISTIC", "MEAN", "MUL", "PACK", "SPLIT", "STRIDED_SLICE", "SUB", "TANH"},
     "transformer": {"ADD", "MEAN", "MUL", "RSQRT", "SUB"},
     "gqa_attention": {"BATCH_MATMUL", "MUL", "SELECT_V2", "SOFTMAX"},
 }

@@ -55,17 +55,30 @@ def batch_norm_affine(weight, bias, mean, var, eps: float) -> tuple[np.ndarray, 
     return (weight * inv).astype(np.float32), (bias - mean * weight * inv).astype(np.float32)
 
 
-def _depthwise(ctx, node, x: Tensor, scale: np.ndarray, shift: np.ndarray) -> Tensor | None:
-    """A standalone BatchNorm of a 4-D tensor read from integers (a DEQUANTIZE) as a 1x1 DEPTHWISE_CONV_2D (weights
-    ``scale``, bias ``shift``), which the int8 passes make an int8 kernel (per-channel weights on +-127, int32 bias),
-    fused with its ReLU; None where it stays MUL / ADD (float input, other ranks, a channel with scale 0)."""
-    from slimkit.converter.ops.conv import conv2d_nhwc
+def _depthwise(ctx, x: Tensor, scale: np.ndarray, shift: np.ndarray) -> Tensor | None:
+    """A standalone BatchNorm read from integers (a DEQUANTIZE) as a 1x1 DEPTHWISE_CONV_2D (weights ``scale``, bias
+    ``shift``), which the int8 passes make an int8 kernel (per-channel weights on +-127, int32 bias) fused with its
+    ReLU: a 4-D tensor directly, ``(N, C, L)`` / ``(N, C)`` (BatchNorm1d) re-viewed as ``(N, 1, L, C)`` between RESHAPEs
+    that fusion sees through. None where it stays MUL / ADD (float or int16 input, other ranks, a channel with scale
+    0)."""
+    from slimkit.converter.ops.conv import NHWC, conv2d_nhwc
 
-    if x.rank != 4 or x.producer is None or x.producer.code != "DEQUANTIZE" or not scale.all():
-        return None
-    return conv2d_nhwc(ctx, x, scale.reshape(-1, 1, 1, 1), shift, (1, 1), (0, 0), (1, 1), x.shape[1],
-                       tuple(node.meta["val"].shape if isinstance(node.meta.get("val"), torch.Tensor)
-                             else node.meta["val"][0].shape))
+    if x.rank not in (2, 3, 4) or x.producer is None or x.producer.code != "DEQUANTIZE" or \
+            x.producer.inputs[0].dtype != "int8" or not scale.all():
+        return None  # int16 activations: no 16x8 form emulated for it yet
+    weight = scale.reshape(-1, 1, 1, 1)
+    if x.rank == 4:
+        return conv2d_nhwc(ctx, x, weight, shift, (1, 1), (0, 0), (1, 1), x.shape[1], tuple(x.shape))
+    order = (0, 2, 1) if x.rank == 3 else (0, 1)
+    x = ctx.layout(x, order)
+    n, c, length = x.shape[0], x.shape[1], x.shape[2] if x.rank == 3 else 1
+    x4 = ctx.tensor((n, c, 1, length), perm=NHWC)
+    ctx.emit("RESHAPE", [x, ctx.const(np.array([n, 1, length, c], np.int32))], [x4], NewShape=[n, 1, length, c])
+    y4 = conv2d_nhwc(ctx, x4, weight, shift, (1, 1), (0, 0), (1, 1), c, (n, c, 1, length))
+    y = ctx.tensor(x.shape, perm=order)
+    physical = list(y.physical_shape)
+    ctx.emit("RESHAPE", [y4, ctx.const(np.array(physical, np.int32))], [y], NewShape=physical).see_through = True
+    return y
 
 
 @register("aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default",
@@ -79,7 +92,7 @@ def batch_norm(ctx, node, a):
     channels = x.shape[1]
     if fold_affine(ctx, x, scale, shift):
         result = x
-    elif (depthwise := _depthwise(ctx, node, x, scale, shift)) is not None:
+    elif (depthwise := _depthwise(ctx, x, scale, shift)) is not None:
         result = depthwise
     else:
         shape = (channels,) + (1,) * (x.rank - 2)

@@ -365,7 +365,7 @@ def _functional_layer_call(call: Call) -> torch.Tensor | None:
 
 @emulates("batch_norm", ops=("DEPTHWISE_CONV_2D",))
 def _batch_norm_call(call: Call) -> torch.Tensor | None:
-    """A standalone eval-mode BatchNorm of a 4-D tensor (one that folds into no conv) as the file's int8 1x1
+    """A standalone eval-mode BatchNorm (one that folds into no conv; 2-D to 4-D input) as the file's int8 1x1
     DEPTHWISE_CONV_2D: weights ``x * scale + shift``'s ``scale`` per channel on the grid ``|scale| / 127`` (so +-127),
     the int32 bias ``round(shift / float32(input_scale * weight_scale))``, requantized as every conv (with the ReLU
     that follows it fused: ``call.params`` is then the ReLU's grid). The arithmetic of
@@ -383,7 +383,7 @@ def _batch_norm_call(call: Call) -> torch.Tensor | None:
     bound.apply_defaults()
     a = bound.arguments
     x, params = a["input"], call.inputs[0]
-    if a["training"] or x.dim() != 4 or params is None:
+    if a["training"] or x.dim() not in (2, 3, 4) or params is None:
         return None
 
     def plain(t: torch.Tensor | None) -> np.ndarray | None:
@@ -397,9 +397,11 @@ def _batch_norm_call(call: Call) -> torch.Tensor | None:
     channels = scale.size
     weight = torch.from_numpy(np.round(scale / grid.scale) * grid.scale).float().reshape(channels, 1, 1, 1)
     w_params = QParams(8, grid.scale, np.zeros(channels, np.int64), -127, 127, axis=0)
-    return kernel(lambda v, w: torch.nn.functional.conv2d(v, w, groups=channels), x, weight.to(x.device),
-                  torch.from_numpy(shift).to(x.device), {"input": params, "weight": w_params, "output": call.params},
-                  channel_dim=1)
+    x4 = x.reshape(x.shape[0], channels, 1, -1)  # BatchNorm1d's (N, C, L) / (N, C): the file's 4-D view
+    out = kernel(lambda v, w: torch.nn.functional.conv2d(v, w, groups=channels), x4, weight.to(x.device),
+                 torch.from_numpy(shift).to(x.device), {"input": params, "weight": w_params, "output": call.params},
+                 channel_dim=1)
+    return out.reshape(x.shape)
 
 
 @emulates("matmul", ops=("BATCH_MATMUL",))
