@@ -371,11 +371,17 @@ def reading_rounding(settings: dict) -> list[str]:
                      settings.items() if rows)) + ". `gptq`'s "
         f"cost is one Hessian and one sweep per layer, no iterations: process CPU seconds for all 50 layers "
         f"{gptq_cpu} (per-layer wall seconds below), against AdaRound's 70-77 CPU s at 150 iterations.",
+        "- The three `gptq + bias_correction` rows were measured before bias correction took each layer's mean "
+        "output on the batch's mean sample (the same correction up to float rounding): their bias_correction CPU "
+        "seconds (7.8-9.7) are the older, slower form's; the other rows' (5.1-6.4) are the current one's.",
         "- Per-tensor W8A8 on the deployable scheme (BatchNorm folded, as LiteRT runs it): `gptq + bias_correction` "
         f"({_agreement(settings, PT8, 'gptq + bias_correction')}) is above NNCF's best row, which quantizes the "
         "unfolded weights (72.7 % / 10.44 dB), and far above NNCF with BatchNorm folded (31.2 %).",
         "- AdaRound keeps its settings (150 iterations of 4 samples on 32x32 crops; the paper: 10,000): it was "
-        "not made stronger here; Hessian rounding reaches further at a fifth of its CPU time."]
+        "not made stronger here. Followed by bias correction, against `gptq + bias_correction` (at a fifth of "
+        "AdaRound's CPU time): " + "; ".join(
+            f"{setting} {_agreement(settings, setting, 'adaround + bias_correction')} against "
+            f"{_agreement(settings, setting, 'gptq + bias_correction')}" for setting in SETTINGS) + "."]
 
 
 def equalized_float(model: torch.nn.Module, calibration: list, evaluation: list, reference: torch.Tensor) -> dict:
