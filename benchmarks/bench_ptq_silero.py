@@ -41,7 +41,7 @@ from bench_ptq_techniques import (  # noqa: E402
     ORDER,
     ROWS,
     SETTINGS,
-    adaround_layer_times,
+    layer_times,
     predict,
     replace_section,
     run_nncf,
@@ -197,7 +197,7 @@ def markdown(results: dict) -> str:
         lines += [f"{setting}, naive with activation ranges searched on histograms instead of min-max (`--ranges`): "
                   + "; ".join(f"`algorithm='{name}'` {row['agreement']:.2f} % / {row['sqnr_db']:.2f} dB"
                               for name, row in rows.items()) + ".", ""]
-    lines += [f"AdaRound: {json.dumps(ADAROUND)} per layer.", "", *adaround_layer_times(results["settings"]),
+    lines += [f"AdaRound: {json.dumps(ADAROUND)} per layer.", "", *layer_times(results["settings"], "adaround"),
               "Reading:", "",
               "- The loss is in the activations of the STFT magnitude and the encoder, not in the weights (int8 "
               "weights alone keep 99.7 % of the decisions). `slimkit.analysis.quant_debug` on eight evaluation "
