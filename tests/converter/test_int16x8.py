@@ -16,7 +16,8 @@ from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer
 from slimkit.converter import TFLiteConverter, verify
 from slimkit.errors import ConfigError, UnsupportedOpError
 from slimkit.utils.litert import interpreter
-from tests.converter.test_int8 import tensor_types
+from tests.converter.test_int8 import settle_bn, tensor_types
+from tests.converter.test_int8_xnnpack import PreActivation
 
 WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
 GRAPH_INPUTS = [{"quant_types": ["weight", "output"], "op_types": ["default"]}]  # inputs: the grids of the graph
@@ -303,3 +304,18 @@ def test_fully_connected_rounds_once(tmp_path):
     assert [code for code, _, _ in tensor_types(path)] == ["QUANTIZE", "RESHAPE", "FULLY_CONNECTED", "DEQUANTIZE"]
     torch.manual_seed(5)
     assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 8, 8, 8) * s for s in (0.5, 1.0, 1.5)])
+
+
+def test_standalone_batchnorm_is_a_16x8_depthwise_conv(tmp_path):
+    """Pre-activation BatchNorms (BN -> ReLU -> conv, and one after a residual add) fold into no conv: each is a 16x8
+    1x1 DEPTHWISE_CONV_2D (int8 weights, int64 bias) with its ReLU fused, bit exact (they were float MUL / ADD between
+    int16 tensors, 8,183 of 8,192 outputs off the emulation)."""
+    model = settle_bn(PreActivation(), (3, 8, 8)).eval()
+    x, ptq = convert_16x8(model, (3, 8, 8), tmp_path, algorithm="minmax")
+    ptq.calibrate([torch.randn(4, 3, 8, 8) for _ in range(2)])
+    path = tmp_path / "preact16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert assert_16x8_file(path) == ["QUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D", "CONV_2D", "ADD",
+                                      "DEPTHWISE_CONV_2D", "DEQUANTIZE"]
+    torch.manual_seed(7)
+    assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 3, 8, 8) * s for s in (0.5, 1.0, 2.0, 4.0)])
