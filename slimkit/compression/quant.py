@@ -297,12 +297,14 @@ def bias_scale_floor(bias: np.ndarray, weight_scale: np.ndarray, bits: int = 32)
     """The smallest input scale at which ``round(bias / (input_scale * weight_scale))`` takes at most half of the
     ``bits``-bit range on every channel: the other half is left to the kernel's sum of int8 products (and the
     zero-point correction XNNPACK folds into the bias), which is added to the bias in the same int32 accumulator.
+    Fewer scales than biases (a grouped transposed conv: its weight ``(in, out / groups, ...)`` holds one scale per
+    output channel of a group) repeat group after group.
 
     >>> bias_scale_floor(np.array([50.0, -20.0]), np.array([1e-3, 1e-4]), bits=32) == 20.0 / (1e-4 * 2 ** 30)
     True
     """
-    ratio = np.abs(np.asarray(bias, np.float64).reshape(-1)) / (np.asarray(weight_scale, np.float64).reshape(-1)
-                                                                 * 2.0 ** (bits - 2))
+    bias = np.abs(np.asarray(bias, np.float64).reshape(-1))
+    ratio = bias / (np.resize(np.asarray(weight_scale, np.float64).reshape(-1), bias.shape) * 2.0 ** (bits - 2))
     return float(ratio.max()) if ratio.size else 0.0
 
 

@@ -234,20 +234,26 @@ def relax_fused_clamps(graph: Graph) -> int:
 
 def refuse_int16_float_ops(graph: Graph) -> None:
     """Raises :class:`~slimkit.errors.UnsupportedOpError` naming (module path, op) each op left in float between int16
-    tensors (it reads a DEQUANTIZE of an int16 tensor and feeds a QUANTIZE to int16): LiteRT has no 16x8 kernel
+    tensors (it reads a DEQUANTIZE of an int16 tensor and feeds a QUANTIZE to int16, directly or through other float
+    ops: a grouped transposed conv's TRANSPOSE_CONVs, CONCATENATION and RELU): LiteRT has no 16x8 kernel
     for it (:data:`INT16_OPS`), or none for that form of it (a float constant operand), so the file would not be the
     int16x8 model the profile asks for. Nothing is written then."""
     users = _users(graph)
-    found: list[str] = []
+    computed = [op for op in graph.ops if op.code not in ("QUANTIZE", "DEQUANTIZE")]
+    from_int16: set[int] = set()  # float tensors computed (through float ops) from a DEQUANTIZE of int16
     for op in graph.ops:
-        if op.code in ("QUANTIZE", "DEQUANTIZE"):
-            continue
-        reads = any(t is not None and t.producer is not None and t.producer.code == "DEQUANTIZE"
-                    and t.producer.inputs[0].dtype == "int16" for t in op.inputs)
-        feeds = any(user.code == "QUANTIZE" and user.outputs[0].dtype == "int16"
-                    for out in op.outputs for user in users.get(id(out), []))
+        if (op.code == "DEQUANTIZE" and op.inputs[0].dtype == "int16") or \
+                (op in computed and any(t is not None and id(t) in from_int16 for t in op.inputs)):
+            from_int16.update(id(t) for t in op.outputs if t is not None)
+    to_int16: set[int] = set()  # ops whose result reaches a QUANTIZE to int16 (through float ops)
+    for op in reversed(computed):
+        if any((user.code == "QUANTIZE" and user.outputs[0].dtype == "int16") or id(user) in to_int16
+               for out in op.outputs if out is not None for user in users.get(id(out), [])):
+            to_int16.add(id(op))
+    found: list[str] = []
+    for op in computed:
         entry = f"{op.source or '<root>'} ({op.code})"
-        if reads and feeds and entry not in found:
+        if id(op) in to_int16 and any(t is not None and id(t) in from_int16 for t in op.inputs) and entry not in found:
             found.append(entry)
     if found:
         raise UnsupportedOpError(f"The int16x8 file cannot hold these ops as LiteRT 16x8 kernels: {', '.join(found)}. "

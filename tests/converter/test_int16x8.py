@@ -16,7 +16,8 @@ from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer
 from slimkit.converter import TFLiteConverter, verify
 from slimkit.errors import ConfigError, UnsupportedOpError
 from slimkit.utils.litert import interpreter
-from tests.converter.test_int8 import tensor_types
+from tests.converter.test_int8 import settle_bn, tensor_types
+from tests.converter.test_int8_xnnpack import PreActivation
 
 WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
 GRAPH_INPUTS = [{"quant_types": ["weight", "output"], "op_types": ["default"]}]  # inputs: the grids of the graph
@@ -235,6 +236,25 @@ def test_op_without_a_16x8_kernel_is_named_before_writing(tmp_path):
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_float_regions_between_int16_tensors_are_named_before_writing(tmp_path):
+    """Several float ops in a row between int16 tensors are refused too (each op used to pass: none both reads a
+    DEQUANTIZE and feeds a QUANTIZE): a grouped ConvTranspose2d (float TRANSPOSE_CONVs per group, CONCATENATION, its
+    ReLU) and a standalone BatchNorm with a zero scale (no depthwise form: MUL then ADD)."""
+    up = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2), nn.ReLU(),
+                       nn.Conv2d(6, 4, 1)).eval()
+    bn = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)).eval()
+    with torch.no_grad():
+        bn[2].weight.copy_(torch.tensor([1.0, 0.0, 2.0, 0.5]))
+    cases = [(up, r"1\.module \(TRANSPOSE_CONV\), 1\.module \(CONCATENATION\), 2 \(RELU\)\. "),
+             (bn, r"2 \(MUL\), 2 \(ADD\)\. ")]
+    for model, names in cases:
+        x, ptq = convert_16x8(model, (4, 6, 6), tmp_path, algorithm="minmax")
+        ptq.calibrate([torch.randn(4, 4, 6, 6)])
+        with pytest.raises(UnsupportedOpError, match=r"16x8 kernels: " + names):
+            TFLiteConverter(model, x, tmp_path / "float16.tflite").convert()
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_profile_fixes_activation_bits():
     model = nn.Sequential(nn.Conv2d(1, 4, 3))
     config = [{"quant_types": ["weight", "output"], "quant_bits": {"weight": 8, "output": 8}, "op_types": ["Conv2d"]}]
@@ -303,3 +323,18 @@ def test_fully_connected_rounds_once(tmp_path):
     assert [code for code, _, _ in tensor_types(path)] == ["QUANTIZE", "RESHAPE", "FULLY_CONNECTED", "DEQUANTIZE"]
     torch.manual_seed(5)
     assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 8, 8, 8) * s for s in (0.5, 1.0, 1.5)])
+
+
+def test_standalone_batchnorm_is_a_16x8_depthwise_conv(tmp_path):
+    """Pre-activation BatchNorms (BN -> ReLU -> conv, and one after a residual add) fold into no conv: each is a 16x8
+    1x1 DEPTHWISE_CONV_2D (int8 weights, int64 bias) with its ReLU fused, bit exact (they were float MUL / ADD between
+    int16 tensors, not refused: 36 of these 2,560 outputs differed from the emulation)."""
+    model = settle_bn(PreActivation(), (3, 8, 8)).eval()
+    x, ptq = convert_16x8(model, (3, 8, 8), tmp_path, algorithm="minmax")
+    ptq.calibrate([torch.randn(4, 3, 8, 8) for _ in range(2)])
+    path = tmp_path / "preact16.tflite"
+    TFLiteConverter(model, x, path).convert()
+    assert assert_16x8_file(path) == ["QUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D", "CONV_2D", "ADD",
+                                      "DEPTHWISE_CONV_2D", "DEQUANTIZE"]
+    torch.manual_seed(7)
+    assert_bit_exact(model, ptq, path, [x] + [torch.randn(1, 3, 8, 8) * s for s in (0.5, 1.0, 2.0, 4.0)])

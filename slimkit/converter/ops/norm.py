@@ -57,15 +57,15 @@ def batch_norm_affine(weight, bias, mean, var, eps: float) -> tuple[np.ndarray, 
 
 def _depthwise(ctx, x: Tensor, scale: np.ndarray, shift: np.ndarray) -> Tensor | None:
     """A standalone BatchNorm read from integers (a DEQUANTIZE) as a 1x1 DEPTHWISE_CONV_2D (weights ``scale``, bias
-    ``shift``), which the int8 passes make an int8 kernel (per-channel weights on +-127, int32 bias) fused with its
-    ReLU: a 4-D tensor directly, ``(N, C, L)`` / ``(N, C)`` (BatchNorm1d) re-viewed as ``(N, 1, L, C)`` between RESHAPEs
-    that fusion sees through. None where it stays MUL / ADD (float or int16 input, other ranks, a channel with scale
-    0)."""
+    ``shift``), which the int8 passes make an integer kernel (per-channel weights on +-127, an int32 bias; int16
+    activations: LiteRT's 16x8 kernel, an int64 bias) fused with its ReLU: a 4-D tensor directly, ``(N, C, L)`` /
+    ``(N, C)`` (BatchNorm1d) re-viewed as ``(N, 1, L, C)`` between RESHAPEs that fusion sees through. None where it
+    stays MUL / ADD (float input, other ranks, a channel with scale 0)."""
     from slimkit.converter.ops.conv import NHWC, conv2d_nhwc
 
     if x.rank not in (2, 3, 4) or x.producer is None or x.producer.code != "DEQUANTIZE" or \
-            x.producer.inputs[0].dtype != "int8" or not scale.all():
-        return None  # int16 activations: no 16x8 form emulated for it yet
+            x.producer.inputs[0].dtype not in ("int8", "int16") or not scale.all():
+        return None
     weight = scale.reshape(-1, 1, 1, 1)
     if x.rank == 4:
         return conv2d_nhwc(ctx, x, weight, shift, (1, 1), (0, 0), (1, 1), x.shape[1], tuple(x.shape))

@@ -5,8 +5,8 @@ XNNPACK takes no int16 tensors, so LiteRT runs these files on its builtin kernel
 (:mod:`slimkit.frameworks.torch.fixed_point`: the 32-bit form rounds twice, the 64-bit one rounds the multiplier to
 16 bits). Which kernel uses which, each checked against LiteRT on every output of the test models:
 
-- CONV_2D, DEPTHWISE_CONV_2D: int64 sum plus the int64 bias, the 64-bit form per output channel with the multiplier
-  ``double(input_scale) * double(weight_scale) / double(output_scale)``;
+- CONV_2D, DEPTHWISE_CONV_2D (a standalone BatchNorm's 1x1 one too): int64 sum plus the int64 bias, the 64-bit form
+  per output channel with the multiplier ``double(input_scale) * double(weight_scale) / double(output_scale)``;
 - FULLY_CONNECTED: the same sum and multiplier, scaled rounding once (half up) on the int64 product;
 - ADD / SUB (the general int16 kernel, ``pot_scale_int16`` off): each input shifted left by 15 and scaled by
   ``input_scale / (2 * max input scale)`` (ADD: rounding once, half up; SUB: the 32-bit form), summed, scaled by
@@ -169,6 +169,9 @@ def _average_pool_call(call: Call) -> torch.Tensor | None:
 
 # LiteRT's int16 LOGISTIC / TANH / SOFTMAX register themselves
 from slimkit.frameworks.torch import int16_activations  # noqa: E402, F401
+
+# a standalone BatchNorm: the file's 16x8 1x1 DEPTHWISE_CONV_2D (int8_emulation.kernel dispatches on the output grid)
+emulates("batch_norm", ops=("DEPTHWISE_CONV_2D",), bits=16)(int8_emulation._batch_norm_call)
 
 # the int8 kernels' integer steps on int16 (the input's range; rescaled() requantizes as LiteRT's int16 QUANTIZE)
 emulates("cat", "maximum", "minimum", ops=("CONCATENATION", "PACK", "MAXIMUM", "MINIMUM"), bits=16)(
