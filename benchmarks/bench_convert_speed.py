@@ -6,7 +6,8 @@ a 1x3x224x224 example and 16 calibration images (4 batches of 4), ``PostTraining
 (``op_types: ['default']``), then ``TFLiteConverter(...).convert()`` (the file validated in LiteRT, as by default).
 Each model runs in a fresh process: one small ``torch.export`` first (its one-time start-up is charged to nothing),
 the float file (its conversion also starts the validating worker), then ``--repeat`` int8 rounds on fresh copies
-of the float model, each timing the quantization (prepare + calibrate) and the conversion. ``--slimkit DIR`` imports
+of the float model, each timing the quantization (prepare + calibrate) and the conversion (``--captures N``: then the
+eager check + capture alone, ``TFLiteConverter.capture()``, N more times). ``--slimkit DIR`` imports
 slimkit from another checkout (a ``git archive`` of an earlier commit), to time before and after in alternation.
 
 Run: PYTHONPATH=. python benchmarks/bench_convert_speed.py [--models resnet18 ...] [--repeat 2] [--slimkit DIR]
@@ -46,7 +47,7 @@ def slimkit_quantize(model, example, calibration) -> None:
     model.eval()
 
 
-def child(name: str, repeat: int, threads: int) -> dict:
+def child(name: str, repeat: int, threads: int, captures_each: int) -> dict:
     """The figures of one model, in this process."""
     import torch
 
@@ -68,8 +69,10 @@ def child(name: str, repeat: int, threads: int) -> dict:
         model = copy.deepcopy(float_model)
         quantized = _timed(lambda model=model: slimkit_quantize(model, example, calibration))
         converted = _timed(lambda model=model: TFLiteConverter(model, example, path).convert())
+        captures = [_timed(lambda model=model: TFLiteConverter(model, example, path).capture())["cpu_s"]
+                    for _ in range(captures_each)]
         result["int8"].append({"quantize": quantized, "convert": converted, "load_before": round(load, 2),
-                               "load_after": round(os.getloadavg()[0], 2)})
+                               "load_after": round(os.getloadavg()[0], 2), "capture_cpu_s": captures})
     return result
 
 
@@ -78,17 +81,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1: CPU seconds without idle spinning)")
+    parser.add_argument("--captures", type=int, default=0,
+                        help="also time the eager check + capture alone this many times per int8 round (CPU s)")
     parser.add_argument("--slimkit", help="import slimkit from this directory instead")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.repeat, args.threads)))
+        print(json.dumps(child(args.child, args.repeat, args.threads, args.captures)))
         return
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [p for p in (args.slimkit, os.path.dirname(HERE), os.environ.get("PYTHONPATH")) if p]))
     for name in args.models:
         out = subprocess.run([sys.executable, __file__, "--child", name, "--repeat", str(args.repeat),
-                              "--threads", str(args.threads)], env=env,
+                              "--threads", str(args.threads), "--captures", str(args.captures)], env=env,
                              capture_output=True, text=True, check=True).stdout
         print(json.dumps({"model": name, **json.loads(out)}), flush=True)
 
