@@ -37,23 +37,24 @@ FUSED_OPS = {"shared_module": {"RELU"}, "functional_layers": {"RELU"}, "mlp_form
 
 #: structures whose file keeps float ops between int8 ones, and the most it may keep: the recurrent cells (LiteRT has no
 #: int8 LSTM / GRU kernel), LayerNorm's statistics (no int8 RSQRT), attention through ``F.scaled_dot_product_attention``
-#: (float SOFTMAX / BATCH_MATMUL on its masked scores), ``F.hardsigmoid`` (no int8 kernel: ADD 3, RELU6, MUL 1/6 in
-#: float). Every other structure's file quantizes only its inputs and dequantizes only its outputs.
+#: (float SOFTMAX / BATCH_MATMUL on its masked scores, the causal mask an ADD), ``F.hardsigmoid`` (no int8 kernel:
+#: ADD 3, RELU6, MUL 1/6 in float) and hard-swish (float HARD_SWISH, as XNNPACK takes it). Every other structure's
+#: file quantizes only its inputs and dequantizes only its outputs.
 FLOAT_ISLANDS = {
-    "hardswish_mobile": {"ADD", "MUL"},
+    "hardswish_mobile": {"ADD", "HARD_SWISH", "MUL"},
     "lstm": {"BROADCAST_TO", "STRIDED_SLICE", "UNIDIRECTIONAL_SEQUENCE_LSTM"},
-    "gru": {"ADD", "FULLY_CONNECTED", "LOGISTIC", "MEAN", "MUL", "PACK", "SPLIT", "STRIDED_SLICE", "SUB", "TANH"},
+    "gru": {"ADD", "CONCATENATION", "FULLY_CONNECTED", "LOGISTIC", "MEAN", "MUL", "RESHAPE", "SPLIT", "STRIDED_SLICE",
+            "SUB", "TANH"},
     "transformer": {"ADD", "MEAN", "MUL", "RSQRT", "SUB"},
-    "gqa_attention": {"BATCH_MATMUL", "MUL", "SELECT_V2", "SOFTMAX"},
+    "gqa_attention": {"ADD", "BATCH_MATMUL", "MUL", "SOFTMAX"},
 }
 
 #: int8 ops XNNPACK leaves to LiteRT's own kernels in a structure's file (each splits its partitions); every other
 #: structure runs as one XNNPACK partition
 UNDELEGATED = {
-    "sigmoid_gate": {"SPLIT_V"}, "concat_split": {"SPLIT_V"}, "upsample_nearest": {"RESIZE_NEAREST_NEIGHBOR"},
-    "pool_variants": {"AVERAGE_POOL_2D"}, "hardswish_mobile": {"HARD_SWISH"}, "padding_modes": {"MIRROR_PAD", "GATHER"},
-    "transformer": {"UNPACK", "BATCH_MATMUL", "SOFTMAX", "GELU"}, "gqa_attention": {"BROADCAST_TO", "SELECT_V2"},
-    "lstm": {"BROADCAST_TO", "UNIDIRECTIONAL_SEQUENCE_LSTM", "STRIDED_SLICE"}, "gru": {"STRIDED_SLICE", "PACK"},
+    "upsample_nearest": {"RESIZE_NEAREST_NEIGHBOR"}, "pool_variants": {"AVERAGE_POOL_2D"},
+    "padding_modes": {"MIRROR_PAD", "GATHER"}, "transformer": {"BATCH_MATMUL", "SOFTMAX", "GELU"},
+    "lstm": {"BROADCAST_TO", "UNIDIRECTIONAL_SEQUENCE_LSTM"},
 }
 
 #: ops that must run in float between int8 tensors (XNNPACK takes them in float only), emulated exactly all the same
