@@ -90,6 +90,7 @@ class PostTrainingQuantizer(Quantizer):
         self.max_clip_fraction = max_clip_fraction
         self.calibrated = False
         self._batch_index = 0  # the batch calibrate() is running (named when it fails)
+        self._running: str | None = None  # the technique calibrate() is running (named when it fails)
 
     def collect_state(self) -> dict[str, Any]:
         """The base state (observers: histograms included) and whether calibration has run."""
@@ -146,11 +147,14 @@ class PostTrainingQuantizer(Quantizer):
             self.float_weights = float_weights
             self.load_state_dict(before)
             if isinstance(error, Exception) and not isinstance(error, SlimkitError):
-                raise SlimkitError(f"PostTrainingQuantizer.calibrate: batch {self._batch_index} could not run through "
-                                   f"the model ({type(error).__name__}: {error}). Expected batches the model takes "
-                                   "(tensors, or (inputs, targets) tuples); the quantizer and the model are as they "
-                                   "were before calibrate().") from error
+                where = f"technique {self._running!r} failed" if self._running is not None else \
+                    f"batch {self._batch_index} could not run through the model"
+                raise SlimkitError(f"PostTrainingQuantizer.calibrate: {where} ({type(error).__name__}: {error}). "
+                                   "Expected batches the model takes (tensors, or (inputs, targets) tuples); the "
+                                   "quantizer and the model are as they were before calibrate().") from error
             raise
+        finally:
+            self._running = None
 
     def _calibrate(self, batches: Iterable[Any] | None, num_batches: int | None, bn_sigmas: float) -> None:
         data_free = batches is None or (hasattr(batches, "__len__") and len(batches) == 0)
@@ -182,7 +186,9 @@ class PostTrainingQuantizer(Quantizer):
     def _run_techniques(self, stage: str, batches: list[Any] | None) -> None:
         for technique in self.techniques:
             if technique.stage == stage:
+                self._running = technique.name
                 self.technique_reports.append(technique.apply(self, batches))
+                self._running = None
                 self.state_changed()
 
     def _observe(self, batches: Iterable[Any], num_batches: int | None) -> None:

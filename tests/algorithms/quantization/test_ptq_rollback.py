@@ -10,7 +10,7 @@ import torch
 
 from slimkit.algorithms.quantization import PostTrainingQuantizer
 from slimkit.algorithms.quantization.techniques import Smooth, Technique
-from slimkit.errors import ConfigError
+from slimkit.errors import ConfigError, SlimkitError
 from tests.algorithms.quantization.techniques.test_smooth import LINEAR_INT8, _block_and_data
 
 
@@ -48,3 +48,21 @@ def test_failed_calibrate_after_a_technique_changed_weights_restores_everything(
     assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
     assert not ptq.wrapped and ptq.technique_reports == [] and ptq.channel_scales == {} and ptq.float_weights == {}
     assert ptq.state_dict().keys() == quantizer_state.keys() and not ptq.calibrated
+
+
+def test_a_technique_that_fails_is_named_not_a_batch() -> None:
+    """An error that is not a SlimkitError inside a technique names the technique (it used to name the last batch
+    index, as if a batch could not run), and the model is as it was."""
+    model, batches = _block_and_data()
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    ptq = PostTrainingQuantizer(model, LINEAR_INT8, dummy_input=batches[0][:1], techniques=[Failing()],
+                                progress=False)
+
+    def fail(quantizer, batches):
+        raise RuntimeError("shape mismatch inside the technique")
+
+    ptq.techniques[-1].apply = fail
+    with pytest.raises(SlimkitError, match=r"technique 'failing' failed \(RuntimeError: shape mismatch") as caught:
+        ptq.calibrate(batches)
+    assert "could not run through the model" not in str(caught.value)
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
