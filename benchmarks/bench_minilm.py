@@ -56,6 +56,15 @@ def embed(model, data) -> np.ndarray:
         return torch.cat([model(ids) for ids in data]).numpy()
 
 
+def real_minilm(calibrate: int, evaluate: int) -> tuple:
+    """The real MiniLM encoder, the corpus, its first ``calibrate`` sentences as calibration batches, the next
+    ``evaluate`` as evaluation batches, and the float model's embeddings of those."""
+    model, texts = load_encoder(), corpus()
+    calibration = batches(texts[:calibrate])
+    evaluation = batches(texts[calibrate:calibrate + evaluate])
+    return model, texts, calibration, evaluation, embed(model, evaluation)
+
+
 def embed_file(path, data) -> np.ndarray:
     return np.concatenate([run_tflite(path, [ids.numpy()], num_threads=2)[0] for ids in data])
 
@@ -80,10 +89,7 @@ def convert(model, example, path) -> float:
 
 
 def main() -> None:
-    texts = corpus()
-    calibration, evaluation = batches(texts[:CALIBRATE]), batches(texts[CALIBRATE:CALIBRATE + EVALUATE])
-    reference_model = load_encoder()
-    reference = embed(reference_model, evaluation)
+    reference_model, _, calibration, evaluation, reference = real_minilm(CALIBRATE, EVALUATE)
     out: dict = {"machine": describe_machine(torch=torch.__version__, threads=torch.get_num_threads()),
                  "sentences": {"calibration": CALIBRATE, "evaluation": EVALUATE, "tokens": 32, "batch": BATCH}}
     work = Path(tempfile.mkdtemp())

@@ -32,11 +32,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_minilm import batches, embed, scores  # noqa: E402
+from bench_minilm import batches, embed, real_minilm, scores  # noqa: E402
 from machine_info import describe_machine  # noqa: E402
 
 from slimkit.algorithms.pruning import LevelPruner, WandaPruner  # noqa: E402
-from tests.realmodels.minilm import PAD_ID, corpus, load_encoder, token_ids  # noqa: E402
+from tests.realmodels.minilm import PAD_ID, token_ids  # noqa: E402
 
 CALIBRATE, EVALUATE = 256, 256
 CONFIG = [{"sparsity": 0.5, "sparsity_pattern": "2:4", "op_types": ["Linear"]}]
@@ -74,11 +74,7 @@ def unpadded(text: str) -> torch.Tensor:
 def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    model = load_encoder()
-    texts = corpus()
-    calibration = batches(texts[:CALIBRATE])
-    evaluation = batches(texts[CALIBRATE:CALIBRATE + EVALUATE])
-    reference = embed(model, evaluation)
+    model, texts, calibration, evaluation, reference = real_minilm(CALIBRATE, EVALUATE)
     rest = texts[:CALIBRATE] + texts[CALIBRATE + EVALUATE:]
     variants = {
         "magnitude": (LevelPruner, None),

@@ -29,12 +29,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_minilm import batches, embed, scores  # noqa: E402
+from bench_minilm import embed, real_minilm, scores  # noqa: E402
 from machine_info import describe_machine  # noqa: E402
 
 from slimkit.algorithms.pruning import LevelPruner, SparseGPTPruner, WandaPruner  # noqa: E402
 from slimkit.algorithms.quantization import WeightOnlyQuantizer  # noqa: E402
-from tests.realmodels.minilm import corpus, load_encoder  # noqa: E402
 
 CALIBRATE, EVALUATE = 256, 256
 
@@ -70,11 +69,7 @@ def peak_rss_mb() -> float:
 def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    model = load_encoder()
-    texts = corpus()
-    calibration = batches(texts[:CALIBRATE])
-    evaluation = batches(texts[CALIBRATE:CALIBRATE + EVALUATE])
-    reference = embed(model, evaluation)
+    model, _, calibration, evaluation, reference = real_minilm(CALIBRATE, EVALUATE)
     linear = {"op_types": ["Linear"]}
     methods = {}
     for group in (128, 32):
