@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from file_latency import invoke_ms  # noqa: E402
 from machine_info import describe_machine  # noqa: E402
 from ptq_images import normalize, sample_crops  # noqa: E402
 
@@ -41,7 +41,6 @@ from slimkit.algorithms.quantization import PostTrainingQuantizer  # noqa: E402
 from slimkit.converter import TFLiteConverter  # noqa: E402
 from slimkit.converter.verify import run_tflite  # noqa: E402
 from slimkit.models.efficientnet_lite import IMAGE_MEAN, IMAGE_STD, load_pretrained_efficientnet_lite0  # noqa: E402
-from slimkit.utils.litert import interpreter  # noqa: E402
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
@@ -76,19 +75,6 @@ def file_outputs(path: Path, images: torch.Tensor) -> np.ndarray:
     return np.concatenate([run_tflite(path, [image[None].permute(0, 2, 3, 1).numpy()])[0] for image in images])
 
 
-def latency_ms(path: Path, image: torch.Tensor, runs: int = 20) -> float:
-    runner = interpreter(model_path=str(path), num_threads=2)
-    runner.set_tensor(runner.get_input_details()[0]["index"], image[None].permute(0, 2, 3, 1).numpy())
-    for _ in range(3):
-        runner.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runner.invoke()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def measure(name: str, model: torch.nn.Module, calibration: list[torch.Tensor], evaluation: torch.Tensor,
             labels: torch.Tensor | None) -> dict:
     with torch.no_grad():
@@ -110,7 +96,7 @@ def measure(name: str, model: torch.nn.Module, calibration: list[torch.Tensor], 
                "agreement": float((output.argmax(1) == reference.argmax(1)).mean() * 100),
                "file_bytes": path.stat().st_size, "convert_s": convert_s, "evaluate_s": run_s,
                "load_before_latency": os.getloadavg()[0],
-               "latency_ms_2_threads": latency_ms(path, evaluation[0]),
+               "latency_ms_2_threads": invoke_ms(path, evaluation[0][None].permute(0, 2, 3, 1).numpy(), threads=2),
                "load_after_latency": os.getloadavg()[0]}
         if labels is not None:
             row["accuracy"] = float((output.argmax(1) == labels.numpy()).mean() * 100)

@@ -49,13 +49,13 @@ from bench_ptq_techniques import (  # noqa: E402
     sqnr,
     table,
 )
+from file_latency import invoke_ms  # noqa: E402
 from machine_info import describe_machine  # noqa: E402
 
 from slimkit.algorithms.quantization import PostTrainingQuantizer  # noqa: E402
 from slimkit.converter import TFLiteConverter  # noqa: E402
 from slimkit.converter.verify import run_tflite  # noqa: E402
 from slimkit.models.silero_vad import CHUNK, espeak_speech, load_silero_vad  # noqa: E402
-from slimkit.utils.litert import interpreter  # noqa: E402
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
@@ -106,20 +106,6 @@ refuses float ops between int16 tensors), and so does the LSTM."""
 FILE_PROFILES = {"int16x8 (tflite_int16x8)": "tflite_int16x8", "int8 (tflite)": "tflite"}
 
 
-def latency_ms(path: Path, window: torch.Tensor, runs: int = 20) -> float:
-    """LiteRT's default path (XNNPACK where it takes the op), 1 thread, median of ``runs`` on one window."""
-    runner = interpreter(model_path=str(path), num_threads=1)
-    runner.set_tensor(runner.get_input_details()[0]["index"], window[None].numpy())
-    for _ in range(3):
-        runner.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runner.invoke()
-        times.append((time.perf_counter() - start) * 1000)
-    return sorted(times)[runs // 2]
-
-
 def file_row(model: torch.nn.Module, profile: str, calibration: list, evaluation: list, reference: torch.Tensor,
              folder: Path) -> dict:
     """PTQ (minmax) of the encoder and decoder of a copy of ``model`` under ``profile``, written as a TFLite file and
@@ -141,7 +127,8 @@ def file_row(model: torch.nn.Module, profile: str, calibration: list, evaluation
         equal += int(np.array_equal(got, expected))
         worst = max(worst, float(np.abs(got - expected).max()))
         outputs.append(torch.from_numpy(got))
-    return {**decisions(reference, torch.cat(outputs)), "latency_ms": latency_ms(path, windows[0]),
+    return {**decisions(reference, torch.cat(outputs)),
+            "latency_ms": invoke_ms(path, windows[0][None].numpy(), threads=1),
             "load": os.getloadavg()[0], "size_kb": path.stat().st_size / 1024, "windows": len(windows),
             "windows_equal_to_emulation": equal, "max_abs_from_emulation": worst}
 
