@@ -16,7 +16,7 @@ from slimkit.algorithms.quantization import PostTrainingQuantizer, QATQuantizer
 from slimkit.converter import TFLiteConverter, verify
 from slimkit.errors import ConfigError, UnsupportedOpError
 from slimkit.utils.litert import interpreter
-from tests.converter.test_int8 import settle_bn, tensor_types
+from tests.converter.test_int8 import settle_bn, tensor_types, train_digits_qat
 from tests.converter.test_int8_xnnpack import PreActivation
 
 WHOLE_GRAPH = [{"quant_types": ["input", "weight", "output"], "op_types": ["default"]}]
@@ -187,14 +187,7 @@ def test_bias_past_float32_integers_right_after_calibration(tmp_path):
 def test_qat_digits_cnn_is_bit_exact(tmp_path):
     model = models.DigitsCNN()
     x, qat = convert_16x8(model, (1, 8, 8), tmp_path, quantizer_class=QATQuantizer)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    model.train()
-    for _ in range(3):
-        optimizer.zero_grad()
-        F.cross_entropy(model(torch.randn(16, 1, 8, 8)), torch.randint(0, 10, (16,))).backward()
-        optimizer.step()
-        qat.step()
-    model.eval()
+    train_digits_qat(model, qat)
     path = tmp_path / "qat16.tflite"
     TFLiteConverter(model, x, path).convert()
     assert_16x8_file(path)

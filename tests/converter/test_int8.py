@@ -113,6 +113,19 @@ def assert_bit_exact(model, quantizer, path, inputs) -> None:
         np.testing.assert_array_equal(litert_output(path, x).reshape(expected.shape), expected)
 
 
+def train_digits_qat(model: nn.Module, qat, steps: int = 3) -> None:
+    """``steps`` SGD steps of the QAT ``model`` (8x8 digit-shaped random batches of 16, random labels), each followed
+    by ``qat.step()``; the model is left in eval mode."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(torch.randn(16, 1, 8, 8)), torch.randint(0, 10, (16,))).backward()
+        optimizer.step()
+        qat.step()
+    model.eval()
+
+
 def check_model(build, shape, tmp_path):
     torch.manual_seed(0)
     model, x, quantizer = quantize_with(settle_bn(build(), shape), shape)
@@ -287,14 +300,7 @@ def test_qat_model_converts_straight_after_training(tmp_path):
     x = torch.randn(1, 1, 8, 8)
     qat = QATQuantizer(model, [{"quant_types": ["weight", "output"], "op_types": ["default"]}], dummy_input=x)
     qat.compress()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    model.train()
-    for _ in range(3):
-        optimizer.zero_grad()
-        F.cross_entropy(model(torch.randn(16, 1, 8, 8)), torch.randint(0, 10, (16,))).backward()
-        optimizer.step()
-        qat.step()
-    model.eval()
+    train_digits_qat(model, qat)
     path = tmp_path / "qat.tflite"
     TFLiteConverter(model, x, path).convert()
     assert_all_int8(path)
