@@ -150,6 +150,10 @@ class TFLiteConverter:
         unique_names(self.graph)
         return self.graph
 
+    def _built(self):
+        """The IR graph, built on first use (:meth:`build`) and reused by the file, the reports and :meth:`convert`."""
+        return self.build() if self.graph is None else self.graph
+
     def _lower_dynamic_batch(self):
         """The graph with the batch written as -1 (:mod:`slimkit.converter.batch`)."""
         batch = example_batch(self.dummy_input)
@@ -164,7 +168,7 @@ class TFLiteConverter:
 
     def to_bytes(self) -> bytes:
         """The ``.tflite`` file's bytes (without writing a file)."""
-        return serialize(self.build() if self.graph is None else self.graph).tobytes()
+        return serialize(self._built()).tobytes()
 
     def approximate_int8_ops(self) -> list[str]:
         """The file's int8 ops that :meth:`~slimkit.compression.Quantizer.emulate_integer` does not compute exactly
@@ -172,7 +176,7 @@ class TFLiteConverter:
         empty when the emulation gives every integer of the file."""
         from slimkit.converter.emulation import approximate_int8_ops
 
-        return approximate_int8_ops(self.build() if self.graph is None else self.graph)
+        return approximate_int8_ops(self._built())
 
     def float_islands(self) -> list[str]:
         """The layers of an int8 (or int16) file that run in float32 between a DEQUANTIZE and a QUANTIZE with ops
@@ -182,14 +186,14 @@ class TFLiteConverter:
         are measured, not guaranteed, equal (:mod:`slimkit.converter.float_islands`). Empty for a float file."""
         from slimkit.converter.float_islands import float_islands
 
-        return float_islands(self.build() if self.graph is None else self.graph, self.model)
+        return float_islands(self._built(), self.model)
 
     def convert(self) -> None:
         """Write the ``.tflite`` file (every unsupported op is reported before anything is written; the file is
         validated in LiteRT before it takes its name unless ``validate=False``). A warning names the int8 ops the
         integer emulation does not compute exactly (:meth:`approximate_int8_ops`) and the layers the file runs in
         float (:meth:`float_islands`)."""
-        graph = self.build() if self.graph is None else self.graph
+        graph = self._built()
         if self.options.validate:
             check_xnnpack_limits(graph)
         model = serialize(graph)
