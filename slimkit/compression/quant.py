@@ -325,6 +325,16 @@ def floor_weight_scales(weight: QParams, bias: np.ndarray, input_scale: float, b
     return replace(weight, scale=np.maximum(weight.scale, need), _native={})
 
 
+def clamp_cannot_bind(kind: str, zero_point: int, qmin: int, qmax: int, scale: float) -> bool:
+    """Whether a ReLU (``kind`` 'relu') or ReLU6 ('relu6') of a tensor on one per-tensor grid changes nothing: the
+    grid's lowest value is 0 (a ReLU's output) and, for ReLU6, its highest at most 6, so neither bound can bind.
+
+    >>> clamp_cannot_bind("relu6", -128, -128, 127, 6.0 / 255), clamp_cannot_bind("relu6", -128, -128, 127, 0.03)
+    (True, False)
+    """
+    return zero_point == qmin and (kind == "relu" or (kind == "relu6" and (qmax - qmin) * scale <= 6.0))
+
+
 def bias_params(input_params: QParams, weight_params: QParams, bits: int = 32) -> QParams:
     """int32 bias parameters: ``scale = input_scale * weight_scale`` (per channel), zero point 0."""
     scale = input_params.scale[0] * weight_params.scale

@@ -63,6 +63,7 @@ from slimkit.compression.quant import (
     affine_params,
     bias_params,
     bias_scale_floor,
+    clamp_cannot_bind,
     floor_weight_scales,
 )
 from slimkit.compression.state import qparams_from_state, qparams_state
@@ -169,14 +170,6 @@ def _range(params: QParams) -> tuple[float, float]:
     hi = float(params.max[0]) if params.max is not None else float((params.qmax - params.zero_point[0]) *
                                                                      params.scale[0])
     return lo, hi
-
-
-def _clamp_cannot_bind(kind: str, params: QParams) -> bool:
-    """Whether a ReLU / ReLU6 of a tensor on grid ``params`` changes nothing: the grid's lowest value is 0 (a ReLU's
-    output) and, for ReLU6, its highest at most 6."""
-    if kind not in ("relu", "relu6") or params.per_channel or int(params.zero_point[0]) != params.qmin:
-        return False
-    return kind == "relu" or (params.qmax - params.qmin) * float(params.scale[0]) <= 6.0
 
 
 class Quantizer(Compressor):
@@ -507,7 +500,9 @@ class Quantizer(Compressor):
         if fixed is not None:
             return fixed, None
         known = [p for p in input_params if p is not None]
-        if len(input_params) == 1 and known and _clamp_cannot_bind(kind, known[0]):
+        if len(input_params) == 1 and known and not known[0].per_channel and \
+                clamp_cannot_bind(kind, int(known[0].zero_point[0]), known[0].qmin, known[0].qmax,
+                                  float(known[0].scale[0])):
             return known[0], input_names[0]  # relu(relu(x)): the same values, kept on their grid (no op in the file)
         if not self.profile.shares_input_params(kind) or not known or len(known) != len(input_params):
             return None, None

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from slimkit.compression.quant import clamp_cannot_bind
 from slimkit.converter.ir import Graph, Op, QuantParams, Tensor
 from slimkit.converter.quant import INTEGER_RANGES
 from slimkit.errors import UnsupportedOpError
@@ -174,8 +175,7 @@ def _identity(op: Op) -> bool:
     if op.code == "QUANTIZE":
         return True
     lo, hi = INTEGER_RANGES[src.dtype]
-    zero, scale = int(src.quant.zero_point[0]), float(src.quant.scale[0])
-    return zero == lo and (op.code == "RELU" or (hi - zero) * scale <= 6.0)
+    return clamp_cannot_bind(op.code.lower(), int(src.quant.zero_point[0]), lo, hi, float(src.quant.scale[0]))
 
 
 def drop_identity_quantize(graph: Graph) -> int:
