@@ -376,9 +376,7 @@ class Quantizer(Compressor):
         axis = layer.out_axis if scheme.per_channel else None
         if axis is not None:
             axis = normalize_axis(axis, len(tuple(weight.shape)))
-        lo, hi = self.ops.min_max(weight, axis)
-        check_finite(lo, hi, where=f"the weight of layer {layer.name!r} ({type(self).__name__} quantizes it)")
-        params = affine_params(lo, hi, bits, scheme, axis)
+        params = self._weight_grid(weight, bits, axis, f"the weight of layer {layer.name!r}")
         bias, input_scale = self._bias(layer), self._observed_input_scale(layer)
         if bias is not None and input_scale is not None:
             params = floor_weight_scales(params, bias, input_scale, self.profile.bias_bits)
@@ -394,11 +392,15 @@ class Quantizer(Compressor):
         if not self.whole_graph or "weight" not in config.quant_types or self.profile.activation_bits == 16:
             return None  # int16 activations: no 16x8 form emulated for it yet (the converter names the float op)
         bits = config.quant_bits if isinstance(config.quant_bits, int) else config.quant_bits.get("weight", 8)
-        scheme = self.profile.weight
-        axis = 0 if scheme.per_channel else None
+        axis = 0 if self.profile.weight.per_channel else None
+        return self._weight_grid(weight, bits, axis, "a weight read by a functional layer")
+
+    def _weight_grid(self, weight: Any, bits: int, axis: int | None, what: str) -> QParams:
+        """``weight``'s parameters under the profile's weight scheme from its min / max (per ``axis``), after checking
+        they are finite (``what`` names the weight in the error)."""
         lo, hi = self.ops.min_max(weight, axis)
-        check_finite(lo, hi, where=f"a weight read by a functional layer ({type(self).__name__} quantizes it)")
-        return affine_params(lo, hi, bits, scheme, axis)
+        check_finite(lo, hi, where=f"{what} ({type(self).__name__} quantizes it)")
+        return affine_params(lo, hi, bits, self.profile.weight, axis)
 
     def activation_params(self, layer: Layer, key: str) -> QParams | None:
         """Parameters of an activation from its observer (None before it has seen data)."""
